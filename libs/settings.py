@@ -1,0 +1,60 @@
+"""Settings of every service, read from ENCLAVE_* environment variables.
+
+The defaults run the whole platform on one machine: NATS, Redis and the SQLite
+database all local, state under .enclave/ in the checkout.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from libs.subjects import Subjects
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENCLAVE_", extra="ignore")
+
+    home: Path = REPO_ROOT / ".enclave"
+    nats_url: str = "nats://127.0.0.1:4222"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Empty means SQLite under `home`; set to postgresql+asyncpg://... in production.
+    database_url: str = ""
+    bus_prefix: str = ""
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    max_body_bytes: int = 1_048_576
+    # Requests per minute per API key, unless the key sets its own.
+    rate_limit_rpm: int = 6000
+    key_cache_seconds: float = 30.0
+
+    models_file: Path = REPO_ROOT / "deploy" / "models.yaml"
+    # How long the router waits for a worker of the pool to accept a generation.
+    worker_accept_timeout_s: float = 2.0
+    # How long the runtime waits for the first token, and then between tokens.
+    upstream_timeout_s: float = 60.0
+    # How long the gateway waits for the turn's first event.
+    gateway_timeout_s: float = 90.0
+    runtime_concurrency: int = 64
+    worker_threads: int = 0  # 0: as many as cores
+
+    @cached_property
+    def subjects(self) -> Subjects:
+        return Subjects(self.bus_prefix)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.home / 'enclave.db'}"
+
+
+def load_settings() -> Settings:
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings

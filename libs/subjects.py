@@ -1,0 +1,96 @@
+"""Every NATS subject and JetStream stream name of the platform, in one place.
+
+Subjects take an optional prefix (ENCLAVE_BUS_PREFIX) so that two platforms, for
+example the test suite and a developer's `make up`, can share one NATS server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUBJECTS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Subject and stream names under one prefix."""
+
+    prefix: str = ""
+
+    def _s(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def _stream(self, name: str) -> str:
+        # Stream names may not contain dots.
+        tag = self.prefix.replace(".", "_").upper()
+        return f"{tag}_{name}" if tag else name
+
+    # -- chat turns (JetStream work queue) --
+    @property
+    def chat_requested(self) -> str:
+        return self._s("chat.requested")
+
+    @property
+    def chat_stream_name(self) -> str:
+        return self._stream("ENCLAVE_CHAT")
+
+    def chat_stream(self, request_id: str) -> str:
+        """Per-request subject on which the gateway reads the turn's events."""
+        return self._s(f"chat.stream.{request_id}")
+
+    # -- inference (core NATS request/reply) --
+    @property
+    def inference_generate(self) -> str:
+        return self._s("inference.generate")
+
+    @property
+    def inference_embed(self) -> str:
+        return self._s("inference.embed")
+
+    @property
+    def inference_models(self) -> str:
+        return self._s("inference.models")
+
+    def inference_worker(self, pool: str) -> str:
+        return self._s(f"inference.worker.{pool}")
+
+    def inference_deltas(self, request_id: str, attempt: str) -> str:
+        """Where a worker streams token deltas for one generation."""
+        return self._s(f"inference.deltas.{request_id}.{attempt}")
+
+    # -- guardrails, memory, sandbox (request/reply) --
+    @property
+    def guardrails_input(self) -> str:
+        return self._s("guardrails.input")
+
+    @property
+    def guardrails_output(self) -> str:
+        return self._s("guardrails.output")
+
+    @property
+    def memory_retrieve(self) -> str:
+        return self._s("memory.retrieve")
+
+    @property
+    def memory_store(self) -> str:
+        return self._s("memory.store")
+
+    @property
+    def memory_stream_name(self) -> str:
+        return self._stream("ENCLAVE_MEMORY")
+
+    @property
+    def sandbox_exec(self) -> str:
+        return self._s("sandbox.exec")
+
+    # -- audit (JetStream, durable) --
+    def audit(self, tenant: str, kind: str) -> str:
+        return self._s(f"audit.{tenant}.{kind}")
+
+    @property
+    def audit_all(self) -> str:
+        return self._s("audit.>")
+
+    @property
+    def audit_stream_name(self) -> str:
+        return self._stream("ENCLAVE_AUDIT")

@@ -1,0 +1,201 @@
+"""The `enclave` command: run one service, start the whole platform, manage keys and models.
+
+This is the one place that knows every service; services never import each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from libs.settings import Settings, load_settings
+
+SERVICES = ("gateway", "agent_runtime", "inference_router", "worker")
+# What `enclave up` starts: (service, pool)
+DEFAULT_PLATFORM = (
+    ("inference_router", None),
+    ("worker", "smollm2"),
+    ("worker", "gemma3"),
+    ("worker", "minilm"),
+    ("worker", "instant"),
+    ("agent_runtime", None),
+    ("gateway", None),
+)
+
+
+def serve(settings: Settings, service: str, pool: str | None) -> None:
+    import uvloop
+
+    if service == "gateway":
+        import uvicorn
+
+        from services.gateway.app import create_app
+
+        uvicorn.run(
+            create_app(settings),
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+        )
+        return
+    if service == "agent_runtime":
+        from services.agent_runtime.app import build_app as build_runtime
+
+        app = build_runtime(settings)
+    elif service == "inference_router":
+        from services.inference_router.app import build_app as build_router
+
+        app = build_router(settings)
+    elif service == "worker":
+        if not pool:
+            raise SystemExit("enclave serve worker needs --pool")
+        from services.inference_router.workers.app import build_app as build_worker
+
+        app = build_worker(settings, pool)
+    else:
+        raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    uvloop.run(app.run())
+
+
+def up(settings: Settings, only: Sequence[str]) -> int:
+    """Start every service as its own process; Ctrl-C stops them all."""
+    from libs.db.engine import migrate
+
+    migrate(settings.sqlalchemy_url)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    for service, pool in DEFAULT_PLATFORM:
+        name = f"{service}:{pool}" if pool else service
+        if only and service not in only and name not in only:
+            continue
+        cmd = [sys.executable, "-m", "services.cli", "serve", service]
+        if pool:
+            cmd += ["--pool", pool]
+        procs.append((name, subprocess.Popen(cmd)))
+        print(f"started {name} (pid {procs[-1][1].pid})", flush=True)
+    print(
+        f"Enclave is starting: gateway on http://{settings.gateway_host}:{settings.gateway_port}"
+        " — Ctrl-C stops it.",
+        flush=True,
+    )
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    while not stopping:
+        for name, proc in procs:
+            if proc.poll() is not None:
+                print(f"{name} exited with {proc.returncode}; stopping the platform", flush=True)
+                code = 1
+                stopping = True
+        time.sleep(0.3)
+    for _, proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for _, proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print("Enclave stopped.", flush=True)
+    return code
+
+
+async def _create_key(
+    settings: Settings, tenant: str, role: str, name: str, rpm: int | None
+) -> str:
+    from libs.db.engine import make_engine, migrate_async
+    from services.gateway.adapters.sql_keys import create_key
+
+    await migrate_async(settings)
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        _, plaintext = await create_key(engine, tenant, role, name, rpm)
+    finally:
+        await engine.dispose()
+    return plaintext
+
+
+async def _add_model(settings: Settings, args: argparse.Namespace) -> None:
+    from libs.db.engine import make_engine, migrate_async
+    from services.inference_router.adapters.sql_models import add_route
+
+    await migrate_async(settings)
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        await add_route(engine, args.id, args.kind, args.pool, args.tenant, args.adapter)
+    finally:
+        await engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="enclave", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_serve = sub.add_parser("serve", help="run one service (scale a stage by running more)")
+    p_serve.add_argument("service", choices=SERVICES)
+    p_serve.add_argument("--pool", help="worker pool from the model registry")
+    p_serve.add_argument("--port", type=int, help="gateway port")
+
+    p_up = sub.add_parser("up", help="start the whole platform on this machine")
+    p_up.add_argument("--only", nargs="*", default=[], help="start only these services")
+
+    sub.add_parser("migrate", help="bring the database schema up to date")
+
+    p_keys = sub.add_parser("keys", help="API keys")
+    keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
+    p_create = keys_sub.add_parser("create", help="create a key; it is printed once")
+    p_create.add_argument("--tenant", required=True)
+    p_create.add_argument(
+        "--role", required=True, choices=("admin", "developer", "auditor", "user")
+    )
+    p_create.add_argument("--name", default="")
+    p_create.add_argument("--rpm", type=int, default=None, help="requests per minute")
+
+    p_models = sub.add_parser("models", help="model registry")
+    models_sub = p_models.add_subparsers(dest="models_command", required=True)
+    p_add = models_sub.add_parser("add", help="register a model id on a pool")
+    p_add.add_argument("--id", required=True)
+    p_add.add_argument("--kind", required=True, choices=("chat", "completion", "embedding"))
+    p_add.add_argument("--pool", required=True)
+    p_add.add_argument("--tenant", default=None)
+    p_add.add_argument("--adapter", default=None)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "port", None):
+        os.environ["ENCLAVE_GATEWAY_PORT"] = str(args.port)
+    settings = load_settings()
+    if args.command == "serve":
+        serve(settings, args.service, args.pool)
+    elif args.command == "up":
+        return up(settings, args.only)
+    elif args.command == "migrate":
+        from libs.db.engine import migrate
+
+        migrate(settings.sqlalchemy_url)
+        print("schema is up to date")
+    elif args.command == "keys":
+        key = asyncio.run(_create_key(settings, args.tenant, args.role, args.name, args.rpm))
+        print(key)
+    elif args.command == "models":
+        asyncio.run(_add_model(settings, args))
+        print(f"registered {args.id} on pool {args.pool}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

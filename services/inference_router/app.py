@@ -1,0 +1,116 @@
+"""inference_router wiring: resolves public model ids and hands each request to a worker pool.
+
+It never relays tokens: the worker streams deltas straight to the subject the request
+names, so the output guardrail stage in the agent runtime stays the only relay.
+"""
+
+from __future__ import annotations
+
+import time
+
+from faststream import FastStream
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from libs.bus import event_bytes, make_broker
+from libs.db.engine import make_engine, migrate_async
+from libs.errors import ErrorInfo, no_worker
+from libs.events import (
+    EmbedReply,
+    EmbedRequest,
+    GenerateAccepted,
+    GenerateRequest,
+    ModelsReply,
+    ModelsRequest,
+)
+from libs.settings import Settings
+from services.inference_router.adapters.sql_models import load_routes
+from services.inference_router.registry import ModelRoute, Registry, load_registry
+
+SQL_REFRESH_S = 1.0
+
+
+class Routes:
+    """The YAML registry joined with SQL rows, refreshed when a lookup misses."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base = load_registry(settings.models_file)
+        self.current = self.base
+        self.engine = make_engine(settings.sqlalchemy_url)
+        self._loaded_at = 0.0
+
+    async def refresh(self, force: bool = False) -> Registry:
+        now = time.monotonic()
+        if force or now - self._loaded_at > SQL_REFRESH_S:
+            self._loaded_at = now
+            self.current = self.base.with_routes(await load_routes(self.engine))
+        return self.current
+
+    async def resolve(self, model: str, tenant: str, use: str) -> ModelRoute | ErrorInfo:
+        found = self.current.resolve(model, tenant, use)
+        if isinstance(found, ErrorInfo) and found.status == 404:
+            found = (await self.refresh()).resolve(model, tenant, use)
+        return found
+
+
+def build_app(settings: Settings) -> FastStream:
+    broker = make_broker(settings, "inference_router")
+    subjects = settings.subjects
+    routes = Routes(settings)
+
+    async def ask_pool(
+        pool: str, payload: bytes, headers: dict[str, str], timeout: float
+    ) -> bytes | None:
+        try:
+            msg = await broker.connection.request(
+                subjects.inference_worker(pool),
+                payload,
+                timeout=timeout,
+                headers=headers,
+            )
+        except (NoRespondersError, NatsTimeout, TimeoutError):
+            return None
+        return msg.data
+
+    @broker.subscriber(subjects.inference_generate, queue="inference_router")
+    async def generate(request: GenerateRequest) -> GenerateAccepted:
+        route = await routes.resolve(request.model, request.ctx.tenant, request.kind)
+        if isinstance(route, ErrorInfo):
+            return GenerateAccepted(accepted=False, error=route)
+        request.pool, request.adapter = route.pool, route.adapter
+        reply = await ask_pool(
+            route.pool,
+            event_bytes(request),
+            request.ctx.headers(),
+            settings.worker_accept_timeout_s,
+        )
+        if reply is None:
+            return GenerateAccepted(accepted=False, error=no_worker(route.pool))
+        return GenerateAccepted.model_validate_json(reply)
+
+    @broker.subscriber(subjects.inference_embed, queue="inference_router")
+    async def embed(request: EmbedRequest) -> EmbedReply:
+        route = await routes.resolve(request.model, request.ctx.tenant, "embedding")
+        if isinstance(route, ErrorInfo):
+            return EmbedReply(error=route)
+        request.pool = route.pool
+        reply = await ask_pool(
+            route.pool, event_bytes(request), request.ctx.headers(), settings.upstream_timeout_s
+        )
+        if reply is None:
+            return EmbedReply(error=no_worker(route.pool))
+        return EmbedReply.model_validate_json(reply)
+
+    @broker.subscriber(subjects.inference_models, queue="inference_router")
+    async def models(request: ModelsRequest) -> ModelsReply:
+        registry = await routes.refresh()
+        return ModelsReply(models=[m.info() for m in registry.visible(request.tenant)])
+
+    app = FastStream(broker)
+
+    @app.on_startup
+    async def _start() -> None:
+        await migrate_async(settings)
+        await routes.refresh(force=True)
+
+    return app

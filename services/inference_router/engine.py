@@ -1,0 +1,54 @@
+"""What an inference engine is to a worker: generate deltas for a request, or embed texts.
+
+Engines are adapters (llama.cpp, vLLM, an external OpenAI-compatible server, the instant
+stand-in); the worker drives any of them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from libs.events import Delta, GenerateRequest, Usage
+
+Emit = Callable[[Delta], None]
+
+
+class GenerationEngine(Protocol):
+    # True when generate() never blocks: the worker then calls it on its event loop.
+    runs_inline: bool
+
+    def generate(self, request: GenerateRequest, emit: Emit) -> Usage:
+        """Produce every choice's deltas through `emit`, blocking; return the token usage."""
+        ...
+
+
+class EmbeddingEngine(Protocol):
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Vectors for the texts and the number of input tokens."""
+        ...
+
+
+def merged_params(request: GenerateRequest, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The request's sampling parameters, with the pool's defaults where the request is silent."""
+    p = request.params
+    out = dict(defaults)
+    for name in ("temperature", "top_p", "max_tokens", "seed"):
+        value = getattr(p, name)
+        if value is not None:
+            out[name] = value
+    if p.stop:
+        out["stop"] = list(p.stop)
+    return out
+
+
+def llama_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's response_format as llama.cpp takes it: a grammar built from a JSON schema."""
+    if not fmt:
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "json_object"}
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+        return {"type": "json_object", "schema": schema}
+    return None
