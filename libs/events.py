@@ -83,6 +83,8 @@ class TurnEvent(BaseModel):
     usage: Usage | None = None
     error: ErrorInfo | None = None
     done: bool = False
+    # Sent once, first: which runtime replica and worker serve the turn.
+    served_by: dict[str, str] | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -108,6 +110,8 @@ class GenerateAccepted(BaseModel):
     accepted: bool
     worker: str | None = None
     error: ErrorInfo | None = None
+    # The pool's limit on the wait for each token, set by the router from the registry.
+    timeout_s: float | None = None
 
 
 class EmbedRequest(BaseModel):

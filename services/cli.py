@@ -71,6 +71,12 @@ def up(settings: Settings, only: Sequence[str]) -> int:
     from libs.db.engine import migrate
 
     migrate(settings.sqlalchemy_url)
+    key_file = settings.home / "admin.key"
+    if not key_file.exists():
+        plaintext = asyncio.run(_create_key(settings, "default", "admin", "make up", None))
+        key_file.touch(mode=0o600)
+        key_file.write_text(plaintext + "\n")
+        print(f"created an admin key for tenant `default` in {key_file}", flush=True)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     for service, pool in DEFAULT_PLATFORM:
         name = f"{service}:{pool}" if pool else service

@@ -8,6 +8,8 @@ dies mid-turn leaves it to be redelivered to another.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 from faststream import FastStream
 from nats.aio.client import Client as NatsClient
@@ -73,6 +75,7 @@ class NatsTurnPorts:
 
 def build_app(settings: Settings) -> FastStream:
     broker = make_broker(settings, "agent_runtime")
+    runtime_id = f"{socket.gethostname()}-{os.getpid()}"
     chat = stream_configs(settings)[0]
 
     @broker.subscriber(
@@ -89,6 +92,7 @@ def build_app(settings: Settings) -> FastStream:
             NatsTurnPorts(settings, broker.connection),
             settings.subjects,
             settings.upstream_timeout_s,
+            runtime_id,
         )
 
     app = FastStream(broker)

@@ -32,7 +32,11 @@ class TurnPorts(Protocol):
 
 
 async def run_turn(
-    event: ChatRequested, ports: TurnPorts, subjects: Subjects, upstream_timeout_s: float
+    event: ChatRequested,
+    ports: TurnPorts,
+    subjects: Subjects,
+    upstream_timeout_s: float,
+    runtime_id: str = "",
 ) -> None:
     """Run one turn to its end; every outcome, errors included, reaches the client's subject."""
     ctx = event.ctx
@@ -61,12 +65,15 @@ async def run_turn(
         if not accepted.accepted:
             await fail(accepted.error or ErrorInfo(status=503, message="No worker accepted."))
             return
+        served_by = {"runtime": runtime_id, "worker": accepted.worker or ""}
+        await ports.emit_raw(
+            out, TurnEvent(served_by=served_by).model_dump_json().encode(), headers
+        )
+        timeout = min(upstream_timeout_s, accepted.timeout_s or upstream_timeout_s)
         while True:
-            data = await source.next(upstream_timeout_s)
+            data = await source.next(timeout)
             if data is None:
-                await fail(
-                    upstream_timeout(f"no token from {event.model} in {upstream_timeout_s}s")
-                )
+                await fail(upstream_timeout(f"no token from {event.model} in {timeout}s"))
                 return
             # Pass-through until the output guardrail stage lands: relay the bytes as they are.
             await ports.emit_raw(out, data, headers)

@@ -161,19 +161,28 @@ async def turn_response(
     gw: Gateway, event: ChatRequested, stream: bool, include_usage: bool
 ) -> Response:
     turn = await gw.turns.start(event)
+    headers = {"x-request-id": event.ctx.request_id}
     try:
+        # Hold the status line until the turn produced output or failed, so that an error
+        # before the first token (unknown model, no worker, timeout) gets its own status.
         first = await turn.next_batch()
+        while not any(ev.deltas or ev.error or ev.done for ev in first):
+            first += await turn.next_batch()
     except BaseException:
         await turn.close()
         raise
-    if first[0].error is not None:
-        await turn.close()
-        raise EnclaveError.of(first[0].error)
+    for ev in first:
+        if ev.error is not None and not any(e.deltas for e in first):
+            await turn.close()
+            raise EnclaveError.of(ev.error)
+        for role, ident in (ev.served_by or {}).items():
+            headers[f"x-enclave-{role}"] = ident
     if stream:
+        headers["cache-control"] = "no-cache"
         return StreamingResponse(
             _sse(turn, first, ChatStreamShaper(event, include_usage)),
             media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-request-id": event.ctx.request_id},
+            headers=headers,
         )
     try:
         acc = Accumulator(event.params.n)
@@ -192,7 +201,7 @@ async def turn_response(
             batch = await turn.next_batch()
     finally:
         await turn.close()
-    return JSON(acc.response(event, usage), headers={"x-request-id": event.ctx.request_id})
+    return JSON(acc.response(event, usage), headers=headers)
 
 
 def _sse_line(obj: Any) -> bytes:

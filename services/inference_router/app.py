@@ -86,7 +86,9 @@ def build_app(settings: Settings) -> FastStream:
         )
         if reply is None:
             return GenerateAccepted(accepted=False, error=no_worker(route.pool))
-        return GenerateAccepted.model_validate_json(reply)
+        accepted = GenerateAccepted.model_validate_json(reply)
+        accepted.timeout_s = routes.current.pools[route.pool].get("timeout_s")
+        return accepted
 
     @broker.subscriber(subjects.inference_embed, queue="inference_router")
     async def embed(request: EmbedRequest) -> EmbedReply:

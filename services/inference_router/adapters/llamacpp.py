@@ -127,17 +127,29 @@ class LlamaCppEngine:
                 Delta(
                     index=choice,
                     content=text,
-                    logprobs=_logprobs(c.get("logprobs"), request.kind),
+                    logprobs=_logprobs(c.get("logprobs"), request.kind, p.top_logprobs or 0),
                     finish_reason=c.get("finish_reason"),
                 )
             )
         return prompt_tokens or llm.n_tokens, completion_tokens
 
 
-def _logprobs(raw: Any, kind: str) -> list[dict[str, Any]] | None:
-    """Per-token entries in the chat shape, whichever shape llama.cpp produced."""
+def _logprobs(raw: Any, kind: str, top: int) -> list[dict[str, Any]] | None:
+    """Per-token entries in the chat shape, whichever shape llama.cpp produced.
+
+    llama.cpp adds the sampled token to the alternatives when it is not among the
+    best; OpenAI lists exactly `top_logprobs` alternatives, best first.
+    """
     if not raw:
         return None
+    entries = _entries(raw, kind)
+    for entry in entries:
+        best = sorted(entry["top_logprobs"], key=lambda t: -t["logprob"])
+        entry["top_logprobs"] = best[:top]
+    return entries
+
+
+def _entries(raw: Any, kind: str) -> list[dict[str, Any]]:
     if kind == "chat":
         return [
             {

@@ -1,0 +1,30 @@
+# The two commands: `make up` starts the platform, `make test` runs every check.
+.PHONY: up test lint unit bench bootstrap services
+
+VENV := .venv/bin
+
+bootstrap:
+	@bash deploy/local/bootstrap.sh
+
+services:
+	@bash deploy/local/services.sh
+
+up: bootstrap services
+	$(VENV)/enclave up
+
+lint: bootstrap
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy libs services/gateway/keys.py services/gateway/policy.py \
+		services/gateway/openai_shapes.py services/agent_runtime/pipeline.py \
+		services/inference_router/registry.py services/inference_router/engine.py
+	$(VENV)/lint-imports
+
+test: export ENCLAVE_NEED_POSTGRES = 1
+test: bootstrap
+	@bash deploy/local/services.sh --postgres
+	$(MAKE) lint
+	$(VENV)/pytest -q -p no:cacheprovider
+
+bench: bootstrap services
+	$(VENV)/python -m bench

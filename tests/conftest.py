@@ -1,0 +1,79 @@
+"""Fixtures: real NATS, Redis and PostgreSQL (testcontainers or local), and a real platform."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import yaml
+
+from tests.infra import REPO, Infra, Platform, free_port, infra, platform_env
+
+# Pools only the tests use: one that answers too slowly, one that no worker serves.
+TEST_POOLS = {
+    "slow": {"engine": "instant", "tokens": 4, "delay_ms": 3000, "timeout_s": 0.5},
+    "unserved": {"engine": "instant"},
+}
+TEST_MODELS = [
+    {"id": "enclave-slow", "kind": "chat", "pool": "slow"},
+    {"id": "enclave-unserved", "kind": "chat", "pool": "unserved"},
+]
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Infra]:
+    with infra() as found:
+        yield found
+
+
+@pytest.fixture
+async def pg_url(services: Infra) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test, as an SQLAlchemy asyncpg URL."""
+    name = f"enclave_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(services.postgres_admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    base = services.postgres_admin_url.rsplit("/", 1)[0]
+    try:
+        yield base.replace("postgresql://", "postgresql+asyncpg://", 1) + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def _platform(services: Infra, home: Path, **extra: str) -> Platform:
+    registry = yaml.safe_load((REPO / "deploy" / "models.yaml").read_text())
+    registry["pools"].update(TEST_POOLS)
+    registry["models"].extend(TEST_MODELS)
+    (home / "models.yaml").write_text(yaml.safe_dump(registry))
+    port = free_port()
+    env = platform_env(services, home, port, ENCLAVE_MODELS_FILE=str(home / "models.yaml"), **extra)
+    plat = Platform(env=env, home=home, base_url=f"http://127.0.0.1:{port}")
+    plat.cli("migrate")
+    plat.admin_key = plat.create_key("acme", "admin", rpm=1_000_000)
+    return plat
+
+
+@pytest.fixture(scope="session")
+def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """The whole platform: router, runtime, gateway and workers for every default pool."""
+    plat = _platform(services, tmp_path_factory.mktemp("platform"))
+    try:
+        plat.start("router", "inference_router")
+        plat.start("worker-instant", "worker", "instant")
+        plat.start("worker-smollm2", "worker", "smollm2")
+        plat.start("worker-minilm", "worker", "minilm")
+        plat.start("worker-gemma3", "worker", "gemma3")
+        plat.start("worker-slow", "worker", "slow")
+        plat.start("runtime", "agent_runtime")
+        plat.start("gateway", "gateway")
+        plat.wait_ready()
+        plat.wait_model("enclave-instant")
+        plat.wait_model("smollm2-135m-instruct")
+        plat.wait_model("all-minilm-l6-v2", "embedding")
+        plat.wait_model("gemma-3-270m", "completion")
+        yield plat
+    finally:
+        plat.stop_all()

@@ -1,0 +1,210 @@
+"""Where the tests find NATS, Redis and PostgreSQL, and how they start the platform.
+
+With a Docker engine, testcontainers starts throwaway servers (the production-like
+path); without one, as on these CI machines, the local services on 127.0.0.1 serve,
+each test run isolated by its own bus prefix, database and ENCLAVE_HOME.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Infra:
+    nats_url: str
+    redis_url: str
+    postgres_admin_url: str  # a database we may CREATE DATABASE from (asyncpg DSN)
+    containers: list[object] = field(default_factory=list)
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def infra() -> Iterator[Infra]:
+    if _docker_available() and not os.environ.get("ENCLAVE_TEST_LOCAL"):
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.postgres import PostgresContainer
+        from testcontainers.redis import RedisContainer
+
+        nats_c = DockerContainer("nats:2.10").with_command("-js").with_exposed_ports(4222)
+        pg_c = PostgresContainer("postgres:16", username="postgres", password="postgres")
+        redis_c = RedisContainer("redis:7")
+        for c in (nats_c, pg_c, redis_c):
+            c.start()
+        try:
+            yield Infra(
+                nats_url=f"nats://{nats_c.get_container_host_ip()}:{nats_c.get_exposed_port(4222)}",
+                redis_url=f"redis://{redis_c.get_container_host_ip()}:{redis_c.get_exposed_port(6379)}/0",
+                postgres_admin_url=(
+                    f"postgresql://postgres:postgres@{pg_c.get_container_host_ip()}:"
+                    f"{pg_c.get_exposed_port(5432)}/postgres"
+                ),
+                containers=[nats_c, pg_c, redis_c],
+            )
+        finally:
+            for c in (nats_c, pg_c, redis_c):
+                c.stop()
+        return
+    missing = [
+        name
+        for name, port in (("NATS", 4222), ("Redis", 6379), ("PostgreSQL", 5432))
+        if not _port_open(port)
+    ]
+    if missing:
+        raise RuntimeError(
+            f"{', '.join(missing)} not reachable on 127.0.0.1; run `make services` "
+            "(or `bash deploy/local/services.sh --postgres`) first"
+        )
+    yield Infra(
+        nats_url="nats://127.0.0.1:4222",
+        redis_url="redis://127.0.0.1:6379/0",
+        postgres_admin_url="postgresql://postgres@127.0.0.1:5432/postgres",
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Platform:
+    """A whole platform of real processes on the real bus, isolated by prefix and home."""
+
+    env: dict[str, str]
+    home: Path
+    base_url: str
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    admin_key: str = ""
+
+    def start(
+        self, name: str, service: str, pool: str | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "services.cli", "serve", service]
+        if pool:
+            cmd += ["--pool", pool]
+        log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            cmd, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "services.cli", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    def create_key(self, tenant: str, role: str, rpm: int | None = None) -> str:
+        args = ["keys", "create", "--tenant", tenant, "--role", role]
+        if rpm is not None:
+            args += ["--rpm", str(rpm)]
+        return self.cli(*args).splitlines()[-1]
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.home.glob("*.log")))
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"{dead} exited during start:\n{self.logs()[-4000:]}")
+            try:
+                if httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.logs()[-4000:]}")
+
+    def wait_model(self, model: str, kind: str = "chat", timeout: float = 180) -> None:
+        """Until a worker of the model's pool answers a real request."""
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        while time.monotonic() < deadline:
+            if kind == "embedding":
+                r = httpx.post(
+                    self.base_url + "/v1/embeddings",
+                    headers=headers,
+                    json={"model": model, "input": "ping"},
+                    timeout=60,
+                )
+            else:
+                path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+                body: dict[str, object] = {"model": model, "max_tokens": 1}
+                if kind == "chat":
+                    body["messages"] = [{"role": "user", "content": "ping"}]
+                else:
+                    body["prompt"] = "ping"
+                r = httpx.post(self.base_url + path, headers=headers, json=body, timeout=60)
+            if r.status_code == 200:
+                return
+            if r.status_code != 503:
+                raise RuntimeError(f"{model}: {r.status_code} {r.text}")
+            time.sleep(0.5)
+        raise RuntimeError(f"no worker for {model} in {timeout}s:\n{self.logs()[-4000:]}")
+
+
+def platform_env(infra: Infra, home: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
+    env.update(
+        ENCLAVE_HOME=str(home),
+        ENCLAVE_NATS_URL=infra.nats_url,
+        ENCLAVE_REDIS_URL=infra.redis_url,
+        ENCLAVE_BUS_PREFIX=f"t{secrets.token_hex(4)}",
+        ENCLAVE_GATEWAY_PORT=str(port),
+        ENCLAVE_WORKER_THREADS="2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env

@@ -1,0 +1,90 @@
+"""The turn pipeline against in-memory ports: relays, errors and timeouts reach the client."""
+
+from __future__ import annotations
+
+import asyncio
+
+from libs.context import RequestContext
+from libs.errors import model_not_found
+from libs.events import (
+    ChatMessage,
+    ChatRequested,
+    Delta,
+    GenerateAccepted,
+    GenerateRequest,
+    TurnEvent,
+)
+from libs.subjects import Subjects
+from services.agent_runtime.pipeline import run_turn
+
+
+class FakeSource:
+    def __init__(self, events: list[TurnEvent]) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        for e in events:
+            self.queue.put_nowait(e.model_dump_json().encode())
+        self.closed = False
+
+    async def next(self, timeout: float) -> bytes | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakePorts:
+    def __init__(self, accepted: GenerateAccepted, events: list[TurnEvent]) -> None:
+        self.accepted = accepted
+        self.source = FakeSource(events)
+        self.emitted: list[tuple[str, TurnEvent]] = []
+        self.requests: list[GenerateRequest] = []
+
+    async def open_deltas(self, subject: str) -> FakeSource:
+        return self.source
+
+    async def request_generation(self, request: GenerateRequest) -> GenerateAccepted:
+        self.requests.append(request)
+        return self.accepted
+
+    async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        assert headers["enclave-tenant"] == "acme"
+        self.emitted.append((subject, TurnEvent.model_validate_json(data)))
+
+
+EVENT = ChatRequested(
+    ctx=RequestContext(tenant="acme", request_id="r1"),
+    model="m",
+    messages=[ChatMessage(role="user", content="hi")],
+)
+
+
+async def test_deltas_are_relayed_to_the_request_subject() -> None:
+    ports = FakePorts(
+        GenerateAccepted(accepted=True, worker="w1"),
+        [TurnEvent(deltas=[Delta(content="a")]), TurnEvent(done=True)],
+    )
+    await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
+    subjects = {s for s, _ in ports.emitted}
+    assert subjects == {"p.chat.stream.r1"}
+    served, delta, done = (e for _, e in ports.emitted)
+    assert served.served_by == {"runtime": "rt1", "worker": "w1"}
+    assert delta.deltas[0].content == "a" and done.done
+    assert ports.requests[0].deltas_subject.startswith("p.inference.deltas.r1.")
+    assert ports.source.closed
+
+
+async def test_router_refusal_reaches_the_client() -> None:
+    ports = FakePorts(GenerateAccepted(accepted=False, error=model_not_found("m")), [])
+    await run_turn(EVENT, ports, Subjects(), 1.0)
+    ((_, event),) = ports.emitted
+    assert event.error is not None and event.error.status == 404 and event.done
+
+
+async def test_silent_worker_times_out_with_504() -> None:
+    ports = FakePorts(GenerateAccepted(accepted=True, worker="w", timeout_s=0.05), [])
+    await run_turn(EVENT, ports, Subjects(), 10.0)
+    assert ports.emitted[-1][1].error is not None
+    assert ports.emitted[-1][1].error.status == 504

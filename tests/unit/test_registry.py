@@ -1,0 +1,47 @@
+import pytest
+
+from libs.errors import ErrorInfo
+from libs.settings import REPO_ROOT
+from services.inference_router.registry import (
+    ModelRoute,
+    RegistryError,
+    load_registry,
+    parse_registry,
+)
+
+
+def test_shipped_registry_routes_the_default_models() -> None:
+    registry = load_registry(REPO_ROOT / "deploy" / "models.yaml")
+    route = registry.resolve("smollm2-135m-instruct", "acme", "chat")
+    assert isinstance(route, ModelRoute) and route.pool == "smollm2"
+    assert isinstance(registry.resolve("smollm2-135m-instruct", "acme", "completion"), ModelRoute)
+    assert isinstance(registry.resolve("gemma-3-270m", "acme", "completion"), ModelRoute)
+
+
+def test_unknown_model_is_404_and_wrong_kind_is_400() -> None:
+    registry = load_registry(REPO_ROOT / "deploy" / "models.yaml")
+    missing = registry.resolve("gpt-9", "acme", "chat")
+    assert isinstance(missing, ErrorInfo) and missing.status == 404
+    wrong = registry.resolve("gemma-3-270m", "acme", "chat")
+    assert isinstance(wrong, ErrorInfo) and wrong.status == 400
+
+
+def test_tenant_models_are_invisible_to_other_tenants() -> None:
+    registry = load_registry(REPO_ROOT / "deploy" / "models.yaml").with_routes(
+        [ModelRoute(id="acme-tuned", kind="chat", pool="smollm2", tenant="acme")]
+    )
+    assert isinstance(registry.resolve("acme-tuned", "acme", "chat"), ModelRoute)
+    other = registry.resolve("acme-tuned", "globex", "chat")
+    assert isinstance(other, ErrorInfo) and other.status == 404
+    assert "acme-tuned" not in {m.id for m in registry.visible("globex")}
+
+
+def test_bad_documents_are_rejected() -> None:
+    with pytest.raises(RegistryError):
+        parse_registry({"version": 2})
+    with pytest.raises(RegistryError):
+        parse_registry(
+            {"version": 1, "pools": {}, "models": [{"id": "a", "kind": "chat", "pool": "x"}]}
+        )
+    with pytest.raises(RegistryError):
+        parse_registry({"version": 1, "pools": {"p": {}}})
