@@ -38,7 +38,7 @@ class ModelRoute:
     created: int = 0
 
     def info(self) -> ModelInfo:
-        return ModelInfo(id=self.id, kind=self.kind, pool=self.pool, created=self.created)  # type: ignore[arg-type]
+        return ModelInfo(id=self.id, kind=self.kind, pool=self.pool, created=self.created)
 
 
 @dataclass
