@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from nats.aio.client import Client as NatsClient
+from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -419,4 +420,40 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=201,
         )
 
+    _document_request_bodies(
+        app,
+        {
+            "/v1/chat/completions": ChatCompletionRequest,
+            "/v1/completions": CompletionRequest,
+            "/v1/embeddings": EmbeddingRequest,
+        },
+    )
     return app
+
+
+def _document_request_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
+    """Put the request models in /openapi.json: the routes parse bodies themselves (orjson,
+    OpenAI's 400 instead of FastAPI's 422), so FastAPI cannot see them."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = build()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for path, model in bodies.items():
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+            doc["paths"][path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
+                    }
+                },
+            }
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

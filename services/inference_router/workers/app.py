@@ -68,8 +68,11 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
     engine = make_engine(settings, pool)
     broker = make_broker(settings, f"worker-{pool_name}")
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
-    # llama.cpp contexts are not thread-safe: one generation at a time per engine.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{pool_name}")
+    # llama.cpp contexts are not thread-safe: one generation at a time per engine, unless
+    # the engine batches concurrent requests itself (vLLM).
+    executor = ThreadPoolExecutor(
+        max_workers=getattr(engine, "max_concurrency", 1), thread_name_prefix=f"engine-{pool_name}"
+    )
     running: set[asyncio.Task[None]] = set()
     subject = settings.subjects.inference_worker(pool_name)
 
