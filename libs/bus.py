@@ -7,7 +7,6 @@ message (see shared/DEPENDENCIES.md).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,16 +18,13 @@ from pydantic import BaseModel
 
 from libs.settings import Settings
 
-_quiet = logging.getLogger("enclave.bus")
-_quiet.setLevel(logging.WARNING)
-
 
 def make_broker(settings: Settings, name: str) -> NatsBroker:
-    """A broker that logs only warnings: FastStream's per-message log costs ~24% CPU."""
+    """A broker without FastStream's logger: even filtered out, it costs ~70 µs a message."""
     return NatsBroker(
         settings.nats_url,
         name=f"enclave-{name}",
-        logger=_quiet,
+        logger=None,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
     )

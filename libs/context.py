@@ -14,6 +14,9 @@ from pydantic import BaseModel, Field
 TENANT_HEADER = "enclave-tenant"
 REQUEST_ID_HEADER = "enclave-request-id"
 TRACEPARENT_HEADER = "traceparent"
+# Set on relayed token events: which replicas serve the turn.
+RUNTIME_HEADER = "enclave-runtime"
+WORKER_HEADER = "enclave-worker"
 
 
 def new_request_id(prefix: str = "req") -> str:

@@ -60,6 +60,8 @@ class ChatRequested(BaseModel):
     params: GenerationParams = Field(default_factory=GenerationParams)
     stream: bool = True
     created: int = Field(default_factory=lambda: int(time.time()))
+    # Where the runtime sends the turn's events: chat.stream.<gateway>.<request_id>.
+    reply_subject: str = ""
 
 
 class Delta(BaseModel):
@@ -83,8 +85,6 @@ class TurnEvent(BaseModel):
     usage: Usage | None = None
     error: ErrorInfo | None = None
     done: bool = False
-    # Sent once, first: which runtime replica and worker serve the turn.
-    served_by: dict[str, str] | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -101,6 +101,7 @@ class GenerateRequest(BaseModel):
     # Filled in by the router from the registry.
     pool: str | None = None
     adapter: str | None = None
+    timeout_s: float | None = None
 
 
 class GenerateAccepted(BaseModel):

@@ -34,9 +34,13 @@ class Subjects:
     def chat_stream_name(self) -> str:
         return self._stream("ENCLAVE_CHAT")
 
-    def chat_stream(self, request_id: str) -> str:
-        """Per-request subject on which the gateway reads the turn's events."""
-        return self._s(f"chat.stream.{request_id}")
+    def chat_stream(self, gateway: str, request_id: str) -> str:
+        """Per-request subject on which a gateway replica reads the turn's events."""
+        return self._s(f"chat.stream.{gateway}.{request_id}")
+
+    def chat_streams_of(self, gateway: str) -> str:
+        """Every turn's events of one gateway replica: one subscription for all of them."""
+        return self._s(f"chat.stream.{gateway}.*")
 
     # -- inference (core NATS request/reply) --
     @property
@@ -54,9 +58,13 @@ class Subjects:
     def inference_worker(self, pool: str) -> str:
         return self._s(f"inference.worker.{pool}")
 
-    def inference_deltas(self, request_id: str, attempt: str) -> str:
-        """Where a worker streams token deltas for one generation."""
-        return self._s(f"inference.deltas.{request_id}.{attempt}")
+    def inference_deltas(self, replica: str, key: str) -> str:
+        """Where a worker streams token deltas for one generation of a runtime replica."""
+        return self._s(f"inference.deltas.{replica}.{key}")
+
+    def inference_deltas_of(self, replica: str) -> str:
+        """Every deltas subject of one runtime replica: one subscription for all its turns."""
+        return self._s(f"inference.deltas.{replica}.*")
 
     # -- guardrails, memory, sandbox (request/reply) --
     @property

@@ -7,15 +7,19 @@ unit tests.
 
 from __future__ import annotations
 
-import secrets
+import asyncio
 from typing import Protocol
 
+from libs.context import RUNTIME_HEADER, WORKER_HEADER
 from libs.errors import ErrorInfo, upstream_timeout
 from libs.events import ChatRequested, GenerateAccepted, GenerateRequest, TurnEvent
 from libs.subjects import Subjects
 
 
 class DeltaSource(Protocol):
+    subject: str  # where the worker streams this turn's deltas
+    worker: str  # the worker that streams them, once one has
+
     async def next(self, timeout: float) -> bytes | None:
         """The next raw TurnEvent, or None when `timeout` passes first."""
         ...
@@ -24,7 +28,7 @@ class DeltaSource(Protocol):
 
 
 class TurnPorts(Protocol):
-    async def open_deltas(self, subject: str) -> DeltaSource: ...
+    async def open_deltas(self, request_id: str) -> DeltaSource: ...
 
     async def request_generation(self, request: GenerateRequest) -> GenerateAccepted: ...
 
@@ -40,7 +44,7 @@ async def run_turn(
 ) -> None:
     """Run one turn to its end; every outcome, errors included, reaches the client's subject."""
     ctx = event.ctx
-    out = subjects.chat_stream(ctx.request_id)
+    out = event.reply_subject
     headers = ctx.headers()
 
     async def fail(error: ErrorInfo) -> None:
@@ -48,10 +52,9 @@ async def run_turn(
             out, TurnEvent(error=error, done=True).model_dump_json().encode(), headers
         )
 
-    deltas_subject = subjects.inference_deltas(ctx.request_id, secrets.token_hex(4))
-    source = await ports.open_deltas(deltas_subject)
-    try:
-        accepted = await ports.request_generation(
+    source = await ports.open_deltas(ctx.request_id)
+    accepting = asyncio.ensure_future(
+        ports.request_generation(
             GenerateRequest(
                 ctx=ctx,
                 model=event.model,
@@ -59,25 +62,42 @@ async def run_turn(
                 messages=event.messages,
                 prompt=event.prompt,
                 params=event.params,
-                deltas_subject=deltas_subject,
+                deltas_subject=source.subject,
             )
         )
-        if not accepted.accepted:
-            await fail(accepted.error or ErrorInfo(status=503, message="No worker accepted."))
-            return
-        served_by = {"runtime": runtime_id, "worker": accepted.worker or ""}
-        await ports.emit_raw(
-            out, TurnEvent(served_by=served_by).model_dump_json().encode(), headers
-        )
-        timeout = min(upstream_timeout_s, accepted.timeout_s or upstream_timeout_s)
+    )
+    try:
+        # The worker's first delta comes one hop sooner than its acceptance, which the
+        # router relays: read both at once and let whichever comes first go on.
+        pending = asyncio.ensure_future(source.next(upstream_timeout_s))
+        await asyncio.wait({accepting, pending}, return_when=asyncio.FIRST_COMPLETED)
+        timeout = upstream_timeout_s
+        if not pending.done():
+            accepted = accepting.result()
+            if not accepted.accepted:
+                pending.cancel()
+                await fail(accepted.error or ErrorInfo(status=503, message="No worker accepted."))
+                return
+            timeout = min(upstream_timeout_s, accepted.timeout_s or upstream_timeout_s)
+            try:
+                data = await asyncio.wait_for(pending, timeout)
+            except TimeoutError:
+                data = None
+        else:
+            data = pending.result()
         while True:
-            data = await source.next(timeout)
             if data is None:
                 await fail(upstream_timeout(f"no token from {event.model} in {timeout}s"))
                 return
+            relay_headers = {**headers, RUNTIME_HEADER: runtime_id, WORKER_HEADER: source.worker}
             # Pass-through until the output guardrail stage lands: relay the bytes as they are.
-            await ports.emit_raw(out, data, headers)
+            await ports.emit_raw(out, data, relay_headers)
             if b'"done":true' in data:
                 return
+            if accepting.done() and timeout == upstream_timeout_s:
+                accepted = accepting.result()
+                timeout = min(upstream_timeout_s, accepted.timeout_s or upstream_timeout_s)
+            data = await source.next(timeout)
     finally:
+        accepting.cancel()
         await source.close()

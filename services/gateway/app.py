@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -32,31 +32,25 @@ from libs.context import RequestContext, new_request_id
 from libs.db.engine import make_engine, migrate_async
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import (
-    ChatRequested,
     EmbedReply,
     EmbedRequest,
     ModelsReply,
     ModelsRequest,
-    TurnEvent,
-    Usage,
 )
 from libs.settings import Settings
 from services.gateway import keys
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
+from services.gateway.hot_path import HotPath
 from services.gateway.openai_shapes import (
-    Accumulator,
     ChatCompletionRequest,
-    ChatStreamShaper,
     CompletionRequest,
     EmbeddingRequest,
-    chat_event,
-    completion_event,
     parse_json,
     validate,
 )
 from services.gateway.policy import Action, may
-from services.gateway.turn_client import TurnClient, TurnStream
+from services.gateway.turn_client import TurnClient
 
 BUS_REQUEST_TIMEOUT_S = 5.0
 
@@ -93,7 +87,20 @@ class Gateway:
         return stored
 
     async def authenticate(self, request: Request, action: Action) -> RequestContext:
-        token = keys.bearer_token(request.headers.get("authorization"))
+        return await self.authenticate_header(request.headers.get("authorization"), action)
+
+    async def authenticate_header(
+        self, authorization: str | None, action: Action
+    ) -> RequestContext:
+        ctx, stored = await self.identify(authorization, action)
+        await self.enforce_rate_limit(stored)
+        return ctx
+
+    async def identify(
+        self, authorization: str | None, action: Action
+    ) -> tuple[RequestContext, StoredKey]:
+        """Who is asking (the tenant comes from the credential) and may they do this."""
+        token = keys.bearer_token(authorization)
         if token is None:
             raise EnclaveError(
                 401,
@@ -116,6 +123,12 @@ class Gateway:
                 f"The role `{stored.role}` may not perform `{action.value}`.",
                 "insufficient_permissions",
             )
+        ctx = RequestContext(
+            tenant=stored.tenant, request_id=new_request_id(), actor=stored.key_id, role=stored.role
+        )
+        return ctx, stored
+
+    async def enforce_rate_limit(self, stored: StoredKey) -> None:
         rpm = stored.rate_limit_rpm or self.settings.rate_limit_rpm
         if not await self.limiter.allow(stored.key_id, rpm):
             raise EnclaveError(
@@ -123,19 +136,23 @@ class Gateway:
                 f"Rate limit reached for this key ({rpm} requests per minute).",
                 "rate_limit_exceeded",
             )
-        return RequestContext(
-            tenant=stored.tenant, request_id=new_request_id(), actor=stored.key_id, role=stored.role
-        )
 
     async def read_json(self, request: Request) -> Any:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
+        self.check_declared_size(request.headers.get("content-length"))
         body = await request.body()
-        if len(body) > limit:
-            raise _too_large(limit)
+        self.check_size(len(body))
         return parse_json(body)
+
+    def check_declared_size(self, declared: str | None) -> None:
+        if declared and declared.isdigit():
+            self.check_size(int(declared))
+
+    def check_size(self, size: int) -> None:
+        limit = self.settings.max_body_bytes
+        if size > limit:
+            raise EnclaveError(
+                413, f"The request body is larger than {limit} bytes.", "request_too_large"
+            )
 
     async def bus_request(self, subject: str, event: Any, headers: dict[str, str]) -> bytes:
         try:
@@ -154,94 +171,12 @@ class Gateway:
         return bytes(msg.data)
 
 
-def _too_large(limit: int) -> EnclaveError:
-    return EnclaveError(413, f"The request body is larger than {limit} bytes.", "request_too_large")
+def create_app(settings: Settings) -> HotPath:
+    """The gateway as one ASGI app: the streamed routes plain, the rest FastAPI."""
+    return HotPath(create_fastapi(settings))
 
 
-async def turn_response(
-    gw: Gateway, event: ChatRequested, stream: bool, include_usage: bool
-) -> Response:
-    turn = await gw.turns.start(event)
-    headers = {"x-request-id": event.ctx.request_id}
-    try:
-        # Hold the status line until the turn produced output or failed, so that an error
-        # before the first token (unknown model, no worker, timeout) gets its own status.
-        first = await turn.next_batch()
-        while not any(ev.deltas or ev.error or ev.done for ev in first):
-            first += await turn.next_batch()
-    except BaseException:
-        await turn.close()
-        raise
-    for ev in first:
-        if ev.error is not None and not any(e.deltas for e in first):
-            await turn.close()
-            raise EnclaveError.of(ev.error)
-        for role, ident in (ev.served_by or {}).items():
-            headers[f"x-enclave-{role}"] = ident
-    if stream:
-        headers["cache-control"] = "no-cache"
-        return StreamingResponse(
-            _sse(turn, first, ChatStreamShaper(event, include_usage)),
-            media_type="text/event-stream",
-            headers=headers,
-        )
-    try:
-        acc = Accumulator(event.params.n)
-        usage = Usage()
-        batch = first
-        while True:
-            done = False
-            for ev in batch:
-                if ev.error is not None:
-                    raise EnclaveError.of(ev.error)
-                acc.add(ev.deltas)
-                usage = ev.usage or usage
-                done = done or ev.done
-            if done:
-                break
-            batch = await turn.next_batch()
-    finally:
-        await turn.close()
-    return JSON(acc.response(event, usage), headers=headers)
-
-
-def _sse_line(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-async def _sse(
-    turn: TurnStream, first: list[TurnEvent], shaper: ChatStreamShaper
-) -> AsyncIterator[bytes]:
-    batch = first
-    try:
-        while True:
-            out: list[bytes] = []
-            done = False
-            for ev in batch:
-                out.extend(_sse_line(c) for c in shaper.chunks(ev.deltas))
-                if ev.error is not None:
-                    out.append(_sse_line(ev.error.body()))
-                    done = True
-                elif ev.done:
-                    if shaper.include_usage:
-                        out.append(_sse_line(shaper.usage_chunk(ev.usage or Usage())))
-                    done = True
-            if done:
-                out.append(b"data: [DONE]\n\n")
-            # One write per batch of events: fewer syscalls under load.
-            yield b"".join(out)
-            if done:
-                return
-            try:
-                batch = await turn.next_batch()
-            except EnclaveError as exc:
-                yield _sse_line(exc.info.body()) + b"data: [DONE]\n\n"
-                return
-    finally:
-        await turn.close()
-
-
-def create_app(settings: Settings) -> FastAPI:
+def create_fastapi(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await migrate_async(settings)
@@ -262,6 +197,7 @@ def create_app(settings: Settings) -> FastAPI:
             turns=TurnClient(nc, settings.subjects, settings.gateway_timeout_s),
             limiter=RedisRateLimiter(redis),
         )
+        await app.state.gw.turns.subscribe()
         try:
             yield
         finally:
@@ -324,22 +260,6 @@ def create_app(settings: Settings) -> FastAPI:
             {"status": "ready" if ready else "not ready", "checks": checks},
             status_code=200 if ready else 503,
         )
-
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: Request) -> Response:
-        g = gw(request)
-        ctx = await g.authenticate(request, Action.INFER)
-        req = validate(ChatCompletionRequest, await g.read_json(request))
-        event = chat_event(req, ctx)
-        return await turn_response(g, event, req.stream, req.include_usage)
-
-    @app.post("/v1/completions", response_model=None)
-    async def completions(request: Request) -> Response:
-        g = gw(request)
-        ctx = await g.authenticate(request, Action.INFER)
-        req = validate(CompletionRequest, await g.read_json(request))
-        event = completion_event(req, ctx)
-        return await turn_response(g, event, req.stream, req.include_usage)
 
     @app.post("/v1/embeddings", response_model=None)
     async def embeddings(request: Request) -> Response:
@@ -432,8 +352,9 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _document_request_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
-    """Put the request models in /openapi.json: the routes parse bodies themselves (orjson,
-    OpenAI's 400 instead of FastAPI's 422), so FastAPI cannot see them."""
+    """Put the request models in /openapi.json: these routes parse bodies themselves (orjson,
+    OpenAI's 400 instead of FastAPI's 422), and the two streamed ones are plain ASGI, so
+    FastAPI sees none of them."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -445,13 +366,26 @@ def _document_request_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
-            doc["paths"][path]["post"]["requestBody"] = {
+            ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+            operation = (
+                doc["paths"]
+                .setdefault(path, {})
+                .setdefault(
+                    "post",
+                    {
+                        "summary": model.__doc__ or path,
+                        "responses": {
+                            "200": {
+                                "description": "The OpenAI object; with stream=true, a "
+                                "text/event-stream of chunks ending in `data: [DONE]`."
+                            }
+                        },
+                    },
+                )
+            )
+            operation["requestBody"] = {
                 "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
-                    }
-                },
+                "content": {"application/json": {"schema": ref}},
             }
         app.openapi_schema = doc
         return doc

@@ -19,6 +19,9 @@ from services.agent_runtime.pipeline import run_turn
 
 
 class FakeSource:
+    subject = "p.inference.deltas.rt1.r1-x"
+    worker = "w1"
+
     def __init__(self, events: list[TurnEvent]) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         for e in events:
@@ -40,9 +43,10 @@ class FakePorts:
         self.accepted = accepted
         self.source = FakeSource(events)
         self.emitted: list[tuple[str, TurnEvent]] = []
+        self.headers: list[dict[str, str]] = []
         self.requests: list[GenerateRequest] = []
 
-    async def open_deltas(self, subject: str) -> FakeSource:
+    async def open_deltas(self, request_id: str) -> FakeSource:
         return self.source
 
     async def request_generation(self, request: GenerateRequest) -> GenerateAccepted:
@@ -51,6 +55,7 @@ class FakePorts:
 
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         assert headers["enclave-tenant"] == "acme"
+        self.headers.append(headers)
         self.emitted.append((subject, TurnEvent.model_validate_json(data)))
 
 
@@ -58,6 +63,7 @@ EVENT = ChatRequested(
     ctx=RequestContext(tenant="acme", request_id="r1"),
     model="m",
     messages=[ChatMessage(role="user", content="hi")],
+    reply_subject="p.chat.stream.gw1.r1",
 )
 
 
@@ -68,16 +74,18 @@ async def test_deltas_are_relayed_to_the_request_subject() -> None:
     )
     await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
     subjects = {s for s, _ in ports.emitted}
-    assert subjects == {"p.chat.stream.r1"}
-    served, delta, done = (e for _, e in ports.emitted)
-    assert served.served_by == {"runtime": "rt1", "worker": "w1"}
+    assert subjects == {"p.chat.stream.gw1.r1"}
+    delta, done = (e for _, e in ports.emitted)
     assert delta.deltas[0].content == "a" and done.done
-    assert ports.requests[0].deltas_subject.startswith("p.inference.deltas.r1.")
+    for headers in ports.headers:
+        assert headers["enclave-runtime"] == "rt1" and headers["enclave-worker"] == "w1"
+    assert ports.requests[0].deltas_subject == FakeSource.subject
     assert ports.source.closed
 
 
 async def test_router_refusal_reaches_the_client() -> None:
     ports = FakePorts(GenerateAccepted(accepted=False, error=model_not_found("m")), [])
+    ports.source = FakeSource([])
     await run_turn(EVENT, ports, Subjects(), 1.0)
     ((_, event),) = ports.emitted
     assert event.error is not None and event.error.status == 404 and event.done

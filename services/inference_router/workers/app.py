@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from faststream import FastStream
+from nats.aio.msg import Msg
 
 from libs.bus import event_bytes, make_broker
+from libs.context import WORKER_HEADER
 from libs.errors import ErrorInfo
 from libs.events import (
     Delta,
@@ -68,6 +70,7 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
     engine = make_engine(settings, pool)
     broker = make_broker(settings, f"worker-{pool_name}")
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
+    mark = {WORKER_HEADER: worker_id}
     # llama.cpp contexts are not thread-safe: one generation at a time per engine, unless
     # the engine batches concurrent requests itself (vLLM).
     executor = ThreadPoolExecutor(
@@ -87,7 +90,9 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
             except Exception as exc:
                 await _fail(nc, out, exc)
                 return
-            await nc.publish(out, event_bytes(TurnEvent(deltas=deltas, usage=usage, done=True)))
+            await nc.publish(
+                out, event_bytes(TurnEvent(deltas=deltas, usage=usage, done=True)), headers=mark
+            )
             return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -105,13 +110,13 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
             finished = batch[-1] is _END
             deltas = [d for d in batch if d is not _END]
             if deltas:
-                await nc.publish(out, event_bytes(TurnEvent(deltas=deltas)))
+                await nc.publish(out, event_bytes(TurnEvent(deltas=deltas)), headers=mark)
         try:
             usage = future.result()
         except Exception as exc:
             await _fail(nc, out, exc)
             return
-        await nc.publish(out, event_bytes(TurnEvent(usage=usage, done=True)))
+        await nc.publish(out, event_bytes(TurnEvent(usage=usage, done=True)), headers=mark)
 
     if pool["engine"] == "sentence_transformers":
         embedder: EmbeddingEngine = engine
@@ -124,14 +129,24 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
 
     else:
 
-        @broker.subscriber(subject, queue=pool_name)
-        async def generate(request: GenerateRequest) -> GenerateAccepted:
+        async def on_generate(msg: Msg) -> None:
+            # Raw subscription on the per-request hot path (see the router's).
+            request = GenerateRequest.model_validate_json(msg.data)
+            accepted = GenerateAccepted(
+                accepted=True, worker=worker_id, timeout_s=request.timeout_s
+            )
+            await broker.connection.publish(msg.reply, event_bytes(accepted))
             task = asyncio.create_task(stream_generation(request))
             running.add(task)
             task.add_done_callback(running.discard)
-            return GenerateAccepted(accepted=True, worker=worker_id)
 
     app = FastStream(broker)
+
+    if pool["engine"] != "sentence_transformers":
+
+        @app.after_startup
+        async def _subscribe() -> None:
+            await broker.connection.subscribe(subject, queue=pool_name, cb=on_generate)
 
     @app.on_shutdown
     async def _drain() -> None:

@@ -1,0 +1,197 @@
+"""The streamed routes, /v1/chat/completions and /v1/completions, served as plain ASGI.
+
+On the chat route FastAPI's request and response classes cost about half the gateway's
+CPU (shared/DEPENDENCIES.md), so these two routes bypass them; every other route is
+FastAPI's. Each batch of events that arrived together leaves in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from libs.errors import EnclaveError, ErrorInfo
+from libs.events import ChatRequested, TurnEvent, Usage
+from services.gateway.openai_shapes import (
+    Accumulator,
+    ChatCompletionRequest,
+    ChatStreamShaper,
+    CompletionRequest,
+    chat_event,
+    completion_event,
+    parse_json,
+    validate,
+)
+from services.gateway.policy import Action
+from services.gateway.turn_client import TurnStream
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+}
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+def _sse_line(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+async def open_turn(gw: Any, event: ChatRequested) -> tuple[TurnStream, list[TurnEvent]]:
+    """Publish the turn and hold the status line until it produced output or failed, so
+    that an error before the first token (unknown model, no worker, timeout) gets its own
+    status."""
+    turn = await gw.turns.start(event)
+    try:
+        first = await turn.next_batch()
+        while not any(ev.deltas or ev.error or ev.done for ev in first):
+            first += await turn.next_batch()
+    except BaseException:
+        await turn.close()
+        raise
+    if not any(ev.deltas for ev in first):
+        for ev in first:
+            if ev.error is not None:
+                await turn.close()
+                raise EnclaveError.of(ev.error)
+    return turn, first
+
+
+async def collect(turn: TurnStream, first: list[TurnEvent], event: ChatRequested) -> bytes:
+    try:
+        acc = Accumulator(event.params.n)
+        usage = Usage()
+        batch = first
+        while True:
+            done = False
+            for ev in batch:
+                if ev.error is not None:
+                    raise EnclaveError.of(ev.error)
+                acc.add(ev.deltas)
+                usage = ev.usage or usage
+                done = done or ev.done
+            if done:
+                return orjson.dumps(acc.response(event, usage))
+            batch = await turn.next_batch()
+    finally:
+        await turn.close()
+
+
+async def stream(
+    turn: TurnStream, first: list[TurnEvent], shaper: ChatStreamShaper
+) -> AsyncIterator[bytes]:
+    batch = first
+    try:
+        while True:
+            out: list[bytes] = []
+            done = False
+            for ev in batch:
+                out.extend(_sse_line(c) for c in shaper.chunks(ev.deltas))
+                if ev.error is not None:
+                    out.append(_sse_line(ev.error.body()))
+                    done = True
+                elif ev.done:
+                    if shaper.include_usage:
+                        out.append(_sse_line(shaper.usage_chunk(ev.usage or Usage())))
+                    done = True
+            if done:
+                out.append(b"data: [DONE]\n\n")
+            yield b"".join(out)
+            if done:
+                return
+            try:
+                batch = await turn.next_batch()
+            except EnclaveError as exc:
+                yield _sse_line(exc.info.body()) + b"data: [DONE]\n\n"
+                return
+    finally:
+        await turn.close()
+
+
+class HotPath:
+    """ASGI wrapper: the streamed routes here, everything else to the FastAPI app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if kind is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        try:
+            status, extra, payload = await self._handle(kind, headers, receive)
+        except EnclaveError as exc:
+            status, extra, payload = exc.info.status, [], orjson.dumps(exc.info.body())
+        except Exception:
+            info = ErrorInfo(status=500, message="Internal error.", code="internal_error")
+            status, extra, payload = 500, [], orjson.dumps(info.body())
+        if isinstance(payload, bytes):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": JSON_HEADERS + extra,
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra})
+        try:
+            async for chunk in payload:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await payload.aclose()  # type: ignore[attr-defined]
+
+    async def _handle(
+        self, kind: str, headers: dict[bytes, bytes], receive: Receive
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes | AsyncIterator[bytes]]:
+        gw = self.app.state.gw
+        auth = headers.get(b"authorization")
+        ctx, key = await gw.identify(auth.decode("latin-1") if auth else None, Action.INFER)
+        # The rate limit's Redis round trip runs while the body is read and validated.
+        limited = asyncio.ensure_future(gw.enforce_rate_limit(key))
+        try:
+            declared = headers.get(b"content-length")
+            gw.check_declared_size(declared.decode() if declared else None)
+            body = await _read_body(receive, gw)
+            if kind == "chat":
+                chat = validate(ChatCompletionRequest, parse_json(body))
+                event, wants_stream, usage = chat_event(chat, ctx), chat.stream, chat.include_usage
+            else:
+                completion = validate(CompletionRequest, parse_json(body))
+                event = completion_event(completion, ctx)
+                wants_stream, usage = completion.stream, completion.include_usage
+        finally:
+            await limited
+        turn, first = await open_turn(gw, event)
+        extra = [(b"x-request-id", ctx.request_id.encode())]
+        extra += [(f"x-enclave-{k}".encode(), v.encode()) for k, v in turn.served_by.items()]
+        if wants_stream:
+            return 200, extra, stream(turn, first, ChatStreamShaper(event, usage))
+        return 200, extra, await collect(turn, first, event)
+
+
+async def _read_body(receive: Receive, gw: Any) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise EnclaveError(400, "The client closed the request.", "client_disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        gw.check_size(size)
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
