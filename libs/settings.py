@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     gateway_timeout_s: float = 90.0
     runtime_concurrency: int = 64
     worker_threads: int = 0  # 0: as many as cores
+    # Where each process writes its OpenTelemetry spans as JSON lines; empty: nowhere.
+    trace_dir: str = ""
 
     @cached_property
     def subjects(self) -> Subjects:

@@ -49,7 +49,14 @@ def _platform(services: Infra, home: Path, **extra: str) -> Platform:
     registry["models"].extend(TEST_MODELS)
     (home / "models.yaml").write_text(yaml.safe_dump(registry))
     port = free_port()
-    env = platform_env(services, home, port, ENCLAVE_MODELS_FILE=str(home / "models.yaml"), **extra)
+    env = platform_env(
+        services,
+        home,
+        port,
+        ENCLAVE_MODELS_FILE=str(home / "models.yaml"),
+        ENCLAVE_TRACE_DIR=str(home / "traces"),
+        **extra,
+    )
     plat = Platform(env=env, home=home, base_url=f"http://127.0.0.1:{port}")
     plat.cli("migrate")
     plat.admin_key = plat.create_key("acme", "admin", rpm=1_000_000)

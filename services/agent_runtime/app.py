@@ -17,6 +17,7 @@ from faststream import FastStream
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from libs.bus import ensure_streams, event_bytes, make_broker, stream_configs
@@ -24,6 +25,7 @@ from libs.context import WORKER_HEADER
 from libs.errors import ErrorInfo
 from libs.events import ChatRequested, GenerateAccepted, GenerateRequest, TurnEvent
 from libs.settings import Settings
+from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.agent_runtime.pipeline import DeltaSource, run_turn
 
 log = logging.getLogger("enclave.agent_runtime")
@@ -107,6 +109,7 @@ def build_app(settings: Settings) -> FastStream:
     chat = stream_configs(settings)[0]
     ports = NatsTurnPorts(settings, None, runtime_id)  # type: ignore[arg-type]  # set on start
     slots = asyncio.Semaphore(settings.runtime_concurrency)
+    tracer = setup_tracing("agent_runtime", settings.trace_dir)
     running: set[asyncio.Task[None]] = set()
 
     async def turn(msg: Msg) -> None:
@@ -118,9 +121,16 @@ def build_app(settings: Settings) -> FastStream:
                 await msg.term()
                 return
             try:
-                await run_turn(
-                    event, ports, settings.subjects, settings.upstream_timeout_s, runtime_id
-                )
+                with tracer.start_as_current_span(
+                    "turn",
+                    context=parent_context(event.ctx),
+                    kind=SpanKind.CONSUMER,
+                    attributes=attributes(event.ctx, **{"gen_ai.request.model": event.model}),
+                ) as span:
+                    event.ctx = with_span(event.ctx, span)
+                    await run_turn(
+                        event, ports, settings.subjects, settings.upstream_timeout_s, runtime_id
+                    )
             except Exception:
                 log.exception("turn %s failed", event.ctx.request_id)
                 await ports.emit_raw(

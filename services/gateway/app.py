@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from nats.aio.client import Client as NatsClient
+from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -38,6 +39,7 @@ from libs.events import (
     ModelsRequest,
 )
 from libs.settings import Settings
+from libs.telemetry import setup_tracing
 from services.gateway import keys
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
@@ -74,6 +76,7 @@ class Gateway:
     redis: Redis
     turns: TurnClient
     limiter: RedisRateLimiter
+    tracer: Tracer
     key_cache: dict[str, tuple[StoredKey, float]] = field(default_factory=dict)
 
     async def lookup(self, key_id: str) -> StoredKey | None:
@@ -196,6 +199,7 @@ def create_fastapi(settings: Settings) -> FastAPI:
             redis=redis,
             turns=TurnClient(nc, settings.subjects, settings.gateway_timeout_s),
             limiter=RedisRateLimiter(redis),
+            tracer=setup_tracing("gateway", settings.trace_dir),
         )
         await app.state.gw.turns.subscribe()
         try:

@@ -12,9 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
 
+from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import ChatRequested, TurnEvent, Usage
+from libs.telemetry import attributes, with_span
 from services.gateway.openai_shapes import (
     Accumulator,
     ChatCompletionRequest,
@@ -37,6 +41,7 @@ ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completion",
 }
+ROUTE_PATHS = {kind: path for path, kind in ROUTES.items()}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -159,6 +164,25 @@ class HotPath:
         gw = self.app.state.gw
         auth = headers.get(b"authorization")
         ctx, key = await gw.identify(auth.decode("latin-1") if auth else None, Action.INFER)
+        incoming = headers.get(b"traceparent")
+        parent = propagate.extract({"traceparent": incoming.decode()}) if incoming else None
+        with gw.tracer.start_as_current_span(
+            f"POST {ROUTE_PATHS[kind]}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attributes(ctx),
+        ) as span:
+            return await self._turn(kind, gw, with_span(ctx, span), key, headers, receive)
+
+    async def _turn(
+        self,
+        kind: str,
+        gw: Any,
+        ctx: RequestContext,
+        key: Any,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes | AsyncIterator[bytes]]:
         # The rate limit's Redis round trip runs while the body is read and validated.
         limited = asyncio.ensure_future(gw.enforce_rate_limit(key))
         try:

@@ -25,6 +25,7 @@ from libs.events import (
     ModelsRequest,
 )
 from libs.settings import Settings
+from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.inference_router.adapters.sql_models import load_routes
 from services.inference_router.registry import ModelRoute, Registry, load_registry
 
@@ -58,6 +59,7 @@ def build_app(settings: Settings) -> FastStream:
     broker = make_broker(settings, "inference_router")
     subjects = settings.subjects
     routes = Routes(settings)
+    tracer = setup_tracing("inference_router", settings.trace_dir)
 
     async def ask_pool(
         pool: str, payload: bytes, headers: dict[str, str], timeout: float
@@ -74,6 +76,15 @@ def build_app(settings: Settings) -> FastStream:
         return msg.data
 
     async def generate(request: GenerateRequest) -> bytes:
+        with tracer.start_as_current_span(
+            "route",
+            context=parent_context(request.ctx),
+            attributes=attributes(request.ctx, **{"gen_ai.request.model": request.model}),
+        ) as span:
+            request.ctx = with_span(request.ctx, span)
+            return await route_generation(request)
+
+    async def route_generation(request: GenerateRequest) -> bytes:
         route = await routes.resolve(request.model, request.ctx.tenant, request.kind)
         if isinstance(route, ErrorInfo):
             return event_bytes(GenerateAccepted(accepted=False, error=route))

@@ -28,6 +28,7 @@ from libs.events import (
     TurnEvent,
 )
 from libs.settings import Settings
+from libs.telemetry import attributes, parent_context, setup_tracing
 from services.inference_router.engine import EmbeddingEngine, GenerationEngine
 from services.inference_router.registry import load_registry
 
@@ -71,6 +72,7 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
     broker = make_broker(settings, f"worker-{pool_name}")
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
     mark = {WORKER_HEADER: worker_id}
+    tracer = setup_tracing(f"worker-{pool_name}", settings.trace_dir)
     # llama.cpp contexts are not thread-safe: one generation at a time per engine, unless
     # the engine batches concurrent requests itself (vLLM).
     executor = ThreadPoolExecutor(
@@ -132,6 +134,11 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
         async def on_generate(msg: Msg) -> None:
             # Raw subscription on the per-request hot path (see the router's).
             request = GenerateRequest.model_validate_json(msg.data)
+            span = tracer.start_span(
+                "generate",
+                context=parent_context(request.ctx),
+                attributes=attributes(request.ctx, **{"enclave.pool": pool_name}),
+            )
             accepted = GenerateAccepted(
                 accepted=True, worker=worker_id, timeout_s=request.timeout_s
             )
@@ -139,6 +146,7 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
             task = asyncio.create_task(stream_generation(request))
             running.add(task)
             task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: span.end())
 
     app = FastStream(broker)
 

@@ -1,0 +1,49 @@
+"""One trace per request across processes: gateway -> runtime -> router -> worker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from tests.infra import Platform
+
+
+def spans_of(platform: Platform, request_id: str) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    for path in (platform.home / "traces").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            span = json.loads(line)
+            if span["attributes"].get("enclave.request_id") == request_id:
+                found[span["name"]] = span
+    return found
+
+
+def test_a_chat_is_one_trace_across_every_hop(platform: Platform) -> None:
+    client_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    r = httpx.post(
+        platform.base_url + "/v1/chat/completions",
+        headers={
+            "Authorization": f"Bearer {platform.admin_key}",
+            "traceparent": f"00-{client_trace}-00f067aa0ba902b7-01",
+        },
+        json={"model": "enclave-instant", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    request_id = r.headers["x-request-id"]
+    wanted = {"POST /v1/chat/completions", "turn", "route", "generate"}
+    deadline = time.monotonic() + 10
+    spans = spans_of(platform, request_id)
+    while set(spans) != wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        spans = spans_of(platform, request_id)
+    assert set(spans) == wanted
+    assert {s["trace_id"] for s in spans.values()} == {client_trace}
+    gateway, turn = spans["POST /v1/chat/completions"], spans["turn"]
+    assert gateway["parent_id"] == "00f067aa0ba902b7"
+    assert turn["parent_id"] == gateway["span_id"]
+    assert spans["route"]["parent_id"] == turn["span_id"]
+    assert spans["generate"]["parent_id"] == spans["route"]["span_id"]
+    assert {s["attributes"]["enclave.tenant"] for s in spans.values()} == {"acme"}
