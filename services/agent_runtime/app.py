@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 
 from faststream import FastStream
 from nats.aio.client import Client as NatsClient
@@ -118,6 +119,12 @@ def build_app(settings: Settings) -> FastStream:
                 event = ChatRequested.model_validate_json(msg.data)
             except ValidationError:
                 log.error("dropping a chat.requested this runtime cannot read (schema version?)")
+                await msg.term()
+                return
+            if time.time() - event.created > settings.gateway_timeout_s:
+                # Redelivered after its client gave up (a replica died mid-turn): running
+                # it again would only spend a worker on an answer nobody reads.
+                log.warning("dropping turn %s: its client has gone", event.ctx.request_id)
                 await msg.term()
                 return
             try:
