@@ -16,11 +16,13 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
+from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import ensure_streams, event_bytes, jstream, make_broker, stream_configs
 from libs.errors import ErrorInfo
 from libs.events import ChatRequested, GenerateAccepted, GenerateRequest
 from libs.settings import Settings
 from services.agent_runtime.pipeline import DeltaSource, run_turn
+from services.agent_runtime.turn_audit import record_turn
 
 ROUTER_TIMEOUT_S = 10.0
 
@@ -48,6 +50,7 @@ class NatsTurnPorts:
     def __init__(self, settings: Settings, nc: NatsClient) -> None:
         self.nc = nc
         self.subjects = settings.subjects
+        self.last: bytes | None = None  # the last event sent to the client: the outcome
 
     async def open_deltas(self, subject: str) -> DeltaSource:
         source = NatsDeltaSource()
@@ -70,12 +73,14 @@ class NatsTurnPorts:
         return GenerateAccepted.model_validate_json(msg.data)
 
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        self.last = data
         await self.nc.publish(subject, data, headers=headers)
 
 
 def build_app(settings: Settings) -> FastStream:
     broker = make_broker(settings, "agent_runtime")
     runtime_id = f"{socket.gethostname()}-{os.getpid()}"
+    audit: list[AuditPublisher] = []
     chat = stream_configs(settings)[0]
 
     @broker.subscriber(
@@ -87,13 +92,13 @@ def build_app(settings: Settings) -> FastStream:
         config=ConsumerConfig(ack_wait=300, max_ack_pending=10_000),
     )
     async def on_chat_requested(event: ChatRequested) -> None:
-        await run_turn(
-            event,
-            NatsTurnPorts(settings, broker.connection),
-            settings.subjects,
-            settings.upstream_timeout_s,
-            runtime_id,
-        )
+        ports = NatsTurnPorts(settings, broker.connection)
+        try:
+            await run_turn(event, ports, settings.subjects, settings.upstream_timeout_s, runtime_id)
+        except Exception as exc:
+            await record_turn(audit[0], event, ports.last, exc)
+            raise
+        await record_turn(audit[0], event, ports.last)
 
     app = FastStream(broker)
 
@@ -102,5 +107,10 @@ def build_app(settings: Settings) -> FastStream:
         # The consumer is created when the broker starts: its stream must exist first.
         await broker.connect()
         await ensure_streams(broker.connection, settings)
+        audit.append(
+            AuditPublisher(
+                broker.connection, settings.subjects, "runtime", outbox_dir(settings.home)
+            ).start()
+        )
 
     return app

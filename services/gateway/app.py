@@ -40,7 +40,7 @@ from libs.events import (
     Usage,
 )
 from libs.settings import Settings
-from services.gateway import keys
+from services.gateway import audit_routes, keys
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
 from services.gateway.openai_shapes import (
@@ -261,9 +261,11 @@ def create_app(settings: Settings) -> FastAPI:
             turns=TurnClient(nc, settings.subjects, settings.gateway_timeout_s),
             limiter=RedisRateLimiter(redis),
         )
+        app.state.audit = audit_routes.start_publisher(settings, nc)
         try:
             yield
         finally:
+            await app.state.audit.close()
             await nc.drain()
             await redis.aclose()
             await db.dispose()
@@ -330,6 +332,7 @@ def create_app(settings: Settings) -> FastAPI:
         ctx = await g.authenticate(request, Action.INFER)
         req = validate(ChatCompletionRequest, await g.read_json(request))
         event = chat_event(req, ctx)
+        await audit_routes.audit_request(request, ctx, "chat.completions", req.model)
         return await turn_response(g, event, req.stream, req.include_usage)
 
     @app.post("/v1/completions", response_model=None)
@@ -338,6 +341,7 @@ def create_app(settings: Settings) -> FastAPI:
         ctx = await g.authenticate(request, Action.INFER)
         req = validate(CompletionRequest, await g.read_json(request))
         event = completion_event(req, ctx)
+        await audit_routes.audit_request(request, ctx, "completions", req.model)
         return await turn_response(g, event, req.stream, req.include_usage)
 
     @app.post("/v1/embeddings", response_model=None)
@@ -345,6 +349,7 @@ def create_app(settings: Settings) -> FastAPI:
         g = gw(request)
         ctx = await g.authenticate(request, Action.INFER)
         req = validate(EmbeddingRequest, await g.read_json(request))
+        await audit_routes.audit_request(request, ctx, "embeddings", req.model)
         try:
             inputs = req.inputs()
         except ValueError as exc:
@@ -419,4 +424,5 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=201,
         )
 
+    audit_routes.register(app)
     return app
