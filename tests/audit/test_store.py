@@ -131,7 +131,7 @@ async def test_tampering_in_the_database_is_named(pg_service: AuditService, tamp
         await _as_dba(
             pg_service,
             "UPDATE audit_entries SET actor = 'nobody', payload = "
-            "(payload::jsonb || '{\"actor\": \"nobody\"}')::json WHERE seq = 7",
+            '(payload::jsonb || \'{"actor": "nobody"}\')::json WHERE seq = 7',
         )
         expect = (7, "hash mismatch")
     elif tamper == "delete":
