@@ -16,7 +16,7 @@ from libs.events import AuditEvent, AuditExportRequest, AuditReply, AuditSearch,
 from services.audit import bundle, checkpoint
 from services.audit.adapters.keys import HmacKeySource
 from services.audit.adapters.sql import Appended, AuditStore
-from services.audit.chain import Entry, Report
+from services.audit.chain import Entry, Report, canonical
 
 log = logging.getLogger("enclave.audit")
 
@@ -58,15 +58,20 @@ class AuditService:
         self.touched: set[str] = set()
 
     async def append(self, events: Sequence[AuditEvent]) -> list[Appended]:
-        """Append a batch: one transaction per tenant, in the order the batch holds."""
+        """Append a batch in one transaction; each tenant's events in the order the batch holds."""
         by_tenant: dict[str, list[dict[str, Any]]] = {}
         for event in events:
-            by_tenant.setdefault(event.tenant, []).append(event.model_dump(exclude_none=True))
-        keys = self.keys.current()
-        out = []
-        for tenant, batch in by_tenant.items():
-            out.append(await self.store.append(tenant, batch, keys))
-            self.touched.add(tenant)
+            data = event.model_dump(exclude_none=True)
+            try:
+                canonical(data)
+            except TypeError:  # a lone surrogate: valid JSON, but no UTF-8 to hash
+                log.error("dropping audit event %s: not encodable as UTF-8", event.id)
+                continue
+            by_tenant.setdefault(event.tenant, []).append(data)
+        if not by_tenant:
+            return []
+        out = await self.store.append_many(by_tenant, self.keys.current(), validated=True)
+        self.touched.update(by_tenant)
         return out
 
     async def checkpoint(self, tenant: str) -> checkpoint.Checkpoint | None:

@@ -212,8 +212,10 @@ def test_auditors_read_their_own_tenant_only(audit_platform: Platform, tmp_path:
     out_file = tmp_path / "cli.jsonl"
     plat.cli("audit", "export", "--tenant", "globex", "--out", str(out_file))
     out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "audit", "verify", str(out_file)]
-        + ["--public-key", str(plat.home / "audit.pub")],
+        [
+            *(sys.executable, "-m", "services.cli", "audit", "verify", str(out_file)),
+            *("--public-key", str(plat.home / "audit.pub")),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -63,6 +64,26 @@ def _row(entry: Entry) -> dict[str, Any]:
 
 
 _COLUMNS = ("kind", "action", "actor", "request_id", "time")
+_RECORD = ("tenant", "seq", "event_id", *_COLUMNS, "prev_hash", "hash", "hmac", "key_id", "payload")
+
+
+def _record(entry: Entry) -> tuple[Any, ...]:
+    e = entry.event
+    return (
+        entry.tenant,
+        entry.seq,
+        e["id"],
+        e.get("kind", ""),
+        e.get("action", ""),
+        e.get("actor", ""),
+        e.get("request_id", ""),
+        e.get("time", ""),
+        entry.prev_hash,
+        entry.hash,
+        entry.hmac,
+        entry.key_id,
+        orjson.dumps(e).decode(),
+    )
 
 
 class AuditStore:
@@ -72,49 +93,95 @@ class AuditStore:
 
     # -- appending --
     async def append(
-        self, tenant: str, events: Sequence[dict[str, Any]], keys: HmacKeys
+        self,
+        tenant: str,
+        events: Sequence[dict[str, Any]],
+        keys: HmacKeys,
+        validated: bool = False,
     ) -> Appended:
         """Append one tenant's events (in order) after its head, skipping known event ids."""
+        return (await self.append_many({tenant: events}, keys, validated))[0]
+
+    async def append_many(
+        self,
+        batches: Mapping[str, Sequence[dict[str, Any]]],
+        keys: HmacKeys,
+        validated: bool = False,
+    ) -> list[Appended]:
+        """Append each tenant's events after its head, all in one transaction.
+
+        One commit (one WAL flush) for a whole pulled batch is what makes the rate.
+        `validated`: the events passed `AuditEvent` validation (skip the value-space check).
+        """
         for attempt in range(MAX_RETRIES):
             try:
                 async with self.engine.begin() as conn:
-                    return await self._append(conn, tenant, events, keys)
+                    return await self._append(conn, batches, keys, validated)
             except (IntegrityError, DBAPIError) as exc:
                 conflict = isinstance(exc, IntegrityError) or "locked" in str(exc).lower()
                 if not conflict:
                     raise
-                # Another replica appended first: start again from the new head.
+                # Another replica appended first: start again from the new heads.
                 await asyncio.sleep(random.uniform(0.001, 0.01 * (attempt + 1)))
-        raise RuntimeError(f"audit append for {tenant!r} kept conflicting")
+        raise RuntimeError(f"audit append for {sorted(batches)} kept conflicting")
 
     async def _append(
-        self, conn: AsyncConnection, tenant: str, events: Sequence[dict[str, Any]], keys: HmacKeys
-    ) -> Appended:
+        self,
+        conn: AsyncConnection,
+        batches: Mapping[str, Sequence[dict[str, Any]]],
+        keys: HmacKeys,
+        validated: bool,
+    ) -> list[Appended]:
+        tenants = sorted(batches)  # locks in one global order: replicas cannot deadlock
         if self.postgres:
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                {"k": f"enclave.audit:{tenant}"},
+            for tenant in tenants:
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                    {"k": f"enclave.audit:{tenant}"},
+                )
+        known = await self._known(conn, [e["id"] for t in tenants for e in batches[t]])
+        out: list[Appended] = []
+        new: list[Entry] = []
+        for tenant in tenants:
+            events = batches[tenant]
+            fresh: list[dict[str, Any]] = []
+            for event in events:
+                if event["id"] not in known:
+                    known.add(event["id"])  # the same id twice in one batch: once
+                    fresh.append(event)
+            head_seq, head_hash = await self._head(conn, tenant)
+            if fresh:
+                entries = extend(tenant, head_seq, head_hash, fresh, keys, check=not validated)
+                new.extend(entries)
+                head_seq, head_hash = entries[-1].seq, entries[-1].hash
+            out.append(Appended(tenant, len(fresh), len(events) - len(fresh), head_seq, head_hash))
+        if not new:
+            return out
+        if self.postgres:
+            # COPY is several times faster than a multi-row INSERT; same transaction.
+            raw = (await conn.get_raw_connection()).driver_connection
+            await raw.copy_records_to_table(
+                "audit_entries", records=[_record(e) for e in new], columns=_RECORD
             )
-        ids = [e["id"] for e in events]
-        known: set[str] = set()
-        for i in range(0, len(ids), 1000):
-            chunk = ids[i : i + 1000]
+        else:
+            await conn.execute(insert(ENTRIES), [_row(e) for e in new])
+        return out
+
+    async def _known(self, conn: AsyncConnection, ids: list[str]) -> set[str]:
+        """The event ids already in a chain (redeliveries)."""
+        if self.postgres:
             found = await conn.execute(
-                select(ENTRIES.c.event_id).where(ENTRIES.c.event_id.in_(chunk))
+                text("SELECT event_id FROM audit_entries WHERE event_id = ANY(:ids)"),
+                {"ids": ids},
+            )
+            return set(found.scalars())
+        known: set[str] = set()
+        for i in range(0, len(ids), 500):
+            found = await conn.execute(
+                select(ENTRIES.c.event_id).where(ENTRIES.c.event_id.in_(ids[i : i + 500]))
             )
             known.update(found.scalars())
-        fresh: list[dict[str, Any]] = []
-        for event in events:
-            if event["id"] not in known:
-                known.add(event["id"])  # the same id twice in one batch: once
-                fresh.append(event)
-        head_seq, head_hash = await self._head(conn, tenant)
-        if not fresh:
-            return Appended(tenant, 0, len(events), head_seq, head_hash)
-        entries = extend(tenant, head_seq, head_hash, fresh, keys)
-        await conn.execute(insert(ENTRIES), [_row(e) for e in entries])
-        last = entries[-1]
-        return Appended(tenant, len(entries), len(events) - len(entries), last.seq, last.hash)
+        return known
 
     async def _head(self, conn: AsyncConnection, tenant: str) -> tuple[int, str]:
         row = (
