@@ -265,7 +265,9 @@ class ChainVerifier:
         seq = body.get("seq")
         if seq != want:
             if isinstance(seq, int) and seq > want:
-                self._fail(f"found seq {seq} where {want} belongs: entry {want} is missing")
+                self._fail(
+                    f"found seq {seq} where {want} belongs: entry {want} is missing or out of order"
+                )
             else:
                 self._fail(f"found seq {seq} where {want} belongs: out of order or inserted")
             return False

@@ -46,8 +46,8 @@ def ensure(settings: Settings) -> list[Path]:
 
 
 def verify_file(path: Path, key_file: Path | None, public_keys: list[Path]) -> tuple[bool, str]:
+    from services.audit.adapters.bundle_file import verify_path
     from services.audit.adapters.keys import load_public_keys, parse_key_file
-    from services.audit.bundle import verify_bundle
 
     if key_file is None and not public_keys:
         return False, "give --key-file (HMAC) and/or --public-key (Ed25519)"
@@ -56,8 +56,7 @@ def verify_file(path: Path, key_file: Path | None, public_keys: list[Path]) -> t
     keys = parse_key_file(key_file.read_text()) if key_file else None
     pubs = load_public_keys(public_keys) if public_keys else None
     try:
-        with open(path, "rb") as f:
-            report = verify_bundle(f, keys=keys, public_keys=pubs)
+        report = verify_path(path, keys=keys, public_keys=pubs)
     except (orjson.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
         return False, f"FAILED: not a readable bundle ({exc})"
     return report.ok, report.summary()

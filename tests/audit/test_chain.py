@@ -212,3 +212,39 @@ def test_cli_verifies_offline_and_fails_with_the_first_bad_entry(tmp_path: Path)
     _, other_pub = write_keys(tmp_path / "other", other)
     out = _cli(str(good), "--public-key", str(other_pub))
     assert out.returncode == 1 and "unknown key" in out.stdout
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_parallel_verification_names_the_same_first_bad_entry(tmp_path: Path, workers: int) -> None:
+    from services.audit.adapters.bundle_file import verify_path
+
+    n = 600
+    base = bundle_lines(chain(n), SIGNER)
+    rng = random.Random(workers)
+    cases: list[list[bytes]] = [base]
+    for _ in range(12):
+        lines = list(base)
+        seq = rng.randint(1, n - 1)
+        i = entry_line_index(lines, seq)
+        kind = rng.choice(["modify", "delete", "swap", "duplicate", "truncate"])
+        if kind == "modify":
+            lines = _edit(lines, seq, actor="x")
+        elif kind == "delete":
+            del lines[i]
+        elif kind == "swap":
+            lines[i], lines[i + 1] = lines[i + 1], lines[i]
+        elif kind == "duplicate":
+            lines.insert(i, lines[i])
+        else:
+            lines = lines[:i]
+        cases.append(lines)
+    for lines in cases:
+        path = tmp_path / "b.jsonl"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        serial = verify_bundle(lines, keys=keys(), public_keys=PUBS)
+        parallel = verify_path(
+            path, keys=keys(), public_keys=PUBS, workers=workers, parallel_from=0
+        )
+        assert parallel.ok == serial.ok
+        assert parallel.problem == serial.problem, (serial.summary(), parallel.summary())
+        assert parallel.count == serial.count or not serial.ok

@@ -160,6 +160,7 @@ class AuditStore:
         if self.postgres:
             # COPY is several times faster than a multi-row INSERT; same transaction.
             raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
             await raw.copy_records_to_table(
                 "audit_entries", records=[_record(e) for e in new], columns=_RECORD
             )
