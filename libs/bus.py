@@ -51,6 +51,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             subjects=[s.audit_all],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            # The database is the record; the stream keeps a week to replay from.
+            max_age=7 * 86400.0,
         ),
     ]
 

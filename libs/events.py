@@ -7,9 +7,9 @@ Field names follow OpenAI's where an OpenAI concept exists.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from libs.context import RequestContext
 from libs.errors import ErrorInfo
@@ -146,3 +146,97 @@ class ModelsRequest(BaseModel):
 class ModelsReply(BaseModel):
     v: Literal[1] = 1
     models: list[ModelInfo] = Field(default_factory=list)
+
+
+# -- audit (issue 4) --
+
+AUDIT_TOKEN = r"^[A-Za-z0-9_.:-]{1,64}$"
+AUDIT_MAX_INT = 2**53 - 1  # RFC 8785 numbers are IEEE doubles: keep integers exact
+AuditValue = Annotated[StrictStr | StrictBool | StrictInt, Field(union_mode="left_to_right")]
+
+
+class AuditEvent(BaseModel):
+    """any service -> audit (JetStream `audit.<tenant>.<kind>`): one thing that happened.
+
+    Content is carried as digests (`sha256:<hex>`), never as text: no raw PII or secrets.
+    No floats anywhere, so that the chain's canonical encoding (RFC 8785) is exact.
+    """
+
+    v: Literal[1] = 1
+    id: str = Field(pattern=r"^[0-9a-f]{32}$")  # the idempotency key
+    tenant: str = Field(min_length=1, max_length=128)
+    kind: str = Field(pattern=AUDIT_TOKEN)  # subject token: the emitting stage
+    action: str = Field(pattern=AUDIT_TOKEN)
+    time: str  # UTC, `YYYY-MM-DDTHH:MM:SS.ffffffZ`: sorts as text
+    service: str = ""
+    actor: str = ""
+    role: str = ""
+    request_id: str = ""
+    policy_version: str | None = None
+    model: str | None = None
+    adapter: str | None = None
+    outcome: str = "ok"
+    digests: dict[Annotated[str, Field(pattern=AUDIT_TOKEN)], str] = Field(default_factory=dict)
+    attrs: dict[Annotated[str, Field(pattern=AUDIT_TOKEN)], AuditValue] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("attrs")
+    @classmethod
+    def _exact_ints(cls, attrs: dict[str, Any]) -> dict[str, Any]:
+        for key, value in attrs.items():
+            if isinstance(value, int) and abs(value) > AUDIT_MAX_INT:
+                raise ValueError(f"attrs.{key}: integers must stay within ±2**53")
+        return attrs
+
+
+class AuditSearch(BaseModel):
+    """gateway -> audit (request/reply): entries of one tenant's chain matching filters."""
+
+    v: Literal[1] = 1
+    tenant: str
+    request_id: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    since: str | None = None
+    until: str | None = None
+    after_seq: int = 0
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class AuditVerifyRequest(BaseModel):
+    """gateway -> audit (request/reply): verify a range of one tenant's chain."""
+
+    v: Literal[1] = 1
+    tenant: str
+    from_seq: int = Field(default=1, ge=1)
+    to_seq: int | None = None
+
+
+class AuditExportRequest(BaseModel):
+    """gateway -> audit (request/reply): one page of an export bundle.
+
+    Without `upto` the service signs a fresh checkpoint at the head and answers with the
+    bundle's header and checkpoint lines and the entry count; the pages follow up to it.
+    """
+
+    v: Literal[1] = 1
+    tenant: str
+    upto: int | None = None
+    after_seq: int = 0
+    limit: int = Field(default=500, ge=1, le=1000)
+
+
+class AuditReply(BaseModel):
+    """audit -> gateway: the answer to AuditSearch, AuditVerifyRequest or AuditExportRequest."""
+
+    v: Literal[1] = 1
+    entries: list[dict[str, Any]] = Field(default_factory=list)
+    lines: list[str] = Field(default_factory=list)
+    next_after_seq: int | None = None
+    count: int = 0
+    ok: bool | None = None
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    head_hash: str | None = None
+    error: ErrorInfo | None = None

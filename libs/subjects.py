@@ -102,3 +102,16 @@ class Subjects:
     @property
     def audit_stream_name(self) -> str:
         return self._stream("ENCLAVE_AUDIT")
+
+    # -- audit API (core NATS request/reply; outside `audit.>` so the stream never stores it) --
+    @property
+    def audit_api_search(self) -> str:
+        return self._s("auditapi.search")
+
+    @property
+    def audit_api_verify(self) -> str:
+        return self._s("auditapi.verify")
+
+    @property
+    def audit_api_export(self) -> str:
+        return self._s("auditapi.export")

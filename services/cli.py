@@ -15,8 +15,9 @@ import time
 from collections.abc import Sequence
 
 from libs.settings import Settings, load_settings
+from services.audit import cli as audit_cli
 
-SERVICES = ("gateway", "agent_runtime", "inference_router", "worker")
+SERVICES = ("gateway", "agent_runtime", "inference_router", "worker", "audit")
 # What `enclave up` starts: (service, pool)
 DEFAULT_PLATFORM = (
     ("inference_router", None),
@@ -26,6 +27,7 @@ DEFAULT_PLATFORM = (
     ("worker", "instant"),
     ("agent_runtime", None),
     ("gateway", None),
+    ("audit", None),
 )
 
 
@@ -61,6 +63,10 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.inference_router.workers.app import build_app as build_worker
 
         app = build_worker(settings, pool)
+    elif service == "audit":
+        from services.audit.app import build_app as build_audit
+
+        app = build_audit(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     uvloop.run(app.run())
@@ -71,6 +77,8 @@ def up(settings: Settings, only: Sequence[str]) -> int:
     from libs.db.engine import migrate
 
     migrate(settings.sqlalchemy_url)
+    for path in audit_cli.ensure(settings):
+        print(f"created audit key {path}", flush=True)
     key_file = settings.home / "admin.key"
     if not key_file.exists():
         plaintext = asyncio.run(_create_key(settings, "default", "admin", "make up", None))
@@ -181,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_add.add_argument("--tenant", default=None)
     p_add.add_argument("--adapter", default=None)
 
+    audit_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
     if getattr(args, "port", None):
         os.environ["ENCLAVE_GATEWAY_PORT"] = str(args.port)
@@ -200,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "models":
         asyncio.run(_add_model(settings, args))
         print(f"registered {args.id} on pool {args.pool}")
+    elif args.command == "audit":
+        return audit_cli.run(args, settings)
     return 0
 
 

@@ -7,6 +7,7 @@ each test run isolated by its own bus prefix, database and ENCLAVE_HOME.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -16,10 +17,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import nats
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,6 +135,21 @@ class Platform:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.stop(name)
+        # In a thread of its own: stop_all may be called from inside a running event loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, self._delete_streams()).result()
+
+    async def _delete_streams(self) -> None:
+        """Drop this platform's JetStream streams: test runs must not pile up on the server."""
+        tag = self.env["ENCLAVE_BUS_PREFIX"].upper() + "_"
+        nc = await nats.connect(self.env["ENCLAVE_NATS_URL"])
+        try:
+            js = nc.jetstream()
+            for info in await js.streams_info():
+                if info.config.name and info.config.name.startswith(tag):
+                    await js.delete_stream(info.config.name)
+        finally:
+            await nc.close()
 
     def cli(self, *args: str) -> str:
         out = subprocess.run(

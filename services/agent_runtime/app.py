@@ -21,6 +21,7 @@ from nats.js.api import ConsumerConfig
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import ensure_streams, event_bytes, make_broker, stream_configs
 from libs.context import WORKER_HEADER
 from libs.errors import ErrorInfo
@@ -28,6 +29,7 @@ from libs.events import ChatRequested, GenerateAccepted, GenerateRequest, TurnEv
 from libs.settings import Settings
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.agent_runtime.pipeline import DeltaSource, run_turn
+from services.agent_runtime.turn_audit import record_turn
 
 log = logging.getLogger("enclave.agent_runtime")
 INTERNAL = ErrorInfo(
@@ -112,6 +114,7 @@ def build_app(settings: Settings) -> FastStream:
     slots = asyncio.Semaphore(settings.runtime_concurrency)
     tracer = setup_tracing("agent_runtime", settings.trace_dir)
     running: set[asyncio.Task[None]] = set()
+    audit: list[AuditPublisher] = []
 
     async def turn(msg: Msg) -> None:
         async with slots:
@@ -127,6 +130,8 @@ def build_app(settings: Settings) -> FastStream:
                 log.warning("dropping turn %s: its client has gone", event.ctx.request_id)
                 await msg.term()
                 return
+            last: bytes | None = None
+            failure: Exception | None = None
             try:
                 with tracer.start_as_current_span(
                     "turn",
@@ -135,17 +140,20 @@ def build_app(settings: Settings) -> FastStream:
                     attributes=attributes(event.ctx, **{"gen_ai.request.model": event.model}),
                 ) as span:
                     event.ctx = with_span(event.ctx, span)
-                    await run_turn(
+                    last = await run_turn(
                         event, ports, settings.subjects, settings.upstream_timeout_s, runtime_id
                     )
-            except Exception:
+            except Exception as exc:
+                failure = exc
                 log.exception("turn %s failed", event.ctx.request_id)
                 await ports.emit_raw(
                     event.reply_subject,
                     event_bytes(TurnEvent(error=INTERNAL, done=True)),
                     event.ctx.headers(),
                 )
-            # Acked only now: a replica that dies mid-turn leaves it to another.
+            await record_turn(audit[0], event, last, failure)
+            # Acked only now, audit record included: a replica that dies mid-turn leaves
+            # the turn to another.
             await msg.ack()
 
     async def on_chat_requested(msg: Msg) -> None:
@@ -160,6 +168,9 @@ def build_app(settings: Settings) -> FastStream:
         nc = broker.connection
         await ensure_streams(nc, settings)
         ports.nc = nc
+        audit.append(
+            AuditPublisher(nc, settings.subjects, "runtime", outbox_dir(settings.home)).start()
+        )
         await ports.subscribe()
         # Raw JetStream push consumer, shared by every replica as a deliver group: the
         # FastStream subscriber adds 0.25 ms to every turn (bench/gateway.py).
@@ -177,5 +188,7 @@ def build_app(settings: Settings) -> FastStream:
     async def _drain() -> None:
         if running:
             await asyncio.wait(running, timeout=30)
+        if audit:
+            await audit[0].close()
 
     return app

@@ -41,16 +41,18 @@ async def run_turn(
     subjects: Subjects,
     upstream_timeout_s: float,
     runtime_id: str = "",
-) -> None:
-    """Run one turn to its end; every outcome, errors included, reaches the client's subject."""
+) -> bytes:
+    """Run one turn to its end; every outcome, errors included, reaches the client's subject.
+
+    Returns the last event the client was sent: the turn's outcome."""
     ctx = event.ctx
     out = event.reply_subject
     headers = ctx.headers()
 
-    async def fail(error: ErrorInfo) -> None:
-        await ports.emit_raw(
-            out, TurnEvent(error=error, done=True).model_dump_json().encode(), headers
-        )
+    async def fail(error: ErrorInfo) -> bytes:
+        data = TurnEvent(error=error, done=True).model_dump_json().encode()
+        await ports.emit_raw(out, data, headers)
+        return data
 
     source = await ports.open_deltas(ctx.request_id)
     accepting = asyncio.ensure_future(
@@ -76,8 +78,9 @@ async def run_turn(
             accepted = accepting.result()
             if not accepted.accepted:
                 pending.cancel()
-                await fail(accepted.error or ErrorInfo(status=503, message="No worker accepted."))
-                return
+                return await fail(
+                    accepted.error or ErrorInfo(status=503, message="No worker accepted.")
+                )
             timeout = min(upstream_timeout_s, accepted.timeout_s or upstream_timeout_s)
             try:
                 data = await asyncio.wait_for(pending, timeout)
@@ -87,13 +90,12 @@ async def run_turn(
             data = pending.result()
         while True:
             if data is None:
-                await fail(upstream_timeout(f"no token from {event.model} in {timeout}s"))
-                return
+                return await fail(upstream_timeout(f"no token from {event.model} in {timeout}s"))
             relay_headers = {**headers, RUNTIME_HEADER: runtime_id, WORKER_HEADER: source.worker}
             # Pass-through until the output guardrail stage lands: relay the bytes as they are.
             await ports.emit_raw(out, data, relay_headers)
             if b'"done":true' in data:
-                return
+                return data
             if accepting.done() and timeout == upstream_timeout_s:
                 accepted = accepting.result()
                 timeout = min(upstream_timeout_s, accepted.timeout_s or upstream_timeout_s)

@@ -40,7 +40,7 @@ from libs.events import (
 )
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
-from services.gateway import keys
+from services.gateway import audit_routes, keys
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
 from services.gateway.hot_path import HotPath
@@ -202,9 +202,11 @@ def create_fastapi(settings: Settings) -> FastAPI:
             tracer=setup_tracing("gateway", settings.trace_dir),
         )
         await app.state.gw.turns.subscribe()
+        app.state.audit = audit_routes.start_publisher(settings, nc)
         try:
             yield
         finally:
+            await app.state.audit.close()
             await nc.drain()
             await redis.aclose()
             await db.dispose()
@@ -270,6 +272,7 @@ def create_fastapi(settings: Settings) -> FastAPI:
         g = gw(request)
         ctx = await g.authenticate(request, Action.INFER)
         req = validate(EmbeddingRequest, await g.read_json(request))
+        await audit_routes.audit_request(request, ctx, "embeddings", req.model)
         try:
             inputs = req.inputs()
         except ValueError as exc:
@@ -352,6 +355,7 @@ def create_fastapi(settings: Settings) -> FastAPI:
             "/v1/embeddings": EmbeddingRequest,
         },
     )
+    audit_routes.register(app)
     return app
 
 

@@ -15,6 +15,7 @@ import orjson
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
+from libs.audit import AuditPublisher, digest
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import ChatRequested, TurnEvent, Usage
@@ -42,6 +43,7 @@ ROUTES = {
     "/v1/completions": "completion",
 }
 ROUTE_PATHS = {kind: path for path, kind in ROUTES.items()}
+AUDIT_ACTIONS = {"chat": "chat.completions", "completion": "completions"}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -127,6 +129,10 @@ class HotPath:
     def __init__(self, app: Any) -> None:
         self.app = app
 
+    @property
+    def audit(self) -> AuditPublisher:
+        return self.app.state.audit  # type: ignore[no-any-return]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
         if kind is None or scope["method"] != "POST":
@@ -198,7 +204,20 @@ class HotPath:
                 wants_stream, usage = completion.stream, completion.include_usage
         finally:
             await limited
-        turn, first = await open_turn(gw, event)
+        # The audit record is acked by JetStream while the turn runs, before the answer.
+        audited = asyncio.ensure_future(
+            self.audit.emit(
+                AUDIT_ACTIONS[kind],
+                ctx,
+                model=event.model,
+                digests={"request": digest(body)},
+                attrs={"path": ROUTE_PATHS[kind]},
+            )
+        )
+        try:
+            turn, first = await open_turn(gw, event)
+        finally:
+            await audited
         extra = [(b"x-request-id", ctx.request_id.encode())]
         extra += [(f"x-enclave-{k}".encode(), v.encode()) for k, v in turn.served_by.items()]
         if wants_stream:

@@ -1,0 +1,154 @@
+"""Audit: the gateway's audit events, and the auditor's API over the audit service.
+
+Every inference request is recorded (action, model, request id, actor, SHA-256 of the
+body: never the body). GET /v1/audit/entries, POST /v1/audit/verify and GET
+/v1/audit/export serve the auditor and admin roles of the credential's own tenant; the
+tenant never comes from the client. They ask the audit service over the bus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+
+from libs.audit import AuditPublisher, digest, outbox_dir
+from libs.bus import event_bytes
+from libs.context import RequestContext
+from libs.errors import EnclaveError
+from libs.events import AuditExportRequest, AuditReply, AuditSearch, AuditVerifyRequest
+from libs.settings import Settings
+from services.gateway.policy import Action
+
+AUDIT_TIMEOUT_S = 30.0
+
+
+def start_publisher(settings: Settings, nc: Any) -> AuditPublisher:
+    return AuditPublisher(nc, settings.subjects, "gateway", outbox_dir(settings.home)).start()
+
+
+async def audit_request(request: Request, ctx: RequestContext, action: str, model: str) -> None:
+    """Record one inference request; the body was read already (Starlette caches it)."""
+    publisher: AuditPublisher | None = getattr(request.app.state, "audit", None)
+    if publisher is None:
+        return
+    await publisher.emit(
+        action,
+        ctx,
+        model=model,
+        digests={"request": digest(await request.body())},
+        attrs={"path": request.url.path},
+    )
+
+
+async def _ask(request: Request, subject: str, event: Any) -> AuditReply:
+    gw = request.app.state.gw
+    try:
+        msg = await gw.nc.request(subject, event_bytes(event), timeout=AUDIT_TIMEOUT_S)
+    except nats.errors.NoRespondersError:
+        raise EnclaveError(
+            503, "The audit service is not available; try again later.", "no_audit_service"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise EnclaveError(504, "Upstream timeout: audit service.", "upstream_timeout") from None
+    reply = AuditReply.model_validate_json(msg.data)
+    if reply.error is not None:
+        raise EnclaveError.of(reply.error)
+    return reply
+
+
+def _int(value: str | None, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise EnclaveError(400, f"`{name}` must be an integer.", "invalid_value", name) from None
+
+
+def register(app: FastAPI) -> None:
+    def subjects(request: Request) -> Any:
+        return request.app.state.gw.settings.subjects
+
+    @app.get("/v1/audit/entries", response_model=None)
+    async def audit_entries(request: Request) -> Response:
+        gw = request.app.state.gw
+        ctx = await gw.authenticate(request, Action.READ_AUDIT)
+        q = request.query_params
+        limit = _int(q.get("limit"), "limit", 100)
+        if not 1 <= limit <= 500:
+            raise EnclaveError(400, "`limit` must be within 1..500.", "invalid_value", "limit")
+        reply = await _ask(
+            request,
+            subjects(request).audit_api_search,
+            AuditSearch(
+                tenant=ctx.tenant,
+                request_id=q.get("request_id"),
+                actor=q.get("actor"),
+                action=q.get("action"),
+                since=q.get("since"),
+                until=q.get("until"),
+                after_seq=_int(q.get("after_seq"), "after_seq", 0),
+                limit=limit,
+            ),
+        )
+        return Response(
+            AuditReply(
+                entries=reply.entries, count=reply.count, next_after_seq=reply.next_after_seq
+            ).model_dump_json(include={"entries", "count", "next_after_seq"}),
+            media_type="application/json",
+        )
+
+    @app.post("/v1/audit/verify", response_model=None)
+    async def audit_verify(request: Request) -> Response:
+        gw = request.app.state.gw
+        ctx = await gw.authenticate(request, Action.READ_AUDIT)
+        body = await gw.read_json(request) if await request.body() else {}
+        if not isinstance(body, dict):
+            raise EnclaveError(400, "The body must be a JSON object.", "invalid_value")
+        from_seq = body.get("from_seq", 1)
+        to_seq = body.get("to_seq")
+        if not isinstance(from_seq, int) or from_seq < 1:
+            raise EnclaveError(400, "`from_seq` must be >= 1.", "invalid_value", "from_seq")
+        if to_seq is not None and not isinstance(to_seq, int):
+            raise EnclaveError(400, "`to_seq` must be an integer.", "invalid_value", "to_seq")
+        reply = await _ask(
+            request,
+            subjects(request).audit_api_verify,
+            AuditVerifyRequest(tenant=ctx.tenant, from_seq=from_seq, to_seq=to_seq),
+        )
+        return Response(
+            reply.model_dump_json(include={"ok", "count", "first_bad_seq", "reason", "head_hash"}),
+            media_type="application/json",
+        )
+
+    @app.get("/v1/audit/export", response_model=None)
+    async def audit_export(request: Request) -> Response:
+        gw = request.app.state.gw
+        ctx = await gw.authenticate(request, Action.READ_AUDIT)
+        subject = subjects(request).audit_api_export
+        start = await _ask(request, subject, AuditExportRequest(tenant=ctx.tenant))
+
+        async def lines() -> AsyncIterator[bytes]:
+            yield "".join(line + "\n" for line in start.lines).encode()
+            after: int | None = 0
+            while after is not None and after < start.count:
+                page = await _ask(
+                    request,
+                    subject,
+                    AuditExportRequest(tenant=ctx.tenant, upto=start.count, after_seq=after),
+                )
+                if not page.lines:
+                    return
+                yield "".join(line + "\n" for line in page.lines).encode()
+                after = page.next_after_seq
+
+        filename = f"audit-{ctx.tenant}.jsonl"
+        return StreamingResponse(
+            lines(),
+            media_type="application/x-ndjson",
+            headers={"content-disposition": f'attachment; filename="{filename}"'},
+        )
