@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from libs.settings import Settings, load_settings
 
-SERVICES = ("gateway", "agent_runtime", "inference_router", "worker")
+SERVICES = ("gateway", "agent_runtime", "inference_router", "worker", "memory")
 # What `enclave up` starts: (service, pool)
 DEFAULT_PLATFORM = (
     ("inference_router", None),
@@ -25,6 +25,7 @@ DEFAULT_PLATFORM = (
     ("worker", "minilm"),
     ("worker", "instant"),
     ("agent_runtime", None),
+    ("memory", None),
     ("gateway", None),
 )
 
@@ -61,6 +62,10 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.inference_router.workers.app import build_app as build_worker
 
         app = build_worker(settings, pool)
+    elif service == "memory":
+        from services.memory.app import build_app as build_memory
+
+        app = build_memory(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     uvloop.run(app.run())

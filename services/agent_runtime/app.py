@@ -8,6 +8,7 @@ dies mid-turn leaves it to be redelivered to another.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 
@@ -18,7 +19,14 @@ from nats.js.api import ConsumerConfig
 
 from libs.bus import ensure_streams, event_bytes, jstream, make_broker, stream_configs
 from libs.errors import ErrorInfo
-from libs.events import ChatRequested, GenerateAccepted, GenerateRequest
+from libs.events import (
+    ChatRequested,
+    GenerateAccepted,
+    GenerateRequest,
+    MemoryStoreRequested,
+    RetrieveReply,
+    RetrieveRequest,
+)
 from libs.settings import Settings
 from services.agent_runtime.pipeline import DeltaSource, run_turn
 
@@ -48,6 +56,7 @@ class NatsTurnPorts:
     def __init__(self, settings: Settings, nc: NatsClient) -> None:
         self.nc = nc
         self.subjects = settings.subjects
+        self.memory_timeout_s = settings.memory_timeout_s
 
     async def open_deltas(self, subject: str) -> DeltaSource:
         source = NatsDeltaSource()
@@ -71,6 +80,29 @@ class NatsTurnPorts:
 
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         await self.nc.publish(subject, data, headers=headers)
+
+    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
+        try:
+            msg = await self.nc.request(
+                self.subjects.memory_retrieve,
+                event_bytes(request),
+                timeout=self.memory_timeout_s,
+                headers=request.ctx.headers(),
+            )
+        except Exception:
+            return RetrieveReply(
+                error=ErrorInfo(status=503, message="The memory service is not available.")
+            )
+        return RetrieveReply.model_validate_json(msg.data)
+
+    async def store_memory(self, event: MemoryStoreRequested) -> None:
+        # JetStream: the turn is remembered even if the memory service is down right now.
+        try:
+            await self.nc.jetstream().publish(
+                self.subjects.memory_store, event_bytes(event), headers=event.ctx.headers()
+            )
+        except Exception:  # the answer is delivered; a lost memory must not redo the turn
+            logging.getLogger("enclave.runtime").warning("memory.store publish failed")
 
 
 def build_app(settings: Settings) -> FastStream:

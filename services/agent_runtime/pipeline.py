@@ -11,7 +11,16 @@ import secrets
 from typing import Protocol
 
 from libs.errors import ErrorInfo, upstream_timeout
-from libs.events import ChatRequested, GenerateAccepted, GenerateRequest, TurnEvent
+from libs.events import (
+    ChatMessage,
+    ChatRequested,
+    GenerateAccepted,
+    GenerateRequest,
+    MemoryStoreRequested,
+    RetrieveReply,
+    RetrieveRequest,
+    TurnEvent,
+)
 from libs.subjects import Subjects
 
 
@@ -29,6 +38,29 @@ class TurnPorts(Protocol):
     async def request_generation(self, request: GenerateRequest) -> GenerateAccepted: ...
 
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None: ...
+
+    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply: ...
+
+    async def store_memory(self, event: MemoryStoreRequested) -> None: ...
+
+
+def _uses_rag(event: ChatRequested) -> bool:
+    return event.kind == "chat" and event.rag is not None and event.rag.enabled
+
+
+def _uses_memory(event: ChatRequested) -> bool:
+    return event.kind == "chat" and event.memory is not None and event.memory.enabled
+
+
+def with_context(messages: list[ChatMessage], context: str) -> list[ChatMessage]:
+    """The context pack joins the system message (small chat templates keep only one)."""
+    if not context:
+        return messages
+    if messages and messages[0].role in ("system", "developer"):
+        first = messages[0]
+        merged = ChatMessage(role="system", content=f"{first.content or ''}\n\n{context}")
+        return [merged, *messages[1:]]
+    return [ChatMessage(role="system", content=context), *messages]
 
 
 async def run_turn(
@@ -48,6 +80,26 @@ async def run_turn(
             out, TurnEvent(error=error, done=True).model_dump_json().encode(), headers
         )
 
+    messages = event.messages
+    context: RetrieveReply | None = None
+    remember = _uses_memory(event)
+    if _uses_rag(event) or remember:
+        query = next((m.content or "" for m in reversed(messages) if m.role == "user"), "")
+        context = await ports.retrieve_context(
+            RetrieveRequest(
+                ctx=ctx,
+                user=event.params.user or "",
+                query=query,
+                conversation_id=event.memory.conversation_id if event.memory else None,
+                rag=event.rag if _uses_rag(event) else None,
+                memories=remember,
+            )
+        )
+        if context.error is not None:
+            await fail(context.error)
+            return
+        messages = with_context(messages, context.context)
+
     deltas_subject = subjects.inference_deltas(ctx.request_id, secrets.token_hex(4))
     source = await ports.open_deltas(deltas_subject)
     try:
@@ -56,7 +108,7 @@ async def run_turn(
                 ctx=ctx,
                 model=event.model,
                 kind=event.kind,
-                messages=event.messages,
+                messages=messages,
                 prompt=event.prompt,
                 params=event.params,
                 deltas_subject=deltas_subject,
@@ -69,6 +121,13 @@ async def run_turn(
         await ports.emit_raw(
             out, TurnEvent(served_by=served_by).model_dump_json().encode(), headers
         )
+        if context is not None:
+            cited = TurnEvent(
+                citations=context.citations if _uses_rag(event) else None,
+                memories=context.memories if remember else None,
+            )
+            await ports.emit_raw(out, cited.model_dump_json(exclude_none=True).encode(), headers)
+        answer: list[str] = []
         timeout = min(upstream_timeout_s, accepted.timeout_s or upstream_timeout_s)
         while True:
             data = await source.next(timeout)
@@ -77,7 +136,21 @@ async def run_turn(
                 return
             # Pass-through until the output guardrail stage lands: relay the bytes as they are.
             await ports.emit_raw(out, data, headers)
+            if remember:
+                answer.extend(
+                    d.content for d in TurnEvent.model_validate_json(data).deltas if d.index == 0
+                )
             if b'"done":true' in data:
+                if remember:
+                    await ports.store_memory(
+                        MemoryStoreRequested(
+                            ctx=ctx,
+                            user=event.params.user or "",
+                            conversation_id=event.memory.conversation_id if event.memory else None,
+                            messages=event.messages,
+                            answer="".join(answer),
+                        )
+                    )
                 return
     finally:
         await source.close()

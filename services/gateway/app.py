@@ -40,7 +40,7 @@ from libs.events import (
     Usage,
 )
 from libs.settings import Settings
-from services.gateway import keys
+from services.gateway import keys, rag_routes
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
 from services.gateway.openai_shapes import (
@@ -51,6 +51,7 @@ from services.gateway.openai_shapes import (
     EmbeddingRequest,
     chat_event,
     completion_event,
+    context_extras,
     parse_json,
     validate,
 )
@@ -193,6 +194,7 @@ async def turn_response(
             for ev in batch:
                 if ev.error is not None:
                     raise EnclaveError.of(ev.error)
+                acc.extras.update(context_extras(ev))
                 acc.add(ev.deltas)
                 usage = ev.usage or usage
                 done = done or ev.done
@@ -217,6 +219,7 @@ async def _sse(
             out: list[bytes] = []
             done = False
             for ev in batch:
+                shaper.extras.update(context_extras(ev))
                 out.extend(_sse_line(c) for c in shaper.chunks(ev.deltas))
                 if ev.error is not None:
                     out.append(_sse_line(ev.error.body()))
@@ -299,6 +302,8 @@ def create_app(settings: Settings) -> FastAPI:
         return error_response(
             ErrorInfo(status=500, message="Internal error.", code="internal_error")
         )
+
+    rag_routes.register(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
