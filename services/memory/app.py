@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from faststream import FastStream
 from nats.aio.msg import Msg
@@ -105,16 +106,18 @@ def build_app(settings: Settings) -> FastStream:
             await msg.respond(event_bytes(reply))
 
         # Each request in its own task: a slow ingestion must not hold up a search.
+        def dispatch(handler: Any) -> Any:
+            async def cb(msg: Msg) -> None:
+                spawn(handler(msg))
+
+            return cb
+
         for subject, handler in (
             (subjects.memory_rag, rag),
             (subjects.memory_upload, upload),
             (subjects.memory_retrieve, retrieve),
         ):
-            await nc.subscribe(
-                subject,
-                queue="memory",
-                cb=lambda m, h=handler: spawn(h(m)),  # type: ignore[misc]
-            )
+            await nc.subscribe(subject, queue="memory", cb=dispatch(handler))
 
     @app.after_shutdown
     async def _stop() -> None:
