@@ -51,12 +51,18 @@ class ConversationBuffer:
             out.append(msg)
         return list(reversed(out))
 
-    async def keys(self, tenant: str, user: str = "*") -> list[bytes]:
-        pattern = f"{self.prefix}enclave:membuf:{tenant}:{user}:*"
+    async def keys(self, tenant: str, user: str | None = None) -> list[bytes]:
+        # Glob characters in a tenant or user name must not widen the match to others.
+        who = _escape(user) if user is not None else "*"
+        pattern = f"{_escape(self.prefix)}enclave:membuf:{_escape(tenant)}:{who}:*"
         return [k async for k in self.redis.scan_iter(match=pattern, count=500)]
 
-    async def delete(self, tenant: str, user: str = "*") -> int:
+    async def delete(self, tenant: str, user: str | None = None) -> int:
         keys = await self.keys(tenant, user)
         if keys:
             await self.redis.delete(*keys)
         return len(keys)
+
+
+def _escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
