@@ -19,7 +19,9 @@ lint: bootstrap
 		services/gateway/openai_shapes.py services/agent_runtime/pipeline.py \
 		services/inference_router/registry.py services/inference_router/engine.py \
 		services/audit/chain.py services/audit/checkpoint.py services/audit/bundle.py \
-		services/audit/adapters/sql.py
+		services/audit/adapters/sql.py \
+		services/memory/vectors.py services/memory/chunking.py services/memory/retrieval.py \
+		services/memory/extraction.py
 	$(VENV)/lint-imports
 
 test: export ENCLAVE_NEED_POSTGRES = 1

@@ -48,6 +48,43 @@ class Usage(BaseModel):
         return self.prompt_tokens + self.completion_tokens
 
 
+class RagOptions(BaseModel):
+    """Extension field `rag` of /v1/chat/completions: retrieve from a vector store."""
+
+    enabled: bool = True
+    collection: str = ""  # a vector store id or name
+    top_k: int = 5
+    # OpenAI's vector store search `filters` shape (eq, ne, in, and, or).
+    filters: dict[str, Any] | None = None
+
+
+class MemoryOptions(BaseModel):
+    """Extension field `memory`: recall the user's memories, remember this turn."""
+
+    enabled: bool = True
+    conversation_id: str | None = None
+
+
+class Citation(BaseModel):
+    """A retrieved chunk the answer may cite as [n]."""
+
+    index: int
+    chunk_id: str
+    file_id: str
+    vector_store_id: str = ""
+    filename: str = ""
+    page: int | None = None
+    score: float = 0.0
+    quote: str = ""
+
+
+class MemoryItem(BaseModel):
+    id: str
+    type: Literal["user", "feedback", "project", "reference"] = "user"
+    text: str
+    score: float = 0.0
+
+
 class ChatRequested(BaseModel):
     """gateway -> agent_runtime (JetStream work queue): run one turn."""
 
@@ -62,6 +99,8 @@ class ChatRequested(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     # Where the runtime sends the turn's events: chat.stream.<gateway>.<request_id>.
     reply_subject: str = ""
+    rag: RagOptions | None = None
+    memory: MemoryOptions | None = None
 
 
 class Delta(BaseModel):
@@ -85,6 +124,9 @@ class TurnEvent(BaseModel):
     usage: Usage | None = None
     error: ErrorInfo | None = None
     done: bool = False
+    # Sent once, before the first delta, when the turn used retrieval / memories.
+    citations: list[Citation] | None = None
+    memories: list[MemoryItem] | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -239,4 +281,54 @@ class AuditReply(BaseModel):
     first_bad_seq: int | None = None
     reason: str | None = None
     head_hash: str | None = None
+    error: ErrorInfo | None = None
+
+
+class RetrieveRequest(BaseModel):
+    """agent_runtime -> memory (request/reply): the context pack for a new turn."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    user: str
+    query: str
+    conversation_id: str | None = None
+    rag: RagOptions | None = None
+    memories: bool = False
+    token_budget: int = 1200
+
+
+class RetrieveReply(BaseModel):
+    v: Literal[1] = 1
+    citations: list[Citation] = Field(default_factory=list)
+    memories: list[MemoryItem] = Field(default_factory=list)
+    recent: list[ChatMessage] = Field(default_factory=list)
+    # The system message built from all of the above, within the token budget.
+    context: str = ""
+    error: ErrorInfo | None = None
+
+
+class MemoryStoreRequested(BaseModel):
+    """agent_runtime -> memory (JetStream): a finished turn, to extract memories from."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    user: str
+    conversation_id: str | None = None
+    messages: list[ChatMessage] = Field(default_factory=list)
+    answer: str = ""
+
+
+class RagRequest(BaseModel):
+    """gateway -> memory (request/reply): one files / vector stores / memories operation."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    op: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class RagReply(BaseModel):
+    v: Literal[1] = 1
+    status: int = 200
+    body: Any = None
     error: ErrorInfo | None = None

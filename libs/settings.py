@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     # How long the gateway waits for the turn's first event.
     gateway_timeout_s: float = 90.0
     runtime_concurrency: int = 64
+    # Memory and RAG: empty means Qdrant in process (qdrant-edge) under `home`.
+    qdrant_url: str = ""
+    memory_extraction_model: str = "smollm2-135m-instruct"
+    memory_buffer_ttl_s: int = 86400
+    # How long the runtime waits for the memory service's context pack.
+    memory_timeout_s: float = 10.0
     worker_threads: int = 0  # 0: as many as cores
     # Where each process writes its OpenTelemetry spans as JSON lines; empty: nowhere.
     trace_dir: str = ""

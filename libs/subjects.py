@@ -84,6 +84,16 @@ class Subjects:
         return self._s("memory.store")
 
     @property
+    def memory_rag(self) -> str:
+        """Files, vector stores and memory management (JSON request/reply)."""
+        return self._s("memory.rag")
+
+    @property
+    def memory_upload(self) -> str:
+        """A file upload: raw bytes, metadata in headers (request/reply)."""
+        return self._s("memory.upload")
+
+    @property
     def memory_stream_name(self) -> str:
         return self._stream("ENCLAVE_MEMORY")
 

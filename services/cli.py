@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from libs.settings import Settings, load_settings
 from services.audit import cli as audit_cli
 
-SERVICES = ("gateway", "agent_runtime", "inference_router", "worker", "audit")
+SERVICES = ("gateway", "agent_runtime", "inference_router", "worker", "audit", "memory")
 # What `enclave up` starts: (service, pool)
 DEFAULT_PLATFORM = (
     ("inference_router", None),
@@ -26,6 +26,7 @@ DEFAULT_PLATFORM = (
     ("worker", "minilm"),
     ("worker", "instant"),
     ("agent_runtime", None),
+    ("memory", None),
     ("gateway", None),
     ("audit", None),
 )
@@ -67,6 +68,10 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.audit.app import build_app as build_audit
 
         app = build_audit(settings)
+    elif service == "memory":
+        from services.memory.app import build_app as build_memory
+
+        app = build_memory(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     uvloop.run(app.run())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import yaml
 
@@ -63,6 +65,18 @@ def _platform(services: Infra, home: Path, **extra: str) -> Platform:
     return plat
 
 
+def wait_memory(plat: Platform, timeout: float = 120) -> None:
+    """Until the memory service answers through the gateway."""
+    headers = {"Authorization": f"Bearer {plat.admin_key}"}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(plat.base_url + "/v1/vector_stores", headers=headers, timeout=30)
+        if r.status_code == 200:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"memory service not ready in {timeout}s:\n{plat.logs()[-4000:]}")
+
+
 @pytest.fixture(scope="session")
 def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """The whole platform: router, runtime, gateway and workers for every default pool."""
@@ -75,8 +89,10 @@ def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Itera
         plat.start("worker-gemma3", "worker", "gemma3")
         plat.start("worker-slow", "worker", "slow")
         plat.start("runtime", "agent_runtime")
+        plat.start("memory", "memory")
         plat.start("gateway", "gateway")
         plat.wait_ready()
+        wait_memory(plat)
         plat.wait_model("enclave-instant")
         plat.wait_model("smollm2-135m-instruct")
         plat.wait_model("all-minilm-l6-v2", "embedding")

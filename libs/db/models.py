@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -83,3 +84,47 @@ class AuditCheckpoint(Base):
     time: Mapped[str] = mapped_column(String(32))
     key_id: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(Text)
+
+
+class StoredFile(Base):
+    """A file uploaded through /v1/files (memory service). Deleted with its tenant."""
+
+    __tablename__ = "memory_files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    filename: Mapped[str] = mapped_column(String(500))
+    purpose: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[builtins.bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class VectorStore(Base):
+    """An OpenAI-style vector store: a named set of files whose chunks are searchable."""
+
+    __tablename__ = "memory_vector_stores"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(500), default="")
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class VectorStoreFile(Base):
+    """A file in a vector store, with its ingestion status and attributes (ACL groups)."""
+
+    __tablename__ = "memory_vector_store_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    vector_store_id: Mapped[str] = mapped_column(String(64), index=True)
+    file_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(32), default="in_progress")
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    usage_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    last_error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

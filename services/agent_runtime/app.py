@@ -25,7 +25,15 @@ from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import ensure_streams, event_bytes, make_broker, stream_configs
 from libs.context import WORKER_HEADER
 from libs.errors import ErrorInfo
-from libs.events import ChatRequested, GenerateAccepted, GenerateRequest, TurnEvent
+from libs.events import (
+    ChatRequested,
+    GenerateAccepted,
+    GenerateRequest,
+    MemoryStoreRequested,
+    RetrieveReply,
+    RetrieveRequest,
+    TurnEvent,
+)
 from libs.settings import Settings
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.agent_runtime.pipeline import DeltaSource, run_turn
@@ -66,6 +74,7 @@ class NatsTurnPorts:
         self.subjects = settings.subjects
         self.replica = replica
         self.timeout_s = 2 * settings.worker_accept_timeout_s + ROUTER_MARGIN_S
+        self.memory_timeout_s = settings.memory_timeout_s
         self.sources: dict[str, NatsDeltaSource] = {}
         self._prefix_len = len(self.subjects.inference_deltas(replica, ""))
 
@@ -103,6 +112,29 @@ class NatsTurnPorts:
 
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         await self.nc.publish(subject, data, headers=headers)
+
+    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
+        try:
+            msg = await self.nc.request(
+                self.subjects.memory_retrieve,
+                event_bytes(request),
+                timeout=self.memory_timeout_s,
+                headers=request.ctx.headers(),
+            )
+        except Exception:
+            return RetrieveReply(
+                error=ErrorInfo(status=503, message="The memory service is not available.")
+            )
+        return RetrieveReply.model_validate_json(msg.data)
+
+    async def store_memory(self, event: MemoryStoreRequested) -> None:
+        # JetStream: the turn is remembered even if the memory service is down right now.
+        try:
+            await self.nc.jetstream().publish(
+                self.subjects.memory_store, event_bytes(event), headers=event.ctx.headers()
+            )
+        except Exception:  # the answer is delivered; a lost memory must not redo the turn
+            log.warning("memory.store publish failed for %s", event.ctx.request_id)
 
 
 def build_app(settings: Settings) -> FastStream:

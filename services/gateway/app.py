@@ -40,7 +40,7 @@ from libs.events import (
 )
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
-from services.gateway import audit_routes, keys
+from services.gateway import audit_routes, keys, rag_routes
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
 from services.gateway.hot_path import HotPath
@@ -242,6 +242,8 @@ def create_fastapi(settings: Settings) -> FastAPI:
         return error_response(
             ErrorInfo(status=500, message="Internal error.", code="internal_error")
         )
+
+    rag_routes.register(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

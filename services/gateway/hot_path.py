@@ -27,6 +27,7 @@ from services.gateway.openai_shapes import (
     CompletionRequest,
     chat_event,
     completion_event,
+    context_extras,
     parse_json,
     validate,
 )
@@ -82,6 +83,7 @@ async def collect(turn: TurnStream, first: list[TurnEvent], event: ChatRequested
             for ev in batch:
                 if ev.error is not None:
                     raise EnclaveError.of(ev.error)
+                acc.extras.update(context_extras(ev))
                 acc.add(ev.deltas)
                 usage = ev.usage or usage
                 done = done or ev.done
@@ -101,6 +103,7 @@ async def stream(
             out: list[bytes] = []
             done = False
             for ev in batch:
+                shaper.extras.update(context_extras(ev))
                 out.extend(_sse_line(c) for c in shaper.chunks(ev.deltas))
                 if ev.error is not None:
                     out.append(_sse_line(ev.error.body()))

@@ -14,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from libs.context import RequestContext
 from libs.errors import EnclaveError
-from libs.events import ChatMessage, ChatRequested, Delta, GenerationParams, Usage
+from libs.events import (
+    ChatMessage,
+    ChatRequested,
+    Delta,
+    GenerationParams,
+    MemoryOptions,
+    RagOptions,
+    TurnEvent,
+    Usage,
+)
 
 MAX_N = 8
 M = TypeVar("M", bound=BaseModel)
@@ -79,6 +88,9 @@ class ChatCompletionRequest(_Request):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
+    # Extensions: retrieval from a vector store, and the user's memories.
+    rag: RagOptions | None = None
+    memory: MemoryOptions | None = None
 
     @field_validator("response_format")
     @classmethod
@@ -166,7 +178,19 @@ def chat_event(req: ChatCompletionRequest, ctx: RequestContext) -> ChatRequested
         response_format=fmt,
         user=req.user,
     )
-    return ChatRequested(ctx=ctx, model=req.model, messages=messages, params=params)
+    return ChatRequested(
+        ctx=ctx, model=req.model, messages=messages, params=params, rag=req.rag, memory=req.memory
+    )
+
+
+def context_extras(ev: TurnEvent) -> dict[str, Any]:
+    """Extension fields of a response that used retrieval: `citations` and `memories`."""
+    extras: dict[str, Any] = {}
+    if ev.citations is not None:
+        extras["citations"] = [c.model_dump() for c in ev.citations]
+    if ev.memories is not None:
+        extras["memories"] = [m.model_dump() for m in ev.memories]
+    return extras
 
 
 def completion_event(req: CompletionRequest, ctx: RequestContext) -> ChatRequested:
@@ -203,6 +227,8 @@ class ChatStreamShaper:
         self.model = event.model
         self.include_usage = include_usage
         self._started: set[int] = set()
+        # Citations and memories ride on the first chunk after they are known.
+        self.extras: dict[str, Any] = {}
 
     def _base(self) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
@@ -244,6 +270,9 @@ class ChatStreamShaper:
             chunk["choices"] = [choice]
             if self.include_usage:
                 chunk["usage"] = None
+            if self.extras:
+                chunk.update(self.extras)
+                self.extras = {}
             out.append(chunk)
         return out
 
@@ -261,6 +290,7 @@ class Accumulator:
         self.text = [""] * n
         self.logprobs: list[list[dict[str, Any]] | None] = [None] * n
         self.finish: list[str | None] = [None] * n
+        self.extras: dict[str, Any] = {}
 
     def add(self, deltas: list[Delta]) -> None:
         for d in deltas:
@@ -295,6 +325,7 @@ class Accumulator:
                 "system_fingerprint": None,
                 "choices": choices,
                 "usage": usage_dict(usage),
+                **self.extras,
             }
         return {
             "id": "cmpl-" + event.ctx.request_id,

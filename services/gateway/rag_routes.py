@@ -1,0 +1,181 @@
+"""Files, vector stores and memories in OpenAI's shapes: HTTP in front of the memory service.
+
+The gateway authenticates and forwards; the memory service owns the data. Uploads go
+as raw bytes (metadata in headers), so a file is limited by the bus's message size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from libs.bus import event_bytes
+from libs.context import RequestContext
+from libs.errors import EnclaveError
+from libs.events import RagReply, RagRequest
+from services.gateway.policy import Action
+
+TIMEOUT_S = 120.0
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def _call(request: Request, subject: str, data: bytes, headers: dict[str, str]) -> Response:
+    gw = request.app.state.gw
+    try:
+        msg = await gw.nc.request(subject, data, timeout=TIMEOUT_S, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise EnclaveError(
+            503, "The memory service is not available; try again later.", "no_memory_service"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise EnclaveError(504, "Upstream timeout.", "upstream_timeout") from None
+    reply = RagReply.model_validate_json(msg.data)
+    if reply.error is not None:
+        raise EnclaveError.of(reply.error)
+    if reply.status != 200:
+        raise EnclaveError(reply.status, "The memory service refused the request.")
+    return _json(reply.body)
+
+
+async def _op(request: Request, ctx: RequestContext, op: str, **args: Any) -> Response:
+    gw = request.app.state.gw
+    event = RagRequest(ctx=ctx, op=op, args=args)
+    return await _call(request, gw.settings.subjects.memory_rag, event_bytes(event), ctx.headers())
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    gw = request.app.state.gw
+    if not await request.body():
+        return {}
+    body = await gw.read_json(request)
+    if not isinstance(body, dict):
+        raise EnclaveError(400, "The request body must be a JSON object.", "invalid_request")
+    return body
+
+
+def register(app: FastAPI) -> None:
+    async def auth(request: Request, action: Action = Action.INFER) -> RequestContext:
+        ctx: RequestContext = await request.app.state.gw.authenticate(request, action)
+        return ctx
+
+    @app.post("/v1/files", response_model=None)
+    async def create_file(request: Request) -> Response:
+        ctx = await auth(request)
+        gw = request.app.state.gw
+        limit = max(1024, gw.nc.max_payload - 8192)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit + 4096:
+            raise EnclaveError(413, f"The file is larger than {limit} bytes.", "file_too_large")
+        form = await request.form()
+        upload = form.get("file")
+        purpose = str(form.get("purpose") or "")
+        if upload is None or isinstance(upload, str):
+            raise EnclaveError(400, "A `file` part is required.", "invalid_value", "file")
+        data = await upload.read()
+        if len(data) > limit:
+            raise EnclaveError(413, f"The file is larger than {limit} bytes.", "file_too_large")
+        headers = {
+            **ctx.headers(),
+            "enclave-ctx": ctx.model_dump_json(),
+            "enclave-filename": (upload.filename or "upload.txt").replace("\n", " ")[:500],
+            "enclave-purpose": purpose,
+        }
+        return await _call(request, gw.settings.subjects.memory_upload, data, headers)
+
+    @app.get("/v1/files", response_model=None)
+    async def list_files(request: Request) -> Response:
+        return await _op(request, await auth(request), "files.list")
+
+    @app.get("/v1/files/{file_id}", response_model=None)
+    async def get_file(file_id: str, request: Request) -> Response:
+        return await _op(request, await auth(request), "files.get", file_id=file_id)
+
+    @app.delete("/v1/files/{file_id}", response_model=None)
+    async def delete_file(file_id: str, request: Request) -> Response:
+        return await _op(request, await auth(request), "files.delete", file_id=file_id)
+
+    @app.post("/v1/vector_stores", response_model=None)
+    async def create_store(request: Request) -> Response:
+        ctx = await auth(request)
+        return await _op(request, ctx, "vector_stores.create", **await _body(request))
+
+    @app.get("/v1/vector_stores", response_model=None)
+    async def list_stores(request: Request) -> Response:
+        return await _op(request, await auth(request), "vector_stores.list")
+
+    @app.get("/v1/vector_stores/{vs_id}", response_model=None)
+    async def get_store(vs_id: str, request: Request) -> Response:
+        return await _op(request, await auth(request), "vector_stores.get", vector_store_id=vs_id)
+
+    @app.delete("/v1/vector_stores/{vs_id}", response_model=None)
+    async def delete_store(vs_id: str, request: Request) -> Response:
+        ctx = await auth(request)
+        return await _op(request, ctx, "vector_stores.delete", vector_store_id=vs_id)
+
+    @app.post("/v1/vector_stores/{vs_id}/search", response_model=None)
+    async def search_store(vs_id: str, request: Request) -> Response:
+        ctx = await auth(request)
+        body = await _body(request)
+        return await _op(request, ctx, "vector_stores.search", **{**body, "vector_store_id": vs_id})
+
+    @app.post("/v1/vector_stores/{vs_id}/files", response_model=None)
+    async def add_store_file(vs_id: str, request: Request) -> Response:
+        ctx = await auth(request)
+        body = await _body(request)
+        return await _op(
+            request, ctx, "vector_stores.files.create", **{**body, "vector_store_id": vs_id}
+        )
+
+    @app.get("/v1/vector_stores/{vs_id}/files", response_model=None)
+    async def list_store_files(vs_id: str, request: Request) -> Response:
+        ctx = await auth(request)
+        return await _op(request, ctx, "vector_stores.files.list", vector_store_id=vs_id)
+
+    @app.get("/v1/vector_stores/{vs_id}/files/{file_id}", response_model=None)
+    async def get_store_file(vs_id: str, file_id: str, request: Request) -> Response:
+        ctx = await auth(request)
+        return await _op(
+            request, ctx, "vector_stores.files.get", vector_store_id=vs_id, file_id=file_id
+        )
+
+    @app.delete("/v1/vector_stores/{vs_id}/files/{file_id}", response_model=None)
+    async def delete_store_file(vs_id: str, file_id: str, request: Request) -> Response:
+        ctx = await auth(request)
+        return await _op(
+            request, ctx, "vector_stores.files.delete", vector_store_id=vs_id, file_id=file_id
+        )
+
+    # Memories (extension): the caller's own; admin and developer keys may name a user.
+    @app.get("/v1/memories", response_model=None)
+    async def list_memories(request: Request) -> Response:
+        ctx = await auth(request)
+        return await _op(request, ctx, "memories.list", user=request.query_params.get("user"))
+
+    @app.delete("/v1/memories", response_model=None)
+    async def delete_memories(request: Request) -> Response:
+        ctx = await auth(request)
+        return await _op(request, ctx, "memories.delete", user=request.query_params.get("user"))
+
+    @app.delete("/v1/memories/{memory_id}", response_model=None)
+    async def delete_memory(memory_id: str, request: Request) -> Response:
+        ctx = await auth(request)
+        return await _op(
+            request,
+            ctx,
+            "memories.delete",
+            user=request.query_params.get("user"),
+            memory_id=memory_id,
+        )
+
+    # A whole tenant's memory and RAG data (admin of that tenant only).
+    @app.delete("/v1/admin/tenant_data", response_model=None)
+    async def delete_tenant(request: Request) -> Response:
+        ctx = await auth(request, Action.MANAGE_KEYS)
+        return await _op(request, ctx, "tenant.delete")

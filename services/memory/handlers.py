@@ -1,0 +1,206 @@
+"""The memory service's use cases: RAG operations, the context pack, memory extraction,
+and deletion (a document, a vector store, a user's memories, a whole tenant)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from libs.context import RequestContext
+from libs.errors import EnclaveError, ErrorInfo
+from libs.events import (
+    MemoryItem,
+    MemoryStoreRequested,
+    RagReply,
+    RagRequest,
+    RetrieveReply,
+    RetrieveRequest,
+)
+from services.memory import extraction
+from services.memory.adapters.mem0_memory import Memories
+from services.memory.adapters.redis_buffer import ConversationBuffer
+from services.memory.adapters.router_llm import RouterLLM
+from services.memory.rag import Rag
+from services.memory.retrieval import context_pack, memory_user
+
+log = logging.getLogger("enclave.memory")
+MEMORY_LIMIT = 5
+RECENT_BUDGET = 300
+
+
+class MemoryService:
+    def __init__(
+        self, rag: Rag, memories: Memories, buffer: ConversationBuffer, llm: RouterLLM | None
+    ) -> None:
+        self.rag = rag
+        self.memories = memories
+        self.buffer = buffer
+        self.llm = llm
+
+    # -- gateway operations --
+    async def upload(
+        self, ctx: RequestContext, filename: str, purpose: str, data: bytes
+    ) -> RagReply:
+        return await self._reply(self.rag.upload(ctx, filename, purpose, data))
+
+    async def rag_op(self, req: RagRequest) -> RagReply:
+        ctx, a = req.ctx, req.args
+        ops: dict[str, Any] = {
+            "files.get": lambda: self.rag.file_get(ctx, a["file_id"]),
+            "files.list": lambda: self.rag.file_list(ctx),
+            "files.delete": lambda: self.rag.file_delete(ctx, a["file_id"]),
+            "vector_stores.create": lambda: self.rag.store_create(ctx, a),
+            "vector_stores.list": lambda: self.rag.store_list(ctx),
+            "vector_stores.get": lambda: self.rag.store_get(ctx, a["vector_store_id"]),
+            "vector_stores.delete": lambda: self.rag.store_delete(ctx, a["vector_store_id"]),
+            "vector_stores.search": lambda: self.rag.search(ctx, a["vector_store_id"], a),
+            "vector_stores.files.create": lambda: self.rag.member_add(ctx, a["vector_store_id"], a),
+            "vector_stores.files.list": lambda: self.rag.member_list(ctx, a["vector_store_id"]),
+            "vector_stores.files.get": lambda: self.rag.member_get(
+                ctx, a["vector_store_id"], a["file_id"]
+            ),
+            "vector_stores.files.delete": lambda: self.rag.member_delete(
+                ctx, a["vector_store_id"], a["file_id"]
+            ),
+            "memories.list": lambda: self.list_memories(ctx, a.get("user")),
+            "memories.delete": lambda: self.delete_memories(ctx, a.get("user"), a.get("memory_id")),
+            "tenant.delete": lambda: self.delete_tenant(ctx),
+        }
+        op = ops.get(req.op)
+        if op is None:
+            return RagReply(status=404, error=ErrorInfo(status=404, message=f"unknown op {req.op}"))
+        return await self._reply(op())
+
+    @staticmethod
+    async def _reply(coro: Any) -> RagReply:
+        try:
+            return RagReply(body=await coro)
+        except EnclaveError as exc:
+            return RagReply(status=exc.info.status, error=exc.info)
+        except Exception:
+            log.exception("memory operation failed")
+            return RagReply(
+                status=500,
+                error=ErrorInfo(status=500, message="Internal error.", code="internal_error"),
+            )
+
+    # -- memories --
+    async def list_memories(self, ctx: RequestContext, user: str | None) -> Any:
+        uid = memory_user(ctx.actor, ctx.role, user)
+        found = await asyncio.to_thread(self.memories.all, ctx.tenant, uid)
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": m["id"],
+                    "object": "memory",
+                    "type": (m.get("metadata") or {}).get("type", "user"),
+                    "text": m.get("memory", ""),
+                    "created_at": m.get("created_at"),
+                }
+                for m in found
+            ],
+        }
+
+    async def delete_memories(
+        self, ctx: RequestContext, user: str | None, memory_id: str | None
+    ) -> Any:
+        uid = memory_user(ctx.actor, ctx.role, user)
+        if memory_id:
+            ok = await asyncio.to_thread(self.memories.delete_memory, ctx.tenant, uid, memory_id)
+            if not ok:
+                raise EnclaveError(404, f"No memory found with id '{memory_id}'.", "not_found")
+            return {"id": memory_id, "object": "memory.deleted", "deleted": True}
+        count = await asyncio.to_thread(self.memories.delete_user, ctx.tenant, uid)
+        buffers = await self.buffer.delete(ctx.tenant, uid)
+        return {"object": "memory.deleted", "deleted": True, "memories": count, "buffers": buffers}
+
+    async def delete_tenant(self, ctx: RequestContext) -> Any:
+        if ctx.role != "admin":
+            raise EnclaveError(
+                403, "Only an admin may delete a tenant's data.", "insufficient_permissions"
+            )
+        await self.rag.delete_tenant(ctx.tenant)
+        await asyncio.to_thread(self.memories.delete_tenant, ctx.tenant)
+        await self.buffer.delete(ctx.tenant)
+        return {"object": "tenant.deleted", "tenant": ctx.tenant, "deleted": True}
+
+    # -- a new turn's context --
+    async def retrieve(self, req: RetrieveRequest) -> RetrieveReply:
+        ctx = req.ctx
+        uid = memory_user(ctx.actor, ctx.role, req.user)
+        chunks = []
+        rag = req.rag is not None and req.rag.enabled
+        try:
+            if rag and req.rag is not None:
+                store = await self.rag.repo.store(ctx.tenant, req.rag.collection)
+                if store is None:
+                    raise EnclaveError(
+                        404,
+                        f"No vector store found with id '{req.rag.collection}'.",
+                        "not_found",
+                        "rag.collection",
+                    )
+                found = await self.rag.retrieve(
+                    ctx, [store.id], req.query, req.rag.top_k, req.rag.filters, req.user
+                )
+                chunks = [(cit, text) for cit, text, _ in found]
+            memories: list[MemoryItem] = []
+            recent = []
+            if req.memories:
+                hits = await asyncio.to_thread(
+                    self.memories.search, ctx.tenant, uid, req.query, MEMORY_LIMIT
+                )
+                memories = [
+                    MemoryItem(
+                        id=h["id"],
+                        type=(h.get("metadata") or {}).get("type", "user"),
+                        text=h.get("memory", ""),
+                        score=float(h.get("score") or 0.0),
+                    )
+                    for h in hits
+                ]
+                if req.conversation_id:
+                    recent = await self.buffer.recent(
+                        ctx.tenant, uid, req.conversation_id, RECENT_BUDGET
+                    )
+        except EnclaveError as exc:
+            return RetrieveReply(error=exc.info)
+        context, kept = context_pack(chunks, memories, recent, req.token_budget, rag)
+        return RetrieveReply(citations=kept, memories=memories, recent=recent, context=context)
+
+    # -- a finished turn --
+    async def store(self, event: MemoryStoreRequested) -> list[str]:
+        ctx = event.ctx
+        uid = memory_user(ctx.actor, ctx.role, event.user)
+        if event.conversation_id:
+            turn = [m for m in event.messages if m.role == "user"][-1:]
+            if event.answer:
+                from libs.events import ChatMessage
+
+                turn.append(ChatMessage(role="assistant", content=event.answer))
+            await self.buffer.append(ctx.tenant, uid, event.conversation_id, turn)
+        said = [m.content or "" for m in event.messages if m.role == "user"][-1:]
+        if not any(s.strip() for s in said):
+            return []
+        raw = ""
+        if self.llm is not None:
+            try:
+                raw = await self.llm.complete(
+                    ctx, extraction.messages_for(said), extraction.RESPONSE_FORMAT
+                )
+            except Exception:  # extraction must not lose the turn: fall back below
+                log.warning("memory extraction through the router failed", exc_info=True)
+        facts = extraction.parse(raw, said)
+        ids: list[str] = []
+        existing = {
+            m.get("memory") for m in await asyncio.to_thread(self.memories.all, ctx.tenant, uid)
+        }
+        for kind, text in facts:
+            if text in existing:
+                continue
+            ids += await asyncio.to_thread(
+                self.memories.add, ctx.tenant, uid, kind, text, event.conversation_id or ""
+            )
+        return ids
