@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from libs.settings import Settings, load_settings
 
-SERVICES = ("gateway", "agent_runtime", "inference_router", "worker")
+SERVICES = ("gateway", "agent_runtime", "inference_router", "worker", "guardrails")
 # What `enclave up` starts: (service, pool)
 DEFAULT_PLATFORM = (
     ("inference_router", None),
@@ -24,6 +24,7 @@ DEFAULT_PLATFORM = (
     ("worker", "gemma3"),
     ("worker", "minilm"),
     ("worker", "instant"),
+    ("guardrails", None),
     ("agent_runtime", None),
     ("gateway", None),
 )
@@ -61,6 +62,10 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.inference_router.workers.app import build_app as build_worker
 
         app = build_worker(settings, pool)
+    elif service == "guardrails":
+        from services.guardrails.app import build_app as build_guardrails
+
+        app = build_guardrails(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     uvloop.run(app.run())

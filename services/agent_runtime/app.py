@@ -18,11 +18,18 @@ from nats.js.api import ConsumerConfig
 
 from libs.bus import ensure_streams, event_bytes, jstream, make_broker, stream_configs
 from libs.errors import ErrorInfo
-from libs.events import ChatRequested, GenerateAccepted, GenerateRequest
+from libs.events import (
+    ChatRequested,
+    GenerateAccepted,
+    GenerateRequest,
+    GuardrailCheck,
+    GuardrailVerdict,
+)
 from libs.settings import Settings
 from services.agent_runtime.pipeline import DeltaSource, run_turn
 
 ROUTER_TIMEOUT_S = 10.0
+GUARDRAILS_TIMEOUT_S = 10.0
 
 
 class NatsDeltaSource:
@@ -71,6 +78,26 @@ class NatsTurnPorts:
 
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         await self.nc.publish(subject, data, headers=headers)
+
+    async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
+        try:
+            msg = await self.nc.request(
+                subject,
+                event_bytes(check),
+                timeout=GUARDRAILS_TIMEOUT_S,
+                headers=check.ctx.headers(),
+            )
+        except Exception:
+            # Fail closed: without a verdict nothing goes to a model or to the client.
+            return GuardrailVerdict(
+                allowed=False,
+                error=ErrorInfo(
+                    status=503,
+                    message="The guardrails service is not available; try again later.",
+                    code="guardrails_unavailable",
+                ),
+            )
+        return GuardrailVerdict.model_validate_json(msg.data)
 
 
 def build_app(settings: Settings) -> FastStream:

@@ -40,7 +40,7 @@ from libs.events import (
     Usage,
 )
 from libs.settings import Settings
-from services.gateway import keys
+from services.gateway import guardrails_routes, keys
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
 from services.gateway.openai_shapes import (
@@ -419,4 +419,5 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=201,
         )
 
+    guardrails_routes.register(app)
     return app

@@ -12,6 +12,8 @@ from libs.events import (
     Delta,
     GenerateAccepted,
     GenerateRequest,
+    GuardrailCheck,
+    GuardrailVerdict,
     TurnEvent,
 )
 from libs.subjects import Subjects
@@ -53,6 +55,10 @@ class FakePorts:
         assert headers["enclave-tenant"] == "acme"
         self.emitted.append((subject, TurnEvent.model_validate_json(data)))
 
+    async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
+        # A guardrail that lets everything pass unchanged.
+        return GuardrailVerdict(allowed=True, texts=[m.content or "" for m in check.messages])
+
 
 EVENT = ChatRequested(
     ctx=RequestContext(tenant="acme", request_id="r1"),
@@ -69,9 +75,10 @@ async def test_deltas_are_relayed_to_the_request_subject() -> None:
     await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
     subjects = {s for s, _ in ports.emitted}
     assert subjects == {"p.chat.stream.r1"}
-    served, delta, done = (e for _, e in ports.emitted)
+    # The output guardrail's window holds a short answer back until the end of the turn.
+    served, done = (e for _, e in ports.emitted)
     assert served.served_by == {"runtime": "rt1", "worker": "w1"}
-    assert delta.deltas[0].content == "a" and done.done
+    assert done.deltas[0].content == "a" and done.done
     assert ports.requests[0].deltas_subject.startswith("p.inference.deltas.r1.")
     assert ports.source.closed
 
