@@ -17,7 +17,9 @@ lint: bootstrap
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy libs services/gateway/keys.py services/gateway/policy.py \
 		services/gateway/openai_shapes.py services/agent_runtime/pipeline.py \
-		services/inference_router/registry.py services/inference_router/engine.py
+		services/inference_router/registry.py services/inference_router/engine.py \
+		services/guardrails/policy.py services/guardrails/screen.py \
+		services/guardrails/secrets.py services/guardrails/injection.py
 	$(VENV)/lint-imports
 
 test: export ENCLAVE_NEED_POSTGRES = 1

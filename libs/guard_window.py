@@ -26,6 +26,9 @@ from libs.events import Delta, GuardrailEntity
 HOLD_CHARS = 64
 STRIDE_CHARS = 32
 MAX_RUN = 512
+# Already released text sent along with each check, so that detections that depend on
+# what precedes a value ("password = ...", "born on ...") still see it.
+CONTEXT_CHARS = 64
 
 PSEUDONYM = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
 
@@ -78,6 +81,7 @@ def restore(text: str, pseudonyms: dict[str, str]) -> str:
 
 @dataclass
 class _Choice:
+    context: str = ""
     text: str = ""
     unchecked: int = 0
     finish: str | None = None
@@ -117,13 +121,26 @@ class OutputWindow:
         """Choices with text or a finish not yet released (checked at the end of the turn)."""
         return [i for i, c in self.choices.items() if not c.blocked and (c.text or c.finish)]
 
-    def text(self, index: int) -> str:
+    def unreleased(self, index: int) -> str:
         return self.choices[index].text
 
-    def release(self, index: int, spans: list[GuardrailEntity], final: bool) -> Delta | None:
-        """After a passing check: the delta that may leave now, if any."""
+    def text(self, index: int) -> str:
+        """What to check: the released context, then the unreleased text."""
+        c = self.choices[index]
+        return c.context + c.text
+
+    def release(self, index: int, checked: list[GuardrailEntity], final: bool) -> Delta | None:
+        """After a passing check of `text(index)`: the delta that may leave now, if any."""
         c = self.choices[index]
         final = final or c.finish is not None
+        shift = len(c.context)
+        # Spans in the unreleased text's coordinates; one reaching back into the context is
+        # clipped (what of it was released had passed an earlier check).
+        spans = [
+            s.model_copy(update={"start": max(s.start - shift, 0), "end": s.end - shift})
+            for s in checked
+            if s.end > shift
+        ]
         cut = release_boundary(c.text, spans, final)
         c.unchecked = 0
         if cut == 0 and not (final and c.finish):
@@ -132,6 +149,7 @@ class OutputWindow:
         touched = any(s.start < cut for s in spans)
         lps = [e for off, entries in c.logprobs if off <= cut for e in entries]
         c.logprobs = [(off - cut, e) for off, e in c.logprobs if off > cut]
+        c.context = (c.context + c.text[:cut])[-CONTEXT_CHARS:]
         c.text = c.text[cut:]
         finish = c.finish if final else None
         if final:

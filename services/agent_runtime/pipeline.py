@@ -144,7 +144,7 @@ async def run_turn(
             released: list[Delta] = []
             for index in ready:
                 spans: list[GuardrailEntity] = []
-                if window.text(index):
+                if window.unreleased(index):
                     check = GuardrailCheck(
                         ctx=ctx,
                         direction="output",

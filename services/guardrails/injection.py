@@ -35,7 +35,7 @@ _HEURISTICS: list[tuple[str, float, re.Pattern[str]]] = [
             r"[\w\s]{0,20}?\b(system prompt|initial (instructions|prompt)"
             r"|hidden (instructions|rules|prompt)|original prompt|developer message"
             r"|(your|the) (instructions|rules|prompt)"
-            r" (verbatim|word for word)|everything above)"
+            r" (verbatim|word for word)|everything (above|before) (this|my))"
         ),
     ),
     (

@@ -35,9 +35,7 @@ class InstantEngine:
             said = request.prompt or next(
                 (m.content or "" for m in reversed(request.messages) if m.role == "user"), ""
             )
-            pieces = [
-                said[i : i + self.chunk_chars] for i in range(0, len(said), self.chunk_chars)
-            ]
+            pieces = [said[i : i + self.chunk_chars] for i in range(0, len(said), self.chunk_chars)]
         else:
             pieces = [f"w{i} " for i in range(self.tokens)]
         limit = request.params.max_tokens or len(pieces)
