@@ -249,7 +249,12 @@ class PresidioPii:
             score_threshold=min_score,
             ad_hoc_recognizers=self._ad_hoc(custom) or None,
         )
-        spans = [Span(r.entity_type, r.start, r.end, float(r.score)) for r in results]
+        spans = [
+            Span(r.entity_type, r.start, r.end, float(r.score))
+            for r in results
+            # spaCy's small model calls acronyms people ("JSON", "AWS").
+            if not (r.entity_type == "PERSON" and text[r.start : r.end].isupper())
+        ]
         return resolve_overlaps(spans)
 
 
