@@ -332,3 +332,81 @@ class RagReply(BaseModel):
     status: int = 200
     body: Any = None
     error: ErrorInfo | None = None
+
+
+# -- guardrails (request/reply guardrails.input / guardrails.output) --
+
+
+class GuardrailCheck(BaseModel):
+    """agent_runtime, gateway or memory -> guardrails: screen texts under the tenant's policy.
+
+    direction "input": the messages a model is about to see (PII actions, injection on user
+    messages, indirect injection on tool messages, topic control on the last user message).
+    direction "context": retrieved RAG chunks or tool results, screened for indirect injection
+    and PII, one score per text. direction "output": a window of model output (secrets, PII
+    re-check, content policy); its verdict's entities carry their replacements.
+    """
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    direction: Literal["input", "output", "context"] = "input"
+    messages: list[ChatMessage] = Field(default_factory=list)
+    # An agent's policy below the tenant's (the HTTP check calls it `policy`).
+    agent: str | None = None
+    # Pseudonyms already handed out in this request (placeholder -> real value), so that a
+    # value seen again gets the same placeholder.
+    pseudonyms: dict[str, str] = Field(default_factory=dict)
+
+
+class GuardrailEntity(BaseModel):
+    type: str
+    start: int
+    end: int
+    score: float
+    # Which of the check's messages the span is in, what the policy does with it and the
+    # text that replaces it (empty for "allow").
+    message: int = 0
+    action: str = "redact"
+    replacement: str = ""
+
+
+class GuardrailVerdict(BaseModel):
+    """guardrails -> caller: the decision, the rewritten texts, and why."""
+
+    v: Literal[1] = 1
+    allowed: bool
+    # The messages' contents after the policy's actions (same order as the check's).
+    texts: list[str] = Field(default_factory=list)
+    entities: list[GuardrailEntity] = Field(default_factory=list)
+    injection_score: float = 0.0
+    # Per message: the injection score (0 where the message was not screened for it).
+    scores: list[float] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+    # The rule that blocked, e.g. "injection.threshold" or "pii.entities.US_SSN".
+    rule: str | None = None
+    policy_version: str = ""
+    # placeholder -> real value; it lives only for the request and is never stored.
+    pseudonyms: dict[str, str] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    # Input verdicts: whether the effective policy screens this turn's output at all.
+    screen_output: bool = True
+    # Context verdicts: the texts (indexes into the check's messages) to leave out.
+    flagged: list[int] = Field(default_factory=list)
+
+
+class GuardrailVerdictRecorded(BaseModel):
+    """guardrails -> audit (JetStream audit.<tenant>.guardrails): one verdict, without values."""
+
+    v: Literal[1] = 1
+    kind: Literal["guardrails.verdict"] = "guardrails.verdict"
+    ctx: RequestContext
+    direction: str
+    allowed: bool
+    rule: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    # entity type -> count (never the values)
+    entities: dict[str, int] = Field(default_factory=dict)
+    injection_score: float = 0.0
+    policy_version: str
+    agent: str | None = None
+    at: float = Field(default_factory=time.time)

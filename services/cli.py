@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from libs.settings import Settings, load_settings
 from services.audit import cli as audit_cli
 
-SERVICES = ("gateway", "agent_runtime", "inference_router", "worker", "audit", "memory")
+SERVICES = (
+    "gateway",
+    "agent_runtime",
+    "inference_router",
+    "worker",
+    "audit",
+    "memory",
+    "guardrails",
+)
 # What `enclave up` starts: (service, pool)
 DEFAULT_PLATFORM = (
     ("inference_router", None),
@@ -25,6 +33,7 @@ DEFAULT_PLATFORM = (
     ("worker", "gemma3"),
     ("worker", "minilm"),
     ("worker", "instant"),
+    ("guardrails", None),
     ("agent_runtime", None),
     ("memory", None),
     ("gateway", None),
@@ -72,6 +81,10 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.memory.app import build_app as build_memory
 
         app = build_memory(settings)
+    elif service == "guardrails":
+        from services.guardrails.app import build_app as build_guardrails
+
+        app = build_guardrails(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     uvloop.run(app.run())

@@ -18,10 +18,13 @@ from tests.infra import REPO, Infra, Platform, free_port, infra, platform_env
 TEST_POOLS = {
     "slow": {"engine": "instant", "tokens": 4, "delay_ms": 3000, "timeout_s": 0.5},
     "unserved": {"engine": "instant"},
+    # Repeats the user's message in 3-character tokens, one message per token.
+    "echo": {"engine": "instant", "echo": True, "chunk_chars": 3, "delay_ms": 2},
 }
 TEST_MODELS = [
     {"id": "enclave-slow", "kind": "chat", "pool": "slow"},
     {"id": "enclave-unserved", "kind": "chat", "pool": "unserved"},
+    {"id": "enclave-echo", "kind": "chat", "pool": "echo"},
 ]
 
 
@@ -88,6 +91,8 @@ def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Itera
         plat.start("worker-minilm", "worker", "minilm")
         plat.start("worker-gemma3", "worker", "gemma3")
         plat.start("worker-slow", "worker", "slow")
+        plat.start("worker-echo", "worker", "echo")
+        plat.start("guardrails", "guardrails")
         plat.start("runtime", "agent_runtime")
         plat.start("memory", "memory")
         plat.start("gateway", "gateway")

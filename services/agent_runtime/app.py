@@ -29,6 +29,8 @@ from libs.events import (
     ChatRequested,
     GenerateAccepted,
     GenerateRequest,
+    GuardrailCheck,
+    GuardrailVerdict,
     MemoryStoreRequested,
     RetrieveReply,
     RetrieveRequest,
@@ -45,6 +47,7 @@ INTERNAL = ErrorInfo(
 )
 # Beyond the router's own wait for a worker: its registry lookup may touch SQL.
 ROUTER_MARGIN_S = 3.0
+GUARDRAILS_TIMEOUT_S = 10.0
 
 
 class NatsDeltaSource:
@@ -135,6 +138,26 @@ class NatsTurnPorts:
             )
         except Exception:  # the answer is delivered; a lost memory must not redo the turn
             log.warning("memory.store publish failed for %s", event.ctx.request_id)
+
+    async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
+        try:
+            msg = await self.nc.request(
+                subject,
+                event_bytes(check),
+                timeout=GUARDRAILS_TIMEOUT_S,
+                headers=check.ctx.headers(),
+            )
+        except Exception:
+            # Fail closed: without a verdict nothing goes to a model or to the client.
+            return GuardrailVerdict(
+                allowed=False,
+                error=ErrorInfo(
+                    status=503,
+                    message="The guardrails service is not available; try again later.",
+                    code="guardrails_unavailable",
+                ),
+            )
+        return GuardrailVerdict.model_validate_json(msg.data)
 
 
 def build_app(settings: Settings) -> FastStream:

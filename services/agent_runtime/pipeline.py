@@ -1,8 +1,12 @@
 """One chat turn: input guard -> memory -> inference -> output guard -> stream to the client.
 
-For now the guard stages pass through; memory/RAG retrieval and inference are real.
-The turn talks to the rest of the platform only through `TurnPorts`, so it runs the
-same on NATS and in unit tests.
+The guardrails service screens the input (blocked input never reaches a model; PII is
+replaced, pseudonyms live only in this turn), the memory service has it screen retrieved
+text for indirect injection, and it checks every window of the output
+(libs/guard_window.py: nothing reaches the client unchecked) unless the effective policy
+screens no output at all, when tokens are relayed as they come. The turn talks to the
+rest of the platform only through `TurnPorts`, so it runs the same on NATS and in unit
+tests.
 """
 
 from __future__ import annotations
@@ -10,18 +14,24 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from libs.context import RUNTIME_HEADER, WORKER_HEADER
+from libs.context import RUNTIME_HEADER, WORKER_HEADER, RequestContext
 from libs.errors import ErrorInfo, upstream_timeout
 from libs.events import (
     ChatMessage,
     ChatRequested,
+    Delta,
     GenerateAccepted,
     GenerateRequest,
+    GuardrailCheck,
+    GuardrailEntity,
+    GuardrailVerdict,
     MemoryStoreRequested,
     RetrieveReply,
     RetrieveRequest,
     TurnEvent,
+    Usage,
 )
+from libs.guard_window import OutputWindow
 from libs.subjects import Subjects
 
 
@@ -43,9 +53,40 @@ class TurnPorts(Protocol):
 
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None: ...
 
+    async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
+        """The guardrails' verdict; an unreachable guardrail is an error verdict (fail closed)."""
+        ...
+
     async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply: ...
 
     async def store_memory(self, event: MemoryStoreRequested) -> None: ...
+
+
+def _notice(verdict: GuardrailVerdict, what: str) -> str:
+    why = "; ".join(verdict.reasons[:3])
+    return (
+        f"{what} blocked by the guardrails rule `{verdict.rule}`"
+        + (f" ({why})" if why else "")
+        + f" under policy {verdict.policy_version}."
+    )
+
+
+def _input_check(event: ChatRequested) -> GuardrailCheck:
+    messages = event.messages
+    if event.kind == "completion":
+        messages = [ChatMessage(role="user", content=event.prompt or "")]
+    return GuardrailCheck(ctx=event.ctx, direction="input", messages=messages)
+
+
+def _guarded(event: ChatRequested, verdict: GuardrailVerdict) -> ChatRequested:
+    """The request as the model may see it: the guardrail's texts in place of the originals."""
+    if event.kind == "completion":
+        return event.model_copy(update={"prompt": verdict.texts[0]})
+    messages = [
+        m.model_copy(update={"content": text if m.content is not None else None})
+        for m, text in zip(event.messages, verdict.texts, strict=True)
+    ]
+    return event.model_copy(update={"messages": messages})
 
 
 def _uses_rag(event: ChatRequested) -> bool:
@@ -67,6 +108,10 @@ def with_context(messages: list[ChatMessage], context: str) -> list[ChatMessage]
     return [ChatMessage(role="system", content=context), *messages]
 
 
+def _encode(event: TurnEvent) -> bytes:
+    return event.model_dump_json(exclude_none=True).encode()
+
+
 async def run_turn(
     event: ChatRequested,
     ports: TurnPorts,
@@ -81,13 +126,28 @@ async def run_turn(
     out = event.reply_subject
     headers = ctx.headers()
 
-    async def fail(error: ErrorInfo) -> bytes:
-        data = TurnEvent(error=error, done=True).model_dump_json().encode()
-        await ports.emit_raw(out, data, headers)
+    async def send(turn_event: TurnEvent, with_headers: dict[str, str] = headers) -> bytes:
+        data = _encode(turn_event)
+        await ports.emit_raw(out, data, with_headers)
         return data
 
+    async def fail(error: ErrorInfo) -> bytes:
+        return await send(TurnEvent(error=error, done=True))
+
+    verdict = await ports.guard(subjects.guardrails_input, _input_check(event))
+    if verdict.error is not None:
+        return await fail(verdict.error)
+    if not verdict.allowed:
+        # A normal answer, finished by the content filter: no model sees the input.
+        notice = _notice(verdict, "This request was")
+        filtered = [
+            Delta(index=i, content=notice, finish_reason="content_filter")
+            for i in range(event.params.n)
+        ]
+        return await send(TurnEvent(deltas=filtered, usage=Usage(), done=True))
+    event = _guarded(event, verdict)
+
     messages = event.messages
-    context: RetrieveReply | None = None
     remember = _uses_memory(event)
     if _uses_rag(event) or remember:
         query = next((m.content or "" for m in reversed(messages) if m.role == "user"), "")
@@ -104,12 +164,14 @@ async def run_turn(
         if context.error is not None:
             return await fail(context.error)
         messages = with_context(messages, context.context)
-        cited = TurnEvent(
-            citations=context.citations if _uses_rag(event) else None,
-            memories=context.memories if remember else None,
+        await send(
+            TurnEvent(
+                citations=context.citations if _uses_rag(event) else None,
+                memories=context.memories if remember else None,
+            )
         )
-        await ports.emit_raw(out, cited.model_dump_json(exclude_none=True).encode(), headers)
 
+    window = OutputWindow(verdict.pseudonyms) if verdict.screen_output else None
     source = await ports.open_deltas(ctx.request_id)
     accepting = asyncio.ensure_future(
         ports.request_generation(
@@ -149,13 +211,24 @@ async def run_turn(
             if data is None:
                 return await fail(upstream_timeout(f"no token from {event.model} in {timeout}s"))
             relay_headers = {**headers, RUNTIME_HEADER: runtime_id, WORKER_HEADER: source.worker}
-            # Pass-through until the output guardrail stage lands: relay the bytes as they are.
-            await ports.emit_raw(out, data, relay_headers)
-            if remember:
-                answer.extend(
-                    d.content for d in TurnEvent.model_validate_json(data).deltas if d.index == 0
-                )
-            if b'"done":true' in data:
+            done = b'"done":true' in data
+            ev = TurnEvent.model_validate_json(data) if window or remember else None
+            if ev is not None and remember:
+                answer.extend(d.content for d in ev.deltas if d.index == 0)
+            if window is None or ev is None:
+                # No output screening under this policy: relay the bytes as they are.
+                await ports.emit_raw(out, data, relay_headers)
+                last = data
+            else:
+                released = await _screen_output(ports, subjects, ctx, window, ev)
+                if isinstance(released, ErrorInfo):
+                    return await fail(released)
+                if released or ev.done or ev.error or ev.usage:
+                    last = await send(
+                        TurnEvent(deltas=released, usage=ev.usage, error=ev.error, done=ev.done),
+                        relay_headers,
+                    )
+            if done:
                 if remember:
                     await ports.store_memory(
                         MemoryStoreRequested(
@@ -166,7 +239,7 @@ async def run_turn(
                             answer="".join(answer),
                         )
                     )
-                return data
+                return last
             if accepting.done() and timeout == upstream_timeout_s:
                 accepted = accepting.result()
                 timeout = min(upstream_timeout_s, accepted.timeout_s or upstream_timeout_s)
@@ -174,3 +247,34 @@ async def run_turn(
     finally:
         accepting.cancel()
         await source.close()
+
+
+async def _screen_output(
+    ports: TurnPorts, subjects: Subjects, ctx: RequestContext, window: OutputWindow, ev: TurnEvent
+) -> list[Delta] | ErrorInfo:
+    """The deltas of `ev` that may reach the client now, after the output guardrail."""
+    ready = window.add(ev.deltas)
+    if ev.done:
+        ready = window.pending()
+    released: list[Delta] = []
+    for index in ready:
+        spans: list[GuardrailEntity] = []
+        if window.unreleased(index):
+            seen = await ports.guard(
+                subjects.guardrails_output,
+                GuardrailCheck(
+                    ctx=ctx,
+                    direction="output",
+                    messages=[ChatMessage(role="assistant", content=window.text(index))],
+                ),
+            )
+            if seen.error is not None:
+                return seen.error
+            if not seen.allowed:
+                released.append(window.block(index, " " + _notice(seen, "The answer was")))
+                continue
+            spans = seen.entities
+        delta = window.release(index, spans, final=ev.done)
+        if delta is not None:
+            released.append(delta)
+    return released

@@ -15,7 +15,17 @@ from redis.asyncio import Redis
 from libs.bus import ensure_streams, event_bytes, jstream, make_broker, stream_configs
 from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
-from libs.events import MemoryStoreRequested, RagReply, RagRequest, RetrieveReply, RetrieveRequest
+from libs.errors import ErrorInfo
+from libs.events import (
+    ChatMessage,
+    GuardrailCheck,
+    GuardrailVerdict,
+    MemoryStoreRequested,
+    RagReply,
+    RagRequest,
+    RetrieveReply,
+    RetrieveRequest,
+)
 from libs.settings import Settings
 from services.memory.adapters.embedder import Embedder
 from services.memory.adapters.mem0_memory import ENTITIES, MEMORIES, Memories
@@ -25,6 +35,8 @@ from services.memory.adapters.sql_rag import RagRepository
 from services.memory.handlers import MemoryService
 from services.memory.rag import CHUNKS, Rag
 from services.memory.vectors import TenantStores, VectorBackend
+
+SCREEN_TIMEOUT_S = 10.0
 
 log = logging.getLogger("enclave.memory")
 
@@ -65,6 +77,28 @@ def build_app(settings: Settings) -> FastStream:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    async def screen(ctx: RequestContext, texts: list[str]) -> GuardrailVerdict:
+        check = GuardrailCheck(
+            ctx=ctx,
+            direction="context",
+            messages=[ChatMessage(role="tool", content=t) for t in texts],
+        )
+        try:
+            msg = await broker.connection.request(
+                subjects.guardrails_input, event_bytes(check), timeout=SCREEN_TIMEOUT_S
+            )
+        except Exception:
+            # Fail closed: unscreened text never reaches a model.
+            return GuardrailVerdict(
+                allowed=False,
+                error=ErrorInfo(
+                    status=503,
+                    message="The guardrails service is not available; try again later.",
+                    code="guardrails_unavailable",
+                ),
+            )
+        return GuardrailVerdict.model_validate_json(msg.data)
+
     @app.on_startup
     async def _start() -> None:
         await migrate_async(settings)
@@ -79,6 +113,7 @@ def build_app(settings: Settings) -> FastStream:
             Memories(stores, embedder, settings.home),
             ConversationBuffer(redis, settings.bus_prefix, settings.memory_buffer_ttl_s),
             RouterLLM(nc, subjects, settings.memory_extraction_model, settings.upstream_timeout_s),
+            screen,
         )
 
         async def rag(msg: Msg) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import (
+    GuardrailVerdict,
     MemoryItem,
     MemoryStoreRequested,
     RagReply,
@@ -25,18 +27,26 @@ from services.memory.rag import Rag
 from services.memory.retrieval import context_pack, memory_user
 
 log = logging.getLogger("enclave.memory")
+# Retrieved texts in, the guardrails' "context" verdict out.
+Screen = Callable[[RequestContext, list[str]], Awaitable[GuardrailVerdict]]
 MEMORY_LIMIT = 5
 RECENT_BUDGET = 300
 
 
 class MemoryService:
     def __init__(
-        self, rag: Rag, memories: Memories, buffer: ConversationBuffer, llm: RouterLLM | None
+        self,
+        rag: Rag,
+        memories: Memories,
+        buffer: ConversationBuffer,
+        llm: RouterLLM | None,
+        screen: Screen | None = None,
     ) -> None:
         self.rag = rag
         self.memories = memories
         self.buffer = buffer
         self.llm = llm
+        self.screen = screen
 
     # -- gateway operations --
     async def upload(
@@ -165,12 +175,35 @@ class MemoryService:
                     recent = await self.buffer.recent(
                         ctx.tenant, uid, req.conversation_id, RECENT_BUDGET
                     )
+            if self.screen is not None and (chunks or memories):
+                chunks, memories = await self._screened(ctx, chunks, memories)
         except EnclaveError as exc:
             return RetrieveReply(error=exc.info)
         context, kept = context_pack(chunks, memories, recent, req.token_budget, rag)
         return RetrieveReply(citations=kept, memories=memories, recent=recent, context=context)
 
     # -- a finished turn --
+    async def _screened(
+        self, ctx: RequestContext, chunks: list[Any], memories: list[MemoryItem]
+    ) -> tuple[list[Any], list[MemoryItem]]:
+        """Indirect injection: retrieved text is screened before any model sees it; what the
+        guardrail flags is left out, and the rest goes on as the guardrail rewrote it (PII)."""
+        assert self.screen is not None
+        texts = [text for _, text in chunks] + [m.text for m in memories]
+        verdict = await self.screen(ctx, texts)
+        if verdict.error is not None:
+            raise EnclaveError.of(verdict.error)
+        out = verdict.texts if len(verdict.texts) == len(texts) else texts
+        flagged = set(verdict.flagged)
+        n = len(chunks)
+        kept_chunks = [(c, out[i]) for i, (c, _) in enumerate(chunks) if i not in flagged]
+        kept_memories = [
+            m.model_copy(update={"text": out[n + i]})
+            for i, m in enumerate(memories)
+            if n + i not in flagged
+        ]
+        return kept_chunks, kept_memories
+
     async def store(self, event: MemoryStoreRequested) -> list[str]:
         ctx = event.ctx
         uid = memory_user(ctx.actor, ctx.role, event.user)

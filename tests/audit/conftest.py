@@ -50,6 +50,7 @@ def audit_platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         plat.start("router", "inference_router")
         plat.start("worker-instant", "worker", "instant")
+        plat.start("guardrails", "guardrails")
         plat.start("runtime", "agent_runtime")
         plat.start("audit", "audit")
         plat.start("gateway", "gateway")

@@ -228,20 +228,23 @@ def test_memory_round_trip_same_user_only(platform: Platform) -> None:
     alice = platform.create_key("mem-a", "user")
     bob = platform.create_key("mem-a", "user")
     carol = platform.create_key("mem-b", "user")
-    _chat(platform, alice, "My favourite programming language is Haskell.", "conv-1")
-    stored = _wait_memory(platform, alice, "Haskell")
+    # A fact without names: the input guardrail pseudonymises names before memory sees them.
+    _chat(platform, alice, "My favourite drink is jasmine tea.", "conv-1")
+    stored = _wait_memory(platform, alice, "jasmine")
     assert stored[0]["type"] in ("user", "feedback", "project", "reference")
 
-    recalled = _chat(platform, alice, "Which programming language do I like?", "conv-2")
-    assert any("Haskell" in m["text"] for m in recalled["memories"])
+    recalled = _chat(platform, alice, "Which drink do I like?", "conv-2")
+    assert any("jasmine" in m["text"] for m in recalled["memories"])
     for key in (bob, carol):
-        other = _chat(platform, key, "Which programming language do I like?", "conv-1")
-        assert all("Haskell" not in m["text"] for m in other["memories"])
+        other = _chat(platform, key, "Which drink do I like?", "conv-1")
+        assert all("jasmine" not in m["text"] for m in other["memories"])
         mine = httpx.get(platform.base_url + "/v1/memories", headers=auth(key)).json()
-        assert all("Haskell" not in m["text"] for m in mine["data"])
+        assert all("jasmine" not in m["text"] for m in mine["data"])
 
 
-SECRET = "Zanzibar-7731"
+# Lower-case words: the input guardrail pseudonymises names and redacts secrets, and this
+# must reach memory as it is said to test deletion.
+SECRET = "tangerine-lantern"
 
 
 def _scan_everything(platform: Platform, tenant: str) -> dict[str, int]:

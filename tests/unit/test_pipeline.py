@@ -12,6 +12,8 @@ from libs.events import (
     Delta,
     GenerateAccepted,
     GenerateRequest,
+    GuardrailCheck,
+    GuardrailVerdict,
     TurnEvent,
 )
 from libs.subjects import Subjects
@@ -44,6 +46,8 @@ class FakePorts:
         self.source = FakeSource(events)
         self.emitted: list[tuple[str, TurnEvent]] = []
         self.headers: list[dict[str, str]] = []
+        self.checks: list[GuardrailCheck] = []
+        self.screen_output = True
         self.requests: list[GenerateRequest] = []
 
     async def open_deltas(self, request_id: str) -> FakeSource:
@@ -57,6 +61,15 @@ class FakePorts:
         assert headers["enclave-tenant"] == "acme"
         self.headers.append(headers)
         self.emitted.append((subject, TurnEvent.model_validate_json(data)))
+
+    async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
+        # A guardrail that lets everything pass unchanged.
+        self.checks.append(check)
+        return GuardrailVerdict(
+            allowed=True,
+            texts=[m.content or "" for m in check.messages],
+            screen_output=self.screen_output,
+        )
 
 
 EVENT = ChatRequested(
@@ -75,8 +88,9 @@ async def test_deltas_are_relayed_to_the_request_subject() -> None:
     await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
     subjects = {s for s, _ in ports.emitted}
     assert subjects == {"p.chat.stream.gw1.r1"}
-    delta, done = (e for _, e in ports.emitted)
-    assert delta.deltas[0].content == "a" and done.done
+    # The output guardrail's window holds a short answer back until the end of the turn.
+    (done,) = (e for _, e in ports.emitted)
+    assert done.deltas[0].content == "a" and done.done
     for headers in ports.headers:
         assert headers["enclave-runtime"] == "rt1" and headers["enclave-worker"] == "w1"
     assert ports.requests[0].deltas_subject == FakeSource.subject
@@ -96,3 +110,15 @@ async def test_silent_worker_times_out_with_504() -> None:
     await run_turn(EVENT, ports, Subjects(), 10.0)
     assert ports.emitted[-1][1].error is not None
     assert ports.emitted[-1][1].error.status == 504
+
+
+async def test_unscreened_output_is_relayed_as_it_comes() -> None:
+    ports = FakePorts(
+        GenerateAccepted(accepted=True, worker="w1"),
+        [TurnEvent(deltas=[Delta(content="a")]), TurnEvent(done=True)],
+    )
+    ports.screen_output = False
+    await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
+    delta, done = (e for _, e in ports.emitted)
+    assert delta.deltas[0].content == "a" and not delta.done and done.done
+    assert [c.direction for c in ports.checks] == ["input"]

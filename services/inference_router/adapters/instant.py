@@ -1,6 +1,8 @@
 """A stand-in engine that answers at once: it isolates the platform's own cost in benchmarks.
 
 With `delay_ms` it answers slowly instead, which is how tests produce upstream timeouts.
+With `echo` it repeats the last user message (or the prompt) in pieces of `chunk_chars`
+characters, which is how tests see exactly what a model was given and returned.
 """
 
 from __future__ import annotations
@@ -13,20 +15,36 @@ from services.inference_router.engine import Emit
 
 
 class InstantEngine:
-    def __init__(self, tokens: int = 16, delay_ms: float = 0.0, **_: Any) -> None:
+    def __init__(
+        self,
+        tokens: int = 16,
+        delay_ms: float = 0.0,
+        echo: bool = False,
+        chunk_chars: int = 3,
+        **_: Any,
+    ) -> None:
         self.tokens = tokens
+        self.echo = echo
+        self.chunk_chars = max(1, chunk_chars)
         self.delay_s = delay_ms / 1000.0
         self.runs_inline = self.delay_s == 0
 
     def generate(self, request: GenerateRequest, emit: Emit) -> Usage:
-        limit = request.params.max_tokens or self.tokens
-        count = min(self.tokens, limit)
-        finish = "stop" if count == self.tokens else "length"
         prompt = request.prompt or " ".join(m.content or "" for m in request.messages)
+        if self.echo:
+            said = request.prompt or next(
+                (m.content or "" for m in reversed(request.messages) if m.role == "user"), ""
+            )
+            pieces = [said[i : i + self.chunk_chars] for i in range(0, len(said), self.chunk_chars)]
+        else:
+            pieces = [f"w{i} " for i in range(self.tokens)]
+        limit = request.params.max_tokens or len(pieces)
+        count = min(len(pieces), limit)
+        finish = "stop" if count == len(pieces) else "length"
         for choice in range(request.params.n):
             for i in range(count):
                 if self.delay_s:
                     time.sleep(self.delay_s)
-                emit(Delta(index=choice, content=f"w{i} "))
+                emit(Delta(index=choice, content=pieces[i]))
             emit(Delta(index=choice, finish_reason=finish))
         return Usage(prompt_tokens=len(prompt.split()), completion_tokens=count * request.params.n)

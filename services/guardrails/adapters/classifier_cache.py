@@ -1,0 +1,33 @@
+"""The injection classifier, trained once from the generated set and kept on disk.
+
+The file name carries a digest of the generator and trainer sources, so a change to either
+retrains; the pickle is only ever read from our own ENCLAVE_HOME.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+from services.guardrails import injection, injection_data
+
+
+def _digest() -> str:
+    h = hashlib.sha256()
+    for mod in (injection, injection_data):
+        h.update(Path(mod.__file__ or "").read_bytes())
+    return h.hexdigest()[:12]
+
+
+def load_or_train(folder: Path) -> Any:
+    path = folder / f"injection-classifier-{_digest()}.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    model = injection.train_classifier()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(model))
+    tmp.replace(path)
+    return model

@@ -1,0 +1,77 @@
+"""Policy documents from YAML files, merged per tenant and agent and reloaded when they change.
+
+Layout under the policy folder ($ENCLAVE_HOME/guardrails by default):
+  global.yaml                                (else the packaged policies/global.yaml)
+  tenants/<tenant>.yaml
+  tenants/<tenant>/agents/<agent>.yaml
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from services.guardrails.policy import (
+    EffectivePolicy,
+    PolicyDocument,
+    PolicyError,
+    effective,
+    parse_document,
+)
+
+PACKAGED_GLOBAL = Path(__file__).resolve().parent.parent / "policies" / "global.yaml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def read_document(path: Path, level: str) -> PolicyDocument:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PolicyError("document", level, f"{path.name} is not valid YAML: {exc}") from None
+    return parse_document(data, level)
+
+
+class PolicyStore:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._cache: dict[tuple[str, str | None], tuple[tuple[float, ...], EffectivePolicy]] = {}
+
+    def _paths(self, tenant: str, agent: str | None) -> list[tuple[Path, str]]:
+        own = self.folder / "global.yaml"
+        paths = [(own if own.exists() else PACKAGED_GLOBAL, "global")]
+        paths.append((self.folder / "tenants" / f"{tenant}.yaml", "tenant"))
+        if agent is not None:
+            paths.append((self.folder / "tenants" / tenant / "agents" / f"{agent}.yaml", "agent"))
+        return paths
+
+    def get(self, tenant: str, agent: str | None = None) -> EffectivePolicy:
+        """The merged policy; raises PolicyError if a document is invalid or relaxes."""
+        if not _NAME.match(tenant):
+            raise PolicyError("tenant", "tenant", f"`{tenant}` is not a valid tenant name")
+        if agent is not None and not _NAME.match(agent):
+            raise PolicyError("policy", "agent", f"`{agent}` is not a valid policy name")
+        paths = self._paths(tenant, agent)
+        stamp = tuple(p.stat().st_mtime if p.exists() else -1.0 for p, _ in paths)
+        cached = self._cache.get((tenant, agent))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        docs: list[PolicyDocument | None] = []
+        for (path, level), mtime in zip(paths, stamp, strict=True):
+            if mtime < 0:
+                if level == "agent":
+                    raise PolicyError("policy", "agent", f"no policy `{agent}` for this tenant")
+                docs.append(None)
+                continue
+            doc = read_document(path, level)
+            if level != "global" and doc.tenant != tenant:
+                raise PolicyError("tenant", level, f"the document is for tenant `{doc.tenant}`")
+            if level == "agent" and doc.agent != agent:
+                raise PolicyError("agent", level, f"the document is for agent `{doc.agent}`")
+            docs.append(doc)
+        global_doc = docs[0]
+        assert global_doc is not None
+        policy = effective(global_doc, *docs[1:])
+        self._cache[(tenant, agent)] = (stamp, policy)
+        return policy

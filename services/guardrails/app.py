@@ -1,0 +1,126 @@
+"""guardrails wiring: answers guardrails.input and guardrails.output (request/reply, one queue
+group, so replicas share the load) and publishes every verdict on audit.<tenant>.guardrails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from faststream import FastStream
+
+from libs.bus import ensure_streams, event_bytes, make_broker
+from libs.context import RequestContext
+from libs.errors import ErrorInfo
+from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict, GuardrailVerdictRecorded
+from libs.settings import Settings
+from services.guardrails.adapters.classifier_cache import load_or_train
+from services.guardrails.adapters.minilm import MiniLM
+from services.guardrails.adapters.operators import PresidioOperators
+from services.guardrails.adapters.policy_files import PolicyStore
+from services.guardrails.adapters.presidio import PresidioPii
+from services.guardrails.injection import InjectionDetector
+from services.guardrails.policy import PolicyError
+from services.guardrails.screen import Screener
+
+log = logging.getLogger("enclave.guardrails")
+
+
+def build_screener(settings: Settings) -> Screener:
+    return Screener(
+        PresidioPii(),
+        InjectionDetector(load_or_train(settings.home / "guardrails" / "models")),
+        PresidioOperators(),
+        MiniLM(),
+    )
+
+
+def decide(screener: Screener, store: PolicyStore, check: GuardrailCheck) -> GuardrailVerdict:
+    try:
+        policy = store.get(check.ctx.tenant, check.agent)
+    except PolicyError as exc:
+        # Fail closed: a broken or relaxing policy document never means "no policy".
+        missing = exc.level == "agent" and exc.rule == "policy"
+        return GuardrailVerdict(
+            allowed=False,
+            rule=f"policy.{exc.rule}",
+            reasons=[str(exc)],
+            error=ErrorInfo(
+                status=400 if missing else 500,
+                message=str(exc),
+                code="policy_not_found" if missing else "guardrail_policy_invalid",
+                param="policy" if missing else None,
+            ),
+        )
+    verdict = screener.check(check, policy)
+    verdict.policy_version = policy.version
+    return verdict
+
+
+def build_app(settings: Settings) -> FastStream:
+    broker = make_broker(settings, "guardrails")
+    screener = build_screener(settings)
+    store = PolicyStore(settings.home / "guardrails")
+    subjects = settings.subjects
+    pending: set[asyncio.Task[None]] = set()
+    # Warm spaCy and the classifier so that the first real request is not the slow one.
+    screener.check(
+        GuardrailCheck(
+            ctx=RequestContext(tenant="warmup", request_id="warmup"),
+            messages=[ChatMessage(role="user", content="Hello, I am Ada Lovelace.")],
+        ),
+        store.get("warmup"),
+    )
+
+    async def audit(check: GuardrailCheck, verdict: GuardrailVerdict) -> None:
+        event = GuardrailVerdictRecorded(
+            ctx=check.ctx,
+            direction=check.direction,
+            allowed=verdict.allowed,
+            rule=verdict.rule,
+            reasons=verdict.reasons,
+            entities=dict(Counter(e.type for e in verdict.entities)),
+            injection_score=verdict.injection_score,
+            policy_version=verdict.policy_version,
+            agent=check.agent,
+        )
+        try:
+            await broker.connection.jetstream().publish(
+                subjects.audit(check.ctx.tenant, "guardrails"),
+                event_bytes(event),
+                headers=check.ctx.headers(),
+                timeout=5.0,
+            )
+        except Exception:
+            log.exception("could not publish the audit event of %s", check.ctx.request_id)
+
+    async def handle(check: GuardrailCheck) -> GuardrailVerdict:
+        verdict = decide(screener, store, check)
+        # After the reply, not before: the audit write is off the request's latency.
+        task = asyncio.create_task(audit(check, verdict))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        return verdict
+
+    @broker.subscriber(subjects.guardrails_input, queue="guardrails")
+    async def on_input(check: GuardrailCheck) -> GuardrailVerdict:
+        return await handle(check)
+
+    @broker.subscriber(subjects.guardrails_output, queue="guardrails")
+    async def on_output(check: GuardrailCheck) -> GuardrailVerdict:
+        return await handle(check)
+
+    app = FastStream(broker)
+
+    @app.on_startup
+    async def _streams() -> None:
+        await broker.connect()
+        await ensure_streams(broker.connection, settings)
+
+    @app.on_shutdown
+    async def _drain() -> None:
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+
+    return app

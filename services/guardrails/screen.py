@@ -1,0 +1,254 @@
+"""The verdict on one check: which spans get which action, injection, topics, secrets.
+
+Pure orchestration over ports (the PII finder, the injection detector, the embedder, the
+anonymizer operators), so it runs the same in the service, the benchmark and the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from libs.events import GuardrailCheck, GuardrailEntity, GuardrailVerdict
+from services.guardrails.injection import InjectionDetector
+from services.guardrails.policy import CustomRecognizer, EffectivePolicy
+from services.guardrails.secrets import Span, scan
+
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
+
+
+class PiiFinder(Protocol):
+    def find(
+        self, text: str, entities: list[str], custom: list[CustomRecognizer], min_score: float
+    ) -> list[Span]: ...
+
+
+class Embedder(Protocol):
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length rows, one per text."""
+        ...
+
+
+class Operators(Protocol):
+    def mask(self, value: str) -> str: ...
+
+    def hashed(self, value: str, entity: str, tenant: str) -> str: ...
+
+
+class Pseudonyms:
+    """Stable placeholders for one request: the same value gets the same <TYPE_n>."""
+
+    def __init__(self, known: dict[str, str]) -> None:
+        self.by_placeholder = dict(known)
+        self.by_value = {(p.rsplit("_", 1)[0][1:], v): p for p, v in known.items()}
+
+    def placeholder(self, entity: str, value: str) -> str:
+        key = (entity, value)
+        if key not in self.by_value:
+            n = 1 + sum(1 for t, _ in self.by_value if t == entity)
+            p = f"<{entity}_{n}>"
+            self.by_value[key] = p
+            self.by_placeholder[p] = value
+        return self.by_value[key]
+
+
+class Screener:
+    def __init__(
+        self,
+        pii: PiiFinder,
+        injection: InjectionDetector,
+        operators: Operators,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.pii = pii
+        self.injection = injection
+        self.operators = operators
+        self.embedder = embedder
+        self._topic_vectors: dict[str, np.ndarray] = {}
+
+    # -- pieces --
+
+    def _replacement(
+        self, action: str, entity: str, value: str, tenant: str, names: Pseudonyms
+    ) -> str:
+        if action == "allow":
+            return value
+        if action == "mask":
+            return self.operators.mask(value)
+        if action == "hash":
+            return self.operators.hashed(value, entity, tenant)
+        if action == "pseudonymise":
+            return names.placeholder(entity, value)
+        return f"<{entity}>"
+
+    def _pii_spans(self, text: str, policy: EffectivePolicy) -> list[Span]:
+        if not policy.pii_enabled:
+            return []
+        spans = self.pii.find(
+            text, list(policy.entities), list(policy.custom.values()), policy.min_score
+        )
+        # Placeholders from earlier turns are not PII.
+        marks = [m.span() for m in PLACEHOLDER.finditer(text)]
+        return [s for s in spans if not any(a < s.end and s.start < b for a, b in marks)]
+
+    def _topic(self, text: str, policy: EffectivePolicy) -> tuple[str, str] | None:
+        """(rule, reason) when the text is off-topic or on a denied topic."""
+        if self.embedder is None or not (policy.topics_denied or policy.topics_allowed):
+            return None
+        names = [*policy.topics_denied, *(policy.topics_allowed or [])]
+        missing = [t for t in names if t not in self._topic_vectors]
+        if missing:
+            for t, vec in zip(missing, self.embedder.embed(missing), strict=True):
+                self._topic_vectors[t] = vec
+        query = self.embedder.embed([text])[0]
+        for t in policy.topics_denied:
+            sim = float(query @ self._topic_vectors[t])
+            if sim >= policy.deny_threshold:
+                return "topics.denied", f"topic: denied topic '{t}' (similarity {sim:.2f})"
+        if policy.topics_allowed:
+            best = max(float(query @ self._topic_vectors[t]) for t in policy.topics_allowed)
+            if best < policy.allow_threshold:
+                return "topics.allowed", f"topic: off the allowed topics (best {best:.2f})"
+        return None
+
+    # -- the check --
+
+    def check(self, check: GuardrailCheck, policy: EffectivePolicy) -> GuardrailVerdict:
+        if check.direction == "output":
+            return self._output(check, policy)
+        tenant = check.ctx.tenant
+        names = Pseudonyms(check.pseudonyms)
+        texts: list[str] = []
+        entities: list[GuardrailEntity] = []
+        scores: list[float] = []
+        reasons: list[str] = []
+        rule: str | None = None
+        for i, msg in enumerate(check.messages):
+            text = msg.content or ""
+            spans = self._pii_spans(text, policy)
+            out: list[str] = []
+            pos = 0
+            for s in spans:
+                action = policy.input_action(s.type)
+                value = text[s.start : s.end]
+                repl = self._replacement(action, s.type, value, tenant, names)
+                entities.append(
+                    GuardrailEntity(
+                        type=s.type,
+                        start=s.start,
+                        end=s.end,
+                        score=round(s.score, 4),
+                        message=i,
+                        action=action,
+                        replacement="" if action == "allow" else repl,
+                    )
+                )
+                if action == "block" and rule is None:
+                    rule = f"pii.entities.{s.type}"
+                    reasons.append(f"pii: {s.type} is blocked by policy")
+                out.append(text[pos : s.start] + repl)
+                pos = s.end
+            out.append(text[pos:])
+            texts.append("".join(out))
+            screened = (check.direction == "context" and policy.screen_context) or (
+                check.direction == "input"
+                and (
+                    (msg.role == "user" and policy.injection_enabled)
+                    or (msg.role == "tool" and policy.screen_context)
+                )
+            )
+            score = 0.0
+            if screened:
+                result = self.injection.score(text)
+                score = result.score
+                if score >= policy.injection_threshold:
+                    kind = (
+                        "indirect injection"
+                        if msg.role == "tool" or (check.direction == "context")
+                        else "prompt injection"
+                    )
+                    reasons.extend(f"{kind}: {r}" for r in result.reasons or ["score"])
+                    if rule is None and check.direction == "input":
+                        rule = "injection.threshold"
+            scores.append(score)
+        if check.direction == "context" and any(s >= policy.injection_threshold for s in scores):
+            rule = rule or "injection.screen_context"
+        last_user = next(
+            (m.content for m in reversed(check.messages) if m.role == "user" and m.content), None
+        )
+        if rule is None and check.direction == "input" and last_user:
+            topic = self._topic(last_user, policy)
+            if topic is not None:
+                rule = topic[0]
+                reasons.append(topic[1])
+        return GuardrailVerdict(
+            allowed=rule is None,
+            texts=texts,
+            entities=entities,
+            injection_score=max(scores, default=0.0),
+            scores=scores,
+            reasons=reasons,
+            rule=rule,
+            pseudonyms=names.by_placeholder,
+            # Pseudonyms are restored to the user by the output window: it must run then.
+            screen_output=policy.screens_output or bool(names.by_placeholder),
+            flagged=[i for i, sc in enumerate(scores) if sc >= policy.injection_threshold]
+            if check.direction == "context"
+            else [],
+        )
+
+    def _output(self, check: GuardrailCheck, policy: EffectivePolicy) -> GuardrailVerdict:
+        text = check.messages[0].content or "" if check.messages else ""
+        tenant = check.ctx.tenant
+        names = Pseudonyms({})
+        found: list[tuple[Span, str]] = []
+        if policy.secrets_enabled:
+            found += [(s, policy.secrets_action) for s in scan(text, policy.min_entropy)]
+        if policy.output_pii:
+            for s in self._pii_spans(text, policy):
+                action = policy.output_action(s.type)
+                if action != "allow":
+                    # The user cannot be handed back a value the model made up.
+                    found.append((s, "redact" if action == "pseudonymise" else action))
+        found.sort(key=lambda f: (f[0].start, -(f[0].end - f[0].start)))
+        entities: list[GuardrailEntity] = []
+        reasons: list[str] = []
+        rule: str | None = None
+        out: list[str] = []
+        pos = 0
+        for s, action in found:
+            if s.start < pos:
+                continue
+            repl = self._replacement(action, s.type, text[s.start : s.end], tenant, names)
+            entities.append(
+                GuardrailEntity(
+                    type=s.type,
+                    start=s.start,
+                    end=s.end,
+                    score=round(s.score, 4),
+                    action=action,
+                    replacement=repl,
+                )
+            )
+            if action == "block" and rule is None:
+                secret = s.type not in policy.output_entities
+                rule = "secrets.action" if secret else f"output.entities.{s.type}"
+                reasons.append(f"output: {s.type} is blocked by policy")
+            out.append(text[pos : s.start] + repl)
+            pos = s.end
+        out.append(text[pos:])
+        for p in policy.denied_patterns:
+            if re.search(p, text, re.IGNORECASE):
+                rule = rule or "output.denied_patterns"
+                reasons.append(f"content: matches a denied pattern {p!r}")
+                break
+        return GuardrailVerdict(
+            allowed=rule is None,
+            texts=["".join(out)],
+            entities=entities,
+            reasons=reasons,
+            rule=rule,
+        )

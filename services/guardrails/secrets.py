@@ -1,0 +1,106 @@
+"""Secret scanning: cloud keys, private keys, JWTs, passwords in assignments, high-entropy tokens.
+
+Pure: text in, spans out. An unterminated private key block runs to the end of the text,
+so that a streaming window holds it back until it is complete.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+# (type, pattern, group holding the secret)
+_PATTERNS: list[tuple[str, re.Pattern[str], int]] = [
+    (
+        "PRIVATE_KEY",
+        re.compile(
+            r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END[A-Z ]*PRIVATE KEY-----|\Z)"
+            r"|-----BEGIN[A-Z ]*\Z"
+        ),
+        0,
+    ),
+    ("AWS_ACCESS_KEY", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[0-9A-Z]{16}\b"), 0),
+    (
+        "AWS_SECRET_KEY",
+        re.compile(r"(?i)aws.{0,24}?(?:secret|key)\w*['\"]?\s*[:=]\s*['\"]?([A-Za-z0-9/+=]{40})"),
+        1,
+    ),
+    ("GCP_API_KEY", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"), 0),
+    (
+        "GITHUB_TOKEN",
+        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+        0,
+    ),
+    ("SLACK_TOKEN", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), 0),
+    ("STRIPE_KEY", re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"), 0),
+    ("OPENAI_KEY", re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_\-]{20,}"), 0),
+    ("AZURE_KEY", re.compile(r"(?i)AccountKey=([A-Za-z0-9+/=]{40,})"), 1),
+    (
+        "JWT",
+        re.compile(r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{8,}"),
+        0,
+    ),
+    (
+        "PASSWORD",
+        re.compile(
+            r"(?i)\b(?:password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token"
+            r"|auth[_-]?token|client[_-]?secret|private[_-]?key)\b['\"]?\s*(?::|=|\bis\b)\s*"
+            r"['\"]?([^\s'\",;]{4,})"
+        ),
+        1,
+    ),
+    ("PASSWORD", re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:([^\s:/@]{3,})@"), 1),
+]
+
+_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{20,}")
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>")
+
+
+@dataclass(frozen=True)
+class Span:
+    type: str
+    start: int
+    end: int
+    score: float
+
+
+def entropy(s: str) -> float:
+    """Shannon entropy in bits per character."""
+    counts = Counter(s)
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def _looks_random(tok: str, min_entropy: float) -> bool:
+    classes = sum(
+        (
+            any(c.isdigit() for c in tok),
+            any(c.islower() for c in tok),
+            any(c.isupper() for c in tok),
+        )
+    )
+    return classes >= 2 and any(c.isdigit() for c in tok) and entropy(tok) >= min_entropy
+
+
+def scan(text: str, min_entropy: float = 4.0) -> list[Span]:
+    """Every secret in `text`, longest first where two overlap."""
+    found: list[Span] = []
+    for kind, pattern, group in _PATTERNS:
+        for m in pattern.finditer(text):
+            start, end = m.span(group)
+            if end > start:
+                found.append(Span(kind, start, end, 1.0))
+    for m in _TOKEN.finditer(text):
+        if _looks_random(m.group(), min_entropy):
+            found.append(Span("HIGH_ENTROPY_TOKEN", m.start(), m.end(), 0.8))
+    found.sort(key=lambda s: (s.start, -(s.end - s.start)))
+    out: list[Span] = []
+    for s in found:
+        if out and s.start < out[-1].end:
+            if s.end > out[-1].end:
+                out[-1] = Span(out[-1].type, out[-1].start, s.end, out[-1].score)
+            continue
+        out.append(s)
+    return [s for s in out if not _PLACEHOLDER.fullmatch(text[s.start : s.end])]
