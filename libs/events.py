@@ -392,21 +392,3 @@ class GuardrailVerdict(BaseModel):
     screen_output: bool = True
     # Context verdicts: the texts (indexes into the check's messages) to leave out.
     flagged: list[int] = Field(default_factory=list)
-
-
-class GuardrailVerdictRecorded(BaseModel):
-    """guardrails -> audit (JetStream audit.<tenant>.guardrails): one verdict, without values."""
-
-    v: Literal[1] = 1
-    kind: Literal["guardrails.verdict"] = "guardrails.verdict"
-    ctx: RequestContext
-    direction: str
-    allowed: bool
-    rule: str | None = None
-    reasons: list[str] = Field(default_factory=list)
-    # entity type -> count (never the values)
-    entities: dict[str, int] = Field(default_factory=dict)
-    injection_score: float = 0.0
-    policy_version: str
-    agent: str | None = None
-    at: float = Field(default_factory=time.time)

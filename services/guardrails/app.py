@@ -10,10 +10,11 @@ from collections import Counter
 
 from faststream import FastStream
 
-from libs.bus import ensure_streams, event_bytes, make_broker
+from libs.audit import AuditPublisher, outbox_dir
+from libs.bus import ensure_streams, make_broker
 from libs.context import RequestContext
 from libs.errors import ErrorInfo
-from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict, GuardrailVerdictRecorded
+from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
 from libs.settings import Settings
 from services.guardrails.adapters.classifier_cache import load_or_train
 from services.guardrails.adapters.minilm import MiniLM
@@ -64,6 +65,7 @@ def build_app(settings: Settings) -> FastStream:
     store = PolicyStore(settings.home / "guardrails")
     subjects = settings.subjects
     pending: set[asyncio.Task[None]] = set()
+    publisher: list[AuditPublisher] = []
     # Warm spaCy and the classifier so that the first real request is not the slow one.
     screener.check(
         GuardrailCheck(
@@ -74,26 +76,26 @@ def build_app(settings: Settings) -> FastStream:
     )
 
     async def audit(check: GuardrailCheck, verdict: GuardrailVerdict) -> None:
-        event = GuardrailVerdictRecorded(
-            ctx=check.ctx,
-            direction=check.direction,
-            allowed=verdict.allowed,
-            rule=verdict.rule,
-            reasons=verdict.reasons,
-            entities=dict(Counter(e.type for e in verdict.entities)),
-            injection_score=verdict.injection_score,
-            policy_version=verdict.policy_version,
-            agent=check.agent,
-        )
+        # Counts and names only, never values; no floats (the chain's encoding is exact).
+        attrs: dict[str, str | int | bool] = {
+            "direction": check.direction,
+            "allowed": verdict.allowed,
+            "rule": verdict.rule or "",
+            "agent": check.agent or "",
+            "injection_score_permille": round(verdict.injection_score * 1000),
+        }
+        for entity, count in Counter(e.type for e in verdict.entities).items():
+            attrs[f"entities.{entity}"] = count
         try:
-            await broker.connection.jetstream().publish(
-                subjects.audit(check.ctx.tenant, "guardrails"),
-                event_bytes(event),
-                headers=check.ctx.headers(),
-                timeout=5.0,
+            await publisher[0].emit(
+                f"verdict.{check.direction}",
+                check.ctx,
+                policy_version=verdict.policy_version or None,
+                outcome="allowed" if verdict.allowed else "blocked",
+                attrs=attrs,
             )
         except Exception:
-            log.exception("could not publish the audit event of %s", check.ctx.request_id)
+            log.exception("could not record the verdict of %s", check.ctx.request_id)
 
     async def handle(check: GuardrailCheck) -> GuardrailVerdict:
         verdict = decide(screener, store, check)
@@ -117,10 +119,17 @@ def build_app(settings: Settings) -> FastStream:
     async def _streams() -> None:
         await broker.connect()
         await ensure_streams(broker.connection, settings)
+        publisher.append(
+            AuditPublisher(
+                broker.connection, subjects, "guardrails", outbox_dir(settings.home)
+            ).start()
+        )
 
     @app.on_shutdown
     async def _drain() -> None:
         if pending:
             await asyncio.wait(pending, timeout=10)
+        if publisher:
+            await publisher[0].close()
 
     return app

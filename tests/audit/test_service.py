@@ -148,16 +148,21 @@ def test_auditors_read_their_own_tenant_only(audit_platform: Platform, tmp_path:
     acme_req = _chat(plat, acme_admin)
     globex_req = _chat(plat, globex_admin)
 
-    # The gateway's request event and the runtime's turn event, digests only.
-    entries = _entries_of(plat, acme_auditor, acme_req, 2)
-    actions = sorted(e["event"]["action"] for e in entries)  # type: ignore[index]
-    assert actions == ["chat.completions", "turn.completed"]
+    # The gateway's request event, the guardrails' verdicts on the input and the output,
+    # and the runtime's turn event: digests and counts only.
+    entries = _entries_of(plat, acme_auditor, acme_req, 4)
+    actions = {e["event"]["action"] for e in entries}  # type: ignore[index]
+    assert actions == {"chat.completions", "verdict.input", "verdict.output", "turn.completed"}
     for e in entries:
         event = e["event"]
-        assert event["tenant"] == "acme" and event["model"] == "enclave-instant"  # type: ignore[index]
-        assert event["digests"]  # type: ignore[index]
+        assert event["tenant"] == "acme"  # type: ignore[index]
+        if event["action"].startswith("verdict."):  # type: ignore[index]
+            assert event["policy_version"].startswith("global@")  # type: ignore[index]
+        else:
+            assert event["model"] == "enclave-instant"  # type: ignore[index]
+            assert event["digests"]  # type: ignore[index]
     assert b"my secret" not in orjson.dumps(entries)
-    assert _entries_of(plat, globex_auditor, globex_req, 2)
+    assert _entries_of(plat, globex_auditor, globex_req, 4)
 
     # Tenant B's auditor sees nothing of A, whatever it asks for.
     r = _get(plat, globex_auditor, "/v1/audit/entries", request_id=acme_req, tenant="acme")

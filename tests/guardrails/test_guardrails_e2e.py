@@ -12,6 +12,7 @@ import nats
 import pytest
 import yaml
 
+from libs.events import AuditEvent
 from tests.infra import Platform
 
 ECHO = "enclave-echo"
@@ -173,9 +174,13 @@ async def test_the_check_endpoint(platform: Platform, nc: nats.aio.client.Client
     events = [json.loads(d) for _, d in audit.seen]
     # Every verdict is audited; all but the one for the unknown agent policy name a version.
     assert len(events) >= 4
-    named = [e for e in events if not (e.get("rule") or "").startswith("policy.")]
+    # They are audit events in the audit service's own format (libs/audit.py).
+    assert all(AuditEvent.model_validate(e).kind == "guardrails" for e in events)
+    named = [e for e in events if not e["attrs"]["rule"].startswith("policy.")]
     assert named and all(e["policy_version"].startswith("global@1+") for e in named)
-    assert any(not e["allowed"] and e.get("rule") == "injection.threshold" for e in events)
+    assert any(
+        not e["attrs"]["allowed"] and e["attrs"]["rule"] == "injection.threshold" for e in events
+    )
     assert all("john@example.com" not in json.dumps(e) for e in events)
 
 
