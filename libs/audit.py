@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
 from opentelemetry import metrics
 
 from libs.context import RequestContext
@@ -112,6 +113,9 @@ class AuditPublisher:
         self.outbox.mkdir(parents=True, exist_ok=True)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # One JetStream context per connection, not one per event.
+        self._js: JetStreamContext | None = None
+        self._js_of: NatsClient | None = None
         _outboxes.append(self)
 
     # -- emitting --
@@ -144,8 +148,10 @@ class AuditPublisher:
         nc = self.nc
         if nc is None or not nc.is_connected:
             return False
+        if self._js is None or self._js_of is not nc:
+            self._js, self._js_of = nc.jetstream(), nc
         try:
-            await nc.jetstream().publish(
+            await self._js.publish(
                 self.subjects.audit(subject_token(tenant), kind),
                 data,
                 timeout=self.ack_timeout_s,

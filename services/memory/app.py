@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from redis.asyncio import Redis
 
+from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import ensure_streams, event_bytes, jstream, make_broker, stream_configs
 from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
@@ -99,12 +100,18 @@ def build_app(settings: Settings) -> FastStream:
             )
         return GuardrailVerdict.model_validate_json(msg.data)
 
+    publisher: list[AuditPublisher] = []
+
+    async def record(action: str, ctx: RequestContext, **fields: Any) -> None:
+        await publisher[0].emit(action, ctx, **fields)
+
     @app.on_startup
     async def _start() -> None:
         await migrate_async(settings)
         await broker.connect()
         nc = broker.connection
         await ensure_streams(nc, settings)
+        publisher.append(AuditPublisher(nc, subjects, "memory", outbox_dir(settings.home)).start())
         embedder = await asyncio.to_thread(Embedder)
         stores = TenantStores(make_backend(settings), [CHUNKS, MEMORIES, ENTITIES])
         redis = Redis.from_url(settings.redis_url)
@@ -114,6 +121,7 @@ def build_app(settings: Settings) -> FastStream:
             ConversationBuffer(redis, settings.bus_prefix, settings.memory_buffer_ttl_s),
             RouterLLM(nc, subjects, settings.memory_extraction_model, settings.upstream_timeout_s),
             screen,
+            record,
         )
 
         async def rag(msg: Msg) -> None:

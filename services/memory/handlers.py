@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from libs.audit import digest
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import (
@@ -29,6 +30,19 @@ from services.memory.retrieval import context_pack, memory_user
 log = logging.getLogger("enclave.memory")
 # Retrieved texts in, the guardrails' "context" verdict out.
 Screen = Callable[[RequestContext, list[str]], Awaitable[GuardrailVerdict]]
+# An audit record: action, who asked, outcome, and the ids and digests touched (no content).
+Record = Callable[..., Awaitable[Any]]
+# Operations that change or remove a tenant's data: each one goes into the audit chain.
+AUDITED_OPS = {
+    "files.delete",
+    "vector_stores.create",
+    "vector_stores.delete",
+    "vector_stores.files.create",
+    "vector_stores.files.delete",
+    "memories.delete",
+    "tenant.delete",
+}
+AUDITED_IDS = ("file_id", "vector_store_id", "memory_id")
 MEMORY_LIMIT = 5
 RECENT_BUDGET = 300
 
@@ -41,18 +55,47 @@ class MemoryService:
         buffer: ConversationBuffer,
         llm: RouterLLM | None,
         screen: Screen | None = None,
+        record: Record | None = None,
     ) -> None:
         self.rag = rag
         self.memories = memories
         self.buffer = buffer
         self.llm = llm
         self.screen = screen
+        self.record = record
 
     # -- gateway operations --
     async def upload(
         self, ctx: RequestContext, filename: str, purpose: str, data: bytes
     ) -> RagReply:
-        return await self._reply(self.rag.upload(ctx, filename, purpose, data))
+        reply = await self._reply(self.rag.upload(ctx, filename, purpose, data))
+        file_id = reply.body.get("id", "") if isinstance(reply.body, dict) else ""
+        await self._audit(
+            "files.upload",
+            ctx,
+            reply,
+            {"file_id": file_id, "bytes": len(data), "purpose": purpose},
+            {"content": digest(data), "filename": digest(filename)},
+        )
+        return reply
+
+    async def _audit(
+        self,
+        action: str,
+        ctx: RequestContext,
+        reply: RagReply,
+        attrs: dict[str, Any],
+        digests: dict[str, str] | None = None,
+    ) -> None:
+        if self.record is None:
+            return
+        await self.record(
+            action,
+            ctx,
+            outcome="ok" if reply.error is None else "error",
+            attrs={"status": reply.status, **{k: v for k, v in attrs.items() if v}},
+            digests=digests or {},
+        )
 
     async def rag_op(self, req: RagRequest) -> RagReply:
         ctx, a = req.ctx, req.args
@@ -80,7 +123,13 @@ class MemoryService:
         op = ops.get(req.op)
         if op is None:
             return RagReply(status=404, error=ErrorInfo(status=404, message=f"unknown op {req.op}"))
-        return await self._reply(op())
+        reply = await self._reply(op())
+        if req.op in AUDITED_OPS:
+            ids = {k: str(a[k]) for k in AUDITED_IDS if a.get(k)}
+            # An end user's id may itself be personal data: only its digest is kept.
+            users = {"user": digest(str(a["user"]))} if a.get("user") else {}
+            await self._audit(req.op, ctx, reply, ids, users)
+        return reply
 
     @staticmethod
     async def _reply(coro: Any) -> RagReply:

@@ -3,6 +3,7 @@ chat with retrieval and citations, the memory round trip, and deletion scans."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
@@ -331,3 +332,38 @@ def test_deletion_leaves_nothing_in_any_store(platform: Platform) -> None:
     # The other tenant's data is all there: chunks, memories, buffer, SQL rows, history.
     assert kept["qdrant:rag_chunks"] > 0 and kept["qdrant:memories"] > 0
     assert kept["redis"] > 0 and kept["sql:memory_files"] == 1 and kept["mem0-history"] > 0
+
+
+async def test_data_changes_are_audited_without_content(platform: Platform) -> None:
+    import nats
+
+    prefix = platform.env["ENCLAVE_BUS_PREFIX"]
+    nc = await nats.connect(platform.env["ENCLAVE_NATS_URL"])
+    seen: list[dict[str, Any]] = []
+
+    async def on_msg(msg: Any) -> None:
+        seen.append(json.loads(msg.data))
+
+    await nc.subscribe(f"{prefix}.audit.acme.memory", cb=on_msg)
+    await nc.flush()
+    try:
+        async with httpx.AsyncClient(base_url=platform.base_url, timeout=60) as http:
+            created = await http.post(
+                "/v1/vector_stores", headers=auth(platform.admin_key), json={"name": "audited"}
+            )
+            assert created.status_code == 200, created.text
+            store_id = created.json()["id"]
+            gone = await http.delete(
+                f"/v1/vector_stores/{store_id}", headers=auth(platform.admin_key)
+            )
+            assert gone.status_code == 200
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    actions = [e["action"] for e in seen]
+    assert actions == ["vector_stores.create", "vector_stores.delete"]
+    assert seen[1]["attrs"]["vector_store_id"] == store_id
+    assert all(e["tenant"] == "acme" and e["service"] == "memory" for e in seen)
+    assert "audited" not in json.dumps(seen)
