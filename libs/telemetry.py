@@ -1,9 +1,10 @@
 """OpenTelemetry tracing: a tracer per service, the W3C trace context carried on the bus.
 
 Each hop starts a span as the child of the `traceparent` it received (in the event's
-request context, mirrored in the NATS headers) and hands its own on. Spans go nowhere
-unless ENCLAVE_TRACE_DIR is set: then each process writes them as JSON lines to
-`<dir>/<service>-<pid>.jsonl` (a collector tails these; no outbound call is made).
+request context, mirrored in the NATS headers) and hands its own on. With
+ENCLAVE_TRACE_DIR set, each process writes its spans as JSON lines to
+`<dir>/<service>-<pid>.jsonl` (a collector tails these; no outbound call is made);
+without it no span is recorded and the received traceparent travels on unchanged.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ class JsonLinesExporter(SpanExporter):
 
 
 def setup_tracing(service: str, trace_dir: str = "") -> trace.Tracer:
+    if not trace_dir:
+        # Spans nobody collects cost ~30 µs a hop; the received traceparent still travels on.
+        return trace.NoOpTracer()
     provider = TracerProvider(resource=Resource.create({"service.name": f"enclave-{service}"}))
-    if trace_dir:
-        exporter = JsonLinesExporter(Path(trace_dir) / f"{service}-{os.getpid()}.jsonl")
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter = JsonLinesExporter(Path(trace_dir) / f"{service}-{os.getpid()}.jsonl")
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return trace.get_tracer(f"enclave.{service}")
 
