@@ -36,6 +36,7 @@ from libs.events import (
     RetrieveRequest,
     TurnEvent,
 )
+from libs.guardrails_client import ask_guardrails
 from libs.settings import Settings
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.agent_runtime.pipeline import DeltaSource, run_turn
@@ -47,7 +48,6 @@ INTERNAL = ErrorInfo(
 )
 # Beyond the router's own wait for a worker: its registry lookup may touch SQL.
 ROUTER_MARGIN_S = 3.0
-GUARDRAILS_TIMEOUT_S = 10.0
 
 
 class NatsDeltaSource:
@@ -140,24 +140,8 @@ class NatsTurnPorts:
             log.warning("memory.store publish failed for %s", event.ctx.request_id)
 
     async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
-        try:
-            msg = await self.nc.request(
-                subject,
-                event_bytes(check),
-                timeout=GUARDRAILS_TIMEOUT_S,
-                headers=check.ctx.headers(),
-            )
-        except Exception:
-            # Fail closed: without a verdict nothing goes to a model or to the client.
-            return GuardrailVerdict(
-                allowed=False,
-                error=ErrorInfo(
-                    status=503,
-                    message="The guardrails service is not available; try again later.",
-                    code="guardrails_unavailable",
-                ),
-            )
-        return GuardrailVerdict.model_validate_json(msg.data)
+        # Fail closed: without a verdict nothing goes to a model or to the client.
+        return await ask_guardrails(self.nc, subject, check)
 
 
 def build_app(settings: Settings) -> FastStream:

@@ -157,20 +157,31 @@ class Gateway:
                 413, f"The request body is larger than {limit} bytes.", "request_too_large"
             )
 
-    async def bus_request(self, subject: str, event: Any, headers: dict[str, str]) -> bytes:
+    async def bus_request(
+        self,
+        subject: str,
+        event: Any,
+        headers: dict[str, str] | None = None,
+        *,
+        service: str = "inference router",
+        code: str = "no_router",
+        timeout: float | None = None,
+    ) -> bytes:
+        """Request/reply to another service; nobody listening is a 503, silence a 504."""
+        payload = event if isinstance(event, bytes) else event_bytes(event)
         try:
             msg = await self.nc.request(
                 subject,
-                event_bytes(event),
-                timeout=self.settings.upstream_timeout_s,
+                payload,
+                timeout=timeout or self.settings.upstream_timeout_s,
                 headers=headers,
             )
         except nats.errors.NoRespondersError:
             raise EnclaveError(
-                503, "The inference router is not available; try again later.", "no_router"
+                503, f"The {service} is not available; try again later.", code
             ) from None
         except nats.errors.TimeoutError:
-            raise EnclaveError(504, "Upstream timeout.", "upstream_timeout") from None
+            raise EnclaveError(504, f"Upstream timeout: {service}.", "upstream_timeout") from None
         return bytes(msg.data)
 
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from libs.audit import AuditPublisher, digest, outbox_dir
-from libs.bus import event_bytes
 from libs.context import RequestContext
 from libs.errors import EnclaveError
 from libs.events import AuditExportRequest, AuditReply, AuditSearch, AuditVerifyRequest
@@ -45,16 +43,10 @@ async def audit_request(request: Request, ctx: RequestContext, action: str, mode
 
 
 async def _ask(request: Request, subject: str, event: Any) -> AuditReply:
-    gw = request.app.state.gw
-    try:
-        msg = await gw.nc.request(subject, event_bytes(event), timeout=AUDIT_TIMEOUT_S)
-    except nats.errors.NoRespondersError:
-        raise EnclaveError(
-            503, "The audit service is not available; try again later.", "no_audit_service"
-        ) from None
-    except nats.errors.TimeoutError:
-        raise EnclaveError(504, "Upstream timeout: audit service.", "upstream_timeout") from None
-    reply = AuditReply.model_validate_json(msg.data)
+    raw = await request.app.state.gw.bus_request(
+        subject, event, service="audit service", code="no_audit_service", timeout=AUDIT_TIMEOUT_S
+    )
+    reply = AuditReply.model_validate_json(raw)
     if reply.error is not None:
         raise EnclaveError.of(reply.error)
     return reply

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import nats
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -27,16 +26,15 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 async def _call(request: Request, subject: str, data: bytes, headers: dict[str, str]) -> Response:
-    gw = request.app.state.gw
-    try:
-        msg = await gw.nc.request(subject, data, timeout=TIMEOUT_S, headers=headers)
-    except nats.errors.NoRespondersError:
-        raise EnclaveError(
-            503, "The memory service is not available; try again later.", "no_memory_service"
-        ) from None
-    except nats.errors.TimeoutError:
-        raise EnclaveError(504, "Upstream timeout.", "upstream_timeout") from None
-    reply = RagReply.model_validate_json(msg.data)
+    raw = await request.app.state.gw.bus_request(
+        subject,
+        data,
+        headers,
+        service="memory service",
+        code="no_memory_service",
+        timeout=TIMEOUT_S,
+    )
+    reply = RagReply.model_validate_json(raw)
     if reply.error is not None:
         raise EnclaveError.of(reply.error)
     if reply.status != 200:

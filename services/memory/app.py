@@ -16,7 +16,6 @@ from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import ensure_streams, event_bytes, jstream, make_broker, stream_configs
 from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
-from libs.errors import ErrorInfo
 from libs.events import (
     ChatMessage,
     GuardrailCheck,
@@ -27,6 +26,7 @@ from libs.events import (
     RetrieveReply,
     RetrieveRequest,
 )
+from libs.guardrails_client import ask_guardrails
 from libs.settings import Settings
 from services.memory.adapters.embedder import Embedder
 from services.memory.adapters.mem0_memory import ENTITIES, MEMORIES, Memories
@@ -36,8 +36,6 @@ from services.memory.adapters.sql_rag import RagRepository
 from services.memory.handlers import MemoryService
 from services.memory.rag import CHUNKS, Rag
 from services.memory.vectors import TenantStores, VectorBackend
-
-SCREEN_TIMEOUT_S = 10.0
 
 log = logging.getLogger("enclave.memory")
 
@@ -84,21 +82,8 @@ def build_app(settings: Settings) -> FastStream:
             direction="context",
             messages=[ChatMessage(role="tool", content=t) for t in texts],
         )
-        try:
-            msg = await broker.connection.request(
-                subjects.guardrails_input, event_bytes(check), timeout=SCREEN_TIMEOUT_S
-            )
-        except Exception:
-            # Fail closed: unscreened text never reaches a model.
-            return GuardrailVerdict(
-                allowed=False,
-                error=ErrorInfo(
-                    status=503,
-                    message="The guardrails service is not available; try again later.",
-                    code="guardrails_unavailable",
-                ),
-            )
-        return GuardrailVerdict.model_validate_json(msg.data)
+        # Fail closed: unscreened text never reaches a model.
+        return await ask_guardrails(broker.connection, subjects.guardrails_input, check)
 
     publisher: list[AuditPublisher] = []
 
