@@ -12,7 +12,9 @@ ORDER = ["gateway"]
 
 def main() -> int:
     here = Path(__file__).parent
-    found = [m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in ("loadgen",)]
+    found = [
+        m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in ("loadgen", "__main__")
+    ]
     names = [n for n in ORDER if n in found] + sorted(n for n in found if n not in ORDER)
     only = sys.argv[1:]
     for name in names:
