@@ -28,14 +28,18 @@ if ! listening 6379; then
   wait_port 6379 redis-server
 fi
 
-if [ "${1:-}" = "--postgres" ] && ! listening 5432; then
-  echo "starting PostgreSQL on 127.0.0.1:5432"
+if [ "${1:-}" = "--postgres" ]; then
   version=$(ls /etc/postgresql | sort -n | tail -1)
-  hba="/etc/postgresql/$version/main/pg_hba.conf"
-  # Tests connect as postgres over TCP without a password, as on the CI machines.
-  if ! grep -q "enclave-test-trust" "$hba"; then
-    sed -i '1i host all all 127.0.0.1/32 trust # enclave-test-trust' "$hba"
+  if ! listening 5432; then
+    echo "starting PostgreSQL on 127.0.0.1:5432"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    wait_port 5432 postgresql
   fi
-  pg_ctlcluster --skip-systemctl-redirect "$version" main start
-  wait_port 5432 postgresql
+  # Tests connect as postgres over TCP without a password, as on the CI machines; a fresh
+  # Debian cluster asks for one, so allow it on the loopback address only.
+  if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1" >/dev/null 2>&1; then
+    hba="/etc/postgresql/$version/main/pg_hba.conf"
+    grep -q "enclave-test-trust" "$hba" || sed -i '1i host all all 127.0.0.1/32 trust # enclave-test-trust' "$hba"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+  fi
 fi
