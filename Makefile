@@ -21,7 +21,7 @@ lint: bootstrap
 		services/audit/chain.py services/audit/checkpoint.py services/audit/bundle.py \
 		services/audit/adapters/sql.py \
 		services/memory/vectors.py services/memory/chunking.py services/memory/retrieval.py \
-		services/memory/extraction.py \
+		services/memory/extraction.py services/memory/rerank.py services/memory/grounding.py \
 		services/guardrails/policy.py services/guardrails/screen.py \
 		services/guardrails/secrets.py services/guardrails/injection.py
 	$(VENV)/lint-imports

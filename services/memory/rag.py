@@ -2,9 +2,10 @@
 
 Ingestion: parse -> chunk (source, page, ACL and attributes in each chunk's payload) ->
 near-duplicate chunks dropped -> MiniLM dense + BM25 sparse vectors -> one `rag_chunks`
-collection for every tenant, reached only through `TenantScope`. Search is hybrid
-(dense and BM25 fused by RRF inside Qdrant), filtered by vector store, ACL principals
-and the caller's attribute filters, then near-duplicate hits are dropped.
+collection for every tenant, reached only through `TenantScope`. Search is hybrid:
+dense and BM25 searches, filtered by vector store, ACL principals and the caller's
+attribute filters, fused by the re-ranking stage (`rerank.py`), then near-duplicate
+hits are dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from libs.context import RequestContext
 from libs.db.models import StoredFile, VectorStore, VectorStoreFile
 from libs.errors import EnclaveError
 from libs.events import Citation
+from services.memory import rerank
 from services.memory.adapters.embedder import Embedder
 from services.memory.adapters.parsers import UnsupportedFormat, parse
 from services.memory.adapters.sql_rag import RagRepository
@@ -34,7 +36,16 @@ from services.memory.retrieval import (
     conditions,
     parse_acl,
 )
-from services.memory.vectors import CollectionSpec, Cond, SearchMode, TenantStores, VectorPoint
+from services.memory.vectors import (
+    CollectionSpec,
+    Cond,
+    Hit,
+    SearchMode,
+    Sparse,
+    TenantScope,
+    TenantStores,
+    VectorPoint,
+)
 
 CHUNKS = CollectionSpec(
     "rag_chunks", 384, sparse=True, keyword_fields=("vector_store_id", "file_id")
@@ -95,11 +106,42 @@ def not_found(what: str, ident: str) -> EnclaveError:
     return EnclaveError(404, f"No {what} found with id '{ident}'.", "not_found")
 
 
+def fused_search(
+    scope: TenantScope,
+    collection: str,
+    must: list[Cond],
+    limit: int,
+    dense: list[float],
+    sparse: Sparse,
+    reranker: rerank.Reranker,
+    query: str = "",
+) -> list[Hit]:
+    """Dense and BM25 candidates (each list deeper than `limit`), ordered by `reranker`."""
+    depth = max(limit * 4, 20)
+    lists = [
+        [
+            (h.id, h.score, h.payload)
+            for h in scope.search(collection, must, depth, dense, sparse, mode)
+        ]
+        for mode in ("dense", "sparse")
+    ]
+    ranked = reranker.rerank(query, rerank.merge(lists[0], lists[1]))[:limit]
+    return [Hit(c.key, c.score, c.payload) for c in ranked]
+
+
 class Rag:
-    def __init__(self, repo: RagRepository, stores: TenantStores, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        repo: RagRepository,
+        stores: TenantStores,
+        embedder: Embedder,
+        reranker: rerank.Reranker | None = rerank.DEFAULT,
+    ) -> None:
         self.repo = repo
         self.stores = stores
         self.embedder = embedder
+        # None: Qdrant's own equal-weight RRF (one query instead of two).
+        self.reranker = reranker
 
     # -- files --
     async def upload(self, ctx: RequestContext, filename: str, purpose: str, data: bytes) -> Any:
@@ -285,9 +327,22 @@ class Rag:
         dense = (await asyncio.to_thread(self.embedder.dense, [query]))[0].tolist()
         sparse = self.embedder.sparse_query(query)
         scope = self.stores.scope(ctx.tenant)
-        hits = await asyncio.to_thread(
-            scope.search, CHUNKS.name, must, limit * 3, dense, sparse, mode
-        )
+        if mode == "hybrid" and self.reranker is not None:
+            hits = await asyncio.to_thread(
+                fused_search,
+                scope,
+                CHUNKS.name,
+                must,
+                limit * 3,
+                dense,
+                sparse,
+                self.reranker,
+                query,
+            )
+        else:
+            hits = await asyncio.to_thread(
+                scope.search, CHUNKS.name, must, limit * 3, dense, sparse, mode
+            )
         keep = drop_near_duplicates([str(h.payload.get("text", "")) for h in hits])[:limit]
         out = []
         for rank, i in enumerate(keep):
