@@ -157,6 +157,23 @@ class GenerateAccepted(BaseModel):
     timeout_s: float | None = None
 
 
+class RouteRequest(BaseModel):
+    """agent_runtime -> inference_router: which pool serves this model for this tenant."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    model: str
+    kind: Literal["chat", "completion"] = "chat"
+
+
+class RouteReply(BaseModel):
+    v: Literal[1] = 1
+    pool: str | None = None
+    adapter: str | None = None
+    timeout_s: float | None = None
+    error: ErrorInfo | None = None
+
+
 class EmbedRequest(BaseModel):
     v: Literal[1] = 1
     ctx: RequestContext

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # How long the gateway waits for the turn's first event.
     gateway_timeout_s: float = 90.0
     runtime_concurrency: int = 64
+    # How long a runtime reuses the router's answer for (tenant, model): the router leaves
+    # the per-request path; a pool without workers drops the entry at once.
+    route_cache_s: float = 2.0
     # Memory and RAG: empty means Qdrant in process (qdrant-edge) under `home`.
     qdrant_url: str = ""
     memory_extraction_model: str = "smollm2-135m-instruct"

@@ -48,6 +48,10 @@ class Subjects:
         return self._s("inference.generate")
 
     @property
+    def inference_route(self) -> str:
+        return self._s("inference.route")
+
+    @property
     def inference_embed(self) -> str:
         return self._s("inference.embed")
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import ensure_streams, event_bytes, make_broker, stream_configs
 from libs.context import WORKER_HEADER
-from libs.errors import ErrorInfo
+from libs.errors import ErrorInfo, no_worker
 from libs.events import (
     ChatRequested,
     GenerateAccepted,
@@ -34,6 +34,8 @@ from libs.events import (
     MemoryStoreRequested,
     RetrieveReply,
     RetrieveRequest,
+    RouteReply,
+    RouteRequest,
     TurnEvent,
 )
 from libs.guardrails_client import ask_guardrails
@@ -46,6 +48,7 @@ log = logging.getLogger("enclave.agent_runtime")
 INTERNAL = ErrorInfo(
     status=500, message="The turn failed inside the runtime.", code="internal_error"
 )
+ROUTER_DOWN = ErrorInfo(status=503, message="The inference router is not available.")
 # Beyond the router's own wait for a worker: its registry lookup may touch SQL.
 ROUTER_MARGIN_S = 3.0
 
@@ -77,6 +80,9 @@ class NatsTurnPorts:
         self.subjects = settings.subjects
         self.replica = replica
         self.timeout_s = 2 * settings.worker_accept_timeout_s + ROUTER_MARGIN_S
+        self.accept_timeout_s = settings.worker_accept_timeout_s
+        self.route_cache_s = settings.route_cache_s
+        self.routes: dict[tuple[str, str, str], tuple[RouteReply, float]] = {}
         self.memory_timeout_s = settings.memory_timeout_s
         self.sources: dict[str, NatsDeltaSource] = {}
         self._prefix_len = len(self.subjects.inference_deltas(replica, ""))
@@ -98,19 +104,49 @@ class NatsTurnPorts:
         self.sources[key] = source
         return source
 
-    async def request_generation(self, request: GenerateRequest) -> GenerateAccepted:
+    async def route(self, request: GenerateRequest) -> RouteReply:
+        """The router's answer for (tenant, model, kind), reused for `route_cache_s`."""
+        key = (request.ctx.tenant, request.model, request.kind)
+        cached = self.routes.get(key)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        ask = RouteRequest(ctx=request.ctx, model=request.model, kind=request.kind)
         try:
             msg = await self.nc.request(
-                self.subjects.inference_generate,
-                event_bytes(request),
+                self.subjects.inference_route,
+                event_bytes(ask),
                 timeout=self.timeout_s,
                 headers=request.ctx.headers(),
             )
         except Exception:
-            return GenerateAccepted(
-                accepted=False,
-                error=ErrorInfo(status=503, message="The inference router is not available."),
+            return RouteReply(error=ROUTER_DOWN)
+        reply = RouteReply.model_validate_json(msg.data)
+        if reply.error is None:
+            self.routes[key] = (reply, time.monotonic() + self.route_cache_s)
+        return reply
+
+    async def request_generation(self, request: GenerateRequest) -> GenerateAccepted:
+        # The router decides the pool; the runtime hands the request to the pool itself,
+        # so the router is not a hop of every request (bench/gateway.py).
+        route = await self.route(request)
+        if route.error is not None or route.pool is None:
+            return GenerateAccepted(accepted=False, error=route.error or ROUTER_DOWN)
+        request.pool, request.adapter, request.timeout_s = (
+            route.pool,
+            route.adapter,
+            route.timeout_s,
+        )
+        try:
+            msg = await self.nc.request(
+                self.subjects.inference_worker(route.pool),
+                event_bytes(request),
+                timeout=self.accept_timeout_s,
+                headers=request.ctx.headers(),
             )
+        except Exception:
+            # No worker now: ask the router again next time (it may know a fallback).
+            self.routes.pop((request.ctx.tenant, request.model, request.kind), None)
+            return GenerateAccepted(accepted=False, error=no_worker(route.pool))
         return GenerateAccepted.model_validate_json(msg.data)
 
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:

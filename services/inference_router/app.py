@@ -23,6 +23,8 @@ from libs.events import (
     GenerateRequest,
     ModelsReply,
     ModelsRequest,
+    RouteReply,
+    RouteRequest,
 )
 from libs.settings import Settings
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
@@ -105,6 +107,14 @@ def build_app(settings: Settings) -> FastStream:
         # more than the rest of the router's work (bench/gateway.py).
         reply = await generate(GenerateRequest.model_validate_json(msg.data))
         await broker.connection.publish(msg.reply, reply)
+
+    @broker.subscriber(subjects.inference_route, queue="inference_router")
+    async def route(request: RouteRequest) -> RouteReply:
+        found = await routes.resolve(request.model, request.ctx.tenant, request.kind)
+        if isinstance(found, ErrorInfo):
+            return RouteReply(error=found)
+        timeout_s = routes.current.pools[found.pool].get("timeout_s")
+        return RouteReply(pool=found.pool, adapter=found.adapter, timeout_s=timeout_s)
 
     @broker.subscriber(subjects.inference_embed, queue="inference_router")
     async def embed(request: EmbedRequest) -> EmbedReply:

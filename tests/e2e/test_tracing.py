@@ -21,6 +21,8 @@ def spans_of(platform: Platform, request_id: str) -> dict[str, dict]:
 
 
 def test_a_chat_is_one_trace_across_every_hop(platform: Platform) -> None:
+    # gateway -> runtime -> worker; the router answers the runtime's route lookups, which
+    # the runtime caches, so it is no hop of the request itself.
     client_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     r = httpx.post(
         platform.base_url + "/v1/chat/completions",
@@ -33,7 +35,7 @@ def test_a_chat_is_one_trace_across_every_hop(platform: Platform) -> None:
     )
     assert r.status_code == 200
     request_id = r.headers["x-request-id"]
-    wanted = {"POST /v1/chat/completions", "turn", "route", "generate"}
+    wanted = {"POST /v1/chat/completions", "turn", "generate"}
     deadline = time.monotonic() + 10
     spans = spans_of(platform, request_id)
     while set(spans) != wanted and time.monotonic() < deadline:
@@ -44,6 +46,5 @@ def test_a_chat_is_one_trace_across_every_hop(platform: Platform) -> None:
     gateway, turn = spans["POST /v1/chat/completions"], spans["turn"]
     assert gateway["parent_id"] == "00f067aa0ba902b7"
     assert turn["parent_id"] == gateway["span_id"]
-    assert spans["route"]["parent_id"] == turn["span_id"]
-    assert spans["generate"]["parent_id"] == spans["route"]["span_id"]
+    assert spans["generate"]["parent_id"] == turn["span_id"]
     assert {s["attributes"]["enclave.tenant"] for s in spans.values()} == {"acme"}
