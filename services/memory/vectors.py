@@ -57,6 +57,20 @@ class Hit:
     dense: list[float] | None = None
 
 
+def hit_of(point: Any, with_vectors: bool) -> Hit:
+    """A Hit from a scored or scrolled Qdrant point, whichever client returned it."""
+    dense = None
+    if with_vectors and point.vector is not None:
+        vec = point.vector
+        dense = list(vec.get(DENSE, [])) if isinstance(vec, dict) else list(vec)
+    return Hit(
+        id=str(point.id),
+        score=float(getattr(point, "score", 0.0) or 0.0),
+        payload=dict(point.payload or {}),
+        dense=dense,
+    )
+
+
 @dataclass(frozen=True)
 class CollectionSpec:
     name: str

@@ -24,6 +24,7 @@ from services.memory.vectors import (
     SearchMode,
     Sparse,
     VectorPoint,
+    hit_of,
 )
 
 RRF_K = 60
@@ -45,19 +46,6 @@ def _condition(c: Cond) -> Any:
 
 def to_filter(must: Sequence[Cond]) -> q.Filter | None:
     return q.Filter(must=[_condition(c) for c in must]) if must else None
-
-
-def _hit(p: Any, with_vectors: bool) -> Hit:
-    dense = None
-    if with_vectors and p.vector is not None:
-        vec = p.vector
-        dense = list(vec.get(DENSE, [])) if isinstance(vec, dict) else list(vec)
-    return Hit(
-        id=str(p.id),
-        score=float(getattr(p, "score", 0.0) or 0.0),
-        payload=dict(p.payload or {}),
-        dense=dense,
-    )
 
 
 class EdgeBackend:
@@ -153,7 +141,7 @@ class EdgeBackend:
             )
         with self.lock:
             points = self.shards[collection].query(request)
-        return [_hit(p, with_vectors) for p in points]
+        return [hit_of(p, with_vectors) for p in points]
 
     def scroll(
         self, collection: str, must: Sequence[Cond], limit: int, with_vectors: bool = False
@@ -171,7 +159,7 @@ class EdgeBackend:
                         with_vector=with_vectors,
                     )
                 )
-                out.extend(_hit(r, with_vectors) for r in records)
+                out.extend(hit_of(r, with_vectors) for r in records)
                 if offset is None or not records:
                     break
         return out

@@ -22,6 +22,7 @@ from services.memory.vectors import (
     SearchMode,
     Sparse,
     VectorPoint,
+    hit_of,
 )
 
 
@@ -43,19 +44,6 @@ def _condition(c: Cond) -> Any:
 
 def to_filter(must: Sequence[Cond]) -> models.Filter | None:
     return models.Filter(must=[_condition(c) for c in must]) if must else None
-
-
-def _hit(p: Any, with_vectors: bool) -> Hit:
-    dense = None
-    if with_vectors and p.vector is not None:
-        vec = p.vector
-        dense = list(vec.get(DENSE, [])) if isinstance(vec, dict) else list(vec)
-    return Hit(
-        id=str(p.id),
-        score=float(getattr(p, "score", 0.0) or 0.0),
-        payload=dict(p.payload or {}),
-        dense=dense,
-    )
 
 
 class ServerBackend:
@@ -149,7 +137,7 @@ class ServerBackend:
                 with_payload=True,
                 with_vectors=with_vectors,
             )
-        return [_hit(p, with_vectors) for p in res.points]
+        return [hit_of(p, with_vectors) for p in res.points]
 
     def scroll(
         self, collection: str, must: Sequence[Cond], limit: int, with_vectors: bool = False
@@ -165,7 +153,7 @@ class ServerBackend:
                 with_payload=True,
                 with_vectors=with_vectors,
             )
-            out.extend(_hit(r, with_vectors) for r in records)
+            out.extend(hit_of(r, with_vectors) for r in records)
             if offset is None or not records:
                 break
         return out
