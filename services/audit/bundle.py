@@ -68,22 +68,15 @@ def verify_bundle(
     verifier: ChainVerifier | None = None
     add = None
     for raw in lines:
-        if raw.startswith(_ENTRY):
-            if add is None:
-                heads, problem = expected_heads(checkpoints, tenant, public_keys)
-                if problem:
-                    return _failed(tenant, Problem(min(heads, default=1), problem))
-                verifier = ChainVerifier(tenant=tenant, keys=keys, expected=heads)
-                add = verifier.add
-            if not add(*split_entry_line(raw)):
-                break
-            continue
-        if not raw.strip():
-            continue
-        obj: Any = orjson.loads(raw)
+        obj: Any = None
+        entry = raw.startswith(_ENTRY)
+        if not entry:
+            if not raw.strip():
+                continue
+            obj = orjson.loads(raw)
         kind = obj.get("type") if isinstance(obj, dict) else None
-        if kind is None and isinstance(obj, dict) and "body" in obj:
-            # an entry line in another layout of the same JSON
+        # The second form: an entry line in another layout of the same JSON.
+        if entry or (kind is None and isinstance(obj, dict) and "body" in obj):
             if add is None:
                 heads, problem = expected_heads(checkpoints, tenant, public_keys)
                 if problem:

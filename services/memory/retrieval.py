@@ -103,6 +103,18 @@ def citation(index: int, payload: dict[str, Any], score: float, chunk_id: str) -
     )
 
 
+def _budgeted(title: str, entries: list[str], used: int, budget: int) -> tuple[str, int]:
+    """The section's lines that fit the remaining token budget, and the tokens used then."""
+    lines = [title]
+    for line in entries:
+        cost = approx_tokens(line)
+        if used + cost > budget:
+            break
+        used += cost
+        lines.append(line)
+    return ("\n".join(lines) if len(lines) > 1 else ""), used
+
+
 def context_pack(
     chunks: list[tuple[Citation, str]],
     memories: list[MemoryItem],
@@ -113,28 +125,13 @@ def context_pack(
     """The system message, and the citations that made it in (numbered from 1)."""
     parts: list[str] = [INSTRUCTION] if rag else []
     used = approx_tokens(INSTRUCTION) if rag else 0
-    if memories:
-        lines = ["What you remember about this user:"]
-        for m in memories:
-            line = f"- ({m.type}) {m.text}"
-            cost = approx_tokens(line)
-            if used + cost > budget:
-                break
-            used += cost
-            lines.append(line)
-        if len(lines) > 1:
-            parts.append("\n".join(lines))
-    if recent:
-        lines = ["Earlier in this conversation:"]
-        for msg in recent:
-            line = f"{msg.role}: {msg.content or ''}"
-            cost = approx_tokens(line)
-            if used + cost > budget:
-                break
-            used += cost
-            lines.append(line)
-        if len(lines) > 1:
-            parts.append("\n".join(lines))
+    for title, entries in (
+        ("What you remember about this user:", [f"- ({m.type}) {m.text}" for m in memories]),
+        ("Earlier in this conversation:", [f"{m.role}: {m.content or ''}" for m in recent]),
+    ):
+        section, used = _budgeted(title, entries, used, budget)
+        if section:
+            parts.append(section)
     kept: list[Citation] = []
     if rag:
         lines = ["Context:"]
