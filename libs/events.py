@@ -56,6 +56,8 @@ class RagOptions(BaseModel):
     top_k: int = 5
     # OpenAI's vector store search `filters` shape (eq, ne, in, and, or).
     filters: dict[str, Any] | None = None
+    # Flag the answer's sentences that no retrieved chunk supports (`grounding` field).
+    grounding: bool = False
 
 
 class MemoryOptions(BaseModel):
@@ -76,6 +78,16 @@ class Citation(BaseModel):
     page: int | None = None
     score: float = 0.0
     quote: str = ""
+
+
+class GroundedSentence(BaseModel):
+    """One sentence of an answer and whether a retrieved chunk supports it."""
+
+    choice: int = 0
+    text: str
+    supported: bool
+    citation: int | None = None  # the [n] of the supporting chunk
+    score: float = 0.0
 
 
 class MemoryItem(BaseModel):
@@ -127,6 +139,8 @@ class TurnEvent(BaseModel):
     # Sent once, before the first delta, when the turn used retrieval / memories.
     citations: list[Citation] | None = None
     memories: list[MemoryItem] | None = None
+    # Sent once, before the last event, when the request asked for the grounding check.
+    grounding: list[GroundedSentence] | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -171,6 +185,8 @@ class RouteReply(BaseModel):
     pool: str | None = None
     adapter: str | None = None
     timeout_s: float | None = None
+    # The model's retrieval default, for chats that do not say `rag` themselves.
+    rag: RagOptions | None = None
     error: ErrorInfo | None = None
 
 
@@ -321,6 +337,25 @@ class RetrieveReply(BaseModel):
     recent: list[ChatMessage] = Field(default_factory=list)
     # The system message built from all of the above, within the token budget.
     context: str = ""
+    # The cited chunks' texts as the model sees them, in `citations` order.
+    chunks: list[str] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+
+
+class GroundRequest(BaseModel):
+    """agent_runtime -> memory (request/reply): which sentences of the answers the
+    retrieved chunks do not support."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    answers: dict[int, str]  # choice index -> the answer as the client saw it
+    chunks: list[str]
+    citations: list[int] = Field(default_factory=list)  # the [n] of each chunk
+
+
+class GroundReply(BaseModel):
+    v: Literal[1] = 1
+    sentences: list[GroundedSentence] = Field(default_factory=list)
     error: ErrorInfo | None = None
 
 

@@ -98,6 +98,11 @@ class Subjects:
         return self._s("memory.upload")
 
     @property
+    def memory_ground(self) -> str:
+        """The grounding check of a finished answer against its retrieved chunks."""
+        return self._s("memory.ground")
+
+    @property
     def memory_stream_name(self) -> str:
         return self._stream("ENCLAVE_MEMORY")
 

@@ -165,11 +165,14 @@ async def _create_key(
 async def _add_model(settings: Settings, args: argparse.Namespace) -> None:
     from libs.db.engine import make_engine, migrate_async
     from services.inference_router.adapters.sql_models import add_route
+    from services.inference_router.registry import rag_default
 
     await migrate_async(settings)
     engine = make_engine(settings.sqlalchemy_url)
     try:
-        await add_route(engine, args.id, args.kind, args.pool, args.tenant, args.adapter)
+        params = {"rag": {"collection": args.rag_collection}} if args.rag_collection else {}
+        rag_default({"id": args.id, "kind": args.kind, **params})  # refuse a bad one now
+        await add_route(engine, args.id, args.kind, args.pool, args.tenant, args.adapter, params)
     finally:
         await engine.dispose()
 
@@ -206,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_add.add_argument("--pool", required=True)
     p_add.add_argument("--tenant", default=None)
     p_add.add_argument("--adapter", default=None)
+    p_add.add_argument(
+        "--rag-collection",
+        default=None,
+        help="chats with this model retrieve from the tenant's vector store of this name",
+    )
 
     audit_cli.add_parser(sub)
 

@@ -25,6 +25,13 @@ TEST_MODELS = [
     {"id": "enclave-slow", "kind": "chat", "pool": "slow"},
     {"id": "enclave-unserved", "kind": "chat", "pool": "unserved"},
     {"id": "enclave-echo", "kind": "chat", "pool": "echo"},
+    # A model with a retrieval default: the tenant's vector store named "kb-default".
+    {
+        "id": "enclave-echo-kb",
+        "kind": "chat",
+        "pool": "echo",
+        "rag": {"collection": "kb-default", "grounding": True},
+    },
 ]
 
 

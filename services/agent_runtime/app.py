@@ -23,15 +23,18 @@ from pydantic import ValidationError
 
 from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import ensure_streams, event_bytes, make_broker, stream_configs
-from libs.context import WORKER_HEADER
+from libs.context import WORKER_HEADER, RequestContext
 from libs.errors import ErrorInfo, no_worker
 from libs.events import (
     ChatRequested,
     GenerateAccepted,
     GenerateRequest,
+    GroundReply,
+    GroundRequest,
     GuardrailCheck,
     GuardrailVerdict,
     MemoryStoreRequested,
+    RagOptions,
     RetrieveReply,
     RetrieveRequest,
     RouteReply,
@@ -51,6 +54,7 @@ INTERNAL = ErrorInfo(
 ROUTER_DOWN = ErrorInfo(status=503, message="The inference router is not available.")
 # Beyond the router's own wait for a worker: its registry lookup may touch SQL.
 ROUTER_MARGIN_S = 3.0
+ROUTER_DOWN_MEMO_S = 1.0
 
 
 class NatsDeltaSource:
@@ -104,22 +108,26 @@ class NatsTurnPorts:
         self.sources[key] = source
         return source
 
-    async def route(self, request: GenerateRequest) -> RouteReply:
+    async def route(self, ctx: RequestContext, model: str, kind: str) -> RouteReply:
         """The router's answer for (tenant, model, kind), reused for `route_cache_s`."""
-        key = (request.ctx.tenant, request.model, request.kind)
+        key = (ctx.tenant, model, kind)
         cached = self.routes.get(key)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        ask = RouteRequest(ctx=request.ctx, model=request.model, kind=request.kind)
+        ask = RouteRequest(ctx=ctx, model=model, kind=kind)  # type: ignore[arg-type]
         try:
             msg = await self.nc.request(
                 self.subjects.inference_route,
                 event_bytes(ask),
                 timeout=self.timeout_s,
-                headers=request.ctx.headers(),
+                headers=ctx.headers(),
             )
         except Exception:
-            return RouteReply(error=ROUTER_DOWN)
+            # Remembered briefly: the turn asks twice (its model's RAG default, then its
+            # pool) and must not wait out the timeout twice.
+            down = RouteReply(error=ROUTER_DOWN)
+            self.routes[key] = (down, time.monotonic() + ROUTER_DOWN_MEMO_S)
+            return down
         reply = RouteReply.model_validate_json(msg.data)
         if reply.error is None:
             self.routes[key] = (reply, time.monotonic() + self.route_cache_s)
@@ -128,7 +136,7 @@ class NatsTurnPorts:
     async def request_generation(self, request: GenerateRequest) -> GenerateAccepted:
         # The router decides the pool; the runtime hands the request to the pool itself,
         # so the router is not a hop of every request (bench/gateway.py).
-        route = await self.route(request)
+        route = await self.route(request.ctx, request.model, request.kind)
         if route.error is not None or route.pool is None:
             return GenerateAccepted(accepted=False, error=route.error or ROUTER_DOWN)
         request.pool, request.adapter, request.timeout_s = (
@@ -174,6 +182,24 @@ class NatsTurnPorts:
             )
         except Exception:  # the answer is delivered; a lost memory must not redo the turn
             log.warning("memory.store publish failed for %s", event.ctx.request_id)
+
+    async def default_rag(self, ctx: RequestContext, model: str) -> RagOptions | None:
+        # An unknown model has no default; generation reports it.
+        return (await self.route(ctx, model, "chat")).rag
+
+    async def ground(self, request: GroundRequest) -> GroundReply:
+        try:
+            msg = await self.nc.request(
+                self.subjects.memory_ground,
+                event_bytes(request),
+                timeout=self.memory_timeout_s,
+                headers=request.ctx.headers(),
+            )
+        except Exception:
+            return GroundReply(
+                error=ErrorInfo(status=503, message="The memory service is not available.")
+            )
+        return GroundReply.model_validate_json(msg.data)
 
     async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
         # Fail closed: without a verdict nothing goes to a model or to the client.

@@ -12,6 +12,7 @@ tests.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from libs.context import RUNTIME_HEADER, WORKER_HEADER, RequestContext
@@ -22,10 +23,13 @@ from libs.events import (
     Delta,
     GenerateAccepted,
     GenerateRequest,
+    GroundReply,
+    GroundRequest,
     GuardrailCheck,
     GuardrailEntity,
     GuardrailVerdict,
     MemoryStoreRequested,
+    RagOptions,
     RetrieveReply,
     RetrieveRequest,
     TurnEvent,
@@ -61,6 +65,12 @@ class TurnPorts(Protocol):
 
     async def store_memory(self, event: MemoryStoreRequested) -> None: ...
 
+    async def default_rag(self, ctx: RequestContext, model: str) -> RagOptions | None:
+        """The model's retrieval default from the registry, if it has one."""
+        ...
+
+    async def ground(self, request: GroundRequest) -> GroundReply: ...
+
 
 def _notice(verdict: GuardrailVerdict, what: str) -> str:
     why = "; ".join(verdict.reasons[:3])
@@ -91,6 +101,10 @@ def _guarded(event: ChatRequested, verdict: GuardrailVerdict) -> ChatRequested:
 
 def _uses_rag(event: ChatRequested) -> bool:
     return event.kind == "chat" and event.rag is not None and event.rag.enabled
+
+
+def _checks_grounding(event: ChatRequested) -> bool:
+    return _uses_rag(event) and event.rag is not None and event.rag.grounding
 
 
 def _uses_memory(event: ChatRequested) -> bool:
@@ -146,8 +160,19 @@ async def run_turn(
         ]
         return await send(TurnEvent(deltas=filtered, usage=Usage(), done=True))
     event = _guarded(event, verdict)
+    if event.kind == "chat" and event.rag is None:
+        # A chat that does not say `rag` gets its model's default (`rag: {enabled: false}`
+        # opts out).
+        default = await ports.default_rag(ctx, event.model)
+        if default is not None:
+            event = event.model_copy(update={"rag": default})
 
     messages = event.messages
+    grounding = _checks_grounding(event)
+    # What the client saw of each choice and the chunks it was given, for the grounding check.
+    seen: dict[int, list[str]] = {}
+    chunks: list[str] = []
+    cites: list[int] = []
     remember = _uses_memory(event)
     if _uses_rag(event) or remember:
         query = next((m.content or "" for m in reversed(messages) if m.role == "user"), "")
@@ -164,6 +189,7 @@ async def run_turn(
         if context.error is not None:
             return await fail(context.error)
         messages = with_context(messages, context.context)
+        chunks, cites = context.chunks, [c.index for c in context.citations]
         await send(
             TurnEvent(
                 citations=context.citations if _uses_rag(event) else None,
@@ -212,17 +238,26 @@ async def run_turn(
                 return await fail(upstream_timeout(f"no token from {event.model} in {timeout}s"))
             relay_headers = {**headers, RUNTIME_HEADER: runtime_id, WORKER_HEADER: source.worker}
             done = b'"done":true' in data
-            ev = TurnEvent.model_validate_json(data) if window or remember else None
+            parse = window or remember or grounding
+            ev = TurnEvent.model_validate_json(data) if parse else None
             if ev is not None and remember:
                 answer.extend(d.content for d in ev.deltas if d.index == 0)
             if window is None or ev is None:
                 # No output screening under this policy: relay the bytes as they are.
+                if grounding and ev is not None:
+                    _note(seen, ev.deltas)
+                    if done and ev.error is None:
+                        await _send_grounding(ports, ctx, seen, chunks, cites, send)
                 await ports.emit_raw(out, data, relay_headers)
                 last = data
             else:
                 released = await _screen_output(ports, subjects, ctx, window, ev)
                 if isinstance(released, ErrorInfo):
                     return await fail(released)
+                if grounding:
+                    _note(seen, released)
+                    if done and ev.error is None:
+                        await _send_grounding(ports, ctx, seen, chunks, cites, send)
                 if released or ev.done or ev.error or ev.usage:
                     last = await send(
                         TurnEvent(deltas=released, usage=ev.usage, error=ev.error, done=ev.done),
@@ -247,6 +282,33 @@ async def run_turn(
     finally:
         accepting.cancel()
         await source.close()
+
+
+def _note(seen: dict[int, list[str]], deltas: list[Delta]) -> None:
+    for d in deltas:
+        seen.setdefault(d.index, []).append(d.content)
+
+
+async def _send_grounding(
+    ports: TurnPorts,
+    ctx: RequestContext,
+    seen: dict[int, list[str]],
+    chunks: list[str],
+    cites: list[int],
+    send: Callable[[TurnEvent], Awaitable[bytes]],
+) -> None:
+    """The grounding check of the answers as the client saw them, sent before the last
+    event; when it cannot run, the field stays absent rather than claiming support."""
+    reply = await ports.ground(
+        GroundRequest(
+            ctx=ctx,
+            answers={i: "".join(parts) for i, parts in seen.items()},
+            chunks=chunks,
+            citations=cites,
+        )
+    )
+    if reply.error is None:
+        await send(TurnEvent(grounding=reply.sentences))
 
 
 async def _screen_output(

@@ -109,6 +109,9 @@ async def stream(
                     out.append(_sse_line(ev.error.body()))
                     done = True
                 elif ev.done:
+                    leftover = shaper.extras_chunk()
+                    if leftover is not None:
+                        out.append(_sse_line(leftover))
                     if shaper.include_usage:
                         out.append(_sse_line(shaper.usage_chunk(ev.usage or Usage())))
                     done = True

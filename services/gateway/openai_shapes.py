@@ -184,12 +184,15 @@ def chat_event(req: ChatCompletionRequest, ctx: RequestContext) -> ChatRequested
 
 
 def context_extras(ev: TurnEvent) -> dict[str, Any]:
-    """Extension fields of a response that used retrieval: `citations` and `memories`."""
+    """Extension fields of a response that used retrieval: `citations`, `memories` and
+    `grounding`."""
     extras: dict[str, Any] = {}
     if ev.citations is not None:
         extras["citations"] = [c.model_dump() for c in ev.citations]
     if ev.memories is not None:
         extras["memories"] = [m.model_dump() for m in ev.memories]
+    if ev.grounding is not None:
+        extras["grounding"] = [g.model_dump() for g in ev.grounding]
     return extras
 
 
@@ -275,6 +278,17 @@ class ChatStreamShaper:
                 self.extras = {}
             out.append(chunk)
         return out
+
+    def extras_chunk(self) -> dict[str, Any] | None:
+        """Extension fields no delta carried (the last event had none), in a chunk of
+        their own with no choices, like the usage chunk."""
+        if not self.extras:
+            return None
+        chunk = {**self._base(), "choices": [], **self.extras}
+        if self.include_usage:
+            chunk["usage"] = None
+        self.extras = {}
+        return chunk
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         chunk = self._base()

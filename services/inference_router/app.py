@@ -114,7 +114,9 @@ def build_app(settings: Settings) -> FastStream:
         if isinstance(found, ErrorInfo):
             return RouteReply(error=found)
         timeout_s = routes.current.pools[found.pool].get("timeout_s")
-        return RouteReply(pool=found.pool, adapter=found.adapter, timeout_s=timeout_s)
+        return RouteReply(
+            pool=found.pool, adapter=found.adapter, timeout_s=timeout_s, rag=found.rag
+        )
 
     @broker.subscriber(subjects.inference_embed, queue="inference_router")
     async def embed(request: EmbedRequest) -> EmbedReply:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from libs.errors import ErrorInfo, model_not_found
-from libs.events import ModelInfo
+from libs.events import ModelInfo, RagOptions
 
 KINDS = ("chat", "completion", "embedding")
 SERVES = {
@@ -36,6 +36,8 @@ class ModelRoute:
     adapter: str | None = None
     tenant: str | None = None
     created: int = 0
+    # Retrieval for chats that do not say `rag` (the tenant's vector store of that name).
+    rag: RagOptions | None = None
 
     def info(self) -> ModelInfo:
         return ModelInfo(id=self.id, kind=self.kind, pool=self.pool, created=self.created)
@@ -90,9 +92,26 @@ def parse_registry(doc: dict[str, Any]) -> Registry:
                 pool=entry["pool"],
                 adapter=entry.get("adapter"),
                 tenant=entry.get("tenant"),
+                rag=rag_default(entry),
             )
         )
     return registry.with_routes(routes)
+
+
+def rag_default(entry: dict[str, Any]) -> RagOptions | None:
+    """A model's `rag` default (YAML entry or SQL params), checked when it is loaded."""
+    value = entry.get("rag")
+    if value is None:
+        return None
+    if entry.get("kind") != "chat":
+        raise RegistryError(f"model `{entry.get('id')}`: only a chat model takes a rag default")
+    try:
+        rag = RagOptions.model_validate(value)
+    except ValueError as exc:
+        raise RegistryError(f"model `{entry.get('id')}` has an invalid rag default: {exc}") from exc
+    if rag.enabled and not rag.collection:
+        raise RegistryError(f"model `{entry.get('id')}`: its rag default names no collection")
+    return rag
 
 
 def load_registry(path: Path) -> Registry:

@@ -16,8 +16,11 @@ from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import ensure_streams, event_bytes, jstream, make_broker, stream_configs
 from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
+from libs.errors import ErrorInfo
 from libs.events import (
     ChatMessage,
+    GroundReply,
+    GroundRequest,
     GuardrailCheck,
     GuardrailVerdict,
     MemoryStoreRequested,
@@ -133,6 +136,16 @@ def build_app(settings: Settings) -> FastStream:
                 reply = RetrieveReply()
             await msg.respond(event_bytes(reply))
 
+        async def ground(msg: Msg) -> None:
+            try:
+                reply = await state["svc"].ground(GroundRequest.model_validate_json(msg.data))
+            except Exception:
+                log.exception("memory.ground failed")
+                reply = GroundReply(
+                    error=ErrorInfo(status=500, message="The grounding check failed.")
+                )
+            await msg.respond(event_bytes(reply))
+
         # Each request in its own task: a slow ingestion must not hold up a search.
         def dispatch(handler: Any) -> Any:
             async def cb(msg: Msg) -> None:
@@ -144,6 +157,7 @@ def build_app(settings: Settings) -> FastStream:
             (subjects.memory_rag, rag),
             (subjects.memory_upload, upload),
             (subjects.memory_retrieve, retrieve),
+            (subjects.memory_ground, ground),
         ):
             await nc.subscribe(subject, queue="memory", cb=dispatch(handler))
 

@@ -12,8 +12,11 @@ is not known is no claim, so it is never flagged; nor are sentences of under 3 w
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 WEIGHT = 0.3  # of the cosine; the rest is lexical support
 THRESHOLD = 0.7
@@ -84,3 +87,20 @@ def judge(
         ok = best >= threshold
         out.append(Support(s, ok, best_j if ok else None, round(best, 4)))
     return out
+
+
+def check_answers(
+    answers: Mapping[int, str],
+    chunks: Sequence[str],
+    embed: Callable[[list[str]], Any],
+) -> list[tuple[int, Support]]:
+    """(choice, support) for every sentence of every answer. `embed` returns unit vectors
+    (rows), so a dot product is the cosine; with no chunk nothing is supported."""
+    per_choice = [(choice, sentences(text)) for choice, text in sorted(answers.items())]
+    sents = [s for _, ss in per_choice for s in ss]
+    if not sents:
+        return []
+    vectors = np.asarray(embed(sents + list(chunks)), dtype=np.float32)
+    cosine = vectors[: len(sents)] @ vectors[len(sents) :].T
+    judged = iter(judge(sents, chunks, cosine.tolist()))
+    return [(choice, next(judged)) for choice, ss in per_choice for _ in ss]

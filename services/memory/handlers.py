@@ -12,6 +12,9 @@ from libs.audit import digest
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import (
+    GroundedSentence,
+    GroundReply,
+    GroundRequest,
     GuardrailVerdict,
     MemoryItem,
     MemoryStoreRequested,
@@ -20,7 +23,7 @@ from libs.events import (
     RetrieveReply,
     RetrieveRequest,
 )
-from services.memory import extraction
+from services.memory import extraction, grounding
 from services.memory.adapters.mem0_memory import Memories
 from services.memory.adapters.redis_buffer import ConversationBuffer
 from services.memory.adapters.router_llm import RouterLLM
@@ -229,7 +232,32 @@ class MemoryService:
         except EnclaveError as exc:
             return RetrieveReply(error=exc.info)
         context, kept = context_pack(chunks, memories, recent, req.token_budget, rag)
-        return RetrieveReply(citations=kept, memories=memories, recent=recent, context=context)
+        return RetrieveReply(
+            citations=kept,
+            memories=memories,
+            recent=recent,
+            context=context,
+            chunks=[text for _, text in chunks[: len(kept)]],
+        )
+
+    async def ground(self, req: GroundRequest) -> GroundReply:
+        """The grounding check of finished answers against the chunks they were given."""
+        judged = await asyncio.to_thread(
+            grounding.check_answers, req.answers, req.chunks, self.rag.embedder.dense
+        )
+        cites = req.citations or list(range(1, len(req.chunks) + 1))
+        return GroundReply(
+            sentences=[
+                GroundedSentence(
+                    choice=choice,
+                    text=s.sentence,
+                    supported=s.supported,
+                    citation=cites[s.chunk] if s.chunk is not None else None,
+                    score=s.score,
+                )
+                for choice, s in judged
+            ]
+        )
 
     # -- a finished turn --
     async def _screened(

@@ -33,3 +33,24 @@ def test_judge_flags_what_no_chunk_supports_and_names_the_chunk_that_does() -> N
     out = grounding.judge(sents, [CHUNK, OTHER], cosine)
     assert [s.supported for s in out] == [True, False, True]
     assert out[0].chunk == 0 and out[1].chunk is None
+
+
+def test_check_answers_judges_every_choice_against_the_chunks() -> None:
+    chunks = ["The badge office is on floor 3 of the Zephyr building."]
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        # Unit vectors: the same text gives cosine 1, a different one 0.
+        return [[1.0, 0.0] if t == chunks[0] else [0.0, 1.0] for t in texts]
+
+    judged = grounding.check_answers(
+        {1: "The badge office is on floor 3 of the Zephyr building.", 0: "Lunch is free."},
+        chunks,
+        embed,
+    )
+    assert [(choice, s.supported, s.chunk) for choice, s in judged] == [
+        (0, False, None),
+        (1, True, 0),
+    ]
+    # No chunk, nothing supported; no sentence, nothing to judge.
+    assert [s.supported for _, s in grounding.check_answers({0: chunks[0]}, [], embed)] == [False]
+    assert grounding.check_answers({0: "Ok."}, chunks, embed) == []

@@ -9,11 +9,18 @@ from libs.errors import model_not_found
 from libs.events import (
     ChatMessage,
     ChatRequested,
+    Citation,
     Delta,
     GenerateAccepted,
     GenerateRequest,
+    GroundedSentence,
+    GroundReply,
+    GroundRequest,
     GuardrailCheck,
     GuardrailVerdict,
+    RagOptions,
+    RetrieveReply,
+    RetrieveRequest,
     TurnEvent,
 )
 from libs.subjects import Subjects
@@ -61,6 +68,12 @@ class FakePorts:
         assert headers["enclave-tenant"] == "acme"
         self.headers.append(headers)
         self.emitted.append((subject, TurnEvent.model_validate_json(data)))
+
+    async def default_rag(self, ctx: RequestContext, model: str) -> RagOptions | None:
+        return None
+
+    async def ground(self, request: GroundRequest) -> GroundReply:
+        raise AssertionError("no grounding check was asked for")
 
     async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
         # A guardrail that lets everything pass unchanged.
@@ -122,3 +135,60 @@ async def test_unscreened_output_is_relayed_as_it_comes() -> None:
     delta, done = (e for _, e in ports.emitted)
     assert delta.deltas[0].content == "a" and not delta.done and done.done
     assert [c.direction for c in ports.checks] == ["input"]
+
+
+class RagPorts(FakePorts):
+    """Retrieval that finds one chunk, and a grounding check that records what it got."""
+
+    def __init__(self, events: list[TurnEvent], default: RagOptions | None = None) -> None:
+        super().__init__(GenerateAccepted(accepted=True, worker="w1"), events)
+        self.default = default
+        self.grounded: list[GroundRequest] = []
+
+    async def default_rag(self, ctx: RequestContext, model: str) -> RagOptions | None:
+        return self.default
+
+    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
+        assert request.rag is not None and request.rag.collection == "kb"
+        cite = Citation(index=1, chunk_id="c1", file_id="f1", quote="floor 3")
+        return RetrieveReply(citations=[cite], context="[1] floor 3", chunks=["floor 3"])
+
+    async def ground(self, request: GroundRequest) -> GroundReply:
+        self.grounded.append(request)
+        return GroundReply(
+            sentences=[GroundedSentence(text="It is on floor 3.", supported=True, citation=1)]
+        )
+
+
+ANSWERED = [
+    TurnEvent(deltas=[Delta(content="It is on ")]),
+    TurnEvent(deltas=[Delta(content="floor 3.", finish_reason="stop")], done=True),
+]
+
+
+async def test_grounding_goes_out_before_the_last_event_screened_or_not() -> None:
+    for screen in (False, True):
+        ports = RagPorts(list(ANSWERED))
+        ports.screen_output = screen
+        asked = EVENT.model_copy(update={"rag": RagOptions(collection="kb", grounding=True)})
+        await run_turn(asked, ports, Subjects("p"), 1.0, "rt1")
+        (request,) = ports.grounded
+        assert request.answers == {0: "It is on floor 3."}
+        assert request.chunks == ["floor 3"] and request.citations == [1]
+        events = [e for _, e in ports.emitted]
+        at = next(i for i, e in enumerate(events) if e.grounding is not None)
+        assert at == len(events) - 2 and events[-1].done and not events[at].done
+
+
+async def test_a_models_rag_default_applies_unless_the_request_says_rag() -> None:
+    ports = RagPorts(list(ANSWERED), default=RagOptions(collection="kb"))
+    await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
+    assert any(e.citations for _, e in ports.emitted)
+    assert "floor 3" in (ports.requests[0].messages[0].content or "")
+    assert not ports.grounded
+
+    ports = RagPorts(list(ANSWERED), default=RagOptions(collection="kb"))
+    opted_out = EVENT.model_copy(update={"rag": RagOptions(enabled=False)})
+    await run_turn(opted_out, ports, Subjects("p"), 1.0, "rt1")
+    assert not any(e.citations for _, e in ports.emitted)
+    assert ports.requests[0].messages == EVENT.messages

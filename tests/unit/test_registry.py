@@ -45,3 +45,29 @@ def test_bad_documents_are_rejected() -> None:
         )
     with pytest.raises(RegistryError):
         parse_registry({"version": 1, "pools": {"p": {}}})
+
+
+def test_a_chat_model_may_carry_a_rag_default() -> None:
+    pools = {"p": {"engine": "instant"}}
+    registry = parse_registry(
+        {
+            "version": 1,
+            "pools": pools,
+            "models": [
+                {"id": "hr", "kind": "chat", "pool": "p", "rag": {"collection": "handbook"}},
+                {"id": "plain", "kind": "chat", "pool": "p"},
+            ],
+        }
+    )
+    hr = registry.resolve("hr", "acme", "chat")
+    assert isinstance(hr, ModelRoute) and hr.rag is not None
+    assert hr.rag.collection == "handbook" and hr.rag.enabled and not hr.rag.grounding
+    plain = registry.resolve("plain", "acme", "chat")
+    assert isinstance(plain, ModelRoute) and plain.rag is None
+    for bad in (
+        {"id": "e", "kind": "embedding", "pool": "p", "rag": {"collection": "x"}},
+        {"id": "n", "kind": "chat", "pool": "p", "rag": {"top_k": 3}},
+        {"id": "t", "kind": "chat", "pool": "p", "rag": {"collection": "x", "top_k": "many"}},
+    ):
+        with pytest.raises(RegistryError):
+            parse_registry({"version": 1, "pools": pools, "models": [bad]})

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db.engine import sessions
 from libs.db.models import RegisteredModel
-from services.inference_router.registry import ModelRoute
+from services.inference_router.registry import ModelRoute, rag_default
 
 
 async def load_routes(engine: AsyncEngine) -> list[ModelRoute]:
@@ -23,6 +23,7 @@ async def load_routes(engine: AsyncEngine) -> list[ModelRoute]:
             adapter=r.adapter,
             tenant=r.tenant,
             created=int(r.created_at.timestamp()),
+            rag=rag_default({"id": r.id, "kind": r.kind, **(r.params or {})}),
         )
         for r in rows
     ]
