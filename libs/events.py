@@ -444,3 +444,7 @@ class GuardrailVerdict(BaseModel):
     screen_output: bool = True
     # Context verdicts: the texts (indexes into the check's messages) to leave out.
     flagged: list[int] = Field(default_factory=list)
+    # Input verdicts: > 0 when the tenant's effective policy checks nothing on input, so
+    # the caller may let that tenant's input through unasked for this many seconds (or
+    # until guardrails.policy.changed): the guardrails are then no hop of its turns.
+    passthrough_s: float = 0.0

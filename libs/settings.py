@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # How long a runtime reuses the router's answer for (tenant, model): the router leaves
     # the per-request path; a pool without workers drops the entry at once.
     route_cache_s: float = 2.0
+    # How long a runtime lets a tenant's input through without asking the guardrails when
+    # its policy checks nothing on input (a policy change ends it at once; 0 = always ask).
+    guard_passthrough_s: float = 1.0
     # Memory and RAG: empty means Qdrant in process (qdrant-edge) under `home`.
     qdrant_url: str = ""
     memory_extraction_model: str = "smollm2-135m-instruct"

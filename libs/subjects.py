@@ -80,6 +80,11 @@ class Subjects:
         return self._s("guardrails.output")
 
     @property
+    def guardrails_policy_changed(self) -> str:
+        """Core NATS broadcast: a policy document changed; cached passthroughs end now."""
+        return self._s("guardrails.policy.changed")
+
+    @property
     def memory_retrieve(self) -> str:
         return self._s("memory.retrieve")
 

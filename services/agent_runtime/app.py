@@ -86,13 +86,22 @@ class NatsTurnPorts:
         self.timeout_s = 2 * settings.worker_accept_timeout_s + ROUTER_MARGIN_S
         self.accept_timeout_s = settings.worker_accept_timeout_s
         self.route_cache_s = settings.route_cache_s
+        self.passthrough_cap_s = settings.guard_passthrough_s
         self.routes: dict[tuple[str, str, str], tuple[RouteReply, float]] = {}
         self.memory_timeout_s = settings.memory_timeout_s
         self.sources: dict[str, NatsDeltaSource] = {}
+        # tenant -> (its last "allowed, unchanged" input verdict, until when it holds)
+        self.passthrough: dict[str, tuple[GuardrailVerdict, float]] = {}
+        self.policy_generation = 0
         self._prefix_len = len(self.subjects.inference_deltas(replica, ""))
 
     async def subscribe(self) -> None:
         await self.nc.subscribe(self.subjects.inference_deltas_of(self.replica), cb=self._on_delta)
+        await self.nc.subscribe(self.subjects.guardrails_policy_changed, cb=self._on_policy_changed)
+
+    async def _on_policy_changed(self, msg: Msg) -> None:
+        self.policy_generation += 1
+        self.passthrough.clear()
 
     async def _on_delta(self, msg: Msg) -> None:
         source = self.sources.get(msg.subject[self._prefix_len :])
@@ -203,7 +212,26 @@ class NatsTurnPorts:
 
     async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
         # Fail closed: without a verdict nothing goes to a model or to the client.
-        return await ask_guardrails(self.nc, subject, check)
+        is_input = subject == self.subjects.guardrails_input and check.agent is None
+        if is_input:
+            held = self.passthrough.get(check.ctx.tenant)
+            if held is not None and held[1] > time.monotonic():
+                texts = [m.content or "" for m in check.messages]
+                return held[0].model_copy(update={"texts": texts})
+        generation = self.policy_generation
+        verdict = await ask_guardrails(self.nc, subject, check)
+        if (
+            is_input
+            and verdict.passthrough_s > 0
+            and verdict.allowed
+            and verdict.error is None
+            and not verdict.pseudonyms
+            # A policy change announced while this check was in flight voids its grant.
+            and generation == self.policy_generation
+        ):
+            until = time.monotonic() + min(verdict.passthrough_s, self.passthrough_cap_s)
+            self.passthrough[check.ctx.tenant] = (verdict, until)
+        return verdict
 
 
 def build_app(settings: Settings) -> FastStream:

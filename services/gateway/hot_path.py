@@ -53,11 +53,19 @@ def _sse_line(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def open_turn(gw: Any, event: ChatRequested) -> tuple[TurnStream, list[TurnEvent]]:
+async def open_turn(
+    gw: Any, event: ChatRequested, audit: Callable[[], Awaitable[Any]]
+) -> tuple[TurnStream, list[TurnEvent]]:
     """Publish the turn and hold the status line until it produced output or failed, so
     that an error before the first token (unknown model, no worker, timeout) gets its own
-    status."""
-    turn = await gw.turns.start(event)
+    status. The request's audit record is written while the turn runs (before the publish
+    it would delay it) and is durable before any status goes out."""
+    try:
+        turn = await gw.turns.start(event)
+    except BaseException:
+        await audit()
+        raise
+    audited = asyncio.ensure_future(audit())
     try:
         first = await turn.next_batch()
         while not any(ev.deltas or ev.error or ev.done for ev in first):
@@ -65,6 +73,8 @@ async def open_turn(gw: Any, event: ChatRequested) -> tuple[TurnStream, list[Tur
     except BaseException:
         await turn.close()
         raise
+    finally:
+        await audited
     if not any(ev.deltas for ev in first):
         for ev in first:
             if ev.error is not None:
@@ -210,20 +220,17 @@ class HotPath:
                 wants_stream, usage = completion.stream, completion.include_usage
         finally:
             await limited
-        # The audit record is acked by JetStream while the turn runs, before the answer.
-        audited = asyncio.ensure_future(
-            self.audit.emit(
+        turn, first = await open_turn(
+            gw,
+            event,
+            lambda: self.audit.emit(
                 AUDIT_ACTIONS[kind],
                 ctx,
                 model=event.model,
                 digests={"request": digest(body)},
                 attrs={"path": ROUTE_PATHS[kind]},
-            )
+            ),
         )
-        try:
-            turn, first = await open_turn(gw, event)
-        finally:
-            await audited
         extra = [(b"x-request-id", ctx.request_id.encode())]
         extra += [(f"x-enclave-{k}".encode(), v.encode()) for k, v in turn.served_by.items()]
         if wants_stream:

@@ -38,7 +38,13 @@ def build_screener(settings: Settings) -> Screener:
     )
 
 
-def decide(screener: Screener, store: PolicyStore, check: GuardrailCheck) -> GuardrailVerdict:
+# How often each replica looks for changed policy documents (and says so on the bus).
+POLICY_POLL_S = 0.25
+
+
+def decide(
+    screener: Screener, store: PolicyStore, check: GuardrailCheck, passthrough_s: float = 0.0
+) -> GuardrailVerdict:
     try:
         policy = store.get(check.ctx.tenant, check.agent)
     except PolicyError as exc:
@@ -57,6 +63,10 @@ def decide(screener: Screener, store: PolicyStore, check: GuardrailCheck) -> Gua
         )
     verdict = screener.check(check, policy)
     verdict.policy_version = policy.version
+    if check.direction == "input" and check.agent is None and not policy.checks_input:
+        # Every input verdict of this tenant is "allowed, unchanged" until its policy
+        # changes: the caller may skip asking (this verdict, audited, says so).
+        verdict.passthrough_s = passthrough_s
     return verdict
 
 
@@ -66,6 +76,7 @@ def build_app(settings: Settings) -> FastStream:
     store = PolicyStore(settings.home / "guardrails")
     subjects = settings.subjects
     pending: set[asyncio.Task[None]] = set()
+    watcher: list[asyncio.Task[None]] = []
     publisher: list[AuditPublisher] = []
     # Warm spaCy and the classifier so that the first real request is not the slow one.
     screener.check(
@@ -85,6 +96,8 @@ def build_app(settings: Settings) -> FastStream:
             "agent": check.agent or "",
             "injection_score_permille": round(verdict.injection_score * 1000),
         }
+        if verdict.passthrough_s:
+            attrs["passthrough_ms"] = round(verdict.passthrough_s * 1000)
         for entity, count in Counter(e.type for e in verdict.entities).items():
             attrs[f"entities.{entity}"] = count
         try:
@@ -99,7 +112,7 @@ def build_app(settings: Settings) -> FastStream:
             log.exception("could not record the verdict of %s", check.ctx.request_id)
 
     async def handle(check: GuardrailCheck) -> GuardrailVerdict:
-        verdict = decide(screener, store, check)
+        verdict = decide(screener, store, check, settings.guard_passthrough_s)
         # After the reply, not before: the audit write is off the request's latency.
         task = asyncio.create_task(audit(check, verdict))
         pending.add(task)
@@ -119,6 +132,24 @@ def build_app(settings: Settings) -> FastStream:
         for subject in (subjects.guardrails_input, subjects.guardrails_output):
             await broker.connection.subscribe(subject, queue="guardrails", cb=on_check)
 
+    async def watch_policies() -> None:
+        """Tell every runtime when a policy document changes, so that no cached passthrough
+        outlives the policy that granted it."""
+        seen = await asyncio.to_thread(store.stamp)
+        while True:
+            await asyncio.sleep(POLICY_POLL_S)
+            now = await asyncio.to_thread(store.stamp)
+            if now != seen:
+                seen = now
+                try:
+                    await broker.connection.publish(subjects.guardrails_policy_changed, b"")
+                except Exception:
+                    log.exception("could not announce a policy change")
+
+    @app.after_startup
+    async def _watch() -> None:
+        watcher.append(asyncio.create_task(watch_policies()))
+
     @app.on_startup
     async def _streams() -> None:
         await broker.connect()
@@ -131,6 +162,8 @@ def build_app(settings: Settings) -> FastStream:
 
     @app.on_shutdown
     async def _drain() -> None:
+        for task in watcher:
+            task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=10)
         if publisher:

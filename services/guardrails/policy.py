@@ -149,6 +149,16 @@ class EffectivePolicy(BaseModel):
     sources: list[str] = Field(default_factory=list)
 
     @property
+    def checks_input(self) -> bool:
+        """Whether anything in the input is checked: if not, input verdicts are constant."""
+        return (
+            self.pii_enabled
+            or self.injection_enabled
+            or self.screen_context
+            or bool(self.topics_denied or self.topics_allowed)
+        )
+
+    @property
     def screens_output(self) -> bool:
         """Whether anything in the output is checked: if not, tokens may pass unwindowed."""
         return self.secrets_enabled or self.output_pii or bool(self.denied_patterns)

@@ -260,3 +260,67 @@ async def test_tenant_and_agent_policies_restrict_and_a_relaxing_one_fails_close
         assert r.status_code == 500
         message = r.json()["error"]["message"]
         assert "tenant" in message and "injection.threshold" in message
+
+
+# A global policy that checks nothing on input (what `bench.gateway` calls screening off).
+OPEN_INPUT = {
+    "version": 1,
+    "level": "global",
+    "pii": {"enabled": False},
+    "injection": {"enabled": False, "screen_context": False},
+    "secrets": {"enabled": False},
+    "output": {"pii_recheck": False},
+}
+
+
+async def _until(predicate, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    while not await predicate():
+        assert time.monotonic() - start < timeout, "timed out"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def test_a_policy_that_checks_no_input_takes_the_guardrails_off_the_path_until_it_changes(
+    platform: Platform, nc: nats.aio.client.Client
+) -> None:
+    key = platform.create_key("passthrough", "developer")
+    own = platform.home / "guardrails" / "global.yaml"
+    verdicts = await tap(nc, platform, "audit.passthrough.guardrails")
+    changes = await tap(nc, platform, "guardrails.policy.changed")
+
+    async def passes() -> bool:
+        out = await chat(platform, key, INJECTION)
+        assert isinstance(out, dict)
+        return out["choices"][0]["finish_reason"] == "stop"
+
+    own.write_text(yaml.safe_dump(OPEN_INPUT))
+    try:
+        await _until(passes)
+        await _until(lambda: _true_if(bool(changes.seen)))
+        # Within the passthrough window the runtime does not ask: 10 turns, at most one
+        # input verdict (the one that grants the next window).
+        before = len(_input_verdicts(verdicts))
+        for _ in range(10):
+            assert await passes()
+        await asyncio.sleep(0.3)
+        assert len(_input_verdicts(verdicts)) - before <= 2
+        granted = [e for e in _input_verdicts(verdicts) if "passthrough_ms" in e.attrs]
+        assert granted, "the verdict that lets input through unasked is in the audit chain"
+    finally:
+        own.unlink()
+    # Back to the default policy: announced on the bus, and screening resumes at once,
+    # not when a cached window would have run out.
+    seen_changes = len(changes.seen)
+    await _until(lambda: _true_if(len(changes.seen) > seen_changes), timeout=3.0)
+    out = await chat(platform, key, INJECTION)
+    assert isinstance(out, dict) and out["choices"][0]["finish_reason"] == "content_filter"
+
+
+async def _true_if(value: bool) -> bool:
+    return value
+
+
+def _input_verdicts(t: BusTap) -> list[AuditEvent]:
+    events = [AuditEvent.model_validate_json(data) for _, data in t.seen]
+    return [e for e in events if e.action == "verdict.input"]

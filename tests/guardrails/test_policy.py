@@ -172,3 +172,22 @@ def test_the_packaged_global_policy_loads(tmp_path: Path) -> None:
     p = PolicyStore(tmp_path).get("acme")
     assert p.pii_enabled and p.injection_enabled and p.secrets_enabled and p.output_pii
     assert p.version.startswith("global@1+")
+
+
+def test_only_a_policy_that_checks_nothing_on_input_lets_input_through_unasked() -> None:
+    from services.guardrails.adapters.policy_files import PACKAGED_GLOBAL, read_document
+    from services.guardrails.policy import effective, parse_document
+
+    default = effective(read_document(PACKAGED_GLOBAL, "global"))
+    assert default.checks_input
+    open_doc = {
+        "version": 1,
+        "level": "global",
+        "pii": {"enabled": False},
+        "injection": {"enabled": False, "screen_context": False},
+        "secrets": {"enabled": False},
+        "output": {"pii_recheck": False},
+    }
+    assert not effective(parse_document(open_doc, "global")).checks_input
+    topics = {**open_doc, "topics": {"denied": ["weapons"]}}
+    assert effective(parse_document(topics, "global")).checks_input

@@ -8,6 +8,7 @@ Layout under the policy folder ($ENCLAVE_HOME/guardrails by default):
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -45,6 +46,20 @@ class PolicyStore:
         if agent is not None:
             paths.append((self.folder / "tenants" / tenant / "agents" / f"{agent}.yaml", "agent"))
         return paths
+
+    def stamp(self) -> frozenset[tuple[str, int, int]]:
+        """(path, mtime, size) of every policy document: it changes when any of them does."""
+        found = set()
+        for root, _, files in os.walk(self.folder):
+            for name in files:
+                if name.endswith((".yaml", ".yml")):
+                    path = os.path.join(root, name)
+                    try:
+                        st = os.stat(path)
+                    except FileNotFoundError:
+                        continue
+                    found.add((path, st.st_mtime_ns, st.st_size))
+        return frozenset(found)
 
     def get(self, tenant: str, agent: str | None = None) -> EffectivePolicy:
         """The merged policy; raises PolicyError if a document is invalid or relaxes."""

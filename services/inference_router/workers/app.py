@@ -81,21 +81,19 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
     running: set[asyncio.Task[None]] = set()
     subject = settings.subjects.inference_worker(pool_name)
 
+    def answer_inline(request: GenerateRequest) -> bytes:
+        """The whole turn of an engine that answers at once, as one event."""
+        deltas: list[Delta] = []
+        try:
+            usage = engine.generate(request, deltas.append)
+        except Exception as exc:
+            return _failure(exc)
+        return event_bytes(TurnEvent(deltas=deltas, usage=usage, done=True))
+
     async def stream_generation(request: GenerateRequest) -> None:
         nc = broker.connection
         out = request.deltas_subject
         gen: GenerationEngine = engine
-        if gen.runs_inline:
-            deltas: list[Delta] = []
-            try:
-                usage = gen.generate(request, deltas.append)
-            except Exception as exc:
-                await _fail(nc, out, exc)
-                return
-            await nc.publish(
-                out, event_bytes(TurnEvent(deltas=deltas, usage=usage, done=True)), headers=mark
-            )
-            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -116,7 +114,7 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
         try:
             usage = future.result()
         except Exception as exc:
-            await _fail(nc, out, exc)
+            await nc.publish(out, _failure(exc))
             return
         await nc.publish(out, event_bytes(TurnEvent(usage=usage, done=True)), headers=mark)
 
@@ -142,6 +140,14 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
             accepted = GenerateAccepted(
                 accepted=True, worker=worker_id, timeout_s=request.timeout_s
             )
+            if engine.runs_inline:
+                # The acceptance and the answer leave in one write (one flush of the
+                # client's buffer): one wake-up of the runtime instead of two.
+                answer = answer_inline(request)
+                await broker.connection.publish(msg.reply, event_bytes(accepted))
+                await broker.connection.publish(request.deltas_subject, answer, headers=mark)
+                span.end()
+                return
             await broker.connection.publish(msg.reply, event_bytes(accepted))
             task = asyncio.create_task(stream_generation(request))
             running.add(task)
@@ -165,6 +171,6 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
     return app
 
 
-async def _fail(nc: Any, subject: str, exc: Exception) -> None:
+def _failure(exc: Exception) -> bytes:
     error = ErrorInfo(status=500, message=f"The engine failed: {exc}", code="engine_error")
-    await nc.publish(subject, event_bytes(TurnEvent(error=error, done=True)))
+    return event_bytes(TurnEvent(error=error, done=True))
