@@ -19,6 +19,7 @@ import yaml
 from bench.loadgen import Result, run_clients
 from libs.context import RequestContext
 from libs.events import ChatMessage, GenerateRequest, GenerationParams
+from services.guardrails.adapters.policy_files import PACKAGED_OPEN
 from tests.infra import Platform, free_port, infra, platform_env
 
 PROMPTS = [
@@ -86,14 +87,7 @@ def row(name: str, r: Result) -> str:
 
 # A global policy that screens nothing: the platform's own cost, without the guardrails'
 # models. The default policy (services/guardrails/policies/global.yaml) screens everything.
-OPEN_POLICY = {
-    "version": 1,
-    "level": "global",
-    "pii": {"enabled": False},
-    "injection": {"enabled": False, "screen_context": False},
-    "secrets": {"enabled": False},
-    "output": {"pii_recheck": False},
-}
+OPEN_POLICY = yaml.safe_load(PACKAGED_OPEN.read_text())
 
 
 def set_global_policy(plat: Platform, policy: dict[str, object] | None) -> None:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from libs.events import AuditEvent
+from services.guardrails.adapters.policy_files import PACKAGED_OPEN
 from tests.infra import Platform
 
 ECHO = "enclave-echo"
@@ -262,17 +263,6 @@ async def test_tenant_and_agent_policies_restrict_and_a_relaxing_one_fails_close
         assert "tenant" in message and "injection.threshold" in message
 
 
-# A global policy that checks nothing on input (what `bench.gateway` calls screening off).
-OPEN_INPUT = {
-    "version": 1,
-    "level": "global",
-    "pii": {"enabled": False},
-    "injection": {"enabled": False, "screen_context": False},
-    "secrets": {"enabled": False},
-    "output": {"pii_recheck": False},
-}
-
-
 async def _until(predicate, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
     start = time.monotonic()
     while not await predicate():
@@ -294,7 +284,8 @@ async def test_a_policy_that_checks_no_input_takes_the_guardrails_off_the_path_u
         assert isinstance(out, dict)
         return out["choices"][0]["finish_reason"] == "stop"
 
-    own.write_text(yaml.safe_dump(OPEN_INPUT))
+    # The packaged policy that checks nothing (what `bench.gateway` calls screening off).
+    own.write_text(PACKAGED_OPEN.read_text())
     try:
         await _until(passes)
         await _until(lambda: _true_if(bool(changes.seen)))

@@ -175,19 +175,16 @@ def test_the_packaged_global_policy_loads(tmp_path: Path) -> None:
 
 
 def test_only_a_policy_that_checks_nothing_on_input_lets_input_through_unasked() -> None:
-    from services.guardrails.adapters.policy_files import PACKAGED_GLOBAL, read_document
+    from services.guardrails.adapters.policy_files import (
+        PACKAGED_GLOBAL,
+        PACKAGED_OPEN,
+        read_document,
+    )
     from services.guardrails.policy import effective, parse_document
 
-    default = effective(read_document(PACKAGED_GLOBAL, "global"))
-    assert default.checks_input
-    open_doc = {
-        "version": 1,
-        "level": "global",
-        "pii": {"enabled": False},
-        "injection": {"enabled": False, "screen_context": False},
-        "secrets": {"enabled": False},
-        "output": {"pii_recheck": False},
-    }
-    assert not effective(parse_document(open_doc, "global")).checks_input
+    assert effective(read_document(PACKAGED_GLOBAL, "global")).checks_input
+    opened = effective(read_document(PACKAGED_OPEN, "global"))
+    assert not opened.checks_input and not opened.screens_output
+    open_doc = yaml.safe_load(PACKAGED_OPEN.read_text())
     topics = {**open_doc, "topics": {"denied": ["weapons"]}}
     assert effective(parse_document(topics, "global")).checks_input

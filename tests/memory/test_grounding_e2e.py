@@ -5,13 +5,12 @@ known: one the handbook states, one it does not."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 
 from tests.infra import Platform
-from tests.memory.test_memory_e2e import _store_with_handbook, auth, sdk
+from tests.memory.test_memory_e2e import _store_with_handbook, auth, sdk, streamed_chunks
 
 SUPPORTED = "The badge office is on floor 3 of the Zephyr building."
 INVENTED = "The cafeteria serves free sushi to visitors every Friday."
@@ -87,12 +86,5 @@ def test_a_models_rag_default_applies_unless_the_chat_opts_out(platform: Platfor
     r = _post(platform, other, body)
     assert r.status_code == 404, r.text
     assert "kb-default" in r.json()["error"]["message"]
-    with httpx.stream(
-        "POST",
-        platform.base_url + "/v1/chat/completions",
-        headers=auth(key),
-        json={**body, "stream": True},
-        timeout=60,
-    ) as s:
-        lines = [json.loads(x[6:]) for x in s.iter_lines() if x.startswith("data: {")]
+    lines = streamed_chunks(platform, key, body)
     assert lines[0]["citations"][0]["vector_store_id"] == vs_id

@@ -67,6 +67,18 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def streamed_chunks(platform: Platform, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chunk objects of the chat, streamed (SSE, without `[DONE]`)."""
+    with httpx.stream(
+        "POST",
+        platform.base_url + "/v1/chat/completions",
+        headers=auth(key),
+        json={**body, "stream": True},
+        timeout=60,
+    ) as s:
+        return [json.loads(x[6:]) for x in s.iter_lines() if x.startswith("data: {")]
+
+
 def test_openai_sdk_files_and_vector_stores(platform: Platform) -> None:
     key = platform.create_key("rag-a", "developer")
     other = platform.create_key("rag-b", "developer")
@@ -166,18 +178,7 @@ def test_chat_with_rag_carries_citations_streamed_too(platform: Platform) -> Non
     assert out["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 20
     assert "citations" not in plain
 
-    with httpx.stream(
-        "POST",
-        platform.base_url + "/v1/chat/completions",
-        headers=auth(key),
-        json={**body, "stream": True},
-        timeout=60,
-    ) as s:
-        chunks = [
-            json.loads(line[6:])
-            for line in s.iter_lines()
-            if line.startswith("data: ") and line != "data: [DONE]"
-        ]
+    chunks = streamed_chunks(platform, key, body)
     assert chunks[0]["citations"][0]["chunk_id"] == cites[0]["chunk_id"]
     assert all("citations" not in c for c in chunks[1:])
 

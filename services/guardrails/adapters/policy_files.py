@@ -23,6 +23,8 @@ from services.guardrails.policy import (
 )
 
 PACKAGED_GLOBAL = Path(__file__).resolve().parent.parent / "policies" / "global.yaml"
+# A global policy that checks nothing (benchmarks of the platform's own cost).
+PACKAGED_OPEN = PACKAGED_GLOBAL.with_name("open.yaml")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
