@@ -125,12 +125,15 @@ def test_model_facts_are_kept_only_when_the_user_stated_them() -> None:
     assert extraction.parse(raw, said("t02")) == []
 
 
-def test_parse_falls_back_when_the_model_gives_nothing_usable() -> None:
+def test_parse_keeps_the_users_statements_and_adds_what_the_model_found_besides() -> None:
     for raw in ("", "not json", '{"memories": []}', model_answer(("user", "Enjoys skiing"))):
         assert extraction.parse(raw, said("t19")) == [("user", "I'm allergic to peanuts")]
-    assert extraction.parse(model_answer(("user", "allergic to peanuts")), said("t19")) == [
-        ("user", "allergic to peanuts")
-    ]
+    # The model's fact repeats a statement: kept once, in the user's words.
+    raw = model_answer(("user", "allergic to peanuts"))
+    assert extraction.parse(raw, said("t19")) == [("user", "I'm allergic to peanuts")]
+    # The rules find nothing in "Sam here, the new DBA"; the model's grounded fact stays.
+    raw = model_answer(("user", "Sam, the new DBA"))
+    assert extraction.parse(raw, ["Sam here, the new DBA."]) == [("user", "Sam, the new DBA")]
 
 
 def test_fallback_scores_on_the_labeled_set() -> None:
