@@ -84,9 +84,10 @@ def test_extraction_keeps_grounded_facts_and_falls_back() -> None:
             ]
         }
     )
-    facts = extraction.parse(raw, said)
+    facts = extraction.from_model(raw, said)
     assert ("user", "Name is Priya") in facts
     assert all("skiing" not in t for _, t in facts)
+    assert all("skiing" not in t for _, t in extraction.parse(raw, said))
     fallback = extraction.parse("not json", said)
     assert fallback and fallback[0][1].startswith("My name is Priya")
     assert extraction.parse("{}", ["What time is it?"]) == []
