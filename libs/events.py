@@ -154,6 +154,11 @@ class GenerateRequest(BaseModel):
     prompt: str | None = None
     params: GenerationParams = Field(default_factory=GenerationParams)
     deltas_subject: str
+    # Set when nothing is to be done to the output (no output screening, memory or
+    # grounding): the worker streams to the client's subject too, with these headers, and
+    # the runtime only watches its own copy (timeouts, the outcome). One hop less a token.
+    client_subject: str | None = None
+    client_headers: dict[str, str] = Field(default_factory=dict)
     # Filled in by the router from the registry.
     pool: str | None = None
     adapter: str | None = None

@@ -4,9 +4,10 @@ The guardrails service screens the input (blocked input never reaches a model; P
 replaced, pseudonyms live only in this turn), the memory service has it screen retrieved
 text for indirect injection, and it checks every window of the output
 (libs/guard_window.py: nothing reaches the client unchecked) unless the effective policy
-screens no output at all, when tokens are relayed as they come. The turn talks to the
-rest of the platform only through `TurnPorts`, so it runs the same on NATS and in unit
-tests.
+screens no output at all: then, when nothing else is done to the output (memory,
+grounding), the worker streams straight to the client and the turn watches a copy. The
+turn talks to the rest of the platform only through `TurnPorts`, so it runs the same on
+NATS and in unit tests.
 """
 
 from __future__ import annotations
@@ -198,6 +199,9 @@ async def run_turn(
         )
 
     window = OutputWindow(verdict.pseudonyms) if verdict.screen_output else None
+    # Nothing to do to the output: the worker streams it to the client itself and this
+    # turn only watches its copy (timeouts, the outcome), one hop less for every token.
+    direct = window is None and not remember and not grounding
     source = await ports.open_deltas(ctx.request_id)
     accepting = asyncio.ensure_future(
         ports.request_generation(
@@ -209,6 +213,8 @@ async def run_turn(
                 prompt=event.prompt,
                 params=event.params,
                 deltas_subject=source.subject,
+                client_subject=out if direct else None,
+                client_headers={**headers, RUNTIME_HEADER: runtime_id} if direct else {},
             )
         )
     )
@@ -248,7 +254,8 @@ async def run_turn(
                     _note(seen, ev.deltas)
                     if done and ev.error is None:
                         await _send_grounding(ports, ctx, seen, chunks, cites, send)
-                await ports.emit_raw(out, data, relay_headers)
+                if not direct:
+                    await ports.emit_raw(out, data, relay_headers)
                 last = data
             else:
                 released = await _screen_output(ports, subjects, ctx, window, ev)

@@ -298,6 +298,17 @@ async def test_a_policy_that_checks_no_input_takes_the_guardrails_off_the_path_u
         assert len(_input_verdicts(verdicts)) - before <= 2
         granted = [e for e in _input_verdicts(verdicts) if "passthrough_ms" in e.attrs]
         assert granted, "the verdict that lets input through unasked is in the audit chain"
+        # No output screening either: the worker streams straight to the gateway, and the
+        # answer is whole and names both replicas as a relayed one does.
+        text = "Tell me about the weather in Lisbon tomorrow, please."
+        async with httpx.AsyncClient(base_url=platform.base_url, timeout=60) as http:
+            body = {"model": ECHO, "messages": [{"role": "user", "content": text}]}
+            r = await http.post("/v1/chat/completions", headers=auth(key), json=body)
+            assert r.json()["choices"][0]["message"]["content"] == text
+            assert r.headers["x-enclave-runtime"] and r.headers["x-enclave-worker"]
+        chunks = await chat(platform, key, text, stream=True)
+        assert isinstance(chunks, list)
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == text
     finally:
         own.unlink()
     # Back to the default policy: announced on the bus, and screening resumes at once,

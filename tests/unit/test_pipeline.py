@@ -132,9 +132,22 @@ async def test_unscreened_output_is_relayed_as_it_comes() -> None:
     )
     ports.screen_output = False
     await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
-    delta, done = (e for _, e in ports.emitted)
-    assert delta.deltas[0].content == "a" and not delta.done and done.done
+    # Nothing to do to the output: the worker streams to the client's subject itself,
+    # naming this runtime, and the runtime only watched its copy.
+    (request,) = ports.requests
+    assert request.client_subject == EVENT.reply_subject
+    assert request.client_headers["enclave-runtime"] == "rt1"
+    assert request.client_headers["enclave-tenant"] == "acme"
+    assert ports.emitted == []
     assert [c.direction for c in ports.checks] == ["input"]
+
+
+async def test_a_silent_worker_still_times_out_when_it_streams_directly() -> None:
+    ports = FakePorts(GenerateAccepted(accepted=True, worker="w", timeout_s=0.05), [])
+    ports.screen_output = False
+    await run_turn(EVENT, ports, Subjects(), 10.0)
+    ((_, event),) = ports.emitted
+    assert event.error is not None and event.error.status == 504
 
 
 class RagPorts(FakePorts):

@@ -90,9 +90,17 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
             return _failure(exc)
         return event_bytes(TurnEvent(deltas=deltas, usage=usage, done=True))
 
-    async def stream_generation(request: GenerateRequest) -> None:
+    async def send(request: GenerateRequest, data: bytes) -> None:
+        """One event of the turn: to the client first when the runtime asked for that (it is
+        the latency that counts), and always to the runtime, which watches the turn."""
         nc = broker.connection
-        out = request.deltas_subject
+        if request.client_subject:
+            await nc.publish(
+                request.client_subject, data, headers={**request.client_headers, **mark}
+            )
+        await nc.publish(request.deltas_subject, data, headers=mark)
+
+    async def stream_generation(request: GenerateRequest) -> None:
         gen: GenerationEngine = engine
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -110,13 +118,13 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
             finished = batch[-1] is _END
             deltas = [d for d in batch if d is not _END]
             if deltas:
-                await nc.publish(out, event_bytes(TurnEvent(deltas=deltas)), headers=mark)
+                await send(request, event_bytes(TurnEvent(deltas=deltas)))
         try:
             usage = future.result()
         except Exception as exc:
-            await nc.publish(out, _failure(exc))
+            await send(request, _failure(exc))
             return
-        await nc.publish(out, event_bytes(TurnEvent(usage=usage, done=True)), headers=mark)
+        await send(request, event_bytes(TurnEvent(usage=usage, done=True)))
 
     if pool["engine"] == "sentence_transformers":
         embedder: EmbeddingEngine = engine
@@ -145,7 +153,7 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
                 # client's buffer): one wake-up of the runtime instead of two.
                 answer = answer_inline(request)
                 await broker.connection.publish(msg.reply, event_bytes(accepted))
-                await broker.connection.publish(request.deltas_subject, answer, headers=mark)
+                await send(request, answer)
                 span.end()
                 return
             await broker.connection.publish(msg.reply, event_bytes(accepted))
