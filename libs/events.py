@@ -56,6 +56,9 @@ class RagOptions(BaseModel):
     top_k: int = 5
     # OpenAI's vector store search `filters` shape (eq, ne, in, and, or).
     filters: dict[str, Any] | None = None
+    # Rewrite the last message into a standalone search query with the conversation
+    # (a small model, through the router); None: the service's default.
+    rewrite_query: bool | None = None
 
 
 class MemoryOptions(BaseModel):
@@ -312,6 +315,8 @@ class RetrieveRequest(BaseModel):
     rag: RagOptions | None = None
     memories: bool = False
     token_budget: int = 1200
+    # The turns before `query` (user and assistant), for rewriting it into a search query.
+    history: list[ChatMessage] = Field(default_factory=list)
 
 
 class RetrieveReply(BaseModel):

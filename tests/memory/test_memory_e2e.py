@@ -367,3 +367,56 @@ async def test_data_changes_are_audited_without_content(platform: Platform) -> N
     assert seen[1]["attrs"]["vector_store_id"] == store_id
     assert all(e["tenant"] == "acme" and e["service"] == "memory" for e in seen)
     assert "audited" not in json.dumps(seen)
+
+
+ATLAS = {
+    "quorvania.md": b"""# Quorvania
+
+Quorvania is a small inland republic of about two million people.
+
+The capital of Quorvania is Velmora, a river port on the Sull.
+""",
+    "zephyria.md": b"""# Zephyria
+
+Zephyria is an island kingdom in the northern sea.
+
+Capital: Orlanth. Zephyria moved its capital twice; the present capital, Orlanth, is on
+the east coast, and what its old capital was is disputed.
+""",
+}
+FOLLOWUP = [
+    {"role": "user", "content": "What is the population of Quorvania?"},
+    {"role": "assistant", "content": "About two million people."},
+    {"role": "user", "content": "And what is its capital?"},
+]
+
+
+def test_chat_rewrites_a_follow_up_into_a_search_query(platform: Platform) -> None:
+    """Through the gateway, the runtime and the router: the memory service has the small
+    model (smollm2 on its llama.cpp worker) rewrite the follow-up with the conversation,
+    and retrieval finds the country that "its" stands for."""
+    key = platform.create_key("rag-rewrite", "developer")
+    client = sdk(platform, key)
+    ids = [
+        client.files.create(file=(name, data), purpose="assistants").id
+        for name, data in ATLAS.items()
+    ]
+    vs = client.vector_stores.create(name="atlas", file_ids=ids)
+
+    def first_cited(rewrite: bool) -> str:
+        r = httpx.post(
+            platform.base_url + "/v1/chat/completions",
+            headers=auth(key),
+            json={
+                "model": "enclave-instant",
+                "messages": FOLLOWUP,
+                "rag": {"collection": vs.id, "top_k": 1, "rewrite_query": rewrite},
+            },
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        return str(r.json()["citations"][0]["filename"])
+
+    # As asked, "its capital" matches the other country's text best.
+    assert first_cited(False) == "zephyria.md"
+    assert first_cited(True) == "quorvania.md"
