@@ -56,7 +56,7 @@ class MemoryService:
         llm: RouterLLM | None,
         screen: Screen | None = None,
         record: Record | None = None,
-        rewrite_query: bool = False,
+        rewrite_query: bool = True,
         rewrite_timeout_s: float = 5.0,
     ) -> None:
         self.rag = rag
@@ -246,7 +246,7 @@ class MemoryService:
     async def _rewritten(self, req: RetrieveRequest, uid: str) -> str:
         """The query as a standalone search query, from the turns before it (the request's,
         else the conversation buffer's). Without earlier turns the question is its own
-        context and no model is asked; when the model fails, the question is kept."""
+        context and no model is asked; without a usable rewrite, `rewrite.with_last_turn`."""
         history = [(m.role, m.content or "") for m in req.history if m.content]
         if not history and req.conversation_id:
             recent = await self.buffer.recent(
@@ -255,6 +255,7 @@ class MemoryService:
             history = [(m.role, m.content or "") for m in recent if m.content]
         if not history or self.llm is None:
             return req.query
+        fallback = rewrite.with_last_turn(req.query, history)
         try:
             raw = await asyncio.wait_for(
                 self.llm.complete(
@@ -265,10 +266,11 @@ class MemoryService:
                 ),
                 self.rewrite_timeout_s,
             )
-        except Exception:  # retrieval goes on with the question as asked
+        except Exception:  # retrieval goes on without the model's rewrite
             log.warning("query rewriting through the router failed", exc_info=True)
-            return req.query
-        return rewrite.parse(raw, req.query, history)
+            return fallback
+        query = rewrite.parse(raw, req.query, history)
+        return fallback if query == req.query else query
 
     # -- a finished turn --
     async def _screened(

@@ -4,9 +4,11 @@ format and the checks on what the model answers.
 
 A follow-up ("And what is its capital?") names nothing the search can match; the model
 puts back what "its" stands for. Small models wander, so what they answer is kept only
-when it looks like a query: one line, not much longer than the question and the
-conversation warrant, and sharing words with them; anything else falls back to the
-original question, so rewriting can never lose the question.
+when it looks like a rewrite of the question (`parse`): one line, not much longer than
+the question, its own words kept, nothing from nowhere, something from the conversation.
+Otherwise a question that points back (`refers_back`) is searched with the user's
+previous message in front of it, and any other question as asked (`with_last_turn`).
+bench/rag.py measures each step; services/memory/README.md has the numbers.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ def _content(text: str) -> set[str]:
 
 def parse(raw: str, query: str, history: Sequence[tuple[str, str]] = ()) -> str:
     """The rewritten query, or `query` itself when the output is unusable: empty, too
-    long, a word from nowhere (neither the question nor the conversation), or a
-    different question (it lost more than half of the question's own words)."""
+    long, a word from nowhere (neither the question nor the conversation), a different
+    question (it lost more than half of the question's own words), or no rewrite at all
+    (nothing brought in from the conversation)."""
     text = (raw or "").strip()
     if text.startswith("{"):
         try:
@@ -118,4 +121,29 @@ def parse(raw: str, query: str, history: Sequence[tuple[str, str]] = ()) -> str:
     own = _content(query)
     if own and len(own & mine) * 2 < len(own):
         return query
+    # Not a rewrite: it brings in nothing from the conversation.
+    if not (mine - own) & _content(context):
+        return query
     return text
+
+
+_REFERS = re.compile(
+    r"\b(it|its|it's|there|they|them|their|theirs|this|that|these|those|he|him|his|she|"
+    r"her|hers)\b|^\s*(and|what about|how about)\b",
+    re.IGNORECASE,
+)
+
+
+def refers_back(query: str) -> bool:
+    """Whether the question points at something said before (it, its, there, "And ...")."""
+    return bool(_REFERS.search(query))
+
+
+def with_last_turn(query: str, history: Sequence[tuple[str, str]]) -> str:
+    """The fallback when the model gives no rewrite: a question that points back, with
+    the user's previous message put in front of it (that message names what it points
+    at); any other question as asked."""
+    last = next((c for r, c in reversed(_turns(history)) if r == "user"), "")
+    if not last or not refers_back(query):
+        return query
+    return f"{' '.join(last.split())[:TURN_CHARS]} {query}"

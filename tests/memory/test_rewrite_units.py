@@ -62,6 +62,8 @@ def test_parse_falls_back_to_the_question() -> None:
         "What religions do people follow in Czechia " + "Czechia " * 60,
         # A subject from nowhere.
         "What religions do people follow in Chile?",
+        # Reworded, still pointing back: nothing from the conversation.
+        "Which religion do people follow there?",
     ):
         assert rewrite.parse(raw, FOLLOWUP, HISTORY) == FOLLOWUP, raw
 
@@ -98,6 +100,23 @@ async def test_the_model_is_asked_only_when_rewriting_is_on_and_there_are_turns(
     # No earlier turn: the question stands alone, no model is asked.
     assert await svc._rewritten(_req(True, []), "k:k") == FOLLOWUP
     assert len(llm.calls) == 1
-    # A model that answers instead of rewriting: the question as asked.
+    # A model that answers instead of rewriting: the previous user turn in front of a
+    # question that points back, any other question as asked.
     bad = MemoryService(None, None, None, FakeLLM("It is Catholic."))  # type: ignore[arg-type]
-    assert await bad._rewritten(_req(True, HISTORY), "k:k") == FOLLOWUP
+    assert bad._rewrites(_req(None, HISTORY))  # on by default
+    assert await bad._rewritten(_req(True, HISTORY), "k:k") == f"{HISTORY[0][1]} {FOLLOWUP}"
+    plain = _req(True, HISTORY).model_copy(update={"query": "What is the capital of Peru?"})
+    assert await bad._rewritten(plain, "k:k") == "What is the capital of Peru?"
+
+
+def test_without_a_rewrite_a_question_that_points_back_gets_the_last_user_turn() -> None:
+    assert rewrite.refers_back("And what is its capital?")
+    assert rewrite.refers_back("What languages do people speak there?")
+    assert rewrite.refers_back("and the currency?")
+    assert not rewrite.refers_back("What is the capital of Peru?")
+    assert not rewrite.refers_back("Which city is the seat of Thailand's government?")
+    assert rewrite.with_last_turn(FOLLOWUP, HISTORY) == f"{HISTORY[0][1]} {FOLLOWUP}"
+    assert rewrite.with_last_turn("What is the capital of Peru?", HISTORY) == (
+        "What is the capital of Peru?"
+    )
+    assert rewrite.with_last_turn(FOLLOWUP, [("assistant", "Hello.")]) == FOLLOWUP
