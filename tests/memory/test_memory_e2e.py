@@ -372,16 +372,16 @@ async def test_data_changes_are_audited_without_content(platform: Platform) -> N
 ATLAS = {
     "quorvania.md": b"""# Quorvania
 
-Quorvania is a small inland republic of about two million people.
+Quorvania is a small inland republic of about two million people, known for its lakes,
+its rye and its glassworks.
 
-The capital of Quorvania is Velmora, a river port on the Sull.
+Quorvania's seat of government is Velmora, a river port on the Sull.
 """,
     "zephyria.md": b"""# Zephyria
 
 Zephyria is an island kingdom in the northern sea.
 
-Capital: Orlanth. Zephyria moved its capital twice; the present capital, Orlanth, is on
-the east coast, and what its old capital was is disputed.
+What is its capital? Orlanth, a harbour on the east coast.
 """,
 }
 FOLLOWUP = [
@@ -391,10 +391,15 @@ FOLLOWUP = [
 ]
 
 
-def test_chat_rewrites_a_follow_up_into_a_search_query(platform: Platform) -> None:
+async def test_chat_rewrites_a_follow_up_into_a_search_query(platform: Platform) -> None:
     """Through the gateway, the runtime and the router: the memory service has the small
-    model (smollm2 on its llama.cpp worker) rewrite the follow-up with the conversation,
-    and retrieval finds the country that "its" stands for."""
+    model (smollm2 on its llama.cpp worker) rewrite the follow-up with the turns before
+    it, and retrieval finds the country that "its" stands for."""
+    import nats
+
+    from libs.events import GenerateRequest, TurnEvent
+    from services.memory import rewrite
+
     key = platform.create_key("rag-rewrite", "developer")
     client = sdk(platform, key)
     ids = [
@@ -402,21 +407,49 @@ def test_chat_rewrites_a_follow_up_into_a_search_query(platform: Platform) -> No
         for name, data in ATLAS.items()
     ]
     vs = client.vector_stores.create(name="atlas", file_ids=ids)
+    prefix = platform.env["ENCLAVE_BUS_PREFIX"]
+    nc = await nats.connect(platform.env["ENCLAVE_NATS_URL"])
+    asked: list[GenerateRequest] = []
+    said: list[str] = []
 
-    def first_cited(rewrite: bool) -> str:
-        r = httpx.post(
-            platform.base_url + "/v1/chat/completions",
-            headers=auth(key),
-            json={
-                "model": "enclave-instant",
-                "messages": FOLLOWUP,
-                "rag": {"collection": vs.id, "top_k": 1, "rewrite_query": rewrite},
-            },
-            timeout=120,
-        )
+    async def on_generate(msg: Any) -> None:
+        req = GenerateRequest.model_validate_json(msg.data)
+        if req.messages and req.messages[0].content == rewrite.PROMPT:
+            asked.append(req)
+
+    async def on_delta(msg: Any) -> None:
+        if msg.subject.rsplit(".", 1)[-1].startswith("mem"):
+            ev = TurnEvent.model_validate_json(msg.data)
+            said.extend(d.content for d in ev.deltas if d.index == 0)
+
+    await nc.subscribe(f"{prefix}.inference.generate", cb=on_generate)
+    await nc.subscribe(f"{prefix}.inference.deltas.>", cb=on_delta)
+    await nc.flush()
+
+    async def first_cited(rewrite_query: bool) -> str:
+        async with httpx.AsyncClient(base_url=platform.base_url, timeout=120) as http:
+            r = await http.post(
+                "/v1/chat/completions",
+                headers=auth(key),
+                json={
+                    "model": "enclave-instant",
+                    "messages": FOLLOWUP,
+                    "rag": {"collection": vs.id, "top_k": 1, "rewrite_query": rewrite_query},
+                },
+            )
         assert r.status_code == 200, r.text
         return str(r.json()["citations"][0]["filename"])
 
-    # As asked, "its capital" matches the other country's text best.
-    assert first_cited(False) == "zephyria.md"
-    assert first_cited(True) == "quorvania.md"
+    try:
+        # As asked, "its capital" matches the other country's text best; no model asked.
+        assert await first_cited(False) == "zephyria.md"
+        assert asked == []
+        assert await first_cited(True) == "quorvania.md"
+        await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    # The model was asked with the conversation, and its rewrite named the country.
+    assert len(asked) == 1 and asked[0].model == "smollm2-135m-instruct"
+    assert "Quorvania" in asked[0].messages[-1].content  # type: ignore[operator]
+    rewritten = "".join(said)
+    assert "Quorvania" in rewritten and "capital" in rewritten, rewritten
