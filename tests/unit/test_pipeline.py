@@ -14,6 +14,9 @@ from libs.events import (
     GenerateRequest,
     GuardrailCheck,
     GuardrailVerdict,
+    RagOptions,
+    RetrieveReply,
+    RetrieveRequest,
     TurnEvent,
 )
 from libs.subjects import Subjects
@@ -49,6 +52,7 @@ class FakePorts:
         self.checks: list[GuardrailCheck] = []
         self.screen_output = True
         self.requests: list[GenerateRequest] = []
+        self.retrieved: list[RetrieveRequest] = []
 
     async def open_deltas(self, request_id: str) -> FakeSource:
         return self.source
@@ -61,6 +65,10 @@ class FakePorts:
         assert headers["enclave-tenant"] == "acme"
         self.headers.append(headers)
         self.emitted.append((subject, TurnEvent.model_validate_json(data)))
+
+    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
+        self.retrieved.append(request)
+        return RetrieveReply(context="ctx")
 
     async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
         # A guardrail that lets everything pass unchanged.
@@ -122,3 +130,21 @@ async def test_unscreened_output_is_relayed_as_it_comes() -> None:
     delta, done = (e for _, e in ports.emitted)
     assert delta.deltas[0].content == "a" and not delta.done and done.done
     assert [c.direction for c in ports.checks] == ["input"]
+
+
+async def test_retrieval_gets_the_last_user_message_and_the_turns_before_it() -> None:
+    said = [
+        ChatMessage(role="system", content="Be brief."),
+        *[
+            ChatMessage(role="user" if i % 2 == 0 else "assistant", content=f"turn {i}")
+            for i in range(6)
+        ],
+        ChatMessage(role="user", content="And what is its capital?"),
+    ]
+    event = EVENT.model_copy(update={"messages": said, "rag": RagOptions(collection="kb")})
+    ports = FakePorts(GenerateAccepted(accepted=True, worker="w1"), [TurnEvent(done=True)])
+    await run_turn(event, ports, Subjects("p"), 1.0, "rt1")
+    (req,) = ports.retrieved
+    assert req.query == "And what is its capital?"
+    # The turns before it, for query rewriting: the last few, no system message.
+    assert [m.content for m in req.history] == ["turn 2", "turn 3", "turn 4", "turn 5"]
