@@ -22,6 +22,7 @@ lint: bootstrap
 		services/audit/adapters/sql.py \
 		services/memory/vectors.py services/memory/chunking.py services/memory/retrieval.py \
 		services/memory/extraction.py services/memory/rerank.py services/memory/grounding.py \
+		services/memory/rewrite.py \
 		services/guardrails/policy.py services/guardrails/screen.py \
 		services/guardrails/secrets.py services/guardrails/injection.py
 	$(VENV)/lint-imports

@@ -58,6 +58,9 @@ class RagOptions(BaseModel):
     filters: dict[str, Any] | None = None
     # Flag the answer's sentences that no retrieved chunk supports (`grounding` field).
     grounding: bool = False
+    # Rewrite the last message into a standalone search query with the conversation
+    # (a small model, through the router); None: the service's default.
+    rewrite_query: bool | None = None
 
 
 class MemoryOptions(BaseModel):
@@ -333,6 +336,8 @@ class RetrieveRequest(BaseModel):
     rag: RagOptions | None = None
     memories: bool = False
     token_budget: int = 1200
+    # The turns before `query` (user and assistant), for rewriting it into a search query.
+    history: list[ChatMessage] = Field(default_factory=list)
 
 
 class RetrieveReply(BaseModel):

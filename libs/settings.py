@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     # Memory and RAG: empty means Qdrant in process (qdrant-edge) under `home`.
     qdrant_url: str = ""
     memory_extraction_model: str = "smollm2-135m-instruct"
+    # Rewrite a follow-up into a standalone search query (rag.rewrite_query overrides);
+    # measured in bench/rag.py: services/memory/README.md has the numbers.
+    memory_rewrite_query: bool = True
+    # How long the model's rewrite may take before the fallback is searched (the runtime
+    # waits `memory_timeout_s` for the whole context pack).
+    memory_rewrite_timeout_s: float = 5.0
     memory_buffer_ttl_s: int = 86400
     # How long the runtime waits for the memory service's context pack.
     memory_timeout_s: float = 10.0

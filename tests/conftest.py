@@ -90,7 +90,13 @@ def wait_memory(plat: Platform, timeout: float = 120) -> None:
 @pytest.fixture(scope="session")
 def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """The whole platform: router, runtime, gateway and workers for every default pool."""
-    plat = _platform(services, tmp_path_factory.mktemp("platform"))
+    plat = _platform(
+        services,
+        tmp_path_factory.mktemp("platform"),
+        # A loaded test machine runs the small model slowly: query rewriting gets time.
+        ENCLAVE_MEMORY_REWRITE_TIMEOUT_S="60",
+        ENCLAVE_MEMORY_TIMEOUT_S="90",
+    )
     try:
         plat.start("router", "inference_router")
         plat.start("worker-instant", "worker", "instant")

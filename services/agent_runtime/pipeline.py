@@ -39,6 +39,9 @@ from libs.events import (
 from libs.guard_window import OutputWindow
 from libs.subjects import Subjects
 
+# Turns before the last user message sent along with a retrieval (for query rewriting).
+HISTORY_MESSAGES = 4
+
 
 class DeltaSource(Protocol):
     subject: str  # where the worker streams this turn's deltas
@@ -176,7 +179,14 @@ async def run_turn(
     cites: list[int] = []
     remember = _uses_memory(event)
     if _uses_rag(event) or remember:
-        query = next((m.content or "" for m in reversed(messages) if m.role == "user"), "")
+        asked = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+        query = messages[asked].content or "" if asked >= 0 else ""
+        # The turns before it, for the memory service to rewrite a follow-up.
+        history = [
+            ChatMessage(role=m.role, content=m.content)
+            for m in messages[max(0, asked - HISTORY_MESSAGES) : max(0, asked)]
+            if m.role in ("user", "assistant") and m.content
+        ]
         context = await ports.retrieve_context(
             RetrieveRequest(
                 ctx=ctx,
@@ -185,6 +195,7 @@ async def run_turn(
                 conversation_id=event.memory.conversation_id if event.memory else None,
                 rag=event.rag if _uses_rag(event) else None,
                 memories=remember,
+                history=history,
             )
         )
         if context.error is not None:

@@ -110,6 +110,8 @@ def build_app(settings: Settings) -> FastStream:
             RouterLLM(nc, subjects, settings.memory_extraction_model, settings.upstream_timeout_s),
             screen,
             record,
+            rewrite_query=settings.memory_rewrite_query,
+            rewrite_timeout_s=settings.memory_rewrite_timeout_s,
         )
 
         async def rag(msg: Msg) -> None:

@@ -23,7 +23,7 @@ from libs.events import (
     RetrieveReply,
     RetrieveRequest,
 )
-from services.memory import extraction, grounding
+from services.memory import extraction, grounding, rewrite
 from services.memory.adapters.mem0_memory import Memories
 from services.memory.adapters.redis_buffer import ConversationBuffer
 from services.memory.adapters.router_llm import RouterLLM
@@ -59,6 +59,8 @@ class MemoryService:
         llm: RouterLLM | None,
         screen: Screen | None = None,
         record: Record | None = None,
+        rewrite_query: bool = True,
+        rewrite_timeout_s: float = 5.0,
     ) -> None:
         self.rag = rag
         self.memories = memories
@@ -66,6 +68,9 @@ class MemoryService:
         self.llm = llm
         self.screen = screen
         self.record = record
+        # Whether RAG queries are rewritten when a request does not say.
+        self.rewrite_query = rewrite_query
+        self.rewrite_timeout_s = rewrite_timeout_s
 
     # -- gateway operations --
     async def upload(
@@ -194,6 +199,7 @@ class MemoryService:
         uid = memory_user(ctx.actor, ctx.role, req.user)
         chunks = []
         rag = req.rag is not None and req.rag.enabled
+        query = req.query
         try:
             if rag and req.rag is not None:
                 store = await self.rag.repo.store(ctx.tenant, req.rag.collection)
@@ -204,8 +210,10 @@ class MemoryService:
                         "not_found",
                         "rag.collection",
                     )
+                if self._rewrites(req):
+                    query = await self._rewritten(req, uid)
                 found = await self.rag.retrieve(
-                    ctx, [store.id], req.query, req.rag.top_k, req.rag.filters, req.user
+                    ctx, [store.id], query, req.rag.top_k, req.rag.filters, req.user
                 )
                 chunks = [(cit, text) for cit, text, _ in found]
             memories: list[MemoryItem] = []
@@ -258,6 +266,39 @@ class MemoryService:
                 for choice, s in judged
             ]
         )
+
+    def _rewrites(self, req: RetrieveRequest) -> bool:
+        asked = req.rag.rewrite_query if req.rag is not None else None
+        return self.llm is not None and (self.rewrite_query if asked is None else asked)
+
+    async def _rewritten(self, req: RetrieveRequest, uid: str) -> str:
+        """The query as a standalone search query, from the turns before it (the request's,
+        else the conversation buffer's). Without earlier turns the question is its own
+        context and no model is asked; without a usable rewrite, `rewrite.with_last_turn`."""
+        history = [(m.role, m.content or "") for m in req.history if m.content]
+        if not history and req.conversation_id:
+            recent = await self.buffer.recent(
+                req.ctx.tenant, uid, req.conversation_id, RECENT_BUDGET
+            )
+            history = [(m.role, m.content or "") for m in recent if m.content]
+        if not history or self.llm is None:
+            return req.query
+        fallback = rewrite.with_last_turn(req.query, history)
+        try:
+            raw = await asyncio.wait_for(
+                self.llm.complete(
+                    req.ctx,
+                    rewrite.messages_for(req.query, history),
+                    max_tokens=rewrite.MAX_TOKENS,
+                    stop=rewrite.STOP,
+                ),
+                self.rewrite_timeout_s,
+            )
+        except Exception:  # retrieval goes on without the model's rewrite
+            log.warning("query rewriting through the router failed", exc_info=True)
+            return fallback
+        query = rewrite.parse(raw, req.query, history)
+        return fallback if query == req.query else query
 
     # -- a finished turn --
     async def _screened(

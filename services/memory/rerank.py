@@ -5,9 +5,10 @@ ordered before the context pack. Pure; no I/O.
 package, and weights are never fetched from a hub). The default is `ScoreFusion`: each
 list's scores min-max normalised over the candidates and mixed. Rank fusion (RRF, what
 Qdrant's server-side fusion does, here `WeightedRRF`) throws the score gaps away, so a
-weak list's ranks drag the strong list's clear winner down; on bench/rag.py's labeled
-sets score fusion at 0.5 keeps recall@5 at 1.0 on both identifier and paraphrase
-questions, where equal-weight RRF had 0.67 and 0.90. `mmr` adds diversity.
+weak list's ranks drag the strong list's clear winner down. On bench/rag.py's labeled
+set (CIA World Factbook, 400 questions) score fusion at 0.5 has recall@5 0.985 and MRR
+0.841, equal-weight RRF 0.978 / 0.816, dense alone 0.930 / 0.777, BM25 alone
+0.885 / 0.700. `mmr` adds diversity.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 RRF_K = 60
-# Chosen on bench/rag.py: recall@5 1.0 on both of its sets, the best mean MRR short of
-# leaning on one list (0.4 is a hair better there, but that set is synthetic).
+# Chosen on bench/rag.py's Factbook set: the best recall@5 and MRR of 0.3, 0.5 and 0.7
+# (0.7 is better on paraphrases, 0.3 on questions that name the field).
 ALPHA = 0.5
 
 

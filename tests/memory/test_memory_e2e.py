@@ -368,3 +368,89 @@ async def test_data_changes_are_audited_without_content(platform: Platform) -> N
     assert seen[1]["attrs"]["vector_store_id"] == store_id
     assert all(e["tenant"] == "acme" and e["service"] == "memory" for e in seen)
     assert "audited" not in json.dumps(seen)
+
+
+ATLAS = {
+    "quorvania.md": b"""# Quorvania
+
+Quorvania is a small inland republic of about two million people, known for its lakes,
+its rye and its glassworks.
+
+Quorvania's seat of government is Velmora, a river port on the Sull.
+""",
+    "zephyria.md": b"""# Zephyria
+
+Zephyria is an island kingdom in the northern sea.
+
+What is its capital? Orlanth, a harbour on the east coast.
+""",
+}
+FOLLOWUP = [
+    {"role": "user", "content": "What is the population of Quorvania?"},
+    {"role": "assistant", "content": "About two million people."},
+    {"role": "user", "content": "And what is its capital?"},
+]
+
+
+async def test_chat_rewrites_a_follow_up_into_a_search_query(platform: Platform) -> None:
+    """Through the gateway, the runtime and the router: the memory service has the small
+    model (smollm2 on its llama.cpp worker) rewrite the follow-up with the turns before
+    it, and retrieval finds the country that "its" stands for."""
+    import nats
+
+    from libs.events import GenerateRequest, TurnEvent
+    from services.memory import rewrite
+
+    key = platform.create_key("rag-rewrite", "developer")
+    client = sdk(platform, key)
+    ids = [
+        client.files.create(file=(name, data), purpose="assistants").id
+        for name, data in ATLAS.items()
+    ]
+    vs = client.vector_stores.create(name="atlas", file_ids=ids)
+    prefix = platform.env["ENCLAVE_BUS_PREFIX"]
+    nc = await nats.connect(platform.env["ENCLAVE_NATS_URL"])
+    asked: list[GenerateRequest] = []
+    said: list[str] = []
+
+    async def on_generate(msg: Any) -> None:
+        req = GenerateRequest.model_validate_json(msg.data)
+        if req.messages and req.messages[0].content == rewrite.PROMPT:
+            asked.append(req)
+
+    async def on_delta(msg: Any) -> None:
+        if msg.subject.rsplit(".", 1)[-1].startswith("mem"):
+            ev = TurnEvent.model_validate_json(msg.data)
+            said.extend(d.content for d in ev.deltas if d.index == 0)
+
+    await nc.subscribe(f"{prefix}.inference.generate", cb=on_generate)
+    await nc.subscribe(f"{prefix}.inference.deltas.>", cb=on_delta)
+    await nc.flush()
+
+    async def first_cited(rewrite_query: bool) -> str:
+        async with httpx.AsyncClient(base_url=platform.base_url, timeout=120) as http:
+            r = await http.post(
+                "/v1/chat/completions",
+                headers=auth(key),
+                json={
+                    "model": "enclave-instant",
+                    "messages": FOLLOWUP,
+                    "rag": {"collection": vs.id, "top_k": 1, "rewrite_query": rewrite_query},
+                },
+            )
+        assert r.status_code == 200, r.text
+        return str(r.json()["citations"][0]["filename"])
+
+    try:
+        # As asked, "its capital" matches the other country's text best; no model asked.
+        assert await first_cited(False) == "zephyria.md"
+        assert asked == []
+        assert await first_cited(True) == "quorvania.md"
+        await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    # The model was asked with the conversation, and its rewrite named the country.
+    assert len(asked) == 1 and asked[0].model == "smollm2-135m-instruct"
+    assert "Quorvania" in asked[0].messages[-1].content  # type: ignore[operator]
+    rewritten = "".join(said)
+    assert "Quorvania" in rewritten and "capital" in rewritten, rewritten

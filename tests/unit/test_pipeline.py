@@ -56,6 +56,7 @@ class FakePorts:
         self.checks: list[GuardrailCheck] = []
         self.screen_output = True
         self.requests: list[GenerateRequest] = []
+        self.retrieved: list[RetrieveRequest] = []
 
     async def open_deltas(self, request_id: str) -> FakeSource:
         return self.source
@@ -74,6 +75,10 @@ class FakePorts:
 
     async def ground(self, request: GroundRequest) -> GroundReply:
         raise AssertionError("no grounding check was asked for")
+
+    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
+        self.retrieved.append(request)
+        return RetrieveReply(context="ctx")
 
     async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
         # A guardrail that lets everything pass unchanged.
@@ -205,3 +210,21 @@ async def test_a_models_rag_default_applies_unless_the_request_says_rag() -> Non
     await run_turn(opted_out, ports, Subjects("p"), 1.0, "rt1")
     assert not any(e.citations for _, e in ports.emitted)
     assert ports.requests[0].messages == EVENT.messages
+
+
+async def test_retrieval_gets_the_last_user_message_and_the_turns_before_it() -> None:
+    said = [
+        ChatMessage(role="system", content="Be brief."),
+        *[
+            ChatMessage(role="user" if i % 2 == 0 else "assistant", content=f"turn {i}")
+            for i in range(6)
+        ],
+        ChatMessage(role="user", content="And what is its capital?"),
+    ]
+    event = EVENT.model_copy(update={"messages": said, "rag": RagOptions(collection="kb")})
+    ports = FakePorts(GenerateAccepted(accepted=True, worker="w1"), [TurnEvent(done=True)])
+    await run_turn(event, ports, Subjects("p"), 1.0, "rt1")
+    (req,) = ports.retrieved
+    assert req.query == "And what is its capital?"
+    # The turns before it, for query rewriting: the last few, no system message.
+    assert [m.content for m in req.history] == ["turn 2", "turn 3", "turn 4", "turn 5"]

@@ -1,4 +1,5 @@
-"""The platform's own inference router as the LLM for memory extraction (over NATS)."""
+"""The platform's own inference router as the LLM for memory extraction and query
+rewriting (over NATS)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class RouterLLM:
         messages: list[dict[str, str]],
         response_format: dict[str, object] | None = None,
         max_tokens: int = 200,
+        stop: list[str] | None = None,
     ) -> str:
         deltas = self.subjects.inference_deltas(ctx.request_id, "mem" + secrets.token_hex(3))
         queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -41,7 +43,10 @@ class RouterLLM:
                 model=self.model,
                 messages=[ChatMessage(role=m["role"], content=m["content"]) for m in messages],
                 params=GenerationParams(
-                    temperature=0.0, max_tokens=max_tokens, response_format=response_format
+                    temperature=0.0,
+                    max_tokens=max_tokens,
+                    stop=stop or [],
+                    response_format=response_format,
                 ),
                 deltas_subject=deltas,
             )
