@@ -133,7 +133,7 @@ def main() -> None:
 
             # Warm-up: connections, caches and consumers settle.
             asyncio.run(through("enclave-instant", 2, requests=200))
-            instant_1 = asyncio.run(through("enclave-instant", 1, requests=max(REQUESTS, 500)))
+            instant_1 = asyncio.run(through("enclave-instant", 1, requests=max(REQUESTS, 2000)))
             instant_10 = asyncio.run(through("enclave-instant", 10, seconds=8.0))
             set_global_policy(plat, None)
             asyncio.run(through("enclave-instant", 1, requests=20))
