@@ -287,3 +287,16 @@ def parse(raw: str, user_texts: list[str]) -> list[tuple[str, str]]:
         if not any(_covers(text, other) for _, other in facts):
             facts.append((kind, text))
     return facts[:MAX_FALLBACK]
+
+
+def new_facts(facts: list[tuple[str, str]], stored: list[str]) -> list[tuple[str, str]]:
+    """The facts not already remembered: the same content words, whatever their case,
+    punctuation or order, are the same fact (a user who says it again keeps one memory)."""
+    seen = {frozenset(_words(text)) for text in stored}
+    out = []
+    for kind, text in facts:
+        key = frozenset(_words(text))
+        if key and key not in seen:
+            seen.add(key)
+            out.append((kind, text))
+    return out

@@ -345,12 +345,8 @@ class MemoryService:
                 log.warning("memory extraction through the router failed", exc_info=True)
         facts = extraction.parse(raw, said)
         ids: list[str] = []
-        existing = {
-            m.get("memory") for m in await asyncio.to_thread(self.memories.all, ctx.tenant, uid)
-        }
-        for kind, text in facts:
-            if text in existing:
-                continue
+        stored = await asyncio.to_thread(self.memories.all, ctx.tenant, uid)
+        for kind, text in extraction.new_facts(facts, [m.get("memory") or "" for m in stored]):
             ids += await asyncio.to_thread(
                 self.memories.add, ctx.tenant, uid, kind, text, event.conversation_id or ""
             )

@@ -142,3 +142,15 @@ def test_fallback_scores_on_the_labeled_set() -> None:
         part = [i for i in ITEMS.values() if i["split"] == split]
         score = bench.score(part, {}, bench.SYSTEMS["fallback only"])
         assert score.f1 >= 0.9 and score.false_memory == 0.0, split
+
+
+def test_a_fact_said_again_is_not_remembered_twice() -> None:
+    facts = [
+        ("user", "I live in Lisbon."),
+        ("user", "i live in lisbon"),
+        ("project", "The launch is on May 3."),
+    ]
+    assert extraction.new_facts(facts, ["I LIVE IN LISBON!"]) == [
+        ("project", "The launch is on May 3.")
+    ]
+    assert extraction.new_facts(facts, []) == [facts[0], facts[2]]
