@@ -84,6 +84,39 @@ class Screener:
             return names.placeholder(entity, value)
         return f"<{entity}>"
 
+    def _rewrite(
+        self,
+        text: str,
+        found: list[tuple[Span, str]],
+        tenant: str,
+        names: Pseudonyms,
+        message: int = 0,
+    ) -> tuple[str, list[GuardrailEntity]]:
+        """The text with each span replaced as its action says, and the entities found.
+        Of overlapping spans the one that starts first (the longer, on a tie) wins."""
+        entities: list[GuardrailEntity] = []
+        out: list[str] = []
+        pos = 0
+        for s, action in sorted(found, key=lambda f: (f[0].start, -(f[0].end - f[0].start))):
+            if s.start < pos:
+                continue
+            repl = self._replacement(action, s.type, text[s.start : s.end], tenant, names)
+            entities.append(
+                GuardrailEntity(
+                    type=s.type,
+                    start=s.start,
+                    end=s.end,
+                    score=round(s.score, 4),
+                    message=message,
+                    action=action,
+                    replacement="" if action == "allow" else repl,
+                )
+            )
+            out.append(text[pos : s.start] + repl)
+            pos = s.end
+        out.append(text[pos:])
+        return "".join(out), entities
+
     def _pii_spans(self, text: str, policy: EffectivePolicy) -> list[Span]:
         if not policy.pii_enabled:
             return []
@@ -128,31 +161,14 @@ class Screener:
         rule: str | None = None
         for i, msg in enumerate(check.messages):
             text = msg.content or ""
-            spans = self._pii_spans(text, policy)
-            out: list[str] = []
-            pos = 0
-            for s in spans:
-                action = policy.input_action(s.type)
-                value = text[s.start : s.end]
-                repl = self._replacement(action, s.type, value, tenant, names)
-                entities.append(
-                    GuardrailEntity(
-                        type=s.type,
-                        start=s.start,
-                        end=s.end,
-                        score=round(s.score, 4),
-                        message=i,
-                        action=action,
-                        replacement="" if action == "allow" else repl,
-                    )
-                )
-                if action == "block" and rule is None:
-                    rule = f"pii.entities.{s.type}"
-                    reasons.append(f"pii: {s.type} is blocked by policy")
-                out.append(text[pos : s.start] + repl)
-                pos = s.end
-            out.append(text[pos:])
-            texts.append("".join(out))
+            found = [(s, policy.input_action(s.type)) for s in self._pii_spans(text, policy)]
+            rewritten, seen = self._rewrite(text, found, tenant, names, message=i)
+            for e in seen:
+                if e.action == "block" and rule is None:
+                    rule = f"pii.entities.{e.type}"
+                    reasons.append(f"pii: {e.type} is blocked by policy")
+            entities += seen
+            texts.append(rewritten)
             screened = (check.direction == "context" and policy.screen_context) or (
                 check.direction == "input"
                 and (
@@ -213,33 +229,15 @@ class Screener:
                 if action != "allow":
                     # The user cannot be handed back a value the model made up.
                     found.append((s, "redact" if action == "pseudonymise" else action))
-        found.sort(key=lambda f: (f[0].start, -(f[0].end - f[0].start)))
-        entities: list[GuardrailEntity] = []
+        rewritten, entities = self._rewrite(text, found, tenant, names)
         reasons: list[str] = []
         rule: str | None = None
-        out: list[str] = []
-        pos = 0
-        for s, action in found:
-            if s.start < pos:
-                continue
-            repl = self._replacement(action, s.type, text[s.start : s.end], tenant, names)
-            entities.append(
-                GuardrailEntity(
-                    type=s.type,
-                    start=s.start,
-                    end=s.end,
-                    score=round(s.score, 4),
-                    action=action,
-                    replacement=repl,
-                )
-            )
-            if action == "block" and rule is None:
-                secret = s.type not in policy.output_entities
-                rule = "secrets.action" if secret else f"output.entities.{s.type}"
-                reasons.append(f"output: {s.type} is blocked by policy")
-            out.append(text[pos : s.start] + repl)
-            pos = s.end
-        out.append(text[pos:])
+        for e in entities:
+            if e.action == "block":
+                secret = e.type not in policy.output_entities
+                rule = "secrets.action" if secret else f"output.entities.{e.type}"
+                reasons.append(f"output: {e.type} is blocked by policy")
+                break
         for p in policy.denied_patterns:
             if re.search(p, text, re.IGNORECASE):
                 rule = rule or "output.denied_patterns"
@@ -247,7 +245,7 @@ class Screener:
                 break
         return GuardrailVerdict(
             allowed=rule is None,
-            texts=["".join(out)],
+            texts=[rewritten],
             entities=entities,
             reasons=reasons,
             rule=rule,
