@@ -292,10 +292,14 @@ async def test_a_policy_that_checks_no_input_takes_the_guardrails_off_the_path_u
         # Within the passthrough window the runtime does not ask: 10 turns, at most one
         # input verdict (the one that grants the next window).
         before = len(_input_verdicts(verdicts))
+        started = time.monotonic()
         for _ in range(10):
             assert await passes()
+        # One grant per passthrough window (1 s), one more if the announcement of the
+        # change came after the first grant; asking every time would be 10.
+        windows = int(time.monotonic() - started) + 1
         await asyncio.sleep(0.3)
-        assert len(_input_verdicts(verdicts)) - before <= 2
+        assert len(_input_verdicts(verdicts)) - before <= windows + 1 < 10
         granted = [e for e in _input_verdicts(verdicts) if "passthrough_ms" in e.attrs]
         assert granted, "the verdict that lets input through unasked is in the audit chain"
         # No output screening either: the worker streams straight to the gateway, and the
