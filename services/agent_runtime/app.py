@@ -13,6 +13,7 @@ import os
 import secrets
 import socket
 import time
+from typing import Literal
 
 from faststream import FastStream
 from nats.aio.client import Client as NatsClient
@@ -117,13 +118,15 @@ class NatsTurnPorts:
         self.sources[key] = source
         return source
 
-    async def route(self, ctx: RequestContext, model: str, kind: str) -> RouteReply:
+    async def route(
+        self, ctx: RequestContext, model: str, kind: Literal["chat", "completion"]
+    ) -> RouteReply:
         """The router's answer for (tenant, model, kind), reused for `route_cache_s`."""
         key = (ctx.tenant, model, kind)
         cached = self.routes.get(key)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        ask = RouteRequest(ctx=ctx, model=model, kind=kind)  # type: ignore[arg-type]
+        ask = RouteRequest(ctx=ctx, model=model, kind=kind)
         try:
             msg = await self.nc.request(
                 self.subjects.inference_route,
