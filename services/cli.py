@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 
 from libs.settings import Settings, load_settings
@@ -113,11 +117,12 @@ def up(settings: Settings, only: Sequence[str]) -> int:
             cmd += ["--pool", pool]
         procs.append((name, subprocess.Popen(cmd)))
         print(f"started {name} (pid {procs[-1][1].pid})", flush=True)
-    print(
-        f"Enclave is starting: gateway on http://{settings.gateway_host}:{settings.gateway_port}"
-        " — Ctrl-C stops it.",
-        flush=True,
-    )
+    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    print(f"Enclave is starting: gateway on {base} — Ctrl-C stops it.", flush=True)
+    if not only:
+        threading.Thread(
+            target=_announce_ready, args=(base, key_file.read_text().strip()), daemon=True
+        ).start()
     stopping = False
 
     def stop(*_: object) -> None:
@@ -145,6 +150,35 @@ def up(settings: Settings, only: Sequence[str]) -> int:
             proc.kill()
     print("Enclave stopped.", flush=True)
     return code
+
+
+READY_MODEL = "smollm2-135m-instruct"
+READY_WAIT_S = 600.0
+
+
+def _announce_ready(base: str, key: str) -> None:
+    """Say when a chat first goes through every stage (gateway, runtime, guardrails,
+    router, worker): before that, requests may get 503s while models load."""
+    started = time.monotonic()
+    body = json.dumps(
+        {"model": READY_MODEL, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    ).encode()
+    while time.monotonic() - started < READY_WAIT_S:
+        request = urllib.request.Request(
+            f"{base}/v1/chat/completions",
+            data=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                if response.status == 200:
+                    took = time.monotonic() - started
+                    print(f"Enclave is ready ({took:.0f} s): {base}", flush=True)
+                    return
+        except (OSError, urllib.error.URLError):
+            pass  # not up yet, or a stage still loading (503)
+        time.sleep(1.0)
+    print(f"Enclave did not answer a chat within {READY_WAIT_S:.0f} s", flush=True)
 
 
 async def _create_key(
