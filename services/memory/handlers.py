@@ -12,6 +12,7 @@ from libs.audit import digest
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import (
+    ChatMessage,
     GroundedSentence,
     GroundReply,
     GroundRequest,
@@ -198,10 +199,23 @@ class MemoryService:
         ctx = req.ctx
         uid = memory_user(ctx.actor, ctx.role, req.user)
         chunks = []
-        rag = req.rag is not None and req.rag.enabled
         query = req.query
+        earlier: list[ChatMessage] | None = None
+
+        async def conversation() -> list[ChatMessage]:
+            """The conversation buffer's recent turns, read once for this request."""
+            nonlocal earlier
+            if earlier is None:
+                earlier = (
+                    await self.buffer.recent(ctx.tenant, uid, req.conversation_id, RECENT_BUDGET)
+                    if req.conversation_id
+                    else []
+                )
+            return earlier
+
+        rag = req.rag is not None and req.rag.enabled
         try:
-            if rag and req.rag is not None:
+            if req.rag is not None and req.rag.enabled:
                 store = await self.rag.repo.store(ctx.tenant, req.rag.collection)
                 if store is None:
                     raise EnclaveError(
@@ -211,7 +225,7 @@ class MemoryService:
                         "rag.collection",
                     )
                 if self._rewrites(req):
-                    query = await self._rewritten(req, uid)
+                    query = await self._rewritten(req, conversation)
                 found = await self.rag.retrieve(
                     ctx, [store.id], query, req.rag.top_k, req.rag.filters, req.user
                 )
@@ -231,10 +245,7 @@ class MemoryService:
                     )
                     for h in hits
                 ]
-                if req.conversation_id:
-                    recent = await self.buffer.recent(
-                        ctx.tenant, uid, req.conversation_id, RECENT_BUDGET
-                    )
+                recent = await conversation()
             if self.screen is not None and (chunks or memories):
                 chunks, memories = await self._screened(ctx, chunks, memories)
         except EnclaveError as exc:
@@ -271,16 +282,15 @@ class MemoryService:
         asked = req.rag.rewrite_query if req.rag is not None else None
         return self.llm is not None and (self.rewrite_query if asked is None else asked)
 
-    async def _rewritten(self, req: RetrieveRequest, uid: str) -> str:
+    async def _rewritten(
+        self, req: RetrieveRequest, conversation: Callable[[], Awaitable[list[ChatMessage]]]
+    ) -> str:
         """The query as a standalone search query, from the turns before it (the request's,
         else the conversation buffer's). Without earlier turns the question is its own
         context and no model is asked; without a usable rewrite, `rewrite.with_last_turn`."""
         history = [(m.role, m.content or "") for m in req.history if m.content]
-        if not history and req.conversation_id:
-            recent = await self.buffer.recent(
-                req.ctx.tenant, uid, req.conversation_id, RECENT_BUDGET
-            )
-            history = [(m.role, m.content or "") for m in recent if m.content]
+        if not history:
+            history = [(m.role, m.content or "") for m in await conversation() if m.content]
         if not history or self.llm is None:
             return req.query
         fallback = rewrite.with_last_turn(req.query, history)
@@ -325,14 +335,13 @@ class MemoryService:
     async def store(self, event: MemoryStoreRequested) -> list[str]:
         ctx = event.ctx
         uid = memory_user(ctx.actor, ctx.role, event.user)
+        last_user = [m for m in event.messages if m.role == "user"][-1:]
         if event.conversation_id:
-            turn = [m for m in event.messages if m.role == "user"][-1:]
+            turn = list(last_user)
             if event.answer:
-                from libs.events import ChatMessage
-
                 turn.append(ChatMessage(role="assistant", content=event.answer))
             await self.buffer.append(ctx.tenant, uid, event.conversation_id, turn)
-        said = [m.content or "" for m in event.messages if m.role == "user"][-1:]
+        said = [m.content or "" for m in last_user]
         if not any(s.strip() for s in said):
             return []
         raw = ""
@@ -344,6 +353,8 @@ class MemoryService:
             except Exception:  # extraction must not lose the turn: fall back below
                 log.warning("memory extraction through the router failed", exc_info=True)
         facts = extraction.parse(raw, said)
+        if not facts:
+            return []
         ids: list[str] = []
         stored = await asyncio.to_thread(self.memories.all, ctx.tenant, uid)
         for kind, text in extraction.new_facts(facts, [m.get("memory") or "" for m in stored]):

@@ -20,12 +20,11 @@ from libs.errors import EnclaveError
 from libs.events import Citation
 from services.memory import rerank
 from services.memory.adapters.embedder import Embedder
-from services.memory.adapters.parsers import UnsupportedFormat, parse
+from services.memory.adapters.parsers import parse
 from services.memory.adapters.sql_rag import RagRepository
 from services.memory.chunking import (
     CHUNK_WORDS,
     OVERLAP_WORDS,
-    approx_tokens,
     chunk_pages,
     drop_near_duplicates,
 )
@@ -236,7 +235,7 @@ class Rag:
         member = await self.repo.add_member(ctx.tenant, vs.id, file_id, attributes)
         try:
             count = await self._ingest(ctx.tenant, vs.id, stored, attributes)
-        except (UnsupportedFormat, Exception) as exc:  # a bad file fails, the store lives on
+        except Exception as exc:  # a bad file (UnsupportedFormat too) fails, the store lives on
             member = await self.repo.set_status(member, "failed", 0, 0, str(exc)[:2000])
         else:
             member = await self.repo.set_status(member, "completed", count, stored.bytes, None)
@@ -401,7 +400,3 @@ class Rag:
 
     async def _vec(self, fn: Any, tenant: str) -> None:
         await asyncio.to_thread(fn, self.stores.scope(tenant))
-
-    @staticmethod
-    def tokens(text: str) -> int:
-        return approx_tokens(text)

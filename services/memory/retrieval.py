@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from libs.events import ChatMessage, Citation, MemoryItem
-from services.memory.chunking import approx_tokens, drop_near_duplicates
+from services.memory.chunking import approx_tokens
 from services.memory.vectors import Cond
 
 RRF_K = 60
@@ -83,10 +83,6 @@ def rrf(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> list[tuple[str, fl
         for rank, key in enumerate(ranking):
             scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank + 1)
     return sorted(scores.items(), key=lambda kv: -kv[1])
-
-
-def dedupe_hits(texts: list[str], limit: int) -> list[int]:
-    return drop_near_duplicates(texts)[:limit]
 
 
 def citation(index: int, payload: dict[str, Any], score: float, chunk_id: str) -> Citation:

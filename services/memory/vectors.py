@@ -201,7 +201,6 @@ class TenantStores:
 
     def __init__(self, backend: VectorBackend, specs: Sequence[CollectionSpec]) -> None:
         self.backend = backend
-        self.specs = {s.name: s for s in specs}
         for spec in specs:
             backend.ensure(spec)
 

@@ -95,18 +95,21 @@ async def test_the_model_is_asked_only_when_rewriting_is_on_and_there_are_turns(
     assert svc._rewrites(_req(True, HISTORY))
     on = MemoryService(None, None, None, llm, rewrite_query=True)  # type: ignore[arg-type]
     assert on._rewrites(_req(None, HISTORY)) and not on._rewrites(_req(False, HISTORY))
-    assert await svc._rewritten(_req(True, HISTORY), "k:k") == llm.answer
+    assert await svc._rewritten(_req(True, HISTORY), _no_buffered_turns) == llm.answer
     assert llm.calls[0][-1]["content"].startswith("Conversation: user: What type")
     # No earlier turn: the question stands alone, no model is asked.
-    assert await svc._rewritten(_req(True, []), "k:k") == FOLLOWUP
+    assert await svc._rewritten(_req(True, []), _no_buffered_turns) == FOLLOWUP
     assert len(llm.calls) == 1
     # A model that answers instead of rewriting: the previous user turn in front of a
     # question that points back, any other question as asked.
     bad = MemoryService(None, None, None, FakeLLM("It is Catholic."))  # type: ignore[arg-type]
     assert bad._rewrites(_req(None, HISTORY))  # on by default
-    assert await bad._rewritten(_req(True, HISTORY), "k:k") == f"{HISTORY[0][1]} {FOLLOWUP}"
+    assert (
+        await bad._rewritten(_req(True, HISTORY), _no_buffered_turns)
+        == f"{HISTORY[0][1]} {FOLLOWUP}"
+    )
     plain = _req(True, HISTORY).model_copy(update={"query": "What is the capital of Peru?"})
-    assert await bad._rewritten(plain, "k:k") == "What is the capital of Peru?"
+    assert await bad._rewritten(plain, _no_buffered_turns) == "What is the capital of Peru?"
 
 
 def test_without_a_rewrite_a_question_that_points_back_gets_the_last_user_turn() -> None:
@@ -120,3 +123,7 @@ def test_without_a_rewrite_a_question_that_points_back_gets_the_last_user_turn()
         "What is the capital of Peru?"
     )
     assert rewrite.with_last_turn(FOLLOWUP, [("assistant", "Hello.")]) == FOLLOWUP
+
+
+async def _no_buffered_turns() -> list[ChatMessage]:
+    return []

@@ -177,11 +177,6 @@ class EdgeBackend:
         with self.lock:
             self.shards[collection].update(q.UpdateOperation.delete_points_by_filter(flt))
 
-    def optimize(self) -> None:
-        with self.lock:
-            for shard in self.shards.values():
-                shard.optimize()
-
     def close(self) -> None:
         with self.lock:
             for shard in self.shards.values():

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.context import new_request_id
 from libs.db.engine import sessions
 from libs.db.models import StoredFile, VectorStore, VectorStoreFile
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
 
 
 class RagRepository:
@@ -27,7 +23,7 @@ class RagRepository:
         self, tenant: str, owner: str, filename: str, purpose: str, data: bytes
     ) -> StoredFile:
         row = StoredFile(
-            id=new_id("file"),
+            id=new_request_id("file"),
             tenant=tenant,
             owner=owner,
             filename=filename,
@@ -56,20 +52,9 @@ class RagRepository:
             )
             return (await s.execute(q)).scalars().all()
 
-    async def delete_file(self, tenant: str, file_id: str) -> list[str]:
-        """Delete the file and its memberships; the vector stores it was in."""
+    async def delete_file(self, tenant: str, file_id: str) -> None:
+        """Delete the file and its memberships."""
         async with self.session() as s, s.begin():
-            stores = (
-                (
-                    await s.execute(
-                        select(VectorStoreFile.vector_store_id).where(
-                            VectorStoreFile.tenant == tenant, VectorStoreFile.file_id == file_id
-                        )
-                    )
-                )
-                .scalars()
-                .all()
-            )
             await s.execute(
                 delete(VectorStoreFile).where(
                     VectorStoreFile.tenant == tenant, VectorStoreFile.file_id == file_id
@@ -78,11 +63,10 @@ class RagRepository:
             await s.execute(
                 delete(StoredFile).where(StoredFile.tenant == tenant, StoredFile.id == file_id)
             )
-        return list(stores)
 
     # -- vector stores --
     async def add_store(self, tenant: str, name: str, meta: dict[str, Any]) -> VectorStore:
-        row = VectorStore(id=new_id("vs"), tenant=tenant, name=name, meta=meta)
+        row = VectorStore(id=new_request_id("vs"), tenant=tenant, name=name, meta=meta)
         async with self.session() as s, s.begin():
             s.add(row)
         return row
