@@ -13,7 +13,7 @@ import os
 import secrets
 import socket
 import time
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from faststream import FastStream
 from nats.aio.client import Client as NatsClient
@@ -35,7 +35,6 @@ from libs.events import (
     GuardrailCheck,
     GuardrailVerdict,
     MemoryStoreRequested,
-    RagOptions,
     RetrieveReply,
     RetrieveRequest,
     RouteReply,
@@ -55,7 +54,9 @@ INTERNAL = ErrorInfo(
 ROUTER_DOWN = ErrorInfo(status=503, message="The inference router is not available.")
 # Beyond the router's own wait for a worker: its registry lookup may touch SQL.
 ROUTER_MARGIN_S = 3.0
-ROUTER_DOWN_MEMO_S = 1.0
+MEMORY_DOWN = ErrorInfo(status=503, message="The memory service is not available.")
+# A reply model of the memory service: each carries an `error`.
+Reply = TypeVar("Reply", RetrieveReply, GroundReply)
 
 
 class NatsDeltaSource:
@@ -135,20 +136,17 @@ class NatsTurnPorts:
                 headers=ctx.headers(),
             )
         except Exception:
-            # Remembered briefly: the turn asks twice (its model's RAG default, then its
-            # pool) and must not wait out the timeout twice.
-            down = RouteReply(error=ROUTER_DOWN)
-            self.routes[key] = (down, time.monotonic() + ROUTER_DOWN_MEMO_S)
-            return down
+            return RouteReply(error=ROUTER_DOWN)
         reply = RouteReply.model_validate_json(msg.data)
         if reply.error is None:
             self.routes[key] = (reply, time.monotonic() + self.route_cache_s)
         return reply
 
-    async def request_generation(self, request: GenerateRequest) -> GenerateAccepted:
+    async def request_generation(
+        self, request: GenerateRequest, route: RouteReply
+    ) -> GenerateAccepted:
         # The router decides the pool; the runtime hands the request to the pool itself,
         # so the router is not a hop of every request (bench/gateway.py).
-        route = await self.route(request.ctx, request.model, request.kind)
         if route.error is not None or route.pool is None:
             return GenerateAccepted(accepted=False, error=route.error or ROUTER_DOWN)
         request.pool, request.adapter, request.timeout_s = (
@@ -172,19 +170,21 @@ class NatsTurnPorts:
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         await self.nc.publish(subject, data, headers=headers)
 
-    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
+    async def _ask_memory(self, subject: str, request: Any, reply: type[Reply]) -> Reply:
+        """The memory service's answer, or an error reply when it does not answer."""
         try:
             msg = await self.nc.request(
-                self.subjects.memory_retrieve,
+                subject,
                 event_bytes(request),
                 timeout=self.memory_timeout_s,
                 headers=request.ctx.headers(),
             )
         except Exception:
-            return RetrieveReply(
-                error=ErrorInfo(status=503, message="The memory service is not available.")
-            )
-        return RetrieveReply.model_validate_json(msg.data)
+            return reply(error=MEMORY_DOWN)
+        return reply.model_validate_json(msg.data)
+
+    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
+        return await self._ask_memory(self.subjects.memory_retrieve, request, RetrieveReply)
 
     async def store_memory(self, event: MemoryStoreRequested) -> None:
         # JetStream: the turn is remembered even if the memory service is down right now.
@@ -195,23 +195,8 @@ class NatsTurnPorts:
         except Exception:  # the answer is delivered; a lost memory must not redo the turn
             log.warning("memory.store publish failed for %s", event.ctx.request_id)
 
-    async def default_rag(self, ctx: RequestContext, model: str) -> RagOptions | None:
-        # An unknown model has no default; generation reports it.
-        return (await self.route(ctx, model, "chat")).rag
-
     async def ground(self, request: GroundRequest) -> GroundReply:
-        try:
-            msg = await self.nc.request(
-                self.subjects.memory_ground,
-                event_bytes(request),
-                timeout=self.memory_timeout_s,
-                headers=request.ctx.headers(),
-            )
-        except Exception:
-            return GroundReply(
-                error=ErrorInfo(status=503, message="The memory service is not available.")
-            )
-        return GroundReply.model_validate_json(msg.data)
+        return await self._ask_memory(self.subjects.memory_ground, request, GroundReply)
 
     async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
         # Fail closed: without a verdict nothing goes to a model or to the client.

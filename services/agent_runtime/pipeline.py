@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 from libs.context import RUNTIME_HEADER, WORKER_HEADER, RequestContext
 from libs.errors import ErrorInfo, upstream_timeout
@@ -30,9 +30,9 @@ from libs.events import (
     GuardrailEntity,
     GuardrailVerdict,
     MemoryStoreRequested,
-    RagOptions,
     RetrieveReply,
     RetrieveRequest,
+    RouteReply,
     TurnEvent,
     Usage,
 )
@@ -57,7 +57,15 @@ class DeltaSource(Protocol):
 class TurnPorts(Protocol):
     async def open_deltas(self, request_id: str) -> DeltaSource: ...
 
-    async def request_generation(self, request: GenerateRequest) -> GenerateAccepted: ...
+    async def route(
+        self, ctx: RequestContext, model: str, kind: Literal["chat", "completion"]
+    ) -> RouteReply:
+        """The router's answer for the model: its pool, and its retrieval default if any."""
+        ...
+
+    async def request_generation(
+        self, request: GenerateRequest, route: RouteReply
+    ) -> GenerateAccepted: ...
 
     async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None: ...
 
@@ -68,10 +76,6 @@ class TurnPorts(Protocol):
     async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply: ...
 
     async def store_memory(self, event: MemoryStoreRequested) -> None: ...
-
-    async def default_rag(self, ctx: RequestContext, model: str) -> RagOptions | None:
-        """The model's retrieval default from the registry, if it has one."""
-        ...
 
     async def ground(self, request: GroundRequest) -> GroundReply: ...
 
@@ -164,12 +168,11 @@ async def run_turn(
         ]
         return await send(TurnEvent(deltas=filtered, usage=Usage(), done=True))
     event = _guarded(event, verdict)
-    if event.kind == "chat" and event.rag is None:
+    route = await ports.route(ctx, event.model, event.kind)
+    if event.kind == "chat" and event.rag is None and route.rag is not None:
         # A chat that does not say `rag` gets its model's default (`rag: {enabled: false}`
         # opts out).
-        default = await ports.default_rag(ctx, event.model)
-        if default is not None:
-            event = event.model_copy(update={"rag": default})
+        event = event.model_copy(update={"rag": route.rag})
 
     messages = event.messages
     grounding = _checks_grounding(event)
@@ -226,7 +229,8 @@ async def run_turn(
                 deltas_subject=source.subject,
                 client_subject=out if direct else None,
                 client_headers={**headers, RUNTIME_HEADER: runtime_id} if direct else {},
-            )
+            ),
+            route,
         )
     )
     try:
@@ -250,35 +254,40 @@ async def run_turn(
         else:
             data = pending.result()
         answer: list[str] = []
+        relay_headers: dict[str, str] = {}
         while True:
             if data is None:
                 return await fail(upstream_timeout(f"no token from {event.model} in {timeout}s"))
-            relay_headers = {**headers, RUNTIME_HEADER: runtime_id, WORKER_HEADER: source.worker}
+            if not relay_headers:  # the worker is known from its first message on
+                relay_headers = {
+                    **headers,
+                    RUNTIME_HEADER: runtime_id,
+                    WORKER_HEADER: source.worker,
+                }
             done = b'"done":true' in data
-            parse = window or remember or grounding
-            ev = TurnEvent.model_validate_json(data) if parse else None
-            if ev is not None and remember:
-                answer.extend(d.content for d in ev.deltas if d.index == 0)
-            if window is None or ev is None:
-                # No output screening under this policy: relay the bytes as they are.
-                if grounding and ev is not None:
-                    _note(seen, ev.deltas)
-                    if done and ev.error is None:
-                        await _send_grounding(ports, ctx, seen, chunks, cites, send)
-                if not direct:
-                    await ports.emit_raw(out, data, relay_headers)
+            if direct:
                 last = data
             else:
-                released = await _screen_output(ports, subjects, ctx, window, ev)
-                if isinstance(released, ErrorInfo):
-                    return await fail(released)
+                ev = TurnEvent.model_validate_json(data)
+                if remember:
+                    answer.extend(d.content for d in ev.deltas if d.index == 0)
+                shown = ev.deltas
+                if window is not None:
+                    released = await _screen_output(ports, subjects, ctx, window, ev)
+                    if isinstance(released, ErrorInfo):
+                        return await fail(released)
+                    shown = released
                 if grounding:
-                    _note(seen, released)
+                    _note(seen, shown)
                     if done and ev.error is None:
                         await _send_grounding(ports, ctx, seen, chunks, cites, send)
-                if released or ev.done or ev.error or ev.usage:
+                if window is None:
+                    # No output screening under this policy: relay the bytes as they are.
+                    await ports.emit_raw(out, data, relay_headers)
+                    last = data
+                elif shown or ev.done or ev.error or ev.usage:
                     last = await send(
-                        TurnEvent(deltas=released, usage=ev.usage, error=ev.error, done=ev.done),
+                        TurnEvent(deltas=shown, usage=ev.usage, error=ev.error, done=ev.done),
                         relay_headers,
                     )
             if done:

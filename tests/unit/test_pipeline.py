@@ -21,6 +21,7 @@ from libs.events import (
     RagOptions,
     RetrieveReply,
     RetrieveRequest,
+    RouteReply,
     TurnEvent,
 )
 from libs.subjects import Subjects
@@ -61,7 +62,9 @@ class FakePorts:
     async def open_deltas(self, request_id: str) -> FakeSource:
         return self.source
 
-    async def request_generation(self, request: GenerateRequest) -> GenerateAccepted:
+    async def request_generation(
+        self, request: GenerateRequest, route: RouteReply
+    ) -> GenerateAccepted:
         self.requests.append(request)
         return self.accepted
 
@@ -70,8 +73,8 @@ class FakePorts:
         self.headers.append(headers)
         self.emitted.append((subject, TurnEvent.model_validate_json(data)))
 
-    async def default_rag(self, ctx: RequestContext, model: str) -> RagOptions | None:
-        return None
+    async def route(self, ctx: RequestContext, model: str, kind: str) -> RouteReply:
+        return RouteReply(pool="p")
 
     async def ground(self, request: GroundRequest) -> GroundReply:
         raise AssertionError("no grounding check was asked for")
@@ -163,8 +166,8 @@ class RagPorts(FakePorts):
         self.default = default
         self.grounded: list[GroundRequest] = []
 
-    async def default_rag(self, ctx: RequestContext, model: str) -> RagOptions | None:
-        return self.default
+    async def route(self, ctx: RequestContext, model: str, kind: str) -> RouteReply:
+        return RouteReply(pool="p", rag=self.default)
 
     async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
         assert request.rag is not None and request.rag.collection == "kb"
