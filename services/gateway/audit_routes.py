@@ -28,18 +28,21 @@ def start_publisher(settings: Settings, nc: Any) -> AuditPublisher:
     return AuditPublisher(nc, settings.subjects, "gateway", outbox_dir(settings.home)).start()
 
 
+async def record_request(
+    publisher: AuditPublisher, ctx: RequestContext, action: str, model: str, body: bytes, path: str
+) -> None:
+    """One inference request in the audit chain: a digest of its body, never the body."""
+    await publisher.emit(
+        action, ctx, model=model, digests={"request": digest(body)}, attrs={"path": path}
+    )
+
+
 async def audit_request(request: Request, ctx: RequestContext, action: str, model: str) -> None:
     """Record one inference request; the body was read already (Starlette caches it)."""
     publisher: AuditPublisher | None = getattr(request.app.state, "audit", None)
     if publisher is None:
         return
-    await publisher.emit(
-        action,
-        ctx,
-        model=model,
-        digests={"request": digest(await request.body())},
-        attrs={"path": request.url.path},
-    )
+    await record_request(publisher, ctx, action, model, await request.body(), request.url.path)
 
 
 async def _ask(request: Request, subject: str, event: Any) -> AuditReply:

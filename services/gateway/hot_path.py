@@ -15,11 +15,12 @@ import orjson
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
-from libs.audit import AuditPublisher, digest
+from libs.audit import AuditPublisher
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import ChatRequested, TurnEvent, Usage
 from libs.telemetry import attributes, with_span
+from services.gateway.audit_routes import record_request
 from services.gateway.openai_shapes import (
     Accumulator,
     ChatCompletionRequest,
@@ -223,12 +224,8 @@ class HotPath:
         turn, first = await open_turn(
             gw,
             event,
-            lambda: self.audit.emit(
-                AUDIT_ACTIONS[kind],
-                ctx,
-                model=event.model,
-                digests={"request": digest(body)},
-                attrs={"path": ROUTE_PATHS[kind]},
+            lambda: record_request(
+                self.audit, ctx, AUDIT_ACTIONS[kind], event.model, body, ROUTE_PATHS[kind]
             ),
         )
         extra = [(b"x-request-id", ctx.request_id.encode())]
