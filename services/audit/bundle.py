@@ -17,6 +17,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.audit.chain import (
+    ENTRY_PREFIX,
     ChainVerifier,
     HmacKeys,
     Problem,
@@ -27,7 +28,6 @@ from services.audit.chain import (
 from services.audit.checkpoint import Checkpoint, expected_heads
 
 FORMAT = "enclave-audit-bundle/1"
-_ENTRY = b'{"body":'
 
 
 def header_line(tenant: str, count: int, head_hash: str, exported_at: str) -> bytes:
@@ -47,7 +47,7 @@ def checkpoint_line(cp: Checkpoint) -> bytes:
     return canonical(cp.as_line())
 
 
-def _failed(tenant: str | None, problem: Problem) -> Report:
+def failed(tenant: str | None, problem: Problem) -> Report:
     return Report(False, tenant, 0, 1, 0, "", 0, problem)
 
 
@@ -69,7 +69,7 @@ def verify_bundle(
     add = None
     for raw in lines:
         obj: Any = None
-        entry = raw.startswith(_ENTRY)
+        entry = raw.startswith(ENTRY_PREFIX)
         if not entry:
             if not raw.strip():
                 continue
@@ -80,7 +80,7 @@ def verify_bundle(
             if add is None:
                 heads, problem = expected_heads(checkpoints, tenant, public_keys)
                 if problem:
-                    return _failed(tenant, Problem(min(heads, default=1), problem))
+                    return failed(tenant, Problem(min(heads, default=1), problem))
                 verifier = ChainVerifier(tenant=tenant, keys=keys, expected=heads)
                 add = verifier.add
             if not add(*split_entry_line(raw)):
@@ -90,18 +90,27 @@ def verify_bundle(
         elif kind == "checkpoint":
             cp = Checkpoint.from_line(obj)
             if verifier is not None:
-                return _failed(
+                return failed(
                     tenant,
                     Problem(cp.count, "a checkpoint line follows the entries (bundle reordered)"),
                 )
             checkpoints.append(cp)
         else:
-            return _failed(tenant, Problem(1, f"unknown line type {kind!r}"))
+            return failed(tenant, Problem(1, f"unknown line type {kind!r}"))
     if verifier is None:
         heads, problem = expected_heads(checkpoints, tenant, public_keys)
         verifier = ChainVerifier(tenant=tenant, keys=keys, expected=heads)
         if problem:
-            return _failed(tenant, Problem(1, problem))
+            return failed(tenant, Problem(1, problem))
+    return finish(verifier, keys, public_keys)
+
+
+def finish(
+    verifier: ChainVerifier,
+    keys: HmacKeys | None,
+    public_keys: Mapping[str, Ed25519PublicKey] | None,
+) -> Report:
+    """The verifier's report, every entry required, noting what could not be checked."""
     report = verifier.finish(require_covered=True)
     if public_keys is None:
         report.notes.append("note: checkpoint signatures not checked (no --public-key)")

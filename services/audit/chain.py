@@ -160,7 +160,8 @@ def extend(
 
 # -- bundle lines --
 
-_HEAD = b'{"body":'
+# How every entry line of an export begins (canonical JSON: `body` sorts first).
+ENTRY_PREFIX = b'{"body":'
 _TAIL = len(b',"hash":"') + 64 + len(b'","hmac":"') + 64 + len(b'"}')
 
 
@@ -174,7 +175,7 @@ def split_entry_line(line: bytes) -> tuple[dict[str, Any], bytes, str, str]:
     """
     line = line.rstrip(b"\r\n")
     if (
-        line.startswith(_HEAD)
+        line.startswith(ENTRY_PREFIX)
         and line.endswith(b'"}')
         and line[-_TAIL : -_TAIL + 9] == b',"hash":"'
         and line[-76:-66] == b'","hmac":"'
@@ -187,7 +188,7 @@ def split_entry_line(line: bytes) -> tuple[dict[str, Any], bytes, str, str]:
 
 
 def is_entry_line(line: bytes) -> bool:
-    return line.lstrip().startswith(_HEAD) or b'"body"' in line[:64]
+    return line.lstrip().startswith(ENTRY_PREFIX) or b'"body"' in line[:64]
 
 
 # -- verification --

@@ -17,17 +17,18 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from services.audit.bundle import verify_bundle
+from services.audit.bundle import failed, finish, verify_bundle
 from services.audit.chain import (
+    ENTRY_PREFIX,
     ChainVerifier,
     HmacKeys,
     Problem,
     Report,
+    is_entry_line,
     split_entry_line,
 )
 from services.audit.checkpoint import Checkpoint, expected_heads
 
-_ENTRY = b'{"body":'
 PARALLEL_FROM_BYTES = 8 << 20
 
 
@@ -51,7 +52,7 @@ def _range(
             pos += len(line)
             if not line.strip():
                 continue
-            if not line.startswith(_ENTRY) and b'"body"' not in line[:64]:
+            if not is_entry_line(line):
                 seq = verifier.next_seq if verifier else 0
                 out["problem"] = (seq, "a non-entry line among the entries (bundle reordered)")
                 break
@@ -85,7 +86,7 @@ def _preamble(path: Path) -> tuple[str | None, list[Checkpoint], int]:
     offset = 0
     with open(path, "rb") as f:
         for line in f:
-            if line.startswith(_ENTRY):
+            if line.startswith(ENTRY_PREFIX):
                 break
             offset += len(line)
             if not line.strip():
@@ -120,7 +121,7 @@ def verify_path(
             return verify_bundle(f, keys=keys, public_keys=public_keys)
     heads, problem = expected_heads(checkpoints, tenant, public_keys)
     if problem:
-        return Report(False, tenant, 0, 1, 0, "", 0, Problem(min(heads, default=1), problem))
+        return failed(tenant, Problem(min(heads, default=1), problem))
     step = (size - start) // workers + 1
     bounds = []
     with open(path, "rb") as f:
@@ -167,9 +168,4 @@ def verify_path(
             verifier.next_seq = part["last_seq"] + 1
             verifier.prev_hash = part["last_hash"]
             verifier.matched += part["matched"]
-    report = verifier.finish(require_covered=True)
-    if public_keys is None:
-        report.notes.append("note: checkpoint signatures not checked (no --public-key)")
-    if keys is None:
-        report.notes.append("note: HMACs not checked (no --key-file); checkpoints vouch")
-    return report
+    return finish(verifier, keys, public_keys)
