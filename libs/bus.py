@@ -7,9 +7,6 @@ message (see shared/DEPENDENCIES.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from faststream.nats import JStream, NatsBroker, RetentionPolicy, StorageType
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
@@ -76,17 +73,3 @@ async def ensure_streams(nc: NatsClient, settings: Settings) -> None:
 
 def event_bytes(event: BaseModel) -> bytes:
     return event.model_dump_json(exclude_none=True).encode()
-
-
-async def publish_raw(
-    nc: NatsClient,
-    subject: str,
-    event: BaseModel,
-    headers: Mapping[str, str] | None = None,
-) -> None:
-    """Publish on core NATS without FastStream's per-message cost (hot path)."""
-    await nc.publish(subject, event_bytes(event), headers=dict(headers) if headers else None)
-
-
-def decode(model: type[Any], data: bytes) -> Any:
-    return model.model_validate_json(data)

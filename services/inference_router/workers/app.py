@@ -126,6 +126,7 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
             return
         await send(request, event_bytes(TurnEvent(usage=usage, done=True)))
 
+    app = FastStream(broker)
     if pool["engine"] == "sentence_transformers":
         embedder: EmbeddingEngine = engine
 
@@ -148,23 +149,18 @@ def build_app(settings: Settings, pool_name: str) -> FastStream:
             accepted = GenerateAccepted(
                 accepted=True, worker=worker_id, timeout_s=request.timeout_s
             )
-            if engine.runs_inline:
-                # The acceptance and the answer leave in one write (one flush of the
-                # client's buffer): one wake-up of the runtime instead of two.
-                answer = answer_inline(request)
-                await broker.connection.publish(msg.reply, event_bytes(accepted))
+            # An engine that answers at once: the acceptance and the answer leave in one
+            # write (one flush of the client's buffer), one wake-up of the runtime.
+            answer = answer_inline(request) if engine.runs_inline else None
+            await broker.connection.publish(msg.reply, event_bytes(accepted))
+            if answer is not None:
                 await send(request, answer)
                 span.end()
                 return
-            await broker.connection.publish(msg.reply, event_bytes(accepted))
             task = asyncio.create_task(stream_generation(request))
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _: span.end())
-
-    app = FastStream(broker)
-
-    if pool["engine"] != "sentence_transformers":
 
         @app.after_startup
         async def _subscribe() -> None:
