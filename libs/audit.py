@@ -47,9 +47,12 @@ def digest(content: bytes | str) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+# UTC with microseconds and a fixed width, so that text order is time order.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
 def now_text() -> str:
-    """UTC with microseconds and a fixed width, so that text order is time order."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
 def subject_token(tenant: str) -> str:

@@ -26,8 +26,9 @@ from typing import Any
 
 import orjson
 
+from libs.events import AUDIT_MAX_INT
+
 GENESIS = "0" * 64
-MAX_INT = 2**53 - 1
 _SORT = orjson.OPT_SORT_KEYS
 
 
@@ -49,7 +50,7 @@ def check_jcs_safe(obj: Any, path: str = "$") -> None:
     elif isinstance(obj, bool) or obj is None or isinstance(obj, str):
         return
     elif isinstance(obj, int):
-        if abs(obj) > MAX_INT:
+        if abs(obj) > AUDIT_MAX_INT:
             raise ValueError(f"{path}: integer beyond ±2**53")
     else:
         raise ValueError(f"{path}: {type(obj).__name__} is not allowed in an audit entry")

@@ -11,7 +11,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from libs.audit import now_text
+from libs.audit import TIME_FORMAT, now_text
 from libs.events import AuditEvent, AuditExportRequest, AuditReply, AuditSearch, AuditVerifyRequest
 from services.audit import bundle, checkpoint
 from services.audit.adapters.keys import HmacKeySource
@@ -39,7 +39,7 @@ def normalise_time(value: str | None) -> str | None:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return parsed.astimezone(UTC).strftime(TIME_FORMAT)
 
 
 class AuditService:

@@ -50,6 +50,16 @@ class Routes:
             self.current = self.base.with_routes(await load_routes(self.engine))
         return self.current
 
+    async def answer(self, model: str, tenant: str, use: str) -> RouteReply:
+        """What serves `model` for `tenant`: pool, adapter, per-token timeout, RAG default."""
+        found = await self.resolve(model, tenant, use)
+        if isinstance(found, ErrorInfo):
+            return RouteReply(error=found)
+        timeout_s = self.current.pools[found.pool].get("timeout_s")
+        return RouteReply(
+            pool=found.pool, adapter=found.adapter, timeout_s=timeout_s, rag=found.rag
+        )
+
     async def resolve(self, model: str, tenant: str, use: str) -> ModelRoute | ErrorInfo:
         found = self.current.resolve(model, tenant, use)
         if isinstance(found, ErrorInfo) and found.status == 404:
@@ -87,11 +97,14 @@ def build_app(settings: Settings) -> FastStream:
             return await route_generation(request)
 
     async def route_generation(request: GenerateRequest) -> bytes:
-        route = await routes.resolve(request.model, request.ctx.tenant, request.kind)
-        if isinstance(route, ErrorInfo):
-            return event_bytes(GenerateAccepted(accepted=False, error=route))
-        request.pool, request.adapter = route.pool, route.adapter
-        request.timeout_s = routes.current.pools[route.pool].get("timeout_s")
+        route = await routes.answer(request.model, request.ctx.tenant, request.kind)
+        if route.error is not None or route.pool is None:
+            return event_bytes(GenerateAccepted(accepted=False, error=route.error))
+        request.pool, request.adapter, request.timeout_s = (
+            route.pool,
+            route.adapter,
+            route.timeout_s,
+        )
         reply = await ask_pool(
             route.pool,
             event_bytes(request),
@@ -110,13 +123,7 @@ def build_app(settings: Settings) -> FastStream:
 
     @broker.subscriber(subjects.inference_route, queue="inference_router")
     async def route(request: RouteRequest) -> RouteReply:
-        found = await routes.resolve(request.model, request.ctx.tenant, request.kind)
-        if isinstance(found, ErrorInfo):
-            return RouteReply(error=found)
-        timeout_s = routes.current.pools[found.pool].get("timeout_s")
-        return RouteReply(
-            pool=found.pool, adapter=found.adapter, timeout_s=timeout_s, rag=found.rag
-        )
+        return await routes.answer(request.model, request.ctx.tenant, request.kind)
 
     @broker.subscriber(subjects.inference_embed, queue="inference_router")
     async def embed(request: EmbedRequest) -> EmbedReply:
