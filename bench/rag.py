@@ -164,6 +164,7 @@ Key = tuple[str, int]  # (country code, chunk index)
 @dataclass
 class Index:
     scope: TenantScope
+    docs: list[factbook.Doc]
     chunks: dict[str, list[str]]
     embedder: Embedder
     embed_s: float
@@ -231,7 +232,7 @@ def build_index(embedder: Embedder, tmp: Path) -> Index:
                 for n, (c, i) in enumerate(keys[start : start + 500], start)
             ],
         )
-    return Index(scope, chunks, embedder, embed_s, cached)
+    return Index(scope, docs, chunks, embedder, embed_s, cached)
 
 
 def score(
@@ -455,9 +456,7 @@ def main() -> None:
         tmp = Path(d)
         t0 = time.perf_counter()
         index = build_index(embedder, tmp)
-        qs = factbook.questions(
-            factbook.documents(), index.chunks, N_EACH, N_FOLLOWUPS, SEED, N_SWITCHES
-        )
+        qs = factbook.questions(index.docs, index.chunks, N_EACH, N_FOLLOWUPS, SEED, N_SWITCHES)
         direct = [q for q in qs if q.kind == "direct"]
         para = [q for q in qs if q.kind == "paraphrase"]
         follow = [q for q in qs if q.kind == "followup"]
