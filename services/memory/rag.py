@@ -19,7 +19,7 @@ from libs.db.models import StoredFile, VectorStore, VectorStoreFile
 from libs.errors import EnclaveError
 from libs.events import Citation
 from services.memory import rerank
-from services.memory.adapters.embedder import Embedder
+from services.memory.adapters.embedder import DIM, Embedder
 from services.memory.adapters.parsers import parse
 from services.memory.adapters.sql_rag import RagRepository
 from services.memory.chunking import (
@@ -47,7 +47,7 @@ from services.memory.vectors import (
 )
 
 CHUNKS = CollectionSpec(
-    "rag_chunks", 384, sparse=True, keyword_fields=("vector_store_id", "file_id")
+    "rag_chunks", DIM, sparse=True, keyword_fields=("vector_store_id", "file_id")
 )
 MAX_RESULTS = 50
 

@@ -17,11 +17,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from services.memory.adapters.embedder import Embedder
+from services.memory.adapters.embedder import DIM, Embedder
 from services.memory.vectors import CollectionSpec, Cond, TenantScope, TenantStores, VectorPoint
 
-MEMORIES = CollectionSpec("memories", 384, keyword_fields=("user_id", "type"))
-ENTITIES = CollectionSpec("memory_entities", 384, keyword_fields=("user_id",))
+MEMORIES = CollectionSpec("memories", DIM, keyword_fields=("user_id", "type"))
+ENTITIES = CollectionSpec("memory_entities", DIM, keyword_fields=("user_id",))
 
 
 def _prepare_env(home: Path) -> None:
@@ -176,7 +176,7 @@ class Memories:
         memory = Memory.__new__(Memory)
         # Memory.__init__ would open its own Qdrant client and LLM; set what it would.
         memory.config = MemoryConfig(
-            vector_store={"provider": "qdrant", "config": {"embedding_model_dims": 384}},
+            vector_store={"provider": "qdrant", "config": {"embedding_model_dims": DIM}},
             history_db_path=str(self.history_path(tenant)),
         )
         memory.embedding_model = self.embedder
