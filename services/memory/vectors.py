@@ -12,7 +12,7 @@ also filtered by tenant). Backends (`adapters/qdrant_edge.py` in process,
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -69,6 +69,24 @@ def hit_of(point: Any, with_vectors: bool) -> Hit:
         payload=dict(point.payload or {}),
         dense=dense,
     )
+
+
+SCROLL_PAGE = 256
+
+
+def scroll_pages(
+    fetch: Callable[[Any, int], tuple[Sequence[Any], Any]], limit: int, with_vectors: bool
+) -> list[Hit]:
+    """Up to `limit` hits, page by page: `fetch(offset, n)` returns a page of a backend's
+    records and the next offset (None at the end)."""
+    out: list[Hit] = []
+    offset = None
+    while len(out) < limit:
+        records, offset = fetch(offset, min(SCROLL_PAGE, limit - len(out)))
+        out.extend(hit_of(r, with_vectors) for r in records)
+        if offset is None or not records:
+            break
+    return out
 
 
 @dataclass(frozen=True)

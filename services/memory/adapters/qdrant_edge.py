@@ -25,6 +25,7 @@ from services.memory.vectors import (
     Sparse,
     VectorPoint,
     hit_of,
+    scroll_pages,
 )
 
 RRF_K = 60
@@ -146,23 +147,18 @@ class EdgeBackend:
     def scroll(
         self, collection: str, must: Sequence[Cond], limit: int, with_vectors: bool = False
     ) -> list[Hit]:
-        out: list[Hit] = []
-        offset = None
-        with self.lock:
-            while len(out) < limit:
-                records, offset = self.shards[collection].scroll(
-                    q.ScrollRequest(
-                        offset=offset,
-                        limit=min(256, limit - len(out)),
-                        filter=to_filter(must),
-                        with_payload=True,
-                        with_vector=with_vectors,
-                    )
+        flt = to_filter(must)
+
+        def page(offset: Any, n: int) -> tuple[Any, Any]:
+            return shard.scroll(
+                q.ScrollRequest(
+                    offset=offset, limit=n, filter=flt, with_payload=True, with_vector=with_vectors
                 )
-                out.extend(hit_of(r, with_vectors) for r in records)
-                if offset is None or not records:
-                    break
-        return out
+            )
+
+        with self.lock:
+            shard = self.shards[collection]
+            return scroll_pages(page, limit, with_vectors)
 
     def count(self, collection: str, must: Sequence[Cond]) -> int:
         with self.lock:

@@ -23,6 +23,7 @@ from services.memory.vectors import (
     Sparse,
     VectorPoint,
     hit_of,
+    scroll_pages,
 )
 
 
@@ -142,21 +143,19 @@ class ServerBackend:
     def scroll(
         self, collection: str, must: Sequence[Cond], limit: int, with_vectors: bool = False
     ) -> list[Hit]:
-        out: list[Hit] = []
-        offset = None
-        while len(out) < limit:
-            records, offset = self.client.scroll(
+        flt = to_filter(must)
+
+        def page(offset: Any, n: int) -> tuple[Any, Any]:
+            return self.client.scroll(
                 collection,
-                scroll_filter=to_filter(must),
-                limit=min(256, limit - len(out)),
+                scroll_filter=flt,
+                limit=n,
                 offset=offset,
                 with_payload=True,
                 with_vectors=with_vectors,
             )
-            out.extend(hit_of(r, with_vectors) for r in records)
-            if offset is None or not records:
-                break
-        return out
+
+        return scroll_pages(page, limit, with_vectors)
 
     def count(self, collection: str, must: Sequence[Cond]) -> int:
         return int(self.client.count(collection, count_filter=to_filter(must), exact=True).count)
