@@ -52,8 +52,8 @@ class RagOptions(BaseModel):
     """Extension field `rag` of /v1/chat/completions: retrieve from a vector store."""
 
     enabled: bool = True
-    collection: str = ""  # a vector store id or name
-    top_k: int = 5
+    collection: str = Field(default="", max_length=256)  # a vector store id or name
+    top_k: int = Field(default=5, ge=1, le=50)
     # OpenAI's vector store search `filters` shape (eq, ne, in, and, or).
     filters: dict[str, Any] | None = None
     # Flag the answer's sentences that no retrieved chunk supports (`grounding` field).
