@@ -140,7 +140,7 @@ class AuditService:
         fresh = await self.checkpoint(tenant)
         count = fresh.count if fresh else 0
         head = fresh.head_hash if fresh else ""
-        lines = [bundle.header_line(tenant, count, head, now_text())]
+        lines = [bundle.header_line(tenant, count, head, now_text(), bundle.FORMAT_1)]
         for cp in await self.store.checkpoints(tenant, upto=count):
             lines.append(bundle.checkpoint_line(cp))
         return lines, count
@@ -158,10 +158,18 @@ class AuditService:
         )
 
     async def export(self, tenant: str, write: Callable[[bytes], object]) -> int:
-        """Write a whole bundle (the CLI's export); returns the entry count."""
-        lines, count = await self.export_start(tenant)
-        for line in lines:
-            write(line + b"\n")
+        """Write a whole bundle (the CLI's export); returns the entry count.
+
+        Header, the stored checkpoints, the entries, and last the export checkpoint,
+        signed now over the head: the verifier checks the header against it.
+        """
+        fresh = await self.checkpoint(tenant)
+        count = fresh.count if fresh else 0
+        head = fresh.head_hash if fresh else ""
+        write(bundle.header_line(tenant, count, head, fresh.time if fresh else now_text()) + b"\n")
+        for cp in await self.store.checkpoints(tenant, upto=count):
+            if cp != fresh:
+                write(bundle.checkpoint_line(cp) + b"\n")
         after = 0
         while after < count:
             page = await self.store.page(tenant, after, count, 5000)
@@ -169,4 +177,6 @@ class AuditService:
                 break
             write(b"".join(e.line() + b"\n" for e in page))
             after = page[-1].seq
+        if fresh is not None:
+            write(bundle.checkpoint_line(fresh) + b"\n")
         return count
