@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from nats.js.client import JetStreamContext
 from opentelemetry import metrics
 
 from libs.context import RequestContext
-from libs.events import AuditEvent
+from libs.events import AuditEvent, AuditExportRequest, AuditReply
 from libs.subjects import Subjects
 
 log = logging.getLogger("enclave.audit")
@@ -235,3 +236,49 @@ class AuditPublisher:
 
 def outbox_dir(home: Path) -> Path:
     return home / "audit-outbox"
+
+
+# -- reading a bundle from the audit service, page by page --
+
+CHECKPOINT_PAGE = 1000
+ENTRY_PAGE = 500
+
+
+async def export_lines(
+    ask: Callable[[AuditExportRequest], Awaitable[AuditReply]], tenant: str
+) -> AsyncIterator[bytes]:
+    """A tenant's export bundle from the audit service over request/reply, in chunks.
+
+    `ask` sends one `AuditExportRequest` on `auditapi.export` and returns the reply (its
+    error raised). Header first; then the stored checkpoints and the entries, each in
+    pages that fit a bus message however long the chain; the export checkpoint last.
+    """
+    start = await ask(AuditExportRequest(tenant=tenant))
+    yield "".join(line + "\n" for line in start.lines).encode()
+    if start.count == 0:
+        return
+    after: int | None = 0
+    while after is not None:
+        page = await ask(
+            AuditExportRequest(
+                tenant=tenant,
+                upto=start.count,
+                part="checkpoints",
+                after_seq=after,
+                before_id=start.checkpoint_id,
+                limit=CHECKPOINT_PAGE,
+            )
+        )
+        if page.lines:
+            yield "".join(line + "\n" for line in page.lines).encode()
+        after = page.next_after_seq
+    seq = 0
+    while seq < start.count:
+        page = await ask(
+            AuditExportRequest(tenant=tenant, upto=start.count, after_seq=seq, limit=ENTRY_PAGE)
+        )
+        if not page.lines:
+            raise RuntimeError(f"audit export of {tenant}: no entries after {seq}")
+        yield "".join(line + "\n" for line in page.lines).encode()
+        seq = page.next_after_seq if page.next_after_seq is not None else start.count
+    yield "".join(line + "\n" for line in start.trailer).encode()

@@ -308,6 +308,11 @@ class AuditExportRequest(BaseModel):
     upto: int | None = None
     after_seq: int = 0
     limit: int = Field(default=500, ge=1, le=1000)
+    # Paged export (libs.audit.export_lines): with `upto`, "entries" pages by seq;
+    # "checkpoints" pages the stored checkpoints by id (`after_seq` is the id cursor),
+    # those stored before the export's own (`before_id`, from the start reply).
+    part: Literal["entries", "checkpoints"] = "entries"
+    before_id: int | None = None
 
 
 class AuditReply(BaseModel):
@@ -323,6 +328,10 @@ class AuditReply(BaseModel):
     reason: str | None = None
     head_hash: str | None = None
     error: ErrorInfo | None = None
+    # The start of an export: the line that ends the bundle (its export checkpoint), and
+    # that checkpoint's id (the bound of the checkpoint pages).
+    trailer: list[str] = Field(default_factory=list)
+    checkpoint_id: int | None = None
 
 
 class RetrieveRequest(BaseModel):

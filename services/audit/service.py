@@ -17,8 +17,25 @@ from services.audit import bundle, checkpoint
 from services.audit.adapters.keys import HmacKeySource
 from services.audit.adapters.sql import Appended, AuditStore
 from services.audit.chain import Entry, Report, canonical
+from services.audit.checkpoint import Checkpoint
 
 log = logging.getLogger("enclave.audit")
+
+# A bus reply carries lines as JSON strings, whose escapes can double their size: half
+# of NATS's default 1 MiB max_payload, less headroom.
+MAX_REPLY_BYTES = 384 * 1024
+
+
+def bounded(lines: list[bytes]) -> list[str]:
+    """The leading lines that fit one reply (always at least one)."""
+    out: list[str] = []
+    size = 0
+    for line in lines:
+        size += len(line) + 1
+        if out and size > MAX_REPLY_BYTES:
+            break
+        out.append(line.decode())
+    return out
 
 
 def entry_view(entry: Entry) -> dict[str, Any]:
@@ -76,12 +93,15 @@ class AuditService:
 
     async def checkpoint(self, tenant: str) -> checkpoint.Checkpoint | None:
         """Sign and store a checkpoint at the tenant's current head (None for an empty chain)."""
+        signed = await self._checkpoint(tenant)
+        return signed[1] if signed else None
+
+    async def _checkpoint(self, tenant: str) -> tuple[int, Checkpoint] | None:
         count, head = await self.store.head(tenant)
         if count == 0:
             return None
         cp = checkpoint.sign(tenant, count, head, now_text(), self.private_key)
-        await self.store.add_checkpoint(cp)
-        return cp
+        return await self.store.add_checkpoint(cp), cp
 
     async def checkpoint_touched(self) -> int:
         """A checkpoint for every tenant this replica appended to since the last round."""
@@ -135,25 +155,46 @@ class AuditService:
             head_hash=report.head_hash,
         )
 
-    async def export_start(self, tenant: str) -> tuple[list[bytes], int]:
-        """The bundle's header and checkpoint lines, a fresh checkpoint at the head last."""
-        fresh = await self.checkpoint(tenant)
-        count = fresh.count if fresh else 0
-        head = fresh.head_hash if fresh else ""
-        lines = [bundle.header_line(tenant, count, head, now_text(), bundle.FORMAT_1)]
-        for cp in await self.store.checkpoints(tenant, upto=count):
-            lines.append(bundle.checkpoint_line(cp))
-        return lines, count
-
     async def export_page(self, req: AuditExportRequest) -> AuditReply:
+        """One reply of a paged export (libs.audit.export_lines asks for them in turn).
+
+        Start (no `upto`): sign the export checkpoint over the head; answer the header,
+        the count, and the export checkpoint's line to end the bundle with. Then pages of
+        the stored checkpoints, then pages of entries: each reply at most `limit` lines
+        and about MAX_REPLY_BYTES, whatever the chain holds.
+        """
         if req.upto is None:
-            lines, count = await self.export_start(req.tenant)
-            return AuditReply(lines=[ln.decode() for ln in lines], count=count, next_after_seq=0)
+            signed = await self._checkpoint(req.tenant)
+            count, head, at = (
+                (signed[1].count, signed[1].head_hash, signed[1].time)
+                if signed
+                else (0, "", now_text())
+            )
+            return AuditReply(
+                lines=[bundle.header_line(req.tenant, count, head, at).decode()],
+                trailer=[bundle.checkpoint_line(signed[1]).decode()] if signed else [],
+                checkpoint_id=signed[0] if signed else None,
+                count=count,
+                head_hash=head,
+                next_after_seq=0,
+            )
+        if req.part == "checkpoints":
+            cps = await self.store.checkpoint_page(
+                req.tenant, req.upto, req.after_seq, req.before_id, req.limit
+            )
+            lines = bounded([bundle.checkpoint_line(cp) for _, cp in cps])
+            more = len(lines) < len(cps) or len(cps) == req.limit
+            return AuditReply(
+                lines=lines,
+                count=len(lines),
+                next_after_seq=cps[len(lines) - 1][0] if more and lines else None,
+            )
         page = await self.store.page(req.tenant, req.after_seq, req.upto, req.limit)
-        last = page[-1].seq if page else req.upto
+        lines = bounded([e.line() for e in page])
+        last = page[len(lines) - 1].seq if lines else req.upto
         return AuditReply(
-            lines=[e.line().decode() for e in page],
-            count=len(page),
+            lines=lines,
+            count=len(lines),
             next_after_seq=last if last < req.upto else None,
         )
 
