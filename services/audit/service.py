@@ -11,7 +11,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from libs.audit import TIME_FORMAT, now_text
+from libs.audit import TIME_FORMAT, bound_event, now_text
 from libs.events import AuditEvent, AuditExportRequest, AuditReply, AuditSearch, AuditVerifyRequest
 from services.audit import bundle, checkpoint
 from services.audit.adapters.keys import HmacKeySource
@@ -77,7 +77,8 @@ class AuditService:
     async def append(self, events: Sequence[AuditEvent]) -> list[Appended]:
         """Append a batch in one transaction; each tenant's events in the order the batch holds."""
         by_tenant: dict[str, list[dict[str, Any]]] = {}
-        for event in events:
+        for whole in events:
+            event, _ = bound_event(whole)  # a publisher that did not clip: clip here
             data = event.model_dump(exclude_none=True)
             try:
                 canonical(data)
