@@ -50,7 +50,6 @@ PLATFORM_TENANT = "_platform"
 QUARANTINED = "audit.quarantined"
 AWAY = "away"  # a send failed because the bus is not there (or did not ack in time)
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_outboxes: list[AuditPublisher] = []
 
 
 def digest(content: bytes | str) -> str:
@@ -149,24 +148,50 @@ def bound_event(event: AuditEvent, data: bytes | None = None) -> tuple[AuditEven
     return clipped, out
 
 
-def _observe_outboxes(_options: object) -> list[metrics.Observation]:
-    return [metrics.Observation(p.outbox_size(), {"service": p.service}) for p in list(_outboxes)]
+class Audit:
+    """The audit side of one service process: its publishers, and their outbox gauges.
 
+    A service's bootstrap builds one (`Audit()`, or `Audit(meter)`) and makes its
+    publishers with `audit.publisher(...)`; nothing lives in module globals. A publisher
+    built without one (`AuditPublisher(nc, subjects, service, outbox)`, as call sites
+    not yet moved to a bootstrap do) gets its own, so its gauges still report.
+    """
 
-def _observe_quarantined(_options: object) -> list[metrics.Observation]:
-    return [metrics.Observation(p.quarantined(), {"service": p.service}) for p in list(_outboxes)]
+    def __init__(self, meter: metrics.Meter | None = None) -> None:
+        self.publishers: list[AuditPublisher] = []
+        meter = meter or metrics.get_meter("enclave.audit")
+        meter.create_observable_gauge(
+            "enclave.audit.outbox_size",
+            callbacks=[self._observe_outboxes],
+            description="Audit events waiting on disk for the bus",
+        )
+        meter.create_observable_gauge(
+            "enclave.audit.outbox_quarantined",
+            callbacks=[self._observe_quarantined],
+            description="Poisoned audit events moved aside from the outbox (see the log)",
+        )
 
+    def publisher(
+        self,
+        nc: NatsClient | None,
+        subjects: Subjects,
+        service: str,
+        outbox: Path,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
+    ) -> AuditPublisher:
+        return AuditPublisher(nc, subjects, service, outbox, ack_timeout_s, audit=self)
 
-metrics.get_meter("enclave.audit").create_observable_gauge(
-    "enclave.audit.outbox_size",
-    callbacks=[_observe_outboxes],
-    description="Audit events waiting on disk for the bus",
-)
-metrics.get_meter("enclave.audit").create_observable_gauge(
-    "enclave.audit.outbox_quarantined",
-    callbacks=[_observe_quarantined],
-    description="Poisoned audit events moved aside from the outbox (see the log)",
-)
+    def _observe_outboxes(self, _options: object) -> list[metrics.Observation]:
+        return [
+            metrics.Observation(p.outbox_size(), {"service": p.service})
+            for p in list(self.publishers)
+        ]
+
+    def _observe_quarantined(self, _options: object) -> list[metrics.Observation]:
+        return [
+            metrics.Observation(p.quarantined(), {"service": p.service})
+            for p in list(self.publishers)
+        ]
 
 
 class AuditPublisher:
@@ -179,6 +204,7 @@ class AuditPublisher:
         service: str,
         outbox: Path,
         ack_timeout_s: float = ACK_TIMEOUT_S,
+        audit: Audit | None = None,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
@@ -192,7 +218,8 @@ class AuditPublisher:
         self._js: JetStreamContext | None = None
         self._js_of: NatsClient | None = None
         self._strikes: dict[str, int] = {}  # outbox file -> failed sends while others went
-        _outboxes.append(self)
+        self.audit = audit or Audit()
+        self.audit.publishers.append(self)
 
     # -- emitting --
     async def emit(
@@ -386,7 +413,7 @@ class AuditPublisher:
         with contextlib.suppress(Exception):
             await self.flush_outbox()
         with contextlib.suppress(ValueError):
-            _outboxes.remove(self)
+            self.audit.publishers.remove(self)
 
 
 def outbox_dir(home: Path) -> Path:

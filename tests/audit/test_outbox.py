@@ -12,6 +12,7 @@ from libs.audit import (
     MAX_EVENT_BYTES,
     PLATFORM_TENANT,
     QUARANTINED,
+    Audit,
     AuditPublisher,
     bound_event,
     new_event,
@@ -125,3 +126,36 @@ async def test_a_poisoned_outbox_event_is_quarantined_and_the_rest_goes(
     finally:
         await publisher.close()
         await nc.close()
+
+
+async def test_a_bootstrap_audit_object_reports_its_publishers_outboxes(tmp_path: Path) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    audit = Audit(MeterProvider(metric_readers=[reader]).get_meter("enclave.audit"))
+    subjects = Settings(home=tmp_path).subjects
+    gateway = audit.publisher(None, subjects, "gateway", tmp_path / "a")
+    runtime = audit.publisher(None, subjects, "runtime", tmp_path / "b")
+    for _ in range(2):
+        await gateway.emit("chat.completions", tenant="acme")  # no bus: kept on disk
+    await runtime.emit("turn.completed", tenant="acme")
+    (runtime.quarantine).mkdir()
+    (runtime.quarantine / "x.json").write_bytes(b"{}")
+    data = reader.get_metrics_data()
+    assert data is not None
+    seen = {
+        (m.name, dict(p.attributes or {})["service"]): getattr(p, "value", None)
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        for p in m.data.data_points
+    }
+    assert seen == {
+        ("enclave.audit.outbox_size", "gateway"): 2,
+        ("enclave.audit.outbox_size", "runtime"): 1,
+        ("enclave.audit.outbox_quarantined", "gateway"): 0,
+        ("enclave.audit.outbox_quarantined", "runtime"): 1,
+    }
+    await gateway.close()
+    assert audit.publishers == [runtime]
