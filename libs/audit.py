@@ -32,8 +32,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 from opentelemetry import metrics
 
-from libs.context import RequestContext
-from libs.events import AuditEvent, AuditExportRequest, AuditReply
+from libs.context import RequestContext, new_request_id
+from libs.events import AuditActions, AuditEvent, AuditExportRequest, AuditReply
 from libs.subjects import Subjects
 
 log = logging.getLogger("enclave.audit")
@@ -47,7 +47,7 @@ FIELD_CLIP = 256  # characters kept of each free-text field of a clipped event
 MAX_STRIKES = 3
 # The tenant of records about events whose own tenant is unknown (unreadable files).
 PLATFORM_TENANT = "_platform"
-QUARANTINED = "audit.quarantined"
+QUARANTINED = AuditActions.QUARANTINED
 AWAY = "away"  # a send failed because the bus is not there (or did not ack in time)
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -420,6 +420,105 @@ def outbox_dir(home: Path) -> Path:
     return home / "audit-outbox"
 
 
+# -- what the platform records about itself (AuditActions); one helper per kind --
+
+KEYS_KIND = "keys"
+ADMIN_KIND = "admin"
+
+
+def operator_context(tenant: str, actor: str = "") -> RequestContext:
+    """Who acts from the command line: `cli:<login>` as admin (a CLI has no API key)."""
+    if not actor:
+        try:
+            actor = "cli:" + os.getlogin()
+        except OSError:
+            actor = f"cli:uid{os.getuid()}"
+    return RequestContext(
+        tenant=tenant, request_id=new_request_id("cli"), actor=actor, role="admin"
+    )
+
+
+async def record_key_created(
+    publisher: AuditPublisher,
+    ctx: RequestContext,
+    *,
+    key_id: str,
+    tenant: str,
+    role: str,
+    rate_limit_rpm: int | None = None,
+) -> AuditEvent:
+    """An API key was created (never its secret): in the chain of the key's tenant."""
+    attrs: dict[str, str | bool | int] = {"key_id": key_id, "key_role": role}
+    if rate_limit_rpm is not None:
+        attrs["rate_limit_rpm"] = rate_limit_rpm
+    return await publisher.emit(
+        AuditActions.KEY_CREATED, ctx, tenant=tenant, kind=KEYS_KIND, attrs=attrs
+    )
+
+
+async def record_key_revoked(
+    publisher: AuditPublisher, ctx: RequestContext, *, key_id: str, tenant: str, found: bool
+) -> AuditEvent:
+    """A revocation, or an attempt on a key the tenant does not have (outcome not_found)."""
+    return await publisher.emit(
+        AuditActions.KEY_REVOKED,
+        ctx,
+        tenant=tenant,
+        kind=KEYS_KIND,
+        outcome="ok" if found else "not_found",
+        attrs={"key_id": key_id},
+    )
+
+
+async def record_admin_action(
+    publisher: AuditPublisher,
+    ctx: RequestContext,
+    what: str,
+    *,
+    outcome: str = "ok",
+    attrs: dict[str, str | bool | int] | None = None,
+) -> AuditEvent:
+    """Any admin action: `admin.<what>` (e.g. `tenant_data.delete`), with ids in attrs."""
+    return await publisher.emit(
+        f"{AuditActions.ADMIN}.{what}", ctx, kind=ADMIN_KIND, outcome=outcome, attrs=attrs or {}
+    )
+
+
+async def record_turn_redelivered(
+    publisher: AuditPublisher,
+    ctx: RequestContext,
+    *,
+    delivery: int,
+    model: str | None = None,
+) -> AuditEvent:
+    """A turn the bus delivered again (its runtime died or did not ack): it runs again."""
+    return await publisher.emit(
+        AuditActions.TURN_REDELIVERED, ctx, model=model, attrs={"delivery": delivery}
+    )
+
+
+async def record_turn_dropped(
+    publisher: AuditPublisher,
+    ctx: RequestContext | None,
+    *,
+    reason: str,
+    delivery: int = 1,
+    model: str | None = None,
+    content: bytes | None = None,
+) -> AuditEvent:
+    """A turn not run: its client had gone, or the message could not be read (`ctx` None:
+    recorded under PLATFORM_TENANT with the message's digest)."""
+    return await publisher.emit(
+        AuditActions.TURN_DROPPED,
+        ctx,
+        tenant=None if ctx else PLATFORM_TENANT,
+        model=model,
+        outcome="dropped",
+        digests={"message": digest(content)} if content is not None else {},
+        attrs={"reason": reason[:200], "delivery": delivery},
+    )
+
+
 # -- reading a bundle from the audit service, page by page --
 
 CHECKPOINT_PAGE = 1000
@@ -427,7 +526,9 @@ ENTRY_PAGE = 500
 
 
 async def export_lines(
-    ask: Callable[[AuditExportRequest], Awaitable[AuditReply]], tenant: str
+    ask: Callable[[AuditExportRequest], Awaitable[AuditReply]],
+    tenant: str,
+    ctx: RequestContext | None = None,
 ) -> AsyncIterator[bytes]:
     """A tenant's export bundle from the audit service over request/reply, in chunks.
 
@@ -435,7 +536,7 @@ async def export_lines(
     error raised). Header first; then the stored checkpoints and the entries, each in
     pages that fit a bus message however long the chain; the export checkpoint last.
     """
-    start = await ask(AuditExportRequest(tenant=tenant))
+    start = await ask(AuditExportRequest(tenant=tenant, ctx=ctx))  # the export is audited
     yield "".join(line + "\n" for line in start.lines).encode()
     if start.count == 0:
         return

@@ -11,8 +11,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from libs.audit import TIME_FORMAT, bound_event, now_text
-from libs.events import AuditEvent, AuditExportRequest, AuditReply, AuditSearch, AuditVerifyRequest
+from libs.audit import TIME_FORMAT, bound_event, new_event, now_text, operator_context
+from libs.context import RequestContext
+from libs.events import (
+    AuditActions,
+    AuditEvent,
+    AuditExportRequest,
+    AuditReply,
+    AuditSearch,
+    AuditVerifyRequest,
+)
 from services.audit import bundle, checkpoint
 from services.audit.adapters.keys import HmacKeySource
 from services.audit.adapters.sql import Appended, AuditStore
@@ -92,6 +100,21 @@ class AuditService:
         self.touched.update(by_tenant)
         return out
 
+    async def record(
+        self,
+        tenant: str,
+        action: str,
+        ctx: RequestContext | None,
+        outcome: str = "ok",
+        attrs: dict[str, str | bool | int] | None = None,
+    ) -> None:
+        """Reads of the chain go into the chain: appended here, not sent over the bus, so
+        an export holds the record of itself."""
+        event = new_event(
+            tenant, "audit", action, service="audit", ctx=ctx, outcome=outcome, attrs=attrs or {}
+        )
+        await self.append([event])
+
     async def checkpoint(self, tenant: str) -> checkpoint.Checkpoint | None:
         """Sign and store a checkpoint at the tenant's current head (None for an empty chain)."""
         signed = await self._checkpoint(tenant)
@@ -112,6 +135,20 @@ class AuditService:
         return len(tenants)
 
     async def search(self, req: AuditSearch) -> AuditReply:
+        filters = {
+            "request_id": req.request_id,
+            "actor": req.actor,
+            "action": req.action,
+            "since": req.since,
+            "until": req.until,
+        }
+        attrs: dict[str, str | bool | int] = {k: v for k, v in filters.items() if v}
+        await self.record(
+            req.tenant,
+            AuditActions.AUDIT_READ,
+            req.ctx,
+            attrs={**attrs, "after_seq": req.after_seq, "limit": req.limit},
+        )
         found = await self.store.search(
             req.tenant,
             request_id=req.request_id,
@@ -148,6 +185,16 @@ class AuditService:
 
     async def verify(self, req: AuditVerifyRequest) -> AuditReply:
         report = await self.verify_report(req.tenant, req.from_seq, req.to_seq)
+        span: dict[str, str | bool | int] = {"from_seq": req.from_seq}
+        if req.to_seq is not None:
+            span["to_seq"] = req.to_seq
+        await self.record(
+            req.tenant,
+            AuditActions.AUDIT_VERIFY,
+            req.ctx,
+            outcome="ok" if report.ok else "failed",
+            attrs={**span, "count": report.count},
+        )
         return AuditReply(
             ok=report.ok,
             count=report.count,
@@ -165,6 +212,7 @@ class AuditService:
         and about MAX_REPLY_BYTES, whatever the chain holds.
         """
         if req.upto is None:
+            await self.record(req.tenant, AuditActions.AUDIT_EXPORT, req.ctx, attrs={"via": "bus"})
             signed = await self._checkpoint(req.tenant)
             count, head, at = (
                 (signed[1].count, signed[1].head_hash, signed[1].time)
@@ -199,12 +247,17 @@ class AuditService:
             next_after_seq=last if last < req.upto else None,
         )
 
-    async def export(self, tenant: str, write: Callable[[bytes], object]) -> int:
+    async def export(
+        self, tenant: str, write: Callable[[bytes], object], ctx: RequestContext | None = None
+    ) -> int:
         """Write a whole bundle (the CLI's export); returns the entry count.
 
         Header, the stored checkpoints, the entries, and last the export checkpoint,
-        signed now over the head: the verifier checks the header against it.
+        signed now over the head: the verifier checks the header against it. The export
+        is recorded first (as `cli:<login>` unless `ctx` says who), so it holds its record.
         """
+        ctx = ctx or operator_context(tenant)
+        await self.record(tenant, AuditActions.AUDIT_EXPORT, ctx, attrs={"via": "cli"})
         fresh = await self.checkpoint(tenant)
         count = fresh.count if fresh else 0
         head = fresh.head_hash if fresh else ""

@@ -81,6 +81,7 @@ def register(app: FastAPI) -> None:
             subjects(request).audit_api_search,
             AuditSearch(
                 tenant=ctx.tenant,
+                ctx=ctx,
                 request_id=q.get("request_id"),
                 actor=q.get("actor"),
                 action=q.get("action"),
@@ -113,7 +114,7 @@ def register(app: FastAPI) -> None:
         reply = await _ask(
             request,
             subjects(request).audit_api_verify,
-            AuditVerifyRequest(tenant=ctx.tenant, from_seq=from_seq, to_seq=to_seq),
+            AuditVerifyRequest(tenant=ctx.tenant, from_seq=from_seq, to_seq=to_seq, ctx=ctx),
         )
         return Response(
             reply.model_dump_json(include={"ok", "count", "first_bad_seq", "reason", "head_hash"}),
@@ -130,7 +131,7 @@ def register(app: FastAPI) -> None:
             return await _ask(request, subject, req)
 
         # The first page is asked for before the response starts: its errors get a status.
-        lines = export_lines(ask, ctx.tenant)
+        lines = export_lines(ask, ctx.tenant, ctx)
         first = await anext(lines)
 
         async def chunks() -> AsyncIterator[bytes]:

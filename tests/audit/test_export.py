@@ -82,8 +82,9 @@ async def test_export_of_3500_checkpoints_is_paged_and_verifies(
     kinds = [orjson.loads(line).get("type", "entry") for line in lines]
     assert kinds[0] == "header" and kinds[-1] == "checkpoint"
     assert kinds.count("checkpoint") == CHECKPOINTS + 1  # and the export's own
-    assert kinds.count("entry") == ENTRIES
+    assert kinds.count("entry") == ENTRIES + 1  # and the record of this export
+    assert orjson.loads(lines[-2])["body"]["event"]["action"] == "audit.export"
     assert len(sizes) > 4 and max(sizes) < 1024 * 1024  # paged: each reply fits NATS
     report = verify_path(bundle, keys=None, public_keys=load_public_keys([tmp_path / "audit.pub"]))
     assert report.ok, report.summary()
-    assert report.count == ENTRIES and report.newest_count == ENTRIES
+    assert report.count == ENTRIES + 1 and report.newest_count == ENTRIES + 1
