@@ -486,3 +486,12 @@ class AuditActions:
     TURN_REDELIVERED = "turn.redelivered"
     TURN_DROPPED = "turn.dropped"
     QUARANTINED = "audit.quarantined"  # a poisoned outbox event, moved aside
+
+
+class KeyRevoked(BaseModel):
+    """`enclave keys revoke` (or the admin API) -> every gateway replica (core NATS
+    `keys.revoked`): forget this key now, not when its cache entry expires."""
+
+    v: Literal[1] = 1
+    key_id: str
+    tenant: str
