@@ -151,10 +151,10 @@ def bound_event(event: AuditEvent, data: bytes | None = None) -> tuple[AuditEven
 class Audit:
     """The audit side of one service process: its publishers, and their outbox gauges.
 
-    A service's bootstrap builds one (`Audit()`, or `Audit(meter)`) and makes its
-    publishers with `audit.publisher(...)`; nothing lives in module globals. A publisher
-    built without one (`AuditPublisher(nc, subjects, service, outbox)`, as call sites
-    not yet moved to a bootstrap do) gets its own, so its gauges still report.
+    A service's bootstrap builds one (`Audit()`, or `Audit(meter)`) and passes it to its
+    publishers, `AuditPublisher(nc, subjects, service, outbox, audit=audit)`; nothing
+    lives in module globals. A publisher built without one (as call sites not yet moved
+    to a bootstrap do) gets its own, so its gauges still report.
     """
 
     def __init__(self, meter: metrics.Meter | None = None) -> None:
@@ -170,16 +170,6 @@ class Audit:
             callbacks=[self._observe_quarantined],
             description="Poisoned audit events moved aside from the outbox (see the log)",
         )
-
-    def publisher(
-        self,
-        nc: NatsClient | None,
-        subjects: Subjects,
-        service: str,
-        outbox: Path,
-        ack_timeout_s: float = ACK_TIMEOUT_S,
-    ) -> AuditPublisher:
-        return AuditPublisher(nc, subjects, service, outbox, ack_timeout_s, audit=self)
 
     def _observe_outboxes(self, _options: object) -> list[metrics.Observation]:
         return [

@@ -192,6 +192,15 @@ def report_at(verifier: ChainVerifier, header: Header | None, reason: str) -> Re
     return verifier.finish()
 
 
+def _cut(last: int, count: int, who: str) -> Problem:
+    """Entries after `last` are gone, though `who` (header, checkpoint) names `count`."""
+    return Problem(
+        last + 1,
+        f"missing: {missing(last + 1, count)}: {who} {count} entries, "
+        f"the bundle ends at {last} (truncated)",
+    )
+
+
 def _export_problem(
     verifier: ChainVerifier,
     header: Header,
@@ -215,21 +224,13 @@ def _export_problem(
             if bad:
                 return Problem(export.count, f"the export checkpoint: {bad}")
         if export.count > last:
-            return Problem(
-                last + 1,
-                f"missing: {missing(last + 1, export.count)}: the export checkpoint covers "
-                f"{export.count} entries, the bundle ends at {last} (truncated)",
-            )
+            return _cut(last, export.count, "the export checkpoint covers")
         if export.count < last:
             return Problem(export.count + 1, AFTER_EXPORT)
         if export.head_hash != head:
             return Problem(last, "hash differs from the export checkpoint's head")
     if header.count > last:
-        return Problem(
-            last + 1,
-            f"missing: {missing(last + 1, header.count)}: the header says {header.count} "
-            f"entries, the bundle ends at {last} (truncated)",
-        )
+        return _cut(last, header.count, "the header says")
     if header.count < last:
         return Problem(header.count + 1, f"not in the export: the header says {header.count}")
     if last and header.head_hash != head:

@@ -135,8 +135,8 @@ async def test_a_bootstrap_audit_object_reports_its_publishers_outboxes(tmp_path
     reader = InMemoryMetricReader()
     audit = Audit(MeterProvider(metric_readers=[reader]).get_meter("enclave.audit"))
     subjects = Settings(home=tmp_path).subjects
-    gateway = audit.publisher(None, subjects, "gateway", tmp_path / "a")
-    runtime = audit.publisher(None, subjects, "runtime", tmp_path / "b")
+    gateway = AuditPublisher(None, subjects, "gateway", tmp_path / "a", audit=audit)
+    runtime = AuditPublisher(None, subjects, "runtime", tmp_path / "b", audit=audit)
     for _ in range(2):
         await gateway.emit("chat.completions", tenant="acme")  # no bus: kept on disk
     await runtime.emit("turn.completed", tenant="acme")
