@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nats
@@ -159,3 +160,35 @@ async def test_a_bootstrap_audit_object_reports_its_publishers_outboxes(tmp_path
     }
     await gateway.close()
     assert audit.publishers == [runtime]
+
+
+async def test_an_event_that_keeps_failing_while_others_pass_is_quarantined(
+    bus_settings: Settings,
+) -> None:
+    nc = await nats.connect(bus_settings.nats_url)
+    js = nc.jetstream()
+    subjects = bus_settings.subjects
+    config = (await js.stream_info(subjects.audit_stream_name)).config
+    config.subjects = [subjects.audit("acme", "*")]  # globex's events find no stream
+    await js.update_stream(config)
+    outbox = outbox_dir(bus_settings.home)
+    publisher = AuditPublisher(nc, subjects, "gateway", outbox, ack_timeout_s=0.5)
+    try:
+        stuck = await publisher.emit("chat.completions", tenant="globex")
+        assert publisher.outbox_size() == 1
+        for strike in range(3):
+            assert publisher.quarantined() == 0, strike
+            await publisher.emit("chat.completions", tenant="acme")  # goes straight out
+            (outbox / f"{time.time_ns():020d}-late.json").write_bytes(
+                new_event("acme", "gateway", "late").model_dump_json().encode()
+            )
+            assert await publisher.flush_outbox() == 1  # the acme one behind the stuck one
+        names = [p.name for p in publisher.quarantine.iterdir()]
+        assert len(names) == 1 and names[0].endswith(f"-{stuck.id}.json")
+        # Its record is for globex too, so it waits in the outbox, and never blocks.
+        (record,) = [AuditEvent.model_validate_json(p.read_bytes()) for p in outbox.glob("*.json")]
+        assert record.action == QUARANTINED and record.attrs["event_id"] == stuck.id
+        assert "failed 3 sends" in str(record.attrs["reason"])
+    finally:
+        await publisher.close()
+        await nc.close()

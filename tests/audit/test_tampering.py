@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from services.audit import bundle, checkpoint
 from services.audit.adapters.bundle_file import verify_path
 from services.audit.bundle import verify_bundle
-from services.audit.chain import canonical
+from services.audit.chain import Entry, canonical
 from tests.audit.helpers import chain, entry_line_index, keys, write_keys
 from tests.infra import REPO
 
@@ -29,22 +29,23 @@ N = 243
 EVERY = 60  # a checkpoint each 60 entries, as the service signs one a minute
 
 
-def _bundle() -> list[bytes]:
-    entries = chain(N)
+def _bundle(entries: list[Entry]) -> list[bytes]:
+    total = len(entries)
     cps = [
         checkpoint.sign("acme", n, entries[n - 1].hash, f"2026-11-29T10:{n // EVERY:02d}Z", SIGNER)
-        for n in range(EVERY, N, EVERY)
+        for n in range(EVERY, total, EVERY)
     ]
-    export = checkpoint.sign("acme", N, entries[-1].hash, "2026-11-29T11:00Z", SIGNER)
+    export = checkpoint.sign("acme", total, entries[-1].hash, "2026-11-29T11:00Z", SIGNER)
     return [
-        bundle.header_line("acme", N, entries[-1].hash, export.time),
+        bundle.header_line("acme", total, entries[-1].hash, export.time),
         *(bundle.checkpoint_line(c) for c in cps),
         *(e.line() for e in entries),
         bundle.checkpoint_line(export),
     ]
 
 
-BASE = _bundle()
+ENTRIES = chain(N)
+BASE = _bundle(ENTRIES)
 
 
 def _is_checkpoint(line: bytes) -> bool:
@@ -141,3 +142,31 @@ def test_the_cli_fails_naming_the_entry_or_range(case: str, tmp_path: Path) -> N
     assert out.returncode == 1, out.stdout + out.stderr
     assert out.stdout.startswith(f"FAILED: entry {seq}: "), out.stdout
     assert why in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("case", ["extends", "rolled-back", "rewritten"])
+def test_since_is_judged_alike_on_one_core_or_many(case: str, tmp_path: Path) -> None:
+    seen = next(
+        checkpoint.Checkpoint.from_line(orjson.loads(line))
+        for line in BASE
+        if _is_checkpoint(line) and orjson.loads(line)["count"] == 2 * EVERY
+    )
+    lines = {
+        "extends": BASE,
+        "rolled-back": _bundle(ENTRIES[:100]),  # a whole, genuine, older bundle
+        "rewritten": _bundle(chain(N)),
+    }[case]
+    serial = verify_bundle(lines, keys=keys(), public_keys=PUBS, since=seen)
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    parallel = verify_path(
+        path, keys=keys(), public_keys=PUBS, since=seen, workers=3, parallel_from=0
+    )
+    assert parallel.problem == serial.problem, (serial.summary(), parallel.summary())
+    if case == "extends":
+        assert serial.ok and parallel.ok
+    elif case == "rolled-back":
+        assert serial.problem is not None and serial.problem.seq == 101
+        assert "missing: entries 101..120" in serial.problem.reason
+    else:
+        assert serial.problem is not None and serial.problem.seq == 2 * EVERY
