@@ -11,7 +11,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from libs.audit import TIME_FORMAT, bound_event, new_event, now_text, operator_context
+from libs.audit import (
+    MAX_EVENT_BYTES,
+    TIME_FORMAT,
+    bound_event,
+    new_event,
+    now_text,
+    operator_context,
+)
 from libs.context import RequestContext
 from libs.events import (
     AuditActions,
@@ -85,14 +92,16 @@ class AuditService:
     async def append(self, events: Sequence[AuditEvent]) -> list[Appended]:
         """Append a batch in one transaction; each tenant's events in the order the batch holds."""
         by_tenant: dict[str, list[dict[str, Any]]] = {}
-        for whole in events:
-            event, _ = bound_event(whole)  # a publisher that did not clip: clip here
+        for event in events:
             data = event.model_dump(exclude_none=True)
             try:
-                canonical(data)
+                size = len(canonical(data))
             except TypeError:  # a lone surrogate: valid JSON, but no UTF-8 to hash
                 log.error("dropping audit event %s: not encodable as UTF-8", event.id)
                 continue
+            if size > MAX_EVENT_BYTES:  # a publisher that did not clip: clip here
+                event = bound_event(event)[0]
+                data = event.model_dump(exclude_none=True)
             by_tenant.setdefault(event.tenant, []).append(data)
         if not by_tenant:
             return []
