@@ -139,3 +139,8 @@ class Subjects:
     @property
     def audit_api_export(self) -> str:
         return self._s("auditapi.export")
+
+    # -- API keys (core NATS): a revocation, for every gateway replica to drop it at once --
+    @property
+    def keys_revoked(self) -> str:
+        return self._s("keys.revoked")

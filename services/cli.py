@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Sequence
 
 from libs.settings import Settings, load_settings
+from services import keys_cli
 from services.audit import cli as audit_cli
 
 SERVICES = (
@@ -103,7 +104,7 @@ def up(settings: Settings, only: Sequence[str]) -> int:
         print(f"created audit key {path}", flush=True)
     key_file = settings.home / "admin.key"
     if not key_file.exists():
-        plaintext = asyncio.run(_create_key(settings, "default", "admin", "make up", None))
+        plaintext = asyncio.run(keys_cli.create(settings, "default", "admin", "make up", None))
         key_file.touch(mode=0o600)
         key_file.write_text(plaintext + "\n")
         print(f"created an admin key for tenant `default` in {key_file}", flush=True)
@@ -181,21 +182,6 @@ def _announce_ready(base: str, key: str) -> None:
     print(f"Enclave did not answer a chat within {READY_WAIT_S:.0f} s", flush=True)
 
 
-async def _create_key(
-    settings: Settings, tenant: str, role: str, name: str, rpm: int | None
-) -> str:
-    from libs.db.engine import make_engine, migrate_async
-    from services.gateway.adapters.sql_keys import create_key
-
-    await migrate_async(settings)
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        _, plaintext = await create_key(engine, tenant, role, name, rpm)
-    finally:
-        await engine.dispose()
-    return plaintext
-
-
 async def _add_model(settings: Settings, args: argparse.Namespace) -> None:
     from libs.db.engine import make_engine, migrate_async
     from services.inference_router.adapters.sql_models import add_route
@@ -234,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_create.add_argument("--name", default="")
     p_create.add_argument("--rpm", type=int, default=None, help="requests per minute")
+    keys_cli.add_parsers(keys_sub)
 
     p_models = sub.add_parser("models", help="model registry")
     models_sub = p_models.add_subparsers(dest="models_command", required=True)
@@ -265,8 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         migrate(settings.sqlalchemy_url)
         print("schema is up to date")
     elif args.command == "keys":
-        key = asyncio.run(_create_key(settings, args.tenant, args.role, args.name, args.rpm))
-        print(key)
+        return keys_cli.run(args, settings)
     elif args.command == "models":
         asyncio.run(_add_model(settings, args))
         print(f"registered {args.id} on pool {args.pool}")
