@@ -1,5 +1,5 @@
-"""`enclave up` (what `make up` runs): every service as its own process, a readiness line
-once a chat has gone through every stage, and Ctrl-C stopping all of them within 10 s."""
+"""`enclave up` (what `make up` runs): every service as its own process, `/readyz` 200 only
+once a chat can pass, a readiness line, and Ctrl-C stopping all of them within 10 s."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 from tests.infra import REPO, Infra, free_port, platform_env
 
 
-def test_up_says_when_a_chat_goes_through_and_ctrl_c_stops_everything(
+def test_up_is_ready_when_a_chat_passes_and_ctrl_c_stops_everything(
     services: Infra, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -29,11 +29,18 @@ def test_up_says_when_a_chat_goes_through_and_ctrl_c_stops_everything(
             stderr=subprocess.STDOUT,
         )
     try:
+        # /readyz means a chat can pass: the first 200 is followed by a chat that passes
+        # (before it, nothing answers, or 503; never 200 and then a 503 for the chat).
         deadline = time.monotonic() + 240
-        while b"Enclave is ready" not in log.read_bytes():
+        while True:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
         key = (tmp_path / "admin.key").read_text().strip()
         r = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -46,6 +53,10 @@ def test_up_says_when_a_chat_goes_through_and_ctrl_c_stops_everything(
             timeout=60,
         )
         assert r.status_code == 200, r.text
+        while b"Enclave is ready" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
         began = time.monotonic()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=40) == 0
