@@ -76,5 +76,6 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     settings = Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    # 0700: the home holds keys, the database and the JetStream store (raw prompts).
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     return settings

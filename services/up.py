@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import threading
@@ -116,6 +117,10 @@ def prepare(settings: Settings) -> Path:
     from libs.db.engine import migrate
     from services.audit import cli as audit_cli
 
+    if settings.home.stat().st_mode & 0o077:
+        # Created by an older version, or by hand: it holds keys and raw prompts.
+        settings.home.chmod(0o700)
+        print(f"{settings.home} is now readable by its owner only (0700)", flush=True)
     migrate(settings.sqlalchemy_url)
     for path in audit_cli.ensure(settings):
         print(f"created audit key {path}", flush=True)
@@ -124,10 +129,16 @@ def prepare(settings: Settings) -> Path:
         from services.cli import _create_key
 
         plaintext = asyncio.run(_create_key(settings, "default", "admin", "make up", None))
-        key_file.touch(mode=0o600)
-        key_file.write_text(plaintext + "\n")
+        write_secret(key_file, plaintext + "\n")
         print(f"created an admin key for tenant `default` in {key_file}", flush=True)
     return key_file
+
+
+def write_secret(path: Path, text: str) -> None:
+    """A new file that only its owner can read, from its first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _probe_until_a_chat_passes(
