@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -28,6 +32,13 @@ from libs.context import RequestContext, new_request_id
 from libs.errors import EnclaveError
 from libs.events import ChatMessage, ChatRequested, GenerationParams
 from libs.settings import Settings
+from services.bus_permissions import (
+    REDIS_USERS,
+    nats_config,
+    new_passwords,
+    redis_config,
+    with_user,
+)
 from services.gateway.turn_client import TurnClient, TurnStream
 from services.supervisor import Stage, Supervisor
 
@@ -47,21 +58,119 @@ DEFAULT_PLATFORM = (
 READY_MODEL = "smollm2-135m-instruct"
 READY_WAIT_S = 600.0
 PROBE_TIMEOUT_S = 30.0
+# nats-server and redis-server stop within a second; the services get the other 6 s.
+INFRA_GRACE_S = 1.5
 
 
-def stage_of(service: str, pool: str | None) -> Stage:
+def stage_of(service: str, pool: str | None, bus: OwnBus) -> Stage:
     cmd = [sys.executable, "-m", "services.cli", "serve", service]
     if pool:
         cmd += ["--pool", pool]
-    return Stage(name=f"{service}:{pool}" if pool else service, cmd=cmd)
+    return Stage(name=f"{service}:{pool}" if pool else service, cmd=cmd, env=bus.env(service))
+
+
+@dataclass
+class OwnBus:
+    """The NATS and Redis servers `up` runs itself, with generated credentials, where none
+    listens yet on the configured local ports; an existing server is used as it is."""
+
+    settings: Settings
+    stages: list[Stage] = field(default_factory=list)
+    passwords: dict[str, str] = field(default_factory=dict)
+    nats: bool = False
+    redis: bool = False
+
+    def nats_url(self, service: str) -> str:
+        url = self.settings.nats_url
+        return with_user(url, service, self.passwords[service]) if self.nats else url
+
+    def env(self, service: str) -> dict[str, str]:
+        env = {**os.environ, "ENCLAVE_NATS_URL": self.nats_url(service)}
+        if self.redis and service in REDIS_USERS:
+            env["ENCLAVE_REDIS_URL"] = with_user(
+                self.settings.redis_url, "", self.passwords["redis"]
+            )
+        return env
+
+    def wait_listening(self, timeout: float = 15.0) -> None:
+        for url, wanted in (
+            (self.settings.nats_url, self.nats),
+            (self.settings.redis_url, self.redis),
+        ):
+            if not wanted:
+                continue
+            host, port = _host_port(url)
+            deadline = time.monotonic() + timeout
+            while not _listening(host, port):
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"nothing listens on {host}:{port}; see {self.settings.home}/bus"
+                    )
+                time.sleep(0.1)
+
+
+def own_bus(settings: Settings) -> OwnBus:
+    bus = OwnBus(settings)
+    nats_at, redis_at = _free_local(settings.nats_url), _free_local(settings.redis_url)
+    if nats_at is None and redis_at is None:
+        return bus
+    folder = settings.home / "bus"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    secrets_file = folder / "passwords.json"
+    if not secrets_file.exists():
+        write_secret(secrets_file, json.dumps(new_passwords()))
+    bus.passwords = json.loads(secrets_file.read_text())
+    if nats_at is not None:
+        conf = folder / "nats.conf"
+        conf.unlink(missing_ok=True)
+        store = settings.home / "nats"
+        text = nats_config(settings.subjects, bus.passwords, *nats_at, str(store))
+        write_secret(conf, text)
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        bus.stages.append(Stage("nats-server", [binary, "-c", str(conf)]))
+        bus.nats = True
+        print(f"NATS on {nats_at[0]}:{nats_at[1]}: one user per service, in {conf}", flush=True)
+    if redis_at is not None:
+        conf = folder / "redis.conf"
+        conf.unlink(missing_ok=True)
+        data = settings.home / "redis"
+        data.mkdir(mode=0o700, exist_ok=True)
+        write_secret(conf, redis_config(bus.passwords["redis"], *redis_at, str(data)))
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        bus.stages.append(Stage("redis-server", [binary, str(conf)]))
+        bus.redis = True
+        print(f"Redis on {redis_at[0]}:{redis_at[1]} with a password, in {conf}", flush=True)
+    return bus
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    default = 6379 if parts.scheme.startswith("redis") else 4222
+    return parts.hostname or "127.0.0.1", parts.port or default
+
+
+def _free_local(url: str) -> tuple[str, int] | None:
+    """Where `up` should run a server of its own: a local address nothing listens on."""
+    host, port = _host_port(url)
+    if host not in ("127.0.0.1", "localhost") or "@" in url or _listening(host, port):
+        return None
+    return host, port
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
 
 
 def run(settings: Settings, only: Sequence[str]) -> int:
     """Start every service as its own process; restart one that exits; Ctrl-C stops all."""
     started = time.monotonic()
     key_file = prepare(settings)
+    bus = own_bus(settings)
+    infra = Supervisor(bus.stages, grace_s=INFRA_GRACE_S)
     stages = [
-        stage_of(service, pool)
+        stage_of(service, pool, bus)
         for service, pool in DEFAULT_PLATFORM
         if not only or service in only or f"{service}:{pool}" in only
     ]
@@ -77,21 +186,28 @@ def run(settings: Settings, only: Sequence[str]) -> int:
         nonlocal signals
         signals += 1
         if signals > 1:  # a second Ctrl-C: no grace period
-            supervisor.grace_s = 0.0
+            supervisor.grace_s = infra.grace_s = 0.0
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    supervisor.start_all()
-    print(f"Enclave is starting: gateway on {base} — Ctrl-C stops it.", flush=True)
-    chat_passes = threading.Event()
-    if held is not None:
-        threading.Thread(
-            target=_probe_until_a_chat_passes,
-            args=(settings, chat_passes, lambda: signals > 0),
-            daemon=True,
-        ).start()
     try:
+        infra.start_all()
+        bus.wait_listening()
+        supervisor.start_all()
+        print(f"Enclave is starting: gateway on {base} — Ctrl-C stops it.", flush=True)
+        chat_passes = threading.Event()
+        if held is not None:
+            threading.Thread(
+                target=_probe_until_a_chat_passes,
+                args=(
+                    settings.model_copy(update={"nats_url": bus.nats_url("gateway")}),
+                    chat_passes,
+                    lambda: signals > 0,
+                ),
+                daemon=True,
+            ).start()
         while not signals:
+            infra.poll()
             supervisor.poll()
             if held is not None and chat_passes.is_set():
                 took = time.monotonic() - started
@@ -108,6 +224,7 @@ def run(settings: Settings, only: Sequence[str]) -> int:
             time.sleep(0.2)
     finally:
         supervisor.stop()
+        infra.stop()  # the bus last: the services leave it first
     print("Enclave stopped.", flush=True)
     return 0
 
