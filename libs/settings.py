@@ -21,6 +21,9 @@ class Settings(BaseSettings):
 
     home: Path = REPO_ROOT / ".enclave"
     nats_url: str = "nats://127.0.0.1:4222"
+    # Where this process's request replies arrive; `enclave up` gives each service its own
+    # (_INBOX_<service>) on its authenticated bus, so that none reads another's replies.
+    nats_inbox_prefix: str = "_INBOX"
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Empty means SQLite under `home`; set to postgresql+asyncpg://... in production.
     database_url: str = ""

@@ -4,7 +4,8 @@ nats-server and Redis configurations that `enclave up` runs its own servers with
 Pure: it decides and renders; services/up.py writes the files and starts the servers.
 Only the gateway reads `chat.stream.>` (the runtime and the workers write it); each
 JetStream work queue is consumed by its one service; request subjects are served only by
-the service that owns them, and replies go back through `allow_responses`.
+the service that owns them, replies go back through `allow_responses`, and each service
+reads only its own inbox.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ USERS = (
 )
 # Which services talk to Redis (the gateway's rate limits, memory's conversation buffer).
 REDIS_USERS = ("gateway", "memory")
-INBOX = "_INBOX.>"
+
+
+def inbox_prefix(user: str) -> str:
+    """Where a service's request replies arrive: its own inbox, which no other may read.
+    The gateway keeps the default (it connects without libs.bus)."""
+    return "_INBOX" if user == "gateway" else f"_INBOX_{user}"
 
 
 @dataclass(frozen=True)
@@ -123,11 +129,16 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
         ),
         "audit": Permissions(
             publish=_consumes(s.audit_stream_name),
-            subscribe=(s.audit_all, *audit_api),
+            # FastStream's pull subscriber fetches on `_INBOX.<id>` whatever the connection's
+            # inbox prefix (it passes its own default): until services/audit/app.py gives its
+            # PullSub the prefix, audit may read the default inbox, which the gateway uses.
+            subscribe=(s.audit_all, *audit_api, "_INBOX.>"),
         ),
     }
     return {
-        user: Permissions(publish=(*common_pub, *p.publish), subscribe=(*p.subscribe, INBOX))
+        user: Permissions(
+            publish=(*common_pub, *p.publish), subscribe=(*p.subscribe, f"{inbox_prefix(user)}.>")
+        )
         for user, p in table.items()
     }
 

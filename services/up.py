@@ -34,6 +34,7 @@ from libs.events import ChatMessage, ChatRequested, GenerationParams
 from libs.settings import Settings
 from services.bus_permissions import (
     REDIS_USERS,
+    inbox_prefix,
     nats_config,
     new_passwords,
     redis_config,
@@ -86,6 +87,8 @@ class OwnBus:
 
     def env(self, service: str) -> dict[str, str]:
         env = {**os.environ, "ENCLAVE_NATS_URL": self.nats_url(service)}
+        if self.nats:
+            env["ENCLAVE_NATS_INBOX_PREFIX"] = inbox_prefix(service)
         if self.redis and service in REDIS_USERS:
             env["ENCLAVE_REDIS_URL"] = with_user(
                 self.settings.redis_url, "", self.passwords["redis"]

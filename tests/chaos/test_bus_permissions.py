@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 
 from libs.subjects import Subjects
 from services.bus_permissions import (
+    inbox_prefix,
     nats_config,
     new_passwords,
     permissions,
@@ -68,6 +69,19 @@ def test_only_the_gateway_reads_chat_streams() -> None:
         if any(subject_matches(a, subject) for a in p.subscribe if a != "_INBOX.>")
     ]
     assert readers == ["gateway"]
+
+
+def test_each_service_reads_only_its_own_inbox() -> None:
+    table = permissions(Subjects(PREFIX))
+    for user, p in table.items():
+        for other in table:
+            theirs = f"{inbox_prefix(other)}.abc.1"
+            allowed = any(subject_matches(a, theirs) for a in p.subscribe)
+            # audit: see its permissions (FastStream's pull subscriber and the default inbox)
+            assert allowed == (other == user or (user, other) == ("audit", "gateway")), (
+                user,
+                other,
+            )
 
 
 def test_subject_matching() -> None:
