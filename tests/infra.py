@@ -263,3 +263,35 @@ def platform_env(infra: Infra, home: Path, port: int, **extra: str) -> dict[str,
     )
     env.update(extra)
     return env
+
+
+def start_up(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`enclave up` (what `make up` runs) as a real process, its output in `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", *args],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, as a failed test must still stop what it started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def chat(base_url: str, key: str, model: str, timeout: float = 60) -> httpx.Response:
+    """One short chat completion."""
+    return httpx.post(
+        f"{base_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
+        timeout=timeout,
+    )

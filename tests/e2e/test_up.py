@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import nats
 import pytest
 import redis
 
-from tests.infra import REPO, Infra, free_port, platform_env
+from tests.infra import Infra, chat, free_port, platform_env, start_up, stop_up
 
 
 def test_up_is_ready_when_a_chat_passes_and_ctrl_c_stops_everything(
@@ -35,14 +33,7 @@ def test_up_is_ready_when_a_chat_passes_and_ctrl_c_stops_everything(
         ENCLAVE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
     )
     log = tmp_path / "up.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up"],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_up(env, log)
     try:
         # /readyz means a chat can pass: the first 200 is followed by a chat that passes
         # (before it, nothing answers, or 503; never 200 and then a 503 for the chat).
@@ -57,16 +48,7 @@ def test_up_is_ready_when_a_chat_passes_and_ctrl_c_stops_everything(
                 pass
             time.sleep(0.2)
         key = (tmp_path / "admin.key").read_text().strip()
-        r = httpx.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {key}"},
-            json={
-                "model": "smollm2-135m-instruct",
-                "messages": [{"role": "user", "content": "Say hi"}],
-                "max_tokens": 4,
-            },
-            timeout=60,
-        )
+        r = chat(f"http://127.0.0.1:{port}", key, "smollm2-135m-instruct")
         assert r.status_code == 200, r.text
         while b"Enclave is ready" not in log.read_bytes():
             assert proc.poll() is None, log.read_text()[-3000:]
@@ -110,9 +92,4 @@ def test_up_is_ready_when_a_chat_passes_and_ctrl_c_stops_everything(
         except httpx.TransportError:
             pass
     finally:
-        if proc.poll() is None:  # a failed test still stops the services it started
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_up(proc)

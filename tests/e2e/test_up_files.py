@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import signal
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.infra import REPO, Infra, free_port, platform_env
+from tests.infra import Infra, free_port, platform_env, start_up
 
 
 def _mode(path: Path) -> int:
@@ -19,14 +17,7 @@ def _mode(path: Path) -> int:
 
 def _up_with_no_stage(env: dict[str, str], log: Path) -> str:
     """`enclave up` with no stage selected: it prepares the home (schema, keys) and waits."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--only", "none"],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_up(env, log, "--only", "none")
     try:
         deadline = time.monotonic() + 60
         while b"Enclave is starting" not in log.read_bytes():

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.infra import REPO, Infra, free_port, platform_env
+from tests.infra import Infra, chat, free_port, platform_env, start_up, stop_up
 
 # What a chat on the instant engine needs: no model to load.
 CHAT_STAGES = ("inference_router", "worker:instant", "guardrails", "agent_runtime", "gateway")
@@ -46,18 +45,8 @@ class Up:
             assert time.monotonic() < deadline, self.text()[-3000:]
             time.sleep(0.2)
 
-    def chat(self, timeout: float = 60) -> httpx.Response:
-        key = (self.home / "admin.key").read_text().strip()
-        return httpx.post(
-            f"{self.base}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {key}"},
-            json={
-                "model": "enclave-instant",
-                "messages": [{"role": "user", "content": "Say hi"}],
-                "max_tokens": 4,
-            },
-            timeout=timeout,
-        )
+    def chat(self) -> httpx.Response:
+        return chat(self.base, (self.home / "admin.key").read_text().strip(), "enclave-instant")
 
 
 @pytest.fixture
@@ -65,23 +54,11 @@ def up(services: Infra, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
     port = free_port()
     env = platform_env(services, tmp_path, port)
     log = tmp_path / "up.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--only", *request.param],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_up(env, log, "--only", *request.param)
     try:
         yield Up(proc, log, f"http://127.0.0.1:{port}", tmp_path)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_up(proc)
 
 
 def _gone(pid: int) -> bool:
