@@ -95,12 +95,13 @@ class Supervisor:
         alive = [s for s in self.stages if s.proc is not None and s.proc.poll() is None]
         for stage in alive:
             _signal_group(stage, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace_s
+        began = time.monotonic()
         for stage in alive:
             assert stage.proc is not None
-            try:
-                stage.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            # grace_s is read on every step: a second Ctrl-C (grace 0) ends the wait at once.
+            while stage.proc.poll() is None and time.monotonic() - began < self.grace_s:
+                time.sleep(0.05)
+            if stage.proc.poll() is None:
                 self.say(f"{stage.name} did not stop in {self.grace_s:.0f} s; killing it")
         for stage in alive:
             # The group too: whatever a stage started must not outlive it.
@@ -111,15 +112,6 @@ class Supervisor:
                 stage.proc.wait(timeout=KILL_WAIT_S)
             except subprocess.TimeoutExpired:
                 self.say(f"{stage.name} (pid {stage.pid}) survived SIGKILL")
-
-    def run(self, stopping: Callable[[], bool], tick_s: float = 0.2) -> None:
-        """Supervise until `stopping()` says so, then stop everything."""
-        try:
-            while not stopping():
-                self.poll()
-                time.sleep(tick_s)
-        finally:
-            self.stop()
 
 
 def _signal_group(stage: Stage, sig: int) -> None:

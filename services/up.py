@@ -129,7 +129,7 @@ def own_bus(settings: Settings) -> OwnBus:
         store = settings.home / "nats"
         text = nats_config(settings.subjects, bus.passwords, *nats_at, str(store))
         write_secret(conf, text)
-        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        binary = _binary("nats-server", "/usr/sbin/nats-server")
         bus.stages.append(Stage("nats-server", [binary, "-c", str(conf)]))
         bus.nats = True
         print(f"NATS on {nats_at[0]}:{nats_at[1]}: one user per service, in {conf}", flush=True)
@@ -139,11 +139,18 @@ def own_bus(settings: Settings) -> OwnBus:
         data = settings.home / "redis"
         data.mkdir(mode=0o700, exist_ok=True)
         write_secret(conf, redis_config(bus.passwords["redis"], *redis_at, str(data)))
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        binary = _binary("redis-server", "/usr/bin/redis-server")
         bus.stages.append(Stage("redis-server", [binary, str(conf)]))
         bus.redis = True
         print(f"Redis on {redis_at[0]}:{redis_at[1]} with a password, in {conf}", flush=True)
     return bus
+
+
+def _binary(name: str, debian_path: str) -> str:
+    found = shutil.which(name) or (debian_path if os.path.exists(debian_path) else None)
+    if found is None:
+        raise SystemExit(f"{name} is not installed: `make up` installs it (apt-get install {name})")
+    return found
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -191,8 +198,8 @@ def run(settings: Settings, only: Sequence[str]) -> int:
         if signals > 1:  # a second Ctrl-C: no grace period
             supervisor.grace_s = infra.grace_s = 0.0
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
+        signal.signal(sig, on_signal)
     try:
         infra.start_all()
         bus.wait_listening()

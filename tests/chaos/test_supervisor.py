@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,3 +85,23 @@ def test_stop_kills_a_stage_that_ignores_sigterm_within_10_s(tmp_path: Path) -> 
     assert any("stubborn did not stop" in line for line in lines), lines
     assert stubborn.proc is not None and stubborn.proc.returncode == -signal.SIGKILL
     assert polite.proc is not None and polite.proc.returncode == -signal.SIGTERM
+
+
+def test_a_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
+    ignoring = tmp_path / "ignoring"
+    stubborn = Stage("stubborn", [sys.executable, "-c", STUBBORN, str(ignoring)])
+    sup = Supervisor([stubborn], say=lambda line: None, grace_s=60.0)
+    sup.start_all()
+    deadline = time.monotonic() + 30
+    while not ignoring.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stopper = threading.Thread(target=sup.stop)
+    began = time.monotonic()
+    stopper.start()
+    time.sleep(0.5)
+    sup.grace_s = 0.0  # what `enclave up` does on a second SIGINT
+    stopper.join(timeout=10)
+    assert not stopper.is_alive()
+    assert time.monotonic() - began < 3
+    assert not _alive(stubborn.pid)
