@@ -9,7 +9,8 @@ bootstrap:
 services:
 	@bash deploy/local/services.sh
 
-up: bootstrap services
+# enclave up runs its own NATS and Redis, with generated credentials, where none listens.
+up: bootstrap
 	$(VENV)/enclave up
 
 lint: bootstrap

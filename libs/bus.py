@@ -24,6 +24,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         logger=None,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
+        inbox_prefix=settings.nats_inbox_prefix,
     )
 
 

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
 
     home: Path = REPO_ROOT / ".enclave"
     nats_url: str = "nats://127.0.0.1:4222"
+    # Where this process's request replies arrive; `enclave up` gives each service its own
+    # (_INBOX_<service>) on its authenticated bus, so that none reads another's replies.
+    nats_inbox_prefix: str = "_INBOX"
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Empty means SQLite under `home`; set to postgresql+asyncpg://... in production.
     database_url: str = ""
@@ -76,5 +79,6 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     settings = Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    # 0700: the home holds keys, the database and the JetStream store (raw prompts).
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     return settings

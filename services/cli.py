@@ -7,15 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 
 from libs.settings import Settings, load_settings
@@ -30,19 +23,6 @@ SERVICES = (
     "audit",
     "memory",
     "guardrails",
-)
-# What `enclave up` starts: (service, pool)
-DEFAULT_PLATFORM = (
-    ("inference_router", None),
-    ("worker", "smollm2"),
-    ("worker", "gemma3"),
-    ("worker", "minilm"),
-    ("worker", "instant"),
-    ("guardrails", None),
-    ("agent_runtime", None),
-    ("memory", None),
-    ("gateway", None),
-    ("audit", None),
 )
 
 
@@ -93,93 +73,6 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     uvloop.run(app.run())
-
-
-def up(settings: Settings, only: Sequence[str]) -> int:
-    """Start every service as its own process; Ctrl-C stops them all."""
-    from libs.db.engine import migrate
-
-    migrate(settings.sqlalchemy_url)
-    for path in audit_cli.ensure(settings):
-        print(f"created audit key {path}", flush=True)
-    key_file = settings.home / "admin.key"
-    if not key_file.exists():
-        plaintext = asyncio.run(keys_cli.create(settings, "default", "admin", "make up", None))
-        key_file.touch(mode=0o600)
-        key_file.write_text(plaintext + "\n")
-        print(f"created an admin key for tenant `default` in {key_file}", flush=True)
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-    for service, pool in DEFAULT_PLATFORM:
-        name = f"{service}:{pool}" if pool else service
-        if only and service not in only and name not in only:
-            continue
-        cmd = [sys.executable, "-m", "services.cli", "serve", service]
-        if pool:
-            cmd += ["--pool", pool]
-        procs.append((name, subprocess.Popen(cmd)))
-        print(f"started {name} (pid {procs[-1][1].pid})", flush=True)
-    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    print(f"Enclave is starting: gateway on {base} — Ctrl-C stops it.", flush=True)
-    if not only:
-        threading.Thread(
-            target=_announce_ready, args=(base, key_file.read_text().strip()), daemon=True
-        ).start()
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    code = 0
-    while not stopping:
-        for name, proc in procs:
-            if proc.poll() is not None:
-                print(f"{name} exited with {proc.returncode}; stopping the platform", flush=True)
-                code = 1
-                stopping = True
-        time.sleep(0.3)
-    for _, proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for _, proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    print("Enclave stopped.", flush=True)
-    return code
-
-
-READY_MODEL = "smollm2-135m-instruct"
-READY_WAIT_S = 600.0
-
-
-def _announce_ready(base: str, key: str) -> None:
-    """Say when a chat first goes through every stage (gateway, runtime, guardrails,
-    router, worker): before that, requests may get 503s while models load."""
-    started = time.monotonic()
-    body = json.dumps(
-        {"model": READY_MODEL, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-    ).encode()
-    while time.monotonic() - started < READY_WAIT_S:
-        request = urllib.request.Request(
-            f"{base}/v1/chat/completions",
-            data=body,
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                if response.status == 200:
-                    took = time.monotonic() - started
-                    print(f"Enclave is ready ({took:.0f} s): {base}", flush=True)
-                    return
-        except (OSError, urllib.error.URLError):
-            pass  # not up yet, or a stage still loading (503)
-        time.sleep(1.0)
-    print(f"Enclave did not answer a chat within {READY_WAIT_S:.0f} s", flush=True)
 
 
 async def _add_model(settings: Settings, args: argparse.Namespace) -> None:
@@ -245,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         serve(settings, args.service, args.pool)
     elif args.command == "up":
-        return up(settings, args.only)
+        from services import up
+
+        return up.run(settings, args.only)
     elif args.command == "migrate":
         from libs.db.engine import migrate
 
