@@ -1,0 +1,278 @@
+"""The default backend: one bubblewrap sandbox per run.
+
+Layers, outermost first (services/sandbox/README.md says what each blocks):
+- `prlimit`: CPU seconds, address space, processes, file size, open files, no core dumps;
+- `setpriv` (when the service runs as root): a uid of its own per concurrent slot, no groups,
+  so that the kernel sees no root and no two sandboxes share a uid;
+- `bwrap`: new user, pid, network, ipc, uts and cgroup namespaces (no network at all), no
+  further user namespaces, every capability dropped, uid/gid 65534 inside, a read-only view
+  of /usr only (no /home, /root, /etc/shadow, ENCLAVE_HOME or the repository), a tmpfs work
+  dir and /tmp of fixed size, an empty environment, the seccomp filter (adapters/seccomp.py),
+  killed with the service;
+- the runner (runner.py) inside: output caps, its own deadline, nothing left running after.
+The service keeps a harder deadline and a cap on what it reads behind all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.sandbox.limits import Job, Limits
+from services.sandbox.outcome import Observed
+
+RUNNER = (Path(__file__).resolve().parent.parent / "runner.py").read_text()
+JOB_PATH = "/run/enclave/job.json"
+SANDBOX_UID = 65534
+# How long after the run's own deadline the service kills the sandbox regardless.
+GRACE_S = 3.0
+STDERR_CAP = 65536
+# What of /etc a program may need: alternatives (awk, ...), the loader's cache, the time zone.
+ETC_FILES = ("alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime")
+PASSWD = b"root:x:0:0:root:/:/usr/sbin/nologin\nsandbox:x:65534:65534:sandbox:/work:/bin/bash\n"
+GROUP = b"root:x:0:\nsandbox:x:65534:\n"
+
+
+def _root_binds() -> list[str]:
+    """/usr read-only, and /bin, /lib... as the host has them (links on merged-/usr)."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
+        host = Path("/") / name
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), f"/{name}"]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), f"/{name}"]
+    for name in ETC_FILES:
+        if (Path("/etc") / name).exists():
+            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    return args
+
+
+def bwrap_argv(
+    limits: Limits,
+    *,
+    job_fd: int,
+    passwd_fd: int,
+    group_fd: int,
+    seccomp_fd: int | None,
+    host_uid: int | None,
+    bwrap: str = "bwrap",
+) -> list[str]:
+    """The whole command line of one sandbox (pure, apart from looking at / once)."""
+    mem = limits.memory_bytes
+    argv = [
+        "prlimit",
+        f"--cpu={limits.cpu_s}:{limits.cpu_s + 1}",
+        f"--as={mem}:{mem}",
+        f"--nproc={limits.processes}:{limits.processes}",
+        f"--fsize={limits.work_bytes}:{limits.work_bytes}",
+        "--nofile=256:256",
+        "--core=0:0",
+        "--",
+    ]
+    if host_uid is not None:
+        argv += [
+            "setpriv",
+            f"--reuid={host_uid}",
+            f"--regid={host_uid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ]
+    argv += [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--hostname",
+        "sandbox",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin",
+        *_root_binds(),
+        "--ro-bind-data",
+        str(passwd_fd),
+        "/etc/passwd",
+        "--ro-bind-data",
+        str(group_fd),
+        "/etc/group",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "0777",
+        "--size",
+        str(limits.work_bytes),
+        "--tmpfs",
+        "/work",
+        "--perms",
+        "0777",
+        "--size",
+        str(16 * 2**20),
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "0444",
+        "--ro-bind-data",
+        str(job_fd),
+        JOB_PATH,
+    ]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    argv += ["--chdir", "/work", "--", "python3", "-I", "-S", "-c", RUNNER, JOB_PATH]
+    return argv
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, 0)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]:
+    """Read to EOF, keeping at most `cap` bytes; True when there was more."""
+    buf = bytearray()
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return bytes(buf), False
+        buf += chunk
+        if len(buf) > cap:
+            return bytes(buf[:cap]), True
+
+
+class BwrapBackend:
+    """Runs each job in a fresh bubblewrap sandbox; at most `concurrency` at once."""
+
+    name = "bwrap"
+
+    def __init__(
+        self, limits: Limits, *, seccomp: bytes | None, concurrency: int, uid_base: int
+    ) -> None:
+        self.limits = limits
+        self.seccomp = seccomp
+        self.uid_base = uid_base
+        self.root = os.geteuid() == 0
+        self._slots: asyncio.Queue[int] = asyncio.Queue()
+        for slot in range(max(1, concurrency)):
+            self._slots.put_nowait(slot)
+
+    @staticmethod
+    def missing() -> list[str]:
+        """The programs this backend needs that the host lacks."""
+        return [p for p in ("bwrap", "prlimit", "setpriv") if shutil.which(p) is None]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "backend": self.name,
+            "seccomp": self.seccomp is not None,
+            "uid": "per slot" if self.root else os.geteuid(),
+        }
+
+    async def run(self, job: Job) -> Observed:
+        slot = await self._slots.get()
+        try:
+            return await self._run(job, slot)
+        finally:
+            self._slots.put_nowait(slot)
+
+    async def _run(self, job: Job, slot: int) -> Observed:
+        started = time.monotonic()
+        fds = [
+            _memfd("enclave-job", json.dumps(job.runner_input(self.limits)).encode()),
+            _memfd("enclave-passwd", PASSWD),
+            _memfd("enclave-group", GROUP),
+        ]
+        if self.seccomp is not None:
+            fds.append(_memfd("enclave-seccomp", self.seccomp))
+        argv = bwrap_argv(
+            self.limits,
+            job_fd=fds[0],
+            passwd_fd=fds[1],
+            group_fd=fds[2],
+            seccomp_fd=fds[3] if self.seccomp is not None else None,
+            host_uid=self.uid_base + slot if self.root else None,
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=fds,
+                start_new_session=True,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+            )
+        except OSError as exc:
+            return Observed(None, None, failure=str(exc), duration_s=time.monotonic() - started)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return await self._watch(proc, job, started)
+
+    async def _watch(self, proc: asyncio.subprocess.Process, job: Job, started: float) -> Observed:
+        assert proc.stdout is not None and proc.stderr is not None
+        out_task = asyncio.ensure_future(_read_capped(proc.stdout, self.limits.report_bytes()))
+        err_task = asyncio.ensure_future(_read_capped(proc.stderr, STDERR_CAP))
+        deadline_hit = False
+        try:
+            async with asyncio.timeout(job.timeout_s + GRACE_S):
+                report, overflow = await out_task
+                if overflow:
+                    _kill(proc)
+                await proc.wait()
+        except TimeoutError:
+            deadline_hit = True
+            _kill(proc)
+            report, overflow = b"", False
+        await proc.wait()
+        out_task.cancel()
+        try:
+            errors, _ = await asyncio.wait_for(err_task, 1.0)
+        except (TimeoutError, asyncio.CancelledError):
+            errors = b""
+        return Observed(
+            report=None if overflow else report,
+            exit_status=proc.returncode,
+            deadline_hit=deadline_hit,
+            report_overflow=overflow,
+            failure=_failure(report, errors, proc.returncode),
+            duration_s=time.monotonic() - started,
+        )
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    # bwrap dies, its child gets SIGKILL (--die-with-parent) and with it the pid namespace.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+_TOOLS: Sequence[bytes] = (b"bwrap:", b"prlimit:", b"setpriv:")
+
+
+def _failure(report: bytes, errors: bytes, status: int | None) -> str | None:
+    """The backend's own error, when no runner ever ran (never the code's stderr)."""
+    if report or status == 0:
+        return None
+    text = errors.strip()
+    if any(text.startswith(tool) for tool in _TOOLS):
+        return text.decode(errors="replace")[:500]
+    return None
