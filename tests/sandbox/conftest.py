@@ -39,10 +39,10 @@ def request(
 ) -> SandboxExecRequest:
     return SandboxExecRequest(
         ctx=RequestContext(tenant="acme", request_id="req-sandbox-test"),
-        language=language,  # type: ignore[arg-type]
+        language=language,
         code=code,
         files=[SandboxFile(path=p, content_b64=b64(c)) for p, c in (files or {}).items()],
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 

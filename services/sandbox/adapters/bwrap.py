@@ -133,6 +133,10 @@ def bwrap_argv(
         "--ro-bind-data",
         str(job_fd),
         JOB_PATH,
+        # The root is bwrap's own tmpfs, owned by the sandbox's uid: make it read-only
+        # (the /work and /tmp mounts stay writable).
+        "--remount-ro",
+        "/",
     ]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
