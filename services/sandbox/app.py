@@ -56,7 +56,9 @@ async def self_test(backend: Backend, limits: Limits) -> None:
     """Refuse to serve when no sandbox can run here (say why, rather than fail each exec)."""
     ctx = RequestContext(tenant="selftest", request_id="selftest")
     reply = await execute(
-        SandboxExecRequest(ctx=ctx, language="python", code="print('ok')", timeout_s=30),
+        SandboxExecRequest(
+            ctx=ctx, language="python", code="print('ok')", timeout_s=limits.max_timeout_s
+        ),
         backend,
         limits,
     )
