@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     sandbox_files_count: int = 100
     sandbox_work_mb: int = 64  # the work dir's tmpfs
     sandbox_concurrency: int = 4  # sandboxes at once per replica
+    sandbox_warm: int = 2  # sandboxes started ahead per replica (bwrap), each used once
     # Run as root, the bwrap backend drops each sandbox to uid base + slot (never 0).
     sandbox_uid_base: int = 1_900_000_000
     sandbox_docker_image: str = "python:3.11-slim"

@@ -49,6 +49,7 @@ def build_backend(settings: Settings, limits: Limits) -> Backend:
         seccomp=build_filter(),
         concurrency=settings.sandbox_concurrency,
         uid_base=settings.sandbox_uid_base,
+        warm=settings.sandbox_warm,
     )
 
 
@@ -139,5 +140,6 @@ def build_app(settings: Settings) -> FastStream:
             await asyncio.wait(pending, timeout=settings.sandbox_max_timeout_s + 5)
         if publisher:
             await publisher[0].close()
+        await backend.close()
 
     return app

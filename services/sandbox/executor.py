@@ -21,6 +21,8 @@ class Backend(Protocol):
 
     def describe(self) -> dict[str, object]: ...
 
+    async def close(self) -> None: ...
+
 
 async def execute(
     request: SandboxExecRequest, backend: Backend, limits: Limits

@@ -81,3 +81,25 @@ async def test_sandboxes_run_side_by_side(run: Run) -> None:
 
     replies = await asyncio.gather(*(run("python", f"print({i})") for i in range(6)))
     assert [r.stdout for r in replies] == [f"{i}\n" for i in range(6)]
+
+
+async def test_warm_sandboxes_are_fresh_for_every_run(seccomp: bytes | None) -> None:
+    import subprocess
+
+    from services.sandbox.adapters.bwrap import BwrapBackend
+    from services.sandbox.executor import execute
+    from tests.sandbox.conftest import LIMITS, request
+
+    backend = BwrapBackend(LIMITS, seccomp=seccomp, concurrency=2, uid_base=1_900_000_300, warm=2)
+    code = "ls /tmp /work; touch /tmp/left-behind /work/left-behind; echo $$"
+    try:
+        replies = [await execute(request("bash", code), backend, LIMITS) for _ in range(4)]
+        # Nothing of an earlier run is seen by a later one.
+        assert all("left-behind" not in r.stdout for r in replies), replies
+        assert all(r.status == "ok" for r in replies)
+        assert len(backend._ready) + backend._starting == 2  # the pool refills
+    finally:
+        await backend.close()
+    uids = ",".join(str(1_900_000_300 + i) for i in range(4))
+    states = subprocess.run(["ps", "-o", "stat=", "-u", uids], capture_output=True, text=True)
+    assert [s for s in states.stdout.split() if not s.startswith("Z")] == []

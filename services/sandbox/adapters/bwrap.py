@@ -18,18 +18,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.sandbox.limits import Job, Limits
 from services.sandbox.outcome import Observed
 
+log = logging.getLogger("enclave.sandbox")
 RUNNER = (Path(__file__).resolve().parent.parent / "runner.py").read_text()
-JOB_PATH = "/run/enclave/job.json"
 SANDBOX_UID = 65534
 # How long after the run's own deadline the service kills the sandbox regardless.
 GRACE_S = 3.0
@@ -58,7 +61,6 @@ def _root_binds() -> list[str]:
 def bwrap_argv(
     limits: Limits,
     *,
-    job_fd: int,
     passwd_fd: int,
     group_fd: int,
     seccomp_fd: int | None,
@@ -92,6 +94,9 @@ def bwrap_argv(
         "--unshare-user",
         "--disable-userns",
         "--die-with-parent",
+        # The runner is the pid namespace's init: the code cannot kill it, and bwrap returns
+        # only once the kernel has ended every process of the namespace.
+        "--as-pid-1",
         "--new-session",
         "--cap-drop",
         "ALL",
@@ -128,11 +133,6 @@ def bwrap_argv(
         str(16 * 2**20),
         "--tmpfs",
         "/tmp",
-        "--perms",
-        "0444",
-        "--ro-bind-data",
-        str(job_fd),
-        JOB_PATH,
         # The root is bwrap's own tmpfs, owned by the sandbox's uid: make it read-only
         # (the /work and /tmp mounts stay writable).
         "--remount-ro",
@@ -140,7 +140,8 @@ def bwrap_argv(
     ]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
-    argv += ["--chdir", "/work", "--", "python3", "-I", "-S", "-c", RUNNER, JOB_PATH]
+    # The runner reads its job on stdin.
+    argv += ["--chdir", "/work", "--", "python3", "-I", "-S", "-c", RUNNER]
     return argv
 
 
@@ -163,21 +164,44 @@ async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, b
             return bytes(buf[:cap]), True
 
 
+@dataclass
+class Started:
+    """A sandbox whose runner waits for its job on stdin."""
+
+    proc: asyncio.subprocess.Process
+    uid: int | None
+
+
 class BwrapBackend:
-    """Runs each job in a fresh bubblewrap sandbox; at most `concurrency` at once."""
+    """Runs each job in a fresh bubblewrap sandbox; at most `concurrency` at once.
+
+    `warm` sandboxes are started ahead of demand (namespaces set up, the runner's Python
+    loaded, waiting on stdin for a job): a run then costs its own program only. Each
+    sandbox still runs one job and goes; the pool refills in the background.
+    """
 
     name = "bwrap"
 
     def __init__(
-        self, limits: Limits, *, seccomp: bytes | None, concurrency: int, uid_base: int
+        self,
+        limits: Limits,
+        *,
+        seccomp: bytes | None,
+        concurrency: int,
+        uid_base: int,
+        warm: int = 0,
     ) -> None:
         self.limits = limits
         self.seccomp = seccomp
-        self.uid_base = uid_base
         self.root = os.geteuid() == 0
-        self._slots: asyncio.Queue[int] = asyncio.Queue()
-        for slot in range(max(1, concurrency)):
-            self._slots.put_nowait(slot)
+        self.warm = max(0, warm)
+        concurrency = max(1, concurrency)
+        self._slots = asyncio.Semaphore(concurrency)
+        # One host uid per live sandbox (running or warm): none shares its process count.
+        self._uids: deque[int] = deque(range(uid_base, uid_base + concurrency + self.warm))
+        self._ready: deque[Started] = deque()
+        self._starting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def missing() -> list[str]:
@@ -188,49 +212,100 @@ class BwrapBackend:
         return {
             "backend": self.name,
             "seccomp": self.seccomp is not None,
-            "uid": "per slot" if self.root else os.geteuid(),
+            "uid": "one per sandbox" if self.root else os.geteuid(),
+            "warm": self.warm,
         }
 
     async def run(self, job: Job) -> Observed:
-        slot = await self._slots.get()
-        try:
-            return await self._run(job, slot)
-        finally:
-            self._slots.put_nowait(slot)
+        async with self._slots:
+            started = time.monotonic()
+            sandbox = self._take_warm()
+            self._refill()
+            if sandbox is None:
+                try:
+                    sandbox = await self._start()
+                except OSError as exc:
+                    return Observed(None, None, failure=str(exc), duration_s=0.0)
+            try:
+                return await self._feed_and_watch(sandbox, job, started)
+            finally:
+                if sandbox.uid is not None:
+                    self._uids.append(sandbox.uid)
 
-    async def _run(self, job: Job, slot: int) -> Observed:
-        started = time.monotonic()
-        fds = [
-            _memfd("enclave-job", json.dumps(job.runner_input(self.limits)).encode()),
-            _memfd("enclave-passwd", PASSWD),
-            _memfd("enclave-group", GROUP),
-        ]
+    async def close(self) -> None:
+        """End the warm sandboxes (they would end with the service anyway)."""
+        for task in list(self._tasks):
+            task.cancel()
+        while self._ready:
+            sandbox = self._ready.popleft()
+            _kill(sandbox.proc)
+            await sandbox.proc.wait()
+
+    def _take_warm(self) -> Started | None:
+        while self._ready:
+            sandbox = self._ready.popleft()
+            if sandbox.proc.returncode is None:
+                return sandbox
+            if sandbox.uid is not None:  # it died waiting: not used
+                self._uids.append(sandbox.uid)
+        return None
+
+    def _refill(self) -> None:
+        while len(self._ready) + self._starting < self.warm:
+            self._starting += 1
+            task = asyncio.create_task(self._start_warm())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _start_warm(self) -> None:
+        try:
+            self._ready.append(await self._start())
+        except Exception:
+            log.exception("could not start a warm sandbox")
+        finally:
+            self._starting -= 1
+
+    async def _start(self) -> Started:
+        uid = self._uids.popleft() if self.root else None
+        fds = [_memfd("enclave-passwd", PASSWD), _memfd("enclave-group", GROUP)]
         if self.seccomp is not None:
             fds.append(_memfd("enclave-seccomp", self.seccomp))
         argv = bwrap_argv(
             self.limits,
-            job_fd=fds[0],
-            passwd_fd=fds[1],
-            group_fd=fds[2],
-            seccomp_fd=fds[3] if self.seccomp is not None else None,
-            host_uid=self.uid_base + slot if self.root else None,
+            passwd_fd=fds[0],
+            group_fd=fds[1],
+            seccomp_fd=fds[2] if self.seccomp is not None else None,
+            host_uid=uid,
         )
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=fds,
                 start_new_session=True,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
             )
-        except OSError as exc:
-            return Observed(None, None, failure=str(exc), duration_s=time.monotonic() - started)
+        except OSError:
+            if uid is not None:
+                self._uids.append(uid)
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
-        return await self._watch(proc, job, started)
+        return Started(proc, uid)
+
+    async def _feed_and_watch(self, sandbox: Started, job: Job, started: float) -> Observed:
+        stdin = sandbox.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps(job.runner_input(self.limits)).encode())
+            await stdin.drain()
+            stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the sandbox died before its job: its stderr says why
+        return await self._watch(sandbox.proc, job, started)
 
     async def _watch(self, proc: asyncio.subprocess.Process, job: Job, started: float) -> Observed:
         assert proc.stdout is not None and proc.stderr is not None

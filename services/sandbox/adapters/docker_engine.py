@@ -108,6 +108,10 @@ class DockerBackend:
     def describe(self) -> dict[str, object]:
         return {"backend": self.name, "image": self.image}
 
+    async def close(self) -> None:
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)
+
     async def run(self, job: Job) -> Observed:
         async with self._slots:
             return await asyncio.to_thread(self._run, job)
