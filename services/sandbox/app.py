@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from faststream import FastStream
 from nats.aio.msg import Msg
@@ -37,6 +38,7 @@ def build_backend(settings: Settings, limits: Limits) -> Backend:
             f"ENCLAVE_SANDBOX_BACKEND={settings.sandbox_backend!r}: use bwrap or docker"
         )
     from services.sandbox.adapters.bwrap import BwrapBackend
+    from services.sandbox.adapters.cgroups import Cgroups
     from services.sandbox.adapters.seccomp import build_filter
 
     missing = BwrapBackend.missing()
@@ -50,6 +52,7 @@ def build_backend(settings: Settings, limits: Limits) -> Backend:
         concurrency=settings.sandbox_concurrency,
         uid_base=settings.sandbox_uid_base,
         warm=settings.sandbox_warm,
+        cgroups=Cgroups.detect() if os.geteuid() == 0 else None,
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from libs.context import RequestContext
 from libs.events import SandboxExecReply, SandboxExecRequest, SandboxFile
 from services.sandbox.adapters.bwrap import BwrapBackend
+from services.sandbox.adapters.cgroups import Cgroups
 from services.sandbox.adapters.seccomp import build_filter
 from services.sandbox.executor import execute
 from services.sandbox.limits import Limits
@@ -55,7 +56,13 @@ def seccomp() -> bytes | None:
 def backend(seccomp: bytes | None) -> BwrapBackend:
     if BwrapBackend.missing():
         pytest.fail(f"missing {BwrapBackend.missing()}: apt-get install bubblewrap")
-    return BwrapBackend(LIMITS, seccomp=seccomp, concurrency=4, uid_base=1_900_000_000)
+    return BwrapBackend(
+        LIMITS,
+        seccomp=seccomp,
+        concurrency=4,
+        uid_base=1_900_000_000,
+        cgroups=Cgroups.detect(),
+    )
 
 
 @pytest.fixture

@@ -148,6 +148,24 @@ async def test_memory_bomb_is_contained(run: Run) -> None:
     assert (reply.status, reply.reason) == ("killed", "memory_limit"), reply
 
 
+async def test_memory_bomb_over_many_processes_meets_the_sandboxs_cgroup(
+    backend: BwrapBackend,
+) -> None:
+    if backend.cgroups is None:
+        pytest.skip("this host lets the service create no cgroups: per-process rlimits only")
+    # Each process stays under its own address-space limit; together they are 900 MiB.
+    code = (
+        "import subprocess, sys\n"
+        "hog = 'import time; x = b\"\\\\1\" * (150 * 2**20); time.sleep(2)'\n"
+        "procs = [subprocess.Popen([sys.executable, '-c', hog]) for _ in range(6)]\n"
+        "print([p.wait() for p in procs])\n"
+    )
+    reply = await execute(request("python", code, timeout_s=15), backend, LIMITS)
+    assert (reply.status, reply.reason) == ("killed", "memory_limit"), reply
+    assert "-9" in reply.stdout  # SIGKILL by the cgroup's OOM killer, not a timeout
+    assert reply.duration_ms < 15_000
+
+
 async def test_infinite_loop_times_out(run: Run) -> None:
     reply = await run(
         "python", "print('looping', flush=True)\nwhile True:\n    pass\n", timeout_s=1.5

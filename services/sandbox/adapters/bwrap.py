@@ -1,6 +1,8 @@
 """The default backend: one bubblewrap sandbox per run.
 
 Layers, outermost first (services/sandbox/README.md says what each blocks):
+- a cgroup per sandbox where the host allows (adapters/cgroups.py): memory and processes of
+  the whole sandbox;
 - `prlimit`: CPU seconds, address space, processes, file size, open files, no core dumps;
 - `setpriv` (when the service runs as root): a uid of its own per concurrent slot, no groups,
   so that the kernel sees no root and no two sandboxes share a uid;
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.sandbox.adapters.cgroups import Cgroups, join_command
 from services.sandbox.limits import Job, Limits
 from services.sandbox.outcome import Observed
 
@@ -170,6 +173,8 @@ class Started:
 
     proc: asyncio.subprocess.Process
     uid: int | None
+    cgroup: str | None = None
+    oom_kills: int = 0  # the cgroup's count before this sandbox
 
 
 class BwrapBackend:
@@ -190,10 +195,13 @@ class BwrapBackend:
         concurrency: int,
         uid_base: int,
         warm: int = 0,
+        cgroups: Cgroups | None = None,
     ) -> None:
         self.limits = limits
         self.seccomp = seccomp
         self.root = os.geteuid() == 0
+        # A cgroup per host uid: only where each sandbox has a uid of its own (root).
+        self.cgroups = cgroups if self.root else None
         self.warm = max(0, warm)
         concurrency = max(1, concurrency)
         self._slots = asyncio.Semaphore(concurrency)
@@ -214,6 +222,7 @@ class BwrapBackend:
             "seccomp": self.seccomp is not None,
             "uid": "one per sandbox" if self.root else os.geteuid(),
             "warm": self.warm,
+            "cgroups": f"v{self.cgroups.version}" if self.cgroups else None,
         }
 
     async def run(self, job: Job) -> Observed:
@@ -227,7 +236,10 @@ class BwrapBackend:
                 except OSError as exc:
                     return Observed(None, None, failure=str(exc), duration_s=0.0)
             try:
-                return await self._feed_and_watch(sandbox, job, started)
+                seen = await self._feed_and_watch(sandbox, job, started)
+                if self.cgroups is not None and sandbox.cgroup is not None:
+                    seen.oom_killed = self.cgroups.oom_kills(sandbox.cgroup) > sandbox.oom_kills
+                return seen
             finally:
                 if sandbox.uid is not None:
                     self._uids.append(sandbox.uid)
@@ -277,6 +289,12 @@ class BwrapBackend:
             seccomp_fd=fds[2] if self.seccomp is not None else None,
             host_uid=uid,
         )
+        cgroup, oom_kills = None, 0
+        if self.cgroups is not None and uid is not None:
+            cgroup = f"u{uid}"
+            procs = self.cgroups.prepare(cgroup, self.limits.memory_bytes, self.limits.processes)
+            oom_kills = self.cgroups.oom_kills(cgroup)
+            argv = [*join_command(procs), *argv]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -294,7 +312,7 @@ class BwrapBackend:
         finally:
             for fd in fds:
                 os.close(fd)
-        return Started(proc, uid)
+        return Started(proc, uid, cgroup, oom_kills)
 
     async def _feed_and_watch(self, sandbox: Started, job: Job, started: float) -> Observed:
         stdin = sandbox.proc.stdin
