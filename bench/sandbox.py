@@ -56,7 +56,7 @@ async def _bench() -> list[tuple[str, list[float]]]:
     limits = Limits()
     seccomp, uid_base = build_filter(), Settings().sandbox_uid_base
     cold = BwrapBackend(limits, seccomp=seccomp, concurrency=1, uid_base=uid_base)
-    warm = BwrapBackend(limits, seccomp=seccomp, concurrency=1, uid_base=uid_base + 10, warm=1)
+    warm = BwrapBackend(limits, seccomp=seccomp, concurrency=1, uid_base=uid_base, warm=1)
     fds = [_memfd("passwd", PASSWD), _memfd("group", GROUP)]
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(
@@ -113,6 +113,7 @@ async def _bench() -> list[tuple[str, list[float]]]:
         await nc.drain()
         await app.stop()
         await warm.close()
+        await cold.close()
     return list(times.items())
 
 

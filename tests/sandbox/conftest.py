@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -27,6 +28,9 @@ LIMITS = Limits(
     files_count=20,
     work_bytes=8 * 2**20,
 )
+
+# Tests take uids of their own (above the service's default), claimed like a replica's.
+UID_BASE = 2_100_000_000
 
 Run = Callable[..., Awaitable[SandboxExecReply]]
 
@@ -53,16 +57,22 @@ def seccomp() -> bytes | None:
 
 
 @pytest.fixture
-def backend(seccomp: bytes | None) -> BwrapBackend:
+async def backend(seccomp: bytes | None) -> AsyncIterator[BwrapBackend]:
     if BwrapBackend.missing():
         pytest.fail(f"missing {BwrapBackend.missing()}: apt-get install bubblewrap")
-    return BwrapBackend(
-        LIMITS,
-        seccomp=seccomp,
-        concurrency=4,
-        uid_base=1_900_000_000,
-        cgroups=Cgroups.detect(),
+    sandboxes = BwrapBackend(
+        LIMITS, seccomp=seccomp, concurrency=4, uid_base=UID_BASE, cgroups=Cgroups.detect()
     )
+    yield sandboxes
+    await sandboxes.close()
+
+
+def live_processes(uids: range) -> list[str]:
+    """The states of the host's processes of these uids that are not zombies."""
+    out = subprocess.run(
+        ["ps", "-o", "stat=", "-u", ",".join(map(str, uids))], capture_output=True, text=True
+    )
+    return [s for s in out.stdout.split() if not s.startswith("Z")]
 
 
 @pytest.fixture

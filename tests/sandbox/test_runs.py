@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import base64
+import os
 
-from tests.sandbox.conftest import Run
+import pytest
+
+from services.sandbox.adapters.bwrap import BwrapBackend
+from services.sandbox.executor import execute
+from tests.sandbox.conftest import LIMITS, UID_BASE, Run, live_processes, request
 
 
 async def test_python_prints_and_exits(run: Run) -> None:
@@ -84,13 +89,7 @@ async def test_sandboxes_run_side_by_side(run: Run) -> None:
 
 
 async def test_warm_sandboxes_are_fresh_for_every_run(seccomp: bytes | None) -> None:
-    import subprocess
-
-    from services.sandbox.adapters.bwrap import BwrapBackend
-    from services.sandbox.executor import execute
-    from tests.sandbox.conftest import LIMITS, request
-
-    backend = BwrapBackend(LIMITS, seccomp=seccomp, concurrency=2, uid_base=1_900_000_300, warm=2)
+    backend = BwrapBackend(LIMITS, seccomp=seccomp, concurrency=2, uid_base=UID_BASE, warm=2)
     code = "ls /tmp /work; touch /tmp/left-behind /work/left-behind; echo $$"
     try:
         replies = [await execute(request("bash", code), backend, LIMITS) for _ in range(4)]
@@ -100,6 +99,13 @@ async def test_warm_sandboxes_are_fresh_for_every_run(seccomp: bytes | None) -> 
         assert len(backend._ready) + backend._starting == 2  # the pool refills
     finally:
         await backend.close()
-    uids = ",".join(str(1_900_000_300 + i) for i in range(4))
-    states = subprocess.run(["ps", "-o", "stat=", "-u", uids], capture_output=True, text=True)
-    assert [s for s in states.stdout.split() if not s.startswith("Z")] == []
+    assert live_processes(backend.uids) == []
+
+
+def test_replicas_on_one_host_claim_different_uids(seccomp: bytes | None) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("uids of its own per sandbox only when the service runs as root")
+    first = BwrapBackend(LIMITS, seccomp=seccomp, concurrency=4, uid_base=UID_BASE, warm=2)
+    second = BwrapBackend(LIMITS, seccomp=seccomp, concurrency=4, uid_base=UID_BASE, warm=2)
+    assert not set(first.uids) & set(second.uids)
+    assert min(first.uids) >= UID_BASE and min(second.uids) >= UID_BASE

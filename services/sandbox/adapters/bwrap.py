@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -167,6 +169,27 @@ async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, b
             return bytes(buf[:cap]), True
 
 
+UID_BLOCK = 256  # the most sandboxes (concurrency + warm) a replica may hold
+LOCKS = Path(tempfile.gettempdir())
+
+
+def claim_uids(base: int, size: int, blocks: int = 4096) -> tuple[int, int]:
+    """The first block of host uids that no other process on this host holds; the lock's fd
+    (held for the life of the process: the kernel releases it when the process goes)."""
+    if size > UID_BLOCK:
+        raise ValueError(f"concurrency + warm must stay within {UID_BLOCK}")
+    for block in range(blocks):
+        first = base + block * UID_BLOCK
+        fd = os.open(LOCKS / f"enclave-sandbox-uids-{first}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return first, fd
+    raise RuntimeError("no free block of sandbox uids on this host")
+
+
 @dataclass
 class Started:
     """A sandbox whose runner waits for its job on stdin."""
@@ -206,7 +229,12 @@ class BwrapBackend:
         concurrency = max(1, concurrency)
         self._slots = asyncio.Semaphore(concurrency)
         # One host uid per live sandbox (running or warm): none shares its process count.
-        self._uids: deque[int] = deque(range(uid_base, uid_base + concurrency + self.warm))
+        # The block is claimed with a lock, so replicas on one host never share a uid.
+        size = concurrency + self.warm
+        first, claim = claim_uids(uid_base, size) if self.root else (uid_base, None)
+        self._claim: int | None = claim
+        self.uids = range(first, first + size)
+        self._uids: deque[int] = deque(self.uids)
         self._ready: deque[Started] = deque()
         self._starting = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -252,6 +280,9 @@ class BwrapBackend:
             sandbox = self._ready.popleft()
             _kill(sandbox.proc)
             await sandbox.proc.wait()
+        if self._claim is not None:
+            os.close(self._claim)  # the block is free again for another replica
+            self._claim = None
 
     def _take_warm(self) -> Started | None:
         while self._ready:
