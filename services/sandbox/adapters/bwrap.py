@@ -180,6 +180,8 @@ def claim_uids(base: int, size: int, blocks: int = 4096) -> tuple[int, int]:
         raise ValueError(f"concurrency + warm must stay within {UID_BLOCK}")
     for block in range(blocks):
         first = base + block * UID_BLOCK
+        if first < 1 or first + UID_BLOCK > 2**31 - 2:  # tools take uids as signed ints
+            break
         fd = os.open(LOCKS / f"enclave-sandbox-uids-{first}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
