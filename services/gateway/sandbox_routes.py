@@ -82,8 +82,26 @@ def body_of(reply: SandboxExecReply) -> dict[str, object]:
     }
 
 
+def _request_schema() -> dict[str, object]:
+    """ExecRequest's JSON schema, self-contained, for /openapi.json (the route parses the
+    body itself, for OpenAI's 400 instead of FastAPI's 422)."""
+    schema = ExecRequest.model_json_schema()
+    defs = schema.pop("$defs", {})
+    schema["properties"]["files"]["items"] = defs["ExecFile"]
+    return schema
+
+
 def register(app: FastAPI) -> None:
-    @app.post("/v1/sandbox/exec", response_model=None)
+    @app.post(
+        "/v1/sandbox/exec",
+        response_model=None,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _request_schema()}},
+            }
+        },
+    )
     async def sandbox_exec(request: Request) -> Response:
         gw = request.app.state.gw
         ctx = await gw.authenticate(request, Action.EXEC_CODE)

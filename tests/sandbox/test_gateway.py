@@ -140,6 +140,14 @@ def test_roles_and_bad_requests_get_openai_errors(sandbox_platform: Platform) ->
             assert error["param"] == "files.0.path"
 
 
+def test_the_route_is_in_openapi(sandbox_platform: Platform) -> None:
+    doc = httpx.get(sandbox_platform.base_url + "/openapi.json").json()
+    body = doc["paths"]["/v1/sandbox/exec"]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"language", "code", "files", "timeout_s"}
+    assert "content_b64" in schema["properties"]["files"]["items"]["properties"]
+
+
 def test_no_sandbox_service_is_a_503(sandbox_platform: Platform) -> None:
     sandbox_platform.stop("sandbox")
     r = exec_(sandbox_platform, sandbox_platform.admin_key, {"language": "bash", "code": "true"})
