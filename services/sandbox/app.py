@@ -24,6 +24,7 @@ from services.sandbox.limits import Limits
 
 log = logging.getLogger("enclave.sandbox")
 QUEUE = "sandbox"
+QUEUE_PER_SLOT = 16
 
 
 def build_backend(settings: Settings, limits: Limits) -> Backend:
@@ -98,7 +99,8 @@ def build_app(settings: Settings) -> FastStream:
             reply = SandboxExecReply(
                 error=ErrorInfo(status=400, message=str(exc)[:500], code="invalid_value")
             )
-            await broker.connection.publish(msg.reply, event_bytes(reply))
+            if msg.reply:
+                await broker.connection.publish(msg.reply, event_bytes(reply))
             return
         try:
             reply = await execute(request, backend, limits)
@@ -113,7 +115,16 @@ def build_app(settings: Settings) -> FastStream:
 
     async def on_message(msg: Msg) -> None:
         # A task per message: nats-py runs one subscription's callbacks one at a time, and
-        # a run takes from 0.1 s to a minute. The backend bounds how many run at once.
+        # a run takes from 0.1 s to a minute. The backend bounds how many run at once; past
+        # a queue of QUEUE_PER_SLOT runs per slot, a replica says it is busy (503).
+        if len(pending) >= settings.sandbox_concurrency * QUEUE_PER_SLOT:
+            busy = ErrorInfo(
+                status=503, message="The sandbox is busy; try again later.", code="sandbox_busy"
+            )
+            if msg.reply:
+                reply = SandboxExecReply(error=busy)
+                await broker.connection.publish(msg.reply, event_bytes(reply))
+            return
         task = asyncio.create_task(serve(msg))
         pending.add(task)
         task.add_done_callback(pending.discard)

@@ -192,11 +192,15 @@ def _collect(
                     continue
                 if inputs.get(rel) == _signature(full):
                     continue  # an input the code left as it was
+                rel.encode("utf-8")  # a name that is not UTF-8 cannot be reported
                 if len(rel) > 255 or len(files) >= max_count:
                     truncated = True
                     continue
                 with open(full, "rb") as f:
                     data = f.read(max_bytes - total + 1)
+            except UnicodeEncodeError:
+                truncated = True
+                continue
             except OSError:
                 continue
             if len(data) > max_bytes - total:

@@ -74,6 +74,15 @@ async def test_bash_reads_and_writes_files(run: Run) -> None:
     ]
 
 
+async def test_files_that_cannot_be_reported_are_left_out_and_said_so(run: Run) -> None:
+    # A name that is not UTF-8, and a path longer than 255 characters.
+    code = "touch $'bad-\\xff' good.txt; D=$(printf 'd%.0s/' {1..130}); mkdir -p $D; touch ${D}f"
+    reply = await run("bash", code)
+    assert reply.status == "ok", reply
+    assert [f.path for f in reply.files] == ["good.txt"]
+    assert (reply.truncated, reply.reason) == (True, "files_limit")
+
+
 async def test_background_processes_do_not_outlive_the_code(run: Run) -> None:
     reply = await run("bash", "sleep 60 & echo started", timeout_s=10)
     assert reply.status == "ok", reply

@@ -93,3 +93,19 @@ async def test_runs_concurrently_and_refuses_bad_requests(
     assert too_long.error is not None and too_long.error.param == "timeout_s"
     garbage = await ask(nc, settings, b'{"language": "cobol"}')
     assert garbage.error is not None and garbage.error.status == 400
+
+
+async def test_a_replica_past_its_queue_says_it_is_busy(
+    service: tuple[Settings, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.sandbox import app
+
+    settings, nc = service
+    monkeypatch.setattr(app, "QUEUE_PER_SLOT", 1)  # 2 slots: 2 runs at most, none queued
+    replies = await asyncio.gather(
+        *(ask(nc, settings, event_bytes(request("bash", "sleep 1"))) for _ in range(3))
+    )
+    busy = [r for r in replies if r.error is not None]
+    assert len(busy) == 1 and busy[0].error is not None
+    assert (busy[0].error.status, busy[0].error.code) == (503, "sandbox_busy")
+    assert sorted(r.status for r in replies if r.error is None) == ["ok", "ok"]

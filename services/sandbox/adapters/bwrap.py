@@ -271,7 +271,10 @@ class BwrapBackend:
                     seen.oom_killed = self.cgroups.oom_kills(sandbox.cgroup) > sandbox.oom_kills
                 return seen
             finally:
-                if sandbox.uid is not None:
+                if sandbox.proc.returncode is None:  # cancelled or failed half-way
+                    _kill(sandbox.proc)
+                    await sandbox.proc.wait()
+                if sandbox.uid is not None:  # only once nothing of the sandbox is left
                     self._uids.append(sandbox.uid)
 
     async def close(self) -> None:
