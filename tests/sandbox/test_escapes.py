@@ -201,6 +201,11 @@ async def test_writing_outside_the_work_dir_fails(run: Run) -> None:
     fill = await run("python", code, timeout_s=10)
     assert fill.status == "error" and "No space left on device" in fill.stderr, fill
     assert fill.truncated and fill.reason == "files_limit"  # 2 MiB of files come back at most
+    # The other writable places are small tmpfs mounts too.
+    for where in ("/tmp", "/dev/shm"):
+        code = f"for i in range(100):\n    open(f'{where}/f{{i}}', 'wb').write(bytes(2**20))\n"
+        fill = await run("python", code, timeout_s=10)
+        assert "No space left on device" in fill.stderr, (where, fill)
 
 
 async def test_gigabytes_of_output_are_cut_off(run: Run) -> None:

@@ -4,13 +4,13 @@ Layers, outermost first (services/sandbox/README.md says what each blocks):
 - a cgroup per sandbox where the host allows (adapters/cgroups.py): memory and processes of
   the whole sandbox;
 - `prlimit`: CPU seconds, address space, processes, file size, open files, no core dumps;
-- `setpriv` (when the service runs as root): a uid of its own per concurrent slot, no groups,
+- `setpriv` (when the service runs as root): a uid of its own per live sandbox, no groups,
   so that the kernel sees no root and no two sandboxes share a uid;
 - `bwrap`: new user, pid, network, ipc, uts and cgroup namespaces (no network at all), no
   further user namespaces, every capability dropped, uid/gid 65534 inside, a read-only view
   of /usr only (no /home, /root, /etc/shadow, ENCLAVE_HOME or the repository), a tmpfs work
-  dir and /tmp of fixed size, an empty environment, the seccomp filter (adapters/seccomp.py),
-  killed with the service;
+  dir, /tmp and /dev/shm of fixed size, an empty environment, the seccomp filter
+  (adapters/seccomp.py), killed with the service;
 - the runner (runner.py) inside: output caps, its own deadline, nothing left running after.
 The service keeps a harder deadline and a cap on what it reads behind all of them.
 """
@@ -126,6 +126,11 @@ def bwrap_argv(
         "/proc",
         "--dev",
         "/dev",
+        # /dev/shm (POSIX shared memory, multiprocessing) would be an unbounded tmpfs.
+        "--size",
+        str(16 * 2**20),
+        "--tmpfs",
+        "/dev/shm",
         "--perms",
         "0777",
         "--size",
