@@ -30,7 +30,7 @@ from libs.bus import event_bytes
 from libs.context import RequestContext
 from libs.events import SandboxExecReply, SandboxExecRequest
 from libs.settings import Settings
-from services.sandbox.adapters.bwrap import GROUP, PASSWD, BwrapBackend, _memfd, bwrap_argv
+from services.sandbox.adapters.bwrap import GROUP, PASSWD, BwrapBackend, bwrap_argv, memfd
 from services.sandbox.adapters.seccomp import build_filter
 from services.sandbox.app import build_app
 from services.sandbox.executor import execute
@@ -57,7 +57,7 @@ async def _bench() -> list[tuple[str, list[float]]]:
     seccomp, uid_base = build_filter(), Settings().sandbox_uid_base
     cold = BwrapBackend(limits, seccomp=seccomp, concurrency=1, uid_base=uid_base)
     warm = BwrapBackend(limits, seccomp=seccomp, concurrency=1, uid_base=uid_base, warm=1)
-    fds = [_memfd("passwd", PASSWD), _memfd("group", GROUP)]
+    fds = [memfd("passwd", PASSWD), memfd("group", GROUP)]
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(
             home=Path(home), nats_url=NATS_URL, bus_prefix=f"bench{secrets.token_hex(3)}"

@@ -155,7 +155,7 @@ def bwrap_argv(
     return argv
 
 
-def _memfd(name: str, data: bytes) -> int:
+def memfd(name: str, data: bytes) -> int:
     fd = os.memfd_create(name, 0)
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
@@ -320,9 +320,9 @@ class BwrapBackend:
 
     async def _start(self) -> Started:
         uid = self._uids.popleft() if self.root else None
-        fds = [_memfd("enclave-passwd", PASSWD), _memfd("enclave-group", GROUP)]
+        fds = [memfd("enclave-passwd", PASSWD), memfd("enclave-group", GROUP)]
         if self.seccomp is not None:
-            fds.append(_memfd("enclave-seccomp", self.seccomp))
+            fds.append(memfd("enclave-seccomp", self.seccomp))
         argv = bwrap_argv(
             self.limits,
             passwd_fd=fds[0],
