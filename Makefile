@@ -25,7 +25,8 @@ lint: bootstrap
 		services/memory/extraction.py services/memory/rerank.py services/memory/grounding.py \
 		services/memory/rewrite.py \
 		services/guardrails/policy.py services/guardrails/screen.py \
-		services/guardrails/secrets.py services/guardrails/injection.py
+		services/guardrails/secrets.py services/guardrails/injection.py \
+		services/sandbox
 	$(VENV)/lint-imports
 
 test: export ENCLAVE_NEED_POSTGRES = 1

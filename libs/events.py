@@ -495,3 +495,47 @@ class KeyRevoked(BaseModel):
     v: Literal[1] = 1
     key_id: str
     tenant: str
+
+
+# -- sandbox (request/reply sandbox.exec, queue group "sandbox") --
+
+
+class SandboxFile(BaseModel):
+    """A file of a sandbox session: relative to its work dir, content in base64."""
+
+    path: str = Field(min_length=1, max_length=255)
+    content_b64: str
+
+
+class SandboxExecRequest(BaseModel):
+    """gateway or agent_runtime -> sandbox: run untrusted code once, in a fresh sandbox."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    language: Literal["python", "bash"]
+    code: str
+    files: list[SandboxFile] = Field(default_factory=list)
+    # Wall-clock limit; None: the service's default. Above the service's maximum: a 400.
+    timeout_s: float | None = None
+    # Who asks, for the audit entry: "api" (POST /v1/sandbox/exec) or a tool's name.
+    tool: str = "api"
+
+
+class SandboxExecReply(BaseModel):
+    """sandbox -> caller. status: "ok" (exit 0), "error" (the code exited non-zero),
+    "timeout" (wall-clock limit), "killed" (a resource limit ended it; `reason` says
+    which). `error` is set instead when the request was refused or no sandbox could run.
+    """
+
+    v: Literal[1] = 1
+    status: Literal["ok", "timeout", "killed", "error"] = "error"
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    # Files the code created or changed in the work dir.
+    files: list[SandboxFile] = Field(default_factory=list)
+    reason: str | None = None
+    # Output or files beyond the limits were left out.
+    truncated: bool = False
+    duration_ms: int = 0
+    error: ErrorInfo | None = None

@@ -113,6 +113,7 @@ class Subjects:
 
     @property
     def sandbox_exec(self) -> str:
+        """Run code in a fresh sandbox (request/reply; replicas share it: queue `sandbox`)."""
         return self._s("sandbox.exec")
 
     # -- audit (JetStream, durable) --

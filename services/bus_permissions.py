@@ -25,6 +25,7 @@ USERS = (
     "guardrails",
     "memory",
     "audit",
+    "sandbox",
 )
 # Which services talk to Redis (the gateway's rate limits, memory's conversation buffer).
 REDIS_USERS = ("gateway", "memory")
@@ -75,9 +76,12 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.memory_upload,
                 s.guardrails_input,
                 s.guardrails_output,
+                s.sandbox_exec,
+                # `enclave keys revoke` speaks as the gateway; every replica forgets the key.
+                s.keys_revoked,
                 *audit_api,
             ),
-            subscribe=(chat_streams,),
+            subscribe=(chat_streams, s.keys_revoked),
         ),
         "agent_runtime": Permissions(
             publish=(
@@ -134,6 +138,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
             # PullSub the prefix, audit may read the default inbox, which the gateway uses.
             subscribe=(s.audit_all, *audit_api, "_INBOX.>"),
         ),
+        "sandbox": Permissions(publish=(), subscribe=(s.sandbox_exec,)),
     }
     return {
         user: Permissions(

@@ -23,6 +23,7 @@ SERVICES = (
     "audit",
     "memory",
     "guardrails",
+    "sandbox",
 )
 
 
@@ -70,6 +71,10 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.guardrails.app import build_app as build_guardrails
 
         app = build_guardrails(settings)
+    elif service == "sandbox":
+        from services.sandbox.app import build_app as build_sandbox
+
+        app = build_sandbox(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     uvloop.run(app.run())

@@ -54,6 +54,7 @@ DEFAULT_PLATFORM = (
     ("agent_runtime", None),
     ("memory", None),
     ("audit", None),
+    ("sandbox", None),
     ("gateway", None),
 )
 READY_MODEL = "smollm2-135m-instruct"

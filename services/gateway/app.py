@@ -40,7 +40,7 @@ from libs.events import (
 )
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
-from services.gateway import audit_routes, guardrails_routes, keys, rag_routes
+from services.gateway import audit_routes, guardrails_routes, keys, rag_routes, sandbox_routes
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
 from services.gateway.hot_path import HotPath
@@ -370,6 +370,7 @@ def create_fastapi(settings: Settings) -> FastAPI:
     )
     audit_routes.register(app)
     guardrails_routes.register(app)
+    sandbox_routes.register(app)
     return app
 
 
