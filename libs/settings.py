@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     worker_threads: int = 0  # 0: as many as cores
     # Where each process writes its OpenTelemetry spans as JSON lines; empty: nowhere.
     trace_dir: str = ""
+    # /metrics, /healthz and /readyz of each process (libs/metrics.py: the port scheme).
+    # 0: the first free port of the stage's block from metrics_base_port; -1: none.
+    metrics_port: int = 0
+    metrics_base_port: int = 9400
+    metrics_host: str = "127.0.0.1"
 
     @cached_property
     def subjects(self) -> Subjects:
