@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     metrics_port: int = 0
     metrics_base_port: int = 9400
     metrics_host: str = "127.0.0.1"
+    # Copies of each JetStream stream: 3 on the three-node cluster (deploy/nats/cluster.conf).
+    stream_replicas: int = 1
 
     @cached_property
     def subjects(self) -> Subjects:
