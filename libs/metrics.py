@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -562,4 +563,22 @@ def serve_metrics(
         return None
     server = MetricsServer(settings, service, pool or "").start()
     atexit.register(server.close)
+    _close_on_sigterm(server)
     return server
+
+
+def _close_on_sigterm(server: MetricsServer) -> None:
+    """Take the target away on SIGTERM too: uvicorn re-raises the signal once it has shut
+    down, and the default handler would end the process before `atexit` runs. A server
+    that installs its own handler (FastStream) replaces this one and exits normally."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        server.close()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, handler)

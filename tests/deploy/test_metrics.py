@@ -10,6 +10,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -364,3 +365,81 @@ async def test_services_serve_metrics_and_report_a_stopped_stages_lag(
         assert wait_until(lambda: scrape(worker).get(lag_key) == 0, timeout=90), plat.logs()[-3000:]
     finally:
         plat.stop_all()
+
+
+STAGES_UP = (
+    "gateway",
+    "agent_runtime",
+    "inference_router",
+    "worker:instant",
+    "guardrails",
+    "memory",
+    "audit",
+)
+
+
+def test_after_enclave_up_prometheus_scrapes_every_stage(services: Infra, tmp_path: Path) -> None:
+    """`enclave up` (the engines that need no model download of their own): every stage
+    answers /metrics and /readyz on a port of its own, Prometheus with
+    deploy/monitoring/prometheus-local.yml's discovery scrapes all of them, and Ctrl-C
+    takes their targets away again."""
+    if not shutil.which("prometheus"):
+        pytest.fail("prometheus is missing: run ENCLAVE_NEED_DEPLOY=1 deploy/local/bootstrap.sh")
+    env = platform_env(services, tmp_path, free_port())
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--only", *STAGES_UP],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    local = (REPO / "deploy" / "monitoring" / "prometheus-local.yml").read_text()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        local.replace("../../.enclave", str(tmp_path))
+        .replace("rule_files: [alerts.yml]", "rule_files: []")
+        .replace("scrape_interval: 5s", "scrape_interval: 1s")
+    )
+    port = free_port()
+    prometheus = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wanted = {s.replace(":", "-") for s in STAGES_UP}
+
+    def up_stages() -> set[str]:
+        try:
+            r = httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/query",
+                params={"query": 'up{job="enclave"} == 1'},
+                timeout=5,
+            )
+            return {s["metric"]["stage"] for s in r.json()["data"]["result"]}
+        except (httpx.HTTPError, KeyError, ValueError):
+            return set()
+
+    try:
+        ok = wait_until(lambda: up_stages() == wanted and up.poll() is None, timeout=240)
+        assert ok, f"{up_stages()} of {wanted}\n{log.read_text()[-3000:]}"
+        ports = stage_ports(tmp_path)
+        assert set(ports) == wanted
+        for stage, stage_port in ports.items():
+            assert wait_until(lambda p=stage_port: get(p, "/readyz").status_code == 200), stage
+            body = get(stage_port, "/metrics").text
+            assert f'service="{stage.split("-")[0]}"' in body, stage
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert not list((tmp_path / "metrics" / "targets").glob("*.json"))
+    finally:
+        for proc in (up, prometheus):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=60)
