@@ -30,6 +30,7 @@ lint: bootstrap
 	$(VENV)/lint-imports
 
 test: export ENCLAVE_NEED_POSTGRES = 1
+test: export ENCLAVE_NEED_DEPLOY = 1
 test: bootstrap
 	@bash deploy/local/services.sh --postgres
 	$(MAKE) lint

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     # Run as root, the bwrap backend drops each sandbox to uid base + slot (never 0).
     sandbox_uid_base: int = 1_900_000_000
     sandbox_docker_image: str = "python:3.11-slim"
+    # /metrics, /healthz and /readyz of each process (libs/metrics.py: the port scheme).
+    # 0: the first free port of the stage's block from metrics_base_port; -1: none.
+    metrics_port: int = 0
+    metrics_base_port: int = 9400
+    metrics_host: str = "127.0.0.1"
+    # Copies of each JetStream stream: 3 on the three-node cluster (deploy/nats/cluster.conf).
+    stream_replicas: int = 1
 
     @cached_property
     def subjects(self) -> Subjects:

@@ -30,11 +30,14 @@ SERVICES = (
 def serve(settings: Settings, service: str, pool: str | None) -> None:
     import uvloop
 
+    from libs.metrics import serve_metrics
+
     if service == "gateway":
         import uvicorn
 
         from services.gateway.app import create_app
 
+        serve_metrics(settings, service, pool)
         uvicorn.run(
             create_app(settings),
             host=settings.gateway_host,
@@ -77,6 +80,7 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         app = build_sandbox(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    serve_metrics(settings, service, pool)  # /metrics, /healthz, /readyz: libs/metrics.py
     uvloop.run(app.run())
 
 

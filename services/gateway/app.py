@@ -28,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from libs.asyncapi import render as asyncapi_json
 from libs.bus import ensure_streams, event_bytes
 from libs.context import RequestContext, new_request_id
 from libs.db.engine import make_engine, migrate_async
@@ -259,6 +260,11 @@ def create_fastapi(settings: Settings) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> Response:
+        """The bus's AsyncAPI document (libs/asyncapi.py; docs/asyncapi.json)."""
+        return Response(asyncapi_json(), media_type="application/json")
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
