@@ -29,6 +29,7 @@ SERVICES = (
     "audit",
     "memory",
     "guardrails",
+    "trainer",
 )
 # What `enclave up` starts: (service, pool)
 DEFAULT_PLATFORM = (
@@ -42,6 +43,7 @@ DEFAULT_PLATFORM = (
     ("memory", None),
     ("gateway", None),
     ("audit", None),
+    ("trainer", None),
 )
 
 
@@ -89,6 +91,10 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.guardrails.app import build_app as build_guardrails
 
         app = build_guardrails(settings)
+    elif service == "trainer":
+        from services.trainer.app import build_app as build_trainer
+
+        app = build_trainer(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     uvloop.run(app.run())

@@ -215,3 +215,28 @@ def checkpoint(
         step_number=step,
         metrics={"step": float(step), **metrics},
     )
+
+
+# Defaults when hyperparameters are "auto": enough steps for a small set to learn its
+# answers (peft learned a new answer in ≈ 30 steps on SmolLM2-135M: shared/DEPENDENCIES.md).
+AUTO_TARGET_STEPS = 30
+AUTO_MAX_EPOCHS = 25
+BASE_LEARNING_RATE = 2e-3
+
+
+def resolve_hyperparameters(
+    hp: Hyperparameters, examples: int, target_steps: int = AUTO_TARGET_STEPS
+) -> Hyperparameters:
+    """Concrete epochs, batch size and learning-rate multiplier for `examples` examples."""
+    batch = hp.batch_size if hp.batch_size != "auto" else max(1, min(4, examples // 4 or 1))
+    batch = max(1, min(int(batch), examples))
+    per_epoch = -(-examples // batch)
+    epochs = (
+        hp.n_epochs
+        if hp.n_epochs != "auto"
+        else max(1, min(AUTO_MAX_EPOCHS, -(-target_steps // per_epoch)))
+    )
+    multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
+    return Hyperparameters(
+        n_epochs=int(epochs), batch_size=batch, learning_rate_multiplier=float(multiplier)
+    )
