@@ -55,6 +55,12 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             # The database is the record; the stream keeps a week to replay from.
             max_age=7 * 86400.0,
         ),
+        StreamConfig(
+            name=s.trainer_stream_name,
+            subjects=[s.trainer_jobs],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+        ),
     ]
 
 

@@ -538,4 +538,66 @@ class SandboxExecReply(BaseModel):
     # Output or files beyond the limits were left out.
     truncated: bool = False
     duration_ms: int = 0
+
+
+# -- trainer (fine-tuning jobs on the JetStream work queue trainer.jobs) --
+
+
+class FineTuningJobRequested(BaseModel):
+    """gateway (or a schedule) -> trainer: train a LoRA adapter for the caller's tenant.
+
+    The training file travels as its JSONL text (the submitter resolved the file id);
+    the trainer validates it line by line. `eval_set` is the tenant's eval set
+    (services/trainer/evals.py), run on the base model and on the new adapter.
+    """
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    job_id: str
+    model: str
+    training_file: str
+    training_data: str
+    validation_file: str | None = None
+    validation_data: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    eval_set: dict[str, Any] | None = None
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+
+
+class FineTuningJobStatus(BaseModel):
+    """trainer -> whoever listens on trainer.status.<job>: a job changed or made progress."""
+
+    v: Literal[1] = 1
+    tenant: str
+    job_id: str
+    status: str
+    job: dict[str, Any]  # OpenAI's fine_tuning.job object
+    event: dict[str, Any] | None = None  # the fine_tuning.job.event that says what happened
+    adapter: dict[str, Any] | None = None  # public_id, digest, base_model, version, status
+
+
+class FineTuningCancel(BaseModel):
+    """Broadcast to every trainer replica: stop this job (the one running it stops)."""
+
+    v: Literal[1] = 1
+    tenant: str
+    job_id: str
+
+
+class TrainerRequest(BaseModel):
+    """-> trainer (request/reply trainer.api): read jobs and adapters of the caller's tenant."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    op: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainerReply(BaseModel):
+    v: Literal[1] = 1
+    status: int = 200
+    body: Any = None
     error: ErrorInfo | None = None

@@ -145,3 +145,27 @@ class Subjects:
     @property
     def keys_revoked(self) -> str:
         return self._s("keys.revoked")
+
+    # -- trainer: jobs on a JetStream work queue, status and cancel on core NATS --
+    @property
+    def trainer_jobs(self) -> str:
+        return self._s("trainer.jobs")
+
+    @property
+    def trainer_stream_name(self) -> str:
+        return self._stream("ENCLAVE_TRAINER")
+
+    def trainer_status(self, job_id: str) -> str:
+        return self._s(f"trainer.status.{job_id}")
+
+    @property
+    def trainer_status_all(self) -> str:
+        return self._s("trainer.status.*")
+
+    @property
+    def trainer_cancel(self) -> str:
+        return self._s("trainer.cancel")
+
+    @property
+    def trainer_api(self) -> str:
+        return self._s("trainer.api")

@@ -26,6 +26,7 @@ USERS = (
     "memory",
     "audit",
     "sandbox",
+    "trainer",
 )
 # Which services talk to Redis (the gateway's rate limits, memory's conversation buffer).
 REDIS_USERS = ("gateway", "memory")
@@ -56,7 +57,12 @@ def _consumes(stream: str) -> tuple[str, ...]:
 
 def permissions(s: Subjects) -> dict[str, Permissions]:
     """Each service's allowed subjects under the platform's prefix."""
-    streams = (s.chat_stream_name, s.memory_stream_name, s.audit_stream_name)
+    streams = (
+        s.chat_stream_name,
+        s.memory_stream_name,
+        s.audit_stream_name,
+        s.trainer_stream_name,
+    )
     # Every service declares the streams at start (libs.bus.ensure_streams) and audits.
     common_pub = (
         "$JS.API.INFO",
@@ -79,9 +85,13 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.sandbox_exec,
                 # `enclave keys revoke` speaks as the gateway; every replica forgets the key.
                 s.keys_revoked,
+                # Fine-tuning jobs in, their status back (the trainer's API).
+                s.trainer_jobs,
+                s.trainer_api,
+                s.trainer_cancel,
                 *audit_api,
             ),
-            subscribe=(chat_streams, s.keys_revoked),
+            subscribe=(chat_streams, s.keys_revoked, s.trainer_status_all),
         ),
         "agent_runtime": Permissions(
             publish=(
@@ -139,6 +149,10 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
             subscribe=(s.audit_all, *audit_api, "_INBOX.>"),
         ),
         "sandbox": Permissions(publish=(), subscribe=(s.sandbox_exec,)),
+        "trainer": Permissions(
+            publish=(s.trainer_status("*"), *_consumes(s.trainer_stream_name)),
+            subscribe=(s.trainer_jobs, s.trainer_api, s.trainer_cancel),
+        ),
     }
     return {
         user: Permissions(

@@ -24,6 +24,7 @@ SERVICES = (
     "memory",
     "guardrails",
     "sandbox",
+    "trainer",
 )
 
 
@@ -78,6 +79,10 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.sandbox.app import build_app as build_sandbox
 
         app = build_sandbox(settings)
+    elif service == "trainer":
+        from services.trainer.app import build_app as build_trainer
+
+        app = build_trainer(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     serve_metrics(settings, service, pool)  # /metrics, /healthz, /readyz: libs/metrics.py

@@ -55,6 +55,7 @@ DEFAULT_PLATFORM = (
     ("memory", None),
     ("audit", None),
     ("sandbox", None),
+    ("trainer", None),
     ("gateway", None),
 )
 READY_MODEL = "smollm2-135m-instruct"
