@@ -235,10 +235,60 @@ CHANNELS: tuple[Channel, ...] = (
         "sandboxExec",
         "sandbox_exec",
         _s.sandbox_exec,
-        "Reserved for the sandbox service, which is not built yet: nothing sends or serves it.",
-        (),
-        (),
+        "Run untrusted code once, in a fresh sandbox (POST /v1/sandbox/exec).",
+        (events.SandboxExecRequest,),
+        ("gateway",),
         Receiver(("sandbox",), "sandbox"),
+        replies=(events.SandboxExecReply,),
+    ),
+    Channel(
+        "keysRevoked",
+        "keys_revoked",
+        _s.keys_revoked,
+        "A revoked API key: every gateway replica forgets it at once.",
+        (events.KeyRevoked,),
+        ("gateway",),
+        Receiver(("gateway",)),
+    ),
+    Channel(
+        "trainerJobs",
+        "trainer_jobs",
+        _s.trainer_jobs,
+        "A fine-tuning job to run (JetStream work queue; acked when the job has ended).",
+        (events.FineTuningJobRequested,),
+        ("gateway",),
+        Receiver(("trainer",), None, "jetstream", "trainer"),
+        stream="trainer_stream_name",
+    ),
+    Channel(
+        "trainerStatus",
+        "trainer_status",
+        _s.trainer_status("{job_id}"),
+        "A fine-tuning job changed state or made progress.",
+        (events.FineTuningJobStatus,),
+        ("trainer",),
+        Receiver(("gateway",), subscribe=_s.trainer_status_all),
+        parameters={"job_id": "The fine-tuning job's id."},
+        wildcards=("trainer_status_all",),
+    ),
+    Channel(
+        "trainerCancel",
+        "trainer_cancel",
+        _s.trainer_cancel,
+        "Stop a fine-tuning job (every trainer replica hears it; the one running it stops).",
+        (events.FineTuningCancel,),
+        ("gateway",),
+        Receiver(("trainer",)),
+    ),
+    Channel(
+        "trainerApi",
+        "trainer_api",
+        _s.trainer_api,
+        "Read a tenant's fine-tuning jobs, their events and checkpoints, and its adapters.",
+        (events.TrainerRequest,),
+        ("gateway",),
+        Receiver(("trainer",), "trainer"),
+        replies=(events.TrainerReply,),
     ),
     Channel(
         "audit",
@@ -286,7 +336,12 @@ CHANNELS: tuple[Channel, ...] = (
         replies=(events.AuditReply,),
     ),
 )
-STREAM_MEMBERS = ("chat_stream_name", "memory_stream_name", "audit_stream_name")
+STREAM_MEMBERS = (
+    "chat_stream_name",
+    "memory_stream_name",
+    "audit_stream_name",
+    "trainer_stream_name",
+)
 
 
 def subject_members() -> set[str]:

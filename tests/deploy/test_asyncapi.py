@@ -109,6 +109,7 @@ def test_raw_subscriptions_and_queue_groups_are_described(doc: dict[str, Any]) -
         "agent_runtime",
         "memory",
         "audit",
+        "trainer",
     }
 
 
