@@ -53,6 +53,7 @@ def _answer(engine: LlamaCppEngine, prompt: str, seed: int, max_tokens: int) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ≈ 30 s on an idle 2-core machine; far longer when it is loaded
 def test_json_schema_answers_parse_and_validate_over_50_seeds(engine: LlamaCppEngine) -> None:
     finishes = []
     for seed in range(50):
