@@ -35,6 +35,19 @@ class Settings(BaseSettings):
     # Requests per minute per API key, unless the key sets its own.
     rate_limit_rpm: int = 6000
     key_cache_seconds: float = 30.0
+    # OIDC (services/gateway/oidc.py): bearer JWTs from this issuer, checked through its JWKS.
+    # Empty issuer: OIDC off, API keys only. Claims are dotted paths into the token.
+    oidc_issuer: str = ""
+    oidc_audience: str = "enclave"
+    oidc_tenant_claim: str = "tenant"
+    oidc_roles_claim: str = "roles"
+    oidc_algorithms: list[str] = ["RS256", "PS256", "ES256"]
+    oidc_leeway_s: float = 30.0
+    oidc_jwks_min_refresh_s: float = 10.0  # an unknown key id refetches at most this often
+    # Exact limits (services/gateway/quotas.py): per tenant, beside each key's own.
+    tenant_rpm: int = 0  # 0: no tenant-wide request limit
+    tenant_tpm: int = 0  # 0: no tenant-wide token limit
+    key_tpm: int = 0  # 0: no per-key token limit
 
     models_file: Path = REPO_ROOT / "deploy" / "models.yaml"
     # How long the router waits for a worker of the pool to accept a generation.
