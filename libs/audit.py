@@ -509,6 +509,31 @@ async def record_turn_dropped(
     )
 
 
+async def record_access_denied(
+    publisher: AuditPublisher,
+    ctx: RequestContext,
+    *,
+    target_tenant: str,
+    operation: str,
+    reason: str = "cross_tenant",
+) -> list[AuditEvent]:
+    """A credential of `ctx.tenant` tried to act in `target_tenant` and was refused: in the
+    chains of both tenants (the target learns it was tried, the caller's admins who tried)."""
+    attrs: dict[str, str | bool | int] = {
+        "credential_tenant": ctx.tenant,
+        "target_tenant": target_tenant,
+        "operation": operation,
+        "reason": reason,
+    }
+    events = [
+        await publisher.emit(
+            AuditActions.ACCESS_DENIED, ctx, tenant=tenant, outcome="denied", attrs=attrs
+        )
+        for tenant in dict.fromkeys([target_tenant, ctx.tenant])
+    ]
+    return events
+
+
 # -- reading a bundle from the audit service, page by page --
 
 CHECKPOINT_PAGE = 1000

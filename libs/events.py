@@ -486,6 +486,7 @@ class AuditActions:
     TURN_REDELIVERED = "turn.redelivered"
     TURN_DROPPED = "turn.dropped"
     QUARANTINED = "audit.quarantined"  # a poisoned outbox event, moved aside
+    ACCESS_DENIED = "access.denied"  # a credential tried another tenant (libs.rbac)
 
 
 class KeyRevoked(BaseModel):
