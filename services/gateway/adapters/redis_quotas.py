@@ -1,0 +1,150 @@
+"""Token buckets and monthly budgets in Redis: one Lua script, exact across replicas.
+
+The script checks every bucket and the budget and takes from all of them, or from none,
+in one atomic step on the Redis server, whose clock (TIME) every replica shares; so the
+number admitted can never pass a limit, however many gateways ask at once. `settle`
+runs the same script in its other mode. One round trip per admission and one per
+settlement. (On Redis Cluster the keys of one call would need one hash slot: they are
+tenant-tagged `{tenant}` for that.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from services.gateway.quotas import Limits, RateLimited, Reservation, month_of, refusal
+
+BUCKET_TTL_MS = 120_000  # a full bucket is the same as none: let idle ones expire
+BUDGET_TTL_S = 40 * 86400
+
+# KEYS: the four buckets (key rpm, tenant rpm, key tpm, tenant tpm), then the budget.
+# ARGV: mode ('admit' | 'settle'), now in ms ('' = Redis TIME), the four capacities
+# (0 = none), then for 'admit': tokens to reserve, monthly budget (0 = none);
+# for 'settle': tokens used minus tokens reserved.
+# admit -> {1, 0, 0} admitted; {0, wait_ms | -1 too large | -2 over budget, bucket}.
+SCRIPT = """
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = tonumber(ARGV[2])
+end
+local caps = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
+local levels = {}
+for i = 1, 4 do
+  if caps[i] > 0 then
+    local s = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+    local tokens, ts = tonumber(s[1]), tonumber(s[2])
+    if tokens == nil then
+      tokens = caps[i]
+    elseif now > ts then
+      tokens = math.min(caps[i], tokens + (now - ts) * caps[i] / 60000)
+    end
+    levels[i] = tokens
+  end
+end
+local function store(i, tokens)
+  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'ts', now)
+  redis.call('PEXPIRE', KEYS[i], BUCKET_TTL_MS)
+end
+if ARGV[1] == 'settle' then
+  local delta = tonumber(ARGV[7])
+  for i = 3, 4 do
+    if caps[i] > 0 then store(i, math.min(caps[i], levels[i] - delta)) end
+  end
+  redis.call('INCRBY', KEYS[5], delta)
+  return {1, 0, 0}
+end
+local reserve = tonumber(ARGV[7])
+local budget = tonumber(ARGV[8])
+local costs = {1, 1, reserve, reserve}
+local wait, which = 0, 0
+for i = 1, 4 do
+  if caps[i] > 0 then
+    if costs[i] > caps[i] then return {0, -1, i} end
+    if levels[i] < costs[i] then
+      local w = math.ceil((costs[i] - levels[i]) * 60000 / caps[i])
+      if w > wait then wait, which = w, i end
+    end
+  end
+end
+if budget > 0 then
+  local used = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if used + reserve > budget then return {0, -2, 5} end
+end
+if wait > 0 then return {0, wait, which} end
+for i = 1, 4 do
+  if caps[i] > 0 then store(i, levels[i] - costs[i]) end
+end
+redis.call('INCRBY', KEYS[5], reserve)
+redis.call('EXPIRE', KEYS[5], BUDGET_TTL_S)
+return {1, 0, 0}
+""".replace("BUCKET_TTL_MS", str(BUCKET_TTL_MS)).replace("BUDGET_TTL_S", str(BUDGET_TTL_S))
+
+
+class RedisQuotas:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str = "enclave:q",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """`clock` (seconds) replaces Redis's TIME: tests freeze time with it."""
+        self.redis = redis
+        self.prefix = prefix
+        self.clock = clock
+        self.script = redis.register_script(SCRIPT)
+
+    def _keys(self, key_id: str, tenant: str, month: str) -> list[str]:
+        p, t = self.prefix, f"{{{tenant}}}"
+        return [
+            f"{p}:rpm:{t}:key:{key_id}",
+            f"{p}:rpm:{t}:tenant",
+            f"{p}:tpm:{t}:key:{key_id}",
+            f"{p}:tpm:{t}:tenant",
+            f"{p}:budget:{t}:{month}",
+        ]
+
+    def _now_ms(self) -> str:
+        return "" if self.clock is None else str(int(self.clock() * 1000))
+
+    def _wall(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC) if self.clock else datetime.now(UTC)
+
+    async def admit(self, key_id: str, tenant: str, limits: Limits, reserve: int) -> Reservation:
+        """Take one request and `reserve` tokens from every bucket, or raise the 429."""
+        now = self._wall()
+        month = month_of(now)
+        answer = await self.script(
+            keys=self._keys(key_id, tenant, month),
+            args=[
+                "admit",
+                self._now_ms(),
+                *limits.capacities(),
+                reserve,
+                limits.monthly_tokens,
+            ],
+        )
+        ok, wait, bucket = (int(v) for v in answer)
+        if not ok:
+            raise refusal(wait, bucket, limits, reserve, now)
+        return Reservation(key_id, tenant, month, limits, reserve)
+
+    async def settle(self, reservation: Reservation, used: int) -> None:
+        """Give back what was reserved and not used (or take what was used beyond it)."""
+        r = reservation
+        await self.script(
+            keys=self._keys(r.key_id, r.tenant, r.month),
+            args=["settle", self._now_ms(), *r.limits.capacities(), used - r.reserved],
+        )
+
+    async def used_this_month(self, tenant: str) -> int:
+        value = await self.redis.get(self._keys("", tenant, month_of(self._wall()))[4])
+        return int(value or 0)
+
+
+__all__ = ["RateLimited", "RedisQuotas"]

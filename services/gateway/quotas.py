@@ -1,0 +1,109 @@
+"""Exact limits and budgets: what is asked of the buckets, and what their answer means.
+
+Pure. Four token buckets (requests and tokens per minute, per key and per tenant) and a
+monthly token budget per tenant, all checked and taken together, atomically, by one Lua
+script in Redis (adapters/redis_quotas.py), so every gateway replica sees the same counts
+and none can admit past a limit. A bucket holds up to its per-minute limit and refills
+continuously at limit/60 per second; a request needs one request token from each request
+bucket and `reserve` tokens from each token bucket, where `reserve` is the prompt's
+estimate plus `max_tokens`. At the end the reservation is settled from the real usage:
+what was reserved and not used goes back, an underestimate is taken (a bucket may then
+go below zero, and the next requests wait for it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from libs.errors import EnclaveError
+
+# The buckets, in the order the script takes them.
+BUCKETS = ("key_rpm", "tenant_rpm", "key_tpm", "tenant_tpm")
+TOO_LARGE = -1  # the script's answer: the request can never fit this bucket
+OVER_BUDGET = -2  # the script's answer: the monthly budget would be exceeded
+CHARS_PER_TOKEN = 4  # the reservation's estimate of a prompt's tokens, before tokenizing
+DEFAULT_MAX_TOKENS = 1024  # reserved when a request names no max_tokens
+
+
+@dataclass(frozen=True)
+class Limits:
+    """0 means no limit of that kind."""
+
+    key_rpm: int = 0
+    tenant_rpm: int = 0
+    key_tpm: int = 0
+    tenant_tpm: int = 0
+    monthly_tokens: int = 0
+
+    def capacities(self) -> tuple[int, int, int, int]:
+        return (self.key_rpm, self.tenant_rpm, self.key_tpm, self.tenant_tpm)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What an admitted request took; `settle` gives back or takes the difference."""
+
+    key_id: str
+    tenant: str
+    month: str
+    limits: Limits
+    reserved: int
+
+
+def reservation_size(prompt_chars: int, max_tokens: int | None) -> int:
+    """Tokens to reserve: the prompt's estimate plus the most the answer may take."""
+    answer = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS
+    return math.ceil(prompt_chars / CHARS_PER_TOKEN) + max(0, answer)
+
+
+def month_of(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y%m")
+
+
+def seconds_to_next_month(now: datetime) -> int:
+    now = now.astimezone(UTC)
+    first = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
+    return max(1, math.ceil((first - now).total_seconds()))
+
+
+class RateLimited(EnclaveError):
+    """429 in OpenAI's shape, with the seconds to wait for the Retry-After header."""
+
+    def __init__(self, message: str, code: str, retry_after_s: int) -> None:
+        super().__init__(429, message, code)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_s)}
+
+
+def refusal(answer: int, bucket: int, limits: Limits, reserve: int, now: datetime) -> RateLimited:
+    """The error for the script's refusal: `answer` is the wait in ms, or TOO_LARGE or
+    OVER_BUDGET; `bucket` the index (1-based) of the bucket that refused."""
+    if answer == OVER_BUDGET:
+        return RateLimited(
+            f"This tenant's monthly token budget ({limits.monthly_tokens}) is used up.",
+            "insufficient_quota",
+            seconds_to_next_month(now),
+        )
+    name = BUCKETS[bucket - 1]
+    limit = limits.capacities()[bucket - 1]
+    scope, unit = name.split("_")
+    unit_words = "requests" if unit == "rpm" else "tokens"
+    if answer == TOO_LARGE:
+        raise EnclaveError(
+            400,
+            f"This request reserves {reserve} tokens ({unit_words} per minute per {scope}: "
+            f"{limit}); lower max_tokens.",
+            "tokens_exceed_limit",
+            param="max_tokens",
+        )
+    wait_s = max(1, math.ceil(answer / 1000))
+    return RateLimited(
+        f"Rate limit reached for {unit_words} per minute per {scope} (limit {limit}). "
+        f"Please retry after {wait_s} s.",
+        "rate_limit_exceeded",
+        wait_s,
+    )
