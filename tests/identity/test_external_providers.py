@@ -1,0 +1,172 @@
+"""The openai_compat engine against stand-in providers on 127.0.0.1, failover between
+them, the sealed API key and the per-tenant enablement."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from libs.context import RequestContext
+from libs.errors import EnclaveError
+from libs.events import ChatMessage, Delta, GenerateRequest, GenerationParams, Usage
+from libs.failover import AttemptFailed, Breakers, NoPoolAnswered, run_with_failover
+from libs.providers import Provider, TenantProvider, external_allowed
+from libs.secret_box import SecretBox, key_path
+from services.inference_router.adapters.openai_compat import OpenAICompatEngine
+from tests.identity.standin_provider import StandinProvider
+
+
+def _request(
+    text: str = "Summarise [REDACTED_PERSON]'s letter", **params: object
+) -> GenerateRequest:
+    return GenerateRequest(
+        ctx=RequestContext(tenant="acme", request_id="req-1", actor="key-1"),
+        model="gpt-x",
+        messages=[ChatMessage(role="user", content=text)],
+        params=GenerationParams(max_tokens=20, **params),
+        deltas_subject="unused",
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def good() -> Iterator[StandinProvider]:
+    with StandinProvider("b") as provider:
+        yield provider
+
+
+def _engine(provider: StandinProvider, home: Path, name: str = "") -> OpenAICompatEngine:
+    sealed = SecretBox.at(home).seal("sk-test-123")
+    return OpenAICompatEngine(
+        "upstream-model", provider.url, api_key=sealed, home=home, timeout_s=5, name=name
+    )
+
+
+def test_streams_passes_usage_and_sends_only_what_it_was_given(
+    good: StandinProvider, home: Path
+) -> None:
+    deltas: list[Delta] = []
+    usage = _engine(good, home).generate(_request(), deltas.append)
+    assert "".join(d.content for d in deltas) == "Hello from b"
+    assert deltas[-1].finish_reason == "stop"
+    assert usage == Usage(prompt_tokens=7, completion_tokens=3)
+    [seen] = good.received
+    assert seen["path"] == "/v1/chat/completions"
+    assert seen["headers"]["authorization"] == "Bearer sk-test-123"
+    assert not [h for h in seen["headers"] if h.lower().startswith(("enclave", "traceparent"))]
+    assert seen["body"] == {
+        "model": "upstream-model",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "Summarise [REDACTED_PERSON]'s letter"}],
+    }
+
+
+async def test_the_async_path_streams_the_same(good: StandinProvider, home: Path) -> None:
+    deltas: list[Delta] = []
+    request = _request().model_copy(update={"kind": "completion", "prompt": "Once", "messages": []})
+    usage = await _engine(good, home).agenerate(request, deltas.append)
+    assert "".join(d.content for d in deltas) == "Hello from b"
+    assert usage.total_tokens == 10
+    assert good.received[0]["path"] == "/v1/completions"
+    assert good.received[0]["body"]["prompt"] == "Once"
+
+
+@pytest.mark.parametrize("mode", ["500", "die", "gone"])
+async def test_failover_before_the_first_token_gives_one_clean_answer(
+    mode: str, good: StandinProvider, home: Path
+) -> None:
+    with StandinProvider("a", "500" if mode == "gone" else mode) as bad:
+        if mode == "gone":  # nothing listens on its port any more
+            bad.server.shutdown()
+            bad.server.server_close()
+        engines = {"a": _engine(bad, home, "a"), "b": _engine(good, home, "b")}
+        seen: list[Delta] = []  # what the client would see
+
+        async def attempt(pool: str) -> Usage:
+            return await asyncio.to_thread(engines[pool].generate, _request(), seen.append)
+
+        answered = await run_with_failover(["a", "b"], attempt, Breakers())
+    assert answered.pool == "b"
+    assert "".join(d.content for d in seen) == "Hello from b"
+    assert [f.pool for f in answered.failures] == ["a"]
+    assert len(bad.received) == (0 if mode == "gone" else 1)
+    assert len(good.received) == 1
+
+
+async def test_a_provider_cut_mid_stream_is_not_retried(good: StandinProvider, home: Path) -> None:
+    with StandinProvider("a", "cut") as cut:
+        engines = {"a": _engine(cut, home, "a"), "b": _engine(good, home, "b")}
+
+        async def attempt(pool: str) -> Usage:
+            return await asyncio.to_thread(engines[pool].generate, _request(), lambda d: None)
+
+        with pytest.raises(AttemptFailed) as caught:
+            await run_with_failover(["a", "b"], attempt, Breakers())
+    assert caught.value.started and caught.value.pool == "a"
+    assert good.received == []
+
+
+async def test_both_down_is_no_answer(home: Path) -> None:
+    with StandinProvider("a", "500") as a, StandinProvider("c", "die") as c:
+        engines = {"a": _engine(a, home, "a"), "c": _engine(c, home, "c")}
+
+        async def attempt(pool: str) -> Usage:
+            return await asyncio.to_thread(engines[pool].generate, _request(), lambda d: None)
+
+        with pytest.raises(NoPoolAnswered) as caught:
+            await run_with_failover(["a", "c"], attempt, Breakers())
+    assert [f.pool for f in caught.value.failures] == ["a", "c"]
+    assert "HTTP 500" in str(caught.value)
+
+
+def test_the_api_key_is_sealed_at_rest(home: Path) -> None:
+    box = SecretBox.at(home)
+    sealed = box.seal("sk-live-secret")
+    assert "sk-live-secret" not in sealed and sealed.startswith("enc:v1:")
+    assert stat.S_IMODE(key_path(home).stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_path(home).parent.stat().st_mode) == 0o700
+    assert SecretBox.at(home).open(sealed) == "sk-live-secret"  # the same key, read back
+    other = home / "other"
+    with pytest.raises(ValueError, match="another key"):
+        SecretBox.at(other).open(sealed)
+    with pytest.raises(ValueError, match="must be sealed"):
+        OpenAICompatEngine("m", "http://127.0.0.1:1/v1", api_key="sk-plain", home=home)
+    os.chmod(key_path(home), 0o644)
+    with pytest.raises(PermissionError):
+        SecretBox.at(home)
+
+
+def test_providers_are_off_until_enabled_per_tenant_with_an_allow_list() -> None:
+    provider = Provider(
+        name="openai-eu",
+        base_url="https://example.invalid/v1",
+        models={"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "gpt-4o": "gpt-4o"},
+    )
+    grants = [
+        TenantProvider(
+            tenant="acme", provider="openai-eu", enabled=True, allowed_models=["gpt-4o-mini"]
+        ),
+        TenantProvider(
+            tenant="globex", provider="openai-eu", enabled=False, allowed_models=["gpt-4o"]
+        ),
+    ]
+    assert external_allowed(grants, "acme", provider, "gpt-4o-mini") == "gpt-4o-mini-2024-07-18"
+    for tenant, model, code in [
+        ("acme", "gpt-4o", "model_not_allowed"),
+        ("globex", "gpt-4o", "provider_not_enabled"),
+        ("initech", "gpt-4o-mini", "provider_not_enabled"),
+    ]:
+        with pytest.raises(EnclaveError) as caught:
+            external_allowed(grants, tenant, provider, model)
+        assert caught.value.info.status == 403 and caught.value.info.code == code
