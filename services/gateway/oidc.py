@@ -15,6 +15,7 @@ adapter is adapters/oidc_jwks.py; the tests serve a real JWKS on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from jwt import PyJWK
 from libs.errors import EnclaveError
 from libs.settings import Settings
 
+log = logging.getLogger("enclave.gateway")
 ASYMMETRIC = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
@@ -140,7 +142,13 @@ class JwksCache:
     async def _refresh(self, now: float) -> None:
         self.fetched_at = now
         self.fetches += 1
-        document = await self.source.fetch()
+        try:
+            document = await self.source.fetch()
+        except Exception as exc:  # the issuer down or answering junk: keep the old keys
+            log.warning("OIDC key set fetch failed: %s", exc)
+            raise EnclaveError(
+                503, "The identity provider's keys could not be fetched.", "idp_unavailable"
+            ) from exc
         keys: dict[str, PublishedKey] = {}
         for entry in document.get("keys", []):
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":

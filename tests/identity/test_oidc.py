@@ -169,3 +169,19 @@ def test_claims_paths_and_keycloak_shapes() -> None:
     }
     with pytest.raises(EnclaveError):
         identity_from_claims({"sub": "s", "tenant": ["a", "b"]}, config)
+
+
+async def test_an_unreachable_issuer_is_a_503_and_known_keys_still_work(
+    issuer: LocalIssuer, client: httpx.AsyncClient
+) -> None:
+    verifier = _verifier(issuer, client)
+    token = issuer.token()
+    await verifier.verify(token)
+    issuer.server.shutdown()
+    issuer.server.server_close()
+    await verifier.verify(token)  # cached key: no fetch needed
+    new_kid = issuer.rotate()
+    with pytest.raises(EnclaveError) as caught:
+        await verifier.verify(issuer.token(kid=new_kid))
+    assert caught.value.info.status == 503 and caught.value.info.code == "idp_unavailable"
+    assert (await verifier.verify(token)).tenant == "acme"
