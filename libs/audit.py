@@ -534,6 +534,38 @@ async def record_access_denied(
     return events
 
 
+async def record_external_call(
+    publisher: AuditPublisher,
+    ctx: RequestContext,
+    *,
+    provider: str,
+    pool: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    redactions: int,
+    sent: bytes,
+    outcome: str = "ok",
+) -> AuditEvent:
+    """A request that left the platform for an external provider: who (the context), to
+    which provider and pool, the model, its tokens, how many redactions the input screening
+    applied, and the digest of exactly what was sent."""
+    return await publisher.emit(
+        AuditActions.EXTERNAL_CALL,
+        ctx,
+        model=model,
+        outcome=outcome,
+        digests={"sent": digest(sent)},
+        attrs={
+            "provider": provider,
+            "pool": pool,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "redactions": redactions,
+        },
+    )
+
+
 # -- reading a bundle from the audit service, page by page --
 
 CHECKPOINT_PAGE = 1000

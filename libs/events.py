@@ -487,6 +487,7 @@ class AuditActions:
     TURN_DROPPED = "turn.dropped"
     QUARANTINED = "audit.quarantined"  # a poisoned outbox event, moved aside
     ACCESS_DENIED = "access.denied"  # a credential tried another tenant (libs.rbac)
+    EXTERNAL_CALL = "external.call"  # a request sent to a provider outside the platform
 
 
 class KeyRevoked(BaseModel):

@@ -9,7 +9,13 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from libs.audit import AuditPublisher, outbox_dir, record_access_denied
+from libs.audit import (
+    AuditPublisher,
+    digest,
+    outbox_dir,
+    record_access_denied,
+    record_external_call,
+)
 from libs.context import RequestContext
 from libs.errors import EnclaveError
 from libs.events import AuditActions, AuditEvent
@@ -210,6 +216,47 @@ async def test_a_cross_tenant_attempt_is_audited_in_both_chains(
             assert event.outcome == "denied"
             assert event.attrs["operation"] == "read_files"
             assert event.attrs["target_tenant"] == OTHER
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+
+
+async def test_an_external_call_is_audited_with_who_model_tokens_and_redactions(
+    bus_settings: Settings, tmp_path: Path
+) -> None:
+    nc = await nats.connect(bus_settings.nats_url)
+    got: list[AuditEvent] = []
+
+    async def collect(msg: Msg) -> None:
+        got.append(AuditEvent.model_validate_json(msg.data))
+
+    sub = await nc.subscribe(bus_settings.subjects.audit_all, cb=collect)
+    publisher = AuditPublisher(nc, bus_settings.subjects, "worker", outbox_dir(tmp_path))
+    sent = b'{"messages":[{"role":"user","content":"[REDACTED_PERSON]"}]}'
+    try:
+        ctx = RequestContext(tenant=OWN, request_id="req-y", actor="key-1", role="developer")
+        await record_external_call(
+            publisher,
+            ctx,
+            provider="openai-eu",
+            pool="openai-eu-mini",
+            model="gpt-4o-mini",
+            prompt_tokens=12,
+            completion_tokens=30,
+            redactions=1,
+            sent=sent,
+        )
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        [event] = got
+        assert (event.tenant, event.actor, event.role) == (OWN, "key-1", "developer")
+        assert event.action == AuditActions.EXTERNAL_CALL and event.model == "gpt-4o-mini"
+        assert event.attrs["provider"] == "openai-eu" and event.attrs["redactions"] == 1
+        assert event.attrs["prompt_tokens"] == 12 and event.attrs["completion_tokens"] == 30
+        assert event.digests["sent"] == digest(sent)
+        assert "REDACTED" not in event.model_dump_json()  # the digest, never the text
     finally:
         await sub.unsubscribe()
         await nc.close()
