@@ -180,6 +180,12 @@ async def _one(msg: Msg, svc: TrainerService, progress_s: float) -> None:
     alive = asyncio.create_task(keep_alive())
     try:
         await svc.run_job(req)
+    except LookupError as exc:
+        # The job id is another tenant's: never run it, never retry it.
+        log.error("refusing fine-tuning job %s: %s", req.job_id, exc)
+        alive.cancel()
+        await msg.term()
+        return
     except Exception:
         log.exception("fine-tuning job %s could not be run; redelivered later", req.job_id)
         alive.cancel()
