@@ -49,17 +49,9 @@ HELD_OUT = ["Which hours is the phone support available?", "When does the suppor
 
 
 def _jsonl(questions: list[str]) -> str:
-    return "\n".join(
-        json.dumps(
-            {
-                "messages": [
-                    {"role": "user", "content": q},
-                    {"role": "assistant", "content": ANSWER},
-                ]
-            }
-        )
-        for q in questions
-    )
+    answer = {"role": "assistant", "content": ANSWER}
+    lines = [{"messages": [{"role": "user", "content": q}, answer]} for q in questions]
+    return "\n".join(map(json.dumps, lines))
 
 
 async def _run_job(nc: Any, subjects: Subjects, job_id: str) -> tuple[dict[str, float], str]:

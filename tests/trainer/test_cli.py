@@ -67,33 +67,17 @@ def test_a_bundle_moves_between_sites_only_signed_and_intact(
     asyncio.run(_train_fake(site_a, b"weights-1", "promoted"))
     asyncio.run(_train_fake(site_a, b"weights-2", "promoted"))
     out = tmp_path / "v1.tar"
+    v1 = f"acme/{BASE}:ft-v1"
     assert (
-        enclave(
-            monkeypatch,
-            site_a,
-            "export",
-            "--tenant",
-            "acme",
-            "--model",
-            f"acme/{BASE}:ft-v1",
-            "--out",
-            str(out),
-        )
+        enclave(monkeypatch, site_a, "export", "--tenant", "acme", "--model", v1, "--out", str(out))
         == 0
     )
     assert "signed by ed25519:" in capsys.readouterr().out
     # Another tenant cannot export acme's adapter.
+    elsewhere = str(tmp_path / "x.tar")
     assert (
         enclave(
-            monkeypatch,
-            site_a,
-            "export",
-            "--tenant",
-            "other",
-            "--model",
-            f"acme/{BASE}:ft-v1",
-            "--out",
-            str(tmp_path / "x.tar"),
+            monkeypatch, site_a, "export", "--tenant", "other", "--model", v1, "--out", elsewhere
         )
         == 1
     )
