@@ -9,7 +9,8 @@ bootstrap:
 services:
 	@bash deploy/local/services.sh
 
-up: bootstrap services
+# enclave up runs its own NATS and Redis, with generated credentials, where none listens.
+up: bootstrap
 	$(VENV)/enclave up
 
 lint: bootstrap
@@ -24,10 +25,12 @@ lint: bootstrap
 		services/memory/extraction.py services/memory/rerank.py services/memory/grounding.py \
 		services/memory/rewrite.py \
 		services/guardrails/policy.py services/guardrails/screen.py \
-		services/guardrails/secrets.py services/guardrails/injection.py
+		services/guardrails/secrets.py services/guardrails/injection.py \
+		services/sandbox
 	$(VENV)/lint-imports
 
 test: export ENCLAVE_NEED_POSTGRES = 1
+test: export ENCLAVE_NEED_DEPLOY = 1
 test: bootstrap
 	@bash deploy/local/services.sh --postgres
 	$(MAKE) lint

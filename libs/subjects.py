@@ -113,6 +113,7 @@ class Subjects:
 
     @property
     def sandbox_exec(self) -> str:
+        """Run code in a fresh sandbox (request/reply; replicas share it: queue `sandbox`)."""
         return self._s("sandbox.exec")
 
     # -- audit (JetStream, durable) --
@@ -139,6 +140,11 @@ class Subjects:
     @property
     def audit_api_export(self) -> str:
         return self._s("auditapi.export")
+
+    # -- API keys (core NATS): a revocation, for every gateway replica to drop it at once --
+    @property
+    def keys_revoked(self) -> str:
+        return self._s("keys.revoked")
 
     # -- trainer: jobs on a JetStream work queue, status and cancel on core NATS --
     @property
