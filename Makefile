@@ -25,10 +25,12 @@ lint: bootstrap
 		services/memory/extraction.py services/memory/rerank.py services/memory/grounding.py \
 		services/memory/rewrite.py \
 		services/guardrails/policy.py services/guardrails/screen.py \
-		services/guardrails/secrets.py services/guardrails/injection.py
+		services/guardrails/secrets.py services/guardrails/injection.py \
+		services/sandbox
 	$(VENV)/lint-imports
 
 test: export ENCLAVE_NEED_POSTGRES = 1
+test: export ENCLAVE_NEED_DEPLOY = 1
 test: bootstrap
 	@bash deploy/local/services.sh --postgres
 	$(MAKE) lint

@@ -36,6 +36,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             subjects=[s.chat_requested],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=settings.stream_replicas,
             max_age=3600.0,
         ),
         StreamConfig(
@@ -43,14 +44,22 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             subjects=[s.memory_store],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=settings.stream_replicas,
         ),
         StreamConfig(
             name=s.audit_stream_name,
             subjects=[s.audit_all],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=settings.stream_replicas,
             # The database is the record; the stream keeps a week to replay from.
             max_age=7 * 86400.0,
+        ),
+        StreamConfig(
+            name=s.trainer_stream_name,
+            subjects=[s.trainer_jobs],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
         ),
     ]
 

@@ -65,6 +65,29 @@ class Settings(BaseSettings):
     worker_threads: int = 0  # 0: as many as cores
     # Where each process writes its OpenTelemetry spans as JSON lines; empty: nowhere.
     trace_dir: str = ""
+    # Sandbox (services/sandbox/README.md): "bwrap" (bubblewrap, the default) or "docker".
+    sandbox_backend: str = "bwrap"
+    sandbox_timeout_s: float = 10.0  # wall clock, when a request names none
+    sandbox_max_timeout_s: float = 60.0
+    sandbox_cpu_s: int = 30
+    sandbox_memory_mb: int = 512
+    sandbox_processes: int = 64
+    sandbox_output_bytes: int = 1_048_576  # stdout and stderr, each
+    sandbox_files_bytes: int = 10_485_760  # files in, and files out, in all
+    sandbox_files_count: int = 100
+    sandbox_work_mb: int = 64  # the work dir's tmpfs
+    sandbox_concurrency: int = 4  # sandboxes at once per replica
+    sandbox_warm: int = 2  # sandboxes started ahead per replica (bwrap), each used once
+    # Run as root, the bwrap backend drops each sandbox to uid base + slot (never 0).
+    sandbox_uid_base: int = 1_900_000_000
+    sandbox_docker_image: str = "python:3.11-slim"
+    # /metrics, /healthz and /readyz of each process (libs/metrics.py: the port scheme).
+    # 0: the first free port of the stage's block from metrics_base_port; -1: none.
+    metrics_port: int = 0
+    metrics_base_port: int = 9400
+    metrics_host: str = "127.0.0.1"
+    # Copies of each JetStream stream: 3 on the three-node cluster (deploy/nats/cluster.conf).
+    stream_replicas: int = 1
 
     @cached_property
     def subjects(self) -> Subjects:

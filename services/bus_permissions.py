@@ -25,6 +25,8 @@ USERS = (
     "guardrails",
     "memory",
     "audit",
+    "sandbox",
+    "trainer",
 )
 # Which services talk to Redis (the gateway's rate limits, memory's conversation buffer).
 REDIS_USERS = ("gateway", "memory")
@@ -55,7 +57,12 @@ def _consumes(stream: str) -> tuple[str, ...]:
 
 def permissions(s: Subjects) -> dict[str, Permissions]:
     """Each service's allowed subjects under the platform's prefix."""
-    streams = (s.chat_stream_name, s.memory_stream_name, s.audit_stream_name)
+    streams = (
+        s.chat_stream_name,
+        s.memory_stream_name,
+        s.audit_stream_name,
+        s.trainer_stream_name,
+    )
     # Every service declares the streams at start (libs.bus.ensure_streams) and audits.
     common_pub = (
         "$JS.API.INFO",
@@ -75,9 +82,16 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.memory_upload,
                 s.guardrails_input,
                 s.guardrails_output,
+                s.sandbox_exec,
+                # `enclave keys revoke` speaks as the gateway; every replica forgets the key.
+                s.keys_revoked,
+                # Fine-tuning jobs in, their status back (the trainer's API).
+                s.trainer_jobs,
+                s.trainer_api,
+                s.trainer_cancel,
                 *audit_api,
             ),
-            subscribe=(chat_streams,),
+            subscribe=(chat_streams, s.keys_revoked, s.trainer_status_all),
         ),
         "agent_runtime": Permissions(
             publish=(
@@ -133,6 +147,11 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
             # inbox prefix (it passes its own default): until services/audit/app.py gives its
             # PullSub the prefix, audit may read the default inbox, which the gateway uses.
             subscribe=(s.audit_all, *audit_api, "_INBOX.>"),
+        ),
+        "sandbox": Permissions(publish=(), subscribe=(s.sandbox_exec,)),
+        "trainer": Permissions(
+            publish=(s.trainer_status("*"), *_consumes(s.trainer_stream_name)),
+            subscribe=(s.trainer_jobs, s.trainer_api, s.trainer_cancel),
         ),
     }
     return {

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from libs.settings import Settings, load_settings
+from services import keys_cli
 from services.audit import cli as audit_cli
 
 SERVICES = (
@@ -22,17 +23,22 @@ SERVICES = (
     "audit",
     "memory",
     "guardrails",
+    "sandbox",
+    "trainer",
 )
 
 
 def serve(settings: Settings, service: str, pool: str | None) -> None:
     import uvloop
 
+    from libs.metrics import serve_metrics
+
     if service == "gateway":
         import uvicorn
 
         from services.gateway.app import create_app
 
+        serve_metrics(settings, service, pool)
         uvicorn.run(
             create_app(settings),
             host=settings.gateway_host,
@@ -69,24 +75,18 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.guardrails.app import build_app as build_guardrails
 
         app = build_guardrails(settings)
+    elif service == "sandbox":
+        from services.sandbox.app import build_app as build_sandbox
+
+        app = build_sandbox(settings)
+    elif service == "trainer":
+        from services.trainer.app import build_app as build_trainer
+
+        app = build_trainer(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    serve_metrics(settings, service, pool)  # /metrics, /healthz, /readyz: libs/metrics.py
     uvloop.run(app.run())
-
-
-async def _create_key(
-    settings: Settings, tenant: str, role: str, name: str, rpm: int | None
-) -> str:
-    from libs.db.engine import make_engine, migrate_async
-    from services.gateway.adapters.sql_keys import create_key
-
-    await migrate_async(settings)
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        _, plaintext = await create_key(engine, tenant, role, name, rpm)
-    finally:
-        await engine.dispose()
-    return plaintext
 
 
 async def _add_model(settings: Settings, args: argparse.Namespace) -> None:
@@ -127,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_create.add_argument("--name", default="")
     p_create.add_argument("--rpm", type=int, default=None, help="requests per minute")
+    keys_cli.add_parsers(keys_sub)
 
     p_models = sub.add_parser("models", help="model registry")
     models_sub = p_models.add_subparsers(dest="models_command", required=True)
@@ -160,8 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         migrate(settings.sqlalchemy_url)
         print("schema is up to date")
     elif args.command == "keys":
-        key = asyncio.run(_create_key(settings, args.tenant, args.role, args.name, args.rpm))
-        print(key)
+        return keys_cli.run(args, settings)
     elif args.command == "models":
         asyncio.run(_add_model(settings, args))
         print(f"registered {args.id} on pool {args.pool}")

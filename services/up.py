@@ -54,6 +54,8 @@ DEFAULT_PLATFORM = (
     ("agent_runtime", None),
     ("memory", None),
     ("audit", None),
+    ("sandbox", None),
+    ("trainer", None),
     ("gateway", None),
 )
 READY_MODEL = "smollm2-135m-instruct"
@@ -253,9 +255,9 @@ def prepare(settings: Settings) -> Path:
         print(f"created audit key {path}", flush=True)
     key_file = settings.home / "admin.key"
     if not key_file.exists():
-        from services.cli import _create_key
+        from services import keys_cli
 
-        plaintext = asyncio.run(_create_key(settings, "default", "admin", "make up", None))
+        plaintext = asyncio.run(keys_cli.create(settings, "default", "admin", "make up", None))
         write_secret(key_file, plaintext + "\n")
         print(f"created an admin key for tenant `default` in {key_file}", flush=True)
     return key_file

@@ -28,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from libs.asyncapi import render as asyncapi_json
 from libs.bus import ensure_streams, event_bytes
 from libs.context import RequestContext, new_request_id
 from libs.db.engine import make_engine, migrate_async
@@ -40,7 +41,7 @@ from libs.events import (
 )
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
-from services.gateway import audit_routes, guardrails_routes, keys, rag_routes
+from services.gateway import audit_routes, guardrails_routes, keys, rag_routes, sandbox_routes
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
 from services.gateway.hot_path import HotPath
@@ -260,6 +261,11 @@ def create_fastapi(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> Response:
+        """The bus's AsyncAPI document (libs/asyncapi.py; docs/asyncapi.json)."""
+        return Response(asyncapi_json(), media_type="application/json")
+
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
         g = gw(request)
@@ -370,6 +376,7 @@ def create_fastapi(settings: Settings) -> FastAPI:
     )
     audit_routes.register(app)
     guardrails_routes.register(app)
+    sandbox_routes.register(app)
     return app
 
 
