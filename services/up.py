@@ -122,9 +122,12 @@ def own_bus(settings: Settings) -> OwnBus:
     folder = settings.home / "bus"
     folder.mkdir(mode=0o700, exist_ok=True)
     secrets_file = folder / "passwords.json"
-    if not secrets_file.exists():
-        write_secret(secrets_file, json.dumps(new_passwords()))
-    bus.passwords = json.loads(secrets_file.read_text())
+    kept = json.loads(secrets_file.read_text()) if secrets_file.exists() else {}
+    # Kept across restarts; a service added since the file was written gets one too.
+    bus.passwords = {**new_passwords(), **kept}
+    if bus.passwords.keys() != kept.keys():
+        secrets_file.unlink(missing_ok=True)
+        write_secret(secrets_file, json.dumps(bus.passwords))
     if nats_at is not None:
         conf = folder / "nats.conf"
         conf.unlink(missing_ok=True)
