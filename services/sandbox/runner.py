@@ -217,7 +217,10 @@ def main() -> None:
         with open(sys.argv[1], encoding="utf-8") as f:
             job = json.load(f)
     else:
-        job = json.loads(sys.stdin.buffer.read())
+        data = sys.stdin.buffer.read()
+        if not data:  # the service went, or let this warm sandbox go: nothing to run
+            return
+        job = json.loads(data)
     try:
         inputs = _write_inputs(job.get("files", []))
         argv = _command(job)
