@@ -4,6 +4,7 @@ resolves to is the platform: every stage with replicas, TLS at Caddy, vLLM on a 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -147,3 +148,21 @@ def test_gpu_registry_is_the_default_one_plus_vllm() -> None:
     assert {k: v for k, v in gpu["pools"].items() if k != "vllm"} == base["pools"]
     assert gpu["pools"]["vllm"]["engine"] == "vllm"
     assert [m for m in gpu["models"] if m["pool"] != "vllm"] == base["models"]
+
+
+def test_the_dockerfile_builds_from_files_that_exist(resolved: dict[str, Any]) -> None:
+    """No engine here to build it: its stages and the files it copies are checked instead."""
+    dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.MULTILINE))
+    assert {"base", "llama", "platform", "vllm"} <= stages
+    for svc in resolved["services"].values():
+        if "build" in svc:
+            assert svc["build"].get("target", "platform") in stages
+            assert Path(svc["build"]["context"]) == REPO
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.MULTILINE)
+    sources = {src for line in copied for src in line.split()}
+    assert {"libs", "services", "pyproject.toml", "deploy/models.yaml"} <= sources
+    for src in sources:
+        assert (REPO / src).exists(), src
+    # The image installs what pyproject.toml pins, and runs as a user, not root.
+    assert "torch==2.13.0" in dockerfile and "USER enclave" in dockerfile
