@@ -75,6 +75,11 @@ def test_every_stage_runs_with_replicas(resolved: dict[str, Any]) -> None:
     for name in STAGES - {"sandbox"}:
         assert services[name]["deploy"]["replicas"] >= 2, name
     assert services["worker-smollm2"]["deploy"]["replicas"] >= 2
+    # The schema and the audit keys are made once, before any replica races to.
+    assert services["migrate"]["command"][-1] == "enclave migrate && enclave audit keys"
+    assert services["audit"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
     for name, svc in services.items():
         if name in STAGES or name.startswith("worker-"):
             assert svc["command"][:2] == ["enclave", "serve"], name
