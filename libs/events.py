@@ -540,6 +540,7 @@ class SandboxExecReply(BaseModel):
     # Output or files beyond the limits were left out.
     truncated: bool = False
     duration_ms: int = 0
+    error: ErrorInfo | None = None
 
 
 # -- trainer (fine-tuning jobs on the JetStream work queue trainer.jobs) --

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from libs.settings import Settings, load_settings
 from services import keys_cli
 from services.audit import cli as audit_cli
+from services.trainer import cli as trainer_cli
 
 SERVICES = (
     "gateway",
@@ -144,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     audit_cli.add_parser(sub)
+    trainer_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     if getattr(args, "port", None):
@@ -167,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"registered {args.id} on pool {args.pool}")
     elif args.command == "audit":
         return audit_cli.run(args, settings)
+    elif args.command == "adapters":
+        return trainer_cli.run(args, settings)
     return 0
 
 

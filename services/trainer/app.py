@@ -76,6 +76,8 @@ def build_app(settings: Settings) -> FastStream:
     app = FastStream(broker)
     state: dict[str, Any] = {}
     tasks: list[asyncio.Task[None]] = []
+    subs: list[Any] = []
+    publishers: list[AuditPublisher] = []
 
     @app.on_startup
     async def _start() -> None:
@@ -116,8 +118,8 @@ def build_app(settings: Settings) -> FastStream:
             except Exception:
                 log.exception("trainer api request failed")
 
-        await nc.subscribe(subjects.trainer_cancel, cb=on_cancel)
-        await nc.subscribe(subjects.trainer_api, queue="trainer", cb=on_api)
+        subs.append(await nc.subscribe(subjects.trainer_cancel, cb=on_cancel))
+        subs.append(await nc.subscribe(subjects.trainer_api, queue="trainer", cb=on_api))
         js = nc.jetstream()
         sub = await js.pull_subscribe(
             subjects.trainer_jobs,
@@ -127,6 +129,8 @@ def build_app(settings: Settings) -> FastStream:
                 ack_policy=AckPolicy.EXPLICIT, ack_wait=cfg.ack_wait_s, max_ack_pending=1000
             ),
         )
+        subs.append(sub)
+        publishers.append(audit)
         tasks.append(asyncio.create_task(_consume(sub, svc, cfg.progress_s)))
 
     @app.on_shutdown
@@ -135,6 +139,12 @@ def build_app(settings: Settings) -> FastStream:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Unsubscribed here, the broker's drain does not wait 30 s on the pull subscription.
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for publisher in publishers:
+            await publisher.close()
 
     return app
 
@@ -170,6 +180,12 @@ async def _one(msg: Msg, svc: TrainerService, progress_s: float) -> None:
     alive = asyncio.create_task(keep_alive())
     try:
         await svc.run_job(req)
+    except LookupError as exc:
+        # The job id is another tenant's: never run it, never retry it.
+        log.error("refusing fine-tuning job %s: %s", req.job_id, exc)
+        alive.cancel()
+        await msg.term()
+        return
     except Exception:
         log.exception("fine-tuning job %s could not be run; redelivered later", req.job_id)
         alive.cancel()

@@ -22,7 +22,10 @@ class TrainerSettings(BaseSettings):
     # in progress every `progress_s` while it trains, so only a dead trainer loses it.
     ack_wait_s: float = 120.0
     progress_s: float = 20.0
-    threads: int = 0  # torch threads; 0: torch's default (the core count)
+    # torch threads. 1 by default: the trainer shares the cores with the workers, and
+    # torch's OpenMP threads spin when the cores are busy (measured on 2 shared cores:
+    # 6-9 s a training step with 1 thread, 40-60 s with 2). 0: torch's default (all cores).
+    threads: int = 1
 
     def resolved(self, settings: Settings) -> TrainerSettings:
         home = settings.home

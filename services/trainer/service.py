@@ -39,7 +39,7 @@ from services.trainer import bundle, jobs
 from services.trainer.adapters.bundles import BundleDir, read_bundle
 from services.trainer.adapters.sql import TrainerStore, adapter_public, ref
 from services.trainer.engine import Cancelled, Engine, TrainResult, TrainSettings
-from services.trainer.evals import EvalReport, EvalSet, gate, score
+from services.trainer.evals import EvalReport, EvalSet, GateDecision, gate, score
 from services.trainer.identity import NotFound, public_id, resolve
 from services.trainer.training_file import (
     Example,
@@ -326,7 +326,7 @@ class TrainerService:
         engine: Engine,
         eval_set: EvalSet,
         adapter_files: Mapping[str, bytes],
-    ) -> tuple[Any, dict[str, Any]]:
+    ) -> tuple[GateDecision, dict[str, Any]]:
         prompts = [[m.model_dump() for m in item.messages] for item in eval_set.items]
         ids = [item.id for item in eval_set.items]
 
@@ -345,12 +345,16 @@ class TrainerService:
                 serving = EvalReport.model_validate(stored)
                 serving.model = serving_row.public_id
             else:
-                files = read_bundle(Path(serving_row.bundle_path))
-                verified = bundle.verify(files, self.trusted_keys)
-                if verified.digest != serving_row.digest:
-                    raise bundle.BundleError(
-                        "the serving bundle's digest differs from the registry"
-                    )
+                try:
+                    files = read_bundle(Path(serving_row.bundle_path))
+                    verified = bundle.verify(files, self.trusted_keys)
+                    if verified.digest != serving_row.digest:
+                        raise bundle.BundleError("its digest differs from the registry's")
+                except (OSError, ValueError) as exc:
+                    # Nothing to compare with: fail closed, keep what serves.
+                    why = f"not promoted: {serving_row.public_id}'s bundle cannot be read: {exc}"
+                    decision = GateDecision(False, [why])
+                    return decision, {"eval_set": eval_set.digest(), "gate": decision.as_dict()}
                 serving = score(eval_set, await answers(files), serving_row.public_id)
         if serving is None:
             serving = score(eval_set, await answers(None), job.model)

@@ -106,5 +106,27 @@ async def test_jobs_through_jetstream_fail_with_the_bad_line_named(trainer: Plat
         assert missing.status == 404 and missing.error and missing.error.code == "model_not_found"
         unknown = await ask(nc, subjects, "acme", "jobs.delete_everything")
         assert unknown.status == 400
+
+        # Another tenant reusing acme's job id: refused for good (not retried), acme's job
+        # untouched, nothing announced.
+        before = len(seen)
+        thief = bad_model.model_copy(
+            update={
+                "ctx": RequestContext(tenant="other", request_id="r2"),
+                "job_id": bad_file.job_id,
+            }
+        )
+        await js.publish(subjects.trainer_jobs, event_bytes(thief))
+        for _ in range(300):
+            info = await js.consumer_info(subjects.trainer_stream_name, "trainer")
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"the duplicate job is still pending: {info}")
+        assert len(seen) == before
+        again = await ask(nc, subjects, "acme", "jobs.retrieve", job_id=bad_file.job_id)
+        assert again.body["error"]["code"] == "invalid_training_file"
+        assert (await ask(nc, subjects, "other", "jobs.list")).body["data"] == []
     finally:
         await nc.close()

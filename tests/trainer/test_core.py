@@ -255,3 +255,14 @@ def test_unsigned_altered_or_foreign_bundles_are_refused(
     with pytest.raises(bundle.BundleError, match="untrusted"):
         bundle.verify(_bundle(other_private), trusted)
     assert bundle.verify(_bundle(other_private), trusted_keys([keys[1], other_public]))
+
+
+def test_auto_hyperparameters_aim_at_the_target_steps() -> None:
+    auto = jobs.Hyperparameters()
+    hp = jobs.resolve_hyperparameters(auto, 6, target_steps=30)
+    assert (hp.batch_size, hp.n_epochs, hp.learning_rate_multiplier) == (1, 5, 1.0)
+    hp = jobs.resolve_hyperparameters(auto, 100, target_steps=30)
+    assert (hp.batch_size, hp.n_epochs) == (4, 2)  # 25 batches an epoch
+    given = jobs.Hyperparameters(n_epochs=3, batch_size=8, learning_rate_multiplier=0.5)
+    hp = jobs.resolve_hyperparameters(given, 4)
+    assert (hp.batch_size, hp.n_epochs, hp.learning_rate_multiplier) == (4, 3, 0.5)
