@@ -6,7 +6,6 @@ anonymizer operators), so it runs the same in the service, the benchmark and the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -14,10 +13,11 @@ import numpy as np
 
 from libs.events import GuardrailCheck, GuardrailEntity, GuardrailVerdict
 from services.guardrails.injection import InjectionDetector
+from services.guardrails.linear import compile_linear
 from services.guardrails.policy import CustomRecognizer, EffectivePolicy
 from services.guardrails.secrets import Span, scan
 
-PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
+PLACEHOLDER = compile_linear(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
 
 
 class PiiFinder(Protocol):
@@ -239,7 +239,7 @@ class Screener:
                 reasons.append(f"output: {e.type} is blocked by policy")
                 break
         for p in policy.denied_patterns:
-            if re.search(p, text, re.IGNORECASE):
+            if compile_linear(p, ignore_case=True).search(text):
                 rule = rule or "output.denied_patterns"
                 reasons.append(f"content: matches a denied pattern {p!r}")
                 break

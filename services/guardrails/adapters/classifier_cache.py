@@ -1,7 +1,8 @@
-"""The injection classifier, trained once from the generated set and kept on disk.
+"""The injection classifier, trained once (generated set + the corpora's tuning split) and
+kept on disk.
 
-The file name carries a digest of the generator and trainer sources, so a change to either
-retrains; the pickle is only ever read from our own ENCLAVE_HOME.
+The file name carries a digest of the generator and trainer sources and the tuning data, so
+a change to any retrains; the pickle is only ever read from our own ENCLAVE_HOME.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ def _digest() -> str:
     h = hashlib.sha256()
     for mod in (injection, injection_data):
         h.update(Path(mod.__file__ or "").read_bytes())
+    h.update(injection_data.TUNING.read_bytes())
     return h.hexdigest()[:12]
 
 

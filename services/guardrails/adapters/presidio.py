@@ -36,7 +36,9 @@ from presidio_analyzer.predefined_recognizers import (
 )
 from presidio_anonymizer.operators import Hash, Mask
 
+from services.guardrails.linear import compile_linear
 from services.guardrails.policy import CustomRecognizer
+from services.guardrails.scheduler import checkpoint
 from services.guardrails.secrets import Span
 
 logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
@@ -187,13 +189,31 @@ def _dob_recognizer() -> PatternRecognizer:
     )
 
 
+class _Linear:
+    """An RE2 pattern where Presidio expects a compiled `regex` one (finditer(timeout=))."""
+
+    def __init__(self, pattern: str) -> None:
+        # Presidio's flags for pattern recognizers: DOTALL | MULTILINE | IGNORECASE.
+        self._re = compile_linear(f"(?ims){pattern}")
+
+    def finditer(self, text: str, timeout: float | None = None) -> Any:
+        return self._re.finditer(text)
+
+
 def custom_recognizer(rec: CustomRecognizer) -> EntityRecognizer:
-    return PatternRecognizer(
+    """A tenant's recognizer, matched by RE2 (linear time whatever the pattern)."""
+    recognizer = PatternRecognizer(
         supported_entity=rec.name,
         name=f"custom-{rec.name}",
         patterns=[Pattern(f"{rec.name}-{i}", p, rec.score) for i, p in enumerate(rec.patterns)],
-        context=rec.context or None,
+        context=rec.context or None,  # type: ignore[arg-type]
     )
+    flags = recognizer.global_regex_flags
+    patterns: list[Any] = getattr(recognizer, "patterns")  # noqa: B009 (untyped in Presidio)
+    for pattern in patterns:
+        pattern.compiled_regex = _Linear(pattern.regex)
+        pattern.compiled_with_flags = flags
+    return recognizer
 
 
 class PresidioPii:
@@ -242,20 +262,50 @@ class PresidioPii:
     ) -> list[Span]:
         if not text.strip() or not entities:
             return []
-        results = self.analyzer.analyze(
-            text,
-            language="en",
-            entities=entities,
-            score_threshold=min_score,
-            ad_hoc_recognizers=self._ad_hoc(custom) or None,
-        )
-        spans = [
-            Span(r.entity_type, r.start, r.end, float(r.score))
-            for r in results
-            # spaCy's small model calls acronyms people ("JSON", "AWS").
-            if not (r.entity_type == "PERSON" and text[r.start : r.end].isupper())
-        ]
-        return resolve_overlaps(spans)
+        ad_hoc = self._ad_hoc(custom) or None
+        spans: list[Span] = []
+        # Long texts go through in chunks (overlapping, cut at whitespace), so that the
+        # check's time budget can stop the work between two of them.
+        for offset, chunk in chunks(text):
+            checkpoint()
+            results = self.analyzer.analyze(
+                chunk,
+                language="en",
+                entities=entities,
+                score_threshold=min_score,
+                ad_hoc_recognizers=ad_hoc,
+            )
+            spans += [
+                Span(r.entity_type, offset + r.start, offset + r.end, float(r.score))
+                for r in results
+                # spaCy's small model calls acronyms people ("JSON", "AWS").
+                if not (r.entity_type == "PERSON" and chunk[r.start : r.end].isupper())
+            ]
+        return resolve_overlaps(sorted(set(spans), key=lambda s: (s.start, s.end)))
+
+
+CHUNK = 8192
+OVERLAP = 256
+
+
+def chunks(text: str, size: int = CHUNK, overlap: int = OVERLAP) -> list[tuple[int, str]]:
+    """(offset, piece): pieces of at most `size` characters, each starting `overlap`
+    characters (moved to a whitespace) before the previous one ended."""
+    if len(text) <= size:
+        return [(0, text)]
+    out: list[tuple[int, str]] = []
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            cut = text.rfind(" ", start + size // 2, end)
+            end = cut if cut > 0 else end
+        out.append((start, text[start:end]))
+        if end >= len(text):
+            break
+        nxt = text.rfind(" ", end - overlap, end)
+        start = nxt + 1 if nxt > start else end
+    return out
 
 
 def resolve_overlaps(spans: list[Span]) -> list[Span]:
