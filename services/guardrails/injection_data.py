@@ -470,3 +470,14 @@ def tuning_set() -> tuple[list[str], list[int]]:
     bench/data/guardrails/build_corpora.py wrote the file). Nothing held out is in it."""
     rows = [json.loads(x) for x in TUNING.read_text().split("\n") if x]
     return [r["text"] for r in rows], [int(r["label"]) for r in rows]
+
+
+CALIBRATION = TUNING.with_name("injection_calibration.json")
+
+
+def stored_calibration() -> tuple[str, float] | None:
+    """(digest of the training texts and pipeline, decision probability), as shipped."""
+    if not CALIBRATION.exists():
+        return None
+    data = json.loads(CALIBRATION.read_text())
+    return str(data["digest"]), float(data["threshold"])

@@ -154,6 +154,7 @@ class EffectivePolicy(BaseModel):
         """Whether anything in the input is checked: if not, input verdicts are constant."""
         return (
             self.pii_enabled
+            or self.secrets_enabled
             or self.injection_enabled
             or self.screen_context
             or bool(self.topics_denied or self.topics_allowed)

@@ -15,6 +15,7 @@ from libs.events import GuardrailCheck, GuardrailEntity, GuardrailVerdict
 from services.guardrails.injection import InjectionDetector
 from services.guardrails.linear import compile_linear
 from services.guardrails.policy import CustomRecognizer, EffectivePolicy
+from services.guardrails.scheduler import checkpoint
 from services.guardrails.secrets import Span, scan
 
 PLACEHOLDER = compile_linear(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
@@ -127,6 +128,10 @@ class Screener:
         marks = [m.span() for m in PLACEHOLDER.finditer(text)]
         return [s for s in spans if not any(a < s.end and s.start < b for a, b in marks)]
 
+    @staticmethod
+    def _secret_spans(text: str, policy: EffectivePolicy) -> list[Span]:
+        return scan(text, policy.min_entropy) if policy.secrets_enabled else []
+
     def _topic(self, text: str, policy: EffectivePolicy) -> tuple[str, str] | None:
         """(rule, reason) when the text is off-topic or on a denied topic."""
         if self.embedder is None or not (policy.topics_denied or policy.topics_allowed):
@@ -161,12 +166,18 @@ class Screener:
         rule: str | None = None
         for i, msg in enumerate(check.messages):
             text = msg.content or ""
+            checkpoint()
             found = [(s, policy.input_action(s.type)) for s in self._pii_spans(text, policy)]
+            # Secrets never reach a model either: in user text, documents and tool results.
+            secrets = self._secret_spans(text, policy)
+            found += [(s, policy.secrets_action) for s in secrets]
             rewritten, seen = self._rewrite(text, found, tenant, names, message=i)
             for e in seen:
                 if e.action == "block" and rule is None:
-                    rule = f"pii.entities.{e.type}"
-                    reasons.append(f"pii: {e.type} is blocked by policy")
+                    secret = any((s.start, s.type) == (e.start, e.type) for s in secrets)
+                    rule = "secrets.action" if secret else f"pii.entities.{e.type}"
+                    kind = "secrets" if secret else "pii"
+                    reasons.append(f"{kind}: {e.type} is blocked by policy")
             entities += seen
             texts.append(rewritten)
             screened = (check.direction == "context" and policy.screen_context) or (
@@ -221,8 +232,7 @@ class Screener:
         tenant = check.ctx.tenant
         names = Pseudonyms({})
         found: list[tuple[Span, str]] = []
-        if policy.secrets_enabled:
-            found += [(s, policy.secrets_action) for s in scan(text, policy.min_entropy)]
+        found += [(s, policy.secrets_action) for s in self._secret_spans(text, policy)]
         if policy.output_pii:
             for s in self._pii_spans(text, policy):
                 action = policy.output_action(s.type)

@@ -17,7 +17,7 @@ from services.guardrails.adapters.operators import PresidioOperators
 from services.guardrails.adapters.policy_files import PolicyStore
 from services.guardrails.adapters.presidio import PresidioPii
 from services.guardrails.app import decide
-from services.guardrails.injection import InjectionDetector, train_classifier
+from services.guardrails.injection import InjectionDetector, InjectionModel
 from services.guardrails.linear import UnsupportedPattern, compile_linear
 from services.guardrails.policy import PolicyError
 from services.guardrails.scheduler import (
@@ -108,8 +108,8 @@ async def test_a_check_past_its_budget_fails_alone_and_frees_its_worker() -> Non
 
 
 @pytest.fixture(scope="module")
-def screener() -> Screener:
-    return Screener(PresidioPii(), InjectionDetector(train_classifier()), PresidioOperators())
+def screener(injection_model: InjectionModel) -> Screener:
+    return Screener(PresidioPii(), InjectionDetector(injection_model), PresidioOperators())
 
 
 @pytest.fixture(scope="module")
