@@ -11,14 +11,18 @@ runs it, under the packaged global policy.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
 import random
+import re
 import statistics
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
@@ -37,7 +41,7 @@ N_PII = 3000
 LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL"]
 TYPES = ["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS"]
 EXTRA = ["US_SSN", "DATE_OF_BIRTH", "URL"]
-TARGETED = set(TYPES)
+SCORED = TYPES + EXTRA
 
 TEMPLATES = [
     "Hi, I'm {PERSON} and you can reach me at {EMAIL_ADDRESS}.",
@@ -169,6 +173,148 @@ def _f(x: float) -> str:
     return "-" if x != x else f"{x:.3f}"
 
 
+# -- PII, held out: presidio-evaluator's templates and names, filled with our own seeds --
+#
+# presidio-evaluator 0.3.2 (MIT) ships the sentence templates and the FakeNameGenerator
+# names its generator fills; its own generator needs pandas 3 and transformers 5, which the
+# platform does not install, so bench/data/guardrails/pii/ keeps the two files and the code
+# below fills them the same way (Faker for everything else). The split is fixed by a digest
+# of each template and each name: `tune` templates and names (PII_TUNE_SEED) may be looked
+# at while working on the recognisers; `heldout` ones (PII_HELDOUT_SEED) are only scored.
+PII_DATA = Path(__file__).parent / "data" / "guardrails" / "pii"
+PII_TUNE_SEED = 7
+PII_HELDOUT_SEED = 20261129
+PE_LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL"]
+# Template slot -> our entity type (None: filled, not scored; a PII label on it is wrong).
+PE_SLOTS: dict[str, str | None] = {
+    "person": "PERSON", "name": "PERSON", "first_name": "PERSON", "last_name": "PERSON",
+    "name_female": "PERSON", "name_male": "PERSON", "first_name_male": "PERSON",
+    "first_name_female": "PERSON", "first_name_nonbinary": "PERSON",
+    "last_name_male": "PERSON", "last_name_female": "PERSON",
+    "phone_number": "PHONE_NUMBER", "email": "EMAIL_ADDRESS",
+    "credit_card_number": "CREDIT_CARD", "iban": "IBAN_CODE", "ip_address": "IP_ADDRESS",
+    "ssn": "US_SSN", "date_of_birth": "DATE_OF_BIRTH", "url": "URL",
+}  # fmt: skip
+
+
+def _pe_part(key: str) -> str:
+    return "tune" if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 2 == 0 else "heldout"
+
+
+def pe_templates(split: str) -> list[str]:
+    lines = (PII_DATA / "presidio_evaluator_templates.txt").read_text().splitlines()
+    return [t.strip() for t in lines if t.strip() and _pe_part(t.strip()) == split]
+
+
+def pe_names(split: str) -> list[dict[str, str]]:
+    with (PII_DATA / "presidio_evaluator_names.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if _pe_part(r["given"] + " " + r["surname"]) == split]
+
+
+def _pe_fill(slot: str, fake: Faker, rng: random.Random, people: list[dict[str, str]]) -> str:
+    p = rng.choice(people)
+    if slot in ("person", "name", "name_female", "name_male"):
+        return f"{p['given']} {p['surname']}"
+    if slot.startswith("first_name"):
+        return p["given"]
+    if slot.startswith("last_name"):
+        return p["surname"]
+    if slot == "credit_card_number":
+        return str(fake.credit_card_number())
+    if slot == "date_of_birth":
+        d = fake.date_of_birth(minimum_age=18, maximum_age=90)
+        return d.strftime(rng.choice(["%d/%m/%Y", "%Y-%m-%d", "%B %d, %Y", "%m/%d/%Y"]))
+    if slot == "us_driver_license":
+        return f"{rng.choice('ABCDEFGH')}{rng.randrange(10**6, 10**7)}"
+    if slot in ("nation_woman", "nation_plural", "nationality"):
+        return str(fake.country())
+    if slot == "age":
+        return str(rng.randrange(18, 90))
+    if slot == "ssn":
+        return str(Faker("en_US").ssn())
+    if slot == "organization":
+        return str(fake.company())
+    try:
+        return str(getattr(fake, slot)())
+    except AttributeError:
+        return str(fake.word())
+
+
+def pe_sentences(split: str, n: int) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    """`n` sentences of the split, each with its labelled spans (type, start, end)."""
+    seed = PII_TUNE_SEED if split == "tune" else PII_HELDOUT_SEED
+    rng = random.Random(seed)
+    fakers = [Faker(loc) for loc in PE_LOCALES]
+    for i, f in enumerate(fakers):
+        f.seed_instance(seed + i)
+    pool, people = pe_templates(split), pe_names(split)
+    out = []
+    for _ in range(n):
+        template, fake = rng.choice(pool), rng.choice(fakers)
+        text, spans, pos = "", [], 0
+        for m in re.finditer(r"\{\{(\w+)\}\}", template):
+            text += template[pos : m.start()]
+            value = _pe_fill(m.group(1), fake, rng, people)
+            kind = PE_SLOTS.get(m.group(1))
+            if kind is not None:
+                spans.append((kind, len(text), len(text) + len(value)))
+            text += value
+            pos = m.end()
+        out.append((text + template[pos:], spans))
+    return out
+
+
+def pii_table(
+    screener: Screener,
+    policy: Any,
+    ctx: RequestContext,
+    data: list[tuple[str, list[tuple[str, int, int]]]],
+    latencies: list[float],
+    targeted: bool,
+) -> tuple[list[str], bool]:
+    """Per entity: gold, predicted, precision, recall; a prediction counts when it overlaps a
+    labelled span of its type (a PII label on an unlabelled value, e.g. a city, is wrong)."""
+    tp_pred: dict[str, int] = defaultdict(int)
+    n_pred: dict[str, int] = defaultdict(int)
+    found: dict[str, int] = defaultdict(int)
+    n_gold: dict[str, int] = defaultdict(int)
+    for text, gold in data:
+        start = time.perf_counter()
+        verdict = screener.check(
+            GuardrailCheck(ctx=ctx, messages=[ChatMessage(role="user", content=text)]), policy
+        )
+        latencies.append((time.perf_counter() - start) * 1000)
+        pred = [(e.type, e.start, e.end) for e in verdict.entities if e.type in SCORED]
+        for kind, s, e in gold:
+            n_gold[kind] += 1
+            if any(k == kind and ps < e and s < pe for k, ps, pe in pred):
+                found[kind] += 1
+        for kind, s, e in pred:
+            n_pred[kind] += 1
+            if any(k == kind and s < ge and gs < e for k, gs, ge in gold):
+                tp_pred[kind] += 1
+    lines = [f"{'entity':<15}{'gold':>6}{'pred':>6}{'precision':>11}{'recall':>8}  target"]
+    ok = True
+    for kind in [*SCORED, "ALL"]:
+        g = sum(n_gold.values()) if kind == "ALL" else n_gold[kind]
+        n = sum(n_pred.values()) if kind == "ALL" else n_pred[kind]
+        tp = sum(tp_pred.values()) if kind == "ALL" else tp_pred[kind]
+        f = sum(found.values()) if kind == "ALL" else found[kind]
+        if not g and not n:
+            continue
+        p = tp / n if n else 1.0
+        r = f / g if g else 1.0
+        target = ""
+        if targeted and kind in ("PERSON", "ALL"):
+            met = r >= 0.95 and (kind == "PERSON" or p >= 0.90)
+            ok &= met
+            goal = "R>=0.95" if kind == "PERSON" else "P>=0.90 R>=0.95"
+            target = f"{goal} {'met' if met else 'MISSED'}"
+        lines.append(f"{kind:<15}{g:>6}{n:>6}{p:>11.3f}{r:>8.3f}  {target}")
+    return lines, ok
+
+
 def _pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
@@ -182,43 +328,22 @@ def main() -> int:
     ctx = RequestContext(tenant="bench", request_id="bench")
     print(f"setup (spaCy, Presidio, classifier training): {time.perf_counter() - t0:.1f} s")
 
-    data = pii_set()
-    tp_pred: dict[str, int] = defaultdict(int)
-    n_pred: dict[str, int] = defaultdict(int)
-    found: dict[str, int] = defaultdict(int)
-    n_gold: dict[str, int] = defaultdict(int)
     latencies: list[float] = []
-    types = TYPES + EXTRA
-    for text, gold in data:
-        start = time.perf_counter()
-        verdict = screener.check(
-            GuardrailCheck(ctx=ctx, messages=[ChatMessage(role="user", content=text)]), policy
-        )
-        latencies.append((time.perf_counter() - start) * 1000)
-        pred = [(e.type, e.start, e.end) for e in verdict.entities]
-        for kind, s, e in gold:
-            n_gold[kind] += 1
-            if any(k == kind and ps < e and s < pe for k, ps, pe in pred):
-                found[kind] += 1
-        for kind, s, e in pred:
-            n_pred[kind] += 1
-            if any(k == kind and s < ge and gs < e for k, gs, ge in gold):
-                tp_pred[kind] += 1
-    print(f"\nPII detection on {len(data)} generated sentences ({', '.join(LOCALES)})")
-    print(f"{'entity':<15}{'gold':>6}{'pred':>6}{'precision':>11}{'recall':>8}{'F1':>7}  target")
     ok = True
-    for kind in types:
-        p = tp_pred[kind] / n_pred[kind] if n_pred[kind] else 1.0
-        r = found[kind] / n_gold[kind] if n_gold[kind] else 1.0
-        f1 = 2 * p * r / (p + r) if p + r else 0.0
-        target = ""
-        if kind in TARGETED:
-            met = p >= 0.90 and r >= 0.95
-            ok &= met
-            target = "P>=0.90 R>=0.95 " + ("met" if met else "MISSED")
-        print(
-            f"{kind:<15}{n_gold[kind]:>6}{n_pred[kind]:>6}{p:>11.3f}{r:>8.3f}{f1:>7.3f}  {target}"
-        )
+    sets = [
+        (f"in-house templates, tuning (seed {SEED})", pii_set(), False),
+        ("presidio-evaluator templates, tune split", pe_sentences("tune", 1000), False),
+        (
+            f"presidio-evaluator templates, HELD OUT (seed {PII_HELDOUT_SEED})",
+            pe_sentences("heldout", 1500),
+            True,
+        ),
+    ]
+    for title, data, targeted in sets:
+        lines, met = pii_table(screener, policy, ctx, data, latencies, targeted)
+        print(f"\nPII detection: {len(data)} sentences, {title}")
+        print("\n".join(lines))
+        ok &= met
 
     evaluated = [it for it in corpora() if it["split"] in ("tune", "heldout", "cross")]
     scores: dict[str, float] = {}

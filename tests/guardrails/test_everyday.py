@@ -102,3 +102,34 @@ def test_secrets_are_redacted_on_input_in_documents_and_in_tool_results(
     strict = policy.model_copy(update={"secrets_action": "block"})
     blocked = screener.check(_user(f"my key: {keys}"), strict)
     assert not blocked.allowed and blocked.rule == "secrets.action"
+
+
+@pytest.mark.parametrize(
+    "text,name",
+    [
+        ("My name is Lucrezia", "Lucrezia"),
+        ("Pauliina shouted at Fabian Kowalski: what are you doing?", "Pauliina"),
+        ("Jiry Holtman\n12 Main Street\nSpringfield", "Jiry Holtman"),
+    ],
+)
+def test_single_and_foreign_names_are_people(
+    screener: Screener, policy: EffectivePolicy, text: str, name: str
+) -> None:
+    verdict = screener.check(_user(text), policy)
+    assert name not in verdict.texts[0], verdict.texts[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "In the story a group of 12 sailors finds an island in 1492.",
+        '{"a": 1, "b": 2024}',
+        "My father retired at the age of 63.",
+        "The bus station is on rue Yves Bruneau, 17.",
+    ],
+)
+def test_plain_numbers_and_streets_are_left_alone(
+    screener: Screener, policy: EffectivePolicy, text: str
+) -> None:
+    verdict = screener.check(_user(text), policy)
+    assert verdict.texts[0] == text, verdict.entities
