@@ -17,6 +17,7 @@ from services.guardrails.linear import compile_linear
 from services.guardrails.policy import CustomRecognizer, EffectivePolicy
 from services.guardrails.scheduler import checkpoint
 from services.guardrails.secrets import Span, scan
+from services.guardrails.structured import NotJson, rewrite_json
 
 PLACEHOLDER = compile_linear(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
 
@@ -227,10 +228,9 @@ class Screener:
             else [],
         )
 
-    def _output(self, check: GuardrailCheck, policy: EffectivePolicy) -> GuardrailVerdict:
-        text = check.messages[0].content or "" if check.messages else ""
-        tenant = check.ctx.tenant
-        names = Pseudonyms({})
+    def _output_spans(
+        self, text: str, policy: EffectivePolicy, tenant: str
+    ) -> tuple[str, list[GuardrailEntity]]:
         found: list[tuple[Span, str]] = []
         found += [(s, policy.secrets_action) for s in self._secret_spans(text, policy)]
         if policy.output_pii:
@@ -239,9 +239,24 @@ class Screener:
                 if action != "allow":
                     # The user cannot be handed back a value the model made up.
                     found.append((s, "redact" if action == "pseudonymise" else action))
-        rewritten, entities = self._rewrite(text, found, tenant, names)
+        return self._rewrite(text, found, tenant, Pseudonyms({}))
+
+    def _output(self, check: GuardrailCheck, policy: EffectivePolicy) -> GuardrailVerdict:
+        text = check.messages[0].content or "" if check.messages else ""
+        tenant = check.ctx.tenant
         reasons: list[str] = []
         rule: str | None = None
+        if check.structure == "json":
+            try:
+                rewritten, entities = rewrite_json(
+                    text, lambda value: self._output_spans(value, policy, tenant)
+                )
+            except NotJson as exc:
+                return GuardrailVerdict(
+                    allowed=False, texts=[text], reasons=[str(exc)], rule="output.structure"
+                )
+        else:
+            rewritten, entities = self._output_spans(text, policy, tenant)
         for e in entities:
             if e.action == "block":
                 secret = e.type not in policy.output_entities
