@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import pytest
 
@@ -82,7 +83,7 @@ def test_fifty_seeded_schema_answers_parse_and_keep_their_types(
     cities = ["Paris", "Rotterdam", "Lisbon", "Kyoto", "Austin"]
     people = ["Ada Lovelace", "Jiry Holtman", "Lucrezia Borgia", "Kenji Sato"]
     for _ in range(50):
-        answer = {
+        answer: dict[str, Any] = {
             "a": rng.randrange(0, 10**10),
             "city": rng.choice(cities),
             "contact": f"{rng.choice(people)}, +44 20 7946 {rng.randrange(1000, 9999)}",
