@@ -225,6 +225,8 @@ def _pe_fill(slot: str, fake: Faker, rng: random.Random, people: list[dict[str, 
     if slot == "date_of_birth":
         d = fake.date_of_birth(minimum_age=18, maximum_age=90)
         return d.strftime(rng.choice(["%d/%m/%Y", "%Y-%m-%d", "%B %d, %Y", "%m/%d/%Y"]))
+    if slot == "ip_address":
+        return str(fake.ipv4() if rng.random() < 0.8 else fake.ipv6())
     if slot == "us_driver_license":
         return f"{rng.choice('ABCDEFGH')}{rng.randrange(10**6, 10**7)}"
     if slot in ("nation_woman", "nation_plural", "nationality"):

@@ -12,7 +12,8 @@ import nats
 import pytest
 import yaml
 
-from libs.events import AuditEvent
+from libs.context import RequestContext
+from libs.events import AuditEvent, ChatMessage, GuardrailCheck, GuardrailVerdict
 from services.guardrails.adapters.policy_files import PACKAGED_OPEN
 from tests.infra import Platform
 
@@ -330,3 +331,59 @@ async def _true_if(value: bool) -> bool:
 def _input_verdicts(t: BusTap) -> list[AuditEvent]:
     events = [AuditEvent.model_validate_json(data) for _, data in t.seen]
     return [e for e in events if e.action == "verdict.input"]
+
+
+async def test_adversarial_megabytes_do_not_stall_another_tenants_chat(
+    platform: Platform, nc: nats.aio.client.Client
+) -> None:
+    tenants = platform.home / "guardrails" / "tenants"
+    tenants.mkdir(parents=True, exist_ok=True)
+    (tenants / "flood.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "level": "tenant",
+                "tenant": "flood",
+                "pii": {"custom": [{"name": "REF", "patterns": [r"(a+)+b"], "context": ["a"]}]},
+            }
+        )
+    )
+    evil = platform.create_key("flood", "user")
+    good = platform.create_key("calm", "user")
+    prefix = platform.env["ENCLAVE_BUS_PREFIX"]
+    megabyte = "awskey" * 166_000  # ~1 MB: as the runtime or memory would send it
+
+    async def on_bus(text: str, direction: str) -> GuardrailVerdict:
+        subject = "guardrails.output" if direction == "output" else "guardrails.input"
+        role = "assistant" if direction == "output" else "tool"
+        check = GuardrailCheck(
+            ctx=RequestContext(tenant="flood", request_id=f"flood-{direction}-{len(text)}"),
+            direction=direction,  # type: ignore[arg-type]
+            messages=[ChatMessage(role=role, content=text)],
+        )
+        msg = await nc.request(f"{prefix}.{subject}", check.model_dump_json().encode(), timeout=30)
+        return GuardrailVerdict.model_validate_json(msg.data)
+
+    async with httpx.AsyncClient(base_url=platform.base_url, timeout=60) as http:
+        attacks = asyncio.gather(
+            on_bus(megabyte, "input"),
+            on_bus(megabyte, "context"),
+            on_bus(megabyte, "output"),
+            # Within the caps: screened in full, or failed closed at the budget.
+            http.post(
+                "/v1/guardrails/check",
+                headers=auth(evil),
+                json={"text": "awskey" * 10_000, "direction": "output"},
+            ),
+            http.post(  # the tenant's own recogniser on a long run of "a"
+                "/v1/guardrails/check", headers=auth(evil), json={"text": "a" * 99_000}
+            ),
+        )
+        reply = await chat(platform, good, "Hello, what's a good name for a cat?")
+        assert isinstance(reply, dict) and reply["choices"][0]["finish_reason"] == "stop"
+        *too_big, window, own = await attacks
+    for v in too_big:
+        assert v.error is not None and v.error.status == 413
+        assert v.error.code == "guardrail_input_too_large" and not v.allowed
+    for r in (window, own):
+        assert r.status_code == 200 or r.json()["error"]["code"] == "guardrail_check_timeout"
