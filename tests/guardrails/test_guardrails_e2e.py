@@ -85,20 +85,21 @@ async def test_pseudonymised_values_never_reach_the_model_and_come_back_to_the_u
     assert "<PERSON_1>" in seen_by_model and "<EMAIL_ADDRESS_1>" in seen_by_model
 
 
-async def test_a_streamed_secret_split_across_tokens_never_reaches_the_client(
+async def test_a_secret_in_the_prompt_reaches_neither_the_model_nor_the_client(
     platform: Platform, nc: nats.aio.client.Client
 ) -> None:
+    # (A secret the model itself streams, split across tokens, is held back by the output
+    # window: tests/guardrails/test_output_window.py.)
     deltas = await tap(nc, platform, "inference.deltas.>")
     said = f"Sure, the deploy key is {SECRET} and the rest of the settings stay as they are now."
     chunks = await chat(platform, platform.admin_key, said, stream=True)
     assert isinstance(chunks, list)
     pieces = [c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]]
     shown = "".join(pieces)
-    # The worker really streamed the key in 3-character tokens...
+    # Secrets are redacted on input: the model never saw the key, so it never streamed it...
     streamed = [json.loads(d)["deltas"] for _, d in deltas.seen]
-    assert len(streamed) > 10 and SECRET in "".join(
-        d.get("content", "") for ds in streamed for d in ds
-    )
+    text = "".join(d.get("content", "") for ds in streamed for d in ds)
+    assert len(streamed) > 10 and SECRET not in text and "<AWS_ACCESS_KEY>" in text
     # ...and no piece of it reached the client, in any chunk.
     assert "<AWS_ACCESS_KEY>" in shown
     assert not any(SECRET[:k] in shown for k in range(4, len(SECRET) + 1))

@@ -13,11 +13,8 @@ import yaml
 
 from libs.context import RequestContext
 from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
-from services.guardrails.adapters.operators import PresidioOperators
 from services.guardrails.adapters.policy_files import PolicyStore
-from services.guardrails.adapters.presidio import PresidioPii
 from services.guardrails.app import decide
-from services.guardrails.injection import InjectionDetector, InjectionModel
 from services.guardrails.linear import UnsupportedPattern, compile_linear
 from services.guardrails.policy import PolicyError
 from services.guardrails.scheduler import (
@@ -56,18 +53,16 @@ def test_patterns_that_need_backtracking_are_refused_with_the_reason() -> None:
     assert compile_linear(r"(a+)+b").search("a" * 100_000) is None
 
 
+def evil_tenant(folder: Path, **sections: object) -> PolicyStore:
+    """A policy store whose tenant `evil` has these sections in its document."""
+    (folder / "tenants").mkdir()
+    doc = {"version": 1, "level": "tenant", "tenant": "evil", **sections}
+    (folder / "tenants" / "evil.yaml").write_text(yaml.safe_dump(doc))
+    return PolicyStore(folder)
+
+
 def test_a_tenant_recognizer_that_needs_backtracking_is_rejected_at_load(tmp_path: Path) -> None:
-    (tmp_path / "tenants").mkdir()
-    (tmp_path / "tenants" / "evil.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "level": "tenant",
-                "tenant": "evil",
-                "pii": {"custom": [{"name": "REF", "patterns": [r"(\w+)\1"]}]},
-            }
-        )
-    )
+    evil_tenant(tmp_path, pii={"custom": [{"name": "REF", "patterns": [r"(\w+)\1"]}]})
     with pytest.raises(PolicyError, match="linear time"):
         PolicyStore(tmp_path).get("evil")
 
@@ -108,30 +103,12 @@ async def test_a_check_past_its_budget_fails_alone_and_frees_its_worker() -> Non
 
 
 @pytest.fixture(scope="module")
-def screener(injection_model: InjectionModel) -> Screener:
-    return Screener(PresidioPii(), InjectionDetector(injection_model), PresidioOperators())
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> PolicyStore:
-    folder = tmp_path_factory.mktemp("policies")
-    (folder / "tenants").mkdir()
-    (folder / "tenants" / "evil.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "level": "tenant",
-                "tenant": "evil",
-                "pii": {
-                    "custom": [
-                        {"name": "REF", "patterns": [r"(a+)+b", r"(\w+\s?)*x"], "context": ["a"]}
-                    ]
-                },
-                "output": {"denied_patterns": [r"(.*a){20}"]},
-            }
-        )
+    return evil_tenant(
+        tmp_path_factory.mktemp("policies"),
+        pii={"custom": [{"name": "REF", "patterns": [r"(a+)+b", r"(\w+\s?)*x"], "context": ["a"]}]},
+        output={"denied_patterns": [r"(.*a){20}"]},
     )
-    return PolicyStore(folder)
 
 
 async def test_adversarial_megabytes_on_every_path_do_not_stall_another_tenant(

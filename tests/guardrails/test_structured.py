@@ -6,28 +6,12 @@ import json
 import random
 from typing import Any
 
-import pytest
-
 from libs.context import RequestContext
 from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
-from services.guardrails.adapters.operators import PresidioOperators
-from services.guardrails.adapters.policy_files import PolicyStore
-from services.guardrails.adapters.presidio import PresidioPii
-from services.guardrails.injection import InjectionDetector, InjectionModel
 from services.guardrails.policy import EffectivePolicy
 from services.guardrails.screen import Screener
 
 CTX = RequestContext(tenant="acme", request_id="r1")
-
-
-@pytest.fixture(scope="module")
-def screener(injection_model: InjectionModel) -> Screener:
-    return Screener(PresidioPii(), InjectionDetector(injection_model), PresidioOperators())
-
-
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> EffectivePolicy:
-    return PolicyStore(tmp_path_factory.mktemp("policies")).get("acme")
 
 
 def _out(screener: Screener, policy: EffectivePolicy, text: str) -> GuardrailVerdict:
