@@ -363,6 +363,8 @@ class PresidioPii:
         self.analyzer = AnalyzerEngine(
             registry=registry, nlp_engine=nlp, supported_languages=["en"]
         )
+        # Nothing here reads the dependency parse: without it spaCy costs a quarter less.
+        nlp.nlp["en"].disable_pipe("parser")  # type: ignore[attr-defined]
         self._custom: dict[str, tuple[CustomRecognizer, EntityRecognizer]] = {}
 
     def _ad_hoc(self, custom: list[CustomRecognizer]) -> list[EntityRecognizer]:
