@@ -145,7 +145,8 @@ _PLACE_WORDS = {
     "straße", "strasse", "str", "str.", "weg", "platz", "gasse", "allee", "ronda", "avenida",
     "paseo", "plein", "laan", "gracht", "piso", "piano", "chemin", "impasse", "quai",
     "sarl", "s.a.", "s.l.", "gmbh", "inc", "inc.", "ltd", "llc", "plc", "s.p.a.", "spa",
-    "e", "and", "&", "figli", "sons", "group", "casino",
+    "e", "and", "&", "figli", "sons", "group", "casino", "lake", "saint", "sainte", "san",
+    "santa", "port", "mount", "fort", "north", "south", "east", "west", "new", "isle",
 }  # fmt: skip
 _NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "names.json"
 # Words that introduce the name that follows ("My name is Lucrezia").
@@ -176,8 +177,15 @@ class GazetteerNameRecognizer(EntityRecognizer):
         word = tok.text
         if not word[:1].isupper() or word.isupper() or word.lower() in _NOT_NAMES:
             return False
-        if word not in self.first:
+        if word not in self.first and word not in self.last:
             return False
+        line_start = tok.i == 0 or "\n" in tok.doc[tok.i - 1].text_with_ws
+        before_colon = tok.i + 1 < len(tok.doc) and tok.doc[tok.i + 1].text.startswith(":")
+        if line_start and before_colon:
+            return True  # "Jasna: Remember me?" (a speaker, a signature)
+        if word not in self.first:
+            # A surname alone: only as a proper noun that spaCy does not call a place.
+            return tok.pos_ == "PROPN" and tok.ent_type_ not in ("GPE", "LOC", "FAC")
         if tok.pos_ == "PROPN":
             return True
         # Not tagged a proper noun (a name that is also a word: "Will", "Else"): only where
