@@ -430,6 +430,10 @@ class GuardrailCheck(BaseModel):
     # Pseudonyms already handed out in this request (placeholder -> real value), so that a
     # value seen again gets the same placeholder.
     pseudonyms: dict[str, str] = Field(default_factory=dict)
+    # Output checks: "json" when the text is a JSON document (a json_object / json_schema
+    # answer, tool-call arguments): it is rewritten only inside string values and stays
+    # valid, or is blocked (rule output.structure) if it does not parse.
+    structure: Literal["text", "json"] = "text"
 
 
 class GuardrailEntity(BaseModel):

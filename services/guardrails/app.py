@@ -24,6 +24,7 @@ from services.guardrails.adapters.policy_files import PolicyStore
 from services.guardrails.adapters.presidio import PresidioPii
 from services.guardrails.injection import InjectionDetector
 from services.guardrails.policy import PolicyError
+from services.guardrails.scheduler import FairScheduler, screen_fairly
 from services.guardrails.screen import Screener
 
 log = logging.getLogger("enclave.guardrails")
@@ -74,6 +75,7 @@ def build_app(settings: Settings) -> FastStream:
     broker = make_broker(settings, "guardrails")
     screener = build_screener(settings)
     store = PolicyStore(settings.home / "guardrails")
+    scheduler = FairScheduler()
     subjects = settings.subjects
     pending: set[asyncio.Task[None]] = set()
     watcher: list[asyncio.Task[None]] = []
@@ -112,7 +114,9 @@ def build_app(settings: Settings) -> FastStream:
             log.exception("could not record the verdict of %s", check.ctx.request_id)
 
     async def handle(check: GuardrailCheck) -> GuardrailVerdict:
-        verdict = decide(screener, store, check, settings.guard_passthrough_s)
+        verdict = await screen_fairly(
+            scheduler, check, lambda: decide(screener, store, check, settings.guard_passthrough_s)
+        )
         # After the reply, not before: the audit write is off the request's latency.
         task = asyncio.create_task(audit(check, verdict))
         pending.add(task)
@@ -168,5 +172,6 @@ def build_app(settings: Settings) -> FastStream:
             await asyncio.wait(pending, timeout=10)
         if publisher:
             await publisher[0].close()
+        scheduler.close()
 
     return app
