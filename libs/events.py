@@ -156,7 +156,8 @@ class GenerateRequest(BaseModel):
     messages: list[ChatMessage] = Field(default_factory=list)
     prompt: str | None = None
     params: GenerationParams = Field(default_factory=GenerationParams)
-    deltas_subject: str
+    # Set by the caller's generation client (libs/generation.py) to its replica's inbox.
+    deltas_subject: str = ""
     # Set when nothing is to be done to the output (no output screening, memory or
     # grounding): the worker streams to the client's subject too, with these headers, and
     # the runtime only watches its own copy (timeouts, the outcome). One hop less a token.

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     worker_threads: int = 0  # 0: as many as cores
     # Where each process writes its OpenTelemetry spans as JSON lines; empty: nowhere.
     trace_dir: str = ""
+    # How long a request on the bus waits for each peer (libs/rpc.py: Peers).
+    # The router's answer may wait for its registry's SQL refresh.
+    router_timeout_s: float = 7.0
+    guardrails_timeout_s: float = 10.0
+    # Files, vector stores and memories: an upload is parsed and embedded in the request.
+    memory_api_timeout_s: float = 120.0
+    audit_api_timeout_s: float = 30.0
 
     @cached_property
     def subjects(self) -> Subjects:
