@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from faststream import FastStream
@@ -30,6 +31,7 @@ from libs.events import (
     RetrieveRequest,
 )
 from libs.guardrails_client import ask_guardrails
+from libs.rpc import Bus
 from libs.settings import Settings
 from services.memory.adapters.embedder import Embedder
 from services.memory.adapters.mem0_memory import ENTITIES, MEMORIES, Memories
@@ -74,8 +76,8 @@ def build_app(settings: Settings) -> FastStream:
 
     app = FastStream(broker)
 
-    def spawn(coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def spawn(coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
@@ -86,7 +88,7 @@ def build_app(settings: Settings) -> FastStream:
             messages=[ChatMessage(role="tool", content=t) for t in texts],
         )
         # Fail closed: unscreened text never reaches a model.
-        return await ask_guardrails(broker.connection, subjects.guardrails_input, check)
+        return await ask_guardrails(Bus(broker.connection, settings), check)
 
     publisher: list[AuditPublisher] = []
 
