@@ -154,6 +154,21 @@ class Bus:
 # -- answering --
 
 
+def _error(info: ErrorInfo) -> tuple[bytes, dict[str, str]]:
+    return info.model_dump_json().encode(), {ERROR_HEADER: "1"}
+
+
+async def _outcome(work: Awaitable[BaseModel], what: str) -> tuple[bytes, dict[str, str] | None]:
+    """The reply `work` makes, or the error it raised: the one error policy of handlers."""
+    try:
+        return event_bytes(await work), None
+    except EnclaveError as exc:
+        return _error(exc.info)
+    except Exception:
+        log.exception("handling a %s failed", what)
+        return _error(INTERNAL)
+
+
 async def answer(
     request_type: type[Request], handle: Handler[Request, Reply], data: bytes
 ) -> tuple[bytes, dict[str, str] | None]:
@@ -161,17 +176,18 @@ async def answer(
     try:
         request = request_type.model_validate_json(data)
     except ValidationError as exc:
-        error = ErrorInfo(
-            status=400, message=f"Unreadable {request_type.__name__}: {exc.errors()[:1]}"
+        return _error(
+            ErrorInfo(status=400, message=f"Unreadable {request_type.__name__}: {exc.errors()[:1]}")
         )
-        return error.model_dump_json().encode(), {ERROR_HEADER: "1"}
-    try:
-        return event_bytes(await handle(request)), None
-    except EnclaveError as exc:
-        return exc.info.model_dump_json().encode(), {ERROR_HEADER: "1"}
-    except Exception:
-        log.exception("handling a %s failed", request_type.__name__)
-        return INTERNAL.model_dump_json().encode(), {ERROR_HEADER: "1"}
+    return await _outcome(handle(request), request_type.__name__)
+
+
+async def respond(nc: NatsClient, msg: Msg, work: Awaitable[BaseModel], what: str) -> None:
+    """Reply to `msg` with what `work` returns, under the same error policy, for a request
+    that is not one JSON model (a file upload: raw bytes, metadata in headers)."""
+    data, headers = await _outcome(work, what)
+    if msg.reply:
+        await nc.publish(msg.reply, data, headers=headers)
 
 
 async def serve(

@@ -15,7 +15,19 @@ from pydantic import BaseModel
 
 from libs.context import RequestContext
 from libs.errors import EnclaveError
-from libs.events import RagReply, RagRequest
+from libs.events import (
+    FileOp,
+    FilesList,
+    MemoriesOp,
+    MemoryOperation,
+    RagReply,
+    RagRequest,
+    TenantDataDelete,
+    VectorStoreBodyOp,
+    VectorStoreFileOp,
+    VectorStoreOp,
+    VectorStoresList,
+)
 from services.gateway.policy import Action
 
 if TYPE_CHECKING:
@@ -30,10 +42,6 @@ async def _call(
     gw: Gateway, subject: str, request: BaseModel | bytes, headers: dict[str, str]
 ) -> Response:
     reply = await gw.bus.ask(gw.bus.peers.memory_api, subject, request, RagReply, headers=headers)
-    if reply.error is not None:
-        raise EnclaveError.of(reply.error)
-    if reply.status != 200:
-        raise EnclaveError(reply.status, "The memory service refused the request.")
     return _json(reply.body)
 
 
@@ -52,8 +60,8 @@ def register(app: FastAPI, gw: Gateway) -> None:
     async def auth(request: Request, action: Action = Action.INFER) -> RequestContext:
         return await gw.auth.check(request.headers.get("authorization"), action)
 
-    async def _op(request: Request, ctx: RequestContext, op: str, **args: Any) -> Response:
-        event = RagRequest(ctx=ctx, op=op, args=args)
+    async def _op(ctx: RequestContext, operation: MemoryOperation) -> Response:
+        event = RagRequest(ctx=ctx, operation=operation)
         return await _call(gw, subjects.memory_rag, event, ctx.headers())
 
     @app.post("/v1/files", response_model=None)
@@ -81,91 +89,99 @@ def register(app: FastAPI, gw: Gateway) -> None:
 
     @app.get("/v1/files", response_model=None)
     async def list_files(request: Request) -> Response:
-        return await _op(request, await auth(request), "files.list")
+        return await _op(await auth(request), FilesList())
 
     @app.get("/v1/files/{file_id}", response_model=None)
     async def get_file(file_id: str, request: Request) -> Response:
-        return await _op(request, await auth(request), "files.get", file_id=file_id)
+        return await _op(await auth(request), FileOp(op="files.get", file_id=file_id))
 
     @app.delete("/v1/files/{file_id}", response_model=None)
     async def delete_file(file_id: str, request: Request) -> Response:
-        return await _op(request, await auth(request), "files.delete", file_id=file_id)
+        return await _op(await auth(request), FileOp(op="files.delete", file_id=file_id))
 
     @app.post("/v1/vector_stores", response_model=None)
     async def create_store(request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "vector_stores.create", **await _body(gw, request))
+        return await _op(
+            ctx, VectorStoreBodyOp(op="vector_stores.create", body=await _body(gw, request))
+        )
 
     @app.get("/v1/vector_stores", response_model=None)
     async def list_stores(request: Request) -> Response:
-        return await _op(request, await auth(request), "vector_stores.list")
+        return await _op(await auth(request), VectorStoresList())
 
     @app.get("/v1/vector_stores/{vs_id}", response_model=None)
     async def get_store(vs_id: str, request: Request) -> Response:
-        return await _op(request, await auth(request), "vector_stores.get", vector_store_id=vs_id)
+        return await _op(
+            await auth(request), VectorStoreOp(op="vector_stores.get", vector_store_id=vs_id)
+        )
 
     @app.delete("/v1/vector_stores/{vs_id}", response_model=None)
     async def delete_store(vs_id: str, request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "vector_stores.delete", vector_store_id=vs_id)
+        return await _op(ctx, VectorStoreOp(op="vector_stores.delete", vector_store_id=vs_id))
 
     @app.post("/v1/vector_stores/{vs_id}/search", response_model=None)
     async def search_store(vs_id: str, request: Request) -> Response:
         ctx = await auth(request)
         body = await _body(gw, request)
-        return await _op(request, ctx, "vector_stores.search", **{**body, "vector_store_id": vs_id})
+        return await _op(
+            ctx, VectorStoreBodyOp(op="vector_stores.search", vector_store_id=vs_id, body=body)
+        )
 
     @app.post("/v1/vector_stores/{vs_id}/files", response_model=None)
     async def add_store_file(vs_id: str, request: Request) -> Response:
         ctx = await auth(request)
         body = await _body(gw, request)
         return await _op(
-            request, ctx, "vector_stores.files.create", **{**body, "vector_store_id": vs_id}
+            ctx,
+            VectorStoreBodyOp(op="vector_stores.files.create", vector_store_id=vs_id, body=body),
         )
 
     @app.get("/v1/vector_stores/{vs_id}/files", response_model=None)
     async def list_store_files(vs_id: str, request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "vector_stores.files.list", vector_store_id=vs_id)
+        return await _op(ctx, VectorStoreOp(op="vector_stores.files.list", vector_store_id=vs_id))
 
     @app.get("/v1/vector_stores/{vs_id}/files/{file_id}", response_model=None)
     async def get_store_file(vs_id: str, file_id: str, request: Request) -> Response:
         ctx = await auth(request)
         return await _op(
-            request, ctx, "vector_stores.files.get", vector_store_id=vs_id, file_id=file_id
+            ctx,
+            VectorStoreFileOp(op="vector_stores.files.get", vector_store_id=vs_id, file_id=file_id),
         )
 
     @app.delete("/v1/vector_stores/{vs_id}/files/{file_id}", response_model=None)
     async def delete_store_file(vs_id: str, file_id: str, request: Request) -> Response:
         ctx = await auth(request)
         return await _op(
-            request, ctx, "vector_stores.files.delete", vector_store_id=vs_id, file_id=file_id
+            ctx,
+            VectorStoreFileOp(
+                op="vector_stores.files.delete", vector_store_id=vs_id, file_id=file_id
+            ),
         )
 
     # Memories (extension): the caller's own; admin and developer keys may name a user.
     @app.get("/v1/memories", response_model=None)
     async def list_memories(request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "memories.list", user=request.query_params.get("user"))
+        return await _op(ctx, MemoriesOp(op="memories.list", user=request.query_params.get("user")))
 
     @app.delete("/v1/memories", response_model=None)
     async def delete_memories(request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "memories.delete", user=request.query_params.get("user"))
+        return await _op(
+            ctx, MemoriesOp(op="memories.delete", user=request.query_params.get("user"))
+        )
 
     @app.delete("/v1/memories/{memory_id}", response_model=None)
     async def delete_memory(memory_id: str, request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(
-            request,
-            ctx,
-            "memories.delete",
-            user=request.query_params.get("user"),
-            memory_id=memory_id,
-        )
+        user = request.query_params.get("user")
+        return await _op(ctx, MemoriesOp(op="memories.delete", user=user, memory_id=memory_id))
 
     # A whole tenant's memory and RAG data (admin of that tenant only).
     @app.delete("/v1/admin/tenant_data", response_model=None)
     async def delete_tenant(request: Request) -> Response:
         ctx = await auth(request, Action.MANAGE_KEYS)
-        return await _op(request, ctx, "tenant.delete")
+        return await _op(ctx, TenantDataDelete())
