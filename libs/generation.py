@@ -127,6 +127,20 @@ class Generation:
         self.inbox.close()
 
 
+async def hand_to_pool(bus: Bus, request: GenerateRequest, route: RouteReply) -> GenerateAccepted:
+    """A worker of `route`'s pool takes `request` (the router's `inference.generate` too)."""
+    if route.error is not None or route.pool is None:
+        return GenerateAccepted(accepted=False, error=route.error or NOT_ROUTED)
+    request.pool, request.adapter, request.timeout_s = route.pool, route.adapter, route.timeout_s
+    return await bus.ask(
+        bus.peers.pool(route.pool),
+        bus.subjects.inference_worker(route.pool),
+        request,
+        GenerateAccepted,
+        failed=lambda error: GenerateAccepted(accepted=False, error=error),
+    )
+
+
 class GenerationClient:
     """Route, hand to a worker, read the deltas: shared by the runtime and memory."""
 
@@ -163,21 +177,7 @@ class GenerationClient:
         return Generation(request, inbox, accepting, self.upstream_timeout_s)
 
     async def _accept(self, request: GenerateRequest, route: RouteReply) -> GenerateAccepted:
-        if route.error is not None or route.pool is None:
-            return GenerateAccepted(accepted=False, error=route.error or NOT_ROUTED)
-        request.pool, request.adapter, request.timeout_s = (
-            route.pool,
-            route.adapter,
-            route.timeout_s,
-        )
-        bus = self.bus
-        accepted = await bus.ask(
-            bus.peers.pool(route.pool),
-            bus.subjects.inference_worker(route.pool),
-            request,
-            GenerateAccepted,
-            failed=lambda error: GenerateAccepted(accepted=False, error=error),
-        )
+        accepted = await hand_to_pool(self.bus, request, route)
         if not accepted.accepted:
             self.routes.drop(request.ctx.tenant, request.model, request.kind)
         return accepted

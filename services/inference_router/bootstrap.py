@@ -20,6 +20,7 @@ from libs.events import (
     RouteReply,
     RouteRequest,
 )
+from libs.generation import hand_to_pool
 from libs.rpc import Bus, serve, serve_broker
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.inference_router.registry import load_registry
@@ -44,21 +45,7 @@ class Router:
         ) as span:
             request.ctx = with_span(request.ctx, span)
             route = await self.routes.answer(request.model, request.ctx.tenant, request.kind)
-            if route.error is not None or route.pool is None:
-                return GenerateAccepted(accepted=False, error=route.error)
-            request.pool, request.adapter, request.timeout_s = (
-                route.pool,
-                route.adapter,
-                route.timeout_s,
-            )
-            bus = self.bus
-            return await bus.ask(
-                bus.peers.pool(route.pool),
-                bus.subjects.inference_worker(route.pool),
-                request,
-                GenerateAccepted,
-                failed=lambda error: GenerateAccepted(accepted=False, error=error),
-            )
+            return await hand_to_pool(self.bus, request, route)
 
     async def embed(self, request: EmbedRequest) -> EmbedReply:
         route = await self.routes.resolve(request.model, request.ctx.tenant, "embedding")

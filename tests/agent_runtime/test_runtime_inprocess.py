@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import nats
-import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -36,14 +32,6 @@ from libs.service import running
 from libs.settings import Settings
 from libs.subjects import Subjects
 from services.agent_runtime.bootstrap import Runtime, build
-from tests.infra import Infra
-
-
-@pytest.fixture
-async def nc(services: Infra) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(services.nats_url)
-    yield client
-    await client.drain()
 
 
 class StandIns:
@@ -122,14 +110,9 @@ async def turn(
 
 
 async def test_the_runtime_runs_turns_from_its_bootstrap(
-    nc: NatsClient, services: Infra, tmp_path: Path
+    nc: NatsClient, inprocess_settings: Settings
 ) -> None:
-    settings = Settings(
-        nats_url=services.nats_url,
-        bus_prefix="t" + secrets.token_hex(4),
-        home=tmp_path,
-        guard_passthrough_s=60.0,
-    )
+    settings = inprocess_settings.model_copy(update={"guard_passthrough_s": 60.0})
     stand_ins = StandIns(nc, settings)
     await stand_ins.start()
     client = await ReplyRouter(nc, settings.subjects.chat_stream("gw1", "")).start()

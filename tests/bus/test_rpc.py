@@ -4,32 +4,19 @@ transports, replies routed by key, and the generation client against a stand-in 
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from pydantic import BaseModel
 
+from libs import events as ev
 from libs.context import WORKER_HEADER, RequestContext
 from libs.errors import EnclaveError
-from libs.events import (
-    ChatMessage,
-    Delta,
-    GenerateAccepted,
-    GenerateRequest,
-    GenerationParams,
-    RouteReply,
-    RouteRequest,
-    TurnEvent,
-)
 from libs.generation import GenerationClient, GenerationFailed, RouteCache
 from libs.rpc import Bus, Peer, ReplyRouter, serve, serve_broker
 from libs.settings import Settings
-from tests.infra import Infra
 
 
 class Ping(BaseModel):
@@ -41,15 +28,8 @@ class Pong(BaseModel):
 
 
 @pytest.fixture
-async def nc(services: Infra) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(services.nats_url)
-    yield client
-    await client.drain()
-
-
-@pytest.fixture
-def settings(services: Infra) -> Settings:
-    return Settings(nats_url=services.nats_url, bus_prefix="t" + secrets.token_hex(4))
+def settings(inprocess_settings: Settings) -> Settings:
+    return inprocess_settings
 
 
 async def double(request: Ping) -> Pong:
@@ -154,16 +134,16 @@ async def fake_pool(nc: NatsClient, settings: Settings, pool: str, words: list[s
     routes it was asked for."""
     routed: list[str] = []
 
-    async def route(request: RouteRequest) -> RouteReply:
+    async def route(request: ev.RouteRequest) -> ev.RouteReply:
         routed.append(request.model)
         if request.model == "missing":
             raise EnclaveError(404, "no such model", "model_not_found", "model")
-        return RouteReply(pool=pool, timeout_s=5.0)
+        return ev.RouteReply(pool=pool, timeout_s=5.0)
 
-    async def generate(request: GenerateRequest) -> GenerateAccepted:
+    async def generate(request: ev.GenerateRequest) -> ev.GenerateAccepted:
         async def stream() -> None:
             for i, word in enumerate(words):
-                event = TurnEvent(deltas=[Delta(content=word)], done=i == len(words) - 1)
+                event = ev.TurnEvent(deltas=[ev.Delta(content=word)], done=i == len(words) - 1)
                 await nc.publish(
                     request.deltas_subject,
                     event.model_dump_json().encode(),
@@ -171,10 +151,12 @@ async def fake_pool(nc: NatsClient, settings: Settings, pool: str, words: list[s
                 )
 
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(stream()))
-        return GenerateAccepted(accepted=True, worker="w1", timeout_s=request.timeout_s)
+        return ev.GenerateAccepted(accepted=True, worker="w1", timeout_s=request.timeout_s)
 
-    await serve(nc, settings.subjects.inference_route, RouteRequest, route, queue="r")
-    await serve(nc, settings.subjects.inference_worker(pool), GenerateRequest, generate, queue=pool)
+    await serve(nc, settings.subjects.inference_route, ev.RouteRequest, route, queue="r")
+    await serve(
+        nc, settings.subjects.inference_worker(pool), ev.GenerateRequest, generate, queue=pool
+    )
     await nc.flush()
     return routed
 
@@ -186,18 +168,18 @@ async def test_generation_client_routes_once_and_collects_the_answer(
     deltas = await ReplyRouter(nc, settings.subjects.inference_deltas("mem1", "")).start()
     client = GenerationClient(Bus(nc, settings), deltas, RouteCache(60.0), 5.0)
     ctx = RequestContext(tenant="acme", request_id="r1")
-    messages = [ChatMessage(role="user", content="hi")]
-    assert await client.complete(ctx, "m", messages, GenerationParams()) == "Hello, world"
-    assert await client.complete(ctx, "m", messages, GenerationParams()) == "Hello, world"
+    messages = [ev.ChatMessage(role="user", content="hi")]
+    assert await client.complete(ctx, "m", messages, ev.GenerationParams()) == "Hello, world"
+    assert await client.complete(ctx, "m", messages, ev.GenerationParams()) == "Hello, world"
     assert routed == ["m"]  # the second used the cached route
     assert deltas.inboxes == {}
 
     # An unknown model: the router's refusal ends the generation, and is not cached.
     with pytest.raises(GenerationFailed) as missing:
-        await client.complete(ctx, "missing", messages, GenerationParams())
+        await client.complete(ctx, "missing", messages, ev.GenerationParams())
     assert missing.value.info.status == 404
     with pytest.raises(GenerationFailed):
-        await client.complete(ctx, "missing", messages, GenerationParams())
+        await client.complete(ctx, "missing", messages, ev.GenerationParams())
     assert routed == ["m", "missing", "missing"]
 
 
@@ -206,10 +188,10 @@ async def test_a_pool_without_workers_is_503_and_drops_the_route(
 ) -> None:
     deltas = await ReplyRouter(nc, settings.subjects.inference_deltas("rt1", "")).start()
     routes = RouteCache(60.0)
-    routes.put("acme", "m", "chat", RouteReply(pool="nobody"))
+    routes.put("acme", "m", "chat", ev.RouteReply(pool="nobody"))
     client = GenerationClient(Bus(nc, settings), deltas, routes, 5.0)
     ctx = RequestContext(tenant="acme", request_id="r2")
-    generation = client.start(GenerateRequest(ctx=ctx, model="m"), RouteReply(pool="nobody"))
+    generation = client.start(ev.GenerateRequest(ctx=ctx, model="m"), ev.RouteReply(pool="nobody"))
     with pytest.raises(GenerationFailed) as failed:
         await generation.next()
     generation.close()

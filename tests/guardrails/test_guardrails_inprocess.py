@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
-import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -21,14 +18,6 @@ from libs.rpc import Bus
 from libs.service import running
 from libs.settings import Settings
 from services.guardrails.bootstrap import build
-from tests.infra import Infra
-
-
-@pytest.fixture
-async def nc(services: Infra) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(services.nats_url)
-    yield client
-    await client.drain()
 
 
 def check(text: str, direction: str = "input") -> GuardrailCheck:
@@ -40,11 +29,9 @@ def check(text: str, direction: str = "input") -> GuardrailCheck:
 
 
 async def test_guardrails_from_their_bootstrap(
-    nc: NatsClient, services: Infra, tmp_path: Path
+    nc: NatsClient, inprocess_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        nats_url=services.nats_url, bus_prefix="t" + secrets.token_hex(4), home=tmp_path
-    )
+    settings = inprocess_settings
     bus = Bus(nc, settings)
     unanswered = await ask_guardrails(bus, check("hello"))
     assert not unanswered.allowed and unanswered.error is not None

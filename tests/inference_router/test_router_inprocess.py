@@ -6,10 +6,8 @@ workers)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 import yaml
 from nats.aio.client import Client as NatsClient
@@ -29,29 +27,16 @@ from libs.service import running
 from libs.settings import REPO_ROOT, Settings
 from services.inference_router.bootstrap import build as build_router
 from services.inference_router.workers.bootstrap import builder
-from tests.infra import Infra
-
-
-@pytest.fixture
-async def nc(services: Infra) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(services.nats_url)
-    yield client
-    await client.drain()
 
 
 async def test_router_and_worker_from_their_bootstraps(
-    nc: NatsClient, services: Infra, tmp_path: Path
+    nc: NatsClient, inprocess_settings: Settings, tmp_path: Path
 ) -> None:
     registry = yaml.safe_load((REPO_ROOT / "deploy" / "models.yaml").read_text())
     registry["pools"]["unserved"] = {"engine": "instant"}
     registry["models"].append({"id": "enclave-unserved", "kind": "chat", "pool": "unserved"})
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(registry))
-    settings = Settings(
-        nats_url=services.nats_url,
-        bus_prefix="t" + secrets.token_hex(4),
-        home=tmp_path,
-        models_file=tmp_path / "models.yaml",
-    )
+    settings = inprocess_settings.model_copy(update={"models_file": tmp_path / "models.yaml"})
     bus = Bus(nc, settings)
     deltas = await ReplyRouter(nc, settings.subjects.inference_deltas("mem1", "")).start()
     client = GenerationClient(bus, deltas, RouteCache(2.0), 10.0)

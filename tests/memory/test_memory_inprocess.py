@@ -4,12 +4,8 @@ and the grounding check; the whole platform's use of it runs in test_memory_e2e.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -31,25 +27,10 @@ from libs.rpc import Bus
 from libs.service import running
 from libs.settings import Settings
 from services.memory.bootstrap import build
-from tests.infra import Infra
 
 
-@pytest.fixture
-async def nc(services: Infra) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(services.nats_url)
-    yield client
-    await client.drain()
-
-
-async def test_memory_api_from_its_bootstrap(
-    nc: NatsClient, services: Infra, tmp_path: Path
-) -> None:
-    settings = Settings(
-        nats_url=services.nats_url,
-        redis_url=services.redis_url,
-        bus_prefix="t" + secrets.token_hex(4),
-        home=tmp_path,
-    )
+async def test_memory_api_from_its_bootstrap(nc: NatsClient, inprocess_settings: Settings) -> None:
+    settings = inprocess_settings
     bus = Bus(nc, settings)
     subject = settings.subjects.memory_rag
     ctx = RequestContext(tenant="acme", request_id="r1", actor="k1", role="user")
