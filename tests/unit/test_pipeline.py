@@ -18,6 +18,7 @@ from libs.events import (
     GroundRequest,
     GuardrailCheck,
     GuardrailVerdict,
+    MemoryOptions,
     MemoryStoreRequested,
     RagOptions,
     RetrieveReply,
@@ -25,7 +26,7 @@ from libs.events import (
     RouteReply,
     TurnEvent,
 )
-from services.agent_runtime.pipeline import run_turn
+from services.agent_runtime.pipeline import plan_turn, run_turn
 
 
 class FakeGeneration:
@@ -220,3 +221,41 @@ async def test_retrieval_gets_the_last_user_message_and_the_turns_before_it() ->
     assert req.query == "And what is its capital?"
     # The turns before it, for query rewriting: the last few, no system message.
     assert [m.content for m in req.history] == ["turn 2", "turn 3", "turn 4", "turn 5"]
+
+
+def test_the_plan_follows_the_request_and_the_verdict() -> None:
+    screened = GuardrailVerdict(allowed=True)
+    unscreened = GuardrailVerdict(allowed=True, screen_output=False)
+    plain = plan_turn(EVENT, unscreened)
+    assert plain.direct and not plain.retrieve
+    assert not plan_turn(EVENT, screened).direct
+    grounded = EVENT.model_copy(update={"rag": RagOptions(collection="kb", grounding=True)})
+    plan = plan_turn(grounded, unscreened)
+    assert plan.rag and plan.ground and plan.retrieve and not plan.direct
+    remembered = EVENT.model_copy(update={"memory": MemoryOptions()})
+    plan = plan_turn(remembered, unscreened)
+    assert plan.remember and plan.retrieve and not plan.direct
+    # A completion neither retrieves nor remembers, whatever it says.
+    completion = remembered.model_copy(update={"kind": "completion", "prompt": "x"})
+    assert plan_turn(completion, unscreened).direct
+
+
+class RememberingPorts(FakePorts):
+    def __init__(self, events: list[TurnEvent]) -> None:
+        super().__init__(GenerateAccepted(accepted=True, worker="w1"), events)
+        self.remembered: list[MemoryStoreRequested] = []
+
+    async def remember(self, event: MemoryStoreRequested) -> None:
+        self.remembered.append(event)
+
+
+async def test_unscreened_output_with_memory_is_relayed_and_remembered() -> None:
+    ports = RememberingPorts(list(ANSWERED))
+    ports.screen_output = False
+    remembered = EVENT.model_copy(update={"memory": MemoryOptions(conversation_id="c1")})
+    last = await run_turn(remembered, ports)
+    # Relayed event by event as the worker sent them (no window), after the context event.
+    assert ports.direct == [False]
+    assert ports.emitted[1:] == ANSWERED and last == ANSWERED[-1]
+    (stored,) = ports.remembered
+    assert stored.answer == "It is on floor 3." and stored.conversation_id == "c1"
