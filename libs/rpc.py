@@ -87,6 +87,10 @@ class Peers:
         self.guardrails = Peer(
             "the guardrails service", "guardrails_unavailable", settings.guardrails_timeout_s
         )
+        # POST /v1/guardrails/check: an application's own screening waits as long as a model.
+        self.guardrails_api = Peer(
+            "the guardrails service", "guardrails_unavailable", settings.upstream_timeout_s
+        )
         # The context pack and the grounding check of a turn.
         self.memory = Peer("the memory service", "memory_unavailable", settings.memory_timeout_s)
         # Files, vector stores and memories: an upload is parsed and embedded in the request.

@@ -43,7 +43,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
             messages=[ChatMessage(role=role, content=req.text)],
             agent=req.policy,
         )
-        verdict = await ask_guardrails(gw.bus, check)
+        verdict = await ask_guardrails(gw.bus, check, gw.bus.peers.guardrails_api)
         if verdict.error is not None:
             raise EnclaveError.of(verdict.error)
         body = {
