@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from libs import rbac
+
 
 class Action(StrEnum):
     INFER = "infer"  # chat, completions, embeddings
@@ -14,13 +16,15 @@ class Action(StrEnum):
     EXEC_CODE = "exec_code"  # POST /v1/sandbox/exec
 
 
+# The roles of each action are libs.rbac's matrix (one table for routes and bus operations).
+# The platform operator waits until authorize() reads its OpenAI-Tenant header (rbac.decide).
 ALLOWED: dict[Action, frozenset[str]] = {
-    Action.INFER: frozenset({"admin", "developer", "user"}),
-    Action.LIST_MODELS: frozenset({"admin", "developer", "user", "auditor"}),
-    Action.MANAGE_KEYS: frozenset({"admin"}),
-    Action.MANAGE_MODELS: frozenset({"admin"}),
-    Action.READ_AUDIT: frozenset({"admin", "auditor"}),
-    Action.EXEC_CODE: frozenset({"admin", "developer"}),
+    action: frozenset(
+        role.value
+        for role in rbac.ALLOWED[rbac.Permission(action.value)]
+        if role is not rbac.Role.PLATFORM_OPERATOR
+    )
+    for action in Action
 }
 
 

@@ -170,3 +170,21 @@ def test_providers_are_off_until_enabled_per_tenant_with_an_allow_list() -> None
         with pytest.raises(EnclaveError) as caught:
             external_allowed(grants, tenant, provider, model)
         assert caught.value.info.status == 403 and caught.value.info.code == code
+
+
+def test_a_registry_pool_builds_the_engine(good: StandinProvider, home: Path) -> None:
+    from libs.settings import Settings
+    from services.inference_router.workers.bootstrap import make_engine
+
+    pool = {
+        "engine": "openai_compat",
+        "model": "upstream-model",
+        "base_url": good.url,
+        "api_key": SecretBox.at(home).seal("sk-pool"),
+        "timeout_s": 5,
+    }
+    engine = make_engine(Settings(home=home), pool)
+    deltas: list[Delta] = []
+    assert engine.generate(_request(), deltas.append).completion_tokens == 3
+    assert "".join(d.content for d in deltas) == "Hello from b"
+    assert good.received[0]["headers"]["authorization"] == "Bearer sk-pool"

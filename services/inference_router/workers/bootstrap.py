@@ -64,6 +64,10 @@ def make_engine(settings: Settings, pool: dict[str, Any]) -> Any:
         from services.inference_router.adapters.vllm import VllmEngine
 
         return VllmEngine(**options)
+    if kind == "openai_compat":
+        from services.inference_router.adapters.openai_compat import OpenAICompatEngine
+
+        return OpenAICompatEngine(pool["model"], home=settings.home, **options)
     raise ValueError(f"unknown engine {kind!r}")
 
 
