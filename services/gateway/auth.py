@@ -20,6 +20,8 @@ from libs.errors import EnclaveError
 from services.gateway import keys
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, find_key
+from services.gateway.identity import OIDC_SUBJECT_PREFIX, looks_like_jwt
+from services.gateway.oidc import OidcVerifier
 from services.gateway.policy import Action, may
 
 
@@ -46,7 +48,9 @@ class Authorizer:
         default_rpm: int,
         key_cache_s: float,
         clock: Callable[[], float] = time.monotonic,
+        oidc: OidcVerifier | None = None,
     ) -> None:
+        self.oidc = oidc  # bearer JWTs from the configured issuer (services/gateway/oidc.py)
         self.db = db
         self.limiter = limiter
         self.default_rpm = default_rpm
@@ -85,6 +89,8 @@ class Authorizer:
                 "(Authorization: Bearer YOUR_KEY).",
                 "missing_api_key",
             )
+        if self.oidc is not None and looks_like_jwt(token):
+            return await self._from_oidc(self.oidc, token, action)
         parsed = keys.parse(token)
         stored = await self._lookup(parsed[0]) if parsed else None
         if (
@@ -101,6 +107,27 @@ class Authorizer:
                 "insufficient_permissions",
             )
         return stored
+
+    async def _from_oidc(self, oidc: OidcVerifier, token: str, action: Action) -> StoredKey:
+        """A verified token as the key it stands for: its subject limited like a key, and
+        of its roles the first (most powerful) that may perform the action."""
+        identity = await oidc.verify(token)
+        role = next((r for r in keys.ROLES if r in identity.roles and may(r, action)), None)
+        if role is None:
+            names = ", ".join(sorted(identity.roles)) or "none"
+            raise EnclaveError(
+                403,
+                f"The role(s) `{names}` may not perform `{action.value}`.",
+                "insufficient_permissions",
+            )
+        return StoredKey(
+            key_id=OIDC_SUBJECT_PREFIX + identity.subject,
+            secret_hash="",
+            tenant=identity.tenant,
+            role=role,
+            rate_limit_rpm=None,
+            revoked=False,
+        )
 
     async def _within_limit(self, stored: StoredKey) -> None:
         rpm = stored.rate_limit_rpm or self.default_rpm

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from nats.aio.client import Client as NatsClient
 from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
@@ -23,8 +24,10 @@ from libs.errors import EnclaveError
 from libs.rpc import Bus
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
+from services.gateway.adapters.oidc_jwks import HttpJwks
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.auth import Authorizer
+from services.gateway.oidc import JwksCache, OidcConfig, OidcVerifier
 from services.gateway.openai_shapes import parse_json
 from services.gateway.turn_client import TurnClient
 
@@ -78,6 +81,15 @@ class Gateway:
             )
 
 
+def build_oidc(settings: Settings) -> OidcVerifier | None:
+    """The OIDC verifier when an issuer is configured (docs/identity.md), else None."""
+    if not settings.oidc_issuer:
+        return None
+    config = OidcConfig.from_settings(settings)
+    source = HttpJwks(config.issuer, httpx.AsyncClient(timeout=10))
+    return OidcVerifier(config, JwksCache(source, config.min_refresh_s))
+
+
 def build(settings: Settings) -> Gateway:
     nc = NatsClient()
     bus = Bus(nc, settings)
@@ -91,7 +103,11 @@ def build(settings: Settings) -> Gateway:
         db=db,
         redis=redis,
         auth=Authorizer(
-            db, RedisRateLimiter(redis), settings.rate_limit_rpm, settings.key_cache_seconds
+            db,
+            RedisRateLimiter(redis),
+            settings.rate_limit_rpm,
+            settings.key_cache_seconds,
+            oidc=build_oidc(settings),
         ),
         turns=turns,
         audit=AuditPublisher(nc, settings.subjects, "gateway", outbox_dir(settings.home)),
