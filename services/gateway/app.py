@@ -127,7 +127,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
 
     @app.post("/v1/embeddings", response_model=None)
     async def embeddings(request: Request) -> Response:
-        ctx = await gw.auth.check(request.headers.get("authorization"), Action.INFER)
+        ctx = await gw.auth.check_request(request, Action.INFER)
         req = validate(EmbeddingRequest, await gw.read_json(request))
         await audit_routes.audit_request(gw, request, ctx, "embeddings", req.model)
         try:
@@ -159,7 +159,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
         return JSON({"object": "list", "data": data, "model": req.model, "usage": usage})
 
     async def _models(request: Request) -> list[dict[str, Any]]:
-        ctx = await gw.auth.check(request.headers.get("authorization"), Action.LIST_MODELS)
+        ctx = await gw.auth.check_request(request, Action.LIST_MODELS)
         reply = await gw.bus.ask(
             peers.router,
             subjects.inference_models,
@@ -187,7 +187,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
 
     @app.post("/v1/admin/keys", response_model=None)
     async def admin_create_key(request: Request) -> Response:
-        ctx = await gw.auth.check(request.headers.get("authorization"), Action.MANAGE_KEYS)
+        ctx = await gw.auth.check_request(request, Action.MANAGE_KEYS)
         body = await gw.read_json(request)
         if not isinstance(body, dict) or body.get("role") not in keys.ROLES:
             raise EnclaveError(

@@ -62,7 +62,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
 
     @app.get("/v1/audit/entries", response_model=None)
     async def audit_entries(request: Request) -> Response:
-        ctx = await gw.auth.check(request.headers.get("authorization"), Action.READ_AUDIT)
+        ctx = await gw.auth.check_request(request, Action.READ_AUDIT)
         q = request.query_params
         limit = _int(q.get("limit"), "limit", 100)
         if not 1 <= limit <= 500:
@@ -91,7 +91,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
 
     @app.post("/v1/audit/verify", response_model=None)
     async def audit_verify(request: Request) -> Response:
-        ctx = await gw.auth.check(request.headers.get("authorization"), Action.READ_AUDIT)
+        ctx = await gw.auth.check_request(request, Action.READ_AUDIT)
         body = await gw.read_json(request) if await request.body() else {}
         if not isinstance(body, dict):
             raise EnclaveError(400, "The body must be a JSON object.", "invalid_value")
@@ -113,7 +113,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
 
     @app.get("/v1/audit/export", response_model=None)
     async def audit_export(request: Request) -> Response:
-        ctx = await gw.auth.check(request.headers.get("authorization"), Action.READ_AUDIT)
+        ctx = await gw.auth.check_request(request, Action.READ_AUDIT)
         subject = subjects.audit_api_export
 
         async def ask(req: AuditExportRequest) -> AuditReply:

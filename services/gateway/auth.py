@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
 
 from libs.context import RequestContext, new_request_id
 from libs.errors import EnclaveError
+from libs.rbac import TENANT_HEADER
 from services.gateway import keys
 from services.gateway.adapters.redis_limits import RedisRateLimiter
 from services.gateway.adapters.sql_keys import StoredKey, find_key
 from services.gateway.identity import OIDC_SUBJECT_PREFIX, looks_like_jwt
 from services.gateway.oidc import OidcVerifier
 from services.gateway.policy import Action, may
+
+# (the caller's context, the tenant it named, the action): records the refused attempt.
+Denied = Callable[[RequestContext, str, str], Awaitable[object]]
 
 
 class Grant:
@@ -49,7 +54,9 @@ class Authorizer:
         key_cache_s: float,
         clock: Callable[[], float] = time.monotonic,
         oidc: OidcVerifier | None = None,
+        denials: Denied | None = None,
     ) -> None:
+        self.denials = denials  # records a cross-tenant attempt (libs.audit)
         self.oidc = oidc  # bearer JWTs from the configured issuer (services/gateway/oidc.py)
         self.db = db
         self.limiter = limiter
@@ -58,17 +65,35 @@ class Authorizer:
         self.clock = clock
         self.key_cache: dict[str, tuple[StoredKey, float]] = {}
 
-    async def authorize(self, authorization: str | None, action: Action) -> Grant:
-        """Identify the caller and check its role; the rate limit is checked meanwhile."""
+    async def authorize(
+        self, authorization: str | None, action: Action, tenant_header: str | None = None
+    ) -> Grant:
+        """Identify the caller and check its role; the rate limit is checked meanwhile.
+        `tenant_header` (OpenAI-Tenant) naming a tenant not the credential's is refused
+        and recorded."""
         stored = await self._identify(authorization, action)
         ctx = RequestContext(
             tenant=stored.tenant, request_id=new_request_id(), actor=stored.key_id, role=stored.role
         )
+        target = (tenant_header or "").strip()
+        if target and target != stored.tenant:
+            if self.denials is not None:
+                await self.denials(ctx, target, action.value)
+            raise EnclaveError(
+                403, "This credential may not act for another tenant.", "cross_tenant"
+            )
         return Grant(ctx, asyncio.ensure_future(self._within_limit(stored)))
 
-    async def check(self, authorization: str | None, action: Action) -> RequestContext:
+    async def check(
+        self, authorization: str | None, action: Action, tenant_header: str | None = None
+    ) -> RequestContext:
         """`authorize`, waiting for the rate limit too (the FastAPI routes)."""
-        return await (await self.authorize(authorization, action)).within_limit()
+        return await (await self.authorize(authorization, action, tenant_header)).within_limit()
+
+    async def check_request(self, request: Request, action: Action) -> RequestContext:
+        """`check` with the credential and the OpenAI-Tenant header of a FastAPI request."""
+        headers = request.headers
+        return await self.check(headers.get("authorization"), action, headers.get(TENANT_HEADER))
 
     async def _lookup(self, key_id: str) -> StoredKey | None:
         now = self.clock()

@@ -17,8 +17,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
-from libs.audit import AuditPublisher, outbox_dir
+from libs.audit import AuditPublisher, outbox_dir, record_access_denied
 from libs.bus import ensure_streams
+from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
 from libs.errors import EnclaveError
 from libs.rpc import Bus
@@ -96,6 +97,11 @@ def build(settings: Settings) -> Gateway:
     db = make_engine(settings.sqlalchemy_url)
     redis = Redis.from_url(settings.redis_url)
     turns = TurnClient(bus, settings.gateway_timeout_s)
+    audit = AuditPublisher(nc, settings.subjects, "gateway", outbox_dir(settings.home))
+
+    async def denied(ctx: RequestContext, target: str, operation: str) -> object:
+        return await record_access_denied(audit, ctx, target_tenant=target, operation=operation)
+
     return Gateway(
         settings=settings,
         nc=nc,
@@ -108,8 +114,9 @@ def build(settings: Settings) -> Gateway:
             settings.rate_limit_rpm,
             settings.key_cache_seconds,
             oidc=build_oidc(settings),
+            denials=denied,
         ),
         turns=turns,
-        audit=AuditPublisher(nc, settings.subjects, "gateway", outbox_dir(settings.home)),
+        audit=audit,
         tracer=setup_tracing("gateway", settings.trace_dir),
     )

@@ -181,7 +181,12 @@ class HotPath:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes | AsyncIterator[bytes]]:
         gw = self.gw
         auth = headers.get(b"authorization")
-        grant = await gw.auth.authorize(auth.decode("latin-1") if auth else None, Action.INFER)
+        tenant = headers.get(b"openai-tenant")
+        grant = await gw.auth.authorize(
+            auth.decode("latin-1") if auth else None,
+            Action.INFER,
+            tenant.decode("latin-1") if tenant else None,
+        )
         ctx = grant.ctx
         incoming = headers.get(b"traceparent")
         parent = propagate.extract({"traceparent": incoming.decode()}) if incoming else None

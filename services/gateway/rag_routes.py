@@ -58,7 +58,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
     subjects = gw.bus.subjects
 
     async def auth(request: Request, action: Action = Action.INFER) -> RequestContext:
-        return await gw.auth.check(request.headers.get("authorization"), action)
+        return await gw.auth.check_request(request, action)
 
     async def _op(ctx: RequestContext, operation: MemoryOperation) -> Response:
         event = RagRequest(ctx=ctx, operation=operation)

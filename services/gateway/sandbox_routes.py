@@ -109,7 +109,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
         },
     )
     async def sandbox_exec(request: Request) -> Response:
-        ctx = await gw.auth.check(request.headers.get("authorization"), Action.EXEC_CODE)
+        ctx = await gw.auth.check_request(request, Action.EXEC_CODE)
         req = validate(ExecRequest, await gw.read_json(request))
         event = SandboxExecRequest(
             ctx=ctx,
