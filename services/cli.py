@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from libs.settings import Settings, load_settings
+from services import backup as backup_cli
 from services import keys_cli
 from services.audit import cli as audit_cli
 from services.trainer import cli as trainer_cli
@@ -146,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     audit_cli.add_parser(sub)
     trainer_cli.add_parser(sub)
+    backup_cli.add_parsers(sub)
 
     args = parser.parse_args(argv)
     if getattr(args, "port", None):
@@ -171,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return audit_cli.run(args, settings)
     elif args.command == "adapters":
         return trainer_cli.run(args, settings)
+    elif args.command in ("backup", "restore"):
+        return backup_cli.run(args, settings)
     return 0
 
 
