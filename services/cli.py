@@ -33,7 +33,10 @@ SERVICES = (
 def serve(settings: Settings, service: str, pool: str | None) -> None:
     import uvloop
 
+    from libs.logs import setup_logging
     from libs.metrics import serve_metrics
+
+    setup_logging(service, pool)  # JSON lines on stderr, redacted: libs/logs.py
 
     if service == "gateway":
         import uvicorn
@@ -48,6 +51,7 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
             loop="uvloop",
             http="httptools",
             log_level="warning",
+            log_config=None,  # uvicorn's records through setup_logging's handler
             access_log=False,
         )
         return
