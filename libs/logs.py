@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -220,4 +221,22 @@ def setup_logging(service: str, pool: str | None = None, level: int = logging.IN
         if isinstance(logger, logging.Logger) and logger.handlers:
             logger.handlers.clear()
             logger.propagate = True
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration plugin
     logging.captureWarnings(True)
+    # Uncaught exceptions, of the main thread or another, as records too: redacted JSON.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_exception
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    logging.getLogger("enclave.uncaught").critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    logging.getLogger("enclave.uncaught").error(
+        "uncaught exception in thread %s",
+        args.thread.name if args.thread else "?",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

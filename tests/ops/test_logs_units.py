@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +26,7 @@ KEY = "enclave_0123abcd4567ef89_Zx9yW8vU7tS6rQ5pO4nM3lK2jI1hG0fE9dC8bA7zY6x"
 def captured() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved = root.handlers[:], root.level, logging.getLogRecordFactory()
+    hooks = sys.excepthook, threading.excepthook
     logs.setup_logging("gateway", "p1")
     out = io.StringIO()
     root.handlers[0].stream = out  # type: ignore[attr-defined]
@@ -33,6 +36,7 @@ def captured() -> Iterator[io.StringIO]:
         root.handlers[:], _, factory = saved
         root.setLevel(saved[1])
         logging.setLogRecordFactory(factory)
+        sys.excepthook, threading.excepthook = hooks
 
 
 def lines(out: io.StringIO) -> list[dict[str, Any]]:
@@ -106,3 +110,15 @@ def test_a_foreign_handler_sees_the_redacted_text_too(captured: io.StringIO) -> 
 def test_ordinary_words_and_ids_are_kept() -> None:
     text = "route smollm2-135m-instruct pool=instant took 2026 ms at 2026-11-29 17:00 req-1f2e"
     assert logs.redact(text) == text
+
+
+def test_an_uncaught_exception_in_a_thread_is_a_redacted_record(captured: io.StringIO) -> None:
+    def fail() -> None:
+        raise ValueError(f"cannot reach {EMAIL}")
+
+    worker = threading.Thread(target=fail, name="monitor")
+    worker.start()
+    worker.join()
+    (record,) = lines(captured)
+    assert record["level"] == "error" and "thread monitor" in record["msg"]
+    assert "ValueError: cannot reach [email]" in record["exc"] and EMAIL not in record["exc"]
