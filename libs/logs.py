@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -199,8 +200,9 @@ def _trace_ids(ctx: RequestContext | None) -> tuple[str | None, str | None]:
     return None, None
 
 
-def setup_logging(service: str, pool: str | None = None, level: int = logging.INFO) -> None:
-    """Every logger's records, redacted, as JSON lines on stderr. Idempotent."""
+def setup_logging(service: str, pool: str | None = None, level: str | None = None) -> None:
+    """Every logger's records, redacted, as JSON lines on stderr, from `level` on (else
+    ENCLAVE_LOG_LEVEL, else info). Idempotent."""
     base = logging.getLogRecordFactory()
     if not getattr(base, "_enclave_redacting", False):
 
@@ -213,7 +215,7 @@ def setup_logging(service: str, pool: str | None = None, level: int = logging.IN
     handler.setFormatter(JsonFormatter(service, pool))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel((level or os.environ.get("ENCLAVE_LOG_LEVEL") or "info").upper())
     # Libraries that brought their own handler (FastStream's, uvicorn's) write through ours.
     with contextlib.suppress(ImportError):
         import faststream  # noqa: F401
@@ -221,7 +223,9 @@ def setup_logging(service: str, pool: str | None = None, level: int = logging.IN
         if isinstance(logger, logging.Logger) and logger.handlers:
             logger.handlers.clear()
             logger.propagate = True
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration plugin
+    # A line per migration plugin, and per outgoing HTTP request (its URL): warnings only.
+    for noisy in ("alembic", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(True)
     # Uncaught exceptions, of the main thread or another, as records too: redacted JSON.
     sys.excepthook = _log_uncaught
