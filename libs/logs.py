@@ -6,8 +6,9 @@ record of every logger (the platform's, FastStream's, uvicorn's) goes to stderr 
     {"ts", "level", "logger", "service", "pool", "msg", "request_id", "trace_id", "span_id",
      "exc"?, ...extra fields}
 
-`request_id` comes from `bind(ctx)` (a context variable: a handler wraps its work in
-`with logs.bind(ctx): ...`) or from the record's own `extra={"request_id": ...}`;
+`request_id` comes from the record's own `extra={"request_id": ...}`, else from `bind(ctx)`
+(a context variable: a handler wraps its work in `with logs.bind(ctx): ...`), else from the
+active span's `enclave.request_id` attribute (every hop's span has it, with tracing on);
 `trace_id` and `span_id` from the active OpenTelemetry span, else from the bound context's
 `traceparent`.
 
@@ -36,6 +37,8 @@ import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
+
+from opentelemetry import trace
 
 from libs.context import RequestContext
 
@@ -165,13 +168,19 @@ class JsonFormatter(logging.Formatter):
         if self.pool:
             out["pool"] = self.pool
         ctx = _bound.get()
-        request_id = getattr(record, "request_id", None) or (ctx.request_id if ctx else None)
-        trace_id, span_id = _trace_ids(ctx)
-        out["request_id"] = request_id
+        span = trace.get_current_span()
+        # A hop's span carries its request (libs/telemetry.attributes).
+        attrs = getattr(span, "attributes", None) or {}
+        out["request_id"] = (
+            getattr(record, "request_id", None)
+            or (ctx.request_id if ctx else None)
+            or attrs.get("enclave.request_id")
+        )
+        trace_id, span_id = _trace_ids(span, ctx)
         out["trace_id"] = getattr(record, "trace_id", None) or trace_id
         out["span_id"] = span_id
-        if ctx is not None:
-            out["tenant"] = ctx.tenant
+        if tenant := ctx.tenant if ctx else attrs.get("enclave.tenant"):
+            out["tenant"] = tenant
         if record.exc_text:
             out["exc"] = record.exc_text
         # Extra fields are set after the record factory ran: redacted here.
@@ -187,10 +196,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def _trace_ids(ctx: RequestContext | None) -> tuple[str | None, str | None]:
-    from opentelemetry import trace
-
-    span = trace.get_current_span().get_span_context()
+def _trace_ids(current: trace.Span, ctx: RequestContext | None) -> tuple[str | None, str | None]:
+    span = current.get_span_context()
     if span.is_valid:
         return format(span.trace_id, "032x"), format(span.span_id, "016x")
     if ctx is not None:

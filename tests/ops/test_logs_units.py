@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from libs import logs
 from libs.context import RequestContext
+from libs.telemetry import attributes
 
 EMAIL = "jane.doe@example.com"
 TOKEN = "sk-live-4f9Qz8XkT2mB7rLw1YcV0pNe"
@@ -53,8 +54,11 @@ def test_each_record_is_one_json_object_with_request_and_trace_ids(
     tracer = TracerProvider().get_tracer("t")
     with tracer.start_as_current_span("hop") as span:
         log.warning("inside a span", extra={"request_id": "req-x", "tokens": 3})
+    with tracer.start_as_current_span("hop", attributes=attributes(ctx)):
+        log.info("in a hop")
     log.info("outside")
-    first, second, third = lines(captured)
+    first, second, hop, third = lines(captured)
+    assert hop["request_id"] == "req-abc123" and hop["tenant"] == "acme" and hop["trace_id"]
     assert first["msg"] == "turn done in 12 ms" and first["request_id"] == "req-abc123"
     assert first["trace_id"] == ctx.traceparent.split("-")[1] and first["tenant"] == "acme"
     assert first["service"] == "gateway" and first["pool"] == "p1" and first["level"] == "info"
