@@ -46,6 +46,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
+from libs.metrics import targets_dir
 from libs.settings import Settings
 
 # Paths under the home a snapshot carries (those that exist).
@@ -130,23 +131,14 @@ def repository(settings: Settings, location: str | None, create_password: bool) 
 
 
 def running_stages(settings: Settings) -> list[str]:
-    """The services of this home running now, from their metrics target files."""
+    """The services of this home running now: their metrics target files
+    (`<stage>-<pid>-<port>.json`, libs/metrics.py) whose process is alive."""
     found = []
-    for target in sorted((settings.home / "metrics" / "targets").glob("*.json")):
+    for target in sorted(targets_dir(settings).glob("*.json")):
         parts = target.stem.rsplit("-", 2)
-        if len(parts) == 3 and parts[1].isdigit() and _alive(int(parts[1])):
+        if len(parts) == 3 and parts[1].isdigit() and Path(f"/proc/{parts[1]}").exists():
             found.append(f"{parts[0]} (pid {parts[1]})")
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _refuse_while_running(settings: Settings, what: str) -> None:
