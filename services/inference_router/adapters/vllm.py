@@ -13,8 +13,34 @@ import threading
 import uuid
 from typing import Any
 
+from libs.adapter_bundle import is_digest
 from libs.events import Delta, GenerateRequest, Usage
 from services.inference_router.engine import Emit, merged_params
+
+
+class LoraIds:
+    """vLLM LoRA names and ids from adapter digests (pure: tested without vLLM).
+
+    vLLM caches an adapter under its integer id: an id from `hash(name)` differs per
+    process and can collide, and one name reloaded with new weights kept the old cache
+    (vllm issues 47724, 42125). Here the name IS the digest, and each digest gets its own
+    id, counted from 1 in the order first seen and never reused, so two versions (or two
+    tenants' adapters) never share an id and one id always means the same weights.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def name_and_id(self, digest: str) -> tuple[str, int]:
+        if not is_digest(digest):
+            raise ValueError(
+                f"vLLM serves adapters by digest (sha256:...), not by name: {digest!r}"
+            )
+        with self._lock:
+            if digest not in self._ids:
+                self._ids[digest] = len(self._ids) + 1
+            return digest, self._ids[digest]
 
 
 def sampling_kwargs(request: GenerateRequest, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +76,7 @@ class VllmEngine:
         gpu_memory_utilization: float = 0.85,
         enable_lora: bool = False,
         max_loras: int = 4,
+        adapters_dir: str | None = None,
         defaults: dict[str, Any] | None = None,
         **_: Any,
     ) -> None:
@@ -65,6 +92,10 @@ class VllmEngine:
         self.engine = LLMEngine.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
         self.defaults = defaults or {}
+        # Verified adapters in peft's layout, one directory per digest (`<hex>/`), written
+        # by whoever verified the bundle (adapters/adapter_store.py).
+        self.adapters_dir = adapters_dir
+        self.lora_ids = LoraIds()
         self._lock = threading.Lock()
         self._outputs: dict[str, queue.Queue[Any]] = {}
         self._wake = threading.Event()
@@ -113,7 +144,9 @@ class VllmEngine:
         if request.adapter:
             from vllm.lora.request import LoRARequest
 
-            lora = LoRARequest(request.adapter, abs(hash(request.adapter)) % 2**31, request.adapter)
+            name, lora_id = self.lora_ids.name_and_id(request.adapter)
+            path = f"{self.adapters_dir or '.'}/{name.removeprefix('sha256:')}"
+            lora = LoRARequest(name, lora_id, path)
         request_id = uuid.uuid4().hex
         outputs: queue.Queue[Any] = queue.Queue()
         self._outputs[request_id] = outputs
