@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from libs.adapter_bundle import is_digest
+from libs.errors import ErrorInfo
 
 _ALIAS = re.compile(r"^(?P<tenant>[^/:\s]+)/(?P<base>[^/:\s]+):ft$")
 
@@ -34,6 +35,10 @@ class AdapterRefused(Exception):
         self.message = message
         self.status = status
         self.code = code
+
+    def error(self) -> ErrorInfo:
+        """The OpenAI-shaped error the caller gets (param `model`: the adapter is the model)."""
+        return ErrorInfo(status=self.status, message=self.message, code=self.code, param="model")
 
 
 @dataclass(frozen=True, order=True)

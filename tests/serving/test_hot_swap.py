@@ -211,3 +211,15 @@ def test_idle_on_demand_versions_beyond_the_limit_are_evicted_least_recent_first
         clock.now += 1
         swap.release(swap.acquire(Wanted("globex", digest=digest)))
     assert ports.unloaded == [AdapterKey("globex", D2)]
+
+
+def test_a_refusal_is_an_openai_shaped_error_on_the_model_param() -> None:
+    with pytest.raises(AdapterRefused) as refused:
+        wanted("my-lora", "acme", BASE)
+    body = refused.value.error().body()["error"]
+    assert isinstance(body, dict)
+    assert (body["type"], body["param"], body["code"]) == (
+        "invalid_request_error",
+        "model",
+        "invalid_adapter",
+    )

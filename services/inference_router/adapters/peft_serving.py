@@ -236,3 +236,20 @@ def model_location(spec: dict[str, Any], home: Path) -> tuple[Path, str]:
 
     path = resolve_model_file(spec, home)
     return path.parent, path.name
+
+
+def from_pool(settings: Any, pool: dict[str, Any]) -> PeftServingEngine:
+    """The engine a registry pool `{engine: peft, model: {...}, base_model: <id>}` names.
+
+    Bundles come from `<home>/adapters/`, trusted keys from `<home>/trainer.pub` and
+    `<home>/adapter-keys/` (adapter_store.site_trusted_keys).
+    """
+    from services.inference_router.adapters.adapter_store import site_trusted_keys
+
+    home = Path(settings.home)
+    model_dir, gguf_file = model_location(pool["model"], home)
+    base_model = str(pool["base_model"])
+    store = AdapterStore(home / "adapters", site_trusted_keys(home), base_model)
+    options = {k: v for k, v in pool.items() if k not in ("engine", "model", "base_model")}
+    options.setdefault("threads", settings.worker_threads)
+    return PeftServingEngine(model_dir, gguf_file, base_model, store, **options)
