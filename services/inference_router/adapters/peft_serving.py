@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from libs.events import Delta, GenerateRequest, ModelsChanged, Usage
-from services.inference_router.adapter_choice import AdapterKey, wanted
+from services.inference_router.adapter_choice import AdapterKey, AdapterRefused, wanted
 from services.inference_router.adapters.adapter_store import AdapterStore
 from services.inference_router.engine import Emit, merged_params
 from services.inference_router.hot_swap import HotSwap
@@ -128,9 +128,15 @@ class PeftServingEngine:
                 self.model = get_peft_model(self.model, lora, adapter_name=name)
             result = set_peft_model_state_dict(self.model, state, adapter_name=name)
             unexpected = list(getattr(result, "unexpected_keys", None) or [])
-            if unexpected:
+            missing = [k for k in getattr(result, "missing_keys", None) or [] if name in k]
+            if unexpected or missing:
                 self._drop(name)
-                raise ValueError(f"adapter weights do not fit the base model: {unexpected[:3]}")
+                raise AdapterRefused(
+                    f"adapter {key.digest} does not fit {self.base_model}: unexpected"
+                    f" {unexpected[:2]}, missing {missing[:2]}",
+                    status=400,
+                    code="invalid_adapter",
+                )
             self.model.eval()
 
     def unload(self, key: AdapterKey) -> None:
