@@ -96,8 +96,9 @@ def _request(prompt: str, adapter: str | None) -> GenerateRequest:
     )
 
 
-def _time(generate: Any, adapter: str | None) -> tuple[float, float, int]:
-    firsts, totals, tokens = [], [], 0
+def _time(generate: Any, adapter: str | None) -> tuple[float, float, float, int]:
+    """Medians over the prompts: first token, whole answer, per token after the first."""
+    firsts, totals, per_token, tokens = [], [], [], 0
     for prompt in PROMPTS:
         start = time.perf_counter()
         first: list[float] = []
@@ -109,8 +110,14 @@ def _time(generate: Any, adapter: str | None) -> tuple[float, float, int]:
         usage = generate(_request(prompt, adapter), emit)
         totals.append(time.perf_counter() - start)
         firsts.append(first[0] if first else totals[-1])
+        per_token.append((totals[-1] - firsts[-1]) / max(1, usage.completion_tokens - 1))
         tokens += usage.completion_tokens
-    return statistics.median(firsts), statistics.median(totals), tokens
+    return (
+        statistics.median(firsts),
+        statistics.median(totals),
+        statistics.median(per_token),
+        tokens,
+    )
 
 
 def main() -> None:
@@ -146,11 +153,14 @@ def main() -> None:
     except ImportError as exc:
         print(f"llama.cpp not measured: {exc}")
     print(f"\nverify + load a signed bundle: median {statistics.median(loads) * 1000:.0f} ms")
-    print(f"{len(PROMPTS)} prompts, greedy, {TOKENS} new tokens at most, 1 torch thread\n")
-    print(f"| {'path':42} | first token (median) | whole answer (median) | tokens |")
-    print(f"|{'-' * 44}|---------------------:|----------------------:|-------:|")
-    for name, first, total, tokens in rows:
-        print(f"| {name:42} | {first * 1000:17.0f} ms | {total * 1000:18.0f} ms | {tokens:6} |")
+    print(f"{len(PROMPTS)} prompts (medians), greedy, {TOKENS} new tokens at most, 1 thread\n")
+    print(f"| {'path':42} | first token | whole answer | per next token | tokens |")
+    print(f"|{'-' * 44}|------------:|-------------:|---------------:|-------:|")
+    for name, first, total, step, tokens in rows:
+        print(
+            f"| {name:42} | {first * 1000:8.0f} ms | {total * 1000:9.0f} ms"
+            f" | {step * 1000:11.1f} ms | {tokens:6} |"
+        )
 
 
 def _wanted(digest: str) -> Any:
