@@ -148,6 +148,10 @@ class PeftServingEngine:
     def publish(self, event: ModelsChanged) -> None:
         self._publish(event)
 
+    def set_publisher(self, publish: Callable[[ModelsChanged], None]) -> None:
+        """Where the hot swap's events go (the worker: `models.changed`)."""
+        self._publish = publish
+
     def _drop(self, name: str) -> None:
         if not isinstance(self.model, PeftModel) or name not in self.model.peft_config:
             return
