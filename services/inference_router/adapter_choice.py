@@ -6,7 +6,8 @@ A request's `adapter` (filled in by the router) is either
 - a digest `sha256:<64 hex>`: exactly that immutable version (`tenant/base:ft-vN` resolved
   by the trainer's registry), or
 - the caller's alias `tenant/base:ft`: whatever version this worker serves for it now
-  (hot_swap.py moves it on `models.changed`).
+  (hot_swap.py moves it on `models.changed`), optionally `@<digest>`: the version the
+  registry promoted, served first by a worker that has not been told of the alias yet.
 
 Everything a worker holds is keyed by (tenant, digest): a name, a path or `hash(name)`
 never identifies weights, so a reload under the same name can never hit a stale entry
@@ -73,7 +74,12 @@ def wanted(adapter: str | None, tenant: str, base_model: str) -> Wanted | None:
         return None
     if is_digest(adapter):
         return Wanted(tenant=tenant, digest=adapter)
-    m = _ALIAS.match(adapter)
+    alias, _, hint = adapter.partition("@")  # `tenant/base:ft@sha256:...` (see alias_route)
+    if hint and not is_digest(hint):
+        raise AdapterRefused(
+            f"adapter {adapter!r}: {hint!r} is not a digest", status=400, code="invalid_adapter"
+        )
+    m = _ALIAS.match(alias)
     if m is None:
         raise AdapterRefused(
             f"adapter {adapter!r} is neither a digest (sha256:...) nor an alias tenant/base:ft;"
@@ -90,7 +96,14 @@ def wanted(adapter: str | None, tenant: str, base_model: str) -> Wanted | None:
             status=400,
             code="invalid_adapter",
         )
-    return Wanted(tenant=tenant, alias=adapter)
+    return Wanted(tenant=tenant, alias=alias, digest=hint or None)
+
+
+def alias_route(alias: str, digest: str) -> str:
+    """What the router puts in a request for `tenant/base:ft`: the alias (the worker serves
+    its current version, hot swapped) with the registry's promoted digest, which a worker
+    that has not heard of the alias yet (just started) loads as its first version."""
+    return f"{alias}@{digest}"
 
 
 def bundle_problem(key: AdapterKey, base_model: str, metadata: dict[str, Any]) -> str | None:

@@ -80,6 +80,14 @@ class HotSwap:
         with self._lock:
             if want.alias is not None:
                 key = self.serving.get(want.alias)
+                if key is None and want.digest is not None:
+                    # Not told of this alias yet (a worker just started): the registry's
+                    # promoted version, given by the router, serves it from now on.
+                    key = AdapterKey(want.tenant, want.digest)
+                    if key not in self.versions:
+                        self._load(key)
+                        self._evict()
+                    self.serving[want.alias] = key
                 if key is None:
                     raise AdapterRefused(
                         f"the model {want.alias!r} is not served by this worker yet"

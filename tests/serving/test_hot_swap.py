@@ -223,3 +223,16 @@ def test_a_refusal_is_an_openai_shaped_error_on_the_model_param() -> None:
         "model",
         "invalid_adapter",
     )
+
+
+def test_an_alias_with_the_registrys_digest_starts_a_fresh_worker_then_swaps_as_usual() -> None:
+    swap, ports, _ = make()
+    routed = wanted(f"acme/{BASE}:ft@{D1}", "acme", BASE)
+    assert routed == Wanted("acme", digest=D1, alias=f"acme/{BASE}:ft")
+    swap.release(swap.acquire(routed))
+    assert ports.loaded == [AdapterKey("acme", D1)]
+    swap.changed(promoted("acme", D2))
+    # A request routed before the promotion reached the router still gets the new version.
+    assert swap.acquire(routed).key.digest == D2
+    with pytest.raises(AdapterRefused, match="not a digest"):
+        wanted(f"acme/{BASE}:ft@latest", "acme", BASE)
