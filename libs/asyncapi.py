@@ -181,6 +181,16 @@ CHANNELS: tuple[Channel, ...] = (
         Receiver(("agent_runtime",), client="nats-py"),
     ),
     Channel(
+        "modelsChanged",
+        "models_changed",
+        _s.models_changed,
+        "An adapter was promoted or rolled back (cached routes end now; workers load the"
+        " new version and drain the old), failed to load on a worker, or was drained.",
+        (events.ModelsChanged,),
+        ("trainer", "worker"),
+        Receiver(("worker",), client="nats-py"),
+    ),
+    Channel(
         "memoryRetrieve",
         "memory_retrieve",
         _s.memory_retrieve,

@@ -42,6 +42,9 @@ class GenerationParams(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The digest of the LoRA adapter that produced the answer (None: the base model alone);
+    # reported to the client as `system_fingerprint` and kept in the request's audit entry.
+    adapter_digest: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -125,6 +128,9 @@ class Delta(BaseModel):
     content: str = ""
     logprobs: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    # Set on a choice's first delta when an adapter serves it: its digest, so a stream names
+    # what produced it from the first chunk on (`system_fingerprint`).
+    adapter_digest: str | None = None
 
 
 class TurnEvent(BaseModel):
@@ -672,3 +678,24 @@ class TrainerReply(BaseModel):
     status: int = 200
     body: Any = None
     error: ErrorInfo | None = None
+
+
+class ModelsChanged(BaseModel):
+    """trainer / `enclave adapters` / workers -> everyone (core broadcast `models.changed`).
+
+    `promoted` / `rolled_back`: the public id `tenant/base:ft` now resolves to `digest`
+    (it was `previous`); routers and runtimes drop cached routes, workers load the new
+    version and drain the old. `load_failed`: a worker could not load `digest` (why in
+    `reason`) and keeps serving `previous`. `drained`: the old version's last in-flight
+    request ended and it was unloaded.
+    """
+
+    v: Literal[1] = 1
+    kind: Literal["promoted", "rolled_back", "load_failed", "drained"]
+    tenant: str
+    base_model: str
+    public_id: str
+    digest: str
+    previous: str | None = None
+    reason: str | None = None
+    worker: str | None = None

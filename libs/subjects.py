@@ -85,6 +85,12 @@ class Subjects:
         return self._s("guardrails.policy.changed")
 
     @property
+    def models_changed(self) -> str:
+        """Core NATS broadcast (ModelsChanged): an adapter was promoted, rolled back, failed
+        to load or drained; cached routes end now."""
+        return self._s("models.changed")
+
+    @property
     def memory_retrieve(self) -> str:
         return self._s("memory.retrieve")
 

@@ -242,6 +242,7 @@ class ChatStreamShaper:
         self._started: set[int] = set()
         # Citations and memories ride on the first chunk after they are known.
         self.extras: dict[str, Any] = {}
+        self.fingerprint: str | None = None  # the serving adapter's digest, once named
 
     def _base(self) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
@@ -252,12 +253,14 @@ class ChatStreamShaper:
             "model": self.model,
         }
         if self.kind == "chat":
-            base["system_fingerprint"] = None
+            base["system_fingerprint"] = self.fingerprint
         return base
 
     def chunks(self, deltas: list[Delta]) -> list[dict[str, Any]]:
         out = []
         for d in deltas:
+            if d.adapter_digest:
+                self.fingerprint = d.adapter_digest
             chunk = self._base()
             if self.kind == "chat":
                 delta: dict[str, Any] = {"content": d.content}
@@ -346,7 +349,7 @@ class Accumulator:
                 "object": "chat.completion",
                 "created": event.created,
                 "model": event.model,
-                "system_fingerprint": None,
+                "system_fingerprint": usage.adapter_digest,
                 "choices": choices,
                 "usage": usage_dict(usage),
                 **self.extras,

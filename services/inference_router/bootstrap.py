@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from faststream.nats import NatsBroker
 
+from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
 from libs.errors import ErrorInfo
 from libs.events import (
@@ -19,10 +20,13 @@ from libs.events import (
     ModelsRequest,
     RouteReply,
     RouteRequest,
+    TrainerReply,
+    TrainerRequest,
 )
 from libs.generation import hand_to_pool
-from libs.rpc import Bus, serve, serve_broker
+from libs.rpc import Bus, Peer, serve, serve_broker
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
+from services.inference_router.adapter_routes import adapter_route, is_adapter_id
 from services.inference_router.registry import load_registry
 from services.inference_router.routes import Routes
 
@@ -34,7 +38,24 @@ class Router:
         self.tracer = setup_tracing("inference_router", bus.settings.trace_dir)
 
     async def route(self, request: RouteRequest) -> RouteReply:
-        return await self.routes.answer(request.model, request.ctx.tenant, request.kind)
+        return await self._answer(request.model, request.ctx, request.kind)
+
+    async def _answer(self, model: str, ctx: RequestContext, kind: str) -> RouteReply:
+        """The registry's route, or for a tenant's fine-tuned model id the trainer's."""
+        route = await self.routes.answer(model, ctx.tenant, kind)
+        if route.error is None or route.error.status != 404 or not is_adapter_id(model):
+            return route
+        bus = self.bus
+        found = await bus.ask(
+            Peer("the trainer", "trainer_unavailable", bus.settings.router_timeout_s),
+            bus.subjects.trainer_api,
+            TrainerRequest(ctx=ctx, op="adapters.resolve", args={"model": model}),
+            TrainerReply,
+            failed=lambda error: TrainerReply(status=error.status, error=error),
+        )
+        if found.error is not None:
+            return RouteReply(error=found.error)
+        return adapter_route(model, found.body, self.routes.current.pools)
 
     async def generate(self, request: GenerateRequest) -> GenerateAccepted:
         """Resolve the model and hand the request to its pool: the worker's acceptance."""
@@ -44,7 +65,7 @@ class Router:
             attributes=attributes(request.ctx, **{"gen_ai.request.model": request.model}),
         ) as span:
             request.ctx = with_span(request.ctx, span)
-            route = await self.routes.answer(request.model, request.ctx.tenant, request.kind)
+            route = await self._answer(request.model, request.ctx, request.kind)
             return await hand_to_pool(self.bus, request, route)
 
     async def embed(self, request: EmbedRequest) -> EmbedReply:

@@ -17,33 +17,15 @@ the tenant who owns it.
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-ADAPTER_FILES = ("adapter.safetensors", "adapter_config.json")
+from libs.adapter_bundle import ADAPTER_FILES, adapter_digest, file_digest, is_digest
+
+__all__ = ["ADAPTER_FILES", "adapter_digest", "file_digest", "is_digest"]
+
 _ID = re.compile(r"^(?P<tenant>[^/:\s]+)/(?P<base>[^/:\s]+):ft(?:-v(?P<version>[1-9][0-9]*))?$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-def file_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def adapter_digest(file_digests: Mapping[str, str]) -> str:
-    """The digest of an adapter from its files' SHA-256 (hex), by file name."""
-    missing = [name for name in ADAPTER_FILES if name not in file_digests]
-    if missing:
-        raise ValueError(f"an adapter needs {', '.join(missing)}")
-    h = hashlib.sha256()
-    for name in sorted(ADAPTER_FILES):
-        h.update(f"{name}\0{file_digests[name]}\n".encode())
-    return "sha256:" + h.hexdigest()
-
-
-def is_digest(value: str) -> bool:
-    return bool(_DIGEST.match(value))
 
 
 @dataclass(frozen=True)

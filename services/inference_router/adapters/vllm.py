@@ -8,13 +8,81 @@ many requests share every batch. Nothing here imports vllm until an engine is bu
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
+from libs.adapter_bundle import is_digest
 from libs.events import Delta, GenerateRequest, Usage
+from services.inference_router.adapter_choice import AdapterKey, AdapterRefused, wanted
+from services.inference_router.adapters.adapter_store import AdapterStore, site_trusted_keys
 from services.inference_router.engine import Emit, merged_params
+
+
+class LoraIds:
+    """vLLM LoRA names and ids from adapter digests (pure: tested without vLLM).
+
+    vLLM caches an adapter under its integer id: an id from `hash(name)` differs per
+    process and can collide, and one name reloaded with new weights kept the old cache
+    (vllm issues 47724, 42125). Here the name IS the digest, and each digest gets its own
+    id, counted from 1 in the order first seen and never reused, so two versions (or two
+    tenants' adapters) never share an id and one id always means the same weights.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def name_and_id(self, digest: str) -> tuple[str, int]:
+        if not is_digest(digest):
+            raise ValueError(
+                f"vLLM serves adapters by digest (sha256:...), not by name: {digest!r}"
+            )
+        with self._lock:
+            if digest not in self._ids:
+                self._ids[digest] = len(self._ids) + 1
+            return digest, self._ids[digest]
+
+
+class LoraSource:
+    """Verified adapters for vLLM: the bundle checked (adapter_store), then written once in
+    peft's layout (`adapter_model.safetensors`, `adapter_config.json`) under
+    `<out_root>/<hex>/`, the directory vLLM loads. vLLM serves pinned digests only: the
+    alias `tenant/base:ft` moves by hot swap, which this engine does not run."""
+
+    def __init__(self, store: AdapterStore, out_root: Path) -> None:
+        self.store = store
+        self.out_root = out_root
+        self.ids = LoraIds()
+        self._verified: set[AdapterKey] = set()
+
+    def lora(self, request: GenerateRequest) -> tuple[str, int, str] | None:
+        """(name, id, path) of the request's adapter for a LoRARequest; None: the base model."""
+        want = wanted(request.adapter, request.ctx.tenant, self.store.base_model)
+        if want is None:
+            return None
+        if want.digest is None:
+            raise AdapterRefused(
+                f"this worker serves adapters by digest only, not the alias {want.alias!r}",
+                status=400,
+                code="invalid_adapter",
+            )
+        key = AdapterKey(want.tenant, want.digest)
+        target = self.out_root / want.digest.removeprefix("sha256:")
+        if key not in self._verified:
+            files = self.store.verified_files(key)  # refuses what does not verify
+            if not target.exists():
+                tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+                tmp.mkdir(parents=True, exist_ok=True)
+                (tmp / "adapter_model.safetensors").write_bytes(files["adapter.safetensors"])
+                (tmp / "adapter_config.json").write_bytes(files["adapter_config.json"])
+                os.replace(tmp, target)
+            self._verified.add(key)
+        name, lora_id = self.ids.name_and_id(want.digest)
+        return name, lora_id, str(target)
 
 
 def sampling_kwargs(request: GenerateRequest, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +118,8 @@ class VllmEngine:
         gpu_memory_utilization: float = 0.85,
         enable_lora: bool = False,
         max_loras: int = 4,
+        home: str | None = None,
+        base_model: str | None = None,
         defaults: dict[str, Any] | None = None,
         **_: Any,
     ) -> None:
@@ -65,6 +135,13 @@ class VllmEngine:
         self.engine = LLMEngine.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
         self.defaults = defaults or {}
+        # Adapters come only from verified bundles under <home>/adapters (LoraSource);
+        # without `home` and `base_model` every adapter request is refused.
+        self.loras: LoraSource | None = None
+        if enable_lora and home and base_model:
+            root = Path(home)
+            store = AdapterStore(root / "adapters", site_trusted_keys(root), base_model)
+            self.loras = LoraSource(store, root / "vllm-loras")
         self._lock = threading.Lock()
         self._outputs: dict[str, queue.Queue[Any]] = {}
         self._wake = threading.Event()
@@ -113,7 +190,14 @@ class VllmEngine:
         if request.adapter:
             from vllm.lora.request import LoRARequest
 
-            lora = LoRARequest(request.adapter, abs(hash(request.adapter)) % 2**31, request.adapter)
+            if self.loras is None:
+                raise AdapterRefused(
+                    "this worker serves no adapters (enable_lora, home and base_model unset)",
+                    status=400,
+                    code="invalid_adapter",
+                )
+            found = self.loras.lora(request)
+            lora = LoRARequest(*found) if found else None
         request_id = uuid.uuid4().hex
         outputs: queue.Queue[Any] = queue.Queue()
         self._outputs[request_id] = outputs

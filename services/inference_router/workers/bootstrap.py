@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
 
 from libs.bus import event_bytes
 from libs.context import WORKER_HEADER
@@ -27,12 +28,14 @@ from libs.events import (
     EmbedRequest,
     GenerateAccepted,
     GenerateRequest,
+    ModelsChanged,
     TurnEvent,
 )
 from libs.rpc import Bus, serve, serve_broker
 from libs.service import Build
 from libs.settings import Settings
 from libs.telemetry import attributes, parent_context, setup_tracing
+from services.inference_router.adapter_choice import AdapterRefused
 from services.inference_router.engine import EmbeddingEngine, GenerationEngine
 from services.inference_router.registry import load_registry
 
@@ -63,16 +66,23 @@ def make_engine(settings: Settings, pool: dict[str, Any]) -> Any:
     if kind == "vllm":
         from services.inference_router.adapters.vllm import VllmEngine
 
+        options.setdefault("home", str(settings.home))  # where verified bundles are found
         return VllmEngine(**options)
     if kind == "openai_compat":
         from services.inference_router.adapters.openai_compat import OpenAICompatEngine
 
         return OpenAICompatEngine(pool["model"], home=settings.home, **options)
+    if kind == "peft":  # transformers + peft: LoRA adapters by digest, hot swapped
+        from services.inference_router.adapters.peft_serving import from_pool
+
+        return from_pool(settings, pool)
     raise ValueError(f"unknown engine {kind!r}")
 
 
 def _failure(exc: Exception) -> bytes:
     error = ErrorInfo(status=500, message=f"The engine failed: {exc}", code="engine_error")
+    if isinstance(exc, AdapterRefused):  # an adapter this worker will not serve: a 4xx
+        error = exc.error()
     return event_bytes(TurnEvent(error=error, done=True))
 
 
@@ -98,6 +108,28 @@ class Worker:
             # Raw subscription on the per-request hot path (see the router's).
             subject = self.bus.subjects.inference_worker(self.pool_name)
             await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name)
+        if getattr(self.engine, "swap", None) is not None:
+            await self._follow_models()
+
+    async def _follow_models(self) -> None:
+        """Every worker (no queue group) applies adapter promotions and rollbacks from
+        `models.changed` to its engine's hot swap, on the engine's thread, and publishes
+        the swap's own events (load_failed, drained) on the same subject."""
+        loop = asyncio.get_running_loop()
+        nc, subject = self.bus.nc, self.bus.subjects.models_changed
+
+        def publish(event: ModelsChanged) -> None:
+            data = event_bytes(event.model_copy(update={"worker": self.worker_id}))
+            asyncio.run_coroutine_threadsafe(nc.publish(subject, data), loop)
+
+        self.engine.set_publisher(publish)
+
+        async def on_changed(msg: Msg) -> None:
+            event = ModelsChanged.model_validate_json(msg.data)
+            if event.kind in ("promoted", "rolled_back"):
+                await loop.run_in_executor(self.executor, self.engine.swap.changed, event)
+
+        await nc.subscribe(subject, cb=on_changed)
 
     async def stop(self) -> None:
         if self.running:

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MAX_FILE_BYTES = 512 * 1024 * 1024
+from libs.adapter_bundle import MAX_FILE_BYTES, bundle_path, read_bundle, tenant_dir
 
-
-def tenant_dir(tenant: str) -> str:
-    return tenant if _SAFE.match(tenant) else "x" + hashlib.sha256(tenant.encode()).hexdigest()[:24]
+__all__ = ["MAX_FILE_BYTES", "BundleDir", "read_bundle", "tenant_dir"]
 
 
 class BundleDir:
@@ -22,7 +17,7 @@ class BundleDir:
         self.root = root
 
     def path(self, tenant: str, digest: str) -> Path:
-        return self.root / tenant_dir(tenant) / digest.removeprefix("sha256:")
+        return bundle_path(self.root, tenant, digest)
 
     def write(self, tenant: str, digest: str, files: Mapping[str, bytes]) -> Path:
         """Write the bundle atomically (a temporary directory renamed into place)."""
@@ -37,15 +32,3 @@ class BundleDir:
             (tmp / name).write_bytes(data)
         os.replace(tmp, target)
         return target
-
-
-def read_bundle(path: Path) -> dict[str, bytes]:
-    """Every plain file of a bundle directory (verification decides what they are worth)."""
-    files: dict[str, bytes] = {}
-    for p in sorted(path.iterdir()):
-        if not p.is_file() or p.is_symlink():
-            raise ValueError(f"{p.name} in a bundle is not a plain file")
-        if p.stat().st_size > MAX_FILE_BYTES:
-            raise ValueError(f"{p.name} is larger than {MAX_FILE_BYTES} bytes")
-        files[p.name] = p.read_bytes()
-    return files
