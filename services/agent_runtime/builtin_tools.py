@@ -15,11 +15,11 @@ MAX_CODE = 20_000
 MAX_SEARCH_RESULTS = 20
 
 
-class _Args(BaseModel):
+class ToolArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CodeArgs(_Args):
+class CodeArgs(ToolArgs):
     language: Literal["python", "bash"] = Field(
         default="python", description="The language of `code`."
     )
@@ -64,7 +64,7 @@ class CodeExecution:
         return json.dumps(result)
 
 
-class SearchArgs(_Args):
+class SearchArgs(ToolArgs):
     query: str = Field(min_length=1, max_length=2_000, description="What to look for.")
     max_num_results: int = Field(default=5, ge=1, le=MAX_SEARCH_RESULTS)
 
@@ -98,7 +98,7 @@ class FileSearch:
         return json.dumps({"results": hits[: args.max_num_results]})
 
 
-class MemoryArgs(_Args):
+class MemoryArgs(ToolArgs):
     text: str = Field(
         min_length=1, max_length=2_000, description="A fact about the user to remember."
     )

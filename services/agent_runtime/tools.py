@@ -67,6 +67,8 @@ class ToolContext:
     user: str = ""
     vector_store_ids: tuple[str, ...] = ()
     agent: str | None = None
+    # The skills the agent may load; None: every skill of the tenant.
+    skills: tuple[str, ...] | None = None
 
 
 class Tool(Protocol):
