@@ -663,3 +663,35 @@ class TrainerReply(BaseModel):
     status: int = 200
     body: Any = None
     error: ErrorInfo | None = None
+
+
+# -- agents (services/agent_runtime/agent_loop.py) --
+
+
+class DelegateRequested(BaseModel):
+    """agent_runtime -> agent_runtime: an agent hands a focused task to a subagent, as a
+    child turn. `ctx` is the parent's (its request id and trace), so parent and child are
+    one trace and one audit thread; `depth` is the child's (the parent's + 1)."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    agent: str
+    task: str
+    depth: int = Field(ge=1)
+    parent_agent: str = ""
+    user: str = ""
+    # What is left of the parent's wall time: the child stops by then whatever its own limit.
+    wall_s_left: float | None = None
+
+
+class DelegateResult(BaseModel):
+    """The subagent's answer to its parent: its final text, or why it stopped."""
+
+    v: Literal[1] = 1
+    agent: str
+    output: str = ""
+    outcome: Literal["ok", "limit", "error"] = "ok"
+    reason: str | None = None
+    steps: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    error: ErrorInfo | None = None
