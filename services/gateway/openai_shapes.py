@@ -40,9 +40,6 @@ MAX_MESSAGES = 1_024
 MAX_NAME = 256  # model ids, user ids, stop sequences
 MAX_EMBEDDING_INPUTS = 2_048
 MAX_TOOLS = 128  # functions in `tools`, calls in one assistant message
-# Tool calling runs end to end only once the runtime relays calls through every turn (its
-# output window included): until then a request that uses it is refused, naming the field.
-TOOLS_SUPPORTED = False
 
 
 class _Request(BaseModel):
@@ -182,26 +179,7 @@ def validate(model: type[M], data: Any) -> M:
         ) from None
 
 
-def _refuse_tools(req: ChatCompletionRequest) -> None:
-    """A 400 naming the first tool-calling field the request uses, while unsupported."""
-    used = [
-        f for f in ("tools", "tool_choice", "parallel_tool_calls") if getattr(req, f) is not None
-    ]
-    used += [
-        f"messages.{i}.tool_calls" for i, m in enumerate(req.messages) if m.tool_calls is not None
-    ]
-    if used:
-        raise EnclaveError(
-            400,
-            f"`{used[0]}` is not supported yet: tool calling is not enabled on this gateway.",
-            "unsupported_parameter",
-            used[0],
-        )
-
-
 def chat_event(req: ChatCompletionRequest, ctx: RequestContext) -> ChatRequested:
-    if not TOOLS_SUPPORTED:
-        _refuse_tools(req)
     try:
         messages = [
             ChatMessage(

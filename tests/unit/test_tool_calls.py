@@ -18,6 +18,7 @@ from libs.events import (
     FunctionCall,
     GenerateRequest,
     GenerationParams,
+    GuardrailEntity,
     NamedToolChoice,
     ToolCall,
 )
@@ -208,40 +209,48 @@ def _request(**extra: Any) -> shapes.ChatCompletionRequest:
     return shapes.validate(shapes.ChatCompletionRequest, body)
 
 
-def test_gateway_refuses_tools_naming_the_field() -> None:
+def test_gateway_takes_tool_fields_and_refuses_contradictions() -> None:
     ctx = RequestContext(tenant="t", request_id="r")
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"tools": [WEATHER]}, "tools"),
-        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
-        (
-            {
-                "messages": [
-                    {
-                        "role": "assistant",
-                        "tool_calls": [
-                            {
-                                "id": "c",
-                                "type": "function",
-                                "function": {"name": "f", "arguments": "{}"},
-                            }
-                        ],
-                    }
-                ]
-            },
-            "messages.0.tool_calls",
+    call = {"id": "c", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    event = shapes.chat_event(
+        _request(
+            tools=[WEATHER, TIME],
+            tool_choice="auto",
+            parallel_tool_calls=False,
+            messages=[
+                {"role": "user", "content": "time?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c", "content": "12:00"},
+            ],
         ),
-    ]
-    for extra, param in cases:
-        with pytest.raises(EnclaveError) as err:
-            shapes.chat_event(_request(**extra), ctx)
-        assert err.value.info.status == 400 and err.value.info.param == param
+        ctx,
+    )
+    assert [t.function.name for t in event.params.tools or []] == ["get_weather", "get_time"]
+    assert event.params.parallel_tool_calls is False
+    assert event.messages[1].tool_calls and event.messages[2].tool_call_id == "c"
+    named = {"type": "function", "function": {"name": "nope"}}
+    with pytest.raises(EnclaveError) as err:
+        shapes.chat_event(_request(tools=[WEATHER], tool_choice=named), ctx)
+    assert err.value.info.status == 400 and err.value.info.param == "tool_choice"
     with pytest.raises(EnclaveError) as err:  # a malformed tool: the validation's own 400
         _request(tools=[{"type": "function", "function": {"name": "bad name!"}}])
     assert err.value.info.param == "tools.0.function.name"
 
 
-def test_gateway_shapes_calls_streamed_and_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shapes, "TOOLS_SUPPORTED", True)
+def test_vllm_gets_the_forced_choice_as_its_json_schema() -> None:
+    from services.inference_router.adapters.vllm import sampling_kwargs
+
+    request = GenerateRequest(
+        ctx=RequestContext(tenant="t", request_id="r"),
+        model="m",
+        params=_params(tool_choice="required"),
+        deltas_subject="",
+    )
+    schema = sampling_kwargs(request, {})["json_schema"]
+    assert schema == (forced_format(request.params) or {})["json_schema"]["schema"]
+
+
+def test_gateway_shapes_calls_streamed_and_whole() -> None:
     ctx = RequestContext(tenant="t", request_id="r")
     event = shapes.chat_event(_request(tools=[WEATHER], tool_choice="required"), ctx)
     assert event.params.tool_choice == "required"
@@ -301,3 +310,62 @@ def test_smollm2_forced_choice_calls_the_named_function(tmp_path: Any) -> None:
         jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
         calls += 1
     assert calls >= 3
+
+
+def test_output_window_holds_calls_checks_their_arguments_and_releases_them_last() -> None:
+    from libs.guard_window import OutputWindow
+    from services.guardrails.secrets import scan
+    from tests.guardrails.test_output_window import KEY
+
+    def check(text: str) -> list[GuardrailEntity]:  # guardrails.output, secrets only
+        return [
+            GuardrailEntity(
+                type=s.type,
+                start=s.start,
+                end=s.end,
+                score=s.score,
+                action="redact",
+                replacement=f"<{s.type}>",
+            )
+            for s in scan(text)
+        ]
+
+    window = OutputWindow({"<PERSON_1>": "Ada"})
+    calls = [
+        ToolCall(
+            id="call_0",
+            function=FunctionCall(
+                name="send", arguments=json.dumps({"to": "<PERSON_1>", "key": KEY})
+            ),
+        )
+    ]
+    seen: list[str] = []
+    out: list[Delta] = []
+    for deltas in (
+        [Delta(content="Sending.")],
+        [Delta(tool_calls=call_deltas(calls, 0))],
+        [Delta(finish_reason="tool_calls")],
+    ):
+        for index in window.add(deltas):
+            seen.append(window.text(index))
+            d = window.release(index, check(window.text(index)), final=False)
+            if d is not None:
+                out.append(d)
+    for index in window.pending():
+        assert window.unreleased(index)  # the arguments still wait for their check
+        seen.append(window.text(index))
+        d = window.release(index, check(window.text(index)), final=True)
+        assert d is not None
+        out.append(d)
+    assert KEY in seen[-1]  # the last check saw the arguments
+    final = out[-1]
+    assert final.finish_reason == "tool_calls" and "".join(d.content for d in out) == "Sending."
+    collector = CallCollector()
+    collector.add(final.tool_calls or [])
+    [call] = collector.calls()
+    assert call.id == "call_0"
+    assert json.loads(call.function.arguments) == {"to": "Ada", "key": "<AWS_ACCESS_KEY>"}
+    # A blocked choice releases no call.
+    blocked = OutputWindow()
+    blocked.add([Delta(tool_calls=call_deltas(calls, 0)), Delta(finish_reason="tool_calls")])
+    assert blocked.block(0, "blocked").tool_calls is None and blocked.pending() == []
