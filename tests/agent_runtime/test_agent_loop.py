@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,8 @@ from services.agent_runtime.builtin_tools import builtin_tools
 from services.agent_runtime.skills import SkillHeader
 from services.agent_runtime.tools import ToolRegistry
 from services.sandbox.adapters.bwrap import BwrapBackend
-from services.sandbox.adapters.cgroups import Cgroups
-from services.sandbox.adapters.seccomp import build_filter
 from services.sandbox.executor import execute
-from tests.agent_runtime.test_tools import LIMITS
+from tests.sandbox.conftest import LIMITS
 
 CTX = RequestContext(tenant="acme", request_id="req-agent", actor="key_1", role="developer")
 Script = Callable[[GenerateRequest], StepReply]
@@ -106,21 +104,6 @@ class Ports:
 def loop_of(ports: Ports) -> AgentLoop:
     ports.loop = AgentLoop(ToolRegistry.of(builtin_tools()), ports)
     return ports.loop
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[BwrapBackend]:
-    if BwrapBackend.missing():
-        pytest.fail(f"missing {BwrapBackend.missing()}: apt-get install bubblewrap")
-    sandboxes = BwrapBackend(
-        LIMITS,
-        seccomp=build_filter(),
-        concurrency=2,
-        uid_base=2_100_200_000,
-        cgroups=Cgroups.detect(),
-    )
-    yield sandboxes
-    await sandboxes.close()
 
 
 CODER = AgentDefinition(

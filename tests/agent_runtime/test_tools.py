@@ -5,7 +5,6 @@ Code execution runs in the real bubblewrap sandbox (services/sandbox's executor)
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,22 +22,9 @@ from libs.events import (
 from services.agent_runtime.builtin_tools import builtin_tools
 from services.agent_runtime.tools import MAX_RESULT_CHARS, ToolContext, ToolRegistry
 from services.sandbox.adapters.bwrap import BwrapBackend
-from services.sandbox.adapters.cgroups import Cgroups
-from services.sandbox.adapters.seccomp import build_filter
 from services.sandbox.executor import execute
-from services.sandbox.limits import Limits
+from tests.sandbox.conftest import LIMITS
 
-LIMITS = Limits(
-    timeout_s=5.0,
-    max_timeout_s=20.0,
-    cpu_s=10,
-    memory_bytes=256 * 2**20,
-    processes=32,
-    output_bytes=64 * 1024,
-    files_bytes=2 * 2**20,
-    files_count=20,
-    work_bytes=8 * 2**20,
-)
 CTX = RequestContext(tenant="acme", request_id="req-tools", actor="key_1", role="developer")
 
 
@@ -77,21 +63,6 @@ class Ports:
 
     async def audit(self, event: AuditEvent) -> None:
         self.audited.append(event)
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[BwrapBackend]:
-    if BwrapBackend.missing():
-        pytest.fail(f"missing {BwrapBackend.missing()}: apt-get install bubblewrap")
-    sandboxes = BwrapBackend(
-        LIMITS,
-        seccomp=build_filter(),
-        concurrency=2,
-        uid_base=2_100_100_000,
-        cgroups=Cgroups.detect(),
-    )
-    yield sandboxes
-    await sandboxes.close()
 
 
 def _call(name: str, arguments: Any) -> ToolCall:

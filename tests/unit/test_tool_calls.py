@@ -18,7 +18,6 @@ from libs.events import (
     FunctionCall,
     GenerateRequest,
     GenerationParams,
-    GuardrailEntity,
     NamedToolChoice,
     ToolCall,
 )
@@ -314,21 +313,7 @@ def test_smollm2_forced_choice_calls_the_named_function(tmp_path: Any) -> None:
 
 def test_output_window_holds_calls_checks_their_arguments_and_releases_them_last() -> None:
     from libs.guard_window import OutputWindow
-    from services.guardrails.secrets import scan
-    from tests.guardrails.test_output_window import KEY
-
-    def check(text: str) -> list[GuardrailEntity]:  # guardrails.output, secrets only
-        return [
-            GuardrailEntity(
-                type=s.type,
-                start=s.start,
-                end=s.end,
-                score=s.score,
-                action="redact",
-                replacement=f"<{s.type}>",
-            )
-            for s in scan(text)
-        ]
+    from tests.guardrails.test_output_window import KEY, check
 
     window = OutputWindow({"<PERSON_1>": "Ada"})
     calls = [
