@@ -71,7 +71,7 @@ async def _bench() -> list[tuple[str, list[float]]]:
             for fd in fds:
                 os.lseek(fd, 0, os.SEEK_SET)
             proc = await asyncio.create_subprocess_exec(*floor, pass_fds=fds)
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), 30)
 
         async def python() -> None:
             reply = await execute(_request("python", "print(1)"), cold, limits)

@@ -463,6 +463,7 @@ class MetricsServer:
                     nc = await nats.connect(
                         self.settings.nats_url,
                         name=f"enclave-{self.stage}-metrics",
+                        inbox_prefix=self.settings.nats_inbox_prefix,
                         error_cb=quiet,
                         max_reconnect_attempts=-1,
                         reconnect_time_wait=1,

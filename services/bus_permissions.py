@@ -67,6 +67,8 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
     common_pub = (
         "$JS.API.INFO",
         *(f"$JS.API.STREAM.{op}.{name}" for op in ("INFO", "CREATE", "UPDATE") for name in streams),
+        # The metrics monitor of every stage reads each consumer's lag (libs.metrics).
+        *(f"$JS.API.CONSUMER.INFO.{name}.*" for name in streams),
         s.audit_all,
     )
     chat_streams = s.chat_streams_of("*")

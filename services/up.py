@@ -122,9 +122,12 @@ def own_bus(settings: Settings) -> OwnBus:
     folder = settings.home / "bus"
     folder.mkdir(mode=0o700, exist_ok=True)
     secrets_file = folder / "passwords.json"
-    if not secrets_file.exists():
-        write_secret(secrets_file, json.dumps(new_passwords()))
-    bus.passwords = json.loads(secrets_file.read_text())
+    kept = json.loads(secrets_file.read_text()) if secrets_file.exists() else {}
+    # Kept across restarts; a service added since the file was written gets one too.
+    bus.passwords = {**new_passwords(), **kept}
+    if bus.passwords.keys() != kept.keys():
+        secrets_file.unlink(missing_ok=True)
+        write_secret(secrets_file, json.dumps(bus.passwords))
     if nats_at is not None:
         conf = folder / "nats.conf"
         conf.unlink(missing_ok=True)
@@ -178,8 +181,11 @@ def _listening(host: str, port: int) -> bool:
 def run(settings: Settings, only: Sequence[str]) -> int:
     """Start every service as its own process; restart one that exits; Ctrl-C stops all."""
     started = time.monotonic()
-    key_file = prepare(settings)
+    close_home(settings)
     bus = own_bus(settings)
+    # Whatever `up` itself says on the bus (the audit of the admin key, the readiness probe)
+    # it says as the gateway.
+    as_gateway = settings.model_copy(update={"nats_url": bus.nats_url("gateway")})
     infra = Supervisor(bus.stages, grace_s=INFRA_GRACE_S)
     stages = [
         stage_of(service, pool, bus)
@@ -204,18 +210,15 @@ def run(settings: Settings, only: Sequence[str]) -> int:
         signal.signal(sig, on_signal)
     try:
         infra.start_all()
-        bus.wait_listening()
+        bus.wait_listening()  # before the admin key: its creation is audited on the bus
+        key_file = prepare(as_gateway)
         supervisor.start_all()
         print(f"Enclave is starting: gateway on {base} — Ctrl-C stops it.", flush=True)
         chat_passes = threading.Event()
         if held is not None:
             threading.Thread(
                 target=_probe_until_a_chat_passes,
-                args=(
-                    settings.model_copy(update={"nats_url": bus.nats_url("gateway")}),
-                    chat_passes,
-                    lambda: signals > 0,
-                ),
+                args=(as_gateway, chat_passes, lambda: signals > 0),
                 daemon=True,
             ).start()
         while not signals:
@@ -241,15 +244,18 @@ def run(settings: Settings, only: Sequence[str]) -> int:
     return 0
 
 
+def close_home(settings: Settings) -> None:
+    if settings.home.stat().st_mode & 0o077:
+        # Created by an older version, or by hand: it holds keys and raw prompts.
+        settings.home.chmod(0o700)
+        print(f"{settings.home} is now readable by its owner only (0700)", flush=True)
+
+
 def prepare(settings: Settings) -> Path:
     """The schema, the audit keys and the first admin key; returns the admin key's file."""
     from libs.db.engine import migrate
     from services.audit import cli as audit_cli
 
-    if settings.home.stat().st_mode & 0o077:
-        # Created by an older version, or by hand: it holds keys and raw prompts.
-        settings.home.chmod(0o700)
-        print(f"{settings.home} is now readable by its owner only (0700)", flush=True)
     migrate(settings.sqlalchemy_url)
     for path in audit_cli.ensure(settings):
         print(f"created audit key {path}", flush=True)

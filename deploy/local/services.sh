@@ -87,7 +87,7 @@ if [ "${1:-}" = "--postgres" ]; then
       { cat "$state/initdb.log" >&2; exit 1; }
   fi
   port=$(cat "$pg_dir/port")
-  if ! listening "$port"; then
+  if ! pg_run "$pg_bin/pg_ctl" -D "$pg_dir/data" status >/dev/null 2>&1; then
     echo "starting the test PostgreSQL cluster on 127.0.0.1:$port"
     # Throwaway test data: no fsync (a clean stop still loses nothing).
     pg_run "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -s \

@@ -69,17 +69,13 @@ def _file_out(item: SandboxFile) -> dict[str, object]:
     return out
 
 
+REPLY_FIELDS = {"status", "exit_code", "stdout", "stderr", "reason", "truncated", "duration_ms"}
+
+
 def body_of(reply: SandboxExecReply) -> dict[str, object]:
-    return {
-        "status": reply.status,
-        "exit_code": reply.exit_code,
-        "stdout": reply.stdout,
-        "stderr": reply.stderr,
-        "files": [_file_out(f) for f in reply.files],
-        "reason": reply.reason,
-        "truncated": reply.truncated,
-        "duration_ms": reply.duration_ms,
-    }
+    body: dict[str, object] = reply.model_dump(include=REPLY_FIELDS)
+    body["files"] = [_file_out(f) for f in reply.files]
+    return body
 
 
 def _request_schema() -> dict[str, object]:

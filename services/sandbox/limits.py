@@ -109,6 +109,10 @@ def admit(request: SandboxExecRequest, limits: Limits) -> Job | ErrorInfo:
             total += len(base64.b64decode(item.content_b64, validate=True))
         except (binascii.Error, ValueError):
             return _bad(f"`files[{i}].content_b64` is not base64.", f"files.{i}.content_b64")
+    for i, item in enumerate(request.files):
+        parents = item.path.split("/")
+        if any("/".join(parents[:n]) in seen for n in range(1, len(parents))):
+            return _bad(f"`files[{i}].path` is inside a path that is a file.", f"files.{i}.path")
     if total > limits.files_bytes:
         return _bad(f"The files come to more than {limits.files_bytes} bytes.", "files")
     return Job(

@@ -53,6 +53,7 @@ class RunnerReport(BaseModel):
     stderr_b64: str = ""
     files: list[SandboxFile] = []
     files_truncated: bool = False
+    setup_error: bool = False  # the input files could not be written
 
 
 def _text(b64: str) -> str:
@@ -118,7 +119,9 @@ def classify(seen: Observed) -> SandboxExecReply:
     )
     if report.files_truncated:
         reply.reason = "files_limit"
-    if report.timed_out:
+    if report.setup_error:
+        reply.status, reply.reason = "error", "files_in"
+    elif report.timed_out:
         reply.status, reply.reason, reply.truncated = "timeout", "wall_time_limit", True
     elif report.output_exceeded:
         reply.status, reply.reason, reply.truncated = "killed", "output_limit", True

@@ -217,9 +217,19 @@ def main() -> None:
         with open(sys.argv[1], encoding="utf-8") as f:
             job = json.load(f)
     else:
-        job = json.loads(sys.stdin.buffer.read())
-    inputs = _write_inputs(job.get("files", []))
-    report = _run(_command(job), float(job["timeout_s"]), int(job["output_bytes"]))
+        data = sys.stdin.buffer.read()
+        if not data:  # the service went, or let this warm sandbox go: nothing to run
+            return
+        job = json.loads(data)
+    try:
+        inputs = _write_inputs(job.get("files", []))
+        argv = _command(job)
+    except OSError as exc:  # e.g. the files do not fit in the work dir
+        message = f"the sandbox could not write the files in: {exc}\n".encode()
+        report = {"setup_error": True, "stderr_b64": _b64(message)}
+        sys.stdout.write(json.dumps(report))
+        return
+    report = _run(argv, float(job["timeout_s"]), int(job["output_bytes"]))
     files, truncated = _collect(inputs, int(job["files_count"]), int(job["files_bytes"]))
     report["files"] = files
     report["files_truncated"] = truncated

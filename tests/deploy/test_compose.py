@@ -4,6 +4,7 @@ resolves to is the platform: every stage with replicas, TLS at Caddy, vLLM on a 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -74,6 +75,11 @@ def test_every_stage_runs_with_replicas(resolved: dict[str, Any]) -> None:
     for name in STAGES - {"sandbox"}:
         assert services[name]["deploy"]["replicas"] >= 2, name
     assert services["worker-smollm2"]["deploy"]["replicas"] >= 2
+    # The schema and the audit keys are made once, before any replica races to.
+    assert services["migrate"]["command"][-1] == "enclave migrate && enclave audit keys"
+    assert services["audit"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
     for name, svc in services.items():
         if name in STAGES or name.startswith("worker-"):
             assert svc["command"][:2] == ["enclave", "serve"], name
@@ -147,3 +153,21 @@ def test_gpu_registry_is_the_default_one_plus_vllm() -> None:
     assert {k: v for k, v in gpu["pools"].items() if k != "vllm"} == base["pools"]
     assert gpu["pools"]["vllm"]["engine"] == "vllm"
     assert [m for m in gpu["models"] if m["pool"] != "vllm"] == base["models"]
+
+
+def test_the_dockerfile_builds_from_files_that_exist(resolved: dict[str, Any]) -> None:
+    """No engine here to build it: its stages and the files it copies are checked instead."""
+    dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.MULTILINE))
+    assert {"base", "llama", "platform", "vllm"} <= stages
+    for svc in resolved["services"].values():
+        if "build" in svc:
+            assert svc["build"].get("target", "platform") in stages
+            assert Path(svc["build"]["context"]) == REPO
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.MULTILINE)
+    sources = {src for line in copied for src in line.split()}
+    assert {"libs", "services", "pyproject.toml", "deploy/models.yaml"} <= sources
+    for src in sources:
+        assert (REPO / src).exists(), src
+    # The image installs what pyproject.toml pins, and runs as a user, not root.
+    assert "torch==2.13.0" in dockerfile and "USER enclave" in dockerfile

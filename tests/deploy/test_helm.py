@@ -24,6 +24,7 @@ KUBERNETES_VERSION = "1.30"
 REQUIRED = {
     "nats": {"password": "s3cret/with:odd@chars"},
     "postgres": {"url": "postgresql+asyncpg://enclave:pw@pg.databases:5432/enclave"},
+    "auditKeys": {"existingSecret": "enclave-audit-keys"},
 }
 # The stages that consume a JetStream consumer, and which (stream, durable consumer).
 JETSTREAM_STAGES = {
@@ -227,7 +228,7 @@ def test_without_keda_the_replicas_are_fixed() -> None:
 def test_secrets_are_required_unless_one_exists() -> None:
     with pytest.raises(helm.HelmRenderError, match=r"nats\.password is required"):
         render({"postgres": REQUIRED["postgres"]})
-    objects = render({"existingSecret": "made-elsewhere"})
+    objects = render({"existingSecret": "made-elsewhere", "auditKeys": REQUIRED["auditKeys"]})
     assert not of_kind(objects, "Secret")
     for obj in of_kind(objects, "Deployment").values():
         container = obj["spec"]["template"]["spec"]["containers"][0]
@@ -242,3 +243,32 @@ def test_the_registry_configmap_has_every_pool_a_worker_serves(
         n.removeprefix("ent-worker-") for n in of_kind(objects, "Deployment") if "-worker-" in n
     }
     assert workers == set(registry["pools"])
+
+
+def test_audit_replicas_share_their_keys() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"auditKeys\.existingSecret"):
+        render({k: v for k, v in REQUIRED.items() if k != "auditKeys"})
+    # A shared home volume holds them instead.
+    shared = {k: v for k, v in REQUIRED.items() if k != "auditKeys"}
+    assert render(merged(shared, {"home": {"existingClaim": "enclave-home"}}))
+    audit = of_kind(render(REQUIRED), "Deployment")["ent-audit"]["spec"]["template"]["spec"]
+    (container,) = audit["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ENCLAVE_AUDIT_KEY_FILE"] == "/etc/enclave/audit-keys/audit.key"
+    mounted = {v["name"]: v for v in audit["volumes"]}
+    assert mounted["audit-keys"]["secret"]["secretName"] == "enclave-audit-keys"
+
+
+def test_the_schema_is_migrated_once_before_the_stages_start(
+    objects: list[dict[str, Any]],
+) -> None:
+    (job,) = of_kind(objects, "Job").values()
+    hooks = job["metadata"]["annotations"]
+    assert hooks["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["enclave", "migrate"]
+    secret = of_kind(objects, "Secret")["ent-enclave"]["metadata"]["annotations"]
+    # The Secret it reads is made first (a lower hook weight).
+    assert int(secret["helm.sh/hook-weight"]) < int(hooks["helm.sh/hook-weight"])
+    # Its network policy lets it reach PostgreSQL.
+    policy = of_kind(objects, "NetworkPolicy")["ent-migrate-egress"]
+    assert policy["spec"]["egress"][0]["ports"] == [{"port": 5432, "protocol": "TCP"}]

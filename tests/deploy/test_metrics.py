@@ -221,6 +221,42 @@ def test_stage_helpers_record_what_the_dashboard_shows(tmp_path: Path) -> None:
     assert family.samples[0].value == 3
 
 
+def start_prometheus(home: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A real Prometheus with deploy/monitoring/prometheus-local.yml's discovery, pointed
+    at `home`'s targets, scraping every second."""
+    if not shutil.which("prometheus"):
+        pytest.fail("prometheus is missing: run ENCLAVE_NEED_DEPLOY=1 deploy/local/bootstrap.sh")
+    local = (REPO / "deploy" / "monitoring" / "prometheus-local.yml").read_text()
+    config = home / "prometheus.yml"
+    config.write_text(
+        local.replace("../../.enclave", str(home))
+        .replace("rule_files: [alerts.yml]", "rule_files: []")
+        .replace("scrape_interval: 5s", "scrape_interval: 1s")
+        .replace("refresh_interval: 5s", "refresh_interval: 1s")
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={home / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
+def prom_query(port: int, query: str) -> list[dict[str, dict[str, str]]]:
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=5)
+        result: list[dict[str, dict[str, str]]] = r.json()["data"]["result"]
+    except (httpx.HTTPError, KeyError, ValueError):
+        return []
+    return result
+
+
 REPLICA = (
     "import sys, time\n"
     "from libs.metrics import serve_metrics\n"
@@ -233,8 +269,6 @@ REPLICA = (
 def test_a_real_prometheus_finds_every_replica_on_one_host(services: Infra, tmp_path: Path) -> None:
     """Three replica processes of two stages, ports chosen at start: Prometheus scrapes
     them all through the file discovery, as deploy/monitoring/prometheus-local.yml does."""
-    if not shutil.which("prometheus"):
-        pytest.fail("prometheus is missing: run ENCLAVE_NEED_DEPLOY=1 deploy/local/bootstrap.sh")
     settings = settings_for(services, tmp_path)
     env = {
         **os.environ,
@@ -247,39 +281,10 @@ def test_a_real_prometheus_finds_every_replica_on_one_host(services: Infra, tmp_
         subprocess.Popen([sys.executable, "-c", REPLICA, service, pool], env=env, cwd=REPO)
         for service, pool in (("guardrails", ""), ("guardrails", ""), ("worker", "smollm2"))
     ]
-    folder = metrics.targets_dir(settings)
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: enclave\n"
-        "    file_sd_configs:\n"
-        f"      - files: ['{folder}/*.json']\n"
-        "        refresh_interval: 1s\n"
-    )
-    port = free_port()
-    prometheus = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prometheus, port = start_prometheus(tmp_path)
 
     def scraped() -> list[dict[str, dict[str, str]]]:
-        try:
-            r = httpx.get(
-                f"http://127.0.0.1:{port}/api/v1/query",
-                params={"query": 'enclave_service_info{job="enclave"}'},
-                timeout=5,
-            )
-            result: list[dict[str, dict[str, str]]] = r.json()["data"]["result"]
-        except (httpx.HTTPError, KeyError, ValueError):
-            return []
-        return result
+        return prom_query(port, 'enclave_service_info{job="enclave"}')
 
     try:
         assert wait_until(lambda: len(scraped()) == 3, timeout=60), scraped()
@@ -383,8 +388,6 @@ def test_after_enclave_up_prometheus_scrapes_every_stage(services: Infra, tmp_pa
     answers /metrics and /readyz on a port of its own, Prometheus with
     deploy/monitoring/prometheus-local.yml's discovery scrapes all of them, and Ctrl-C
     takes their targets away again."""
-    if not shutil.which("prometheus"):
-        pytest.fail("prometheus is missing: run ENCLAVE_NEED_DEPLOY=1 deploy/local/bootstrap.sh")
     env = platform_env(services, tmp_path, free_port())
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -395,36 +398,11 @@ def test_after_enclave_up_prometheus_scrapes_every_stage(services: Infra, tmp_pa
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    local = (REPO / "deploy" / "monitoring" / "prometheus-local.yml").read_text()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        local.replace("../../.enclave", str(tmp_path))
-        .replace("rule_files: [alerts.yml]", "rule_files: []")
-        .replace("scrape_interval: 5s", "scrape_interval: 1s")
-    )
-    port = free_port()
-    prometheus = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prometheus, port = start_prometheus(tmp_path)
     wanted = {s.replace(":", "-") for s in STAGES_UP}
 
     def up_stages() -> set[str]:
-        try:
-            r = httpx.get(
-                f"http://127.0.0.1:{port}/api/v1/query",
-                params={"query": 'up{job="enclave"} == 1'},
-                timeout=5,
-            )
-            return {s["metric"]["stage"] for s in r.json()["data"]["result"]}
-        except (httpx.HTTPError, KeyError, ValueError):
-            return set()
+        return {s["metric"]["stage"] for s in prom_query(port, 'up{job="enclave"} == 1')}
 
     try:
         ok = wait_until(lambda: up_stages() == wanted and up.poll() is None, timeout=240)

@@ -53,6 +53,8 @@ def test_refuses_too_many_or_too_large_files_and_bad_base64() -> None:
     req = request("bash", "true", {"a": "1", "b": "2"})
     req.files[1].path = "a"
     assert "twice" in refused(req).message
+    req = request("bash", "true", {"d/x": "1", "d": "2"})
+    assert refused(req).param == "files.0.path"  # "d" cannot be a file and a directory
 
 
 def report(**fields: object) -> bytes:

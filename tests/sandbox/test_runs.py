@@ -7,9 +7,11 @@ import os
 
 import pytest
 
+from libs.events import SandboxExecRequest, SandboxFile
 from services.sandbox.adapters.bwrap import BwrapBackend
 from services.sandbox.executor import execute
-from tests.sandbox.conftest import LIMITS, UID_BASE, Run, live_processes, request
+from services.sandbox.limits import Limits
+from tests.sandbox.conftest import LIMITS, UID_BASE, Run, b64, live_processes, request
 
 
 async def test_python_prints_and_exits(run: Run) -> None:
@@ -118,3 +120,19 @@ def test_replicas_on_one_host_claim_different_uids(seccomp: bytes | None) -> Non
     second = BwrapBackend(LIMITS, seccomp=seccomp, concurrency=4, uid_base=UID_BASE, warm=2)
     assert not set(first.uids) & set(second.uids)
     assert min(first.uids) >= UID_BASE and min(second.uids) >= UID_BASE
+
+
+async def test_input_files_that_do_not_fit_are_an_error_that_says_so() -> None:
+    # Within the file limits, but larger than a 1 MiB work dir.
+    limits = Limits(files_bytes=4 * 2**20, work_bytes=2**20)
+    backend = BwrapBackend(limits, seccomp=None, concurrency=1, uid_base=UID_BASE)
+    req = request("bash", "echo never")
+    req = SandboxExecRequest(
+        **{**req.model_dump(), "files": [SandboxFile(path="big", content_b64=b64(bytes(2**21)))]}
+    )
+    try:
+        reply = await execute(req, backend, limits)
+    finally:
+        await backend.close()
+    assert (reply.status, reply.reason, reply.stdout) == ("error", "files_in", ""), reply
+    assert "could not write the files in" in reply.stderr

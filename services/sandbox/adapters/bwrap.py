@@ -277,8 +277,7 @@ class BwrapBackend:
                 return seen
             finally:
                 if sandbox.proc.returncode is None:  # cancelled or failed half-way
-                    _kill(sandbox.proc)
-                    await sandbox.proc.wait()
+                    await _end(sandbox.proc)
                 if sandbox.uid is not None:  # only once nothing of the sandbox is left
                     self._uids.append(sandbox.uid)
 
@@ -287,9 +286,7 @@ class BwrapBackend:
         for task in list(self._tasks):
             task.cancel()
         while self._ready:
-            sandbox = self._ready.popleft()
-            _kill(sandbox.proc)
-            await sandbox.proc.wait()
+            await _end(self._ready.popleft().proc)
         if self._claim is not None:
             os.close(self._claim)  # the block is free again for another replica
             self._claim = None
@@ -299,6 +296,8 @@ class BwrapBackend:
             sandbox = self._ready.popleft()
             if sandbox.proc.returncode is None:
                 return sandbox
+            if sandbox.proc.stdin is not None:  # a runner left behind reads EOF and goes
+                sandbox.proc.stdin.close()
             if sandbox.uid is not None:  # it died waiting: not used
                 self._uids.append(sandbox.uid)
         return None
@@ -360,10 +359,10 @@ class BwrapBackend:
         assert stdin is not None
         try:
             stdin.write(json.dumps(job.runner_input(self.limits)).encode())
-            await stdin.drain()
+            await asyncio.wait_for(stdin.drain(), job.timeout_s + GRACE_S)
             stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the sandbox died before its job: its stderr says why
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the sandbox died (or hangs) before its job: _watch sees to it
         return await self._watch(sandbox.proc, job, started)
 
     async def _watch(self, proc: asyncio.subprocess.Process, job: Job, started: float) -> Observed:
@@ -381,7 +380,7 @@ class BwrapBackend:
             deadline_hit = True
             _kill(proc)
             report, overflow = b"", False
-        await proc.wait()
+        await _end(proc)
         out_task.cancel()
         try:
             errors, _ = await asyncio.wait_for(err_task, 1.0)
@@ -399,8 +398,21 @@ class BwrapBackend:
 
 def _kill(proc: asyncio.subprocess.Process) -> None:
     # bwrap dies, its child gets SIGKILL (--die-with-parent) and with it the pid namespace.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    # Never a process that was reaped already: its number may belong to another one now.
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def _end(proc: asyncio.subprocess.Process, wait_s: float = 5.0) -> None:
+    """Wait for the sandbox to go; kill it if it does not; never wait without end."""
+    for _ in range(2):
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), wait_s)
+            return
+        except TimeoutError:
+            _kill(proc)
+    log.error("sandbox process %s did not exit after SIGKILL", proc.pid)
 
 
 _TOOLS: Sequence[bytes] = (b"bwrap:", b"prlimit:", b"setpriv:")

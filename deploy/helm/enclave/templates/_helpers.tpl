@@ -43,6 +43,6 @@ app.kubernetes.io/component: {{ include "enclave.component" .component }}
 
 {{/* Which engines a stage talks to besides NATS (the egress NetworkPolicy). */}}
 {{- define "enclave.needs" -}}
-{{- $needs := dict "gateway" (list "postgres" "redis") "inference_router" (list "postgres") "memory" (list "postgres" "redis" "qdrant") "audit" (list "postgres") -}}
+{{- $needs := dict "gateway" (list "postgres" "redis") "inference_router" (list "postgres") "memory" (list "postgres" "redis" "qdrant") "audit" (list "postgres") "migrate" (list "postgres") -}}
 {{- toJson (get $needs . | default list) -}}
 {{- end }}
