@@ -242,6 +242,17 @@ CHANNELS: tuple[Channel, ...] = (
         replies=(events.SandboxExecReply,),
     ),
     Channel(
+        "agentDelegate",
+        "agent_delegate",
+        _s.agent_delegate,
+        "Delegate: an agent hands a focused task to a subagent as a child turn, with the "
+        "parent's context and depth; the reply is the subagent's typed result.",
+        (events.DelegateRequested,),
+        ("agent_runtime",),
+        Receiver(("agent_runtime",), "agent_runtime"),
+        replies=(events.DelegateResult,),
+    ),
+    Channel(
         "keysRevoked",
         "keys_revoked",
         _s.keys_revoked,
