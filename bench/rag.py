@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -284,7 +285,7 @@ class Rewriter:
 
         settings = Settings()
         spec = yaml.safe_load(settings.models_file.read_text())["pools"]["smollm2"]
-        self.llm = Llama(
+        self.llm: Any = Llama(
             model_path=str(resolve_model_file(spec["model"], settings.home)),
             n_ctx=spec.get("n_ctx", 2048),
             n_threads=os.cpu_count() or 1,
@@ -490,8 +491,8 @@ def main() -> None:
             f"{1000 * model.seconds / max(1, model.calls):.0f} ms per call"
         )
         print(f"{'questions: query':<40} {'n':>4} {'R@5':>6} {'MRR':>6}")
-        for name, n, r, m in rows:
-            print(f"{name:<40} {n:>4} {r:>6.3f} {m:>6.3f}")
+        for name, n, recall, mrr in rows:
+            print(f"{name:<40} {n:>4} {recall:>6.3f} {mrr:>6.3f}")
         print(
             "(* what the service does with rag.rewrite_query; a first question, without "
             "turns before it, is searched as asked: no model is called)"

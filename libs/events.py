@@ -217,7 +217,8 @@ class GenerateRequest(BaseModel):
     messages: list[ChatMessage] = Field(default_factory=list)
     prompt: str | None = None
     params: GenerationParams = Field(default_factory=GenerationParams)
-    deltas_subject: str
+    # Set by the caller's generation client (libs/generation.py) to its replica's inbox.
+    deltas_subject: str = ""
     # Set when nothing is to be done to the output (no output screening, memory or
     # grounding): the worker streams to the client's subject too, with these headers, and
     # the runtime only watches its own copy (timeouts, the outcome). One hop less a token.
@@ -453,20 +454,83 @@ class MemoryStoreRequested(BaseModel):
     answer: str = ""
 
 
-class RagRequest(BaseModel):
-    """gateway -> memory (request/reply): one files / vector stores / memories operation."""
+# -- the memory API (gateway -> memory, request/reply memory.rag): one model per operation --
 
-    v: Literal[1] = 1
+
+class FileOp(BaseModel):
+    op: Literal["files.get", "files.delete"]
+    file_id: str
+
+
+class FilesList(BaseModel):
+    op: Literal["files.list"] = "files.list"
+
+
+class VectorStoresList(BaseModel):
+    op: Literal["vector_stores.list"] = "vector_stores.list"
+
+
+class VectorStoreOp(BaseModel):
+    op: Literal["vector_stores.get", "vector_stores.delete", "vector_stores.files.list"]
+    vector_store_id: str
+
+
+class VectorStoreBodyOp(BaseModel):
+    """An operation that takes OpenAI's request body as it came (the memory service
+    validates it, with OpenAI's messages): create a store, search one, add a file to one."""
+
+    op: Literal["vector_stores.create", "vector_stores.search", "vector_stores.files.create"]
+    vector_store_id: str = ""
+    body: dict[str, Any] = Field(default_factory=dict)
+
+
+class VectorStoreFileOp(BaseModel):
+    op: Literal["vector_stores.files.get", "vector_stores.files.delete"]
+    vector_store_id: str
+    file_id: str
+
+
+class MemoriesOp(BaseModel):
+    """The caller's own memories; admin and developer keys may name a `user`."""
+
+    op: Literal["memories.list", "memories.delete"]
+    user: str | None = None
+    memory_id: str | None = None
+
+
+class TenantDataDelete(BaseModel):
+    """A whole tenant's memory and RAG data (admin of that tenant only)."""
+
+    op: Literal["tenant.delete"] = "tenant.delete"
+
+
+MemoryOperation = Annotated[
+    FileOp
+    | FilesList
+    | VectorStoresList
+    | VectorStoreOp
+    | VectorStoreBodyOp
+    | VectorStoreFileOp
+    | MemoriesOp
+    | TenantDataDelete,
+    Field(discriminator="op"),
+]
+
+
+class RagRequest(BaseModel):
+    """gateway -> memory (request/reply): one files / vector stores / memories operation.
+    A refusal comes back as the bus's error reply (libs/rpc.py), with its status."""
+
+    v: Literal[2] = 2
     ctx: RequestContext
-    op: str
-    args: dict[str, Any] = Field(default_factory=dict)
+    operation: MemoryOperation
 
 
 class RagReply(BaseModel):
-    v: Literal[1] = 1
-    status: int = 200
-    body: Any = None
-    error: ErrorInfo | None = None
+    """memory -> gateway: the OpenAI-shaped object of the operation."""
+
+    v: Literal[2] = 2
+    body: dict[str, Any] = Field(default_factory=dict)
 
 
 # -- guardrails (request/reply guardrails.input / guardrails.output) --
@@ -491,6 +555,10 @@ class GuardrailCheck(BaseModel):
     # Pseudonyms already handed out in this request (placeholder -> real value), so that a
     # value seen again gets the same placeholder.
     pseudonyms: dict[str, str] = Field(default_factory=dict)
+    # Output checks: "json" when the text is a JSON document (a json_object / json_schema
+    # answer, tool-call arguments): it is rewritten only inside string values and stays
+    # valid, or is blocked (rule output.structure) if it does not parse.
+    structure: Literal["text", "json"] = "text"
 
 
 class GuardrailEntity(BaseModel):

@@ -5,29 +5,22 @@ Fail closed: a guardrail that cannot be reached yields an error verdict, never a
 
 from __future__ import annotations
 
-from nats.aio.client import Client as NatsClient
-
-from libs.bus import event_bytes
-from libs.errors import ErrorInfo
 from libs.events import GuardrailCheck, GuardrailVerdict
-
-GUARDRAILS_TIMEOUT_S = 10.0
+from libs.rpc import Bus, Peer
 
 
 async def ask_guardrails(
-    nc: NatsClient, subject: str, check: GuardrailCheck, timeout: float = GUARDRAILS_TIMEOUT_S
+    bus: Bus, check: GuardrailCheck, peer: Peer | None = None
 ) -> GuardrailVerdict:
-    try:
-        msg = await nc.request(
-            subject, event_bytes(check), timeout=timeout, headers=check.ctx.headers()
-        )
-    except Exception:
-        return GuardrailVerdict(
-            allowed=False,
-            error=ErrorInfo(
-                status=503,
-                message="The guardrails service is not available; try again later.",
-                code="guardrails_unavailable",
-            ),
-        )
-    return GuardrailVerdict.model_validate_json(msg.data)
+    """The verdict on `check` (guardrails.output for output windows, else guardrails.input)."""
+    subjects = bus.subjects
+    subject = (
+        subjects.guardrails_output if check.direction == "output" else subjects.guardrails_input
+    )
+    return await bus.ask(
+        peer or bus.peers.guardrails,
+        subject,
+        check,
+        GuardrailVerdict,
+        failed=lambda error: GuardrailVerdict(allowed=False, error=error),
+    )

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # Copies of each JetStream stream: 3 on the three-node cluster (deploy/nats/cluster.conf).
     stream_replicas: int = 1
+    # How long a request on the bus waits for each peer (libs/rpc.py: Peers).
+    # The router's answer may wait for its registry's SQL refresh.
+    router_timeout_s: float = 7.0
+    guardrails_timeout_s: float = 10.0
+    # Files, vector stores and memories: an upload is parsed and embedded in the request.
+    memory_api_timeout_s: float = 120.0
+    audit_api_timeout_s: float = 30.0
 
     @cached_property
     def subjects(self) -> Subjects:

@@ -10,11 +10,17 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from libs.settings import Settings, load_settings
 from services import keys_cli
 from services.audit import cli as audit_cli
 from services.trainer import cli as trainer_cli
+
+if TYPE_CHECKING:
+    from faststream import FastStream
+
+    from libs.service import ServiceApp
 
 SERVICES = (
     "gateway",
@@ -50,6 +56,7 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
             access_log=False,
         )
         return
+    app: ServiceApp | FastStream  # the sandbox and the trainer still run as FastStream apps
     if service == "agent_runtime":
         from services.agent_runtime.app import build_app as build_runtime
 

@@ -31,6 +31,7 @@ from libs.bus import ensure_streams
 from libs.context import RequestContext, new_request_id
 from libs.errors import EnclaveError
 from libs.events import ChatMessage, ChatRequested, GenerationParams
+from libs.rpc import Bus
 from libs.settings import Settings
 from services.bus_permissions import (
     REDIS_USERS,
@@ -291,8 +292,8 @@ async def _probe(settings: Settings, passed: threading.Event, stopping: Callable
     nc = await nats.connect(settings.nats_url, name="enclave-up", max_reconnect_attempts=-1)
     try:
         await ensure_streams(nc, settings)
-        client = TurnClient(nc, settings.subjects, PROBE_TIMEOUT_S)
-        await client.subscribe()
+        client = TurnClient(Bus(nc, settings), PROBE_TIMEOUT_S)
+        await client.start()
         started = time.monotonic()
         while not stopping() and time.monotonic() - started < READY_WAIT_S:
             event = ChatRequested(
@@ -307,7 +308,7 @@ async def _probe(settings: Settings, passed: threading.Event, stopping: Callable
                 params=GenerationParams(max_tokens=1),
             )
             try:
-                stream = await client.start(event)
+                stream = await client.start_turn(event)
                 try:
                     if await _passes(stream):
                         passed.set()

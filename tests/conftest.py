@@ -9,9 +9,12 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import nats
 import pytest
 import yaml
+from nats.aio.client import Client as NatsClient
 
+from libs.settings import Settings
 from tests.infra import REPO, Infra, Platform, free_port, infra, platform_env
 
 # Pools only the tests use: one that answers too slowly, one that no worker serves.
@@ -119,3 +122,22 @@ def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield plat
     finally:
         plat.stop_all()
+
+
+@pytest.fixture
+async def nc(services: Infra) -> AsyncIterator[NatsClient]:
+    """A plain NATS connection, for stand-ins and for asking a service under test."""
+    client = await nats.connect(services.nats_url)
+    yield client
+    await client.drain()
+
+
+@pytest.fixture
+def inprocess_settings(services: Infra, tmp_path: Path) -> Settings:
+    """Settings of a service started in this process: its own bus prefix and home."""
+    return Settings(
+        nats_url=services.nats_url,
+        redis_url=services.redis_url,
+        bus_prefix="t" + secrets.token_hex(4),
+        home=tmp_path,
+    )

@@ -10,16 +10,12 @@ from libs.audit import AuditPublisher, digest
 from libs.events import ChatRequested, TurnEvent
 
 
-def outcome(last: bytes | None, failure: BaseException | None) -> tuple[str, dict[str, Any]]:
+def outcome(final: TurnEvent | None, failure: BaseException | None) -> tuple[str, dict[str, Any]]:
     """("completed" | "failed", attrs) from the last event the client was sent."""
     if failure is not None:
         return "failed", {"error": type(failure).__name__}
-    if last is None:
+    if final is None:
         return "failed", {"error": "no_output"}
-    try:
-        final = TurnEvent.model_validate_json(last)
-    except ValueError:
-        return "failed", {"error": "unreadable_output"}
     if final.error is not None:
         return "failed", {"error": final.error.code or str(final.error.status)}
     attrs: dict[str, Any] = {}
@@ -34,7 +30,7 @@ def outcome(last: bytes | None, failure: BaseException | None) -> tuple[str, dic
 async def record_turn(
     publisher: AuditPublisher,
     event: ChatRequested,
-    last: bytes | None,
+    last: TurnEvent | None,
     failure: BaseException | None = None,
 ) -> None:
     status, attrs = outcome(last, failure)

@@ -2,60 +2,41 @@
 
 It authenticates (the tenant always comes from the credential), applies role and rate
 limits, validates OpenAI request shapes, publishes chat.requested and streams the turn
-back as server-sent events. Errors leave in OpenAI's error shape, never as 422.
+back as server-sent events. Errors leave in OpenAI's error shape, never as 422. Every
+route gets the `Gateway` that bootstrap.py built, typed.
 """
 
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-import nats
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from nats.aio.client import Client as NatsClient
-from opentelemetry.trace import Tracer
 from pydantic import BaseModel
-from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.asyncapi import render as asyncapi_json
-from libs.bus import ensure_streams, event_bytes
-from libs.context import RequestContext, new_request_id
-from libs.db.engine import make_engine, migrate_async
 from libs.errors import EnclaveError, ErrorInfo
-from libs.events import (
-    EmbedReply,
-    EmbedRequest,
-    ModelsReply,
-    ModelsRequest,
-)
+from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
 from libs.settings import Settings
-from libs.telemetry import setup_tracing
 from services.gateway import audit_routes, guardrails_routes, keys, rag_routes, sandbox_routes
-from services.gateway.adapters.redis_limits import RedisRateLimiter
-from services.gateway.adapters.sql_keys import StoredKey, create_key, find_key
+from services.gateway.adapters.sql_keys import create_key
+from services.gateway.bootstrap import Gateway, build
 from services.gateway.hot_path import HotPath
 from services.gateway.openai_shapes import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    parse_json,
     validate,
 )
-from services.gateway.policy import Action, may
-from services.gateway.turn_client import TurnClient
-
-BUS_REQUEST_TIMEOUT_S = 5.0
+from services.gateway.policy import Action
 
 
 class JSON(Response):
@@ -69,159 +50,20 @@ def error_response(info: ErrorInfo) -> JSON:
     return JSON(info.body(), status_code=info.status)
 
 
-@dataclass
-class Gateway:
-    settings: Settings
-    nc: NatsClient
-    db: AsyncEngine
-    redis: Redis
-    turns: TurnClient
-    limiter: RedisRateLimiter
-    tracer: Tracer
-    key_cache: dict[str, tuple[StoredKey, float]] = field(default_factory=dict)
-
-    async def lookup(self, key_id: str) -> StoredKey | None:
-        now = time.monotonic()
-        cached = self.key_cache.get(key_id)
-        if cached and cached[1] > now:
-            return cached[0]
-        stored = await find_key(self.db, key_id)
-        if stored is not None:
-            self.key_cache[key_id] = (stored, now + self.settings.key_cache_seconds)
-        return stored
-
-    async def authenticate(self, request: Request, action: Action) -> RequestContext:
-        return await self.authenticate_header(request.headers.get("authorization"), action)
-
-    async def authenticate_header(
-        self, authorization: str | None, action: Action
-    ) -> RequestContext:
-        ctx, stored = await self.identify(authorization, action)
-        await self.enforce_rate_limit(stored)
-        return ctx
-
-    async def identify(
-        self, authorization: str | None, action: Action
-    ) -> tuple[RequestContext, StoredKey]:
-        """Who is asking (the tenant comes from the credential) and may they do this."""
-        token = keys.bearer_token(authorization)
-        if token is None:
-            raise EnclaveError(
-                401,
-                "You didn't provide an API key. Provide it in the Authorization header "
-                "(Authorization: Bearer YOUR_KEY).",
-                "missing_api_key",
-            )
-        parsed = keys.parse(token)
-        stored = await self.lookup(parsed[0]) if parsed else None
-        if (
-            parsed is None
-            or stored is None
-            or stored.revoked
-            or not keys.matches(parsed[0], parsed[1], stored.secret_hash)
-        ):
-            raise EnclaveError(401, "Incorrect API key provided.", "invalid_api_key")
-        if not may(stored.role, action):
-            raise EnclaveError(
-                403,
-                f"The role `{stored.role}` may not perform `{action.value}`.",
-                "insufficient_permissions",
-            )
-        ctx = RequestContext(
-            tenant=stored.tenant, request_id=new_request_id(), actor=stored.key_id, role=stored.role
-        )
-        return ctx, stored
-
-    async def enforce_rate_limit(self, stored: StoredKey) -> None:
-        rpm = stored.rate_limit_rpm or self.settings.rate_limit_rpm
-        if not await self.limiter.allow(stored.key_id, rpm):
-            raise EnclaveError(
-                429,
-                f"Rate limit reached for this key ({rpm} requests per minute).",
-                "rate_limit_exceeded",
-            )
-
-    async def read_json(self, request: Request) -> Any:
-        self.check_declared_size(request.headers.get("content-length"))
-        body = await request.body()
-        self.check_size(len(body))
-        return parse_json(body)
-
-    def check_declared_size(self, declared: str | None) -> None:
-        if declared and declared.isdigit():
-            self.check_size(int(declared))
-
-    def check_size(self, size: int) -> None:
-        limit = self.settings.max_body_bytes
-        if size > limit:
-            raise EnclaveError(
-                413, f"The request body is larger than {limit} bytes.", "request_too_large"
-            )
-
-    async def bus_request(
-        self,
-        subject: str,
-        event: Any,
-        headers: dict[str, str] | None = None,
-        *,
-        service: str = "inference router",
-        code: str = "no_router",
-        timeout: float | None = None,
-    ) -> bytes:
-        """Request/reply to another service; nobody listening is a 503, silence a 504."""
-        payload = event if isinstance(event, bytes) else event_bytes(event)
-        try:
-            msg = await self.nc.request(
-                subject,
-                payload,
-                timeout=timeout or self.settings.upstream_timeout_s,
-                headers=headers,
-            )
-        except nats.errors.NoRespondersError:
-            raise EnclaveError(
-                503, f"The {service} is not available; try again later.", code
-            ) from None
-        except nats.errors.TimeoutError:
-            raise EnclaveError(504, f"Upstream timeout: {service}.", "upstream_timeout") from None
-        return bytes(msg.data)
-
-
 def create_app(settings: Settings) -> HotPath:
     """The gateway as one ASGI app: the streamed routes plain, the rest FastAPI."""
-    return HotPath(create_fastapi(settings))
+    gw = build(settings)
+    return HotPath(gw, create_fastapi(gw))
 
 
-def create_fastapi(settings: Settings) -> FastAPI:
+def create_fastapi(gw: Gateway) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await migrate_async(settings)
-        nc = await nats.connect(
-            settings.nats_url,
-            name="enclave-gateway",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-        )
-        await ensure_streams(nc, settings)
-        db = make_engine(settings.sqlalchemy_url)
-        redis = Redis.from_url(settings.redis_url)
-        app.state.gw = Gateway(
-            settings=settings,
-            nc=nc,
-            db=db,
-            redis=redis,
-            turns=TurnClient(nc, settings.subjects, settings.gateway_timeout_s),
-            limiter=RedisRateLimiter(redis),
-            tracer=setup_tracing("gateway", settings.trace_dir),
-        )
-        await app.state.gw.turns.subscribe()
-        app.state.audit = audit_routes.start_publisher(settings, nc)
+        await gw.start()
         try:
             yield
         finally:
-            await app.state.audit.close()
-            await nc.drain()
-            await redis.aclose()
-            await db.dispose()
+            await gw.stop()
 
     app = FastAPI(
         title="Enclave",
@@ -229,9 +71,7 @@ def create_fastapi(settings: Settings) -> FastAPI:
         description="OpenAI-compatible API of the Enclave platform.",
         lifespan=lifespan,
     )
-
-    def gw(request: Request) -> Gateway:
-        return request.app.state.gw  # type: ignore[no-any-return]
+    subjects, peers = gw.bus.subjects, gw.bus.peers
 
     @app.exception_handler(EnclaveError)
     async def _enclave_error(request: Request, exc: EnclaveError) -> Response:
@@ -255,7 +95,7 @@ def create_fastapi(settings: Settings) -> FastAPI:
             ErrorInfo(status=500, message="Internal error.", code="internal_error")
         )
 
-    rag_routes.register(app)
+    rag_routes.register(app, gw)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -267,17 +107,16 @@ def create_fastapi(settings: Settings) -> FastAPI:
         return Response(asyncapi_json(), media_type="application/json")
 
     @app.get("/readyz")
-    async def readyz(request: Request) -> Response:
-        g = gw(request)
-        checks = {"nats": g.nc.is_connected}
+    async def readyz() -> Response:
+        checks = {"nats": gw.nc.is_connected}
         try:
-            async with g.db.connect() as conn:
+            async with gw.db.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             checks["database"] = True
         except Exception:
             checks["database"] = False
         try:
-            checks["redis"] = bool(await g.redis.ping())
+            checks["redis"] = bool(await gw.redis.ping())
         except Exception:
             checks["redis"] = False
         ready = all(checks.values())
@@ -288,20 +127,19 @@ def create_fastapi(settings: Settings) -> FastAPI:
 
     @app.post("/v1/embeddings", response_model=None)
     async def embeddings(request: Request) -> Response:
-        g = gw(request)
-        ctx = await g.authenticate(request, Action.INFER)
-        req = validate(EmbeddingRequest, await g.read_json(request))
-        await audit_routes.audit_request(request, ctx, "embeddings", req.model)
+        ctx = await gw.auth.check(request.headers.get("authorization"), Action.INFER)
+        req = validate(EmbeddingRequest, await gw.read_json(request))
+        await audit_routes.audit_request(gw, request, ctx, "embeddings", req.model)
         try:
             inputs = req.inputs()
         except ValueError as exc:
             raise EnclaveError(400, str(exc), "invalid_value", "input") from None
-        raw = await g.bus_request(
-            settings.subjects.inference_embed,
+        reply = await gw.bus.ask(
+            peers.embeddings,
+            subjects.inference_embed,
             EmbedRequest(ctx=ctx, model=req.model, inputs=inputs),
-            ctx.headers(),
+            EmbedReply,
         )
-        reply = EmbedReply.model_validate_json(raw)
         if reply.error is not None:
             raise EnclaveError.of(reply.error)
         if req.dimensions is not None and reply.vectors and req.dimensions != len(reply.vectors[0]):
@@ -321,14 +159,17 @@ def create_fastapi(settings: Settings) -> FastAPI:
         return JSON({"object": "list", "data": data, "model": req.model, "usage": usage})
 
     async def _models(request: Request) -> list[dict[str, Any]]:
-        g = gw(request)
-        ctx = await g.authenticate(request, Action.LIST_MODELS)
-        raw = await g.bus_request(
-            settings.subjects.inference_models, ModelsRequest(tenant=ctx.tenant), ctx.headers()
+        ctx = await gw.auth.check(request.headers.get("authorization"), Action.LIST_MODELS)
+        reply = await gw.bus.ask(
+            peers.router,
+            subjects.inference_models,
+            ModelsRequest(tenant=ctx.tenant),
+            ModelsReply,
+            headers=ctx.headers(),
         )
         return [
             {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
-            for m in ModelsReply.model_validate_json(raw).models
+            for m in reply.models
         ]
 
     @app.get("/v1/models", response_model=None)
@@ -346,15 +187,14 @@ def create_fastapi(settings: Settings) -> FastAPI:
 
     @app.post("/v1/admin/keys", response_model=None)
     async def admin_create_key(request: Request) -> Response:
-        g = gw(request)
-        ctx = await g.authenticate(request, Action.MANAGE_KEYS)
-        body = await g.read_json(request)
+        ctx = await gw.auth.check(request.headers.get("authorization"), Action.MANAGE_KEYS)
+        body = await gw.read_json(request)
         if not isinstance(body, dict) or body.get("role") not in keys.ROLES:
             raise EnclaveError(
                 400, f"`role` must be one of {', '.join(keys.ROLES)}.", "invalid_value", "role"
             )
         stored, plaintext = await create_key(
-            g.db, ctx.tenant, body["role"], str(body.get("name", "")), body.get("rate_limit_rpm")
+            gw.db, ctx.tenant, body["role"], str(body.get("name", "")), body.get("rate_limit_rpm")
         )
         return JSON(
             {
@@ -374,9 +214,9 @@ def create_fastapi(settings: Settings) -> FastAPI:
             "/v1/embeddings": EmbeddingRequest,
         },
     )
-    audit_routes.register(app)
-    guardrails_routes.register(app)
-    sandbox_routes.register(app)
+    audit_routes.register(app, gw)
+    guardrails_routes.register(app, gw)
+    sandbox_routes.register(app, gw)
     return app
 
 

@@ -9,23 +9,20 @@ tenant never comes from the client. They ask the audit service over the bus.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
 
-from libs.audit import AuditPublisher, digest, export_lines, outbox_dir
+from libs.audit import AuditPublisher, digest, export_lines
 from libs.context import RequestContext
 from libs.errors import EnclaveError
 from libs.events import AuditExportRequest, AuditReply, AuditSearch, AuditVerifyRequest
-from libs.settings import Settings
 from services.gateway.policy import Action
 
-AUDIT_TIMEOUT_S = 30.0
-
-
-def start_publisher(settings: Settings, nc: Any) -> AuditPublisher:
-    return AuditPublisher(nc, settings.subjects, "gateway", outbox_dir(settings.home)).start()
+if TYPE_CHECKING:
+    from services.gateway.bootstrap import Gateway
 
 
 async def record_request(
@@ -37,19 +34,15 @@ async def record_request(
     )
 
 
-async def audit_request(request: Request, ctx: RequestContext, action: str, model: str) -> None:
+async def audit_request(
+    gw: Gateway, request: Request, ctx: RequestContext, action: str, model: str
+) -> None:
     """Record one inference request; the body was read already (Starlette caches it)."""
-    publisher: AuditPublisher | None = getattr(request.app.state, "audit", None)
-    if publisher is None:
-        return
-    await record_request(publisher, ctx, action, model, await request.body(), request.url.path)
+    await record_request(gw.audit, ctx, action, model, await request.body(), request.url.path)
 
 
-async def _ask(request: Request, subject: str, event: Any) -> AuditReply:
-    raw = await request.app.state.gw.bus_request(
-        subject, event, service="audit service", code="no_audit_service", timeout=AUDIT_TIMEOUT_S
-    )
-    reply = AuditReply.model_validate_json(raw)
+async def _ask(gw: Gateway, subject: str, event: BaseModel) -> AuditReply:
+    reply = await gw.bus.ask(gw.bus.peers.audit, subject, event, AuditReply)
     if reply.error is not None:
         raise EnclaveError.of(reply.error)
     return reply
@@ -64,21 +57,19 @@ def _int(value: str | None, name: str, default: int) -> int:
         raise EnclaveError(400, f"`{name}` must be an integer.", "invalid_value", name) from None
 
 
-def register(app: FastAPI) -> None:
-    def subjects(request: Request) -> Any:
-        return request.app.state.gw.settings.subjects
+def register(app: FastAPI, gw: Gateway) -> None:
+    subjects = gw.bus.subjects
 
     @app.get("/v1/audit/entries", response_model=None)
     async def audit_entries(request: Request) -> Response:
-        gw = request.app.state.gw
-        ctx = await gw.authenticate(request, Action.READ_AUDIT)
+        ctx = await gw.auth.check(request.headers.get("authorization"), Action.READ_AUDIT)
         q = request.query_params
         limit = _int(q.get("limit"), "limit", 100)
         if not 1 <= limit <= 500:
             raise EnclaveError(400, "`limit` must be within 1..500.", "invalid_value", "limit")
         reply = await _ask(
-            request,
-            subjects(request).audit_api_search,
+            gw,
+            subjects.audit_api_search,
             AuditSearch(
                 tenant=ctx.tenant,
                 ctx=ctx,
@@ -100,8 +91,7 @@ def register(app: FastAPI) -> None:
 
     @app.post("/v1/audit/verify", response_model=None)
     async def audit_verify(request: Request) -> Response:
-        gw = request.app.state.gw
-        ctx = await gw.authenticate(request, Action.READ_AUDIT)
+        ctx = await gw.auth.check(request.headers.get("authorization"), Action.READ_AUDIT)
         body = await gw.read_json(request) if await request.body() else {}
         if not isinstance(body, dict):
             raise EnclaveError(400, "The body must be a JSON object.", "invalid_value")
@@ -112,8 +102,8 @@ def register(app: FastAPI) -> None:
         if to_seq is not None and not isinstance(to_seq, int):
             raise EnclaveError(400, "`to_seq` must be an integer.", "invalid_value", "to_seq")
         reply = await _ask(
-            request,
-            subjects(request).audit_api_verify,
+            gw,
+            subjects.audit_api_verify,
             AuditVerifyRequest(tenant=ctx.tenant, from_seq=from_seq, to_seq=to_seq, ctx=ctx),
         )
         return Response(
@@ -123,12 +113,11 @@ def register(app: FastAPI) -> None:
 
     @app.get("/v1/audit/export", response_model=None)
     async def audit_export(request: Request) -> Response:
-        gw = request.app.state.gw
-        ctx = await gw.authenticate(request, Action.READ_AUDIT)
-        subject = subjects(request).audit_api_export
+        ctx = await gw.auth.check(request.headers.get("authorization"), Action.READ_AUDIT)
+        subject = subjects.audit_api_export
 
         async def ask(req: AuditExportRequest) -> AuditReply:
-            return await _ask(request, subject, req)
+            return await _ask(gw, subject, req)
 
         # The first page is asked for before the response starts: its errors get a status.
         lines = export_lines(ask, ctx.tenant, ctx)

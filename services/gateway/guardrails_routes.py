@@ -6,19 +6,21 @@ Same authentication as the rest of the API; the tenant's policy (and an agent's,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import nats
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from libs.bus import event_bytes
 from libs.errors import EnclaveError
-from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
+from libs.events import ChatMessage, GuardrailCheck
+from libs.guardrails_client import ask_guardrails
 from services.gateway.openai_shapes import validate
 from services.gateway.policy import Action
+
+if TYPE_CHECKING:
+    from services.gateway.bootstrap import Gateway
 
 
 class CheckRequest(BaseModel):
@@ -29,11 +31,10 @@ class CheckRequest(BaseModel):
     policy: str | None = Field(default=None, min_length=1, max_length=128)
 
 
-def register(app: FastAPI) -> None:
+def register(app: FastAPI, gw: Gateway) -> None:
     @app.post("/v1/guardrails/check", response_model=None)
     async def guardrails_check(request: Request) -> Response:
-        gw = request.app.state.gw
-        ctx = await gw.authenticate(request, Action.INFER)
+        ctx = await gw.auth.check(request.headers.get("authorization"), Action.INFER)
         req = validate(CheckRequest, await gw.read_json(request))
         role = "user" if req.direction == "input" else "assistant"
         check = GuardrailCheck(
@@ -42,22 +43,7 @@ def register(app: FastAPI) -> None:
             messages=[ChatMessage(role=role, content=req.text)],
             agent=req.policy,
         )
-        s = gw.settings.subjects
-        subject = s.guardrails_input if req.direction == "input" else s.guardrails_output
-        try:
-            msg = await gw.nc.request(
-                subject,
-                event_bytes(check),
-                timeout=gw.settings.upstream_timeout_s,
-                headers=ctx.headers(),
-            )
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            raise EnclaveError(
-                503,
-                "The guardrails service is not available; try again later.",
-                "guardrails_unavailable",
-            ) from None
-        verdict = GuardrailVerdict.model_validate_json(msg.data)
+        verdict = await ask_guardrails(gw.bus, check, gw.bus.peers.guardrails_api)
         if verdict.error is not None:
             raise EnclaveError.of(verdict.error)
         body = {

@@ -12,15 +12,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
+from fastapi import FastAPI
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
+from starlette.types import Receive, Scope, Send
 
-from libs.audit import AuditPublisher
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import ChatRequested, TurnEvent, Usage
 from libs.telemetry import attributes, with_span
 from services.gateway.audit_routes import record_request
+from services.gateway.auth import Grant
+from services.gateway.bootstrap import Gateway
 from services.gateway.openai_shapes import (
     Accumulator,
     ChatCompletionRequest,
@@ -34,11 +37,6 @@ from services.gateway.openai_shapes import (
 )
 from services.gateway.policy import Action
 from services.gateway.turn_client import TurnStream
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ROUTES = {
     "/v1/chat/completions": "chat",
@@ -55,14 +53,14 @@ def _sse_line(obj: Any) -> bytes:
 
 
 async def open_turn(
-    gw: Any, event: ChatRequested, audit: Callable[[], Awaitable[Any]]
+    gw: Gateway, event: ChatRequested, audit: Callable[[], Awaitable[Any]]
 ) -> tuple[TurnStream, list[TurnEvent]]:
     """Publish the turn and hold the status line until it produced output or failed, so
     that an error before the first token (unknown model, no worker, timeout) gets its own
     status. The request's audit record is written while the turn runs (before the publish
     it would delay it) and is durable before any status goes out."""
     try:
-        turn = await gw.turns.start(event)
+        turn = await gw.turns.start_turn(event)
     except BaseException:
         await audit()
         raise
@@ -143,12 +141,9 @@ async def stream(
 class HotPath:
     """ASGI wrapper: the streamed routes here, everything else to the FastAPI app."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, gw: Gateway, app: FastAPI) -> None:
+        self.gw = gw
         self.app = app
-
-    @property
-    def audit(self) -> AuditPublisher:
-        return self.app.state.audit  # type: ignore[no-any-return]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
@@ -184,9 +179,10 @@ class HotPath:
     async def _handle(
         self, kind: str, headers: dict[bytes, bytes], receive: Receive
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes | AsyncIterator[bytes]]:
-        gw = self.app.state.gw
+        gw = self.gw
         auth = headers.get(b"authorization")
-        ctx, key = await gw.identify(auth.decode("latin-1") if auth else None, Action.INFER)
+        grant = await gw.auth.authorize(auth.decode("latin-1") if auth else None, Action.INFER)
+        ctx = grant.ctx
         incoming = headers.get(b"traceparent")
         parent = propagate.extract({"traceparent": incoming.decode()}) if incoming else None
         with gw.tracer.start_as_current_span(
@@ -195,19 +191,18 @@ class HotPath:
             kind=SpanKind.SERVER,
             attributes=attributes(ctx),
         ) as span:
-            return await self._turn(kind, gw, with_span(ctx, span), key, headers, receive)
+            return await self._turn(kind, gw, with_span(ctx, span), grant, headers, receive)
 
     async def _turn(
         self,
         kind: str,
-        gw: Any,
+        gw: Gateway,
         ctx: RequestContext,
-        key: Any,
+        grant: Grant,
         headers: dict[bytes, bytes],
         receive: Receive,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes | AsyncIterator[bytes]]:
         # The rate limit's Redis round trip runs while the body is read and validated.
-        limited = asyncio.ensure_future(gw.enforce_rate_limit(key))
         try:
             declared = headers.get(b"content-length")
             gw.check_declared_size(declared.decode() if declared else None)
@@ -220,12 +215,12 @@ class HotPath:
                 event = completion_event(completion, ctx)
                 wants_stream, usage = completion.stream, completion.include_usage
         finally:
-            await limited
+            await grant.within_limit()
         turn, first = await open_turn(
             gw,
             event,
             lambda: record_request(
-                self.audit, ctx, AUDIT_ACTIONS[kind], event.model, body, ROUTE_PATHS[kind]
+                gw.audit, ctx, AUDIT_ACTIONS[kind], event.model, body, ROUTE_PATHS[kind]
             ),
         )
         extra = [(b"x-request-id", ctx.request_id.encode())]
@@ -235,7 +230,7 @@ class HotPath:
         return 200, extra, await collect(turn, first, event)
 
 
-async def _read_body(receive: Receive, gw: Any) -> bytes:
+async def _read_body(receive: Receive, gw: Gateway) -> bytes:
     parts: list[bytes] = []
     size = 0
     while True:

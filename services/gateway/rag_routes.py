@@ -6,50 +6,46 @@ as raw bytes (metadata in headers), so a file is limited by the bus's message si
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
-from libs.bus import event_bytes
 from libs.context import RequestContext
 from libs.errors import EnclaveError
-from libs.events import RagReply, RagRequest
+from libs.events import (
+    FileOp,
+    FilesList,
+    MemoriesOp,
+    MemoryOperation,
+    RagReply,
+    RagRequest,
+    TenantDataDelete,
+    VectorStoreBodyOp,
+    VectorStoreFileOp,
+    VectorStoreOp,
+    VectorStoresList,
+)
 from services.gateway.policy import Action
 
-TIMEOUT_S = 120.0
+if TYPE_CHECKING:
+    from services.gateway.bootstrap import Gateway
 
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-async def _call(request: Request, subject: str, data: bytes, headers: dict[str, str]) -> Response:
-    raw = await request.app.state.gw.bus_request(
-        subject,
-        data,
-        headers,
-        service="memory service",
-        code="no_memory_service",
-        timeout=TIMEOUT_S,
-    )
-    reply = RagReply.model_validate_json(raw)
-    if reply.error is not None:
-        raise EnclaveError.of(reply.error)
-    if reply.status != 200:
-        raise EnclaveError(reply.status, "The memory service refused the request.")
+async def _call(
+    gw: Gateway, subject: str, request: BaseModel | bytes, headers: dict[str, str]
+) -> Response:
+    reply = await gw.bus.ask(gw.bus.peers.memory_api, subject, request, RagReply, headers=headers)
     return _json(reply.body)
 
 
-async def _op(request: Request, ctx: RequestContext, op: str, **args: Any) -> Response:
-    gw = request.app.state.gw
-    event = RagRequest(ctx=ctx, op=op, args=args)
-    return await _call(request, gw.settings.subjects.memory_rag, event_bytes(event), ctx.headers())
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    gw = request.app.state.gw
+async def _body(gw: Gateway, request: Request) -> dict[str, Any]:
     if not await request.body():
         return {}
     body = await gw.read_json(request)
@@ -58,15 +54,19 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def register(app: FastAPI) -> None:
+def register(app: FastAPI, gw: Gateway) -> None:
+    subjects = gw.bus.subjects
+
     async def auth(request: Request, action: Action = Action.INFER) -> RequestContext:
-        ctx: RequestContext = await request.app.state.gw.authenticate(request, action)
-        return ctx
+        return await gw.auth.check(request.headers.get("authorization"), action)
+
+    async def _op(ctx: RequestContext, operation: MemoryOperation) -> Response:
+        event = RagRequest(ctx=ctx, operation=operation)
+        return await _call(gw, subjects.memory_rag, event, ctx.headers())
 
     @app.post("/v1/files", response_model=None)
     async def create_file(request: Request) -> Response:
         ctx = await auth(request)
-        gw = request.app.state.gw
         limit = max(1024, gw.nc.max_payload - 8192)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit + 4096:
@@ -85,95 +85,103 @@ def register(app: FastAPI) -> None:
             "enclave-filename": (upload.filename or "upload.txt").replace("\n", " ")[:500],
             "enclave-purpose": purpose,
         }
-        return await _call(request, gw.settings.subjects.memory_upload, data, headers)
+        return await _call(gw, subjects.memory_upload, data, headers)
 
     @app.get("/v1/files", response_model=None)
     async def list_files(request: Request) -> Response:
-        return await _op(request, await auth(request), "files.list")
+        return await _op(await auth(request), FilesList())
 
     @app.get("/v1/files/{file_id}", response_model=None)
     async def get_file(file_id: str, request: Request) -> Response:
-        return await _op(request, await auth(request), "files.get", file_id=file_id)
+        return await _op(await auth(request), FileOp(op="files.get", file_id=file_id))
 
     @app.delete("/v1/files/{file_id}", response_model=None)
     async def delete_file(file_id: str, request: Request) -> Response:
-        return await _op(request, await auth(request), "files.delete", file_id=file_id)
+        return await _op(await auth(request), FileOp(op="files.delete", file_id=file_id))
 
     @app.post("/v1/vector_stores", response_model=None)
     async def create_store(request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "vector_stores.create", **await _body(request))
+        return await _op(
+            ctx, VectorStoreBodyOp(op="vector_stores.create", body=await _body(gw, request))
+        )
 
     @app.get("/v1/vector_stores", response_model=None)
     async def list_stores(request: Request) -> Response:
-        return await _op(request, await auth(request), "vector_stores.list")
+        return await _op(await auth(request), VectorStoresList())
 
     @app.get("/v1/vector_stores/{vs_id}", response_model=None)
     async def get_store(vs_id: str, request: Request) -> Response:
-        return await _op(request, await auth(request), "vector_stores.get", vector_store_id=vs_id)
+        return await _op(
+            await auth(request), VectorStoreOp(op="vector_stores.get", vector_store_id=vs_id)
+        )
 
     @app.delete("/v1/vector_stores/{vs_id}", response_model=None)
     async def delete_store(vs_id: str, request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "vector_stores.delete", vector_store_id=vs_id)
+        return await _op(ctx, VectorStoreOp(op="vector_stores.delete", vector_store_id=vs_id))
 
     @app.post("/v1/vector_stores/{vs_id}/search", response_model=None)
     async def search_store(vs_id: str, request: Request) -> Response:
         ctx = await auth(request)
-        body = await _body(request)
-        return await _op(request, ctx, "vector_stores.search", **{**body, "vector_store_id": vs_id})
+        body = await _body(gw, request)
+        return await _op(
+            ctx, VectorStoreBodyOp(op="vector_stores.search", vector_store_id=vs_id, body=body)
+        )
 
     @app.post("/v1/vector_stores/{vs_id}/files", response_model=None)
     async def add_store_file(vs_id: str, request: Request) -> Response:
         ctx = await auth(request)
-        body = await _body(request)
+        body = await _body(gw, request)
         return await _op(
-            request, ctx, "vector_stores.files.create", **{**body, "vector_store_id": vs_id}
+            ctx,
+            VectorStoreBodyOp(op="vector_stores.files.create", vector_store_id=vs_id, body=body),
         )
 
     @app.get("/v1/vector_stores/{vs_id}/files", response_model=None)
     async def list_store_files(vs_id: str, request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "vector_stores.files.list", vector_store_id=vs_id)
+        return await _op(ctx, VectorStoreOp(op="vector_stores.files.list", vector_store_id=vs_id))
 
     @app.get("/v1/vector_stores/{vs_id}/files/{file_id}", response_model=None)
     async def get_store_file(vs_id: str, file_id: str, request: Request) -> Response:
         ctx = await auth(request)
         return await _op(
-            request, ctx, "vector_stores.files.get", vector_store_id=vs_id, file_id=file_id
+            ctx,
+            VectorStoreFileOp(op="vector_stores.files.get", vector_store_id=vs_id, file_id=file_id),
         )
 
     @app.delete("/v1/vector_stores/{vs_id}/files/{file_id}", response_model=None)
     async def delete_store_file(vs_id: str, file_id: str, request: Request) -> Response:
         ctx = await auth(request)
         return await _op(
-            request, ctx, "vector_stores.files.delete", vector_store_id=vs_id, file_id=file_id
+            ctx,
+            VectorStoreFileOp(
+                op="vector_stores.files.delete", vector_store_id=vs_id, file_id=file_id
+            ),
         )
 
     # Memories (extension): the caller's own; admin and developer keys may name a user.
     @app.get("/v1/memories", response_model=None)
     async def list_memories(request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "memories.list", user=request.query_params.get("user"))
+        return await _op(ctx, MemoriesOp(op="memories.list", user=request.query_params.get("user")))
 
     @app.delete("/v1/memories", response_model=None)
     async def delete_memories(request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(request, ctx, "memories.delete", user=request.query_params.get("user"))
+        return await _op(
+            ctx, MemoriesOp(op="memories.delete", user=request.query_params.get("user"))
+        )
 
     @app.delete("/v1/memories/{memory_id}", response_model=None)
     async def delete_memory(memory_id: str, request: Request) -> Response:
         ctx = await auth(request)
-        return await _op(
-            request,
-            ctx,
-            "memories.delete",
-            user=request.query_params.get("user"),
-            memory_id=memory_id,
-        )
+        user = request.query_params.get("user")
+        return await _op(ctx, MemoriesOp(op="memories.delete", user=user, memory_id=memory_id))
 
     # A whole tenant's memory and RAG data (admin of that tenant only).
     @app.delete("/v1/admin/tenant_data", response_model=None)
     async def delete_tenant(request: Request) -> Response:
         ctx = await auth(request, Action.MANAGE_KEYS)
-        return await _op(request, ctx, "tenant.delete")
+        return await _op(ctx, TenantDataDelete())

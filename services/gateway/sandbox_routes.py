@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -18,8 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libs.errors import EnclaveError
 from libs.events import SandboxExecReply, SandboxExecRequest, SandboxFile
+from libs.rpc import Peer
 from services.gateway.openai_shapes import validate
 from services.gateway.policy import Action
+
+if TYPE_CHECKING:
+    from services.gateway.bootstrap import Gateway
 
 # How long past the longest allowed run the gateway waits (queueing behind busy slots).
 QUEUE_SLACK_S = 30.0
@@ -87,7 +91,13 @@ def _request_schema() -> dict[str, object]:
     return schema
 
 
-def register(app: FastAPI) -> None:
+def register(app: FastAPI, gw: Gateway) -> None:
+    sandbox = Peer(
+        "the sandbox service",
+        "sandbox_unavailable",
+        gw.settings.sandbox_max_timeout_s + QUEUE_SLACK_S,
+    )
+
     @app.post(
         "/v1/sandbox/exec",
         response_model=None,
@@ -99,8 +109,7 @@ def register(app: FastAPI) -> None:
         },
     )
     async def sandbox_exec(request: Request) -> Response:
-        gw = request.app.state.gw
-        ctx = await gw.authenticate(request, Action.EXEC_CODE)
+        ctx = await gw.auth.check(request.headers.get("authorization"), Action.EXEC_CODE)
         req = validate(ExecRequest, await gw.read_json(request))
         event = SandboxExecRequest(
             ctx=ctx,
@@ -109,15 +118,7 @@ def register(app: FastAPI) -> None:
             files=[f.as_event() for f in req.files],
             timeout_s=req.timeout_s,
         )
-        raw = await gw.bus_request(
-            gw.settings.subjects.sandbox_exec,
-            event,
-            ctx.headers(),
-            service="sandbox service",
-            code="sandbox_unavailable",
-            timeout=gw.settings.sandbox_max_timeout_s + QUEUE_SLACK_S,
-        )
-        reply = SandboxExecReply.model_validate_json(raw)
+        reply = await gw.bus.ask(sandbox, gw.bus.subjects.sandbox_exec, event, SandboxExecReply)
         if reply.error is not None:
             raise EnclaveError.of(reply.error)
         return Response(

@@ -1,26 +1,35 @@
 """Prompt-injection and jailbreak scoring: named heuristics plus a small text classifier.
 
-The classifier (TF-IDF word and character n-grams, logistic regression) is trained on
-`injection_data.training_set()`, generated at build time; nothing is downloaded. The score
-is the larger of the classifier's probability and the strongest heuristic that fired, so
-each verdict can say why. Pure: no I/O (adapters/classifier_cache.py stores the model).
+The classifier (TF-IDF word and character n-grams, logistic regression) is trained at build
+time, deterministically, on `injection_data.training_set()` (generated) plus the tuning
+split of public corpora (`injection_data.tuning_set()`; bench/data/guardrails/split.json);
+nothing is downloaded. Its decision point is calibrated on out-of-fold predictions for the
+corpora's benign tuning texts and mapped to 0.5. The score is the larger of that calibrated
+probability and the strongest heuristic that fired (halved when the classifier is sure the
+text is ordinary), so each verdict can say why. Messages of at most three words are judged
+by the heuristics alone. Long texts are also scored per window. Pure apart from the
+scheduler's checkpoint (adapters/classifier_cache.py stores the model).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from services.guardrails.injection_data import training_set
+from services.guardrails.injection_data import stored_calibration, training_set, tuning_set
+from services.guardrails.linear import compile_linear
+from services.guardrails.scheduler import checkpoint
 
 # (reason, weight, pattern) — matched against normalised text (lowercase, leetspeak undone).
-_HEURISTICS: list[tuple[str, float, re.Pattern[str]]] = [
+_HEURISTICS: list[tuple[str, float, Any]] = [
     (
         "instruction override",
         0.9,
-        re.compile(
+        compile_linear(
             r"\b(ignore|disregard|forget|override|bypass|abandon)\b[\w\s,]{0,30}?"
             r"\b(previous|prior|above|earlier|preceding|all|your|any|initial|original|system)\b"
             r"[\w\s]{0,20}?\b(instructions?|rules|guidelines|directions|prompts?|constraints"
@@ -30,7 +39,7 @@ _HEURISTICS: list[tuple[str, float, re.Pattern[str]]] = [
     (
         "system prompt extraction",
         0.85,
-        re.compile(
+        compile_linear(
             r"\b(reveal|print|show|repeat|output|leak|display|dump|tell me|give me|recite)\b"
             r"[\w\s]{0,20}?\b(system prompt|initial (instructions|prompt)"
             r"|hidden (instructions|rules|prompt)|original prompt|developer message"
@@ -41,7 +50,7 @@ _HEURISTICS: list[tuple[str, float, re.Pattern[str]]] = [
     (
         "jailbreak persona",
         0.9,
-        re.compile(
+        compile_linear(
             r"\b(do anything now|dan mode|developer mode (enabled|on)|enable developer mode"
             r"|jailbr(o|ea)ken?|no (content|ethical) (policy|polic(y|ies)|guidelines|filters)"
             r"|without (any )?(restrictions|filters|limits|rules|content policy)"
@@ -52,7 +61,7 @@ _HEURISTICS: list[tuple[str, float, re.Pattern[str]]] = [
     (
         "fake role delimiter",
         0.85,
-        re.compile(
+        compile_linear(
             r"(<\|im_start\|>|<\|system\|>|</?system>|\[system( override)?\]|###\s*system"
             r"|begin new instructions|new instructions:|admin command|end of user input)"
         ),
@@ -60,7 +69,7 @@ _HEURISTICS: list[tuple[str, float, re.Pattern[str]]] = [
     (
         "instructions aimed at the model inside content",
         0.8,
-        re.compile(
+        compile_linear(
             r"\b(note|message|instruction)s? (to|for) (the )?(ai|assistant|chatbot|model|llm)"
             r"|\bif you are an? (ai|language model|llm|assistant)\b|\bai agents?:"
         ),
@@ -68,7 +77,7 @@ _HEURISTICS: list[tuple[str, float, re.Pattern[str]]] = [
     (
         "refusal suppression",
         0.7,
-        re.compile(
+        compile_linear(
             r"\b(you (cannot|can't|must not|may not) refuse|without any (warnings|disclaimers)"
             r"|safety rules do not apply|turn off your (filters|safety))\b"
         ),
@@ -90,9 +99,42 @@ class InjectionResult:
     reasons: list[str]
 
 
+@dataclass
+class InjectionModel:
+    """The fitted pipeline and the probability calibrated as the decision point: the
+    detector maps it to 0.5, so that a policy's threshold 0.5 means "as calibrated"."""
+
+    pipeline: Any
+    threshold: float
+
+
+# Texts longer than this are also scored window by window (an instruction hidden in a long
+# document is diluted in the whole), the highest window counting.
+WINDOW = 1500
+STEP = 1000
+# A message of at most this many words carries no instruction the classifier can judge
+# ("hi", "say hi.", "thanks a lot"): only the named heuristics can flag it.
+SHORT_WORDS = 3
+# Below this calibrated score a heuristic counts half (see InjectionDetector.score).
+CONFIDENT_BENIGN = 0.1
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def windows(norm: str) -> list[str]:
+    if len(norm) <= WINDOW:
+        return [norm]
+    return [norm] + [norm[i : i + WINDOW] for i in range(0, len(norm) - STEP, STEP)]
+
+
 class InjectionDetector:
-    def __init__(self, classifier: Any) -> None:
-        self.classifier = classifier
+    def __init__(self, model: Any) -> None:
+        if not isinstance(model, InjectionModel):
+            model = InjectionModel(model, 0.5)
+        self.model = model
 
     def score(self, text: str) -> InjectionResult:
         if not text.strip():
@@ -104,20 +146,28 @@ class InjectionDetector:
             if pattern.search(norm):
                 reasons.append(f"heuristic: {reason}")
                 best = max(best, weight)
-        p = float(self.classifier.predict_proba([norm])[0][1])
-        if p >= 0.5:
-            reasons.append(f"classifier: {p:.2f}")
-        return InjectionResult(round(max(best, p), 4), reasons)
+        if len(norm.split()) <= SHORT_WORDS:
+            return InjectionResult(round(best, 4), reasons)
+        p = 0.0
+        parts = windows(norm)
+        for i in range(0, len(parts), 16):
+            checkpoint()
+            p = max(p, float(self.model.pipeline.predict_proba(parts[i : i + 16])[:, 1].max()))
+        calibrated = 1 / (1 + math.exp(-(_logit(p) - _logit(self.model.threshold))))
+        if calibrated >= 0.5:
+            reasons.append(f"classifier: {calibrated:.2f}")
+        if calibrated < CONFIDENT_BENIGN:
+            # The words of an override in a text the classifier is sure is ordinary (a
+            # quoted notice, a question about jailbreaks): the heuristic alone is not enough.
+            best /= 2
+        return InjectionResult(round(max(best, calibrated), 4), reasons)
 
 
-def train_classifier(texts: list[str] | None = None, labels: list[int] | None = None) -> Any:
-    """A fitted scikit-learn pipeline; takes a few seconds on the generated set."""
+def _pipeline() -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import FeatureUnion, Pipeline
 
-    if texts is None or labels is None:
-        texts, labels = training_set()
     features = FeatureUnion(
         [
             ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),
@@ -129,6 +179,69 @@ def train_classifier(texts: list[str] | None = None, labels: list[int] | None = 
             ),
         ]
     )
-    model = Pipeline([("features", features), ("lr", LogisticRegression(C=4.0, max_iter=2000))])
-    model.fit([normalise(t) for t in texts], labels)
-    return model
+    return Pipeline(
+        [
+            ("features", features),
+            ("lr", LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced")),
+        ]
+    )
+
+
+# The calibration target: the share of the corpora's benign tuning texts (cross-validated)
+# at or above the decision point. The generated benign texts are not counted: out of fold
+# they score near 0 (templates), which would make any threshold look safe.
+CALIBRATION_FPR = 0.015
+
+
+def calibrate(texts: list[str], labels: list[int], real: int = 0, folds: int = 5) -> float:
+    """The decision probability: the lowest at which at most CALIBRATION_FPR of the benign
+    texts among the last `real` (all if 0) score as high, on out-of-fold predictions (each
+    text scored by a model that did not train on it)."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    norm = [normalise(t) for t in texts]
+    y = np.asarray(labels)
+    oof = np.zeros(len(norm))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(norm, y):
+        model = _pipeline().fit([norm[i] for i in train], y[train])
+        oof[test] = model.predict_proba([norm[i] for i in test])[:, 1]
+    counted = np.arange(len(norm)) >= (len(norm) - real if real else 0)
+    benign = np.sort(oof[(y == 0) & counted])[::-1]
+    k = int(CALIBRATION_FPR * len(benign))
+    return float(min(0.99, max(0.05, benign[k] + 1e-6)))
+
+
+def train_classifier(
+    texts: list[str] | None = None, labels: list[int] | None = None, calibrated: bool = True
+) -> InjectionModel:
+    """The fitted pipeline on the generated set plus the corpora's tuning split, and its
+    calibrated decision point; a few seconds (the calibration fits it five more times)."""
+    real = 0
+    shipped = False
+    if texts is None or labels is None:
+        texts, labels = training_set()
+        extra_texts, extra_labels = tuning_set()
+        texts, labels, real = texts + extra_texts, labels + extra_labels, len(extra_texts)
+        shipped = True
+    threshold = 0.5
+    if calibrated:
+        # The shipped calibration is reused when it was made on exactly these texts with
+        # this pipeline (it costs five more fits, a minute on a small machine).
+        digest = training_digest(texts, labels)
+        stored = stored_calibration() if shipped else None
+        if stored is not None and stored[0] == digest:
+            threshold = stored[1]
+        else:
+            threshold = calibrate(texts, labels, real)
+    model = _pipeline().fit([normalise(t) for t in texts], labels)
+    return InjectionModel(model, threshold)
+
+
+def training_digest(texts: list[str], labels: list[int]) -> str:
+    h = hashlib.sha256()
+    for t, y in zip(texts, labels, strict=True):
+        h.update(f"{y}\0{t}\0".encode())
+    h.update(repr(sorted(_pipeline().get_params().items(), key=lambda kv: kv[0])).encode())
+    h.update(f"{CALIBRATION_FPR}".encode())
+    return h.hexdigest()[:16]

@@ -10,10 +10,11 @@ Pure: no I/O; adapters/policy_files.py reads the documents.
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from services.guardrails.linear import UnsupportedPattern, compile_linear
 
 Action = Literal["allow", "mask", "hash", "pseudonymise", "redact", "block"]
 Level = Literal["global", "tenant", "agent"]
@@ -62,9 +63,9 @@ class CustomRecognizer(_Section):
     def _compiles(cls, v: list[str]) -> list[str]:
         for p in v:
             try:
-                re.compile(p)
-            except re.error as exc:
-                raise ValueError(f"pattern {p!r} does not compile: {exc}") from None
+                compile_linear(p)
+            except UnsupportedPattern as exc:
+                raise ValueError(str(exc)) from None
         return v
 
 
@@ -153,6 +154,7 @@ class EffectivePolicy(BaseModel):
         """Whether anything in the input is checked: if not, input verdicts are constant."""
         return (
             self.pii_enabled
+            or self.secrets_enabled
             or self.injection_enabled
             or self.screen_context
             or bool(self.topics_denied or self.topics_allowed)
@@ -296,9 +298,9 @@ def merge(above: EffectivePolicy, doc: PolicyDocument) -> EffectivePolicy:
         )
     for p in o.denied_patterns:
         try:
-            re.compile(p)
-        except re.error as exc:
-            raise PolicyError("output.denied_patterns", lvl, f"{p!r}: {exc}") from None
+            compile_linear(p, ignore_case=True)
+        except UnsupportedPattern as exc:
+            raise PolicyError("output.denied_patterns", lvl, str(exc)) from None
         if p not in out.denied_patterns:
             out.denied_patterns.append(p)
 

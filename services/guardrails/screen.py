@@ -6,7 +6,6 @@ anonymizer operators), so it runs the same in the service, the benchmark and the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -14,10 +13,13 @@ import numpy as np
 
 from libs.events import GuardrailCheck, GuardrailEntity, GuardrailVerdict
 from services.guardrails.injection import InjectionDetector
+from services.guardrails.linear import compile_linear
 from services.guardrails.policy import CustomRecognizer, EffectivePolicy
+from services.guardrails.scheduler import checkpoint
 from services.guardrails.secrets import Span, scan
+from services.guardrails.structured import NotJson, rewrite_json
 
-PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
+PLACEHOLDER = compile_linear(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
 
 
 class PiiFinder(Protocol):
@@ -127,6 +129,10 @@ class Screener:
         marks = [m.span() for m in PLACEHOLDER.finditer(text)]
         return [s for s in spans if not any(a < s.end and s.start < b for a, b in marks)]
 
+    @staticmethod
+    def _secret_spans(text: str, policy: EffectivePolicy) -> list[Span]:
+        return scan(text, policy.min_entropy) if policy.secrets_enabled else []
+
     def _topic(self, text: str, policy: EffectivePolicy) -> tuple[str, str] | None:
         """(rule, reason) when the text is off-topic or on a denied topic."""
         if self.embedder is None or not (policy.topics_denied or policy.topics_allowed):
@@ -161,12 +167,18 @@ class Screener:
         rule: str | None = None
         for i, msg in enumerate(check.messages):
             text = msg.content or ""
+            checkpoint()
             found = [(s, policy.input_action(s.type)) for s in self._pii_spans(text, policy)]
+            # Secrets never reach a model either: in user text, documents and tool results.
+            secrets = self._secret_spans(text, policy)
+            found += [(s, policy.secrets_action) for s in secrets]
             rewritten, seen = self._rewrite(text, found, tenant, names, message=i)
             for e in seen:
                 if e.action == "block" and rule is None:
-                    rule = f"pii.entities.{e.type}"
-                    reasons.append(f"pii: {e.type} is blocked by policy")
+                    secret = any((s.start, s.type) == (e.start, e.type) for s in secrets)
+                    rule = "secrets.action" if secret else f"pii.entities.{e.type}"
+                    kind = "secrets" if secret else "pii"
+                    reasons.append(f"{kind}: {e.type} is blocked by policy")
             entities += seen
             texts.append(rewritten)
             screened = (check.direction == "context" and policy.screen_context) or (
@@ -216,22 +228,35 @@ class Screener:
             else [],
         )
 
-    def _output(self, check: GuardrailCheck, policy: EffectivePolicy) -> GuardrailVerdict:
-        text = check.messages[0].content or "" if check.messages else ""
-        tenant = check.ctx.tenant
-        names = Pseudonyms({})
+    def _output_spans(
+        self, text: str, policy: EffectivePolicy, tenant: str
+    ) -> tuple[str, list[GuardrailEntity]]:
         found: list[tuple[Span, str]] = []
-        if policy.secrets_enabled:
-            found += [(s, policy.secrets_action) for s in scan(text, policy.min_entropy)]
+        found += [(s, policy.secrets_action) for s in self._secret_spans(text, policy)]
         if policy.output_pii:
             for s in self._pii_spans(text, policy):
                 action = policy.output_action(s.type)
                 if action != "allow":
                     # The user cannot be handed back a value the model made up.
                     found.append((s, "redact" if action == "pseudonymise" else action))
-        rewritten, entities = self._rewrite(text, found, tenant, names)
+        return self._rewrite(text, found, tenant, Pseudonyms({}))
+
+    def _output(self, check: GuardrailCheck, policy: EffectivePolicy) -> GuardrailVerdict:
+        text = check.messages[0].content or "" if check.messages else ""
+        tenant = check.ctx.tenant
         reasons: list[str] = []
         rule: str | None = None
+        if check.structure == "json":
+            try:
+                rewritten, entities = rewrite_json(
+                    text, lambda value: self._output_spans(value, policy, tenant)
+                )
+            except NotJson as exc:
+                return GuardrailVerdict(
+                    allowed=False, texts=[text], reasons=[str(exc)], rule="output.structure"
+                )
+        else:
+            rewritten, entities = self._output_spans(text, policy, tenant)
         for e in entities:
             if e.action == "block":
                 secret = e.type not in policy.output_entities
@@ -239,7 +264,7 @@ class Screener:
                 reasons.append(f"output: {e.type} is blocked by policy")
                 break
         for p in policy.denied_patterns:
-            if re.search(p, text, re.IGNORECASE):
+            if compile_linear(p, ignore_case=True).search(text):
                 rule = rule or "output.denied_patterns"
                 reasons.append(f"content: matches a denied pattern {p!r}")
                 break

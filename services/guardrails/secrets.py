@@ -7,55 +7,66 @@ so that a streaming window holds it back until it is complete.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
-# (type, pattern, group holding the secret)
-_PATTERNS: list[tuple[str, re.Pattern[str], int]] = [
+from services.guardrails.linear import compile_linear
+
+# (type, pattern, group holding the secret). Every pattern runs on RE2 (linear time), and
+# every repetition that can meet a long run of the same characters is bounded.
+_PATTERNS: list[tuple[str, Any, int]] = [
     (
         "PRIVATE_KEY",
-        re.compile(
-            r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END[A-Z ]*PRIVATE KEY-----|\Z)"
-            r"|-----BEGIN[A-Z ]*\Z"
+        compile_linear(
+            r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----[\s\S]*?"
+            r"(?:-----END[A-Z ]{0,40}PRIVATE KEY-----|\z)"
+            r"|-----BEGIN[A-Z ]{0,40}\z"
         ),
         0,
     ),
-    ("AWS_ACCESS_KEY", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[0-9A-Z]{16}\b"), 0),
     (
-        "AWS_SECRET_KEY",
-        re.compile(r"(?i)aws.{0,24}?(?:secret|key)\w*['\"]?\s*[:=]\s*['\"]?([A-Za-z0-9/+=]{40})"),
-        1,
-    ),
-    ("GCP_API_KEY", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"), 0),
-    (
-        "GITHUB_TOKEN",
-        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+        "AWS_ACCESS_KEY",
+        compile_linear(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[0-9A-Z]{16}\b"),
         0,
     ),
-    ("SLACK_TOKEN", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), 0),
-    ("STRIPE_KEY", re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"), 0),
-    ("OPENAI_KEY", re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_\-]{20,}"), 0),
-    ("AZURE_KEY", re.compile(r"(?i)AccountKey=([A-Za-z0-9+/=]{40,})"), 1),
+    (
+        "AWS_SECRET_KEY",
+        compile_linear(
+            r"(?i)aws.{0,24}?(?:secret|key)\w{0,24}['\"]?\s{0,8}[:=]\s{0,8}['\"]?"
+            r"([A-Za-z0-9/+=]{40})"
+        ),
+        1,
+    ),
+    ("GCP_API_KEY", compile_linear(r"\bAIza[0-9A-Za-z_\-]{35}"), 0),
+    (
+        "GITHUB_TOKEN",
+        compile_linear(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+        0,
+    ),
+    ("SLACK_TOKEN", compile_linear(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), 0),
+    ("STRIPE_KEY", compile_linear(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"), 0),
+    ("OPENAI_KEY", compile_linear(r"\bsk-(?:proj-)?[A-Za-z0-9_\-]{20,}"), 0),
+    ("AZURE_KEY", compile_linear(r"(?i)AccountKey=([A-Za-z0-9+/=]{40,})"), 1),
     (
         "JWT",
-        re.compile(r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{8,}"),
+        compile_linear(r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{8,}"),
         0,
     ),
     (
         "PASSWORD",
-        re.compile(
+        compile_linear(
             r"(?i)\b(?:password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token"
-            r"|auth[_-]?token|client[_-]?secret|private[_-]?key)\b['\"]?\s*(?::|=|\bis\b)\s*"
+            r"|auth[_-]?token|client[_-]?secret|private[_-]?key)\b['\"]?\s{0,8}(?::|=|\bis\b)\s{0,8}"
             r"['\"]?([^\s'\",;]{4,})"
         ),
         1,
     ),
-    ("PASSWORD", re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:([^\s:/@]{3,})@"), 1),
+    ("PASSWORD", compile_linear(r"\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:([^\s:/@]{3,})@"), 1),
 ]
 
-_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{20,}")
-_PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>")
+_TOKEN = compile_linear(r"[A-Za-z0-9+/=_\-]{20,}")
+_PLACEHOLDER = compile_linear(r"<[A-Z][A-Z_]*_\d+>")
 
 
 @dataclass(frozen=True)

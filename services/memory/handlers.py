@@ -10,19 +10,28 @@ from typing import Any
 
 from libs.audit import digest
 from libs.context import RequestContext
-from libs.errors import EnclaveError, ErrorInfo
+from libs.errors import EnclaveError
 from libs.events import (
     ChatMessage,
+    FileOp,
+    FilesList,
     GroundedSentence,
     GroundReply,
     GroundRequest,
     GuardrailVerdict,
+    MemoriesOp,
     MemoryItem,
+    MemoryOperation,
     MemoryStoreRequested,
     RagReply,
     RagRequest,
     RetrieveReply,
     RetrieveRequest,
+    TenantDataDelete,
+    VectorStoreBodyOp,
+    VectorStoreFileOp,
+    VectorStoreOp,
+    VectorStoresList,
 )
 from services.memory import extraction, grounding, rewrite
 from services.memory.adapters.mem0_memory import Memories
@@ -73,88 +82,95 @@ class MemoryService:
         self.rewrite_query = rewrite_query
         self.rewrite_timeout_s = rewrite_timeout_s
 
-    # -- gateway operations --
+    # -- gateway operations: each raises `EnclaveError` to refuse (libs/rpc.py sends it) --
     async def upload(
         self, ctx: RequestContext, filename: str, purpose: str, data: bytes
     ) -> RagReply:
-        reply = await self._reply(self.rag.upload(ctx, filename, purpose, data))
-        file_id = reply.body.get("id", "") if isinstance(reply.body, dict) else ""
-        await self._audit(
-            "files.upload",
-            ctx,
-            reply,
-            {"file_id": file_id, "bytes": len(data), "purpose": purpose},
-            {"content": digest(data), "filename": digest(filename)},
+        attrs: dict[str, Any] = {"bytes": len(data), "purpose": purpose}
+        digests = {"content": digest(data), "filename": digest(filename)}
+        body = await self._audited(
+            "files.upload", ctx, attrs, digests, self.rag.upload(ctx, filename, purpose, data)
         )
-        return reply
+        return RagReply(body=body)
 
-    async def _audit(
+    async def rag_op(self, req: RagRequest) -> RagReply:
+        ctx, op = req.ctx, req.operation
+        work = self._run(ctx, op)
+        if op.op not in AUDITED_OPS:
+            return RagReply(body=await work)
+        ids = {k: str(getattr(op, k)) for k in AUDITED_IDS if getattr(op, k, None)}
+        user = getattr(op, "user", None)
+        # An end user's id may itself be personal data: only its digest is kept.
+        users = {"user": digest(str(user))} if user else {}
+        return RagReply(body=await self._audited(op.op, ctx, ids, users, work))
+
+    async def _run(self, ctx: RequestContext, op: MemoryOperation) -> dict[str, Any]:
+        rag = self.rag
+        match op:
+            case FilesList():
+                return await rag.file_list(ctx)
+            case FileOp(op="files.get"):
+                return await rag.file_get(ctx, op.file_id)
+            case FileOp():
+                return await rag.file_delete(ctx, op.file_id)
+            case VectorStoresList():
+                return await rag.store_list(ctx)
+            case VectorStoreOp(op="vector_stores.get"):
+                return await rag.store_get(ctx, op.vector_store_id)
+            case VectorStoreOp(op="vector_stores.delete"):
+                return await rag.store_delete(ctx, op.vector_store_id)
+            case VectorStoreOp():
+                return await rag.member_list(ctx, op.vector_store_id)
+            case VectorStoreBodyOp(op="vector_stores.create"):
+                return await rag.store_create(ctx, op.body)
+            case VectorStoreBodyOp(op="vector_stores.search"):
+                return await rag.search(ctx, op.vector_store_id, op.body)
+            case VectorStoreBodyOp():
+                return await rag.member_add(ctx, op.vector_store_id, op.body)
+            case VectorStoreFileOp(op="vector_stores.files.get"):
+                return await rag.member_get(ctx, op.vector_store_id, op.file_id)
+            case VectorStoreFileOp():
+                return await rag.member_delete(ctx, op.vector_store_id, op.file_id)
+            case MemoriesOp(op="memories.list"):
+                return await self.list_memories(ctx, op.user)
+            case MemoriesOp():
+                return await self.delete_memories(ctx, op.user, op.memory_id)
+            case TenantDataDelete():
+                return await self.delete_tenant(ctx)
+
+    async def _audited(
         self,
         action: str,
         ctx: RequestContext,
-        reply: RagReply,
         attrs: dict[str, Any],
-        digests: dict[str, str] | None = None,
-    ) -> None:
-        if self.record is None:
-            return
-        await self.record(
-            action,
-            ctx,
-            outcome="ok" if reply.error is None else "error",
-            attrs={"status": reply.status, **{k: v for k, v in attrs.items() if v}},
-            digests=digests or {},
-        )
-
-    async def rag_op(self, req: RagRequest) -> RagReply:
-        ctx, a = req.ctx, req.args
-        ops: dict[str, Any] = {
-            "files.get": lambda: self.rag.file_get(ctx, a["file_id"]),
-            "files.list": lambda: self.rag.file_list(ctx),
-            "files.delete": lambda: self.rag.file_delete(ctx, a["file_id"]),
-            "vector_stores.create": lambda: self.rag.store_create(ctx, a),
-            "vector_stores.list": lambda: self.rag.store_list(ctx),
-            "vector_stores.get": lambda: self.rag.store_get(ctx, a["vector_store_id"]),
-            "vector_stores.delete": lambda: self.rag.store_delete(ctx, a["vector_store_id"]),
-            "vector_stores.search": lambda: self.rag.search(ctx, a["vector_store_id"], a),
-            "vector_stores.files.create": lambda: self.rag.member_add(ctx, a["vector_store_id"], a),
-            "vector_stores.files.list": lambda: self.rag.member_list(ctx, a["vector_store_id"]),
-            "vector_stores.files.get": lambda: self.rag.member_get(
-                ctx, a["vector_store_id"], a["file_id"]
-            ),
-            "vector_stores.files.delete": lambda: self.rag.member_delete(
-                ctx, a["vector_store_id"], a["file_id"]
-            ),
-            "memories.list": lambda: self.list_memories(ctx, a.get("user")),
-            "memories.delete": lambda: self.delete_memories(ctx, a.get("user"), a.get("memory_id")),
-            "tenant.delete": lambda: self.delete_tenant(ctx),
-        }
-        op = ops.get(req.op)
-        if op is None:
-            return RagReply(status=404, error=ErrorInfo(status=404, message=f"unknown op {req.op}"))
-        reply = await self._reply(op())
-        if req.op in AUDITED_OPS:
-            ids = {k: str(a[k]) for k in AUDITED_IDS if a.get(k)}
-            # An end user's id may itself be personal data: only its digest is kept.
-            users = {"user": digest(str(a["user"]))} if a.get("user") else {}
-            await self._audit(req.op, ctx, reply, ids, users)
-        return reply
-
-    @staticmethod
-    async def _reply(coro: Any) -> RagReply:
+        digests: dict[str, str],
+        work: Awaitable[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """`work`'s result, recorded in the audit chain whether it succeeded or failed."""
+        status = 200
         try:
-            return RagReply(body=await coro)
+            body = await work
         except EnclaveError as exc:
-            return RagReply(status=exc.info.status, error=exc.info)
+            status = exc.info.status
+            raise
         except Exception:
-            log.exception("memory operation failed")
-            return RagReply(
-                status=500,
-                error=ErrorInfo(status=500, message="Internal error.", code="internal_error"),
-            )
+            status = 500
+            raise
+        finally:
+            if self.record is not None:
+                if action == "files.upload" and status == 200:
+                    attrs = {"file_id": body.get("id", ""), **attrs}
+                await self.record(
+                    action,
+                    ctx,
+                    outcome="ok" if status == 200 else "error",
+                    attrs={"status": status, **{k: v for k, v in attrs.items() if v}},
+                    digests=digests,
+                )
+        return body
 
     # -- memories --
-    async def list_memories(self, ctx: RequestContext, user: str | None) -> Any:
+    async def list_memories(self, ctx: RequestContext, user: str | None) -> dict[str, Any]:
         uid = memory_user(ctx.actor, ctx.role, user)
         found = await asyncio.to_thread(self.memories.all, ctx.tenant, uid)
         return {
@@ -173,7 +189,7 @@ class MemoryService:
 
     async def delete_memories(
         self, ctx: RequestContext, user: str | None, memory_id: str | None
-    ) -> Any:
+    ) -> dict[str, Any]:
         uid = memory_user(ctx.actor, ctx.role, user)
         if memory_id:
             ok = await asyncio.to_thread(self.memories.delete_memory, ctx.tenant, uid, memory_id)
@@ -184,7 +200,7 @@ class MemoryService:
         buffers = await self.buffer.delete(ctx.tenant, uid)
         return {"object": "memory.deleted", "deleted": True, "memories": count, "buffers": buffers}
 
-    async def delete_tenant(self, ctx: RequestContext) -> Any:
+    async def delete_tenant(self, ctx: RequestContext) -> dict[str, Any]:
         if ctx.role != "admin":
             raise EnclaveError(
                 403, "Only an admin may delete a tenant's data.", "insufficient_permissions"

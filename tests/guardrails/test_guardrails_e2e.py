@@ -12,7 +12,8 @@ import nats
 import pytest
 import yaml
 
-from libs.events import AuditEvent
+from libs.context import RequestContext
+from libs.events import AuditEvent, ChatMessage, GuardrailCheck, GuardrailVerdict
 from services.guardrails.adapters.policy_files import PACKAGED_OPEN
 from tests.infra import Platform
 
@@ -84,20 +85,21 @@ async def test_pseudonymised_values_never_reach_the_model_and_come_back_to_the_u
     assert "<PERSON_1>" in seen_by_model and "<EMAIL_ADDRESS_1>" in seen_by_model
 
 
-async def test_a_streamed_secret_split_across_tokens_never_reaches_the_client(
+async def test_a_secret_in_the_prompt_reaches_neither_the_model_nor_the_client(
     platform: Platform, nc: nats.aio.client.Client
 ) -> None:
+    # (A secret the model itself streams, split across tokens, is held back by the output
+    # window: tests/guardrails/test_output_window.py.)
     deltas = await tap(nc, platform, "inference.deltas.>")
     said = f"Sure, the deploy key is {SECRET} and the rest of the settings stay as they are now."
     chunks = await chat(platform, platform.admin_key, said, stream=True)
     assert isinstance(chunks, list)
     pieces = [c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]]
     shown = "".join(pieces)
-    # The worker really streamed the key in 3-character tokens...
+    # Secrets are redacted on input: the model never saw the key, so it never streamed it...
     streamed = [json.loads(d)["deltas"] for _, d in deltas.seen]
-    assert len(streamed) > 10 and SECRET in "".join(
-        d.get("content", "") for ds in streamed for d in ds
-    )
+    text = "".join(d.get("content", "") for ds in streamed for d in ds)
+    assert len(streamed) > 10 and SECRET not in text and "<AWS_ACCESS_KEY>" in text
     # ...and no piece of it reached the client, in any chunk.
     assert "<AWS_ACCESS_KEY>" in shown
     assert not any(SECRET[:k] in shown for k in range(4, len(SECRET) + 1))
@@ -330,3 +332,59 @@ async def _true_if(value: bool) -> bool:
 def _input_verdicts(t: BusTap) -> list[AuditEvent]:
     events = [AuditEvent.model_validate_json(data) for _, data in t.seen]
     return [e for e in events if e.action == "verdict.input"]
+
+
+async def test_adversarial_megabytes_do_not_stall_another_tenants_chat(
+    platform: Platform, nc: nats.aio.client.Client
+) -> None:
+    tenants = platform.home / "guardrails" / "tenants"
+    tenants.mkdir(parents=True, exist_ok=True)
+    (tenants / "flood.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "level": "tenant",
+                "tenant": "flood",
+                "pii": {"custom": [{"name": "REF", "patterns": [r"(a+)+b"], "context": ["a"]}]},
+            }
+        )
+    )
+    evil = platform.create_key("flood", "user")
+    good = platform.create_key("calm", "user")
+    prefix = platform.env["ENCLAVE_BUS_PREFIX"]
+    megabyte = "awskey" * 166_000  # ~1 MB: as the runtime or memory would send it
+
+    async def on_bus(text: str, direction: str) -> GuardrailVerdict:
+        subject = "guardrails.output" if direction == "output" else "guardrails.input"
+        role = "assistant" if direction == "output" else "tool"
+        check = GuardrailCheck(
+            ctx=RequestContext(tenant="flood", request_id=f"flood-{direction}-{len(text)}"),
+            direction=direction,  # type: ignore[arg-type]
+            messages=[ChatMessage(role=role, content=text)],
+        )
+        msg = await nc.request(f"{prefix}.{subject}", check.model_dump_json().encode(), timeout=30)
+        return GuardrailVerdict.model_validate_json(msg.data)
+
+    async with httpx.AsyncClient(base_url=platform.base_url, timeout=60) as http:
+        attacks = asyncio.gather(
+            on_bus(megabyte, "input"),
+            on_bus(megabyte, "context"),
+            on_bus(megabyte, "output"),
+            # Within the caps: screened in full, or failed closed at the budget.
+            http.post(
+                "/v1/guardrails/check",
+                headers=auth(evil),
+                json={"text": "awskey" * 10_000, "direction": "output"},
+            ),
+            http.post(  # the tenant's own recogniser on a long run of "a"
+                "/v1/guardrails/check", headers=auth(evil), json={"text": "a" * 99_000}
+            ),
+        )
+        reply = await chat(platform, good, "Hello, what's a good name for a cat?")
+        assert isinstance(reply, dict) and reply["choices"][0]["finish_reason"] == "stop"
+        *too_big, window, own = await attacks
+    for v in too_big:
+        assert v.error is not None and v.error.status == 413
+        assert v.error.code == "guardrail_input_too_large" and not v.allowed
+    for r in (window, own):
+        assert r.status_code == 200 or r.json()["error"]["code"] == "guardrail_check_timeout"

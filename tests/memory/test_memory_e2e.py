@@ -419,11 +419,13 @@ async def test_chat_rewrites_a_follow_up_into_a_search_query(platform: Platform)
             asked.append(req)
 
     async def on_delta(msg: Any) -> None:
-        if msg.subject.rsplit(".", 1)[-1].startswith("mem"):
+        # inference.deltas.<replica>.<key>: the memory service's replica is "mem…".
+        if msg.subject.rsplit(".", 2)[-2].startswith("mem"):
             ev = TurnEvent.model_validate_json(msg.data)
             said.extend(d.content for d in ev.deltas if d.index == 0)
 
-    await nc.subscribe(f"{prefix}.inference.generate", cb=on_generate)
+    # The memory service routes, then hands the rewrite to the pool (libs/generation.py).
+    await nc.subscribe(f"{prefix}.inference.worker.*", cb=on_generate)
     await nc.subscribe(f"{prefix}.inference.deltas.>", cb=on_delta)
     await nc.flush()
 

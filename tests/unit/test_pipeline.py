@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from libs.context import RequestContext
-from libs.errors import model_not_found
+from libs.errors import EnclaveError, model_not_found, upstream_timeout
 from libs.events import (
     ChatMessage,
     ChatRequested,
@@ -18,60 +18,54 @@ from libs.events import (
     GroundRequest,
     GuardrailCheck,
     GuardrailVerdict,
+    MemoryOptions,
+    MemoryStoreRequested,
     RagOptions,
     RetrieveReply,
     RetrieveRequest,
     RouteReply,
     TurnEvent,
 )
-from libs.subjects import Subjects
-from services.agent_runtime.pipeline import run_turn
+from services.agent_runtime.pipeline import plan_turn, run_turn
 
 
-class FakeSource:
-    subject = "p.inference.deltas.rt1.r1-x"
-    worker = "w1"
+class FakeGeneration:
+    """The worker's events, or its acceptance's refusal, or silence (a 504)."""
 
-    def __init__(self, events: list[TurnEvent]) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for e in events:
-            self.queue.put_nowait(e.model_dump_json().encode())
+    def __init__(self, accepted: GenerateAccepted, events: list[TurnEvent]) -> None:
+        self.accepted = accepted
+        self.events = list(events)
         self.closed = False
 
-    async def next(self, timeout: float) -> bytes | None:
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return None
+    async def next(self) -> TurnEvent:
+        if not self.accepted.accepted:
+            raise EnclaveError.of(self.accepted.error or model_not_found("m"))
+        if not self.events:
+            raise EnclaveError.of(upstream_timeout("no token from m in 0.05s"))
+        await asyncio.sleep(0)
+        return self.events.pop(0)
 
-    async def close(self) -> None:
+    def close(self) -> None:
         self.closed = True
 
 
 class FakePorts:
     def __init__(self, accepted: GenerateAccepted, events: list[TurnEvent]) -> None:
-        self.accepted = accepted
-        self.source = FakeSource(events)
-        self.emitted: list[tuple[str, TurnEvent]] = []
-        self.headers: list[dict[str, str]] = []
+        self.generation = FakeGeneration(accepted, events)
+        self.emitted: list[TurnEvent] = []
         self.checks: list[GuardrailCheck] = []
         self.screen_output = True
         self.requests: list[GenerateRequest] = []
+        self.direct: list[bool] = []
         self.retrieved: list[RetrieveRequest] = []
 
-    async def open_deltas(self, request_id: str) -> FakeSource:
-        return self.source
-
-    async def request_generation(
-        self, request: GenerateRequest, route: RouteReply
-    ) -> GenerateAccepted:
+    def generate(self, request: GenerateRequest, route: RouteReply, direct: bool) -> FakeGeneration:
         self.requests.append(request)
-        return self.accepted
+        self.direct.append(direct)
+        return self.generation
 
-    async def emit_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
-        assert headers["enclave-tenant"] == "acme"
-        self.headers.append(headers)
-        self.emitted.append((subject, TurnEvent.model_validate_json(data)))
+    async def send(self, event: TurnEvent) -> None:
+        self.emitted.append(event)
 
     async def route(self, ctx: RequestContext, model: str, kind: str) -> RouteReply:
         return RouteReply(pool="p")
@@ -79,11 +73,14 @@ class FakePorts:
     async def ground(self, request: GroundRequest) -> GroundReply:
         raise AssertionError("no grounding check was asked for")
 
-    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
+    async def retrieve(self, request: RetrieveRequest) -> RetrieveReply:
         self.retrieved.append(request)
         return RetrieveReply(context="ctx")
 
-    async def guard(self, subject: str, check: GuardrailCheck) -> GuardrailVerdict:
+    async def remember(self, event: MemoryStoreRequested) -> None:
+        raise AssertionError("nothing to remember")
+
+    async def screen(self, check: GuardrailCheck) -> GuardrailVerdict:
         # A guardrail that lets everything pass unchanged.
         self.checks.append(check)
         return GuardrailVerdict(
@@ -101,60 +98,53 @@ EVENT = ChatRequested(
 )
 
 
-async def test_deltas_are_relayed_to_the_request_subject() -> None:
+async def test_deltas_are_relayed_to_the_client() -> None:
     ports = FakePorts(
         GenerateAccepted(accepted=True, worker="w1"),
         [TurnEvent(deltas=[Delta(content="a")]), TurnEvent(done=True)],
     )
-    await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
-    subjects = {s for s, _ in ports.emitted}
-    assert subjects == {"p.chat.stream.gw1.r1"}
+    last = await run_turn(EVENT, ports)
     # The output guardrail's window holds a short answer back until the end of the turn.
-    (done,) = (e for _, e in ports.emitted)
-    assert done.deltas[0].content == "a" and done.done
-    for headers in ports.headers:
-        assert headers["enclave-runtime"] == "rt1" and headers["enclave-worker"] == "w1"
-    assert ports.requests[0].deltas_subject == FakeSource.subject
-    assert ports.source.closed
+    (done,) = ports.emitted
+    assert done.deltas[0].content == "a" and done.done and last == done
+    assert ports.direct == [False]
+    assert ports.generation.closed
 
 
 async def test_router_refusal_reaches_the_client() -> None:
     ports = FakePorts(GenerateAccepted(accepted=False, error=model_not_found("m")), [])
-    ports.source = FakeSource([])
-    await run_turn(EVENT, ports, Subjects(), 1.0)
-    ((_, event),) = ports.emitted
+    await run_turn(EVENT, ports)
+    (event,) = ports.emitted
     assert event.error is not None and event.error.status == 404 and event.done
 
 
 async def test_silent_worker_times_out_with_504() -> None:
     ports = FakePorts(GenerateAccepted(accepted=True, worker="w", timeout_s=0.05), [])
-    await run_turn(EVENT, ports, Subjects(), 10.0)
-    assert ports.emitted[-1][1].error is not None
-    assert ports.emitted[-1][1].error.status == 504
+    await run_turn(EVENT, ports)
+    assert ports.emitted[-1].error is not None
+    assert ports.emitted[-1].error.status == 504
 
 
-async def test_unscreened_output_is_relayed_as_it_comes() -> None:
+async def test_unscreened_output_goes_straight_to_the_client() -> None:
     ports = FakePorts(
         GenerateAccepted(accepted=True, worker="w1"),
         [TurnEvent(deltas=[Delta(content="a")]), TurnEvent(done=True)],
     )
     ports.screen_output = False
-    await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
-    # Nothing to do to the output: the worker streams to the client's subject itself,
-    # naming this runtime, and the runtime only watched its copy.
-    (request,) = ports.requests
-    assert request.client_subject == EVENT.reply_subject
-    assert request.client_headers["enclave-runtime"] == "rt1"
-    assert request.client_headers["enclave-tenant"] == "acme"
+    last = await run_turn(EVENT, ports)
+    # Nothing to do to the output: the worker streams to the client itself and the
+    # runtime only watched its copy; the outcome is the worker's last event.
+    assert ports.direct == [True]
     assert ports.emitted == []
+    assert last.done
     assert [c.direction for c in ports.checks] == ["input"]
 
 
 async def test_a_silent_worker_still_times_out_when_it_streams_directly() -> None:
     ports = FakePorts(GenerateAccepted(accepted=True, worker="w", timeout_s=0.05), [])
     ports.screen_output = False
-    await run_turn(EVENT, ports, Subjects(), 10.0)
-    ((_, event),) = ports.emitted
+    await run_turn(EVENT, ports)
+    (event,) = ports.emitted
     assert event.error is not None and event.error.status == 504
 
 
@@ -169,7 +159,7 @@ class RagPorts(FakePorts):
     async def route(self, ctx: RequestContext, model: str, kind: str) -> RouteReply:
         return RouteReply(pool="p", rag=self.default)
 
-    async def retrieve_context(self, request: RetrieveRequest) -> RetrieveReply:
+    async def retrieve(self, request: RetrieveRequest) -> RetrieveReply:
         assert request.rag is not None and request.rag.collection == "kb"
         cite = Citation(index=1, chunk_id="c1", file_id="f1", quote="floor 3")
         return RetrieveReply(citations=[cite], context="[1] floor 3", chunks=["floor 3"])
@@ -192,26 +182,26 @@ async def test_grounding_goes_out_before_the_last_event_screened_or_not() -> Non
         ports = RagPorts(list(ANSWERED))
         ports.screen_output = screen
         asked = EVENT.model_copy(update={"rag": RagOptions(collection="kb", grounding=True)})
-        await run_turn(asked, ports, Subjects("p"), 1.0, "rt1")
+        await run_turn(asked, ports)
         (request,) = ports.grounded
         assert request.answers == {0: "It is on floor 3."}
         assert request.chunks == ["floor 3"] and request.citations == [1]
-        events = [e for _, e in ports.emitted]
+        events = ports.emitted
         at = next(i for i, e in enumerate(events) if e.grounding is not None)
         assert at == len(events) - 2 and events[-1].done and not events[at].done
 
 
 async def test_a_models_rag_default_applies_unless_the_request_says_rag() -> None:
     ports = RagPorts(list(ANSWERED), default=RagOptions(collection="kb"))
-    await run_turn(EVENT, ports, Subjects("p"), 1.0, "rt1")
-    assert any(e.citations for _, e in ports.emitted)
+    await run_turn(EVENT, ports)
+    assert any(e.citations for e in ports.emitted)
     assert "floor 3" in (ports.requests[0].messages[0].content or "")
     assert not ports.grounded
 
     ports = RagPorts(list(ANSWERED), default=RagOptions(collection="kb"))
     opted_out = EVENT.model_copy(update={"rag": RagOptions(enabled=False)})
-    await run_turn(opted_out, ports, Subjects("p"), 1.0, "rt1")
-    assert not any(e.citations for _, e in ports.emitted)
+    await run_turn(opted_out, ports)
+    assert not any(e.citations for e in ports.emitted)
     assert ports.requests[0].messages == EVENT.messages
 
 
@@ -226,8 +216,46 @@ async def test_retrieval_gets_the_last_user_message_and_the_turns_before_it() ->
     ]
     event = EVENT.model_copy(update={"messages": said, "rag": RagOptions(collection="kb")})
     ports = FakePorts(GenerateAccepted(accepted=True, worker="w1"), [TurnEvent(done=True)])
-    await run_turn(event, ports, Subjects("p"), 1.0, "rt1")
+    await run_turn(event, ports)
     (req,) = ports.retrieved
     assert req.query == "And what is its capital?"
     # The turns before it, for query rewriting: the last few, no system message.
     assert [m.content for m in req.history] == ["turn 2", "turn 3", "turn 4", "turn 5"]
+
+
+def test_the_plan_follows_the_request_and_the_verdict() -> None:
+    screened = GuardrailVerdict(allowed=True)
+    unscreened = GuardrailVerdict(allowed=True, screen_output=False)
+    plain = plan_turn(EVENT, unscreened)
+    assert plain.direct and not plain.retrieve
+    assert not plan_turn(EVENT, screened).direct
+    grounded = EVENT.model_copy(update={"rag": RagOptions(collection="kb", grounding=True)})
+    plan = plan_turn(grounded, unscreened)
+    assert plan.rag and plan.ground and plan.retrieve and not plan.direct
+    remembered = EVENT.model_copy(update={"memory": MemoryOptions()})
+    plan = plan_turn(remembered, unscreened)
+    assert plan.remember and plan.retrieve and not plan.direct
+    # A completion neither retrieves nor remembers, whatever it says.
+    completion = remembered.model_copy(update={"kind": "completion", "prompt": "x"})
+    assert plan_turn(completion, unscreened).direct
+
+
+class RememberingPorts(FakePorts):
+    def __init__(self, events: list[TurnEvent]) -> None:
+        super().__init__(GenerateAccepted(accepted=True, worker="w1"), events)
+        self.remembered: list[MemoryStoreRequested] = []
+
+    async def remember(self, event: MemoryStoreRequested) -> None:
+        self.remembered.append(event)
+
+
+async def test_unscreened_output_with_memory_is_relayed_and_remembered() -> None:
+    ports = RememberingPorts(list(ANSWERED))
+    ports.screen_output = False
+    remembered = EVENT.model_copy(update={"memory": MemoryOptions(conversation_id="c1")})
+    last = await run_turn(remembered, ports)
+    # Relayed event by event as the worker sent them (no window), after the context event.
+    assert ports.direct == [False]
+    assert ports.emitted[1:] == ANSWERED and last == ANSWERED[-1]
+    (stored,) = ports.remembered
+    assert stored.answer == "It is on floor 3." and stored.conversation_id == "c1"

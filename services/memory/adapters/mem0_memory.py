@@ -56,7 +56,7 @@ def _conds(filters: dict[str, Any] | None) -> list[Cond]:
 def make_store_class() -> type:
     from mem0.vector_stores.base import VectorStoreBase
 
-    class ScopedStore(VectorStoreBase):  # type: ignore[misc]
+    class ScopedStore(VectorStoreBase):
         """mem0's vector store interface over one tenant's scope of one collection."""
 
         def __init__(self, scope: TenantScope, collection: str) -> None:

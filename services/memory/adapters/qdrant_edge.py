@@ -117,7 +117,7 @@ class EdgeBackend:
                         limit=depth, query=q.Query.Nearest(sparse_q, using=SPARSE), filter=flt
                     ),
                 ],
-                query=q.Fusion.Rrf(k=RRF_K),
+                query=q.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # a Fusion; the stub lacks it
                 filter=flt,
                 with_payload=True,
                 with_vector=with_vectors,

@@ -1,0 +1,74 @@
+"""Running a service: connect, build everything, serve, stop. The same for every service.
+
+A service's `bootstrap.py` has one `build(bus, broker)` that constructs everything the
+service needs (nothing is filled in later) and returns a `Service`; its `app.py` hands that
+to `ServiceApp`, which `enclave serve` runs until SIGINT/SIGTERM. A test starts the same
+service in its own process with `running(settings, name, build)`.
+
+FastStream's broker carries the subscribers that are off the hot path (`rpc.serve_broker`,
+JetStream consumers); the raw nats-py connection underneath it carries the rest
+(`rpc.serve`, `rpc.ReplyRouter`), so a service holds one connection to NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+from faststream.nats import NatsBroker
+
+from libs.bus import ensure_streams, make_broker
+from libs.rpc import Bus
+from libs.settings import Settings
+
+
+class Service(Protocol):
+    async def start(self) -> None:
+        """Subscribe: from here on the service serves."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop taking work and finish what is running."""
+        ...
+
+
+Build = Callable[[Bus, NatsBroker], Awaitable[Service]]
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, name: str, build: Build) -> AsyncIterator[Service]:
+    """The service `build` makes, connected and serving until the block ends."""
+    broker = make_broker(settings, name)
+    await broker.connect()
+    nc = broker.connection
+    await ensure_streams(nc, settings)
+    service = await build(Bus(nc, settings), broker)
+    await broker.start()
+    await service.start()
+    try:
+        yield service
+    finally:
+        try:
+            await service.stop()
+        finally:
+            await broker.stop()
+
+
+class ServiceApp:
+    """What `enclave serve <name>` runs: the service until SIGINT or SIGTERM."""
+
+    def __init__(self, settings: Settings, name: str, build: Build) -> None:
+        self.settings = settings
+        self.name = name
+        self.build = build
+
+    async def run(self) -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        async with running(self.settings, self.name, self.build):
+            await stopping.wait()

@@ -1,0 +1,99 @@
+"""Builds the gateway: every dependency of every route, constructed before the app exists.
+
+`build(settings)` makes them all (the NATS client is created here and connected by
+`start`, which the app's lifespan runs before the first request); the routes receive the
+`Gateway` itself, typed, in app.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from opentelemetry.trace import Tracer
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+
+from libs.audit import AuditPublisher, outbox_dir
+from libs.bus import ensure_streams
+from libs.db.engine import make_engine, migrate_async
+from libs.errors import EnclaveError
+from libs.rpc import Bus
+from libs.settings import Settings
+from libs.telemetry import setup_tracing
+from services.gateway.adapters.redis_limits import RedisRateLimiter
+from services.gateway.auth import Authorizer
+from services.gateway.openai_shapes import parse_json
+from services.gateway.turn_client import TurnClient
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    nc: NatsClient
+    bus: Bus
+    db: AsyncEngine
+    redis: Redis
+    auth: Authorizer
+    turns: TurnClient
+    audit: AuditPublisher
+    tracer: Tracer
+
+    async def start(self) -> None:
+        settings = self.settings
+        await migrate_async(settings)
+        await self.nc.connect(
+            settings.nats_url,
+            name="enclave-gateway",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+        )
+        await ensure_streams(self.nc, settings)
+        await self.turns.start()
+        self.audit.start()
+
+    async def stop(self) -> None:
+        await self.audit.close()
+        await self.nc.drain()
+        await self.redis.aclose()
+        await self.db.dispose()
+
+    async def read_json(self, request: Request) -> Any:
+        self.check_declared_size(request.headers.get("content-length"))
+        body = await request.body()
+        self.check_size(len(body))
+        return parse_json(body)
+
+    def check_declared_size(self, declared: str | None) -> None:
+        if declared and declared.isdigit():
+            self.check_size(int(declared))
+
+    def check_size(self, size: int) -> None:
+        limit = self.settings.max_body_bytes
+        if size > limit:
+            raise EnclaveError(
+                413, f"The request body is larger than {limit} bytes.", "request_too_large"
+            )
+
+
+def build(settings: Settings) -> Gateway:
+    nc = NatsClient()
+    bus = Bus(nc, settings)
+    db = make_engine(settings.sqlalchemy_url)
+    redis = Redis.from_url(settings.redis_url)
+    turns = TurnClient(bus, settings.gateway_timeout_s)
+    return Gateway(
+        settings=settings,
+        nc=nc,
+        bus=bus,
+        db=db,
+        redis=redis,
+        auth=Authorizer(
+            db, RedisRateLimiter(redis), settings.rate_limit_rpm, settings.key_cache_seconds
+        ),
+        turns=turns,
+        audit=AuditPublisher(nc, settings.subjects, "gateway", outbox_dir(settings.home)),
+        tracer=setup_tracing("gateway", settings.trace_dir),
+    )

@@ -1,0 +1,88 @@
+"""Builds the inference router: its registry loaded and its handlers bound before it serves.
+
+It resolves public model ids and hands requests to a worker pool; it never relays tokens
+(the worker streams deltas straight to the subject the request names).
+"""
+
+from __future__ import annotations
+
+from faststream.nats import NatsBroker
+
+from libs.db.engine import make_engine, migrate_async
+from libs.errors import ErrorInfo
+from libs.events import (
+    EmbedReply,
+    EmbedRequest,
+    GenerateAccepted,
+    GenerateRequest,
+    ModelsReply,
+    ModelsRequest,
+    RouteReply,
+    RouteRequest,
+)
+from libs.generation import hand_to_pool
+from libs.rpc import Bus, serve, serve_broker
+from libs.telemetry import attributes, parent_context, setup_tracing, with_span
+from services.inference_router.registry import load_registry
+from services.inference_router.routes import Routes
+
+
+class Router:
+    def __init__(self, bus: Bus, routes: Routes) -> None:
+        self.bus = bus
+        self.routes = routes
+        self.tracer = setup_tracing("inference_router", bus.settings.trace_dir)
+
+    async def route(self, request: RouteRequest) -> RouteReply:
+        return await self.routes.answer(request.model, request.ctx.tenant, request.kind)
+
+    async def generate(self, request: GenerateRequest) -> GenerateAccepted:
+        """Resolve the model and hand the request to its pool: the worker's acceptance."""
+        with self.tracer.start_as_current_span(
+            "route",
+            context=parent_context(request.ctx),
+            attributes=attributes(request.ctx, **{"gen_ai.request.model": request.model}),
+        ) as span:
+            request.ctx = with_span(request.ctx, span)
+            route = await self.routes.answer(request.model, request.ctx.tenant, request.kind)
+            return await hand_to_pool(self.bus, request, route)
+
+    async def embed(self, request: EmbedRequest) -> EmbedReply:
+        route = await self.routes.resolve(request.model, request.ctx.tenant, "embedding")
+        if isinstance(route, ErrorInfo):
+            return EmbedReply(error=route)
+        request.pool = route.pool
+        bus = self.bus
+        return await bus.ask(
+            bus.peers.embedder(route.pool),
+            bus.subjects.inference_worker(route.pool),
+            request,
+            EmbedReply,
+            failed=lambda error: EmbedReply(error=error),
+        )
+
+    async def models(self, request: ModelsRequest) -> ModelsReply:
+        registry = await self.routes.refresh()
+        return ModelsReply(models=[m.info() for m in registry.visible(request.tenant)])
+
+    async def start(self) -> None:
+        # Raw subscription on the per-request path: FastStream's own handling costs more
+        # than the rest of the router's work (bench/gateway.py).
+        subject = self.bus.subjects.inference_generate
+        await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue="inference_router")
+
+    async def stop(self) -> None:
+        await self.routes.engine.dispose()
+
+
+async def build(bus: Bus, broker: NatsBroker) -> Router:
+    settings = bus.settings
+    await migrate_async(settings)
+    routes = Routes(load_registry(settings.models_file), make_engine(settings.sqlalchemy_url))
+    await routes.refresh(force=True)
+    router = Router(bus, routes)
+    s = bus.subjects
+    serve_broker(broker, s.inference_route, RouteRequest, router.route, queue="inference_router")
+    serve_broker(broker, s.inference_embed, EmbedRequest, router.embed, queue="inference_router")
+    serve_broker(broker, s.inference_models, ModelsRequest, router.models, queue="inference_router")
+    return router

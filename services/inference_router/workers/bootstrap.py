@@ -1,0 +1,191 @@
+"""Builds one worker: its pool's engine loaded (and warmed) before it joins the pool's
+queue group.
+
+A generation is accepted at once (the reply tells the caller a worker took it), then
+runs in the background: the engine's deltas are coalesced and published on the
+request's deltas subject with the raw NATS client, the per-token hot path. An engine that
+answers at once (the instant stand-in) sends its whole answer with the acceptance, in
+one write of the client's buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from faststream.nats import NatsBroker
+
+from libs.bus import event_bytes
+from libs.context import WORKER_HEADER
+from libs.errors import ErrorInfo
+from libs.events import (
+    Delta,
+    EmbedReply,
+    EmbedRequest,
+    GenerateAccepted,
+    GenerateRequest,
+    TurnEvent,
+)
+from libs.rpc import Bus, serve, serve_broker
+from libs.service import Build
+from libs.settings import Settings
+from libs.telemetry import attributes, parent_context, setup_tracing
+from services.inference_router.engine import EmbeddingEngine, GenerationEngine
+from services.inference_router.registry import load_registry
+
+_END = object()
+
+
+def make_engine(settings: Settings, pool: dict[str, Any]) -> Any:
+    """The engine adapter a pool's registry entry names."""
+    options = {k: v for k, v in pool.items() if k not in ("engine", "model")}
+    kind = pool["engine"]
+    if kind == "instant":
+        from services.inference_router.adapters.instant import InstantEngine
+
+        return InstantEngine(**options)
+    if kind == "llamacpp":
+        from services.inference_router.adapters.llamacpp import LlamaCppEngine, resolve_model_file
+
+        options.setdefault("n_threads", settings.worker_threads)
+        engine = LlamaCppEngine(resolve_model_file(pool["model"], settings.home), **options)
+        engine.warm_up()
+        return engine
+    if kind == "sentence_transformers":
+        from services.inference_router.adapters.sentence_transformers import (
+            SentenceTransformerEngine,
+        )
+
+        return SentenceTransformerEngine(**options)
+    if kind == "vllm":
+        from services.inference_router.adapters.vllm import VllmEngine
+
+        return VllmEngine(**options)
+    raise ValueError(f"unknown engine {kind!r}")
+
+
+def _failure(exc: Exception) -> bytes:
+    error = ErrorInfo(status=500, message=f"The engine failed: {exc}", code="engine_error")
+    return event_bytes(TurnEvent(error=error, done=True))
+
+
+class Worker:
+    def __init__(self, bus: Bus, pool_name: str, engine: Any, embeds: bool) -> None:
+        self.bus = bus
+        self.pool_name = pool_name
+        self.engine = engine
+        self.embeds = embeds
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.mark = {WORKER_HEADER: self.worker_id}
+        self.tracer = setup_tracing(f"worker-{pool_name}", bus.settings.trace_dir)
+        # llama.cpp contexts are not thread-safe: one generation at a time per engine,
+        # unless the engine batches concurrent requests itself (vLLM).
+        self.executor = ThreadPoolExecutor(
+            max_workers=getattr(engine, "max_concurrency", 1),
+            thread_name_prefix=f"engine-{pool_name}",
+        )
+        self.running: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if not self.embeds:
+            # Raw subscription on the per-request hot path (see the router's).
+            subject = self.bus.subjects.inference_worker(self.pool_name)
+            await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name)
+
+    async def stop(self) -> None:
+        if self.running:
+            await asyncio.wait(self.running, timeout=30)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def embed(self, request: EmbedRequest) -> EmbedReply:
+        embedder: EmbeddingEngine = self.engine
+        loop = asyncio.get_running_loop()
+        vectors, tokens = await loop.run_in_executor(self.executor, embedder.embed, request.inputs)
+        return EmbedReply(vectors=vectors, prompt_tokens=tokens)
+
+    async def generate(self, request: GenerateRequest) -> GenerateAccepted:
+        span = self.tracer.start_span(
+            "generate",
+            context=parent_context(request.ctx),
+            attributes=attributes(request.ctx, **{"enclave.pool": self.pool_name}),
+        )
+        accepted = GenerateAccepted(
+            accepted=True, worker=self.worker_id, timeout_s=request.timeout_s
+        )
+        if self.engine.runs_inline:
+            # The answer leaves with the acceptance: one flush, one wake-up of the caller.
+            await self.send(request, self._answer_inline(request))
+            span.end()
+            return accepted
+        task = asyncio.create_task(self._stream(request))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+        task.add_done_callback(lambda _: span.end())
+        return accepted
+
+    def _answer_inline(self, request: GenerateRequest) -> bytes:
+        """The whole turn of an engine that answers at once, as one event."""
+        deltas: list[Delta] = []
+        try:
+            usage = self.engine.generate(request, deltas.append)
+        except Exception as exc:
+            return _failure(exc)
+        return event_bytes(TurnEvent(deltas=deltas, usage=usage, done=True))
+
+    async def send(self, request: GenerateRequest, data: bytes) -> None:
+        """One event of the turn: to the client first when the runtime asked for that (it is
+        the latency that counts), and always to the runtime, which watches the turn."""
+        nc = self.bus.nc
+        if request.client_subject:
+            await nc.publish(
+                request.client_subject, data, headers={**request.client_headers, **self.mark}
+            )
+        await nc.publish(request.deltas_subject, data, headers=self.mark)
+
+    async def _stream(self, request: GenerateRequest) -> None:
+        gen: GenerationEngine = self.engine
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(delta: Delta) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+        future = loop.run_in_executor(self.executor, gen.generate, request, emit)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _END))
+        finished = False
+        while not finished:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            finished = batch[-1] is _END
+            deltas = [d for d in batch if d is not _END]
+            if deltas:
+                await self.send(request, event_bytes(TurnEvent(deltas=deltas)))
+        try:
+            usage = future.result()
+        except Exception as exc:
+            await self.send(request, _failure(exc))
+            return
+        await self.send(request, event_bytes(TurnEvent(usage=usage, done=True)))
+
+
+def builder(settings: Settings, pool_name: str) -> Build:
+    """The build of a worker of `pool_name` (its engine loads here, before it serves)."""
+    registry = load_registry(settings.models_file)
+    if pool_name not in registry.pools:
+        raise SystemExit(f"unknown pool {pool_name!r}; the registry has {sorted(registry.pools)}")
+    pool = registry.pools[pool_name]
+
+    async def build(bus: Bus, broker: NatsBroker) -> Worker:
+        engine = await asyncio.to_thread(make_engine, settings, pool)
+        embeds = pool["engine"] == "sentence_transformers"
+        worker = Worker(bus, pool_name, engine, embeds)
+        if embeds:
+            subject = bus.subjects.inference_worker(pool_name)
+            serve_broker(broker, subject, EmbedRequest, worker.embed, queue=pool_name)
+        return worker
+
+    return build

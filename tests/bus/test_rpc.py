@@ -1,0 +1,199 @@
+"""The bus client on a real NATS: typed ask, one error mapping, handlers on both
+transports, replies routed by key, and the generation client against a stand-in pool."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from pydantic import BaseModel
+
+from libs import events as ev
+from libs.context import WORKER_HEADER, RequestContext
+from libs.errors import EnclaveError
+from libs.generation import GenerationClient, GenerationFailed, RouteCache
+from libs.rpc import Bus, Peer, ReplyRouter, serve, serve_broker
+from libs.settings import Settings
+
+
+class Ping(BaseModel):
+    n: int
+
+
+class Pong(BaseModel):
+    n: int
+
+
+@pytest.fixture
+def settings(inprocess_settings: Settings) -> Settings:
+    return inprocess_settings
+
+
+async def double(request: Ping) -> Pong:
+    if request.n < 0:
+        raise EnclaveError(400, "negative", "invalid_value", "n")
+    if request.n == 13:
+        raise RuntimeError("unlucky")
+    return Pong(n=2 * request.n)
+
+
+PEER = Peer("the doubler", "doubler_unavailable", 0.5)
+
+
+async def test_ask_maps_every_failure_the_same_way(nc: NatsClient, settings: Settings) -> None:
+    bus = Bus(nc, settings)
+    subject = settings.subjects._s("double")
+    with pytest.raises(EnclaveError) as nobody:
+        await bus.ask(PEER, subject, Ping(n=1), Pong)
+    assert nobody.value.info.status == 503 and nobody.value.info.code == "doubler_unavailable"
+
+    await serve(nc, subject, Ping, double, queue="doubler")
+    assert (await bus.ask(PEER, subject, Ping(n=21), Pong)).n == 42
+    with pytest.raises(EnclaveError) as refused:
+        await bus.ask(PEER, subject, Ping(n=-1), Pong)
+    assert refused.value.info.status == 400 and refused.value.info.param == "n"
+    with pytest.raises(EnclaveError) as broken:
+        await bus.ask(PEER, subject, Ping(n=13), Pong)
+    assert broken.value.info.status == 500
+    with pytest.raises(EnclaveError) as unreadable:
+        await bus.ask(PEER, subject, b'{"n": "x"}', Pong)
+    assert unreadable.value.info.status == 400
+    # `failed` turns the same errors into a reply.
+    got = await bus.ask(PEER, subject, Ping(n=-1), Pong, failed=lambda e: Pong(n=e.status))
+    assert got.n == 400
+
+    silent = settings.subjects._s("silent")
+
+    async def never_answers(msg: Msg) -> None:
+        pass
+
+    await nc.subscribe(silent, cb=never_answers)
+    with pytest.raises(EnclaveError) as slow:
+        await bus.ask(PEER, silent, Ping(n=1), Pong)
+    assert slow.value.info.status == 504 and slow.value.info.code == "upstream_timeout"
+
+
+async def test_the_same_handler_on_faststream(nc: NatsClient, settings: Settings) -> None:
+    subject = settings.subjects._s("double")
+    broker = NatsBroker(settings.nats_url)
+    serve_broker(broker, subject, Ping, double, queue="doubler")
+    await broker.start()
+    try:
+        bus = Bus(nc, settings)
+        assert (await bus.ask(PEER, subject, Ping(n=4), Pong)).n == 8
+        with pytest.raises(EnclaveError) as refused:
+            await bus.ask(PEER, subject, Ping(n=-1), Pong)
+        assert refused.value.info.status == 400 and refused.value.info.code == "invalid_value"
+    finally:
+        await broker.stop()
+
+
+async def test_concurrent_handlers_do_not_wait_for_each_other(
+    nc: NatsClient, settings: Settings
+) -> None:
+    subject = settings.subjects._s("slow")
+    release = asyncio.Event()
+
+    async def slow(request: Ping) -> Pong:
+        if request.n == 0:
+            await release.wait()
+        return Pong(n=request.n)
+
+    await serve(nc, subject, Ping, slow, queue="slow", concurrent=True)
+    bus = Bus(nc, settings)
+    held = asyncio.ensure_future(bus.ask(PEER, subject, Ping(n=0), Pong))
+    assert (await bus.ask(PEER, subject, Ping(n=7), Pong)).n == 7
+    release.set()
+    assert (await held).n == 0
+
+
+async def test_replies_are_routed_by_key(nc: NatsClient, settings: Settings) -> None:
+    router = await ReplyRouter(nc, settings.subjects.chat_stream("gw1", "")).start()
+    a, b = router.open("a"), router.open("b")
+    await nc.publish(b.subject, b"to b")
+    await nc.publish(a.subject, b"to a 1")
+    await nc.publish(a.subject, b"to a 2")
+    await nc.publish(settings.subjects.chat_stream("gw1", "gone"), b"nobody waits")
+    first = await a.next(1.0)
+    assert first is not None and first.data == b"to a 1"
+    await asyncio.sleep(0.05)
+    assert [m.data for m in a.ready()] == [b"to a 2"]
+    got = await b.next(1.0)
+    assert got is not None and got.data == b"to b"
+    assert await b.next(0.05) is None
+    a.close()
+    b.close()
+    assert router.inboxes == {}
+
+
+async def fake_pool(nc: NatsClient, settings: Settings, pool: str, words: list[str]) -> list[str]:
+    """A worker of `pool` that accepts and streams `words`, one event each; returns the
+    routes it was asked for."""
+    routed: list[str] = []
+
+    async def route(request: ev.RouteRequest) -> ev.RouteReply:
+        routed.append(request.model)
+        if request.model == "missing":
+            raise EnclaveError(404, "no such model", "model_not_found", "model")
+        return ev.RouteReply(pool=pool, timeout_s=5.0)
+
+    async def generate(request: ev.GenerateRequest) -> ev.GenerateAccepted:
+        async def stream() -> None:
+            for i, word in enumerate(words):
+                event = ev.TurnEvent(deltas=[ev.Delta(content=word)], done=i == len(words) - 1)
+                await nc.publish(
+                    request.deltas_subject,
+                    event.model_dump_json().encode(),
+                    headers={WORKER_HEADER: "w1"},
+                )
+
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(stream()))
+        return ev.GenerateAccepted(accepted=True, worker="w1", timeout_s=request.timeout_s)
+
+    await serve(nc, settings.subjects.inference_route, ev.RouteRequest, route, queue="r")
+    await serve(
+        nc, settings.subjects.inference_worker(pool), ev.GenerateRequest, generate, queue=pool
+    )
+    await nc.flush()
+    return routed
+
+
+async def test_generation_client_routes_once_and_collects_the_answer(
+    nc: NatsClient, settings: Settings
+) -> None:
+    routed = await fake_pool(nc, settings, "p1", ["Hello", ", ", "world"])
+    deltas = await ReplyRouter(nc, settings.subjects.inference_deltas("mem1", "")).start()
+    client = GenerationClient(Bus(nc, settings), deltas, RouteCache(60.0), 5.0)
+    ctx = RequestContext(tenant="acme", request_id="r1")
+    messages = [ev.ChatMessage(role="user", content="hi")]
+    assert await client.complete(ctx, "m", messages, ev.GenerationParams()) == "Hello, world"
+    assert await client.complete(ctx, "m", messages, ev.GenerationParams()) == "Hello, world"
+    assert routed == ["m"]  # the second used the cached route
+    assert deltas.inboxes == {}
+
+    # An unknown model: the router's refusal ends the generation, and is not cached.
+    with pytest.raises(GenerationFailed) as missing:
+        await client.complete(ctx, "missing", messages, ev.GenerationParams())
+    assert missing.value.info.status == 404
+    with pytest.raises(GenerationFailed):
+        await client.complete(ctx, "missing", messages, ev.GenerationParams())
+    assert routed == ["m", "missing", "missing"]
+
+
+async def test_a_pool_without_workers_is_503_and_drops_the_route(
+    nc: NatsClient, settings: Settings
+) -> None:
+    deltas = await ReplyRouter(nc, settings.subjects.inference_deltas("rt1", "")).start()
+    routes = RouteCache(60.0)
+    routes.put("acme", "m", "chat", ev.RouteReply(pool="nobody"))
+    client = GenerationClient(Bus(nc, settings), deltas, routes, 5.0)
+    ctx = RequestContext(tenant="acme", request_id="r2")
+    generation = client.start(ev.GenerateRequest(ctx=ctx, model="m"), ev.RouteReply(pool="nobody"))
+    with pytest.raises(GenerationFailed) as failed:
+        await generation.next()
+    generation.close()
+    assert failed.value.info.status == 503 and failed.value.info.code == "no_worker_available"
+    assert routes.get("acme", "m", "chat") is None
