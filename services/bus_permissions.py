@@ -106,8 +106,17 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.memory_ground,
                 s.memory_store,
                 *_consumes(s.chat_stream_name),
+                # Agents: their tools (sandbox, file search) and delegated child turns.
+                s.sandbox_exec,
+                s.memory_rag,
+                s.agent_delegate,
             ),
-            subscribe=(s.chat_requested, deltas, s.guardrails_policy_changed),
+            subscribe=(
+                s.chat_requested,
+                deltas,
+                s.guardrails_policy_changed,
+                s.agent_delegate,
+            ),
         ),
         "inference_router": Permissions(
             publish=(s.inference_worker("*"),),
