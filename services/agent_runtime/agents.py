@@ -2,7 +2,7 @@
 
 An agent is a model with instructions, the skills it may load, the server-side tools it may
 call, the agents it may delegate to, its guardrail policy (the guardrails' agent level,
-`tenants/<t>/agents/<policy>.yaml`, its own name unless it says otherwise) and its limits:
+`tenants/<t>/agents/<policy>.yaml`; without one, the tenant's policy) and its limits:
 on delegation depth, steps, tokens and wall time, so that no loop runs forever.
 """
 
@@ -46,9 +46,10 @@ class AgentDefinition(BaseModel):
     limits: AgentLimits = Field(default_factory=AgentLimits)
 
     @property
-    def policy(self) -> str:
-        """The guardrails' agent level this agent runs under."""
-        return self.guardrails or self.name
+    def policy(self) -> str | None:
+        """The guardrails' agent level this agent runs under (None: the tenant's policy;
+        the guardrails refuse an agent level that has no policy file)."""
+        return self.guardrails
 
 
 def parse_agent(where: str, data: Any, name: str | None = None) -> AgentDefinition:

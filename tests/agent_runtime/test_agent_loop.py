@@ -136,7 +136,7 @@ async def test_an_agent_answers_by_running_code_in_the_sandbox(backend: BwrapBac
     assert [m.role for m in out.messages] == ["system", "user", "assistant", "tool", "assistant"]
     assert out.messages[2].tool_calls and out.messages[3].tool_call_id == "call_0"
     [check] = ports.screened
-    assert check.direction == "context" and check.agent == "coder"
+    assert check.direction == "context" and check.agent is None  # the tenant's policy
     [event] = ports.audited
     assert (event.action, event.outcome, event.attrs["agent"]) == ("tool.call", "ok", "coder")
 

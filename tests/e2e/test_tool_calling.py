@@ -4,6 +4,7 @@ real gateway, runtime (input and output guardrails), router and workers as proce
 The echo pool is the scripted model: it repeats the user's message, and with `tools` the
 worker parses what it repeats as a model's own output, so a `<tool_call>` block in the
 message comes back as a call. SmolLM2 runs a forced (named) tool choice under its grammar.
+A configured agent (`model: agent:<name>`) runs its tool in the real sandbox service.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         plat.start("worker-echo", "worker", "echo")
         plat.start("worker-smollm2", "worker", "smollm2")
         plat.start("guardrails", "guardrails")
+        plat.start("sandbox", "sandbox")
         plat.start("runtime", "agent_runtime")
         plat.start("gateway", "gateway")
         plat.wait_ready()
@@ -177,3 +179,29 @@ def test_smollm2_under_a_named_choice_calls_it(client: openai.OpenAI) -> None:
         if done == 2 or time.monotonic() - started > 240:
             break
     assert done >= 1
+
+
+def test_a_configured_agent_runs_through_the_gateway(plat: Platform, client: openai.OpenAI) -> None:
+    """The echo model repeats its call at every step, so the agent runs the code in the
+    sandbox service each time until its step limit stops it, and says so."""
+    folder = plat.home / "agents" / "acme"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "calc.yaml").write_text(
+        f"model: {ECHO}\ntools: [code_execution]\nlimits: {{max_steps: 2}}\n"
+    )
+    code = (
+        '<tool_call>{"name": "code_execution", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
+    )
+    reply = client.chat.completions.create(
+        model="agent:calc", messages=[{"role": "user", "content": code}]
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.message.content == (
+        "[The agent stopped: the agent took its 2 steps without answering.]"
+    )
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model="agent:nobody", messages=[{"role": "user", "content": "hi"}]
+        )
