@@ -22,10 +22,6 @@ from libs.events import (
     FunctionCall,
     GenerateAccepted,
     GenerateRequest,
-    GuardrailCheck,
-    GuardrailVerdict,
-    RouteReply,
-    RouteRequest,
     SandboxExecReply,
     SandboxExecRequest,
     ToolCall,
@@ -39,6 +35,7 @@ from libs.tool_calls import call_deltas
 from services.agent_runtime.bootstrap import Runtime, build
 from services.sandbox.adapters.bwrap import BwrapBackend
 from services.sandbox.executor import execute
+from tests.agent_runtime.test_runtime_inprocess import StandIns as RuntimeStandIns
 from tests.sandbox.conftest import LIMITS
 
 
@@ -67,34 +64,24 @@ def _call(call: ToolCall) -> Delta:
     return Delta(tool_calls=call_deltas([call], 0), finish_reason="tool_calls")
 
 
-class StandIns:
+class StandIns(RuntimeStandIns):
+    """The runtime test's guardrails and router; a scripted worker; the real sandbox."""
+
     def __init__(self, nc: NatsClient, settings: Settings, backend: BwrapBackend) -> None:
-        self.nc = nc
-        self.subjects = settings.subjects
+        super().__init__(nc, settings)
         self.backend = backend
-        self.generated: list[GenerateRequest] = []
         self.executed: list[SandboxExecRequest] = []
 
     async def start(self) -> None:
-        s = self.subjects
-        for subject in (s.guardrails_input, s.guardrails_output):
-            await serve(self.nc, subject, GuardrailCheck, self.guard, queue="guardrails")
-        await serve(self.nc, s.inference_route, RouteRequest, self.route, queue="router")
-        await serve(self.nc, s.inference_worker("p"), GenerateRequest, self.generate, queue="p")
+        await super().start()
         await serve(
             self.nc,
-            s.sandbox_exec,
+            self.subjects.sandbox_exec,
             SandboxExecRequest,
             self.sandbox,
             queue="sandbox",
             concurrent=True,
         )
-
-    async def guard(self, check: GuardrailCheck) -> GuardrailVerdict:
-        return GuardrailVerdict(allowed=True, texts=[m.content or "" for m in check.messages])
-
-    async def route(self, request: RouteRequest) -> RouteReply:
-        return RouteReply(pool="p", timeout_s=10.0)
 
     async def sandbox(self, request: SandboxExecRequest) -> SandboxExecReply:
         self.executed.append(request)
