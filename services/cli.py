@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from libs.settings import Settings, load_settings
+from services import backup as backup_cli
 from services import keys_cli
 from services.audit import cli as audit_cli
 from services.trainer import cli as trainer_cli
@@ -38,7 +39,10 @@ SERVICES = (
 def serve(settings: Settings, service: str, pool: str | None) -> None:
     import uvloop
 
+    from libs.logs import setup_logging
     from libs.metrics import serve_metrics
+
+    setup_logging(service, pool)  # JSON lines on stderr, redacted: libs/logs.py
 
     if service == "gateway":
         import uvicorn
@@ -53,6 +57,7 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
             loop="uvloop",
             http="httptools",
             log_level="warning",
+            log_config=None,  # uvicorn's records through setup_logging's handler
             access_log=False,
         )
         return
@@ -153,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     audit_cli.add_parser(sub)
     trainer_cli.add_parser(sub)
+    backup_cli.add_parsers(sub)
 
     args = parser.parse_args(argv)
     if getattr(args, "port", None):
@@ -178,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return audit_cli.run(args, settings)
     elif args.command == "adapters":
         return trainer_cli.run(args, settings)
+    elif args.command in ("backup", "restore"):
+        return backup_cli.run(args, settings)
     return 0
 
 

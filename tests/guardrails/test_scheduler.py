@@ -14,7 +14,7 @@ import yaml
 from libs.context import RequestContext
 from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
 from services.guardrails.adapters.policy_files import PolicyStore
-from services.guardrails.app import decide
+from services.guardrails.bootstrap import decide
 from services.guardrails.linear import UnsupportedPattern, compile_linear
 from services.guardrails.policy import PolicyError
 from services.guardrails.scheduler import (
