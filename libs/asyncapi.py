@@ -216,7 +216,7 @@ CHANNELS: tuple[Channel, ...] = (
         _s.memory_rag,
         "One files / vector stores / memories operation of the OpenAI-shaped API.",
         (events.RagRequest,),
-        ("gateway",),
+        ("gateway", "agent_runtime"),
         Receiver(("memory",), "memory", "nats-py"),
         replies=(events.RagReply,),
     ),
@@ -247,9 +247,20 @@ CHANNELS: tuple[Channel, ...] = (
         _s.sandbox_exec,
         "Run untrusted code once, in a fresh sandbox (POST /v1/sandbox/exec).",
         (events.SandboxExecRequest,),
-        ("gateway",),
+        ("gateway", "agent_runtime"),
         Receiver(("sandbox",), "sandbox"),
         replies=(events.SandboxExecReply,),
+    ),
+    Channel(
+        "agentDelegate",
+        "agent_delegate",
+        _s.agent_delegate,
+        "Delegate: an agent hands a focused task to a subagent as a child turn, with the "
+        "parent's context and depth; the reply is the subagent's typed result.",
+        (events.DelegateRequested,),
+        ("agent_runtime",),
+        Receiver(("agent_runtime",), "agent_runtime"),
+        replies=(events.DelegateResult,),
     ),
     Channel(
         "keysRevoked",
@@ -374,9 +385,25 @@ def _schemas() -> dict[str, Any]:
     )
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     schemas: dict[str, Any] = dict(sorted(top.get("$defs", {}).items()))
+    for schema in schemas.values():
+        _plain_discriminators(schema)
     schemas[BYTES] = {"type": "string", "format": "binary", "description": "Raw bytes."}
     schemas[EMPTY] = {"type": "string", "maxLength": 0, "description": "An empty payload."}
     return schemas
+
+
+def _plain_discriminators(node: Any) -> None:
+    """AsyncAPI 3's schema object names a discriminator by its property only (a string);
+    pydantic writes OpenAPI's object with a mapping (the typed memory requests)."""
+    if isinstance(node, dict):
+        found = node.get("discriminator")
+        if isinstance(found, dict) and "propertyName" in found:
+            node["discriminator"] = found["propertyName"]
+        for value in node.values():
+            _plain_discriminators(value)
+    elif isinstance(node, list):
+        for value in node:
+            _plain_discriminators(value)
 
 
 def _headers() -> dict[str, Any]:

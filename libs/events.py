@@ -17,10 +17,56 @@ from libs.errors import ErrorInfo
 EVENTS_VERSION = 1
 
 
+class FunctionCall(BaseModel):
+    """A function the model called: its name and its arguments as JSON text (OpenAI's)."""
+
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(BaseModel):
+    """One call in an assistant message's `tool_calls`."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     role: str
     content: str | None = None
     name: str | None = None
+    # An assistant message that called tools, and a `tool` message answering one call.
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call (OpenAI's `tools[].function`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    # A JSON Schema object; absent: the function takes no arguments.
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice: {"type": "function", "function": {"name": ...}}`: call this one."""
+
+    class Name(BaseModel):
+        name: str
+
+    type: Literal["function"] = "function"
+    function: Name
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
 
 
 class GenerationParams(BaseModel):
@@ -37,6 +83,10 @@ class GenerationParams(BaseModel):
     # {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}
     response_format: dict[str, Any] | None = None
     user: str | None = None
+    # Tool calling (libs/tool_calls.py): the functions the model may call, and how.
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class Usage(BaseModel):
@@ -121,6 +171,16 @@ class ChatRequested(BaseModel):
     memory: MemoryOptions | None = None
 
 
+class ToolCallDelta(BaseModel):
+    """A piece of one tool call of a choice, as OpenAI streams it: the first piece of a
+    call carries its `id` and `name`, the rest fragments of its `arguments`."""
+
+    index: int  # the call's place in the choice's `tool_calls`
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 class Delta(BaseModel):
     """A piece of one choice's output."""
 
@@ -131,6 +191,7 @@ class Delta(BaseModel):
     # Set on a choice's first delta when an adapter serves it: its digest, so a stream names
     # what produced it from the first chunk on (`system_fingerprint`).
     adapter_digest: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class TurnEvent(BaseModel):
@@ -699,3 +760,35 @@ class ModelsChanged(BaseModel):
     previous: str | None = None
     reason: str | None = None
     worker: str | None = None
+
+
+# -- agents (services/agent_runtime/agent_loop.py) --
+
+
+class DelegateRequested(BaseModel):
+    """agent_runtime -> agent_runtime: an agent hands a focused task to a subagent, as a
+    child turn. `ctx` is the parent's (its request id and trace), so parent and child are
+    one trace and one audit thread; `depth` is the child's (the parent's + 1)."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    agent: str
+    task: str
+    depth: int = Field(ge=1)
+    parent_agent: str = ""
+    user: str = ""
+    # What is left of the parent's wall time: the child stops by then whatever its own limit.
+    wall_s_left: float | None = None
+
+
+class DelegateResult(BaseModel):
+    """The subagent's answer to its parent: its final text, or why it stopped."""
+
+    v: Literal[1] = 1
+    agent: str
+    output: str = ""
+    outcome: Literal["ok", "limit", "error"] = "ok"
+    reason: str | None = None
+    steps: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    error: ErrorInfo | None = None

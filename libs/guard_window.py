@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from libs.events import Delta, GuardrailEntity
+from libs.events import Delta, GuardrailEntity, ToolCallDelta
 
 HOLD_CHARS = 64
 STRIDE_CHARS = 32
@@ -88,6 +88,14 @@ class _Choice:
     blocked: bool = False
     # (offset just past the token in `text`, its logprob entries)
     logprobs: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    # Tool call pieces: held to the end of the choice, checked with its last window (their
+    # arguments after the text), released with its last delta.
+    calls: list[ToolCallDelta] = field(default_factory=list)
+
+    def calls_text(self) -> str:
+        if not self.calls or self.finish is None:
+            return ""
+        return "".join("\n" + p.arguments for p in self.calls if p.arguments)
 
 
 class OutputWindow:
@@ -111,6 +119,8 @@ class OutputWindow:
             c.unchecked += len(d.content)
             if d.logprobs:
                 c.logprobs.append((len(c.text), d.logprobs))
+            if d.tool_calls:
+                c.calls.extend(d.tool_calls)
             if d.finish_reason:
                 c.finish = d.finish_reason
             if (c.unchecked >= self.stride or c.finish) and d.index not in ready:
@@ -122,12 +132,13 @@ class OutputWindow:
         return [i for i, c in self.choices.items() if not c.blocked and (c.text or c.finish)]
 
     def unreleased(self, index: int) -> str:
-        return self.choices[index].text
+        c = self.choices[index]
+        return c.text + c.calls_text()
 
     def text(self, index: int) -> str:
         """What to check: the released context, then the unreleased text."""
         c = self.choices[index]
-        return c.context + c.text
+        return c.context + c.text + c.calls_text()
 
     def release(self, index: int, checked: list[GuardrailEntity], final: bool) -> Delta | None:
         """After a passing check of `text(index)`: the delta that may leave now, if any."""
@@ -141,6 +152,15 @@ class OutputWindow:
             for s in checked
             if s.end > shift
         ]
+        in_calls: list[GuardrailEntity] = []
+        if c.calls:  # spans in the calls' arguments apply to those (`calls_text`)
+            end = len(c.text)
+            in_calls = [
+                s.model_copy(update={"start": s.start - end, "end": s.end - end})
+                for s in spans
+                if s.start >= end
+            ]
+            spans = [s.model_copy(update={"end": min(s.end, end)}) for s in spans if s.start < end]
         cut = release_boundary(c.text, spans, final)
         c.unchecked = 0
         if cut == 0 and not (final and c.finish):
@@ -152,20 +172,46 @@ class OutputWindow:
         c.context = (c.context + c.text[:cut])[-CONTEXT_CHARS:]
         c.text = c.text[cut:]
         finish = c.finish if final else None
+        calls: list[ToolCallDelta] = []
         if final:
             c.finish = None
+            calls = self._release_calls(c.calls, in_calls)
+            c.calls = []
         # Logprobs name the raw tokens: none leave for a stretch the guardrail rewrote.
         return Delta(
             index=index,
             content=content,
             logprobs=(lps or None) if not touched else None,
             finish_reason=finish,
+            tool_calls=calls or None,
         )
+
+    def _release_calls(
+        self, pieces: list[ToolCallDelta], spans: list[GuardrailEntity]
+    ) -> list[ToolCallDelta]:
+        """The calls' pieces with the spans found in their arguments replaced (offsets in
+        `calls_text`: each non-empty argument fragment after a newline)."""
+        out: list[ToolCallDelta] = []
+        pos = 0
+        for p in pieces:
+            arguments = p.arguments
+            if arguments:
+                pos += 1
+                mine = [
+                    s.model_copy(update={"start": s.start - pos, "end": s.end - pos})
+                    for s in spans
+                    if pos <= s.start and s.end <= pos + len(arguments)
+                ]
+                arguments = apply_spans(arguments, mine, len(arguments))
+                pos += len(p.arguments)
+            out.append(p.model_copy(update={"arguments": restore(arguments, self.pseudonyms)}))
+        return out
 
     def block(self, index: int, notice: str) -> Delta:
         """The choice ends here: nothing of its unreleased text leaves."""
         c = self.choices[index]
         c.blocked = True
         c.text = ""
+        c.calls = []
         c.logprobs = []
         return Delta(index=index, content=notice, finish_reason="content_filter")

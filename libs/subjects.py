@@ -122,6 +122,12 @@ class Subjects:
         """Run code in a fresh sandbox (request/reply; replicas share it: queue `sandbox`)."""
         return self._s("sandbox.exec")
 
+    @property
+    def agent_delegate(self) -> str:
+        """A subagent's child turn (request/reply; runtime replicas share it: queue
+        `agent_runtime`)."""
+        return self._s("agent.delegate")
+
     # -- audit (JetStream, durable) --
     def audit(self, tenant: str, kind: str) -> str:
         return self._s(f"audit.{tenant}.{kind}")

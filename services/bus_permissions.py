@@ -106,23 +106,34 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.memory_ground,
                 s.memory_store,
                 *_consumes(s.chat_stream_name),
+                # Agents: their tools (sandbox, file search) and delegated child turns.
+                s.sandbox_exec,
+                s.memory_rag,
+                s.agent_delegate,
             ),
-            subscribe=(s.chat_requested, deltas, s.guardrails_policy_changed),
+            subscribe=(
+                s.chat_requested,
+                deltas,
+                s.guardrails_policy_changed,
+                s.agent_delegate,
+            ),
         ),
         "inference_router": Permissions(
-            publish=(s.inference_worker("*"),),
+            # A tenant's `:ft` id unknown to the registry is resolved by the trainer's API.
+            publish=(s.inference_worker("*"), s.trainer_api),
             subscribe=(
                 s.inference_route,
                 s.inference_generate,
                 s.inference_embed,
                 s.inference_models,
+                s.models_changed,
             ),
         ),
         "worker": Permissions(
             # The worker streams straight to the client's subject when nothing is done to
             # the output (GenerateRequest.client_subject): it writes chat.stream, never reads.
-            publish=(deltas, chat_streams),
-            subscribe=(s.inference_worker("*"),),
+            publish=(deltas, chat_streams, s.models_changed),  # load_failed, drained
+            subscribe=(s.inference_worker("*"), s.models_changed),
         ),
         "guardrails": Permissions(
             publish=(s.guardrails_policy_changed,),
@@ -152,7 +163,8 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
         ),
         "sandbox": Permissions(publish=(), subscribe=(s.sandbox_exec,)),
         "trainer": Permissions(
-            publish=(s.trainer_status("*"), *_consumes(s.trainer_stream_name)),
+            # Promotions and rollbacks of adapters are announced to every worker and router.
+            publish=(s.trainer_status("*"), s.models_changed, *_consumes(s.trainer_stream_name)),
             subscribe=(s.trainer_jobs, s.trainer_api, s.trainer_cancel),
         ),
     }

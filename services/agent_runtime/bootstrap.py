@@ -22,10 +22,13 @@ from pydantic import ValidationError
 from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import stream_configs
 from libs.errors import ErrorInfo
-from libs.events import ChatRequested, TurnEvent
+from libs.events import ChatRequested, DelegateRequested, TurnEvent
 from libs.generation import GenerationClient, RouteCache
-from libs.rpc import Bus, ReplyRouter
+from libs.rpc import Bus, ReplyRouter, serve
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
+from services.agent_runtime.adapters.agent_ports import NatsAgentPorts
+from services.agent_runtime.agent_runner import AgentRunner
+from services.agent_runtime.agents import agent_name
 from services.agent_runtime.passthrough import InputPassthrough
 from services.agent_runtime.pipeline import run_turn
 from services.agent_runtime.ports import RuntimePorts
@@ -41,9 +44,15 @@ class Runtime:
     """One runtime replica: takes turns from the work queue and runs them."""
 
     def __init__(
-        self, bus: Bus, ports: RuntimePorts, deltas: ReplyRouter, audit: AuditPublisher
+        self,
+        bus: Bus,
+        ports: RuntimePorts,
+        deltas: ReplyRouter,
+        audit: AuditPublisher,
+        agents: AgentRunner | None = None,
     ) -> None:
         self.bus = bus
+        self.agents = agents
         self.settings = bus.settings
         self.ports = ports
         self.deltas = deltas
@@ -57,6 +66,16 @@ class Runtime:
         self.audit.start()
         await self.deltas.start()
         await nc.subscribe(subjects.guardrails_policy_changed, cb=self._on_policy_changed)
+        if self.agents is not None:
+            # Delegated child turns: any replica takes one, each in its own task.
+            await serve(
+                nc,
+                subjects.agent_delegate,
+                DelegateRequested,
+                self.agents.delegated,
+                queue="agent_runtime",
+                concurrent=True,
+            )
         # Raw JetStream push consumer, shared by every replica as a deliver group: the
         # FastStream subscriber adds 0.25 ms to every turn (bench/gateway.py).
         await nc.jetstream().subscribe(
@@ -113,8 +132,12 @@ class Runtime:
         ) as span:
             event.ctx = with_span(event.ctx, span)
             turn = self.ports.turn(event)
+            name = agent_name(event.model)
             try:
-                last = await run_turn(event, turn)
+                if name is not None and self.agents is not None:
+                    last = await self.agents.chat(event, name, turn)
+                else:
+                    last = await run_turn(event, turn)
             except Exception as exc:
                 failure = exc
                 log.exception("turn %s failed", event.ctx.request_id)
@@ -133,4 +156,5 @@ async def build(bus: Bus, broker: NatsBroker) -> Runtime:
     )
     ports = RuntimePorts(bus, generations, InputPassthrough(settings.guard_passthrough_s), replica)
     audit = AuditPublisher(bus.nc, bus.subjects, "runtime", outbox_dir(settings.home))
-    return Runtime(bus, ports, deltas, audit)
+    agents = AgentRunner.at(settings.home, NatsAgentPorts(ports, audit))
+    return Runtime(bus, ports, deltas, audit, agents)

@@ -21,9 +21,14 @@ from libs.events import (
     GenerationParams,
     MemoryOptions,
     RagOptions,
+    ToolCall,
+    ToolChoice,
+    ToolDefinition,
     TurnEvent,
     Usage,
 )
+from libs.tool_calls import CallCollector, ToolChoiceError, delta_json
+from libs.tool_calls import check as check_tools
 
 M = TypeVar("M", bound=BaseModel)
 # Admission bounds: what one request may ask, whatever its model. A worker further stops a
@@ -34,6 +39,7 @@ MAX_TOKENS = 32_768
 MAX_MESSAGES = 1_024
 MAX_NAME = 256  # model ids, user ids, stop sequences
 MAX_EMBEDDING_INPUTS = 2_048
+MAX_TOOLS = 128  # functions in `tools`, calls in one assistant message
 
 
 class _Request(BaseModel):
@@ -80,6 +86,8 @@ class RequestMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=MAX_NAME)
 
     def text(self) -> str | None:
         if self.content is None or isinstance(self.content, str):
@@ -99,6 +107,9 @@ class ChatCompletionRequest(_Request):
     # Extensions: retrieval from a vector store, and the user's memories.
     rag: RagOptions | None = None
     memory: MemoryOptions | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("response_format")
     @classmethod
@@ -170,7 +181,16 @@ def validate(model: type[M], data: Any) -> M:
 
 def chat_event(req: ChatCompletionRequest, ctx: RequestContext) -> ChatRequested:
     try:
-        messages = [ChatMessage(role=m.role, content=m.text(), name=m.name) for m in req.messages]
+        messages = [
+            ChatMessage(
+                role=m.role,
+                content=m.text(),
+                name=m.name,
+                tool_calls=m.tool_calls,
+                tool_call_id=m.tool_call_id,
+            )
+            for m in req.messages
+        ]
     except ValueError as exc:
         raise EnclaveError(400, str(exc), "invalid_value", "messages") from None
     fmt = req.response_format
@@ -187,7 +207,14 @@ def chat_event(req: ChatCompletionRequest, ctx: RequestContext) -> ChatRequested
         top_logprobs=req.top_logprobs,
         response_format=fmt,
         user=req.user,
+        tools=req.tools,
+        tool_choice=req.tool_choice,
+        parallel_tool_calls=req.parallel_tool_calls,
     )
+    try:
+        check_tools(params)
+    except ToolChoiceError as exc:
+        raise EnclaveError(400, str(exc), "invalid_value", exc.param) from None
     return ChatRequested(
         ctx=ctx, model=req.model, messages=messages, params=params, rag=req.rag, memory=req.memory
     )
@@ -269,6 +296,10 @@ class ChatStreamShaper:
                     delta = {"role": "assistant", "content": d.content}
                 elif d.finish_reason and not d.content:
                     delta = {}
+                if d.tool_calls:
+                    delta["tool_calls"] = [delta_json(p) for p in d.tool_calls]
+                    if not d.content:
+                        delta["content"] = None
                 logprobs = {"content": d.logprobs, "refusal": None} if d.logprobs else None
                 choice = {
                     "index": d.index,
@@ -318,23 +349,34 @@ class Accumulator:
         self.logprobs: list[list[dict[str, Any]] | None] = [None] * n
         self.finish: list[str | None] = [None] * n
         self.extras: dict[str, Any] = {}
+        self.calls = [CallCollector() for _ in range(n)]
 
     def add(self, deltas: list[Delta]) -> None:
         for d in deltas:
             if d.index >= len(self.text):
                 continue
             self.text[d.index] += d.content
+            if d.tool_calls:
+                self.calls[d.index].add(d.tool_calls)
             if d.logprobs:
                 self.logprobs[d.index] = (self.logprobs[d.index] or []) + d.logprobs
             if d.finish_reason:
                 self.finish[d.index] = d.finish_reason
+
+    def _message(self, index: int, text: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        calls = self.calls[index].calls()
+        if calls:
+            message["tool_calls"] = [c.model_dump() for c in calls]
+            message["content"] = text or None
+        return message
 
     def response(self, event: ChatRequested, usage: Usage) -> dict[str, Any]:
         if event.kind == "chat":
             choices: list[dict[str, Any]] = [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": self._message(i, text),
                     "logprobs": (
                         {"content": self.logprobs[i], "refusal": None}
                         if event.params.logprobs

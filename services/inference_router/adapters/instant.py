@@ -2,7 +2,8 @@
 
 With `delay_ms` it answers slowly instead, which is how tests produce upstream timeouts.
 With `echo` it repeats the last user message (or the prompt) in pieces of `chunk_chars`
-characters, which is how tests see exactly what a model was given and returned.
+characters, which is how tests see exactly what a model was given and returned; and, with
+`tools`, how they script a tool call (the echoed text is parsed as a model's would be).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from typing import Any
 
 from libs.events import Delta, GenerateRequest, Usage
+from services.inference_router.adapters.tool_calling import calling_emit
 from services.inference_router.engine import Emit
 
 
@@ -30,6 +32,8 @@ class InstantEngine:
         self.runs_inline = self.delay_s == 0
 
     def generate(self, request: GenerateRequest, emit: Emit) -> Usage:
+        # With tools, an echoed `<tool_call>` block is a call: a scripted model for tests.
+        emit = calling_emit(request.params, emit)
         prompt = request.prompt or " ".join(m.content or "" for m in request.messages)
         if self.echo:
             said = request.prompt or next(

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from libs.events import Delta, GenerateRequest, Usage
+from libs.tool_calls import forced_format, prompt_messages
+from services.inference_router.adapters.tool_calling import calling_emit
 from services.inference_router.engine import Emit, merged_params
 
 # JSON's string character: anything but a quote, a backslash or a control character, or an
@@ -111,6 +113,7 @@ class LlamaCppEngine:
         self._model(False)
 
     def generate(self, request: GenerateRequest, emit: Emit) -> Usage:
+        emit = calling_emit(request.params, emit)
         with self._lock:
             llm = self._model(request.params.logprobs)
             usage = Usage()
@@ -128,9 +131,11 @@ class LlamaCppEngine:
             params["seed"] += choice
         p = request.params
         if request.kind == "chat":
-            gbnf = json_grammar(p.response_format)
+            # Tools: listed in the system message, a forced choice enforced by its grammar.
+            gbnf = json_grammar(p.response_format or forced_format(p))
+            messages = prompt_messages(request.messages, p)
             stream = llm.create_chat_completion(
-                messages=[m.model_dump(exclude_none=True) for m in request.messages],
+                messages=[m.model_dump(exclude_none=True) for m in messages],
                 stream=True,
                 logprobs=p.logprobs,
                 top_logprobs=p.top_logprobs if p.logprobs else None,

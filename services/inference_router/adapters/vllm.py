@@ -17,8 +17,10 @@ from typing import Any
 
 from libs.adapter_bundle import is_digest
 from libs.events import Delta, GenerateRequest, Usage
+from libs.tool_calls import forced_format, prompt_messages
 from services.inference_router.adapter_choice import AdapterKey, AdapterRefused, wanted
 from services.inference_router.adapters.adapter_store import AdapterStore, site_trusted_keys
+from services.inference_router.adapters.tool_calling import calling_emit
 from services.inference_router.engine import Emit, merged_params
 
 
@@ -99,7 +101,8 @@ def sampling_kwargs(request: GenerateRequest, defaults: dict[str, Any]) -> dict[
     }
     if p.logprobs:
         kwargs["logprobs"] = p.top_logprobs or 0
-    fmt = p.response_format or {}
+    # A forced tool choice is the JSON Schema of one call (libs/tool_calls.py).
+    fmt = p.response_format or forced_format(p) or {}
     if fmt.get("type") == "json_schema":
         kwargs["json_schema"] = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
     elif fmt.get("type") == "json_object":
@@ -178,9 +181,12 @@ class VllmEngine:
         return SamplingParams(output_kind=RequestOutputKind.DELTA, **kwargs)
 
     def generate(self, request: GenerateRequest, emit: Emit) -> Usage:
+        emit = calling_emit(request.params, emit)
         if request.kind == "chat":
+            # Tools in the system message, in the Hermes format the calls are parsed in.
+            messages = prompt_messages(request.messages, request.params)
             prompt = self.tokenizer.apply_chat_template(
-                [m.model_dump(exclude_none=True) for m in request.messages],
+                [m.model_dump(exclude_none=True) for m in messages],
                 tokenize=False,
                 add_generation_prompt=True,
             )
