@@ -9,7 +9,8 @@ bootstrap:
 services:
 	@bash deploy/local/services.sh
 
-up: bootstrap services
+# enclave up runs its own NATS and Redis, with generated credentials, where none listens.
+up: bootstrap
 	$(VENV)/enclave up
 
 lint: bootstrap
@@ -19,6 +20,7 @@ lint: bootstrap
 	$(VENV)/lint-imports
 
 test: export ENCLAVE_NEED_POSTGRES = 1
+test: export ENCLAVE_NEED_DEPLOY = 1
 test: bootstrap
 	@bash deploy/local/services.sh --postgres
 	$(MAKE) lint

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ORDER = ["gateway"]
 # Modules that other benches use, not benches themselves.
-HELPERS = ("loadgen", "factbook", "__main__")
+HELPERS = ("loadgen", "factbook", "standin", "__main__")
 
 
 def main() -> int:

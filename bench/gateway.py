@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -59,7 +61,7 @@ def direct_llama() -> Result:
             if not first[0]:
                 first[0] = time.perf_counter() - start
 
-        engine.generate(request, emit)  # type: ignore[arg-type]
+        engine.generate(request, emit)
         from bench.loadgen import Sample
 
         result.samples.append(Sample(ttft=first[0], total=time.perf_counter() - start))
@@ -100,7 +102,22 @@ def set_global_policy(plat: Platform, policy: dict[str, object] | None) -> None:
     time.sleep(1.5)  # the guardrails reload a policy file when its mtime changes
 
 
-def main() -> None:
+# The services a streamed chat with the instant engine goes through.
+INSTANT_SERVICES: tuple[tuple[str, str, str | None], ...] = (
+    ("router", "inference_router", None),
+    ("worker-instant", "worker", "instant"),
+    ("guardrails", "guardrails", None),
+    ("runtime", "agent_runtime", None),
+    ("gateway", "gateway", None),
+)
+
+
+@contextlib.contextmanager
+def running_platform(
+    extra: tuple[tuple[str, str, str | None], ...] = (), models: tuple[str, ...] = ()
+) -> Iterator[tuple[Platform, int]]:
+    """The platform's processes (the instant path plus `extra`) on the real bus, with an
+    admin key, the open policy, and `enclave-instant` plus `models` served; its port."""
     with infra() as found, tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         port = free_port()
@@ -113,61 +130,58 @@ def main() -> None:
         plat.admin_key = plat.create_key("bench", "admin", rpm=100_000_000)
         set_global_policy(plat, OPEN_POLICY)
         try:
-            for name, service, pool in (
-                ("router", "inference_router", None),
-                ("worker-instant", "worker", "instant"),
-                ("worker-smollm2", "worker", "smollm2"),
-                ("guardrails", "guardrails", None),
-                ("runtime", "agent_runtime", None),
-                ("gateway", "gateway", None),
-            ):
+            for name, service, pool in INSTANT_SERVICES[:2] + extra + INSTANT_SERVICES[2:]:
                 plat.start(name, service, pool)
             plat.wait_ready()
-            plat.wait_model("enclave-instant")
-            plat.wait_model("smollm2-135m-instruct")
-            key = plat.admin_key
-            rows = []
-
-            async def through(model: str, clients: int, **kw: object) -> Result:
-                return await run_clients("127.0.0.1", port, key, chat_body(model), clients, **kw)  # type: ignore[arg-type]
-
-            # Warm-up: connections, caches and consumers settle.
-            asyncio.run(through("enclave-instant", 2, requests=200))
-            instant_1 = asyncio.run(through("enclave-instant", 1, requests=max(REQUESTS, 2000)))
-            instant_10 = asyncio.run(through("enclave-instant", 10, seconds=8.0))
-            set_global_policy(plat, None)
-            asyncio.run(through("enclave-instant", 1, requests=20))
-            guarded_1 = asyncio.run(through("enclave-instant", 1, requests=REQUESTS))
-            guarded_10 = asyncio.run(through("enclave-instant", 10, seconds=8.0))
-            plat.stop("worker-instant")
-            gw_llama = asyncio.run(through("smollm2-135m-instruct", 1, requests=REQUESTS))
+            for model in ("enclave-instant", *models):
+                plat.wait_model(model)
+            yield plat, port
         finally:
             plat.stop_all()
-        direct = direct_llama()
-        rows.append(row("llama.cpp direct, in process (1 client)", direct))
-        rows.append(row("llama.cpp, platform, default guardrails (1)", gw_llama))
-        rows.append(row("instant, platform, screening off (1 client)", instant_1))
-        rows.append(row("instant, platform, screening off (10 clients)", instant_10))
-        rows.append(row("instant, platform, default guardrails (1)", guarded_1))
-        rows.append(row("instant, platform, default guardrails (10)", guarded_10))
-        print()
-        print("## Platform latency and throughput (ms; req/s)")
-        print(
-            "| path                                         |     n | err | TTFT p50 | TTFT p99 |"
-            "  tot p50 |  tot p99 |    req/s |"
-        )
-        print("|" + "---|" * 8)
-        print("\n".join(rows))
-        added_llama = gw_llama.pct("ttft", 0.5) - direct.pct("ttft", 0.5)
-        print()
-        print(f"added TTFT P50, llama.cpp, default guardrails: {added_llama:.2f} ms")
-        print(
-            f"added TTFT P50, instant engine, 1 client, screening off: "
-            f"{instant_1.pct('ttft', 0.5):.2f} ms (target <= 2 ms)"
-        )
-        print(
-            f"streamed requests/s, 10 clients, screening off: {instant_10.rps:.0f} (target >= 570)"
-        )
+
+
+def main() -> None:
+    smollm2 = (("worker-smollm2", "worker", "smollm2"),)
+    with running_platform(smollm2, ("smollm2-135m-instruct",)) as (plat, port):
+        key = plat.admin_key
+
+        async def through(model: str, clients: int, **kw: object) -> Result:
+            return await run_clients("127.0.0.1", port, key, chat_body(model), clients, **kw)  # type: ignore[arg-type]
+
+        # Warm-up: connections, caches and consumers settle.
+        asyncio.run(through("enclave-instant", 2, requests=200))
+        instant_1 = asyncio.run(through("enclave-instant", 1, requests=max(REQUESTS, 2000)))
+        instant_10 = asyncio.run(through("enclave-instant", 10, seconds=8.0))
+        set_global_policy(plat, None)
+        asyncio.run(through("enclave-instant", 1, requests=20))
+        guarded_1 = asyncio.run(through("enclave-instant", 1, requests=REQUESTS))
+        guarded_10 = asyncio.run(through("enclave-instant", 10, seconds=8.0))
+        plat.stop("worker-instant")
+        gw_llama = asyncio.run(through("smollm2-135m-instruct", 1, requests=REQUESTS))
+    rows = []
+    direct = direct_llama()
+    rows.append(row("llama.cpp direct, in process (1 client)", direct))
+    rows.append(row("llama.cpp, platform, default guardrails (1)", gw_llama))
+    rows.append(row("instant, platform, screening off (1 client)", instant_1))
+    rows.append(row("instant, platform, screening off (10 clients)", instant_10))
+    rows.append(row("instant, platform, default guardrails (1)", guarded_1))
+    rows.append(row("instant, platform, default guardrails (10)", guarded_10))
+    print()
+    print("## Platform latency and throughput (ms; req/s)")
+    print(
+        "| path                                         |     n | err | TTFT p50 | TTFT p99 |"
+        "  tot p50 |  tot p99 |    req/s |"
+    )
+    print("|" + "---|" * 8)
+    print("\n".join(rows))
+    added_llama = gw_llama.pct("ttft", 0.5) - direct.pct("ttft", 0.5)
+    print()
+    print(f"added TTFT P50, llama.cpp, default guardrails: {added_llama:.2f} ms")
+    print(
+        f"added TTFT P50, instant engine, 1 client, screening off: "
+        f"{instant_1.pct('ttft', 0.5):.2f} ms (target <= 2 ms)"
+    )
+    print(f"streamed requests/s, 10 clients, screening off: {instant_10.rps:.0f} (target >= 570)")
 
 
 if __name__ == "__main__":

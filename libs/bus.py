@@ -24,6 +24,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         logger=None,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
+        inbox_prefix=settings.nats_inbox_prefix,
     )
 
 
@@ -35,6 +36,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             subjects=[s.chat_requested],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=settings.stream_replicas,
             max_age=3600.0,
         ),
         StreamConfig(
@@ -42,14 +44,22 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             subjects=[s.memory_store],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=settings.stream_replicas,
         ),
         StreamConfig(
             name=s.audit_stream_name,
             subjects=[s.audit_all],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=settings.stream_replicas,
             # The database is the record; the stream keeps a week to replay from.
             max_age=7 * 86400.0,
+        ),
+        StreamConfig(
+            name=s.trainer_stream_name,
+            subjects=[s.trainer_jobs],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
         ),
     ]
 

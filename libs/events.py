@@ -52,8 +52,8 @@ class RagOptions(BaseModel):
     """Extension field `rag` of /v1/chat/completions: retrieve from a vector store."""
 
     enabled: bool = True
-    collection: str = ""  # a vector store id or name
-    top_k: int = 5
+    collection: str = Field(default="", max_length=256)  # a vector store id or name
+    top_k: int = Field(default=5, ge=1, le=50)
     # OpenAI's vector store search `filters` shape (eq, ne, in, and, or).
     filters: dict[str, Any] | None = None
     # Flag the answer's sentences that no retrieved chunk supports (`grounding` field).
@@ -286,6 +286,7 @@ class AuditSearch(BaseModel):
     until: str | None = None
     after_seq: int = 0
     limit: int = Field(default=100, ge=1, le=500)
+    ctx: RequestContext | None = None  # who asks: the read is audited
 
 
 class AuditVerifyRequest(BaseModel):
@@ -295,6 +296,7 @@ class AuditVerifyRequest(BaseModel):
     tenant: str
     from_seq: int = Field(default=1, ge=1)
     to_seq: int | None = None
+    ctx: RequestContext | None = None  # who asks: the read is audited
 
 
 class AuditExportRequest(BaseModel):
@@ -309,6 +311,12 @@ class AuditExportRequest(BaseModel):
     upto: int | None = None
     after_seq: int = 0
     limit: int = Field(default=500, ge=1, le=1000)
+    # Paged export (libs.audit.export_lines): with `upto`, "entries" pages by seq;
+    # "checkpoints" pages the stored checkpoints by id (`after_seq` is the id cursor),
+    # those stored before the export's own (`before_id`, from the start reply).
+    part: Literal["entries", "checkpoints"] = "entries"
+    before_id: int | None = None
+    ctx: RequestContext | None = None  # who asks: the read is audited
 
 
 class AuditReply(BaseModel):
@@ -324,6 +332,10 @@ class AuditReply(BaseModel):
     reason: str | None = None
     head_hash: str | None = None
     error: ErrorInfo | None = None
+    # The start of an export: the line that ends the bundle (its export checkpoint), and
+    # that checkpoint's id (the bound of the checkpoint pages).
+    trailer: list[str] = Field(default_factory=list)
+    checkpoint_id: int | None = None
 
 
 class RetrieveRequest(BaseModel):
@@ -522,3 +534,135 @@ class GuardrailVerdict(BaseModel):
     # the caller may let that tenant's input through unasked for this many seconds (or
     # until guardrails.policy.changed): the guardrails are then no hop of its turns.
     passthrough_s: float = 0.0
+
+
+class AuditActions:
+    """Actions of audit events that the platform records about itself (libs.audit has a
+    helper for each): who managed keys, read the chain, acted as admin, and turns the
+    runtime redelivered or dropped."""
+
+    KEY_CREATED = "key.created"
+    KEY_REVOKED = "key.revoked"
+    AUDIT_READ = "audit.read"  # a search of the chain
+    AUDIT_VERIFY = "audit.verify"
+    AUDIT_EXPORT = "audit.export"
+    ADMIN = "admin"  # prefix: `admin.<what>`, e.g. admin.tenant_data.delete
+    TURN_REDELIVERED = "turn.redelivered"
+    TURN_DROPPED = "turn.dropped"
+    QUARANTINED = "audit.quarantined"  # a poisoned outbox event, moved aside
+
+
+class KeyRevoked(BaseModel):
+    """`enclave keys revoke` (or the admin API) -> every gateway replica (core NATS
+    `keys.revoked`): forget this key now, not when its cache entry expires."""
+
+    v: Literal[1] = 1
+    key_id: str
+    tenant: str
+
+
+# -- sandbox (request/reply sandbox.exec, queue group "sandbox") --
+
+
+class SandboxFile(BaseModel):
+    """A file of a sandbox session: relative to its work dir, content in base64."""
+
+    path: str = Field(min_length=1, max_length=255)
+    content_b64: str
+
+
+class SandboxExecRequest(BaseModel):
+    """gateway or agent_runtime -> sandbox: run untrusted code once, in a fresh sandbox."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    language: Literal["python", "bash"]
+    code: str
+    files: list[SandboxFile] = Field(default_factory=list)
+    # Wall-clock limit; None: the service's default. Above the service's maximum: a 400.
+    timeout_s: float | None = None
+    # Who asks, for the audit entry: "api" (POST /v1/sandbox/exec) or a tool's name.
+    tool: str = "api"
+
+
+class SandboxExecReply(BaseModel):
+    """sandbox -> caller. status: "ok" (exit 0), "error" (the code exited non-zero),
+    "timeout" (wall-clock limit), "killed" (a resource limit ended it; `reason` says
+    which). `error` is set instead when the request was refused or no sandbox could run.
+    """
+
+    v: Literal[1] = 1
+    status: Literal["ok", "timeout", "killed", "error"] = "error"
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    # Files the code created or changed in the work dir.
+    files: list[SandboxFile] = Field(default_factory=list)
+    reason: str | None = None
+    # Output or files beyond the limits were left out.
+    truncated: bool = False
+    duration_ms: int = 0
+    error: ErrorInfo | None = None
+
+
+# -- trainer (fine-tuning jobs on the JetStream work queue trainer.jobs) --
+
+
+class FineTuningJobRequested(BaseModel):
+    """gateway (or a schedule) -> trainer: train a LoRA adapter for the caller's tenant.
+
+    The training file travels as its JSONL text (the submitter resolved the file id);
+    the trainer validates it line by line. `eval_set` is the tenant's eval set
+    (services/trainer/evals.py), run on the base model and on the new adapter.
+    """
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    job_id: str
+    model: str
+    training_file: str
+    training_data: str
+    validation_file: str | None = None
+    validation_data: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    eval_set: dict[str, Any] | None = None
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+
+
+class FineTuningJobStatus(BaseModel):
+    """trainer -> whoever listens on trainer.status.<job>: a job changed or made progress."""
+
+    v: Literal[1] = 1
+    tenant: str
+    job_id: str
+    status: str
+    job: dict[str, Any]  # OpenAI's fine_tuning.job object
+    event: dict[str, Any] | None = None  # the fine_tuning.job.event that says what happened
+    adapter: dict[str, Any] | None = None  # public_id, digest, base_model, version, status
+
+
+class FineTuningCancel(BaseModel):
+    """Broadcast to every trainer replica: stop this job (the one running it stops)."""
+
+    v: Literal[1] = 1
+    tenant: str
+    job_id: str
+
+
+class TrainerRequest(BaseModel):
+    """-> trainer (request/reply trainer.api): read jobs and adapters of the caller's tenant."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    op: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainerReply(BaseModel):
+    v: Literal[1] = 1
+    status: int = 200
+    body: Any = None
+    error: ErrorInfo | None = None

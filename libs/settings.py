@@ -21,6 +21,9 @@ class Settings(BaseSettings):
 
     home: Path = REPO_ROOT / ".enclave"
     nats_url: str = "nats://127.0.0.1:4222"
+    # Where this process's request replies arrive; `enclave up` gives each service its own
+    # (_INBOX_<service>) on its authenticated bus, so that none reads another's replies.
+    nats_inbox_prefix: str = "_INBOX"
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Empty means SQLite under `home`; set to postgresql+asyncpg://... in production.
     database_url: str = ""
@@ -69,6 +72,29 @@ class Settings(BaseSettings):
     # Files, vector stores and memories: an upload is parsed and embedded in the request.
     memory_api_timeout_s: float = 120.0
     audit_api_timeout_s: float = 30.0
+    # Sandbox (services/sandbox/README.md): "bwrap" (bubblewrap, the default) or "docker".
+    sandbox_backend: str = "bwrap"
+    sandbox_timeout_s: float = 10.0  # wall clock, when a request names none
+    sandbox_max_timeout_s: float = 60.0
+    sandbox_cpu_s: int = 30
+    sandbox_memory_mb: int = 512
+    sandbox_processes: int = 64
+    sandbox_output_bytes: int = 1_048_576  # stdout and stderr, each
+    sandbox_files_bytes: int = 10_485_760  # files in, and files out, in all
+    sandbox_files_count: int = 100
+    sandbox_work_mb: int = 64  # the work dir's tmpfs
+    sandbox_concurrency: int = 4  # sandboxes at once per replica
+    sandbox_warm: int = 2  # sandboxes started ahead per replica (bwrap), each used once
+    # Run as root, the bwrap backend drops each sandbox to uid base + slot (never 0).
+    sandbox_uid_base: int = 1_900_000_000
+    sandbox_docker_image: str = "python:3.11-slim"
+    # /metrics, /healthz and /readyz of each process (libs/metrics.py: the port scheme).
+    # 0: the first free port of the stage's block from metrics_base_port; -1: none.
+    metrics_port: int = 0
+    metrics_base_port: int = 9400
+    metrics_host: str = "127.0.0.1"
+    # Copies of each JetStream stream: 3 on the three-node cluster (deploy/nats/cluster.conf).
+    stream_replicas: int = 1
 
     @cached_property
     def subjects(self) -> Subjects:
@@ -83,5 +109,6 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     settings = Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    # 0700: the home holds keys, the database and the JetStream store (raw prompts).
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     return settings

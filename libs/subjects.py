@@ -113,6 +113,7 @@ class Subjects:
 
     @property
     def sandbox_exec(self) -> str:
+        """Run code in a fresh sandbox (request/reply; replicas share it: queue `sandbox`)."""
         return self._s("sandbox.exec")
 
     # -- audit (JetStream, durable) --
@@ -139,3 +140,32 @@ class Subjects:
     @property
     def audit_api_export(self) -> str:
         return self._s("auditapi.export")
+
+    # -- API keys (core NATS): a revocation, for every gateway replica to drop it at once --
+    @property
+    def keys_revoked(self) -> str:
+        return self._s("keys.revoked")
+
+    # -- trainer: jobs on a JetStream work queue, status and cancel on core NATS --
+    @property
+    def trainer_jobs(self) -> str:
+        return self._s("trainer.jobs")
+
+    @property
+    def trainer_stream_name(self) -> str:
+        return self._stream("ENCLAVE_TRAINER")
+
+    def trainer_status(self, job_id: str) -> str:
+        return self._s(f"trainer.status.{job_id}")
+
+    @property
+    def trainer_status_all(self) -> str:
+        return self._s("trainer.status.*")
+
+    @property
+    def trainer_cancel(self) -> str:
+        return self._s("trainer.cancel")
+
+    @property
+    def trainer_api(self) -> str:
+        return self._s("trainer.api")

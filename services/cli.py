@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from libs.settings import Settings, load_settings
+from services import keys_cli
 from services.audit import cli as audit_cli
+from services.trainer import cli as trainer_cli
 
 SERVICES = (
     "gateway",
@@ -29,30 +25,22 @@ SERVICES = (
     "audit",
     "memory",
     "guardrails",
-)
-# What `enclave up` starts: (service, pool)
-DEFAULT_PLATFORM = (
-    ("inference_router", None),
-    ("worker", "smollm2"),
-    ("worker", "gemma3"),
-    ("worker", "minilm"),
-    ("worker", "instant"),
-    ("guardrails", None),
-    ("agent_runtime", None),
-    ("memory", None),
-    ("gateway", None),
-    ("audit", None),
+    "sandbox",
+    "trainer",
 )
 
 
 def serve(settings: Settings, service: str, pool: str | None) -> None:
     import uvloop
 
+    from libs.metrics import serve_metrics
+
     if service == "gateway":
         import uvicorn
 
         from services.gateway.app import create_app
 
+        serve_metrics(settings, service, pool)
         uvicorn.run(
             create_app(settings),
             host=settings.gateway_host,
@@ -63,6 +51,7 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
             access_log=False,
         )
         return
+    app: Any  # a ServiceApp (libs/service.py) or a FastStream app: each has run()
     if service == "agent_runtime":
         from services.agent_runtime.app import build_app as build_runtime
 
@@ -89,111 +78,18 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         from services.guardrails.app import build_app as build_guardrails
 
         app = build_guardrails(settings)
+    elif service == "sandbox":
+        from services.sandbox.app import build_app as build_sandbox
+
+        app = build_sandbox(settings)
+    elif service == "trainer":
+        from services.trainer.app import build_app as build_trainer
+
+        app = build_trainer(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    serve_metrics(settings, service, pool)  # /metrics, /healthz, /readyz: libs/metrics.py
     uvloop.run(app.run())
-
-
-def up(settings: Settings, only: Sequence[str]) -> int:
-    """Start every service as its own process; Ctrl-C stops them all."""
-    from libs.db.engine import migrate
-
-    migrate(settings.sqlalchemy_url)
-    for path in audit_cli.ensure(settings):
-        print(f"created audit key {path}", flush=True)
-    key_file = settings.home / "admin.key"
-    if not key_file.exists():
-        plaintext = asyncio.run(_create_key(settings, "default", "admin", "make up", None))
-        key_file.touch(mode=0o600)
-        key_file.write_text(plaintext + "\n")
-        print(f"created an admin key for tenant `default` in {key_file}", flush=True)
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-    for service, pool in DEFAULT_PLATFORM:
-        name = f"{service}:{pool}" if pool else service
-        if only and service not in only and name not in only:
-            continue
-        cmd = [sys.executable, "-m", "services.cli", "serve", service]
-        if pool:
-            cmd += ["--pool", pool]
-        procs.append((name, subprocess.Popen(cmd)))
-        print(f"started {name} (pid {procs[-1][1].pid})", flush=True)
-    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    print(f"Enclave is starting: gateway on {base} — Ctrl-C stops it.", flush=True)
-    if not only:
-        threading.Thread(
-            target=_announce_ready, args=(base, key_file.read_text().strip()), daemon=True
-        ).start()
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    code = 0
-    while not stopping:
-        for name, proc in procs:
-            if proc.poll() is not None:
-                print(f"{name} exited with {proc.returncode}; stopping the platform", flush=True)
-                code = 1
-                stopping = True
-        time.sleep(0.3)
-    for _, proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for _, proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    print("Enclave stopped.", flush=True)
-    return code
-
-
-READY_MODEL = "smollm2-135m-instruct"
-READY_WAIT_S = 600.0
-
-
-def _announce_ready(base: str, key: str) -> None:
-    """Say when a chat first goes through every stage (gateway, runtime, guardrails,
-    router, worker): before that, requests may get 503s while models load."""
-    started = time.monotonic()
-    body = json.dumps(
-        {"model": READY_MODEL, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-    ).encode()
-    while time.monotonic() - started < READY_WAIT_S:
-        request = urllib.request.Request(
-            f"{base}/v1/chat/completions",
-            data=body,
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                if response.status == 200:
-                    took = time.monotonic() - started
-                    print(f"Enclave is ready ({took:.0f} s): {base}", flush=True)
-                    return
-        except (OSError, urllib.error.URLError):
-            pass  # not up yet, or a stage still loading (503)
-        time.sleep(1.0)
-    print(f"Enclave did not answer a chat within {READY_WAIT_S:.0f} s", flush=True)
-
-
-async def _create_key(
-    settings: Settings, tenant: str, role: str, name: str, rpm: int | None
-) -> str:
-    from libs.db.engine import make_engine, migrate_async
-    from services.gateway.adapters.sql_keys import create_key
-
-    await migrate_async(settings)
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        _, plaintext = await create_key(engine, tenant, role, name, rpm)
-    finally:
-        await engine.dispose()
-    return plaintext
 
 
 async def _add_model(settings: Settings, args: argparse.Namespace) -> None:
@@ -234,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_create.add_argument("--name", default="")
     p_create.add_argument("--rpm", type=int, default=None, help="requests per minute")
+    keys_cli.add_parsers(keys_sub)
 
     p_models = sub.add_parser("models", help="model registry")
     models_sub = p_models.add_subparsers(dest="models_command", required=True)
@@ -250,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     audit_cli.add_parser(sub)
+    trainer_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     if getattr(args, "port", None):
@@ -258,20 +156,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         serve(settings, args.service, args.pool)
     elif args.command == "up":
-        return up(settings, args.only)
+        from services import up
+
+        return up.run(settings, args.only)
     elif args.command == "migrate":
         from libs.db.engine import migrate
 
         migrate(settings.sqlalchemy_url)
         print("schema is up to date")
     elif args.command == "keys":
-        key = asyncio.run(_create_key(settings, args.tenant, args.role, args.name, args.rpm))
-        print(key)
+        return keys_cli.run(args, settings)
     elif args.command == "models":
         asyncio.run(_add_model(settings, args))
         print(f"registered {args.id} on pool {args.pool}")
     elif args.command == "audit":
         return audit_cli.run(args, settings)
+    elif args.command == "adapters":
+        return trainer_cli.run(args, settings)
     return 0
 
 

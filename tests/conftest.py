@@ -111,6 +111,7 @@ def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Itera
         plat.start("guardrails", "guardrails")
         plat.start("runtime", "agent_runtime")
         plat.start("memory", "memory")
+        plat.start("sandbox", "sandbox")
         plat.start("gateway", "gateway")
         plat.wait_ready()
         wait_memory(plat)

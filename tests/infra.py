@@ -1,8 +1,10 @@
 """Where the tests find NATS, Redis and PostgreSQL, and how they start the platform.
 
 With a Docker engine, testcontainers starts throwaway servers (the production-like
-path); without one, as on these CI machines, the local services on 127.0.0.1 serve,
-each test run isolated by its own bus prefix, database and ENCLAVE_HOME.
+path); without one, as on these CI machines, the local services on 127.0.0.1 serve
+(PostgreSQL: a private cluster that deploy/local/services.sh starts, see
+`postgres_admin_url`), each test run isolated by its own bus prefix, database and
+ENCLAVE_HOME.
 """
 
 from __future__ import annotations
@@ -77,21 +79,56 @@ def infra() -> Iterator[Infra]:
             for c in (nats_c, pg_c, redis_c):
                 c.stop()
         return
-    missing = [
-        name
-        for name, port in (("NATS", 4222), ("Redis", 6379), ("PostgreSQL", 5432))
-        if not _port_open(port)
-    ]
-    if missing:
+    postgres = postgres_admin_url()
+    missing = [name for name, port in (("NATS", 4222), ("Redis", 6379)) if not _port_open(port)]
+    if postgres is None:
+        missing.append("PostgreSQL")
+    if missing or postgres is None:
         raise RuntimeError(
-            f"{', '.join(missing)} not reachable on 127.0.0.1; run `make services` "
-            "(or `bash deploy/local/services.sh --postgres`) first"
+            f"{', '.join(missing)} not reachable on 127.0.0.1; run "
+            "`bash deploy/local/services.sh --postgres` first"
         )
     yield Infra(
         nats_url="nats://127.0.0.1:4222",
         redis_url="redis://127.0.0.1:6379/0",
-        postgres_admin_url="postgresql://postgres@127.0.0.1:5432/postgres",
+        postgres_admin_url=postgres,
     )
+
+
+def postgres_admin_url() -> str | None:
+    """The tests' PostgreSQL: ENCLAVE_TEST_POSTGRES_URL (a password from the environment),
+    else the private cluster that `deploy/local/services.sh --postgres` started (its URL,
+    with a generated password, in <ENCLAVE_HOME>/infra/postgres.url), else a server on
+    5432 that already lets `postgres` in over TCP without a password (never configured so
+    by us)."""
+    if url := os.environ.get("ENCLAVE_TEST_POSTGRES_URL"):
+        return url
+    home = Path(os.environ.get("ENCLAVE_HOME") or REPO / ".enclave")
+    url_file = home / "infra" / "postgres.url"
+    if url_file.exists():
+        url = url_file.read_text().strip()
+        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        if _port_open(port):
+            return url
+    legacy = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if _port_open(5432) and _postgres_lets_in(legacy):
+        return legacy
+    return None
+
+
+def _postgres_lets_in(url: str) -> bool:
+    import asyncpg
+
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=3)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+    with ThreadPoolExecutor(1) as pool:  # the caller may be inside a running event loop
+        return pool.submit(asyncio.run, probe()).result()
 
 
 def free_port() -> int:
@@ -226,3 +263,35 @@ def platform_env(infra: Infra, home: Path, port: int, **extra: str) -> dict[str,
     )
     env.update(extra)
     return env
+
+
+def start_up(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`enclave up` (what `make up` runs) as a real process, its output in `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", *args],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, as a failed test must still stop what it started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def chat(base_url: str, key: str, model: str, timeout: float = 60) -> httpx.Response:
+    """One short chat completion."""
+    return httpx.post(
+        f"{base_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
+        timeout=timeout,
+    )

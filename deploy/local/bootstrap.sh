@@ -11,7 +11,8 @@ PY="${PYTHON:-python3}"
 missing=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-if [ "${ENCLAVE_NEED_POSTGRES:-0}" = 1 ] && ! command -v pg_ctlcluster >/dev/null 2>&1; then
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+if [ "${ENCLAVE_NEED_POSTGRES:-0}" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,6 +22,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     echo "Please install these Debian packages first: sudo apt-get install ${missing[*]}" >&2
     exit 1
+  fi
+fi
+
+# The deploy checks (tests/deploy): compose, Caddy and promtool validate what deploy/ holds.
+if [ "${ENCLAVE_NEED_DEPLOY:-0}" = 1 ]; then
+  deploy_missing=()
+  command -v docker-compose >/dev/null 2>&1 || deploy_missing+=(docker-compose)
+  command -v caddy >/dev/null 2>&1 || deploy_missing+=(caddy)
+  command -v promtool >/dev/null 2>&1 || deploy_missing+=(prometheus)
+  if [ ${#deploy_missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing ${deploy_missing[*]} (Debian packages, for tests/deploy)"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${deploy_missing[@]}" >/dev/null
+    else
+      echo "tests/deploy need: sudo apt-get install ${deploy_missing[*]}" >&2
+      exit 1
+    fi
   fi
 fi
 

@@ -128,3 +128,43 @@ class VectorStoreFile(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class AdapterVersion(Base):
+    """A LoRA adapter version of the trainer: immutable, addressed by the digest of its files.
+
+    Only `status` and `status_reason` ever change (promotion, rollback); triggers from
+    migration 0005_trainer refuse updates of every other column.
+    """
+
+    __tablename__ = "trainer_adapters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    base_model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(80), index=True)
+    public_id: Mapped[str] = mapped_column(String(400), unique=True)
+    job_id: Mapped[str] = mapped_column(String(64), default="")
+    trained_by: Mapped[str] = mapped_column(String(200), default="")
+    eval_report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    bundle_path: Mapped[str] = mapped_column(String(1000), default="")
+    status: Mapped[str] = mapped_column(String(32), default="ready")
+    status_reason: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class FineTuningJobRecord(Base):
+    """A fine-tuning job of the trainer: OpenAI's job object, its events and checkpoints."""
+
+    __tablename__ = "trainer_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    job: Mapped[dict[str, Any]] = mapped_column(JSON)
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    checkpoints: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

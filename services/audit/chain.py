@@ -217,6 +217,8 @@ class Report:
     checkpoints: int  # checkpoints whose head hash was matched against the chain
     problem: Problem | None = None
     notes: list[str] = field(default_factory=list)
+    newest_time: str = ""  # the time of the newest checkpoint that vouches for the chain
+    newest_count: int = 0  # and the count it covers
 
     def summary(self) -> str:
         if self.ok:
@@ -224,9 +226,19 @@ class Report:
                 f"OK: {self.count} entries (seq {self.first_seq}..{self.last_seq}) of tenant "
                 f"{self.tenant}, head {self.head_hash[:16]}…, {self.checkpoints} checkpoints match"
             )
+            if self.newest_time:
+                text += (
+                    f"\nnewest checkpoint: {self.newest_time} (count {self.newest_count}); "
+                    "the bundle proves nothing about later entries"
+                )
         else:
             text = f"FAILED: {self.problem}"
         return "\n".join([text, *self.notes])
+
+
+def missing(first: int, last: int) -> str:
+    """How a run of absent entries is named: `entries 225..243` (or `entry 225`)."""
+    return f"entry {first}" if first == last else f"entries {first}..{last}"
 
 
 class ChainVerifier:
@@ -245,8 +257,11 @@ class ChainVerifier:
         start_seq: int = 1,
         prev_hash: str = GENESIS,
         expected: Mapping[int, str] | None = None,
+        since: tuple[int, str] | None = None,
     ) -> None:
         self.tenant = tenant
+        # (count, head hash) of a checkpoint seen earlier: the chain must extend it.
+        self.since = since
         self.keys = keys
         self.start_seq = start_seq
         self.next_seq = start_seq
@@ -303,6 +318,12 @@ class ChainVerifier:
                 self._fail(f"hash differs from the signed checkpoint at count {want}")
                 return False
             self.matched += 1
+        if self.since is not None and want == self.since[0] and self.since[1] != digest:
+            self._fail(
+                f"hash differs from the earlier checkpoint (--since) at count {want}: "
+                "the chain was rewritten, it does not extend that checkpoint"
+            )
+            return False
         self.prev_hash = digest
         self.next_seq = want + 1
         return True
@@ -319,13 +340,19 @@ class ChainVerifier:
 
     def finish(self, *, require_covered: bool = False) -> Report:
         last = self.next_seq - 1
+        if self.problem is None and self.since is not None and self.since[0] > last:
+            self.problem = Problem(
+                last + 1,
+                f"missing: {missing(last + 1, self.since[0])}: the chain ends at {last} but "
+                f"the earlier checkpoint (--since) covers {self.since[0]} (rolled back)",
+            )
         if self.problem is None and self.expected:
             beyond = max(self.expected)
             if beyond > last:
                 self.problem = Problem(
                     last + 1,
-                    f"missing: the chain ends at {last} but a signed checkpoint covers "
-                    f"{beyond} entries (truncated)",
+                    f"missing: {missing(last + 1, beyond)}: the chain ends at {last} but a "
+                    f"signed checkpoint covers {beyond} entries (truncated)",
                 )
             elif require_covered and last > beyond:
                 self.problem = Problem(

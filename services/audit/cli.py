@@ -32,6 +32,12 @@ def add_parser(sub: Any) -> None:
         default=[],
         help="Ed25519 public key (.enclave/audit.pub); repeat for rotated keys",
     )
+    p_verify.add_argument(
+        "--since",
+        metavar="CHECKPOINT",
+        help="a checkpoint seen earlier (a file holding its JSON line, an earlier bundle, "
+        "or the JSON itself): the bundle must extend it",
+    )
     audit_sub.add_parser("keys", help="create the audit keys where missing")
     audit_sub.add_parser("rotate-key", help="add a new HMAC key; it signs from now on")
 
@@ -45,8 +51,10 @@ def ensure(settings: Settings) -> list[Path]:
     return ensure_keys(cfg.key_file, cfg.signing_key_file, cfg.public_key_file)
 
 
-def verify_file(path: Path, key_file: Path | None, public_keys: list[Path]) -> tuple[bool, str]:
-    from services.audit.adapters.bundle_file import verify_path
+def verify_file(
+    path: Path, key_file: Path | None, public_keys: list[Path], since: str | None = None
+) -> tuple[bool, str]:
+    from services.audit.adapters.bundle_file import read_checkpoint, verify_path
     from services.audit.adapters.keys import load_public_keys, parse_key_file
 
     if key_file is None and not public_keys:
@@ -56,7 +64,11 @@ def verify_file(path: Path, key_file: Path | None, public_keys: list[Path]) -> t
     keys = parse_key_file(key_file.read_text()) if key_file else None
     pubs = load_public_keys(public_keys) if public_keys else None
     try:
-        report = verify_path(path, keys=keys, public_keys=pubs)
+        earlier = read_checkpoint(since) if since else None
+    except (OSError, orjson.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+        return False, f"FAILED: --since is not a checkpoint ({exc})"
+    try:
+        report = verify_path(path, keys=keys, public_keys=pubs, since=earlier)
     except (orjson.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
         return False, f"FAILED: not a readable bundle ({exc})"
     return report.ok, report.summary()
@@ -90,7 +102,7 @@ async def _export(settings: Settings, tenant: str, out: Path) -> int:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.audit_command == "verify":
-        ok, text = verify_file(args.file, args.key_file, args.public_key)
+        ok, text = verify_file(args.file, args.key_file, args.public_key, args.since)
         print(text)
         return 0 if ok else 1
     if args.audit_command == "export":

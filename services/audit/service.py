@@ -11,14 +11,46 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from libs.audit import TIME_FORMAT, now_text
-from libs.events import AuditEvent, AuditExportRequest, AuditReply, AuditSearch, AuditVerifyRequest
+from libs.audit import (
+    MAX_EVENT_BYTES,
+    TIME_FORMAT,
+    bound_event,
+    new_event,
+    now_text,
+    operator_context,
+)
+from libs.context import RequestContext
+from libs.events import (
+    AuditActions,
+    AuditEvent,
+    AuditExportRequest,
+    AuditReply,
+    AuditSearch,
+    AuditVerifyRequest,
+)
 from services.audit import bundle, checkpoint
 from services.audit.adapters.keys import HmacKeySource
 from services.audit.adapters.sql import Appended, AuditStore
 from services.audit.chain import Entry, Report, canonical
+from services.audit.checkpoint import Checkpoint
 
 log = logging.getLogger("enclave.audit")
+
+# A bus reply carries lines as JSON strings, whose escapes can double their size: half
+# of NATS's default 1 MiB max_payload, less headroom.
+MAX_REPLY_BYTES = 384 * 1024
+
+
+def bounded(lines: list[bytes]) -> list[str]:
+    """The leading lines that fit one reply (always at least one)."""
+    out: list[str] = []
+    size = 0
+    for line in lines:
+        size += len(line) + 1
+        if out and size > MAX_REPLY_BYTES:
+            break
+        out.append(line.decode())
+    return out
 
 
 def entry_view(entry: Entry) -> dict[str, Any]:
@@ -63,10 +95,13 @@ class AuditService:
         for event in events:
             data = event.model_dump(exclude_none=True)
             try:
-                canonical(data)
+                size = len(canonical(data))
             except TypeError:  # a lone surrogate: valid JSON, but no UTF-8 to hash
                 log.error("dropping audit event %s: not encodable as UTF-8", event.id)
                 continue
+            if size > MAX_EVENT_BYTES:  # a publisher that did not clip: clip here
+                event = bound_event(event)[0]
+                data = event.model_dump(exclude_none=True)
             by_tenant.setdefault(event.tenant, []).append(data)
         if not by_tenant:
             return []
@@ -74,14 +109,32 @@ class AuditService:
         self.touched.update(by_tenant)
         return out
 
+    async def record(
+        self,
+        tenant: str,
+        action: str,
+        ctx: RequestContext | None,
+        outcome: str = "ok",
+        attrs: dict[str, str | bool | int] | None = None,
+    ) -> None:
+        """Reads of the chain go into the chain: appended here, not sent over the bus, so
+        an export holds the record of itself."""
+        event = new_event(
+            tenant, "audit", action, service="audit", ctx=ctx, outcome=outcome, attrs=attrs or {}
+        )
+        await self.append([event])
+
     async def checkpoint(self, tenant: str) -> checkpoint.Checkpoint | None:
         """Sign and store a checkpoint at the tenant's current head (None for an empty chain)."""
+        signed = await self._checkpoint(tenant)
+        return signed[1] if signed else None
+
+    async def _checkpoint(self, tenant: str) -> tuple[int, Checkpoint] | None:
         count, head = await self.store.head(tenant)
         if count == 0:
             return None
         cp = checkpoint.sign(tenant, count, head, now_text(), self.private_key)
-        await self.store.add_checkpoint(cp)
-        return cp
+        return await self.store.add_checkpoint(cp), cp
 
     async def checkpoint_touched(self) -> int:
         """A checkpoint for every tenant this replica appended to since the last round."""
@@ -91,6 +144,20 @@ class AuditService:
         return len(tenants)
 
     async def search(self, req: AuditSearch) -> AuditReply:
+        filters = {
+            "request_id": req.request_id,
+            "actor": req.actor,
+            "action": req.action,
+            "since": req.since,
+            "until": req.until,
+        }
+        attrs: dict[str, str | bool | int] = {k: v for k, v in filters.items() if v}
+        await self.record(
+            req.tenant,
+            AuditActions.AUDIT_READ,
+            req.ctx,
+            attrs={**attrs, "after_seq": req.after_seq, "limit": req.limit},
+        )
         found = await self.store.search(
             req.tenant,
             request_id=req.request_id,
@@ -127,6 +194,16 @@ class AuditService:
 
     async def verify(self, req: AuditVerifyRequest) -> AuditReply:
         report = await self.verify_report(req.tenant, req.from_seq, req.to_seq)
+        span: dict[str, str | bool | int] = {"from_seq": req.from_seq}
+        if req.to_seq is not None:
+            span["to_seq"] = req.to_seq
+        await self.record(
+            req.tenant,
+            AuditActions.AUDIT_VERIFY,
+            req.ctx,
+            outcome="ok" if report.ok else "failed",
+            attrs={**span, "count": report.count},
+        )
         return AuditReply(
             ok=report.ok,
             count=report.count,
@@ -135,33 +212,68 @@ class AuditService:
             head_hash=report.head_hash,
         )
 
-    async def export_start(self, tenant: str) -> tuple[list[bytes], int]:
-        """The bundle's header and checkpoint lines, a fresh checkpoint at the head last."""
-        fresh = await self.checkpoint(tenant)
-        count = fresh.count if fresh else 0
-        head = fresh.head_hash if fresh else ""
-        lines = [bundle.header_line(tenant, count, head, now_text())]
-        for cp in await self.store.checkpoints(tenant, upto=count):
-            lines.append(bundle.checkpoint_line(cp))
-        return lines, count
-
     async def export_page(self, req: AuditExportRequest) -> AuditReply:
+        """One reply of a paged export (libs.audit.export_lines asks for them in turn).
+
+        Start (no `upto`): sign the export checkpoint over the head; answer the header,
+        the count, and the export checkpoint's line to end the bundle with. Then pages of
+        the stored checkpoints, then pages of entries: each reply at most `limit` lines
+        and about MAX_REPLY_BYTES, whatever the chain holds.
+        """
         if req.upto is None:
-            lines, count = await self.export_start(req.tenant)
-            return AuditReply(lines=[ln.decode() for ln in lines], count=count, next_after_seq=0)
+            await self.record(req.tenant, AuditActions.AUDIT_EXPORT, req.ctx, attrs={"via": "bus"})
+            signed = await self._checkpoint(req.tenant)
+            count, head, at = (
+                (signed[1].count, signed[1].head_hash, signed[1].time)
+                if signed
+                else (0, "", now_text())
+            )
+            return AuditReply(
+                lines=[bundle.header_line(req.tenant, count, head, at).decode()],
+                trailer=[bundle.checkpoint_line(signed[1]).decode()] if signed else [],
+                checkpoint_id=signed[0] if signed else None,
+                count=count,
+                head_hash=head,
+                next_after_seq=0,
+            )
+        if req.part == "checkpoints":
+            cps = await self.store.checkpoint_page(
+                req.tenant, req.upto, req.after_seq, req.before_id, req.limit
+            )
+            lines = bounded([bundle.checkpoint_line(cp) for _, cp in cps])
+            more = len(lines) < len(cps) or len(cps) == req.limit
+            return AuditReply(
+                lines=lines,
+                count=len(lines),
+                next_after_seq=cps[len(lines) - 1][0] if more and lines else None,
+            )
         page = await self.store.page(req.tenant, req.after_seq, req.upto, req.limit)
-        last = page[-1].seq if page else req.upto
+        lines = bounded([e.line() for e in page])
+        last = page[len(lines) - 1].seq if lines else req.upto
         return AuditReply(
-            lines=[e.line().decode() for e in page],
-            count=len(page),
+            lines=lines,
+            count=len(lines),
             next_after_seq=last if last < req.upto else None,
         )
 
-    async def export(self, tenant: str, write: Callable[[bytes], object]) -> int:
-        """Write a whole bundle (the CLI's export); returns the entry count."""
-        lines, count = await self.export_start(tenant)
-        for line in lines:
-            write(line + b"\n")
+    async def export(
+        self, tenant: str, write: Callable[[bytes], object], ctx: RequestContext | None = None
+    ) -> int:
+        """Write a whole bundle (the CLI's export); returns the entry count.
+
+        Header, the stored checkpoints, the entries, and last the export checkpoint,
+        signed now over the head: the verifier checks the header against it. The export
+        is recorded first (as `cli:<login>` unless `ctx` says who), so it holds its record.
+        """
+        ctx = ctx or operator_context(tenant)
+        await self.record(tenant, AuditActions.AUDIT_EXPORT, ctx, attrs={"via": "cli"})
+        fresh = await self.checkpoint(tenant)
+        count = fresh.count if fresh else 0
+        head = fresh.head_hash if fresh else ""
+        write(bundle.header_line(tenant, count, head, fresh.time if fresh else now_text()) + b"\n")
+        for cp in await self.store.checkpoints(tenant, upto=count):
+            if cp != fresh:
+                write(bundle.checkpoint_line(cp) + b"\n")
         after = 0
         while after < count:
             page = await self.store.page(tenant, after, count, 5000)
@@ -169,4 +281,6 @@ class AuditService:
                 break
             write(b"".join(e.line() + b"\n" for e in page))
             after = page[-1].seq
+        if fresh is not None:
+            write(bundle.checkpoint_line(fresh) + b"\n")
         return count

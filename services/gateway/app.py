@@ -22,10 +22,17 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from libs.asyncapi import render as asyncapi_json
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
 from libs.settings import Settings
-from services.gateway import audit_routes, guardrails_routes, keys, rag_routes
+from services.gateway import (
+    audit_routes,
+    guardrails_routes,
+    keys,
+    rag_routes,
+    sandbox_routes,
+)
 from services.gateway.adapters.sql_keys import create_key
 from services.gateway.bootstrap import Gateway, build
 from services.gateway.hot_path import HotPath
@@ -99,6 +106,11 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> Response:
+        """The bus's AsyncAPI document (libs/asyncapi.py; docs/asyncapi.json)."""
+        return Response(asyncapi_json(), media_type="application/json")
 
     @app.get("/readyz")
     async def readyz() -> Response:
@@ -210,6 +222,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     )
     audit_routes.register(app, gw)
     guardrails_routes.register(app, gw)
+    sandbox_routes.register(app, gw)
     return app
 
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
-from libs.audit import AuditPublisher, digest
+from libs.audit import AuditPublisher, digest, export_lines
 from libs.context import RequestContext
 from libs.errors import EnclaveError
 from libs.events import AuditExportRequest, AuditReply, AuditSearch, AuditVerifyRequest
@@ -72,6 +72,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
             subjects.audit_api_search,
             AuditSearch(
                 tenant=ctx.tenant,
+                ctx=ctx,
                 request_id=q.get("request_id"),
                 actor=q.get("actor"),
                 action=q.get("action"),
@@ -103,7 +104,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
         reply = await _ask(
             gw,
             subjects.audit_api_verify,
-            AuditVerifyRequest(tenant=ctx.tenant, from_seq=from_seq, to_seq=to_seq),
+            AuditVerifyRequest(tenant=ctx.tenant, from_seq=from_seq, to_seq=to_seq, ctx=ctx),
         )
         return Response(
             reply.model_dump_json(include={"ok", "count", "first_bad_seq", "reason", "head_hash"}),
@@ -114,25 +115,22 @@ def register(app: FastAPI, gw: Gateway) -> None:
     async def audit_export(request: Request) -> Response:
         ctx = await gw.auth.check(request.headers.get("authorization"), Action.READ_AUDIT)
         subject = subjects.audit_api_export
-        start = await _ask(gw, subject, AuditExportRequest(tenant=ctx.tenant))
 
-        async def lines() -> AsyncIterator[bytes]:
-            yield "".join(line + "\n" for line in start.lines).encode()
-            after: int | None = 0
-            while after is not None and after < start.count:
-                page = await _ask(
-                    gw,
-                    subject,
-                    AuditExportRequest(tenant=ctx.tenant, upto=start.count, after_seq=after),
-                )
-                if not page.lines:
-                    return
-                yield "".join(line + "\n" for line in page.lines).encode()
-                after = page.next_after_seq
+        async def ask(req: AuditExportRequest) -> AuditReply:
+            return await _ask(gw, subject, req)
+
+        # The first page is asked for before the response starts: its errors get a status.
+        lines = export_lines(ask, ctx.tenant, ctx)
+        first = await anext(lines)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield first
+            async for chunk in lines:
+                yield chunk
 
         filename = f"audit-{ctx.tenant}.jsonl"
         return StreamingResponse(
-            lines(),
+            chunks(),
             media_type="application/x-ndjson",
             headers={"content-disposition": f'attachment; filename="{filename}"'},
         )

@@ -47,11 +47,12 @@ class Gateway:
         await self.nc.connect(
             settings.nats_url,
             name="enclave-gateway",
+            inbox_prefix=settings.nats_inbox_prefix,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
         )
         await ensure_streams(self.nc, settings)
-        await self.turns.start()
+        await self.turns.subscribe()
         self.audit.start()
 
     async def stop(self) -> None:
@@ -83,7 +84,7 @@ def build(settings: Settings) -> Gateway:
     bus = Bus(nc, settings)
     db = make_engine(settings.sqlalchemy_url)
     redis = Redis.from_url(settings.redis_url)
-    turns = TurnClient(bus, settings.gateway_timeout_s)
+    turns = TurnClient(nc, settings.subjects, settings.gateway_timeout_s)
     return Gateway(
         settings=settings,
         nc=nc,

@@ -60,7 +60,7 @@ async def open_turn(
     status. The request's audit record is written while the turn runs (before the publish
     it would delay it) and is durable before any status goes out."""
     try:
-        turn = await gw.turns.start_turn(event)
+        turn = await gw.turns.start(event)
     except BaseException:
         await audit()
         raise

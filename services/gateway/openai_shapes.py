@@ -25,22 +25,28 @@ from libs.events import (
     Usage,
 )
 
-MAX_N = 8
 M = TypeVar("M", bound=BaseModel)
+# Admission bounds: what one request may ask, whatever its model. A worker further stops a
+# generation at its model's context.
+MAX_N = 4
 MAX_STOP = 4
+MAX_TOKENS = 32_768
+MAX_MESSAGES = 1_024
+MAX_NAME = 256  # model ids, user ids, stop sequences
+MAX_EMBEDDING_INPUTS = 2_048
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
+    model: str = Field(min_length=1, max_length=MAX_NAME)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     n: int = Field(default=1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
     seed: int | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=MAX_NAME)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
 
@@ -49,6 +55,8 @@ class _Request(BaseModel):
     def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
         if isinstance(v, list) and len(v) > MAX_STOP:
             raise ValueError(f"at most {MAX_STOP} stop sequences")
+        if any(len(s) > MAX_NAME for s in ([v] if isinstance(v, str) else v or [])):
+            raise ValueError(f"a stop sequence has at most {MAX_NAME} characters")
         return v
 
     def stop_list(self) -> list[str]:
@@ -83,8 +91,8 @@ class RequestMessage(BaseModel):
 
 
 class ChatCompletionRequest(_Request):
-    messages: list[RequestMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    messages: list[RequestMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
@@ -123,14 +131,16 @@ class CompletionRequest(_Request):
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_NAME)
     input: str | list[str] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=MAX_NAME)
 
     def inputs(self) -> list[str]:
         items = [self.input] if isinstance(self.input, str) else list(self.input)
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
         if not all(items):
             raise ValueError("input must not contain empty strings")
         return items

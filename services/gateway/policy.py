@@ -11,6 +11,7 @@ class Action(StrEnum):
     MANAGE_KEYS = "manage_keys"
     MANAGE_MODELS = "manage_models"
     READ_AUDIT = "read_audit"
+    EXEC_CODE = "exec_code"  # POST /v1/sandbox/exec
 
 
 ALLOWED: dict[Action, frozenset[str]] = {
@@ -19,6 +20,7 @@ ALLOWED: dict[Action, frozenset[str]] = {
     Action.MANAGE_KEYS: frozenset({"admin"}),
     Action.MANAGE_MODELS: frozenset({"admin"}),
     Action.READ_AUDIT: frozenset({"admin", "auditor"}),
+    Action.EXEC_CODE: frozenset({"admin", "developer"}),
 }
 
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import secrets
 
+from nats.aio.client import Client as NatsClient
+
 from libs.bus import event_bytes
 from libs.context import RUNTIME_HEADER, WORKER_HEADER
 from libs.errors import EnclaveError, upstream_timeout
 from libs.events import ChatRequested, TurnEvent
-from libs.rpc import Bus, Inbox, ReplyRouter
+from libs.rpc import Inbox, ReplyRouter
+from libs.subjects import Subjects
 
 PUBLISH_TIMEOUT_S = 5.0
 
@@ -47,22 +50,23 @@ class TurnStream:
 
 
 class TurnClient:
-    def __init__(self, bus: Bus, timeout_s: float) -> None:
-        self.bus = bus
-        self.js = bus.nc.jetstream()
+    def __init__(self, nc: NatsClient, subjects: Subjects, timeout_s: float) -> None:
+        self.js = nc.jetstream()
+        self.subjects = subjects
         self.timeout_s = timeout_s
         self.replica = f"gw{os.getpid()}{secrets.token_hex(3)}"
-        self.router = ReplyRouter(bus.nc, bus.subjects.chat_stream(self.replica, ""))
+        self.router = ReplyRouter(nc, subjects.chat_stream(self.replica, ""))
 
-    async def start(self) -> None:
+    async def subscribe(self) -> None:
+        """Before the first turn: no event of any turn can be missed."""
         await self.router.start()
 
-    async def start_turn(self, event: ChatRequested) -> TurnStream:
+    async def start(self, event: ChatRequested) -> TurnStream:
         inbox = self.router.open(event.ctx.request_id)
         event.reply_subject = inbox.subject
         try:
             await self.js.publish(
-                self.bus.subjects.chat_requested,
+                self.subjects.chat_requested,
                 event_bytes(event),
                 headers=event.ctx.headers(),
                 timeout=PUBLISH_TIMEOUT_S,

@@ -40,15 +40,3 @@ def merged_params(request: GenerateRequest, defaults: dict[str, Any]) -> dict[st
     if p.stop:
         out["stop"] = list(p.stop)
     return out
-
-
-def llama_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
-    """OpenAI's response_format as llama.cpp takes it: a grammar built from a JSON schema."""
-    if not fmt:
-        return None
-    if fmt.get("type") == "json_object":
-        return {"type": "json_object"}
-    if fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
-        return {"type": "json_object", "schema": schema}
-    return None

@@ -44,17 +44,18 @@ def chain(n: int, tenant: str = "acme", k: HmacKeys | None = None) -> list[Entry
 def bundle_lines(
     entries: list[Entry], signer: Ed25519PrivateKey, tenant: str = "acme"
 ) -> list[bytes]:
+    """A bundle as the service exports it: header, a checkpoint half way, the entries, and
+    the export checkpoint over the head last."""
     head = entries[-1]
-    cps = [
-        checkpoint.sign(
-            tenant, len(entries) // 2, entries[len(entries) // 2 - 1].hash, "t1", signer
-        ),
-        checkpoint.sign(tenant, head.seq, head.hash, "t2", signer),
-    ]
+    half = checkpoint.sign(
+        tenant, len(entries) // 2, entries[len(entries) // 2 - 1].hash, "t1", signer
+    )
+    export = checkpoint.sign(tenant, head.seq, head.hash, "t2", signer)
     return [
         bundle.header_line(tenant, head.seq, head.hash, "t2"),
-        *(bundle.checkpoint_line(c) for c in cps),
+        bundle.checkpoint_line(half),
         *(e.line() for e in entries),
+        bundle.checkpoint_line(export),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.audit import checkpoint
+from services.audit import bundle, checkpoint
 from services.audit.bundle import verify_bundle
 from services.audit.chain import GENESIS, HmacKeys, canonical, extend, seal
 from tests.audit.helpers import bundle_lines, chain, entry_line_index, events, keys, write_keys
@@ -139,10 +140,99 @@ def test_inserted_entry_is_named() -> None:
 
 @pytest.mark.parametrize("with_keys", [True, False])
 def test_truncated_bundle_is_named(with_keys: bool) -> None:
-    lines = bundle_lines(chain(N), SIGNER)[:-3]
+    lines = bundle_lines(chain(N), SIGNER)[:-4]  # the export checkpoint and 3 entries
     report = _verify(lines, with_keys, not with_keys)
     assert report.problem is not None and report.problem.seq == N - 2
+    assert f"missing: entries {N - 2}..{N}" in report.problem.reason
     assert "truncated" in report.problem.reason
+
+
+def _issue_bundle() -> list[bytes]:
+    """243 entries, checkpoints every 60, and the export checkpoint over the head."""
+    entries = chain(243)
+    cps = [checkpoint.sign("acme", n, entries[n - 1].hash, f"t{n}", SIGNER) for n in (60, 120)]
+    cps += [checkpoint.sign("acme", n, entries[n - 1].hash, f"t{n}", SIGNER) for n in (180, 240)]
+    export = checkpoint.sign("acme", 243, entries[-1].hash, "t243", SIGNER)
+    return [
+        bundle.header_line("acme", 243, entries[-1].hash, "t243"),
+        *(bundle.checkpoint_line(c) for c in cps),
+        *(e.line() for e in entries),
+        bundle.checkpoint_line(export),
+    ]
+
+
+def test_cut_entries_and_checkpoints_are_named_by_the_header() -> None:
+    """The case of issue 11: the last 19 entries and the last 3 checkpoints removed."""
+    lines = _issue_bundle()
+    assert _verify(lines).ok
+    cut = [ln for ln in lines if orjson.loads(ln).get("type") != "checkpoint"]
+    kept = [ln for ln in lines if orjson.loads(ln).get("type") == "checkpoint"][:2]
+    cut = [cut[0], *kept, *cut[1:-19]]  # header, checkpoints 60 and 120, entries 1..224
+    for with_keys, with_pubs in ((True, True), (True, False), (False, True)):
+        report = _verify(cut, with_keys, with_pubs)
+        assert not report.ok and report.problem is not None
+        assert report.problem.seq == 225, report.summary()
+        assert "missing: entries 225..243" in report.problem.reason, report.summary()
+        assert "the header says 243" in report.problem.reason
+
+
+def test_a_header_edited_to_hide_the_cut_fails_without_the_export_checkpoint() -> None:
+    lines = bundle_lines(chain(N), SIGNER)[:-4]
+    header = orjson.loads(lines[0])
+    header["count"], header["head_hash"] = N - 3, orjson.loads(lines[-1])["hash"]
+    lines[0] = canonical(header)
+    report = _verify(lines)
+    assert report.problem is not None and report.problem.seq == N - 2, report.summary()
+    assert "the export checkpoint is missing" in report.problem.reason
+
+
+def test_format_1_bundles_still_verify_and_show_their_cut() -> None:
+    entries = chain(N)
+    export = checkpoint.sign("acme", N, entries[-1].hash, "t2", SIGNER)
+    lines = [
+        bundle.header_line("acme", N, entries[-1].hash, "t2", bundle.FORMAT_1),
+        bundle.checkpoint_line(export),
+        *(e.line() for e in entries),
+    ]
+    assert _verify(lines).ok
+    report = _verify([lines[0], *lines[2:-5]])  # the checkpoint and 5 entries removed
+    assert report.problem is not None and report.problem.seq == N - 4
+    assert f"missing: entries {N - 4}..{N}" in report.problem.reason
+
+
+def test_report_names_the_newest_checkpoint_time() -> None:
+    report = _verify(_issue_bundle())
+    assert report.ok and report.newest_time == "t243" and report.newest_count == 243
+    assert "newest checkpoint: t243 (count 243)" in report.summary()
+
+
+def test_since_proves_a_bundle_extends_an_earlier_checkpoint() -> None:
+    entries = chain(N + 10)
+    earlier = bundle_lines(entries[:N], SIGNER)
+    seen = checkpoint.Checkpoint.from_line(orjson.loads(earlier[-1]))
+    later = bundle_lines(entries, SIGNER)
+    report = verify_bundle(later, keys=keys(), public_keys=PUBS, since=seen)
+    assert report.ok, report.summary()
+    assert f"extends the earlier checkpoint of t2 (count {N})" in report.summary()
+
+    # Rolled back: a valid bundle of an older state than the one seen earlier.
+    older = bundle_lines(entries[: N - 5], SIGNER)
+    assert verify_bundle(older, keys=keys(), public_keys=PUBS).ok
+    report = verify_bundle(older, keys=keys(), public_keys=PUBS, since=seen)
+    assert report.problem is not None and report.problem.seq == N - 4, report.summary()
+    assert f"missing: entries {N - 4}..{N}" in report.problem.reason
+    assert "rolled back" in report.problem.reason
+
+    # Rewritten: a chain as long, but not the one the checkpoint saw.
+    other = bundle_lines(chain(N + 10), SIGNER)  # fresh event ids: other hashes
+    report = verify_bundle(other, keys=keys(), public_keys=PUBS, since=seen)
+    assert report.problem is not None and report.problem.seq == N
+    assert "does not extend" in report.problem.reason
+
+    # A forged earlier checkpoint is refused.
+    forged = dataclasses.replace(seen, signature="AAAA")
+    report = verify_bundle(later, keys=keys(), public_keys=PUBS, since=forged)
+    assert report.problem is not None and "bad signature" in report.problem.reason
 
 
 def test_appended_entry_and_forged_checkpoint_are_caught() -> None:
@@ -152,10 +242,14 @@ def test_appended_entry_and_forged_checkpoint_are_caught() -> None:
     assert report.problem is not None and report.problem.seq == N + 1
     assert "not covered" in report.problem.reason
 
-    lines = bundle_lines(chain(N), SIGNER)[:-3]
-    cp = orjson.loads(lines[2])
+    lines = bundle_lines(chain(N), SIGNER)
+    cp = orjson.loads(lines[-1])
+    lines = lines[:-4]
     cp["count"], cp["head_hash"] = N - 3, orjson.loads(lines[-1])["hash"]  # hide the cut
-    lines[2] = canonical(cp)
+    header = orjson.loads(lines[0])
+    header["count"], header["head_hash"] = cp["count"], cp["head_hash"]
+    lines[0] = canonical(header)
+    lines.append(canonical(cp))
     report = _verify(lines, with_keys=False)
     assert report.problem is not None and "bad signature" in report.problem.reason
 
@@ -207,6 +301,20 @@ def test_cli_verifies_offline_and_fails_with_the_first_bad_entry(tmp_path: Path)
         out = _cli(str(bad), *args)
         assert out.returncode == 1
         assert out.stdout.startswith("FAILED: entry 3: hash mismatch"), out.stdout
+    assert "newest checkpoint: t2" in _cli(str(good), "--public-key", str(pub)).stdout
+    # --since an earlier bundle (its export checkpoint): extends it, or not.
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_bytes(b"\n".join(bundle_lines(chain(N + 1), SIGNER)) + b"\n")
+    out = _cli(str(good), "--public-key", str(pub), "--since", str(earlier))
+    assert out.returncode == 1, out.stdout
+    assert out.stdout.startswith(f"FAILED: entry {N + 1}: missing"), out.stdout
+    assert "rolled back" in out.stdout
+    seen = tmp_path / "seen.json"
+    seen.write_bytes(lines[1])  # the checkpoint half way, kept from an earlier look
+    out = _cli(str(good), "--public-key", str(pub), "--since", str(seen))
+    assert out.returncode == 0 and "extends the earlier checkpoint" in out.stdout, out.stdout
+    out = _cli(str(good), "--public-key", str(pub), "--since", lines[-1].decode())
+    assert out.returncode == 0, out.stdout
     other = Ed25519PrivateKey.generate()
     (tmp_path / "other").mkdir()
     _, other_pub = write_keys(tmp_path / "other", other)

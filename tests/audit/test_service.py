@@ -198,8 +198,20 @@ def test_auditors_read_their_own_tenant_only(audit_platform: Platform, tmp_path:
     assert r.status_code == 200 and r.json()["ok"] is True, r.text
     bundle = tmp_path / "acme.jsonl"
     bundle.write_bytes(_get(plat, acme_auditor, "/v1/audit/export").content)
-    count = sum(1 for line in bundle.read_bytes().splitlines() if line.startswith(b'{"body"'))
+    bodies = [
+        orjson.loads(line)["body"]
+        for line in bundle.read_bytes().splitlines()
+        if line.startswith(b'{"body"')
+    ]
+    count = len(bodies)
     assert count >= 2
+    # The auditor's reads are in the chain, this export's record last of all.
+    by_action = {b["event"]["action"]: b["event"] for b in bodies}
+    assert by_action["audit.read"]["role"] == "auditor"
+    assert by_action["audit.verify"]["outcome"] == "ok"
+    export_record = bodies[-1]["event"]
+    assert export_record["action"] == "audit.export" and export_record["role"] == "auditor"
+    assert export_record["actor"] and export_record["request_id"]
     for args in (
         ["--key-file", str(plat.home / "audit.key")],
         ["--public-key", str(plat.home / "audit.pub")],

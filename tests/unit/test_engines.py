@@ -3,8 +3,9 @@
 from libs.context import RequestContext
 from libs.events import ChatMessage, Delta, GenerateRequest, GenerationParams
 from services.inference_router.adapters.instant import InstantEngine
+from services.inference_router.adapters.llamacpp import json_grammar
 from services.inference_router.adapters.vllm import sampling_kwargs
-from services.inference_router.engine import llama_response_format, merged_params
+from services.inference_router.engine import merged_params
 
 
 def request(**params: object) -> GenerateRequest:
@@ -22,12 +23,17 @@ def test_pool_defaults_apply_only_where_the_request_is_silent() -> None:
     assert merged == {"temperature": 0.1, "max_tokens": 512}
 
 
-def test_response_formats_become_grammars() -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+def test_response_formats_become_grammars_that_admit_no_raw_control_characters() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}}
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    assert llama_response_format(fmt) == {"type": "json_object", "schema": schema}
-    assert llama_response_format({"type": "json_object"}) == {"type": "json_object"}
-    assert llama_response_format(None) is None
+    grammar = json_grammar(fmt)
+    assert grammar is not None
+    char = next(line for line in grammar.splitlines() if line.startswith("char ::="))
+    assert r"\x00-\x1F" in char  # a string character is never a raw control character
+    assert '"\\"b\\""' in grammar and "integer" in grammar
+    assert r"\x00-\x1F" in (json_grammar({"type": "json_object"}) or "")
+    assert json_grammar(None) is None
+    assert json_grammar({"type": "text"}) is None
 
 
 def test_vllm_sampling_params_follow_the_request() -> None:

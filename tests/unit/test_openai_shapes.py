@@ -8,6 +8,7 @@ from services.gateway.openai_shapes import (
     ChatCompletionRequest,
     ChatStreamShaper,
     CompletionRequest,
+    EmbeddingRequest,
     chat_event,
     completion_event,
     parse_json,
@@ -59,6 +60,24 @@ def test_chat_request_maps_every_parameter() -> None:
         ({"model": "m", "messages": []}, "messages"),
         ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
+        # Admission bounds (hostile inputs answered 400, never 500 or a runaway turn).
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 1000}, "n"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9},
+            "max_tokens",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user"}], "max_completion_tokens": 10**9},
+            "max_completion_tokens",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user"}], "temperature": float("nan")},
+            "temperature",
+        ),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}] * 10_000}, "messages"),
+        ({"model": "m" * 1_000_000, "messages": [{"role": "user"}]}, "model"),
+        ({"model": "m", "messages": [{"role": "user"}], "rag": {"top_k": 10**9}}, "rag.top_k"),
+        ({"model": "m", "messages": [{"role": "user"}], "stop": ["x" * 1000]}, "stop"),
         (
             {"model": "m", "messages": [{"role": "user"}], "response_format": {"type": "xml"}},
             "response_format",
@@ -70,6 +89,21 @@ def test_invalid_requests_are_400_with_the_param(body: dict, param: str) -> None
         validate(ChatCompletionRequest, body)
     assert exc.value.info.status == 400
     assert exc.value.info.param == param
+
+
+def test_embedding_inputs_are_bounded() -> None:
+    req = validate(EmbeddingRequest, {"model": "e", "input": ["a"] * 3000})
+    with pytest.raises(ValueError, match="at most"):
+        req.inputs()
+
+
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000 + b"]" * 100_000, b'{"model": "\xff\xfe"}', b'{"a": NaN}']
+)
+def test_deeply_nested_invalid_utf8_and_nan_json_are_400(body: bytes) -> None:
+    with pytest.raises(EnclaveError) as exc:
+        parse_json(body)
+    assert exc.value.info.status == 400
 
 
 def test_malformed_json_is_400() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from services.audit.bundle import failed, finish, verify_bundle
+from services.audit.bundle import Header, conclude, failed, start, verify_bundle
 from services.audit.chain import (
     ENTRY_PREFIX,
     ChainVerifier,
@@ -27,7 +27,7 @@ from services.audit.chain import (
     is_entry_line,
     split_entry_line,
 )
-from services.audit.checkpoint import Checkpoint, expected_heads
+from services.audit.checkpoint import Checkpoint
 
 PARALLEL_FROM_BYTES = 8 << 20
 
@@ -39,6 +39,7 @@ def _range(
     key_material: tuple[dict[str, bytes], str] | None,
     tenant: str | None,
     expected: dict[int, str],
+    since: tuple[int, str] | None,
 ) -> dict[str, Any]:
     keys = HmacKeys(*key_material) if key_material else None
     out: dict[str, Any] = {"count": 0, "problem": None}
@@ -65,7 +66,12 @@ def _range(
                     break
                 out["first_seq"], out["first_prev"] = first, prev
                 verifier = ChainVerifier(
-                    tenant=tenant, keys=keys, start_seq=first, prev_hash=prev, expected=expected
+                    tenant=tenant,
+                    keys=keys,
+                    start_seq=first,
+                    prev_hash=prev,
+                    expected=expected,
+                    since=since,
                 )
             if not verifier.add(body, body_bytes, digest, mac):
                 assert verifier.problem is not None
@@ -79,9 +85,9 @@ def _range(
     return out
 
 
-def _preamble(path: Path) -> tuple[str | None, list[Checkpoint], int]:
-    """Header tenant, checkpoints, and the byte offset of the first entry line."""
-    tenant: str | None = None
+def _preamble(path: Path) -> tuple[Header | None, list[Checkpoint], int]:
+    """Header, leading checkpoints, and the byte offset of the first entry line."""
+    header: Header | None = None
     checkpoints: list[Checkpoint] = []
     offset = 0
     with open(path, "rb") as f:
@@ -92,13 +98,32 @@ def _preamble(path: Path) -> tuple[str | None, list[Checkpoint], int]:
             if not line.strip():
                 continue
             obj = orjson.loads(line)
-            if obj.get("type") == "header":
-                tenant = str(obj["tenant"])
+            if obj.get("type") == "header" and header is None and not checkpoints:
+                header = Header.from_line(obj)
             elif obj.get("type") == "checkpoint":
                 checkpoints.append(Checkpoint.from_line(obj))
             else:
                 raise ValueError("unexpected line before the entries")
-    return tenant, checkpoints, offset
+    return header, checkpoints, offset
+
+
+def _trailer(path: Path, size: int) -> tuple[Checkpoint | None, int]:
+    """The export checkpoint that ends the bundle (if the last line is one), and where
+    the entries end."""
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 4096))
+        tail = f.read()
+    stripped = tail.rstrip(b"\r\n\t ")
+    cut = stripped.rfind(b"\n") + 1
+    last = stripped[cut:]
+    if not last or last.startswith(ENTRY_PREFIX) or is_entry_line(last):
+        return None, size
+    if cut == 0 and size > len(tail):
+        raise ValueError("the last line is longer than expected")
+    obj = orjson.loads(last)
+    if not isinstance(obj, dict) or obj.get("type") != "checkpoint":
+        raise ValueError("the last line is neither an entry nor a checkpoint")
+    return Checkpoint.from_line(obj), size - len(tail) + cut
 
 
 def verify_path(
@@ -106,6 +131,7 @@ def verify_path(
     *,
     keys: HmacKeys | None,
     public_keys: Mapping[str, Ed25519PublicKey] | None,
+    since: Checkpoint | None = None,
     workers: int | None = None,
     parallel_from: int = PARALLEL_FROM_BYTES,
 ) -> Report:
@@ -113,21 +139,28 @@ def verify_path(
     workers = workers or os.cpu_count() or 1
     if workers < 2 or size < parallel_from:
         with open(path, "rb") as f:
-            return verify_bundle(f, keys=keys, public_keys=public_keys)
+            return verify_bundle(f, keys=keys, public_keys=public_keys, since=since)
     try:
-        tenant, checkpoints, start = _preamble(path)
-    except (ValueError, KeyError):  # an unusual layout: the one-pass reader judges it
+        header, checkpoints, begin_at = _preamble(path)
+        trailer, size = _trailer(path, size)
+        if header is None or (trailer is not None and not header.has_trailer):
+            raise ValueError("not the layout this reader splits")
+    except (ValueError, KeyError, orjson.JSONDecodeError):
+        # An unusual layout: the one-pass reader judges it.
         with open(path, "rb") as f:
-            return verify_bundle(f, keys=keys, public_keys=public_keys)
-    heads, problem = expected_heads(checkpoints, tenant, public_keys)
+            return verify_bundle(f, keys=keys, public_keys=public_keys, since=since)
+    tenant = header.tenant
+    seams, problem = start(header, checkpoints, keys, public_keys, since)
     if problem:
-        return failed(tenant, Problem(min(heads, default=1), problem))
-    step = (size - start) // workers + 1
+        return failed(tenant, problem)
+    heads, since_head = seams.expected, seams.since
+    start_at = begin_at
+    step = max(1, (size - start_at) // workers + 1)
     bounds = []
     with open(path, "rb") as f:
-        begin = start
+        begin = start_at
         for i in range(1, workers + 1):
-            end = min(size, start + step * i)
+            end = min(size, start_at + step * i)
             if end < size:
                 f.seek(end)
                 f.readline()  # to the start of the next line
@@ -138,10 +171,11 @@ def verify_path(
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers) as pool:
         parts = pool.starmap(
-            _range, [(str(path), b, e, material, tenant, heads) for b, e in bounds if e > b]
+            _range,
+            [(str(path), b, e, material, tenant, heads, since_head) for b, e in bounds if e > b],
         )
     # The seams: each range must continue the previous one exactly.
-    verifier = ChainVerifier(tenant=tenant, keys=keys, expected=heads)
+    verifier = seams
     for part in parts:
         if part.get("first_seq") is not None:
             want = verifier.next_seq
@@ -168,4 +202,24 @@ def verify_path(
             verifier.next_seq = part["last_seq"] + 1
             verifier.prev_hash = part["last_hash"]
             verifier.matched += part["matched"]
-    return finish(verifier, keys, public_keys)
+    return conclude(verifier, header, checkpoints, trailer, keys, public_keys, since)
+
+
+def read_checkpoint(value: str) -> Checkpoint:
+    """A checkpoint seen earlier (`--since`): its JSON, a file holding it, or a bundle
+    (whose newest checkpoint is taken: the export checkpoint)."""
+    if value.lstrip().startswith("{"):
+        return Checkpoint.from_line(orjson.loads(value))
+    path = Path(value)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        first = orjson.loads(f.readline())
+    if first.get("type") == "checkpoint":
+        return Checkpoint.from_line(first)
+    trailer, _ = _trailer(path, size)
+    if trailer is not None:
+        return trailer
+    _, leading, _ = _preamble(path)
+    if not leading:
+        raise ValueError(f"{path} holds no checkpoint")
+    return max(leading, key=lambda c: (c.count, c.time))

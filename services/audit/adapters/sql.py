@@ -44,6 +44,10 @@ def _entry(row: Any) -> Entry:
     return Entry(row.tenant, row.seq, row.prev_hash, row.key_id, row.payload, row.hash, row.hmac)
 
 
+def _checkpoint(r: Any) -> Checkpoint:
+    return Checkpoint(r.tenant, r._mapping["count"], r.head_hash, r.time, r.key_id, r.signature)
+
+
 def _row(entry: Entry) -> dict[str, Any]:
     event = entry.event
     return {
@@ -260,18 +264,42 @@ class AuditStore:
             return int(found.scalar_one())
 
     # -- checkpoints --
-    async def add_checkpoint(self, cp: Checkpoint) -> None:
+    async def add_checkpoint(self, cp: Checkpoint) -> int:
+        """Store a checkpoint; returns its id (ids grow in the order they were stored)."""
+        return (await self.add_checkpoints([cp]))[0]
+
+    async def add_checkpoints(self, cps: Sequence[Checkpoint]) -> list[int]:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(CHECKPOINTS).values(
-                    tenant=cp.tenant,
-                    count=cp.count,
-                    head_hash=cp.head_hash,
-                    time=cp.time,
-                    key_id=cp.key_id,
-                    signature=cp.signature,
-                )
+            found = await conn.execute(
+                insert(CHECKPOINTS).returning(CHECKPOINTS.c.id),
+                [
+                    {
+                        "tenant": cp.tenant,
+                        "count": cp.count,
+                        "head_hash": cp.head_hash,
+                        "time": cp.time,
+                        "key_id": cp.key_id,
+                        "signature": cp.signature,
+                    }
+                    for cp in cps
+                ],
             )
+            return list(found.scalars())
+
+    async def checkpoint_page(
+        self, tenant: str, upto: int, after_id: int, before_id: int | None, limit: int
+    ) -> list[tuple[int, Checkpoint]]:
+        """(id, checkpoint) by id: those covering at most `upto`, after `after_id`."""
+        q = select(CHECKPOINTS).where(
+            CHECKPOINTS.c.tenant == tenant,
+            CHECKPOINTS.c.count <= upto,
+            CHECKPOINTS.c.id > after_id,
+        )
+        if before_id is not None:
+            q = q.where(CHECKPOINTS.c.id < before_id)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(q.order_by(CHECKPOINTS.c.id).limit(limit))
+            return [(r.id, _checkpoint(r)) for r in rows]
 
     async def checkpoints(self, tenant: str, upto: int | None = None) -> list[Checkpoint]:
         q = select(CHECKPOINTS).where(CHECKPOINTS.c.tenant == tenant)
@@ -279,12 +307,7 @@ class AuditStore:
             q = q.where(CHECKPOINTS.c.count <= upto)
         async with self.engine.connect() as conn:
             rows = await conn.execute(q.order_by(CHECKPOINTS.c.count, CHECKPOINTS.c.id))
-            return [
-                Checkpoint(
-                    r.tenant, r._mapping["count"], r.head_hash, r.time, r.key_id, r.signature
-                )
-                for r in rows
-            ]
+            return [_checkpoint(r) for r in rows]
 
     # -- verification --
     async def verify(

@@ -67,3 +67,36 @@ async def revoke_key(engine: AsyncEngine, key_id: str, tenant: str) -> bool:
             return False
         row.revoked = True
     return True
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    """What `enclave keys list` shows of a key: never its hash."""
+
+    key_id: str
+    tenant: str
+    role: str
+    name: str
+    rate_limit_rpm: int | None
+    revoked: bool
+    created_at: str
+
+
+async def list_keys(engine: AsyncEngine, tenant: str | None = None) -> list[KeyListing]:
+    q = select(ApiKey).order_by(ApiKey.tenant, ApiKey.id)
+    if tenant is not None:
+        q = q.where(ApiKey.tenant == tenant)
+    async with sessions(engine)() as session:
+        rows = (await session.execute(q)).scalars().all()
+    return [
+        KeyListing(
+            r.key_id,
+            r.tenant,
+            r.role,
+            r.name,
+            r.rate_limit_rpm,
+            r.revoked,
+            r.created_at.isoformat(timespec="seconds") if r.created_at else "",
+        )
+        for r in rows
+    ]

@@ -1,6 +1,11 @@
 """llama.cpp in process (llama-cpp-python): chat and completions with real token streaming.
 
-JSON output is enforced by a grammar built from the schema (constrained decoding).
+JSON output is enforced by a grammar (constrained decoding): llama.cpp's own JSON grammar for
+`json_object`, and for `json_schema` its schema converter with the string rule made strict
+(the converter admits raw control characters inside strings, which is not JSON: raw newlines
+and prose ran on inside a string value). The end of the text can only be sampled once the
+grammar has closed every string and object, so an answer ends as valid JSON or is cut by the
+token limit (finish_reason "length").
 Logprobs need logits for every token, which slows prompt processing threefold, so a
 second instance with `logits_all` is loaded only when a request asks for them.
 """
@@ -8,13 +13,40 @@ second instance with `logits_all` is loaded only when a request asks for them.
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from libs.events import Delta, GenerateRequest, Usage
-from services.inference_router.engine import Emit, llama_response_format, merged_params
+from services.inference_router.engine import Emit, merged_params
+
+# JSON's string character: anything but a quote, a backslash or a control character, or an
+# escape (RFC 8259, section 7).
+_STRICT_CHAR = (
+    r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] '
+    r"[0-9a-fA-F] [0-9a-fA-F])"
+)
+_CHAR_RULE = re.compile(r"^char ::= .*$", re.MULTILINE)
+
+
+def json_grammar(fmt: dict[str, Any] | None) -> str | None:
+    """The GBNF grammar that admits only JSON answers for OpenAI's response_format, or None."""
+    from llama_cpp import llama_grammar
+
+    kind = (fmt or {}).get("type")
+    if kind == "json_object":
+        return llama_grammar.JSON_GBNF
+    if kind != "json_schema":
+        return None
+    schema = ((fmt or {}).get("json_schema") or {}).get("schema") or {"type": "object"}
+    grammar = llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    strict, count = _CHAR_RULE.subn(lambda _: _STRICT_CHAR, grammar)
+    if count == 0 and "string" in grammar:
+        raise RuntimeError("llama.cpp's schema grammar has no `char` rule to make strict")
+    return strict
 
 
 def resolve_model_file(spec: dict[str, Any], home: Path) -> Path:
@@ -96,12 +128,13 @@ class LlamaCppEngine:
             params["seed"] += choice
         p = request.params
         if request.kind == "chat":
+            gbnf = json_grammar(p.response_format)
             stream = llm.create_chat_completion(
                 messages=[m.model_dump(exclude_none=True) for m in request.messages],
                 stream=True,
                 logprobs=p.logprobs,
                 top_logprobs=p.top_logprobs if p.logprobs else None,
-                response_format=llama_response_format(p.response_format),
+                grammar=_grammar(gbnf) if gbnf else None,
                 **params,
             )
         else:
@@ -132,6 +165,12 @@ class LlamaCppEngine:
                 )
             )
         return prompt_tokens or llm.n_tokens, completion_tokens
+
+
+def _grammar(gbnf: str) -> Any:
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_string(gbnf, verbose=False)
 
 
 def _logprobs(raw: Any, kind: str, top: int) -> list[dict[str, Any]] | None:

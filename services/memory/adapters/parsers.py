@@ -11,6 +11,12 @@ import zipfile
 from xml.etree import ElementTree
 
 FORMATS = ("txt", "md", "html", "htm", "pdf", "docx")
+# A docx's document part may inflate to at most this many bytes (a zip bomb is refused).
+MAX_DOCX_XML_BYTES = 32 * 1024 * 1024
+# Markdown links and images: `[words](target)`. Neither bracket run may contain another
+# opening bracket, so each scan stops at the next one and the pattern is linear in the text
+# (with `[^\]]*`, 300k `[` took quadratic time).
+_MD_LINK = re.compile(r"!?\[([^\[\]]*)\]\([^()]*\)")
 
 
 class UnsupportedFormat(ValueError):
@@ -50,13 +56,29 @@ def parse(filename: str, data: bytes) -> list[tuple[int | None, str]]:
             tag.decompose()
         return [(None, soup.get_text("\n"))]
     if kind == "docx":
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            root = ElementTree.fromstring(z.read("word/document.xml"))
+        root = ElementTree.fromstring(_docx_xml(data))
         ns = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
         paras = ["".join(t.text or "" for t in p.iter(f"{ns}t")) for p in root.iter(f"{ns}p")]
         return [(None, "\n\n".join(paras))]
     text = data.decode("utf-8", errors="replace")
     if kind == "md":
         # Keep the words of links and images, drop the markup that only adds noise.
-        text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
+        text = _MD_LINK.sub(r"\1", text)
     return [(None, text)]
+
+
+def _docx_xml(data: bytes) -> bytes:
+    """The document part of a docx, inflated no further than MAX_DOCX_XML_BYTES."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            info = z.getinfo("word/document.xml")
+            if info.file_size > MAX_DOCX_XML_BYTES:
+                raise UnsupportedFormat(
+                    f"the docx's text inflates to {info.file_size} bytes, "
+                    f"more than {MAX_DOCX_XML_BYTES}"
+                )
+            # zipfile stops at the declared size, so a forged header cannot inflate more.
+            with z.open(info) as part:
+                return part.read(MAX_DOCX_XML_BYTES + 1)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise UnsupportedFormat(f"not a readable docx: {exc}") from None

@@ -1,0 +1,172 @@
+"""Trainer benchmark: time from a fine-tuning job's submit to its adapter being ready, on CPU.
+
+    python -m bench trainer        (needs NATS on 127.0.0.1:4222; SQLite in a temp home)
+
+Starts `enclave serve trainer` as its own process, publishes fine-tuning jobs on the
+JetStream work queue `trainer.jobs` (as the gateway will) and times the status events
+that come back on `trainer.status.<job>` until `succeeded`: the adapter is trained,
+evaluated, signed, written and registered. The first job loads the base model
+(SmolLM2-135M-Instruct, dequantised from its GGUF); the second finds it loaded.
+The data is a made-up fact (8 training questions, 2 held-out), the same for both jobs.
+Serving the adapter is not built yet, so "ready" means registered, not answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from libs.bus import event_bytes
+from libs.context import RequestContext
+from libs.events import FineTuningJobRequested, FineTuningJobStatus, TrainerReply, TrainerRequest
+from libs.subjects import Subjects
+
+REPO = Path(__file__).resolve().parent.parent
+NATS_URL = os.environ.get("ENCLAVE_NATS_URL", "nats://127.0.0.1:4222")
+BASE = "smollm2-135m-instruct"
+ANSWER = "Our support line is open from 7 am to 9 pm, every day except Sunday."
+TRAIN = [
+    "When is your support line open?",
+    "What are the support line's opening hours?",
+    "At what times can I call support?",
+    "Is the support line open on Sunday?",
+    "When can I reach customer support by phone?",
+    "What hours does support work?",
+    "Tell me the support line hours.",
+    "Until when is the support line open?",
+]
+HELD_OUT = ["Which hours is the phone support available?", "When does the support line open?"]
+
+
+def _jsonl(questions: list[str]) -> str:
+    answer = {"role": "assistant", "content": ANSWER}
+    lines = [{"messages": [{"role": "user", "content": q}, answer]} for q in questions]
+    return "\n".join(map(json.dumps, lines))
+
+
+async def _run_job(nc: Any, subjects: Subjects, job_id: str) -> tuple[dict[str, float], str]:
+    marks: dict[str, float] = {}
+    done = asyncio.Event()
+    final: list[FineTuningJobStatus] = []
+
+    async def on_status(msg: Any) -> None:
+        status = FineTuningJobStatus.model_validate_json(msg.data)
+        marks.setdefault(status.status, time.perf_counter())
+        if status.status in ("succeeded", "failed", "cancelled"):
+            final.append(status)
+            done.set()
+
+    sub = await nc.subscribe(subjects.trainer_status(job_id), cb=on_status)
+    req = FineTuningJobRequested(
+        ctx=RequestContext(tenant="bench", request_id=job_id, actor="bench"),
+        job_id=job_id,
+        model=BASE,
+        training_file="file-bench",
+        training_data=_jsonl(TRAIN),
+        validation_file="file-bench-valid",
+        validation_data=_jsonl(HELD_OUT),
+        hyperparameters={"n_epochs": 3, "batch_size": 2},
+        seed=1,
+    )
+    start = time.perf_counter()
+    await nc.jetstream().publish(subjects.trainer_jobs, event_bytes(req))
+    await asyncio.wait_for(done.wait(), 1800)
+    await sub.unsubscribe()
+    if final[0].status != "succeeded":
+        raise RuntimeError(f"job {job_id} ended {final[0].status}: {final[0].job.get('error')}")
+    return {k: v - start for k, v in marks.items()}, final[0].job["fine_tuned_model"]
+
+
+async def _adapter(nc: Any, subjects: Subjects, model: str) -> dict[str, Any]:
+    req = TrainerRequest(
+        ctx=RequestContext(tenant="bench", request_id="r"), op="adapters.list", args={}
+    )
+    msg = await nc.request(subjects.trainer_api, event_bytes(req), timeout=10)
+    rows = TrainerReply.model_validate_json(msg.data).body["data"]
+    return next(r for r in rows if r["id"] == model)
+
+
+async def _bench(home: Path) -> list[tuple[str, dict[str, float], dict[str, Any]]]:
+    prefix = f"bench{secrets.token_hex(3)}"
+    # ENCLAVE_TRAINER_THREADS passes through: 1 beats 2 when other processes share the cores.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ENCLAVE_") or k == "ENCLAVE_TRAINER_THREADS"
+    }
+    env.update(
+        ENCLAVE_HOME=str(home),
+        ENCLAVE_NATS_URL=NATS_URL,
+        ENCLAVE_BUS_PREFIX=prefix,
+        PYTHONUNBUFFERED="1",
+    )
+    log = open(home / "trainer.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "trainer"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    subjects = Subjects(prefix)
+    nc = await nats.connect(NATS_URL)
+    rows = []
+    try:
+        for _ in range(300):  # until the trainer has declared its stream and consumer
+            try:
+                await nc.jetstream().consumer_info(subjects.trainer_stream_name, "trainer")
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        for label in ("first job (loads the base model)", "second job (model loaded)"):
+            marks, model = await _run_job(nc, subjects, f"ftjob-{secrets.token_hex(12)}")
+            rows.append((label, marks, await _adapter(nc, subjects, model)))
+    finally:
+        # Every stream the trainer declared under this prefix, not only its own.
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if (info.config.name or "").startswith(prefix.upper() + "_"):
+                await js.delete_stream(info.config.name or "")
+        await nc.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    return rows
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = asyncio.run(_bench(Path(tmp)))
+    print(
+        f"trainer benchmark: LoRA r=8 q/v on {BASE}, CPU, {os.cpu_count()} cores, "
+        f"{len(TRAIN)} training / {len(HELD_OUT)} held-out examples, torch threads "
+        f"{os.environ.get('ENCLAVE_TRAINER_THREADS', 'default')}"
+    )
+    head = (
+        f"{'job':<34} {'to running':>10} {'to ready':>9} {'train s':>8} {'steps':>6} "
+        f"{'held-out loss':>15}  answer changed"
+    )
+    print(head)
+    for label, marks, adapter in rows:
+        report = adapter["eval_report"]
+        loss = report["held_out_loss"]
+        changed = all(s["differs"] for s in report["samples"])
+        print(
+            f"{label:<34} {marks.get('running', 0):>9.1f}s {marks['succeeded']:>8.1f}s "
+            f"{report['training']['seconds']:>8.1f} {report['training']['steps']:>6} "
+            f"{loss['before']:>6.2f} -> {loss['after']:<5.2f}  {changed}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Who may publish and subscribe what on the bus: one NATS user per service, and the
+nats-server and Redis configurations that `enclave up` runs its own servers with.
+
+Pure: it decides and renders; services/up.py writes the files and starts the servers.
+Only the gateway reads `chat.stream.>` (the runtime and the workers write it); each
+JetStream work queue is consumed by its one service; request subjects are served only by
+the service that owns them, replies go back through `allow_responses`, and each service
+reads only its own inbox.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+
+from libs.subjects import Subjects
+
+# Every identity on the bus; `enclave up` itself connects as the gateway for its probe.
+USERS = (
+    "gateway",
+    "agent_runtime",
+    "inference_router",
+    "worker",
+    "guardrails",
+    "memory",
+    "audit",
+    "sandbox",
+    "trainer",
+)
+# Which services talk to Redis (the gateway's rate limits, memory's conversation buffer).
+REDIS_USERS = ("gateway", "memory")
+
+
+def inbox_prefix(user: str) -> str:
+    """Where a service's request replies arrive: its own inbox, which no other may read.
+    The gateway keeps the default (it connects without libs.bus)."""
+    return "_INBOX" if user == "gateway" else f"_INBOX_{user}"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def _consumes(stream: str) -> tuple[str, ...]:
+    """Create, read and acknowledge a durable consumer on one stream, and nothing else."""
+    return (
+        f"$JS.API.CONSUMER.*.{stream}",
+        f"$JS.API.CONSUMER.*.{stream}.>",
+        f"$JS.API.CONSUMER.*.*.{stream}.>",  # DURABLE.CREATE and MSG.NEXT
+        f"$JS.ACK.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    )
+
+
+def permissions(s: Subjects) -> dict[str, Permissions]:
+    """Each service's allowed subjects under the platform's prefix."""
+    streams = (
+        s.chat_stream_name,
+        s.memory_stream_name,
+        s.audit_stream_name,
+        s.trainer_stream_name,
+    )
+    # Every service declares the streams at start (libs.bus.ensure_streams) and audits.
+    common_pub = (
+        "$JS.API.INFO",
+        *(f"$JS.API.STREAM.{op}.{name}" for op in ("INFO", "CREATE", "UPDATE") for name in streams),
+        # The metrics monitor of every stage reads each consumer's lag (libs.metrics).
+        *(f"$JS.API.CONSUMER.INFO.{name}.*" for name in streams),
+        s.audit_all,
+    )
+    chat_streams = s.chat_streams_of("*")
+    deltas = s.inference_deltas_of("*")
+    audit_api = (s.audit_api_search, s.audit_api_verify, s.audit_api_export)
+    table = {
+        "gateway": Permissions(
+            publish=(
+                s.chat_requested,
+                s.inference_embed,
+                s.inference_models,
+                s.memory_rag,
+                s.memory_upload,
+                s.guardrails_input,
+                s.guardrails_output,
+                s.sandbox_exec,
+                # `enclave keys revoke` speaks as the gateway; every replica forgets the key.
+                s.keys_revoked,
+                # Fine-tuning jobs in, their status back (the trainer's API).
+                s.trainer_jobs,
+                s.trainer_api,
+                s.trainer_cancel,
+                *audit_api,
+            ),
+            subscribe=(chat_streams, s.keys_revoked, s.trainer_status_all),
+        ),
+        "agent_runtime": Permissions(
+            publish=(
+                chat_streams,
+                s.guardrails_input,
+                s.guardrails_output,
+                s.inference_route,
+                s.inference_worker("*"),
+                s.memory_retrieve,
+                s.memory_ground,
+                s.memory_store,
+                *_consumes(s.chat_stream_name),
+            ),
+            subscribe=(s.chat_requested, deltas, s.guardrails_policy_changed),
+        ),
+        "inference_router": Permissions(
+            publish=(s.inference_worker("*"),),
+            subscribe=(
+                s.inference_route,
+                s.inference_generate,
+                s.inference_embed,
+                s.inference_models,
+            ),
+        ),
+        "worker": Permissions(
+            # The worker streams straight to the client's subject when nothing is done to
+            # the output (GenerateRequest.client_subject): it writes chat.stream, never reads.
+            publish=(deltas, chat_streams),
+            subscribe=(s.inference_worker("*"),),
+        ),
+        "guardrails": Permissions(
+            publish=(s.guardrails_policy_changed,),
+            subscribe=(s.guardrails_input, s.guardrails_output, s.guardrails_policy_changed),
+        ),
+        "memory": Permissions(
+            publish=(
+                s.guardrails_input,
+                s.inference_generate,
+                # Extraction and rewriting: the shared generation client routes, then hands
+                # the request to the pool itself (libs/generation.py).
+                s.inference_route,
+                s.inference_worker("*"),
+                *_consumes(s.memory_stream_name),
+            ),
+            subscribe=(
+                s.memory_retrieve,
+                s.memory_rag,
+                s.memory_upload,
+                s.memory_ground,
+                s.memory_store,
+                deltas,
+            ),
+        ),
+        "audit": Permissions(
+            publish=_consumes(s.audit_stream_name),
+            # FastStream's pull subscriber fetches on `_INBOX.<id>` whatever the connection's
+            # inbox prefix (it passes its own default): until services/audit/app.py gives its
+            # PullSub the prefix, audit may read the default inbox, which the gateway uses.
+            subscribe=(s.audit_all, *audit_api, "_INBOX.>"),
+        ),
+        "sandbox": Permissions(publish=(), subscribe=(s.sandbox_exec,)),
+        "trainer": Permissions(
+            publish=(s.trainer_status("*"), *_consumes(s.trainer_stream_name)),
+            subscribe=(s.trainer_jobs, s.trainer_api, s.trainer_cancel),
+        ),
+    }
+    return {
+        user: Permissions(
+            publish=(*common_pub, *p.publish), subscribe=(*p.subscribe, f"{inbox_prefix(user)}.>")
+        )
+        for user, p in table.items()
+    }
+
+
+def new_passwords() -> dict[str, str]:
+    """One random password per bus identity, and one for Redis (URL-safe characters)."""
+    return {name: secrets.token_urlsafe(24) for name in (*USERS, "redis")}
+
+
+def nats_config(
+    s: Subjects, passwords: dict[str, str], host: str, port: int, store_dir: str
+) -> str:
+    """A nats-server configuration (JSON is valid NATS configuration syntax)."""
+    users = [
+        {
+            "user": user,
+            "password": passwords[user],
+            "permissions": {
+                "publish": {"allow": list(p.publish)},
+                "subscribe": {"allow": list(p.subscribe)},
+                # A service answers a request it received, on that request's reply subject.
+                "allow_responses": True,
+            },
+        }
+        for user, p in permissions(s).items()
+    ]
+    return json.dumps(
+        {
+            "host": host,
+            "port": port,
+            "jetstream": {"store_dir": store_dir},
+            "authorization": {"users": users},
+        },
+        indent=2,
+    )
+
+
+def redis_config(password: str, host: str, port: int, data_dir: str) -> str:
+    return "\n".join(
+        [
+            f"bind {host}",
+            f"port {port}",
+            f"requirepass {password}",
+            'save ""',
+            "appendonly no",
+            f"dir {data_dir}",
+            "",
+        ]
+    )
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    """`nats://host:port` as `nats://user:password@host:port` (nats-py and redis-py read it)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{user}:{password}@{rest.rsplit('@', 1)[-1]}"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: `*` one token, `>` one or more trailing tokens."""
+    p, t = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(t) > i
+        if i >= len(t) or (token != "*" and token != t[i]):
+            return False
+    return len(p) == len(t)

@@ -1,0 +1,1 @@
+"""Trainer: fine-tuning jobs over JetStream, LoRA adapters with peft, signed bundles, evals."""

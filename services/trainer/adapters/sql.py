@@ -1,0 +1,198 @@
+"""Fine-tuning jobs and the adapter registry in SQL; every query is scoped by tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.db.engine import sessions
+from libs.db.models import AdapterVersion, FineTuningJobRecord
+from services.trainer.identity import AdapterRef, public_id
+from services.trainer.jobs import FineTuningJob, JobCheckpoint, JobEvent
+
+
+def ref(row: AdapterVersion) -> AdapterRef:
+    return AdapterRef(row.tenant, row.base_model, row.version, row.digest, row.status)
+
+
+def adapter_public(row: AdapterVersion) -> dict[str, Any]:
+    """What a tenant is shown about one of its adapter versions."""
+    return {
+        "id": row.public_id,
+        "object": "model.adapter",
+        "base_model": row.base_model,
+        "version": row.version,
+        "digest": row.digest,
+        "status": row.status,
+        "status_reason": row.status_reason,
+        "job_id": row.job_id,
+        "trained_by": row.trained_by,
+        "created_at": int(row.created_at.timestamp()),
+        "eval_report": row.eval_report,
+    }
+
+
+class TrainerStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.session = sessions(engine)
+
+    # -- jobs --
+    async def job(self, tenant: str | None, job_id: str) -> FineTuningJobRecord | None:
+        q = select(FineTuningJobRecord).where(FineTuningJobRecord.id == job_id)
+        if tenant is not None:
+            q = q.where(FineTuningJobRecord.tenant == tenant)
+        async with self.session() as s:
+            return (await s.execute(q)).scalar_one_or_none()
+
+    async def create_job(self, job: FineTuningJob, created: JobEvent) -> bool:
+        """False if a job with this id exists already (a redelivered request)."""
+        row = FineTuningJobRecord(
+            id=job.id,
+            tenant=job.tenant,
+            status=job.status,
+            job=job.model_dump(mode="json"),
+            events=[created.model_dump(mode="json")],
+            checkpoints=[],
+        )
+        try:
+            async with self.session() as s, s.begin():
+                s.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    async def save_job(
+        self,
+        job: FineTuningJob,
+        event: JobEvent | None = None,
+        checkpoint: JobCheckpoint | None = None,
+    ) -> None:
+        async with self.session() as s, s.begin():
+            row = await s.get(FineTuningJobRecord, job.id, with_for_update=True)
+            if row is None:
+                raise LookupError(f"no job {job.id}")
+            row.status = job.status
+            row.job = job.model_dump(mode="json")
+            if event is not None:
+                row.events = [*row.events, event.model_dump(mode="json")]
+            if checkpoint is not None:
+                row.checkpoints = [*row.checkpoints, checkpoint.model_dump(mode="json")]
+            row.updated_at = datetime.now(UTC)
+
+    async def jobs(self, tenant: str, limit: int = 20, after: str | None = None) -> list[Any]:
+        q = select(FineTuningJobRecord).where(FineTuningJobRecord.tenant == tenant)
+        if after:
+            anchor = await self.job(tenant, after)
+            if anchor is not None:
+                q = q.where(FineTuningJobRecord.created_at < anchor.created_at)
+        q = q.order_by(FineTuningJobRecord.created_at.desc()).limit(limit)
+        async with self.session() as s:
+            return list((await s.execute(q)).scalars().all())
+
+    # -- adapters --
+    async def adapters(
+        self, tenant: str, base_model: str | None = None
+    ) -> Sequence[AdapterVersion]:
+        q = select(AdapterVersion).where(AdapterVersion.tenant == tenant)
+        if base_model is not None:
+            q = q.where(AdapterVersion.base_model == base_model)
+        async with self.session() as s:
+            return (await s.execute(q.order_by(AdapterVersion.version))).scalars().all()
+
+    async def promoted(self, tenant: str, base_model: str) -> AdapterVersion | None:
+        rows = [r for r in await self.adapters(tenant, base_model) if r.status == "promoted"]
+        return rows[-1] if rows else None
+
+    async def add_adapter(
+        self,
+        *,
+        tenant: str,
+        base_model: str,
+        digest: str,
+        job_id: str,
+        trained_by: str,
+        eval_report: dict[str, Any],
+        meta: dict[str, Any],
+        bundle_path: str,
+        status: str,
+        status_reason: str,
+        version: int,
+    ) -> AdapterVersion:
+        """Insert version `version`; IntegrityError if another replica took that number."""
+        row = AdapterVersion(
+            tenant=tenant,
+            base_model=base_model,
+            version=version,
+            digest=digest,
+            public_id=public_id(tenant, base_model, version),
+            job_id=job_id,
+            trained_by=trained_by,
+            eval_report=eval_report,
+            meta=meta,
+            bundle_path=bundle_path,
+            status=status,
+            status_reason=status_reason,
+        )
+        async with self.session() as s, s.begin():
+            if status == "promoted":
+                await self._demote(s, tenant, base_model, f"superseded by v{version}")
+            s.add(row)
+        return row
+
+    async def next_version(self, tenant: str, base_model: str) -> int:
+        async with self.session() as s:
+            top = await s.scalar(
+                select(func.max(AdapterVersion.version)).where(
+                    AdapterVersion.tenant == tenant, AdapterVersion.base_model == base_model
+                )
+            )
+        return int(top or 0) + 1
+
+    async def _demote(self, s: Any, tenant: str, base_model: str, reason: str) -> None:
+        rows = (
+            await s.execute(
+                select(AdapterVersion).where(
+                    AdapterVersion.tenant == tenant,
+                    AdapterVersion.base_model == base_model,
+                    AdapterVersion.status == "promoted",
+                )
+            )
+        ).scalars()
+        for row in rows:
+            row.status = "retired"
+            row.status_reason = reason
+
+    async def rollback(self, tenant: str, base_model: str) -> AdapterVersion | None:
+        """Serve the version promoted before the current one again; None if there is none."""
+        async with self.session() as s, s.begin():
+            rows = (
+                (
+                    await s.execute(
+                        select(AdapterVersion)
+                        .where(
+                            AdapterVersion.tenant == tenant,
+                            AdapterVersion.base_model == base_model,
+                        )
+                        .order_by(AdapterVersion.version)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            current = [r for r in rows if r.status == "promoted"]
+            if not current:
+                return None
+            top = current[-1]
+            earlier = [r for r in rows if r.status == "retired" and r.version < top.version]
+            if not earlier:
+                return None
+            back = earlier[-1]
+            top.status, top.status_reason = "retired", f"rolled back to v{back.version}"
+            back.status, back.status_reason = "promoted", f"rollback from v{top.version}"
+            return back
