@@ -143,6 +143,10 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
             publish=(
                 s.guardrails_input,
                 s.inference_generate,
+                # Extraction and rewriting: the shared generation client routes, then hands
+                # the request to the pool itself (libs/generation.py).
+                s.inference_route,
+                s.inference_worker("*"),
                 *_consumes(s.memory_stream_name),
             ),
             subscribe=(
