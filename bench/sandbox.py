@@ -15,6 +15,7 @@ that runs it; the service serves from warm sandboxes, ENCLAVE_SANDBOX_WARM).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import statistics
@@ -29,10 +30,11 @@ import nats
 from libs.bus import event_bytes
 from libs.context import RequestContext
 from libs.events import SandboxExecReply, SandboxExecRequest
+from libs.service import running
 from libs.settings import Settings
 from services.sandbox.adapters.bwrap import GROUP, PASSWD, BwrapBackend, bwrap_argv, memfd
 from services.sandbox.adapters.seccomp import build_filter
-from services.sandbox.app import build_app
+from services.sandbox.bootstrap import build
 from services.sandbox.executor import execute
 from services.sandbox.limits import Limits
 
@@ -62,8 +64,8 @@ async def _bench() -> list[tuple[str, list[float]]]:
         settings = Settings(
             home=Path(home), nats_url=NATS_URL, bus_prefix=f"bench{secrets.token_hex(3)}"
         )
-        app = build_app(settings)
-        await app.start()
+        service = contextlib.AsyncExitStack()
+        await service.enter_async_context(running(settings, "sandbox", build))
         nc = await nats.connect(NATS_URL)
         floor = _floor_argv(limits, fds)
 
@@ -111,7 +113,7 @@ async def _bench() -> list[tuple[str, list[float]]]:
                 if fn is python_warm:
                     await asyncio.sleep(0.15)  # requests this far apart find one started
         await nc.drain()
-        await app.stop()
+        await service.aclose()
         await warm.close()
         await cold.close()
     return list(times.items())

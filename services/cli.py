@@ -19,8 +19,6 @@ from services.audit import cli as audit_cli
 from services.trainer import cli as trainer_cli
 
 if TYPE_CHECKING:
-    from faststream import FastStream
-
     from libs.service import ServiceApp
 
 SERVICES = (
@@ -61,7 +59,7 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
             access_log=False,
         )
         return
-    app: ServiceApp | FastStream  # the sandbox and the trainer still run as FastStream apps
+    app: ServiceApp
     if service == "agent_runtime":
         from services.agent_runtime.app import build_app as build_runtime
 

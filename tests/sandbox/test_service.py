@@ -16,8 +16,10 @@ from nats.aio.msg import Msg
 from libs.audit import digest
 from libs.bus import event_bytes
 from libs.events import AuditEvent, SandboxExecReply
+from libs.rpc import Bus, Peer
+from libs.service import running
 from libs.settings import Settings
-from services.sandbox.app import build_app
+from services.sandbox.bootstrap import build
 from tests.audit.conftest import drop_streams
 from tests.infra import Infra
 from tests.sandbox.conftest import request
@@ -32,20 +34,27 @@ async def service(services: Infra, tmp_path: Path) -> AsyncIterator[tuple[Settin
         sandbox_max_timeout_s=10,
         sandbox_concurrency=2,
     )
-    app = build_app(settings)
-    await app.start()
-    nc = await nats.connect(settings.nats_url)
     try:
-        yield settings, nc
+        async with running(settings, "sandbox", build):
+            nc = await nats.connect(settings.nats_url)
+            try:
+                yield settings, nc
+            finally:
+                await nc.drain()
     finally:
-        await nc.drain()
-        await app.stop()
         await drop_streams(settings)
 
 
 async def ask(nc: Client, settings: Settings, data: bytes) -> SandboxExecReply:
-    msg = await nc.request(settings.subjects.sandbox_exec, data, timeout=30)
-    return SandboxExecReply.model_validate_json(msg.data)
+    """The reply as the platform's callers read it (`Bus.ask`, an error as the reply's)."""
+    peer = Peer("the sandbox service", "sandbox_unavailable", 30)
+    return await Bus(nc, settings).ask(
+        peer,
+        settings.subjects.sandbox_exec,
+        data,
+        SandboxExecReply,
+        failed=lambda error: SandboxExecReply(error=error),
+    )
 
 
 async def test_exec_over_the_bus_is_answered_and_audited(
@@ -98,10 +107,10 @@ async def test_runs_concurrently_and_refuses_bad_requests(
 async def test_a_replica_past_its_queue_says_it_is_busy(
     service: tuple[Settings, Client], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.sandbox import app
+    from services.sandbox import bootstrap
 
     settings, nc = service
-    monkeypatch.setattr(app, "QUEUE_PER_SLOT", 1)  # 2 slots: 2 runs at most, none queued
+    monkeypatch.setattr(bootstrap, "QUEUE_PER_SLOT", 1)  # 2 slots: 2 runs at most, none queued
     replies = await asyncio.gather(
         *(ask(nc, settings, event_bytes(request("bash", "sleep 1"))) for _ in range(3))
     )

@@ -1,0 +1,93 @@
+"""The trainer in process, built by its bootstrap, on a real NATS: trainer.api answers
+through the bus client, a cancel broadcast on trainer.cancel cancels a queued job, and a
+job from the JetStream work queue is acked once it reached its terminal state.
+
+The job's model is not trainable here, so it fails validation and no model loads;
+tests/trainer/test_training.py trains for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import nats
+
+from libs.bus import event_bytes
+from libs.context import RequestContext
+from libs.events import FineTuningCancel, FineTuningJobRequested, TrainerReply, TrainerRequest
+from libs.rpc import Bus, Peer
+from libs.service import running
+from libs.settings import Settings
+from services.trainer.bootstrap import Trainer, build
+from services.trainer.jobs import new_job, new_job_id
+
+TRAINER = Peer("the trainer", "trainer_unavailable", 10)
+
+
+async def test_trainer_from_its_bootstrap(bus_settings: Settings) -> None:
+    settings = bus_settings
+    subjects = settings.subjects
+    nc = await nats.connect(settings.nats_url)
+    bus = Bus(nc, settings)
+
+    async def status(job_id: str, want: str) -> TrainerReply:
+        req = TrainerRequest(
+            ctx=RequestContext(tenant="acme", request_id="r"),
+            op="jobs.retrieve",
+            args={"job_id": job_id},
+        )
+        got = TrainerReply()
+        for _ in range(300):
+            got = await bus.ask(TRAINER, subjects.trainer_api, req, TrainerReply)
+            if got.error is None and got.body["status"] == want:
+                break
+            await asyncio.sleep(0.1)
+        return got
+
+    try:
+        async with running(settings, "trainer", build) as service:
+            assert isinstance(service, Trainer)
+            # A queued job (stored, not running on any replica) is cancelled by the broadcast.
+            queued, created = new_job(
+                tenant="acme",
+                model="smollm2-135m-instruct",
+                training_file="f",
+                now=int(time.time()),
+            )
+            assert await service.service.store.create_job(queued, created)
+            await nc.publish(
+                subjects.trainer_cancel,
+                event_bytes(FineTuningCancel(tenant="acme", job_id=queued.id)),
+            )
+            assert (await status(queued.id, "cancelled")).body["status"] == "cancelled"
+
+            # A job through the work queue: failed (the model is not trainable), then acked.
+            good = json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"},
+                    ]
+                }
+            )
+            job = FineTuningJobRequested(
+                ctx=RequestContext(tenant="acme", request_id="r1", actor="key-1"),
+                job_id=new_job_id(),
+                model="gemma-3-270m",
+                training_file="file-abc",
+                training_data=good,
+            )
+            js = nc.jetstream()
+            await js.publish(subjects.trainer_jobs, event_bytes(job))
+            failed = await status(job.job_id, "failed")
+            assert failed.body["status"] == "failed"
+            assert failed.body["error"]["code"] == "model_not_available"
+            for _ in range(300):
+                info = await js.consumer_info(subjects.trainer_stream_name, "trainer")
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    finally:
+        await nc.close()
