@@ -148,6 +148,12 @@ _PLACE_WORDS = {
     "e", "and", "&", "figli", "sons", "group", "casino", "lake", "saint", "sainte", "san",
     "santa", "port", "mount", "fort", "north", "south", "east", "west", "new", "isle",
 }  # fmt: skip
+# What spaCy calls these is taken for a given name only where a phrase names a person.
+_NOT_PEOPLE = ("GPE", "LOC", "FAC")
+_NAMED = compile_linear(
+    r"(?i)\b(?:my name is|my name's|i am|i'm|call me|name:|signed|regards,|thanks,|dear|hi|"
+    r"hello|hey|tell|ask|contact|meet|cc:?)\s+$"
+)
 _NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "names.json"
 # Words that introduce the name that follows ("My name is Lucrezia").
 _INTRO = compile_linear(
@@ -183,9 +189,11 @@ class GazetteerNameRecognizer(EntityRecognizer):
         before_colon = tok.i + 1 < len(tok.doc) and tok.doc[tok.i + 1].text.startswith(":")
         if line_start and before_colon:
             return True  # "Jasna: Remember me?" (a speaker, a signature)
+        if tok.ent_type_ in _NOT_PEOPLE and not _NAMED.search(text[max(0, tok.idx - 20) : tok.idx]):
+            return False  # "the capital of France", "flights to Paris": places, not people
         if word not in self.first:
-            # A surname alone: only as a proper noun that spaCy does not call a place.
-            return tok.pos_ == "PROPN" and tok.ent_type_ not in ("GPE", "LOC", "FAC")
+            # A surname alone: only as a proper noun.
+            return tok.pos_ == "PROPN"
         if tok.pos_ == "PROPN":
             return True
         # Not tagged a proper noun (a name that is also a word: "Will", "Else"): only where
