@@ -91,6 +91,8 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/v1/models"): Permission.LIST_MODELS,
     ("GET", "/v1/models/{model_id:path}"): Permission.LIST_MODELS,
     ("POST", "/v1/admin/keys"): Permission.MANAGE_KEYS,
+    ("GET", "/v1/admin/keys"): Permission.MANAGE_KEYS,
+    ("DELETE", "/v1/admin/keys/{key_id}"): Permission.MANAGE_KEYS,
     ("GET", "/v1/audit/entries"): Permission.READ_AUDIT,
     ("POST", "/v1/audit/verify"): Permission.READ_AUDIT,
     ("GET", "/v1/audit/export"): Permission.READ_AUDIT,

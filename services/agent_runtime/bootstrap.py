@@ -15,11 +15,17 @@ import time
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from nats.js.api import ConsumerConfig
 from opentelemetry.trace import SpanKind, Tracer
 from pydantic import ValidationError
 
-from libs.audit import AuditPublisher, outbox_dir
+from libs.audit import (
+    AuditPublisher,
+    outbox_dir,
+    record_turn_dropped,
+    record_turn_redelivered,
+)
 from libs.bus import stream_configs
 from libs.errors import ErrorInfo
 from libs.events import ChatRequested, DelegateRequested, TurnEvent
@@ -103,18 +109,33 @@ class Runtime:
 
     async def _turn(self, msg: Msg) -> None:
         async with self.slots:
+            delivery = delivery_count(msg)
             try:
                 event = ChatRequested.model_validate_json(msg.data)
             except ValidationError:
                 log.error("dropping a chat.requested this runtime cannot read (schema version?)")
+                await record_turn_dropped(
+                    self.audit, None, reason="unreadable", delivery=delivery, content=msg.data
+                )
                 await msg.term()
                 return
             if time.time() - event.created > self.settings.gateway_timeout_s:
                 # Redelivered after its client gave up (a replica died mid-turn): running
                 # it again would only spend a worker on an answer nobody reads.
                 log.warning("dropping turn %s: its client has gone", event.ctx.request_id)
+                await record_turn_dropped(
+                    self.audit,
+                    event.ctx,
+                    reason="client_gone",
+                    delivery=delivery,
+                    model=event.model,
+                )
                 await msg.term()
                 return
+            if delivery > 1:
+                await record_turn_redelivered(
+                    self.audit, event.ctx, delivery=delivery, model=event.model
+                )
             await self.run(event)
             # Acked only now, audit record included: a replica that dies mid-turn leaves
             # the turn to another.
@@ -144,6 +165,14 @@ class Runtime:
                 await turn.fail(INTERNAL)
         await record_turn(self.audit, event, last, failure)
         return last
+
+
+def delivery_count(msg: Msg) -> int:
+    """How many times JetStream has delivered this message (1: the first time)."""
+    try:
+        return msg.metadata.num_delivered
+    except NotJSMessageError:
+        return 1
 
 
 async def build(bus: Bus, broker: NatsBroker) -> Runtime:

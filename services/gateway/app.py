@@ -26,8 +26,13 @@ from libs.asyncapi import render as asyncapi_json
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
 from libs.settings import Settings
-from services.gateway import audit_routes, guardrails_routes, keys, rag_routes, sandbox_routes
-from services.gateway.adapters.sql_keys import create_key
+from services.gateway import (
+    audit_routes,
+    guardrails_routes,
+    key_routes,
+    rag_routes,
+    sandbox_routes,
+)
 from services.gateway.bootstrap import Gateway, build
 from services.gateway.hot_path import HotPath
 from services.gateway.openai_shapes import (
@@ -185,26 +190,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
             404, f"The model `{model_id}` does not exist.", "model_not_found", "model"
         )
 
-    @app.post("/v1/admin/keys", response_model=None)
-    async def admin_create_key(request: Request) -> Response:
-        ctx = await gw.auth.check_request(request, Action.MANAGE_KEYS)
-        body = await gw.read_json(request)
-        if not isinstance(body, dict) or body.get("role") not in keys.ROLES:
-            raise EnclaveError(
-                400, f"`role` must be one of {', '.join(keys.ROLES)}.", "invalid_value", "role"
-            )
-        stored, plaintext = await create_key(
-            gw.db, ctx.tenant, body["role"], str(body.get("name", "")), body.get("rate_limit_rpm")
-        )
-        return JSON(
-            {
-                "key": plaintext,
-                "key_id": stored.key_id,
-                "tenant": stored.tenant,
-                "role": stored.role,
-            },
-            status_code=201,
-        )
+    key_routes.register(app, gw)
 
     _document_request_bodies(
         app,

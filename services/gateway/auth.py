@@ -105,6 +105,10 @@ class Authorizer:
             self.key_cache[key_id] = (stored, now + self.key_cache_s)
         return stored
 
+    def forget(self, key_id: str) -> None:
+        """Drop a key from the cache (it was revoked): the next request reads SQL again."""
+        self.key_cache.pop(key_id, None)
+
     async def _identify(self, authorization: str | None, action: Action) -> StoredKey:
         token = keys.bearer_token(authorization)
         if token is None:

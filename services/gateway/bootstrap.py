@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from opentelemetry.trace import Tracer
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
@@ -22,6 +25,7 @@ from libs.bus import ensure_streams
 from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
 from libs.errors import EnclaveError
+from libs.events import KeyRevoked
 from libs.rpc import Bus
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
@@ -31,6 +35,8 @@ from services.gateway.auth import Authorizer
 from services.gateway.oidc import JwksCache, OidcConfig, OidcVerifier
 from services.gateway.openai_shapes import parse_json
 from services.gateway.turn_client import TurnClient
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,8 +61,18 @@ class Gateway:
             reconnect_time_wait=1,
         )
         await ensure_streams(self.nc, settings)
+        # Core NATS, no queue group: every replica hears every revocation.
+        await self.nc.subscribe(settings.subjects.keys_revoked, cb=self._key_revoked)
         await self.turns.start()
         self.audit.start()
+
+    async def _key_revoked(self, msg: Msg) -> None:
+        try:
+            revoked = KeyRevoked.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("unreadable keys.revoked message ignored")
+            return
+        self.auth.forget(revoked.key_id)
 
     async def stop(self) -> None:
         await self.audit.close()
