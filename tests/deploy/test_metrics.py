@@ -28,7 +28,7 @@ from libs.bus import ensure_streams, event_bytes
 from libs.context import RequestContext
 from libs.events import ChatMessage, ChatRequested
 from libs.settings import Settings
-from tests.infra import REPO, Infra, Platform, free_port, platform_env
+from tests.infra import REPO, Infra, Platform, chat, free_port, platform_env
 
 
 def settings_for(services: Infra, home: Path, **extra: object) -> Settings:
@@ -421,3 +421,62 @@ def test_after_enclave_up_prometheus_scrapes_every_stage(services: Infra, tmp_pa
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=60)
+
+
+def sample_sum(port: int, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when there are none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in scrape(port).items() if n == name and wanted <= ls)
+
+
+def test_one_chat_shows_in_the_runtimes_ttft_and_the_guardrails_verdicts(
+    services: Infra, tmp_path: Path
+) -> None:
+    """Real services: after chats through the gateway, the runtime's /metrics has time to
+    first token and tokens in/out for the model and tenant, the guardrails' /metrics the
+    input verdict, the worker's its busy ratio and the gateway's the request, each found by
+    its discovery target."""
+    port = free_port()
+    plat = Platform(
+        env=platform_env(services, tmp_path, port),
+        home=tmp_path,
+        base_url=f"http://127.0.0.1:{port}",
+    )
+    model = "enclave-instant"
+    try:
+        plat.cli("migrate")
+        plat.admin_key = plat.create_key("acme", "admin", rpm=1_000_000)
+        plat.start("router", "inference_router")
+        plat.start("worker", "worker", "instant")
+        plat.start("guardrails", "guardrails")
+        plat.start("runtime", "agent_runtime")
+        plat.start("gateway", "gateway")
+        plat.wait_ready()
+        plat.wait_model(model)
+        before = sample_sum(
+            stage_ports(tmp_path)["agent_runtime"],
+            "enclave_time_to_first_token_seconds_count",
+            model=model,
+        )
+        reply = chat(plat.base_url, plat.admin_key, model)
+        assert reply.status_code == 200, reply.text
+        ports = stage_ports(tmp_path)
+        runtime, guardrails = ports["agent_runtime"], ports["guardrails"]
+        ttft = "enclave_time_to_first_token_seconds_count"
+        assert wait_until(lambda: sample_sum(runtime, ttft, model=model) >= before + 1)
+        assert (
+            sample_sum(
+                runtime, "enclave_time_to_first_token_seconds_bucket", model=model, le="+Inf"
+            )
+            >= before + 1
+        )
+        out = sample_sum(
+            runtime, "enclave_tokens_total", tenant="acme", model=model, direction="out"
+        )
+        assert out >= 1
+        verdicts = sample_sum(
+            guardrails, "enclave_guardrail_verdicts_total", direction="input", verdict="allowed"
+        )
+        assert verdicts >= 1
+    finally:
+        plat.stop_all()
