@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -22,6 +22,7 @@ from libs.bus import ensure_streams
 from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
 from libs.errors import EnclaveError
+from libs.metrics import StageMetrics
 from libs.rpc import Bus
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
@@ -44,6 +45,7 @@ class Gateway:
     turns: TurnClient
     audit: AuditPublisher
     tracer: Tracer
+    metrics: StageMetrics = field(default_factory=lambda: StageMetrics("gateway"))
 
     async def start(self) -> None:
         settings = self.settings
@@ -119,4 +121,5 @@ def build(settings: Settings) -> Gateway:
         turns=turns,
         audit=audit,
         tracer=setup_tracing("gateway", settings.trace_dir),
+        metrics=StageMetrics("gateway"),
     )

@@ -15,11 +15,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import nats
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -429,54 +431,79 @@ def sample_sum(port: int, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in scrape(port).items() if n == name and wanted <= ls)
 
 
-def test_one_chat_shows_in_the_runtimes_ttft_and_the_guardrails_verdicts(
-    services: Infra, tmp_path: Path
-) -> None:
-    """Real services: after chats through the gateway, the runtime's /metrics has time to
-    first token and tokens in/out for the model and tenant, the guardrails' /metrics the
-    input verdict, the worker's its busy ratio and the gateway's the request, each found by
-    its discovery target."""
+def test_chats_show_in_every_stages_metrics(services: Infra, tmp_path: Path) -> None:
+    """Real services, each scraped on the port its discovery target names: two chats at
+    once to a pool whose one engine thread takes 0.5 s a token. The worker reports itself
+    busy with one chat queued while they run, and idle after; the runtime has time to first
+    token for the model (at least the first token's 0.5 s) and tokens per tenant and model;
+    guardrails the input verdicts; the gateway the requests."""
+    registry = yaml.safe_load((REPO / "deploy" / "models.yaml").read_text())
+    registry["pools"]["busy"] = {"engine": "instant", "tokens": 8, "delay_ms": 500}
+    registry["models"].append({"id": "enclave-busy", "kind": "chat", "pool": "busy"})
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(registry))
     port = free_port()
     plat = Platform(
-        env=platform_env(services, tmp_path, port),
+        env=platform_env(
+            services, tmp_path, port, ENCLAVE_MODELS_FILE=str(tmp_path / "models.yaml")
+        ),
         home=tmp_path,
         base_url=f"http://127.0.0.1:{port}",
     )
-    model = "enclave-instant"
+    model = "enclave-busy"
     try:
         plat.cli("migrate")
         plat.admin_key = plat.create_key("acme", "admin", rpm=1_000_000)
         plat.start("router", "inference_router")
-        plat.start("worker", "worker", "instant")
+        plat.start("worker", "worker", "busy")
         plat.start("guardrails", "guardrails")
         plat.start("runtime", "agent_runtime")
         plat.start("gateway", "gateway")
         plat.wait_ready()
         plat.wait_model(model)
-        before = sample_sum(
-            stage_ports(tmp_path)["agent_runtime"],
-            "enclave_time_to_first_token_seconds_count",
-            model=model,
-        )
-        reply = chat(plat.base_url, plat.admin_key, model)
-        assert reply.status_code == 200, reply.text
         ports = stage_ports(tmp_path)
-        runtime, guardrails = ports["agent_runtime"], ports["guardrails"]
-        ttft = "enclave_time_to_first_token_seconds_count"
-        assert wait_until(lambda: sample_sum(runtime, ttft, model=model) >= before + 1)
-        assert (
-            sample_sum(
-                runtime, "enclave_time_to_first_token_seconds_bucket", model=model, le="+Inf"
-            )
-            >= before + 1
+        worker, runtime = ports["worker-busy"], ports["agent_runtime"]
+        guardrails, gateway = ports["guardrails"], ports["gateway"]
+        ttft = "enclave_time_to_first_token_seconds_bucket"
+        before = sample_sum(runtime, ttft, model=model, le="+Inf")
+
+        seen: list[tuple[float, float]] = []
+        with ThreadPoolExecutor(2) as pool:
+            # max_tokens 4: 2 s a chat, the second waiting for the first's engine thread.
+            replies = [pool.submit(chat, plat.base_url, plat.admin_key, model) for _ in range(2)]
+
+            def busy_and_queued() -> bool:
+                seen.append(
+                    (
+                        sample_sum(worker, "enclave_busy_ratio", pool="busy"),
+                        sample_sum(worker, "enclave_queue_depth", pool="busy"),
+                    )
+                )
+                return seen[-1] == (1.0, 1.0)
+
+            assert wait_until(busy_and_queued, timeout=10), seen
+            for reply in replies:
+                assert reply.result().status_code == 200, reply.result().text
+        idle = (
+            sample_sum(worker, "enclave_busy_ratio", pool="busy"),
+            sample_sum(worker, "enclave_queue_depth", pool="busy"),
         )
-        out = sample_sum(
-            runtime, "enclave_tokens_total", tenant="acme", model=model, direction="out"
-        )
-        assert out >= 1
+        assert idle == (0.0, 0.0)
+
+        assert wait_until(lambda: sample_sum(runtime, ttft, model=model, le="+Inf") >= before + 2)
+        # The first token comes after the engine's 0.5 s: none under 0.25 s.
+        assert sample_sum(runtime, ttft, model=model, le="0.25") == 0
+        tokens = "enclave_tokens_total"
+        assert sample_sum(runtime, tokens, tenant="acme", model=model, direction="out") >= 8
+        assert sample_sum(runtime, tokens, tenant="acme", model=model, direction="in") >= 2
         verdicts = sample_sum(
             guardrails, "enclave_guardrail_verdicts_total", direction="input", verdict="allowed"
         )
         assert verdicts >= 1
+        requests = sample_sum(
+            gateway, "enclave_requests_total", operation="chat.completions", code="200"
+        )
+        assert requests >= 3  # wait_model's and the two chats
+        routed = sample_sum(gateway, "enclave_requests_total", operation="GET /readyz")
+        assert routed >= 1
     finally:
         plat.stop_all()
