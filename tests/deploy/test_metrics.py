@@ -28,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from libs import metrics
 from libs.bus import ensure_streams, event_bytes
 from libs.context import RequestContext
-from libs.events import ChatMessage, ChatRequested
+from libs.errors import ErrorInfo
+from libs.events import ChatMessage, ChatRequested, RetrieveReply, RetrieveRequest
 from libs.settings import Settings
 from tests.infra import REPO, Infra, Platform, chat, free_port, platform_env
 
@@ -221,6 +222,28 @@ def test_stage_helpers_record_what_the_dashboard_shows(tmp_path: Path) -> None:
     (outbox / "partial.tmp").write_text("")
     (family,) = metrics.OutboxCollector(outbox, "memory").collect()
     assert family.samples[0].value == 3
+
+
+async def test_a_metered_handler_counts_an_error_reply_by_its_status() -> None:
+    stage = metrics.StageMetrics("memory")
+
+    async def retrieve(request: RetrieveRequest) -> RetrieveReply:
+        if request.query == "bad":
+            return RetrieveReply(error=ErrorInfo(status=404, message="no such store"))
+        return RetrieveReply()
+
+    def count(code: str, name: str = "enclave_requests_total") -> float:
+        labels = {"service": "memory", "operation": "memory.retrieve", "code": code}
+        return REGISTRY.get_sample_value(name, labels) or 0
+
+    before = count("200"), count("404"), count("404", "enclave_request_errors_total")
+    handle = stage.handler("memory.retrieve", retrieve)
+    ctx = RequestContext(tenant="acme", request_id="r1")
+    assert (await handle(RetrieveRequest(ctx=ctx, user="u", query="ok"))).error is None
+    reply = await handle(RetrieveRequest(ctx=ctx, user="u", query="bad"))
+    assert reply.error is not None and reply.error.status == 404
+    after = count("200"), count("404"), count("404", "enclave_request_errors_total")
+    assert after == (before[0] + 1, before[1] + 1, before[2] + 1)
 
 
 def start_prometheus(home: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -436,7 +459,8 @@ def test_chats_show_in_every_stages_metrics(services: Infra, tmp_path: Path) -> 
     once to a pool whose one engine thread takes 0.5 s a token. The worker reports itself
     busy with one chat queued while they run, and idle after; the runtime has time to first
     token for the model (at least the first token's 0.5 s) and tokens per tenant and model;
-    guardrails the input verdicts; the gateway the requests."""
+    guardrails the input verdicts; the gateway and the router the requests; audit the
+    appended records."""
     registry = yaml.safe_load((REPO / "deploy" / "models.yaml").read_text())
     registry["pools"]["busy"] = {"engine": "instant", "tokens": 8, "delay_ms": 500}
     registry["models"].append({"id": "enclave-busy", "kind": "chat", "pool": "busy"})
@@ -457,12 +481,14 @@ def test_chats_show_in_every_stages_metrics(services: Infra, tmp_path: Path) -> 
         plat.start("worker", "worker", "busy")
         plat.start("guardrails", "guardrails")
         plat.start("runtime", "agent_runtime")
+        plat.start("audit", "audit")
         plat.start("gateway", "gateway")
         plat.wait_ready()
         plat.wait_model(model)
         ports = stage_ports(tmp_path)
         worker, runtime = ports["worker-busy"], ports["agent_runtime"]
         guardrails, gateway = ports["guardrails"], ports["gateway"]
+        router, audit = ports["inference_router"], ports["audit"]
         ttft = "enclave_time_to_first_token_seconds_bucket"
         before = sample_sum(runtime, ttft, model=model, le="+Inf")
 
@@ -505,5 +531,14 @@ def test_chats_show_in_every_stages_metrics(services: Infra, tmp_path: Path) -> 
         assert requests >= 3  # wait_model's and the two chats
         routed = sample_sum(gateway, "enclave_requests_total", operation="GET /readyz")
         assert routed >= 1
+        # The runtime asks the router for the model's route (then caches it).
+        routes = sample_sum(
+            router, "enclave_requests_total", operation="inference.route", code="200"
+        )
+        assert routes >= 1
+        # The turns' audit records reach the chain: appended, with their lag.
+        appended = "enclave_audit_appended_total"
+        assert wait_until(lambda: sample_sum(audit, appended) >= 3, timeout=30)
+        assert sample_sum(audit, "enclave_audit_append_lag_seconds_count") >= 3
     finally:
         plat.stop_all()
