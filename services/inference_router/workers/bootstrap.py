@@ -120,6 +120,7 @@ class Worker:
             subject = self.bus.subjects.inference_worker(self.pool_name)
             await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name)
         if getattr(self.engine, "swap", None) is not None:
+            self.engine.swap.on_load = self.metrics.adapter_load
             await self._follow_models()
 
     async def _follow_models(self) -> None:
