@@ -316,6 +316,12 @@ class StageMetrics:
     def work(self, capacity: int) -> WorkTracker:
         return WorkTracker(self, capacity)
 
+    def sample_work(self, busy_ratio: Callable[[], float], queued: Callable[[], float]) -> None:
+        """Busy ratio and queue depth read from the stage's own scheduler at each scrape
+        (nothing on the request path)."""
+        BUSY_RATIO.labels(self.service, self.pool).set_function(busy_ratio)
+        QUEUE_DEPTH.labels(self.service, self.pool).set_function(queued)
+
 
 @dataclass
 class RequestOutcome:

@@ -89,6 +89,7 @@ class Guardrails:
         self.passthrough_s = bus.settings.guard_passthrough_s
         # Checks run off the event loop, fairly across tenants, each within its budget.
         self.scheduler = FairScheduler()
+        self.metrics.sample_work(self.scheduler.busy_ratio, self.scheduler.queued)
         self.pending: set[asyncio.Task[None]] = set()
         self.watcher: asyncio.Task[None] | None = None
 
