@@ -78,6 +78,9 @@ class Generation:
         self.upstream_timeout_s = upstream_timeout_s
         self.timeout_s = upstream_timeout_s
         self.worker = ""  # the worker that streams it, from its first message on
+        # When it was asked for, and when its first token came (perf_counter seconds).
+        self.requested_at = time.perf_counter()
+        self.first_token_at: float | None = None
         self._started = False
         self._limited = False
 
@@ -120,7 +123,10 @@ class Generation:
             )
         if not self.worker and msg.headers:
             self.worker = msg.headers.get(WORKER_HEADER, "")
-        return TurnEvent.model_validate_json(msg.data)
+        event = TurnEvent.model_validate_json(msg.data)
+        if self.first_token_at is None and event.deltas:
+            self.first_token_at = time.perf_counter()
+        return event
 
     def close(self) -> None:
         self.accepting.cancel()

@@ -44,10 +44,11 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -67,6 +68,8 @@ from libs.audit import outbox_dir
 from libs.settings import Settings
 
 log = logging.getLogger("enclave.metrics")
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
 
 # -- the port scheme --
 PORT_BLOCKS: dict[str, tuple[int, int]] = {
@@ -250,6 +253,22 @@ class StageMetrics:
             IN_FLIGHT.labels(self.service).dec()
             self.observe_request(operation, outcome.code, time.perf_counter() - started)
 
+    def handler(
+        self, operation: str, handle: Callable[[Req], Awaitable[Rep]]
+    ) -> Callable[[Req], Awaitable[Rep]]:
+        """A bus handler counted and timed as `operation`; a reply carrying an `error`
+        (libs.errors.ErrorInfo) counts as its status."""
+
+        async def metered(request: Req) -> Rep:
+            with self.request(operation) as outcome:
+                reply = await handle(request)
+                error = getattr(reply, "error", None)
+                if error is not None:
+                    outcome.code = getattr(error, "status", 500)
+                return reply
+
+        return metered
+
     def observe_request(self, operation: str, code: int | str, seconds: float) -> None:
         code_text = str(code)
         REQUESTS.labels(self.service, operation, code_text).inc()
@@ -296,6 +315,12 @@ class StageMetrics:
 
     def work(self, capacity: int) -> WorkTracker:
         return WorkTracker(self, capacity)
+
+    def sample_work(self, busy_ratio: Callable[[], float], queued: Callable[[], float]) -> None:
+        """Busy ratio and queue depth read from the stage's own scheduler at each scrape
+        (nothing on the request path)."""
+        BUSY_RATIO.labels(self.service, self.pool).set_function(busy_ratio)
+        QUEUE_DEPTH.labels(self.service, self.pool).set_function(queued)
 
 
 @dataclass

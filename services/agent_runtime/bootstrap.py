@@ -29,7 +29,8 @@ from libs.audit import (
 from libs.bus import stream_configs
 from libs.errors import ErrorInfo
 from libs.events import ChatRequested, DelegateRequested, TurnEvent
-from libs.generation import GenerationClient, RouteCache
+from libs.generation import Generation, GenerationClient, RouteCache
+from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, serve
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.agent_runtime.adapters.agent_ports import NatsAgentPorts
@@ -56,8 +57,10 @@ class Runtime:
         deltas: ReplyRouter,
         audit: AuditPublisher,
         agents: AgentRunner | None = None,
+        metrics: StageMetrics | None = None,
     ) -> None:
         self.bus = bus
+        self.metrics = metrics or StageMetrics("agent_runtime")
         self.agents = agents
         self.settings = bus.settings
         self.ports = ports
@@ -145,6 +148,7 @@ class Runtime:
         """One turn, traced and audited; returns its outcome (None: it failed inside)."""
         last: TurnEvent | None = None
         failure: Exception | None = None
+        started = time.perf_counter()
         with self.tracer.start_as_current_span(
             "turn",
             context=parent_context(event.ctx),
@@ -163,8 +167,31 @@ class Runtime:
                 failure = exc
                 log.exception("turn %s failed", event.ctx.request_id)
                 await turn.fail(INTERNAL)
+        self._observe(event, turn.first, last, started)
         await record_turn(self.audit, event, last, failure)
         return last
+
+    def _observe(
+        self,
+        event: ChatRequested,
+        generation: Generation | None,
+        last: TurnEvent | None,
+        started: float,
+    ) -> None:
+        """A turn that generated: its time to first token from the turn's start (what its
+        client waits: guardrails and retrieval included), total time and tokens."""
+        if generation is None:
+            return  # blocked or failed before any generation: counted by the gateway
+        first = generation.first_token_at
+        usage = last.usage if last is not None else None
+        self.metrics.observe_generation(
+            tenant=event.ctx.tenant,
+            model=event.model,
+            first_token_s=None if first is None else first - started,
+            total_s=time.perf_counter() - started,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
 
 
 def delivery_count(msg: Msg) -> int:
@@ -186,4 +213,4 @@ async def build(bus: Bus, broker: NatsBroker) -> Runtime:
     ports = RuntimePorts(bus, generations, InputPassthrough(settings.guard_passthrough_s), replica)
     audit = AuditPublisher(bus.nc, bus.subjects, "runtime", outbox_dir(settings.home))
     agents = AgentRunner.at(settings.home, NatsAgentPorts(ports, audit))
-    return Runtime(bus, ports, deltas, audit, agents)
+    return Runtime(bus, ports, deltas, audit, agents, StageMetrics("agent_runtime"))

@@ -83,6 +83,7 @@ class NatsTurn:
         self.subject = event.reply_subject
         self.headers = event.ctx.headers()
         self.generation: Generation | None = None
+        self.first: Generation | None = None  # the turn's first generation (its TTFT)
         self._serving: dict[str, str] | None = None
 
     async def screen(self, check: ev.GuardrailCheck) -> ev.GuardrailVerdict:
@@ -100,6 +101,8 @@ class NatsTurn:
             request.client_subject = self.subject
             request.client_headers = {**self.headers, RUNTIME_HEADER: self.shared.replica}
         self.generation = self.shared.generations.start(request, route)
+        if self.first is None:
+            self.first = self.generation
         return self.generation
 
     async def send(self, event: ev.TurnEvent) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 from typing import Any
 
 from faststream import Context
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from libs.bus import jstream, stream_configs
 from libs.db.engine import make_engine, migrate_async
 from libs.events import AuditEvent, AuditExportRequest, AuditSearch, AuditVerifyRequest
+from libs.metrics import StageMetrics
 from libs.rpc import Bus, serve_broker
 from services.audit.adapters.keys import HmacKeySource, ensure_keys, load_private_key
 from services.audit.adapters.sql import AuditStore
@@ -59,6 +61,11 @@ class Audit:
         await self.service.store.engine.dispose()
 
 
+def event_epoch(event: AuditEvent) -> float:
+    """An event's own time (`YYYY-MM-DDTHH:MM:SS.ffffffZ`) in epoch seconds."""
+    return datetime.fromisoformat(event.time).timestamp()
+
+
 async def build(bus: Bus, broker: NatsBroker) -> Audit:
     settings, subjects = bus.settings, bus.subjects
     cfg = load_audit_settings(settings)
@@ -71,6 +78,7 @@ async def build(bus: Bus, broker: NatsBroker) -> Audit:
         HmacKeySource(None if cfg.hmac_keys else cfg.key_file, cfg.hmac_keys),
         load_private_key(cfg.signing_key_file),
     )
+    metrics = StageMetrics("audit")
     audit_stream = next(c for c in stream_configs(settings) if c.name == subjects.audit_stream_name)
 
     @broker.subscriber(
@@ -96,6 +104,7 @@ async def build(bus: Bus, broker: NatsBroker) -> Audit:
             await message.nack(delay=1.0)
             return
         await message.ack()
+        metrics.audit_appended([event_epoch(e) for e in events])
 
     serve_broker(broker, subjects.audit_api_search, AuditSearch, service.search, queue="audit")
     serve_broker(

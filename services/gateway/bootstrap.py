@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
 from libs.errors import EnclaveError
 from libs.events import KeyRevoked
+from libs.metrics import StageMetrics
 from libs.rpc import Bus
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
@@ -50,6 +51,7 @@ class Gateway:
     turns: TurnClient
     audit: AuditPublisher
     tracer: Tracer
+    metrics: StageMetrics = field(default_factory=lambda: StageMetrics("gateway"))
 
     async def start(self) -> None:
         settings = self.settings
@@ -135,4 +137,5 @@ def build(settings: Settings) -> Gateway:
         turns=turns,
         audit=audit,
         tracer=setup_tracing("gateway", settings.trace_dir),
+        metrics=StageMetrics("gateway"),
     )

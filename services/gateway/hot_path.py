@@ -8,6 +8,7 @@ FastAPI's. Each batch of events that arrived together leaves in one write.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ import orjson
 from fastapi import FastAPI
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
@@ -146,10 +147,36 @@ class HotPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if kind is None or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        kind = ROUTES.get(scope.get("path", ""))
+        if kind is None or scope["method"] != "POST":
+            await self._other(scope, receive, send)
+            return
+        with self.gw.metrics.request(AUDIT_ACTIONS[kind]) as outcome:
+            outcome.code = await self._streamed(kind, scope, receive, send)
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A FastAPI route, counted by its route's template (not its path: no ids in labels)."""
+        status = 500
+        started = time.perf_counter()
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            operation = f"{scope['method']} {route}" if route else "unrouted"
+            self.gw.metrics.observe_request(operation, status, time.perf_counter() - started)
+
+    async def _streamed(self, kind: str, scope: Scope, receive: Receive, send: Send) -> int:
+        """A streamed route; returns its status (200 once a stream started)."""
         headers = {k.lower(): v for k, v in scope["headers"]}
         try:
             status, extra, payload = await self._handle(kind, headers, receive)
@@ -167,7 +194,7 @@ class HotPath:
                 }
             )
             await send({"type": "http.response.body", "body": payload})
-            return
+            return status
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra})
         try:
             async for chunk in payload:
@@ -175,6 +202,7 @@ class HotPath:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await payload.aclose()  # type: ignore[attr-defined]
+        return 200
 
     async def _handle(
         self, kind: str, headers: dict[bytes, bytes], receive: Receive

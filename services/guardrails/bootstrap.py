@@ -17,6 +17,7 @@ from libs.audit import AuditPublisher, outbox_dir
 from libs.context import RequestContext
 from libs.errors import ErrorInfo
 from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
+from libs.metrics import StageMetrics
 from libs.rpc import Bus, serve
 from libs.settings import Settings
 from services.guardrails.adapters.classifier_cache import load_or_train
@@ -73,15 +74,22 @@ def decide(
 
 class Guardrails:
     def __init__(
-        self, bus: Bus, screener: Screener, store: PolicyStore, audit: AuditPublisher
+        self,
+        bus: Bus,
+        screener: Screener,
+        store: PolicyStore,
+        audit: AuditPublisher,
+        metrics: StageMetrics | None = None,
     ) -> None:
         self.bus = bus
+        self.metrics = metrics or StageMetrics("guardrails")
         self.screener = screener
         self.store = store
         self.audit = audit
         self.passthrough_s = bus.settings.guard_passthrough_s
         # Checks run off the event loop, fairly across tenants, each within its budget.
         self.scheduler = FairScheduler()
+        self.metrics.sample_work(self.scheduler.busy_ratio, self.scheduler.queued)
         self.pending: set[asyncio.Task[None]] = set()
         self.watcher: asyncio.Task[None] | None = None
 
@@ -91,6 +99,7 @@ class Guardrails:
             check,
             lambda: decide(self.screener, self.store, check, self.passthrough_s),
         )
+        self.metrics.guardrail_verdict(check.direction, verdict.allowed, verdict.rule)
         # After the reply, not before: the audit write is off the request's latency.
         task = asyncio.create_task(self._record(check, verdict))
         self.pending.add(task)
@@ -166,4 +175,4 @@ async def build(bus: Bus, broker: NatsBroker) -> Guardrails:
     )
     await asyncio.to_thread(screener.check, warmup, store.get("warmup"))
     audit = AuditPublisher(bus.nc, bus.subjects, "guardrails", outbox_dir(settings.home))
-    return Guardrails(bus, screener, store, audit)
+    return Guardrails(bus, screener, store, audit, StageMetrics("guardrails"))

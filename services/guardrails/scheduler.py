@@ -118,6 +118,15 @@ class FairScheduler:
             job.future.cancel()
             raise BudgetExceeded from None
 
+    def busy_ratio(self) -> float:
+        """Share of the workers running a check now (read by /metrics from its thread)."""
+        return min(self._busy, self.workers) / self.workers
+
+    def queued(self) -> int:
+        """Checks waiting for a worker (one that ran out of budget waiting counts until its
+        turn comes and is skipped)."""
+        return sum(len(queue) for queue in list(self._queues.values()))
+
     def _next(self) -> tuple[str, _Job[Any]] | None:
         for tenant in list(self._queues):
             queue = self._queues[tenant]

@@ -24,6 +24,7 @@ from libs.events import (
     TrainerRequest,
 )
 from libs.generation import hand_to_pool
+from libs.metrics import StageMetrics
 from libs.rpc import Bus, Peer, serve, serve_broker
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.inference_router.adapter_routes import adapter_route, is_adapter_id
@@ -32,8 +33,9 @@ from services.inference_router.routes import Routes
 
 
 class Router:
-    def __init__(self, bus: Bus, routes: Routes) -> None:
+    def __init__(self, bus: Bus, routes: Routes, metrics: StageMetrics | None = None) -> None:
         self.bus = bus
+        self.metrics = metrics or StageMetrics("inference_router")
         self.routes = routes
         self.tracer = setup_tracing("inference_router", bus.settings.trace_dir)
 
@@ -90,7 +92,8 @@ class Router:
         # Raw subscription on the per-request path: FastStream's own handling costs more
         # than the rest of the router's work (bench/gateway.py).
         subject = self.bus.subjects.inference_generate
-        await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue="inference_router")
+        generate = self.metrics.handler("inference.generate", self.generate)
+        await serve(self.bus.nc, subject, GenerateRequest, generate, queue="inference_router")
 
     async def stop(self) -> None:
         await self.routes.engine.dispose()
@@ -101,9 +104,13 @@ async def build(bus: Bus, broker: NatsBroker) -> Router:
     await migrate_async(settings)
     routes = Routes(load_registry(settings.models_file), make_engine(settings.sqlalchemy_url))
     await routes.refresh(force=True)
-    router = Router(bus, routes)
-    s = bus.subjects
-    serve_broker(broker, s.inference_route, RouteRequest, router.route, queue="inference_router")
-    serve_broker(broker, s.inference_embed, EmbedRequest, router.embed, queue="inference_router")
-    serve_broker(broker, s.inference_models, ModelsRequest, router.models, queue="inference_router")
+    metrics = StageMetrics("inference_router")
+    router = Router(bus, routes, metrics)
+    s, q = bus.subjects, "inference_router"
+    route = metrics.handler("inference.route", router.route)
+    embed = metrics.handler("inference.embed", router.embed)
+    models = metrics.handler("inference.models", router.models)
+    serve_broker(broker, s.inference_route, RouteRequest, route, queue=q)
+    serve_broker(broker, s.inference_embed, EmbedRequest, embed, queue=q)
+    serve_broker(broker, s.inference_models, ModelsRequest, models, queue=q)
     return router

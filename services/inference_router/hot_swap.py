@@ -66,6 +66,8 @@ class HotSwap:
         worker: str | None = None,
     ) -> None:
         self.ports = ports
+        # Told of every load (digest, loaded?): the worker's adapter metrics.
+        self.on_load: Callable[[str, bool], None] = lambda digest, ok: None
         self.clock = clock
         self.base_model = base_model
         self.drain_timeout_s = drain_timeout_s
@@ -154,7 +156,12 @@ class HotSwap:
 
     # -- internals --
     def _load(self, key: AdapterKey) -> None:
-        self.ports.load(key)
+        try:
+            self.ports.load(key)
+        except Exception:
+            self.on_load(key.digest, False)
+            raise
+        self.on_load(key.digest, True)
         self.versions[key] = _Version(last_used=self.clock())
 
     def _finish_drain(self, key: AdapterKey, version: _Version) -> None:

@@ -32,6 +32,7 @@ from libs.events import (
 )
 from libs.generation import GenerationClient, RouteCache
 from libs.guardrails_client import ask_guardrails
+from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, respond, serve
 from libs.settings import Settings
 from services.memory.adapters.embedder import Embedder
@@ -58,9 +59,15 @@ class Memory:
     """The memory service on the bus."""
 
     def __init__(
-        self, bus: Bus, svc: MemoryService, deltas: ReplyRouter, audit: AuditPublisher
+        self,
+        bus: Bus,
+        svc: MemoryService,
+        deltas: ReplyRouter,
+        audit: AuditPublisher,
+        metrics: StageMetrics | None = None,
     ) -> None:
         self.bus = bus
+        self.metrics = metrics or StageMetrics("memory")
         self.svc = svc
         self.deltas = deltas
         self.audit = audit
@@ -69,12 +76,15 @@ class Memory:
     async def start(self) -> None:
         self.audit.start()
         await self.deltas.start()
-        nc, s, svc = self.bus.nc, self.bus.subjects, self.svc
-        await serve(nc, s.memory_rag, RagRequest, svc.rag_op, queue="memory", concurrent=True)
+        nc, s, svc, m = self.bus.nc, self.bus.subjects, self.svc, self.metrics
+        rag = m.handler("memory.rag", svc.rag_op)
+        retrieve = m.handler("memory.retrieve", svc.retrieve)
+        ground = m.handler("memory.ground", svc.ground)
+        await serve(nc, s.memory_rag, RagRequest, rag, queue="memory", concurrent=True)
         await serve(
-            nc, s.memory_retrieve, RetrieveRequest, svc.retrieve, queue="memory", concurrent=True
+            nc, s.memory_retrieve, RetrieveRequest, retrieve, queue="memory", concurrent=True
         )
-        await serve(nc, s.memory_ground, GroundRequest, svc.ground, queue="memory", concurrent=True)
+        await serve(nc, s.memory_ground, GroundRequest, ground, queue="memory", concurrent=True)
         await nc.subscribe(s.memory_upload, queue="memory", cb=self._upload)
 
     async def _upload(self, msg: Msg) -> None:
@@ -143,4 +153,4 @@ async def build(bus: Bus, broker: NatsBroker) -> Memory:
     async def on_memory_store(event: MemoryStoreRequested) -> None:
         await svc.store(event)
 
-    return Memory(bus, svc, deltas, audit)
+    return Memory(bus, svc, deltas, audit, StageMetrics("memory"))

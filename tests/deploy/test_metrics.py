@@ -15,20 +15,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import nats
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs import metrics
 from libs.bus import ensure_streams, event_bytes
 from libs.context import RequestContext
-from libs.events import ChatMessage, ChatRequested
+from libs.errors import ErrorInfo
+from libs.events import ChatMessage, ChatRequested, RetrieveReply, RetrieveRequest
 from libs.settings import Settings
-from tests.infra import REPO, Infra, Platform, free_port, platform_env
+from tests.infra import REPO, Infra, Platform, chat, free_port, platform_env
 
 
 def settings_for(services: Infra, home: Path, **extra: object) -> Settings:
@@ -219,6 +222,28 @@ def test_stage_helpers_record_what_the_dashboard_shows(tmp_path: Path) -> None:
     (outbox / "partial.tmp").write_text("")
     (family,) = metrics.OutboxCollector(outbox, "memory").collect()
     assert family.samples[0].value == 3
+
+
+async def test_a_metered_handler_counts_an_error_reply_by_its_status() -> None:
+    stage = metrics.StageMetrics("memory")
+
+    async def retrieve(request: RetrieveRequest) -> RetrieveReply:
+        if request.query == "bad":
+            return RetrieveReply(error=ErrorInfo(status=404, message="no such store"))
+        return RetrieveReply()
+
+    def count(code: str, name: str = "enclave_requests_total") -> float:
+        labels = {"service": "memory", "operation": "memory.retrieve", "code": code}
+        return REGISTRY.get_sample_value(name, labels) or 0
+
+    before = count("200"), count("404"), count("404", "enclave_request_errors_total")
+    handle = stage.handler("memory.retrieve", retrieve)
+    ctx = RequestContext(tenant="acme", request_id="r1")
+    assert (await handle(RetrieveRequest(ctx=ctx, user="u", query="ok"))).error is None
+    reply = await handle(RetrieveRequest(ctx=ctx, user="u", query="bad"))
+    assert reply.error is not None and reply.error.status == 404
+    after = count("200"), count("404"), count("404", "enclave_request_errors_total")
+    assert after == (before[0] + 1, before[1] + 1, before[2] + 1)
 
 
 def start_prometheus(home: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -421,3 +446,99 @@ def test_after_enclave_up_prometheus_scrapes_every_stage(services: Infra, tmp_pa
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=60)
+
+
+def sample_sum(port: int, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when there are none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in scrape(port).items() if n == name and wanted <= ls)
+
+
+def test_chats_show_in_every_stages_metrics(services: Infra, tmp_path: Path) -> None:
+    """Real services, each scraped on the port its discovery target names: two chats at
+    once to a pool whose one engine thread takes 0.5 s a token. The worker reports itself
+    busy with one chat queued while they run, and idle after; the runtime has time to first
+    token for the model (at least the first token's 0.5 s) and tokens per tenant and model;
+    guardrails the input verdicts; the gateway and the router the requests; audit the
+    appended records."""
+    registry = yaml.safe_load((REPO / "deploy" / "models.yaml").read_text())
+    registry["pools"]["busy"] = {"engine": "instant", "tokens": 8, "delay_ms": 500}
+    registry["models"].append({"id": "enclave-busy", "kind": "chat", "pool": "busy"})
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(registry))
+    port = free_port()
+    plat = Platform(
+        env=platform_env(
+            services, tmp_path, port, ENCLAVE_MODELS_FILE=str(tmp_path / "models.yaml")
+        ),
+        home=tmp_path,
+        base_url=f"http://127.0.0.1:{port}",
+    )
+    model = "enclave-busy"
+    try:
+        plat.cli("migrate")
+        plat.admin_key = plat.create_key("acme", "admin", rpm=1_000_000)
+        plat.start("router", "inference_router")
+        plat.start("worker", "worker", "busy")
+        plat.start("guardrails", "guardrails")
+        plat.start("runtime", "agent_runtime")
+        plat.start("audit", "audit")
+        plat.start("gateway", "gateway")
+        plat.wait_ready()
+        plat.wait_model(model)
+        ports = stage_ports(tmp_path)
+        worker, runtime = ports["worker-busy"], ports["agent_runtime"]
+        guardrails, gateway = ports["guardrails"], ports["gateway"]
+        router, audit = ports["inference_router"], ports["audit"]
+        ttft = "enclave_time_to_first_token_seconds_bucket"
+        before = sample_sum(runtime, ttft, model=model, le="+Inf")
+
+        seen: list[tuple[float, float]] = []
+        with ThreadPoolExecutor(2) as pool:
+            # max_tokens 4: 2 s a chat, the second waiting for the first's engine thread.
+            replies = [pool.submit(chat, plat.base_url, plat.admin_key, model) for _ in range(2)]
+
+            def busy_and_queued() -> bool:
+                seen.append(
+                    (
+                        sample_sum(worker, "enclave_busy_ratio", pool="busy"),
+                        sample_sum(worker, "enclave_queue_depth", pool="busy"),
+                    )
+                )
+                return seen[-1] == (1.0, 1.0)
+
+            assert wait_until(busy_and_queued, timeout=10), seen
+            for reply in replies:
+                assert reply.result().status_code == 200, reply.result().text
+        idle = (
+            sample_sum(worker, "enclave_busy_ratio", pool="busy"),
+            sample_sum(worker, "enclave_queue_depth", pool="busy"),
+        )
+        assert idle == (0.0, 0.0)
+
+        assert wait_until(lambda: sample_sum(runtime, ttft, model=model, le="+Inf") >= before + 2)
+        # The first token comes after the engine's 0.5 s: none under 0.25 s.
+        assert sample_sum(runtime, ttft, model=model, le="0.25") == 0
+        tokens = "enclave_tokens_total"
+        assert sample_sum(runtime, tokens, tenant="acme", model=model, direction="out") >= 8
+        assert sample_sum(runtime, tokens, tenant="acme", model=model, direction="in") >= 2
+        verdicts = sample_sum(
+            guardrails, "enclave_guardrail_verdicts_total", direction="input", verdict="allowed"
+        )
+        assert verdicts >= 1
+        requests = sample_sum(
+            gateway, "enclave_requests_total", operation="chat.completions", code="200"
+        )
+        assert requests >= 3  # wait_model's and the two chats
+        routed = sample_sum(gateway, "enclave_requests_total", operation="GET /readyz")
+        assert routed >= 1
+        # The runtime asks the router for the model's route (then caches it).
+        routes = sample_sum(
+            router, "enclave_requests_total", operation="inference.route", code="200"
+        )
+        assert routes >= 1
+        # The turns' audit records reach the chain: appended, with their lag.
+        appended = "enclave_audit_appended_total"
+        assert wait_until(lambda: sample_sum(audit, appended) >= 3, timeout=30)
+        assert sample_sum(audit, "enclave_audit_append_lag_seconds_count") >= 3
+    finally:
+        plat.stop_all()

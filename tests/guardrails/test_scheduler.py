@@ -10,9 +10,11 @@ from typing import Literal
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from libs.context import RequestContext
 from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
+from libs.metrics import StageMetrics
 from services.guardrails.adapters.policy_files import PolicyStore
 from services.guardrails.bootstrap import decide
 from services.guardrails.linear import UnsupportedPattern, compile_linear
@@ -141,3 +143,34 @@ async def test_adversarial_megabytes_on_every_path_do_not_stall_another_tenant(
         assert v.error is not None or v.allowed or v.rule
         assert took < scheduler.budget_s + 1.0
     scheduler.close()
+
+
+async def test_the_busy_ratio_and_queue_depth_metrics_read_the_schedulers_own_state() -> None:
+    scheduler = FairScheduler(workers=1, per_tenant=1, budget_s=5.0)
+    StageMetrics("guardrails", "test-sched").sample_work(scheduler.busy_ratio, scheduler.queued)
+    labels = {"service": "guardrails", "pool": "test-sched"}
+
+    def sampled() -> tuple[float | None, float | None]:
+        return (
+            REGISTRY.get_sample_value("enclave_busy_ratio", labels),
+            REGISTRY.get_sample_value("enclave_queue_depth", labels),
+        )
+
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        assert sampled() == (0.0, 0.0)
+
+        def hold() -> str:
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+            return "done"
+
+        first = asyncio.ensure_future(scheduler.run("acme", hold))
+        second = asyncio.ensure_future(scheduler.run("acme", lambda: "next"))
+        await asyncio.sleep(0.05)
+        assert sampled() == (1.0, 1.0)  # one running on the only worker, one waiting
+        release.set()
+        assert await first == "done" and await second == "next"
+        assert sampled() == (0.0, 0.0)
+    finally:
+        scheduler.close()

@@ -178,6 +178,19 @@ def test_a_failed_load_keeps_the_previous_version_serving_and_says_so() -> None:
         swap.acquire(Wanted("acme", digest=D2))
 
 
+def test_every_load_and_failed_load_is_told_to_the_metrics() -> None:
+    swap, ports, _ = make()
+    told: list[tuple[str, bool]] = []
+    swap.on_load = lambda digest, ok: told.append((digest, ok))
+    swap.changed(promoted("acme", D1))
+    ports.broken.add(D2)
+    swap.changed(promoted("acme", D2))
+    with pytest.raises(AdapterRefused):
+        swap.acquire(Wanted("acme", digest=D2))
+    swap.release(swap.acquire(alias("acme")))  # loaded already: no load, nothing told
+    assert told == [(D1, True), (D2, False), (D2, False)]
+
+
 def test_rollback_returns_to_the_previous_version() -> None:
     swap, _, _ = make()
     swap.changed(promoted("acme", D1))

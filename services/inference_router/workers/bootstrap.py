@@ -31,6 +31,7 @@ from libs.events import (
     ModelsChanged,
     TurnEvent,
 )
+from libs.metrics import StageMetrics
 from libs.rpc import Bus, serve, serve_broker
 from libs.service import Build
 from libs.settings import Settings
@@ -87,7 +88,14 @@ def _failure(exc: Exception) -> bytes:
 
 
 class Worker:
-    def __init__(self, bus: Bus, pool_name: str, engine: Any, embeds: bool) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        pool_name: str,
+        engine: Any,
+        embeds: bool,
+        metrics: StageMetrics | None = None,
+    ) -> None:
         self.bus = bus
         self.pool_name = pool_name
         self.engine = engine
@@ -101,6 +109,9 @@ class Worker:
             max_workers=getattr(engine, "max_concurrency", 1),
             thread_name_prefix=f"engine-{pool_name}",
         )
+        # Busy ratio and queue depth over the engine's threads (what autoscaling reads).
+        self.metrics = metrics or StageMetrics("worker", pool_name)
+        self.work = self.metrics.work(capacity=getattr(engine, "max_concurrency", 1))
         self.running: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -109,6 +120,7 @@ class Worker:
             subject = self.bus.subjects.inference_worker(self.pool_name)
             await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name)
         if getattr(self.engine, "swap", None) is not None:
+            self.engine.swap.on_load = self.metrics.adapter_load
             await self._follow_models()
 
     async def _follow_models(self) -> None:
@@ -139,8 +151,20 @@ class Worker:
     async def embed(self, request: EmbedRequest) -> EmbedReply:
         embedder: EmbeddingEngine = self.engine
         loop = asyncio.get_running_loop()
-        vectors, tokens = await loop.run_in_executor(self.executor, embedder.embed, request.inputs)
+        self.work.accepted()
+        try:
+            vectors, tokens = await loop.run_in_executor(
+                self.executor, self._started, loop, embedder.embed, request.inputs
+            )
+        finally:
+            self.work.finished()
         return EmbedReply(vectors=vectors, prompt_tokens=tokens)
+
+    def _started(self, loop: asyncio.AbstractEventLoop, call: Any, *args: Any) -> Any:
+        """On an engine thread: the work leaves the queue (counted on the loop's thread,
+        where all of `self.work` changes), then runs."""
+        loop.call_soon_threadsafe(self.work.started)
+        return call(*args)
 
     async def generate(self, request: GenerateRequest) -> GenerateAccepted:
         span = self.tracer.start_span(
@@ -153,9 +177,11 @@ class Worker:
         )
         if self.engine.runs_inline:
             # The answer leaves with the acceptance: one flush, one wake-up of the caller.
+            # (Never waits for a slot: not counted as busy, it holds none across an await.)
             await self.send(request, self._answer_inline(request))
             span.end()
             return accepted
+        self.work.accepted()
         task = asyncio.create_task(self._stream(request))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
@@ -189,7 +215,10 @@ class Worker:
         def emit(delta: Delta) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        future = loop.run_in_executor(self.executor, gen.generate, request, emit)
+        future = loop.run_in_executor(
+            self.executor, self._started, loop, gen.generate, request, emit
+        )
+        future.add_done_callback(lambda _: self.work.finished())
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _END))
         finished = False
         while not finished:
@@ -218,7 +247,7 @@ def builder(settings: Settings, pool_name: str) -> Build:
     async def build(bus: Bus, broker: NatsBroker) -> Worker:
         engine = await asyncio.to_thread(make_engine, settings, pool)
         embeds = pool["engine"] == "sentence_transformers"
-        worker = Worker(bus, pool_name, engine, embeds)
+        worker = Worker(bus, pool_name, engine, embeds, StageMetrics("worker", pool_name))
         if embeds:
             subject = bus.subjects.inference_worker(pool_name)
             serve_broker(broker, subject, EmbedRequest, worker.embed, queue=pool_name)
