@@ -28,7 +28,8 @@ from libs.bus import ensure_streams, stream_configs
 from libs.db.engine import make_engine, migrate_async
 from libs.events import AuditEvent
 from libs.settings import Settings
-from services.audit.adapters.keys import HmacKeySource, ensure_keys, load_private_key
+from libs.signing import load_private_key
+from services.audit.adapters.keys import HmacKeySource, ensure_keys
 from services.audit.adapters.sql import AuditStore
 from services.audit.cli import verify_file
 from services.audit.service import AuditService

@@ -26,7 +26,8 @@ from libs.db.engine import make_engine, migrate_async
 from libs.events import AuditEvent, AuditExportRequest, AuditSearch, AuditVerifyRequest
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, serve_broker
-from services.audit.adapters.keys import HmacKeySource, ensure_keys, load_private_key
+from libs.signing import load_private_key
+from services.audit.adapters.keys import HmacKeySource, ensure_keys
 from services.audit.adapters.sql import AuditStore
 from services.audit.config import AuditSettings, load_audit_settings
 from services.audit.service import AuditService

@@ -54,15 +54,16 @@ def ensure(settings: Settings) -> list[Path]:
 def verify_file(
     path: Path, key_file: Path | None, public_keys: list[Path], since: str | None = None
 ) -> tuple[bool, str]:
+    from libs.signing import trusted_keys
     from services.audit.adapters.bundle_file import read_checkpoint, verify_path
-    from services.audit.adapters.keys import load_public_keys, parse_key_file
+    from services.audit.adapters.keys import parse_key_file
 
     if key_file is None and not public_keys:
         return False, "give --key-file (HMAC) and/or --public-key (Ed25519)"
     if key_file is not None and not public_keys and (key_file.parent / "audit.pub").exists():
         public_keys = [key_file.parent / "audit.pub"]
     keys = parse_key_file(key_file.read_text()) if key_file else None
-    pubs = load_public_keys(public_keys) if public_keys else None
+    pubs = trusted_keys(public_keys) if public_keys else None
     try:
         earlier = read_checkpoint(since) if since else None
     except (OSError, orjson.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
@@ -76,7 +77,8 @@ def verify_file(
 
 async def _export(settings: Settings, tenant: str, out: Path) -> int:
     from libs.db.engine import make_engine, migrate_async
-    from services.audit.adapters.keys import HmacKeySource, load_private_key
+    from libs.signing import load_private_key
+    from services.audit.adapters.keys import HmacKeySource
     from services.audit.adapters.sql import AuditStore
     from services.audit.config import load_audit_settings
     from services.audit.service import AuditService

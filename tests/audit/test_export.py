@@ -14,9 +14,9 @@ from libs.audit import export_lines
 from libs.errors import EnclaveError
 from libs.events import AuditExportRequest, AuditReply
 from libs.settings import Settings
+from libs.signing import trusted_keys
 from services.audit import checkpoint
 from services.audit.adapters.bundle_file import verify_path
-from services.audit.adapters.keys import load_public_keys
 from tests.audit.conftest import drop_streams
 from tests.audit.helpers import events
 from tests.audit.test_store import make_service, typed
@@ -85,6 +85,6 @@ async def test_export_of_3500_checkpoints_is_paged_and_verifies(
     assert kinds.count("entry") == ENTRIES + 1  # and the record of this export
     assert orjson.loads(lines[-2])["body"]["event"]["action"] == "audit.export"
     assert len(sizes) > 4 and max(sizes) < 1024 * 1024  # paged: each reply fits NATS
-    report = verify_path(bundle, keys=None, public_keys=load_public_keys([tmp_path / "audit.pub"]))
+    report = verify_path(bundle, keys=None, public_keys=trusted_keys([tmp_path / "audit.pub"]))
     assert report.ok, report.summary()
     assert report.count == ENTRIES + 1 and report.newest_count == ENTRIES + 1

@@ -6,10 +6,10 @@ import os
 import stat
 from pathlib import Path
 
+from libs.signing import trusted_keys
 from services.audit.adapters.keys import (
     HmacKeySource,
     ensure_keys,
-    load_public_keys,
     parse_env_keys,
     rotate_hmac_key,
 )
@@ -26,7 +26,7 @@ def test_keys_are_created_once_private_and_rotate(tmp_path: Path) -> None:
     before = [p.read_bytes() for p in paths]
     assert ensure_keys(*paths) == []  # never overwritten
     assert [p.read_bytes() for p in paths] == before
-    assert len(load_public_keys([paths[2]])) == 1
+    assert len(trusted_keys([paths[2]])) == 1
 
     source = HmacKeySource(paths[0])
     old = source.current()

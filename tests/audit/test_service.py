@@ -19,7 +19,8 @@ from sqlalchemy import text
 from libs.audit import AuditPublisher, new_event, outbox_dir
 from libs.db.engine import make_engine
 from libs.settings import Settings
-from services.audit.adapters.keys import HmacKeySource, load_private_key
+from libs.signing import load_private_key
+from services.audit.adapters.keys import HmacKeySource
 from services.audit.adapters.sql import AuditStore
 from services.audit.service import AuditService
 from tests.infra import REPO, Infra, Platform, platform_env

@@ -13,18 +13,16 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
     PublicFormat,
-    load_pem_private_key,
-    load_pem_public_key,
 )
 
+from libs.signing import load_private_key
 from services.audit.chain import HmacKeys
-from services.audit.checkpoint import public_key_id
 
 HEADER = "# Enclave audit HMAC keys: `<key_id> <hex secret>`; the last line signs new entries.\n"
 
@@ -112,29 +110,6 @@ def rotate_hmac_key(key_file: Path) -> str:
         f.write(line)
     os.chmod(key_file, 0o600)
     return key_id
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    key = load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
-    return key
-
-
-def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
-    """Public keys by key id; several files are allowed (keys rotated over the years)."""
-    out: dict[str, Ed25519PublicKey] = {}
-    for path in paths:
-        data = path.read_bytes()
-        key: object
-        if b"PRIVATE" in data:
-            key = load_private_key(path).public_key()
-        else:
-            key = load_pem_public_key(data)
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError(f"{path} is not an Ed25519 public key")
-        out[public_key_id(key)] = key
-    return out
 
 
 class HmacKeySource:
