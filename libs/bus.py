@@ -7,10 +7,12 @@ message (see shared/DEPENDENCIES.md).
 
 from __future__ import annotations
 
+import asyncio
+
 from faststream.nats import JStream, NatsBroker, RetentionPolicy, StorageType
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 from pydantic import BaseModel
 
 from libs.settings import Settings
@@ -69,16 +71,31 @@ def jstream(config: StreamConfig) -> JStream:
     return JStream(config.name or "", subjects=list(config.subjects or []), declare=False)
 
 
-async def ensure_streams(nc: NatsClient, settings: Settings) -> None:
-    """Create every stream, or bring an existing one to the declared config. Idempotent."""
+# What the server answers when another process created the stream between our look and our
+# create: "stream name already in use" or "subjects overlap with an existing stream" (the
+# latter seen in CI when a worker and the router started in the same instant).
+CREATE_RACE_CODES = frozenset({10058, 10065})
+
+
+async def ensure_streams(nc: NatsClient, settings: Settings, attempts: int = 5) -> None:
+    """Create every stream, or bring an existing one to the declared config. Idempotent, and
+    safe when several services declare the same streams at once."""
     js = nc.jetstream()
     for config in stream_configs(settings):
-        try:
-            await js.stream_info(config.name or "")
-        except NotFoundError:
-            await js.add_stream(config)
-        else:
-            await js.update_stream(config)
+        for attempt in range(attempts):
+            try:
+                await js.stream_info(config.name or "")
+            except NotFoundError:
+                try:
+                    await js.add_stream(config)
+                except BadRequestError as exc:
+                    if exc.err_code not in CREATE_RACE_CODES or attempt == attempts - 1:
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))  # look again: it exists now
+                    continue
+            else:
+                await js.update_stream(config)
+            break
 
 
 def event_bytes(event: BaseModel) -> bytes:

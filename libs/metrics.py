@@ -473,6 +473,13 @@ class MetricsServer:
     def _monitor(self) -> None:
         asyncio.run(self._watch())
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep on this thread's own loop, waking early on stop. (Waiting on the event in the
+        default executor failed at interpreter shutdown: no new futures may be scheduled then.)"""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
     async def _watch(self) -> None:
         """Keep a connection to NATS (readiness) and read the stage's JetStream consumer."""
         subjects = self.settings.subjects
@@ -503,7 +510,7 @@ class MetricsServer:
                     await read_consumer(nc, self.service, stream, durable)  # type: ignore[arg-type]
                 except Exception as exc:  # not created yet: the stage itself creates it
                     log.debug("metrics monitor: %s", exc)
-            await asyncio.to_thread(self._stop.wait, MONITOR_INTERVAL_S)
+            await self._pause(MONITOR_INTERVAL_S)
         if nc is not None and not nc.is_closed:
             await nc.close()
 

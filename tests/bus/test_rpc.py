@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
 import pytest
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
@@ -12,11 +13,13 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from libs import events as ev
+from libs.bus import ensure_streams, stream_configs
 from libs.context import WORKER_HEADER, RequestContext
 from libs.errors import EnclaveError
 from libs.generation import GenerationClient, GenerationFailed, RouteCache
 from libs.rpc import Bus, Peer, ReplyRouter, serve, serve_broker
 from libs.settings import Settings
+from tests.infra import Infra
 
 
 class Ping(BaseModel):
@@ -197,3 +200,22 @@ async def test_a_pool_without_workers_is_503_and_drops_the_route(
     generation.close()
     assert failed.value.info.status == 503 and failed.value.info.code == "no_worker_available"
     assert routes.get("acme", "m", "chat") is None
+
+
+async def test_services_starting_together_all_declare_the_streams(
+    services: Infra, settings: Settings
+) -> None:
+    """Eight services declaring the same streams in the same instant (as `up` and a test
+    platform start them) all start: a create that loses the race looks again and updates."""
+    clients = [await nats.connect(services.nats_url) for _ in range(8)]
+    try:
+        await asyncio.gather(*(ensure_streams(c, settings) for c in clients))
+        js = clients[0].jetstream()
+        for config in stream_configs(settings):
+            info = await js.stream_info(config.name or "")
+            assert info.config.subjects == config.subjects
+    finally:
+        for config in stream_configs(settings):
+            await clients[0].jetstream().delete_stream(config.name or "")
+        for c in clients:
+            await c.close()
