@@ -725,13 +725,71 @@ class FineTuningCancel(BaseModel):
     job_id: str
 
 
-class TrainerRequest(BaseModel):
-    """-> trainer (request/reply trainer.api): read jobs and adapters of the caller's tenant."""
+class JobsCreate(BaseModel):
+    """POST /v1/fine_tuning/jobs: the trainer stores the job (`validating_files`), puts it
+    on its work queue and answers the job object. The files travel as their JSONL text
+    (the gateway read them from the memory service, where `/v1/files` keeps them)."""
 
-    v: Literal[1] = 1
+    op: Literal["jobs.create"] = "jobs.create"
+    model: str
+    training_file: str
+    training_data: str
+    validation_file: str | None = None
+    validation_data: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    eval_set: dict[str, Any] | None = None
+
+
+class JobsList(BaseModel):
+    op: Literal["jobs.list"] = "jobs.list"
+    limit: int = Field(default=20, ge=1, le=100)
+    after: str | None = None
+
+
+class JobOp(BaseModel):
+    """One job: retrieve it, cancel it, or list its events or checkpoints (newest first)."""
+
+    op: Literal["jobs.retrieve", "jobs.cancel", "jobs.events", "jobs.checkpoints"]
+    job_id: str
+    limit: int = Field(default=20, ge=1, le=1000)
+    after: str | None = None
+
+
+class AdaptersList(BaseModel):
+    """The caller's adapter versions (all of them, or of one base model)."""
+
+    op: Literal["adapters.list"] = "adapters.list"
+    base_model: str | None = None
+
+
+class AdapterResolve(BaseModel):
+    """`tenant/base:ft-vN` or `tenant/base:ft` -> base model and digest (own tenant only)."""
+
+    op: Literal["adapters.resolve"] = "adapters.resolve"
+    model: str
+
+
+class AdapterRollback(BaseModel):
+    op: Literal["adapters.rollback"] = "adapters.rollback"
+    base_model: str
+
+
+TrainerOperation = Annotated[
+    JobsCreate | JobsList | JobOp | AdaptersList | AdapterResolve | AdapterRollback,
+    Field(discriminator="op"),
+]
+
+
+class TrainerRequest(BaseModel):
+    """-> trainer (request/reply trainer.api): one typed operation on the caller's tenant's
+    jobs and adapters (gateway: the fine-tuning API and /v1/models; router: resolve)."""
+
+    v: Literal[2] = 2
     ctx: RequestContext
-    op: str
-    args: dict[str, Any] = Field(default_factory=dict)
+    operation: TrainerOperation
 
 
 class TrainerReply(BaseModel):

@@ -12,6 +12,7 @@ from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
 from libs.errors import ErrorInfo
 from libs.events import (
+    AdapterResolve,
     EmbedReply,
     EmbedRequest,
     GenerateAccepted,
@@ -51,7 +52,7 @@ class Router:
         found = await bus.ask(
             Peer("the trainer", "trainer_unavailable", bus.settings.router_timeout_s),
             bus.subjects.trainer_api,
-            TrainerRequest(ctx=ctx, op="adapters.resolve", args={"model": model}),
+            TrainerRequest(ctx=ctx, operation=AdapterResolve(model=model)),
             TrainerReply,
             failed=lambda error: TrainerReply(status=error.status, error=error),
         )

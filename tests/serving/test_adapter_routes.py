@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
-from libs.events import RouteReply, RouteRequest, TrainerReply, TrainerRequest
+from libs.events import AdapterResolve, RouteReply, RouteRequest, TrainerReply, TrainerRequest
 from libs.rpc import Bus
 from libs.service import running
 from libs.settings import REPO_ROOT, Settings
@@ -57,7 +57,8 @@ async def test_the_router_asks_the_trainer_for_a_tenants_adapter_ids(
     async def trainer(msg: Any) -> None:  # replies as services/trainer's adapters.resolve
         request = TrainerRequest.model_validate_json(msg.data)
         asked.append(request)
-        if request.args["model"].startswith(request.ctx.tenant + "/"):
+        assert isinstance(request.operation, AdapterResolve)
+        if request.operation.model.startswith(request.ctx.tenant + "/"):
             body = {"id": f"acme/{BASE}:ft-v2", "base_model": BASE, "digest": DIGEST}
             reply = TrainerReply(body=body)
         else:

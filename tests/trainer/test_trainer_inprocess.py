@@ -15,7 +15,13 @@ import nats
 
 from libs.bus import event_bytes
 from libs.context import RequestContext
-from libs.events import FineTuningCancel, FineTuningJobRequested, TrainerReply, TrainerRequest
+from libs.events import (
+    FineTuningCancel,
+    FineTuningJobRequested,
+    JobOp,
+    TrainerReply,
+    TrainerRequest,
+)
 from libs.rpc import Bus, Peer
 from libs.service import running
 from libs.settings import Settings
@@ -34,8 +40,7 @@ async def test_trainer_from_its_bootstrap(bus_settings: Settings) -> None:
     async def status(job_id: str, want: str) -> TrainerReply:
         req = TrainerRequest(
             ctx=RequestContext(tenant="acme", request_id="r"),
-            op="jobs.retrieve",
-            args={"job_id": job_id},
+            operation=JobOp(op="jobs.retrieve", job_id=job_id),
         )
         got = TrainerReply()
         for _ in range(300):
