@@ -464,12 +464,16 @@ class MemoryStoreRequested(BaseModel):
 
 
 class FileOp(BaseModel):
-    op: Literal["files.get", "files.delete"]
+    """`files.content`: the file's bytes as `{"id", "purpose", "content"}` (UTF-8 text),
+    for the gateway to hand a `fine-tune` file to the trainer."""
+
+    op: Literal["files.get", "files.delete", "files.content"]
     file_id: str
 
 
 class FilesList(BaseModel):
     op: Literal["files.list"] = "files.list"
+    purpose: str | None = None  # only the files of this purpose
 
 
 class VectorStoresList(BaseModel):

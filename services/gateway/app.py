@@ -28,6 +28,7 @@ from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
 from libs.settings import Settings
 from services.gateway import (
     audit_routes,
+    fine_tuning_routes,
     guardrails_routes,
     key_routes,
     rag_routes,
@@ -203,6 +204,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     audit_routes.register(app, gw)
     guardrails_routes.register(app, gw)
     sandbox_routes.register(app, gw)
+    fine_tuning_routes.register(app, gw)
     return app
 
 
