@@ -562,6 +562,9 @@ class GuardrailCheck(BaseModel):
     messages: list[ChatMessage] = Field(default_factory=list)
     # An agent's policy below the tenant's (the HTTP check calls it `policy`).
     agent: str | None = None
+    # Output checks: the digest of the LoRA adapter that produced the text, for the
+    # verdict's audit entry (every entry written once a request's adapter is known has it).
+    adapter: str | None = None
     # Pseudonyms already handed out in this request (placeholder -> real value), so that a
     # value seen again gets the same placeholder.
     pseudonyms: dict[str, str] = Field(default_factory=dict)

