@@ -199,6 +199,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
             "/v1/chat/completions": ChatCompletionRequest,
             "/v1/completions": CompletionRequest,
             "/v1/embeddings": EmbeddingRequest,
+            "/v1/fine_tuning/jobs": fine_tuning_routes.CreateJob,
         },
     )
     audit_routes.register(app, gw)
