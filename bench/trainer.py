@@ -28,7 +28,13 @@ import nats
 
 from libs.bus import event_bytes
 from libs.context import RequestContext
-from libs.events import FineTuningJobRequested, FineTuningJobStatus, TrainerReply, TrainerRequest
+from libs.events import (
+    AdaptersList,
+    FineTuningJobRequested,
+    FineTuningJobStatus,
+    TrainerReply,
+    TrainerRequest,
+)
 from libs.subjects import Subjects
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,7 +95,7 @@ async def _run_job(nc: Any, subjects: Subjects, job_id: str) -> tuple[dict[str, 
 
 async def _adapter(nc: Any, subjects: Subjects, model: str) -> dict[str, Any]:
     req = TrainerRequest(
-        ctx=RequestContext(tenant="bench", request_id="r"), op="adapters.list", args={}
+        ctx=RequestContext(tenant="bench", request_id="r"), operation=AdaptersList()
     )
     msg = await nc.request(subjects.trainer_api, event_bytes(req), timeout=10)
     rows = TrainerReply.model_validate_json(msg.data).body["data"]

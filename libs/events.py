@@ -464,12 +464,16 @@ class MemoryStoreRequested(BaseModel):
 
 
 class FileOp(BaseModel):
-    op: Literal["files.get", "files.delete"]
+    """`files.content`: the file's bytes as `{"id", "purpose", "content"}` (UTF-8 text),
+    for the gateway to hand a `fine-tune` file to the trainer."""
+
+    op: Literal["files.get", "files.delete", "files.content"]
     file_id: str
 
 
 class FilesList(BaseModel):
     op: Literal["files.list"] = "files.list"
+    purpose: str | None = None  # only the files of this purpose
 
 
 class VectorStoresList(BaseModel):
@@ -558,6 +562,9 @@ class GuardrailCheck(BaseModel):
     messages: list[ChatMessage] = Field(default_factory=list)
     # An agent's policy below the tenant's (the HTTP check calls it `policy`).
     agent: str | None = None
+    # Output checks: the digest of the LoRA adapter that produced the text, for the
+    # verdict's audit entry (every entry written once a request's adapter is known has it).
+    adapter: str | None = None
     # Pseudonyms already handed out in this request (placeholder -> real value), so that a
     # value seen again gets the same placeholder.
     pseudonyms: dict[str, str] = Field(default_factory=dict)
@@ -725,13 +732,71 @@ class FineTuningCancel(BaseModel):
     job_id: str
 
 
-class TrainerRequest(BaseModel):
-    """-> trainer (request/reply trainer.api): read jobs and adapters of the caller's tenant."""
+class JobsCreate(BaseModel):
+    """POST /v1/fine_tuning/jobs: the trainer stores the job (`validating_files`), puts it
+    on its work queue and answers the job object. The files travel as their JSONL text
+    (the gateway read them from the memory service, where `/v1/files` keeps them)."""
 
-    v: Literal[1] = 1
+    op: Literal["jobs.create"] = "jobs.create"
+    model: str
+    training_file: str
+    training_data: str
+    validation_file: str | None = None
+    validation_data: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    eval_set: dict[str, Any] | None = None
+
+
+class JobsList(BaseModel):
+    op: Literal["jobs.list"] = "jobs.list"
+    limit: int = Field(default=20, ge=1, le=100)
+    after: str | None = None
+
+
+class JobOp(BaseModel):
+    """One job: retrieve it, cancel it, or list its events or checkpoints (newest first)."""
+
+    op: Literal["jobs.retrieve", "jobs.cancel", "jobs.events", "jobs.checkpoints"]
+    job_id: str
+    limit: int = Field(default=20, ge=1, le=1000)
+    after: str | None = None
+
+
+class AdaptersList(BaseModel):
+    """The caller's adapter versions (all of them, or of one base model)."""
+
+    op: Literal["adapters.list"] = "adapters.list"
+    base_model: str | None = None
+
+
+class AdapterResolve(BaseModel):
+    """`tenant/base:ft-vN` or `tenant/base:ft` -> base model and digest (own tenant only)."""
+
+    op: Literal["adapters.resolve"] = "adapters.resolve"
+    model: str
+
+
+class AdapterRollback(BaseModel):
+    op: Literal["adapters.rollback"] = "adapters.rollback"
+    base_model: str
+
+
+TrainerOperation = Annotated[
+    JobsCreate | JobsList | JobOp | AdaptersList | AdapterResolve | AdapterRollback,
+    Field(discriminator="op"),
+]
+
+
+class TrainerRequest(BaseModel):
+    """-> trainer (request/reply trainer.api): one typed operation on the caller's tenant's
+    jobs and adapters (gateway: the fine-tuning API and /v1/models; router: resolve)."""
+
+    v: Literal[2] = 2
     ctx: RequestContext
-    op: str
-    args: dict[str, Any] = Field(default_factory=dict)
+    operation: TrainerOperation
 
 
 class TrainerReply(BaseModel):

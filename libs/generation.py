@@ -11,10 +11,13 @@ them to a client; the memory service collects them into one text (`complete`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable
 from typing import Literal
+
+from nats.aio.msg import Msg
 
 from libs.context import WORKER_HEADER, RequestContext
 from libs.errors import EnclaveError, ErrorInfo, upstream_timeout
@@ -23,11 +26,14 @@ from libs.events import (
     GenerateAccepted,
     GenerateRequest,
     GenerationParams,
+    ModelsChanged,
     RouteReply,
     RouteRequest,
     TurnEvent,
 )
 from libs.rpc import Bus, Inbox, ReplyRouter
+
+log = logging.getLogger("enclave.generation")
 
 Clock = Callable[[], float]
 Kind = Literal["chat", "completion"]
@@ -60,6 +66,18 @@ class RouteCache:
     def drop(self, tenant: str, model: str, kind: str) -> None:
         """The pool had no worker: ask the router again next time (it may know a fallback)."""
         self._routes.pop((tenant, model, kind), None)
+
+    def models_changed(self, event: ModelsChanged) -> int:
+        """An adapter was promoted or rolled back (`models.changed`): every cached route of
+        that tenant's fine-tuned ids of that base model (`tenant/base:ft`, `:ft-vN`) ends
+        now, not when it expires. How many ended."""
+        if event.kind not in ("promoted", "rolled_back"):
+            return 0
+        prefix = f"{event.tenant}/{event.base_model}:ft"
+        gone = [k for k in self._routes if k[0] == event.tenant and k[1].startswith(prefix)]
+        for key in gone:
+            del self._routes[key]
+        return len(gone)
 
 
 class Generation:
@@ -157,6 +175,19 @@ class GenerationClient:
         self.deltas = deltas
         self.routes = routes
         self.upstream_timeout_s = upstream_timeout_s
+
+    async def follow_models_changed(self) -> None:
+        """Drop cached routes on every `models.changed` broadcast (a service's start)."""
+
+        async def changed(msg: Msg) -> None:
+            try:
+                event = ModelsChanged.model_validate_json(msg.data)
+            except ValueError:
+                log.warning("unreadable models.changed event ignored")
+                return
+            self.routes.models_changed(event)
+
+        await self.bus.nc.subscribe(self.bus.subjects.models_changed, cb=changed)
 
     async def route(self, ctx: RequestContext, model: str, kind: Kind) -> RouteReply:
         """What serves `model` for the tenant (its pool, its retrieval default), cached."""

@@ -91,6 +91,16 @@ class _Choice:
     # Tool call pieces: held to the end of the choice, checked with its last window (their
     # arguments after the text), released with its last delta.
     calls: list[ToolCallDelta] = field(default_factory=list)
+    # The digest of the adapter that produces the choice (on its first delta), and whether
+    # a released delta carried it on (the client's `system_fingerprint` comes from it).
+    adapter: str | None = None
+    adapter_sent: bool = False
+
+    def adapter_once(self) -> str | None:
+        if self.adapter is None or self.adapter_sent:
+            return None
+        self.adapter_sent = True
+        return self.adapter
 
     def calls_text(self) -> str:
         if not self.calls or self.finish is None:
@@ -113,6 +123,8 @@ class OutputWindow:
         ready: list[int] = []
         for d in deltas:
             c = self.choices.setdefault(d.index, _Choice())
+            if d.adapter_digest and c.adapter is None:
+                c.adapter = d.adapter_digest
             if c.blocked:
                 continue
             c.text += d.content
@@ -184,6 +196,7 @@ class OutputWindow:
             logprobs=(lps or None) if not touched else None,
             finish_reason=finish,
             tool_calls=calls or None,
+            adapter_digest=c.adapter_once(),
         )
 
     def _release_calls(
@@ -214,4 +227,9 @@ class OutputWindow:
         c.text = ""
         c.calls = []
         c.logprobs = []
-        return Delta(index=index, content=notice, finish_reason="content_filter")
+        return Delta(
+            index=index,
+            content=notice,
+            finish_reason="content_filter",
+            adapter_digest=c.adapter_once(),
+        )

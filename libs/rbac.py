@@ -115,6 +115,13 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("DELETE", "/v1/memories/{memory_id}"): Permission.DELETE_MEMORIES,
     ("DELETE", "/v1/admin/tenant_data"): Permission.MANAGE_TENANT,
     ("POST", "/v1/sandbox/exec"): Permission.EXEC_CODE,
+    ("GET", "/v1/files/{file_id}/content"): Permission.READ_FILES,
+    ("POST", "/v1/fine_tuning/jobs"): Permission.FINE_TUNE,
+    ("GET", "/v1/fine_tuning/jobs"): Permission.FINE_TUNE,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}"): Permission.FINE_TUNE,
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): Permission.FINE_TUNE,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): Permission.FINE_TUNE,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): Permission.FINE_TUNE,
 }
 # Open to anyone: liveness and readiness carry no tenant data.
 PUBLIC_ROUTES = frozenset({("GET", "/healthz"), ("GET", "/readyz")})

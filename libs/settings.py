@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     # Files, vector stores and memories: an upload is parsed and embedded in the request.
     memory_api_timeout_s: float = 120.0
     audit_api_timeout_s: float = 30.0
+    # The fine-tuning API (trainer.api): SQL reads, and a job stored and queued.
+    trainer_api_timeout_s: float = 30.0
 
     @cached_property
     def subjects(self) -> Subjects:

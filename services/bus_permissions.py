@@ -87,10 +87,8 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.sandbox_exec,
                 # `enclave keys revoke` speaks as the gateway; every replica forgets the key.
                 s.keys_revoked,
-                # Fine-tuning jobs in, their status back (the trainer's API).
-                s.trainer_jobs,
+                # The fine-tuning API: the trainer stores and queues jobs, cancels them.
                 s.trainer_api,
-                s.trainer_cancel,
                 *audit_api,
             ),
             subscribe=(chat_streams, s.keys_revoked, s.trainer_status_all),
@@ -115,6 +113,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.chat_requested,
                 deltas,
                 s.guardrails_policy_changed,
+                s.models_changed,  # cached routes of a promoted/rolled back adapter end
                 s.agent_delegate,
             ),
         ),
@@ -156,6 +155,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.memory_ground,
                 s.memory_store,
                 deltas,
+                s.models_changed,  # its generation client's cached routes end
             ),
         ),
         "audit": Permissions(
@@ -168,7 +168,15 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
         "sandbox": Permissions(publish=(), subscribe=(s.sandbox_exec,)),
         "trainer": Permissions(
             # Promotions and rollbacks of adapters are announced to every worker and router.
-            publish=(s.trainer_status("*"), s.models_changed, *_consumes(s.trainer_stream_name)),
+            publish=(
+                s.trainer_status("*"),
+                s.models_changed,
+                # jobs.create queues the stored job; jobs.cancel reaches the replica running it.
+                s.trainer_jobs,
+                s.trainer_cancel,
+                *_consumes(s.trainer_stream_name),
+            ),
+            # The adapters of a tenant listed in /v1/models: the router asks trainer.api.
             subscribe=(s.trainer_jobs, s.trainer_api, s.trainer_cancel),
         ),
     }

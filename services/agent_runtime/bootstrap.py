@@ -75,6 +75,7 @@ class Runtime:
         self.audit.start()
         await self.deltas.start()
         await nc.subscribe(subjects.guardrails_policy_changed, cb=self._on_policy_changed)
+        await self.ports.generations.follow_models_changed()
         if self.agents is not None:
             # Delegated child turns: any replica takes one, each in its own task.
             await serve(

@@ -241,6 +241,7 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
         plan.direct,
     )
     answer: list[str] = []
+    adapter: str | None = None  # the digest of the adapter that serves it, once named
     try:
         while True:
             try:
@@ -254,7 +255,10 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
                     answer.extend(d.content for d in ev.deltas if d.index == 0)
                 shown = ev.deltas
                 if window is not None:
-                    released = await _screen_output(ports, ctx, window, ev)
+                    adapter = adapter or next(
+                        (d.adapter_digest for d in ev.deltas if d.adapter_digest), None
+                    )
+                    released = await _screen_output(ports, ctx, window, ev, adapter)
                     if isinstance(released, ErrorInfo):
                         return await fail(released)
                     shown = released
@@ -313,7 +317,11 @@ async def _send_grounding(
 
 
 async def _screen_output(
-    ports: TurnPorts, ctx: RequestContext, window: OutputWindow, ev: TurnEvent
+    ports: TurnPorts,
+    ctx: RequestContext,
+    window: OutputWindow,
+    ev: TurnEvent,
+    adapter: str | None = None,
 ) -> list[Delta] | ErrorInfo:
     """The deltas of `ev` that may reach the client now, after the output guardrail."""
     ready = window.add(ev.deltas)
@@ -328,6 +336,7 @@ async def _screen_output(
                     ctx=ctx,
                     direction="output",
                     messages=[ChatMessage(role="assistant", content=window.text(index))],
+                    adapter=adapter,
                 ),
             )
             if seen.error is not None:

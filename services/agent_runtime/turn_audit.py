@@ -27,6 +27,17 @@ def outcome(final: TurnEvent | None, failure: BaseException | None) -> tuple[str
     return ("completed" if final.done else "failed"), attrs
 
 
+def served_by(final: TurnEvent | None) -> str | None:
+    """The digest of the LoRA adapter that produced the turn's answer (None: the base model
+    alone): the worker names it in the usage of its last event and on a choice's first
+    delta."""
+    if final is None:
+        return None
+    if final.usage is not None and final.usage.adapter_digest:
+        return final.usage.adapter_digest
+    return next((d.adapter_digest for d in final.deltas if d.adapter_digest), None)
+
+
 async def record_turn(
     publisher: AuditPublisher,
     event: ChatRequested,
@@ -40,6 +51,7 @@ async def record_turn(
         f"turn.{status}",
         event.ctx,
         model=event.model,
+        adapter=served_by(last),
         outcome="ok" if status == "completed" else "error",
         digests={"input": digest(orjson.dumps(content))},
         attrs={"kind": event.kind, **attrs},

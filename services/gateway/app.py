@@ -28,6 +28,7 @@ from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
 from libs.settings import Settings
 from services.gateway import (
     audit_routes,
+    fine_tuning_routes,
     guardrails_routes,
     key_routes,
     rag_routes,
@@ -198,11 +199,13 @@ def create_fastapi(gw: Gateway) -> FastAPI:
             "/v1/chat/completions": ChatCompletionRequest,
             "/v1/completions": CompletionRequest,
             "/v1/embeddings": EmbeddingRequest,
+            "/v1/fine_tuning/jobs": fine_tuning_routes.CreateJob,
         },
     )
     audit_routes.register(app, gw)
     guardrails_routes.register(app, gw)
     sandbox_routes.register(app, gw)
+    fine_tuning_routes.register(app, gw)
     return app
 
 

@@ -89,7 +89,8 @@ def register(app: FastAPI, gw: Gateway) -> None:
 
     @app.get("/v1/files", response_model=None)
     async def list_files(request: Request) -> Response:
-        return await _op(await auth(request), FilesList())
+        purpose = request.query_params.get("purpose") or None
+        return await _op(await auth(request), FilesList(purpose=purpose))
 
     @app.get("/v1/files/{file_id}", response_model=None)
     async def get_file(file_id: str, request: Request) -> Response:

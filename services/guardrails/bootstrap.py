@@ -123,6 +123,7 @@ class Guardrails:
             await self.audit.emit(
                 f"verdict.{check.direction}",
                 check.ctx,
+                adapter=check.adapter,
                 policy_version=verdict.policy_version or None,
                 outcome="allowed" if verdict.allowed else "blocked",
                 attrs=attrs,

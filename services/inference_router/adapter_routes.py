@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from libs.errors import ErrorInfo
-from libs.events import RouteReply
+from libs.events import ModelInfo, RouteReply
 from services.inference_router.adapter_choice import alias_route
 
 _ADAPTER_ID = re.compile(r"^[^/:\s]+/[^/:\s]+:ft(?:-v[1-9][0-9]*)?$")
@@ -45,3 +45,25 @@ def adapter_route(model: str, resolved: dict[str, Any], pools: dict[str, Any]) -
     pool = serving[0]
     adapter = alias_route(model, digest) if model.endswith(":ft") else digest
     return RouteReply(pool=pool, adapter=adapter, timeout_s=pools[pool].get("timeout_s"))
+
+
+def adapter_models(
+    tenant: str, versions: list[dict[str, Any]], pools: dict[str, Any]
+) -> list[ModelInfo]:
+    """/v1/models entries of a tenant's adapter versions (the trainer's `adapters.list`):
+    each `tenant/base:ft-vN`, and `tenant/base:ft` where a version is promoted. `pool` is
+    the pool that would serve it ("" where none serves adapters of that base model)."""
+    out: list[ModelInfo] = []
+    for v in versions:
+        route = adapter_route(str(v["id"]), v, pools)
+        pool = route.pool or ""
+        created = int(v.get("created_at") or 0)
+        out.append(
+            ModelInfo(id=str(v["id"]), kind="chat", pool=pool, owned_by=tenant, created=created)
+        )
+        if v.get("status") == "promoted":
+            alias = f"{tenant}/{v['base_model']}:ft"
+            out.append(
+                ModelInfo(id=alias, kind="chat", pool=pool, owned_by=tenant, created=created)
+            )
+    return out

@@ -6,16 +6,21 @@ It resolves public model ids and hands requests to a worker pool; it never relay
 
 from __future__ import annotations
 
+import logging
+
 from faststream.nats import NatsBroker
 
-from libs.context import RequestContext
+from libs.context import RequestContext, new_request_id
 from libs.db.engine import make_engine, migrate_async
 from libs.errors import ErrorInfo
 from libs.events import (
+    AdapterResolve,
+    AdaptersList,
     EmbedReply,
     EmbedRequest,
     GenerateAccepted,
     GenerateRequest,
+    ModelInfo,
     ModelsReply,
     ModelsRequest,
     RouteReply,
@@ -27,9 +32,11 @@ from libs.generation import hand_to_pool
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, Peer, serve, serve_broker
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
-from services.inference_router.adapter_routes import adapter_route, is_adapter_id
+from services.inference_router.adapter_routes import adapter_models, adapter_route, is_adapter_id
 from services.inference_router.registry import load_registry
 from services.inference_router.routes import Routes
+
+log = logging.getLogger("enclave.inference_router")
 
 
 class Router:
@@ -51,7 +58,7 @@ class Router:
         found = await bus.ask(
             Peer("the trainer", "trainer_unavailable", bus.settings.router_timeout_s),
             bus.subjects.trainer_api,
-            TrainerRequest(ctx=ctx, op="adapters.resolve", args={"model": model}),
+            TrainerRequest(ctx=ctx, operation=AdapterResolve(model=model)),
             TrainerReply,
             failed=lambda error: TrainerReply(status=error.status, error=error),
         )
@@ -86,7 +93,27 @@ class Router:
 
     async def models(self, request: ModelsRequest) -> ModelsReply:
         registry = await self.routes.refresh()
-        return ModelsReply(models=[m.info() for m in registry.visible(request.tenant)])
+        models = [m.info() for m in registry.visible(request.tenant)]
+        if request.tenant:
+            models += await self._adapters(request.tenant)
+        return ModelsReply(models=models)
+
+    async def _adapters(self, tenant: str) -> list[ModelInfo]:
+        """The tenant's own fine-tuned models (the trainer answers for that tenant only);
+        without the trainer, the registry's models alone."""
+        bus = self.bus
+        ctx = RequestContext(tenant=tenant, request_id=new_request_id())
+        reply = await bus.ask(
+            Peer("the trainer", "trainer_unavailable", bus.settings.router_timeout_s),
+            bus.subjects.trainer_api,
+            TrainerRequest(ctx=ctx, operation=AdaptersList()),
+            TrainerReply,
+            failed=lambda error: TrainerReply(status=error.status, error=error),
+        )
+        if reply.error is not None:
+            log.warning("adapters of %s not listed: %s", tenant, reply.error.message)
+            return []
+        return adapter_models(tenant, reply.body.get("data", []), self.routes.current.pools)
 
     async def start(self) -> None:
         # Raw subscription on the per-request path: FastStream's own handling costs more

@@ -65,8 +65,10 @@ class Memory:
         deltas: ReplyRouter,
         audit: AuditPublisher,
         metrics: StageMetrics | None = None,
+        generations: GenerationClient | None = None,
     ) -> None:
         self.bus = bus
+        self.generations = generations
         self.metrics = metrics or StageMetrics("memory")
         self.svc = svc
         self.deltas = deltas
@@ -76,6 +78,8 @@ class Memory:
     async def start(self) -> None:
         self.audit.start()
         await self.deltas.start()
+        if self.generations is not None:
+            await self.generations.follow_models_changed()
         nc, s, svc, m = self.bus.nc, self.bus.subjects, self.svc, self.metrics
         rag = m.handler("memory.rag", svc.rag_op)
         retrieve = m.handler("memory.retrieve", svc.retrieve)
@@ -153,4 +157,4 @@ async def build(bus: Bus, broker: NatsBroker) -> Memory:
     async def on_memory_store(event: MemoryStoreRequested) -> None:
         await svc.store(event)
 
-    return Memory(bus, svc, deltas, audit, StageMetrics("memory"))
+    return Memory(bus, svc, deltas, audit, StageMetrics("memory"), generations)

@@ -108,9 +108,11 @@ class MemoryService:
         rag = self.rag
         match op:
             case FilesList():
-                return await rag.file_list(ctx)
+                return await rag.file_list(ctx, op.purpose)
             case FileOp(op="files.get"):
                 return await rag.file_get(ctx, op.file_id)
+            case FileOp(op="files.content"):
+                return await rag.file_content(ctx, op.file_id)
             case FileOp():
                 return await rag.file_delete(ctx, op.file_id)
             case VectorStoresList():

@@ -18,6 +18,7 @@ from libs.context import RequestContext
 from libs.db.models import StoredFile, VectorStore, VectorStoreFile
 from libs.errors import EnclaveError
 from libs.events import Citation
+from libs.training_file import TrainingFileError, parse_training_file
 from services.memory import rerank
 from services.memory.adapters.embedder import DIM, Embedder
 from services.memory.adapters.parsers import parse
@@ -50,6 +51,10 @@ CHUNKS = CollectionSpec(
     "rag_chunks", DIM, sparse=True, keyword_fields=("vector_store_id", "file_id")
 )
 MAX_RESULTS = 50
+# Every purpose of /v1/files is stored here, `fine-tune` included (its JSONL validated at
+# upload; the gateway hands the text to the trainer when a job is created).
+FINE_TUNE = "fine-tune"
+PURPOSES = ("assistants", "user_data", FINE_TUNE)
 
 
 def _ts(dt: Any) -> int:
@@ -144,12 +149,28 @@ class Rag:
 
     # -- files --
     async def upload(self, ctx: RequestContext, filename: str, purpose: str, data: bytes) -> Any:
-        if purpose not in ("assistants", "user_data"):
+        if purpose not in PURPOSES:
             raise EnclaveError(
-                400, "`purpose` must be `assistants` (or `user_data`).", "invalid_value", "purpose"
+                400,
+                "`purpose` must be `assistants`, `user_data` or `fine-tune`.",
+                "invalid_value",
+                "purpose",
             )
         if not data:
             raise EnclaveError(400, "The file is empty.", "invalid_value", "file")
+        if purpose == FINE_TUNE:
+            # Chat-format JSONL, checked line by line before it is stored.
+            try:
+                await asyncio.to_thread(parse_training_file, data)
+            except TrainingFileError as exc:
+                lines = "; ".join(str(e) for e in exc.errors)
+                more = " (and more)" if exc.truncated else ""
+                raise EnclaveError(
+                    400,
+                    f"Invalid fine-tuning file: {lines}{more}",
+                    "invalid_file_format",
+                    "file",
+                ) from None
         row = await self.repo.add_file(
             ctx.tenant, ctx.actor, filename or "upload.txt", purpose, data
         )
@@ -161,8 +182,21 @@ class Rag:
             raise not_found("file", file_id)
         return file_object(row)
 
-    async def file_list(self, ctx: RequestContext) -> Any:
-        return _list([file_object(f) for f in await self.repo.files(ctx.tenant)])
+    async def file_list(self, ctx: RequestContext, purpose: str | None = None) -> Any:
+        files = await self.repo.files(ctx.tenant)
+        return _list([file_object(f) for f in files if purpose is None or f.purpose == purpose])
+
+    async def file_content(self, ctx: RequestContext, file_id: str) -> Any:
+        row = await self.repo.file(ctx.tenant, file_id)
+        if row is None:
+            raise not_found("file", file_id)
+        try:
+            content = bytes(row.content).decode("utf-8")
+        except UnicodeDecodeError:
+            raise EnclaveError(
+                400, f"The file '{file_id}' is not UTF-8 text.", "invalid_file_format", "file"
+            ) from None
+        return {"id": row.id, "object": "file.content", "purpose": row.purpose, "content": content}
 
     async def file_delete(self, ctx: RequestContext, file_id: str) -> Any:
         if await self.repo.file(ctx.tenant, file_id) is None:

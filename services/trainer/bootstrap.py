@@ -36,6 +36,7 @@ from libs.events import (
     FineTuningCancel,
     FineTuningJobRequested,
     FineTuningJobStatus,
+    ModelsChanged,
     TrainerRequest,
 )
 from libs.rpc import Bus, serve
@@ -180,15 +181,31 @@ async def build(bus: Bus, broker: NatsBroker) -> Trainer:
     async def publish(status: FineTuningJobStatus) -> None:
         await nc.publish(subjects.trainer_status(status.job_id), event_bytes(status))
 
+    async def enqueue(job: FineTuningJobRequested) -> None:
+        await nc.jetstream().publish(subjects.trainer_jobs, event_bytes(job))
+
+    async def broadcast_cancel(msg: FineTuningCancel) -> None:
+        await nc.publish(subjects.trainer_cancel, event_bytes(msg))
+
+    async def announce(event: ModelsChanged) -> None:
+        await nc.publish(subjects.models_changed, event_bytes(event))
+        await nc.flush(timeout=2)
+
+    engines = Engines(settings, cfg.threads)
+
     service = TrainerService(
         store=TrainerStore(make_engine(settings.sqlalchemy_url)),
         # Loading a model takes seconds: never on the event loop.
-        engines=Engines(settings, cfg.threads),
+        engines=engines,
         bundles=BundleDir(cfg.bundles_dir),
         signing_key=load_private_key(cfg.signing_key_file),
         trusted_keys=trusted_keys([cfg.public_key_file]),
         publish=publish,
         audit=audit.emit,
+        enqueue=enqueue,
+        broadcast_cancel=broadcast_cancel,
+        announce=announce,
+        trainable=lambda model: model in engines.models,
         target_steps=cfg.target_steps,
     )
     return Trainer(bus, service, audit, cfg)

@@ -115,11 +115,14 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 )
             return 0
         if cmd == "rollback":
+            current = await store.promoted(args.tenant, args.base_model)
             back = await store.rollback(args.tenant, args.base_model)
             if back is None:
                 print("no earlier promoted version to roll back to")
                 return 1
             print(f"{back.public_id} ({back.digest}) serves again")
+            if not await announce_rollback(settings, back, current.digest if current else None):
+                print("NATS not reachable: routes cached elsewhere end when they expire")
             return 0
         if cmd == "export":
             rows = await store.adapters(args.tenant)
@@ -169,6 +172,38 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"unknown adapters command {cmd!r}")
     finally:
         await store.engine.dispose()
+
+
+async def announce_rollback(settings: Settings, back: Any, previous: str | None) -> bool:
+    """`models.changed` (rolled_back): routers, runtimes and workers drop their routes."""
+    import nats
+
+    from libs.bus import event_bytes
+    from libs.events import ModelsChanged
+    from services.trainer.identity import public_id
+
+    event = ModelsChanged(
+        kind="rolled_back",
+        tenant=back.tenant,
+        base_model=back.base_model,
+        public_id=public_id(back.tenant, back.base_model, None),
+        digest=back.digest,
+        previous=previous,
+    )
+    try:
+        nc = await nats.connect(
+            settings.nats_url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0
+        )
+    except Exception:
+        return False
+    try:
+        await nc.publish(settings.subjects.models_changed, event_bytes(event))
+        await nc.flush(timeout=3)
+        return True
+    except Exception:
+        return False
+    finally:
+        await nc.close()
 
 
 def _short(path: Path) -> str:

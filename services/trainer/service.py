@@ -21,17 +21,25 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
+from libs.context import RequestContext
 from libs.errors import ErrorInfo
 from libs.events import (
+    AdapterResolve,
+    AdapterRollback,
+    AdaptersList,
     FineTuningCancel,
     FineTuningJobRequested,
     FineTuningJobStatus,
+    JobOp,
+    JobsCreate,
+    JobsList,
+    ModelsChanged,
     TrainerReply,
     TrainerRequest,
 )
@@ -54,6 +62,9 @@ SAMPLES = 3
 
 Publish = Callable[[FineTuningJobStatus], Awaitable[None]]
 Audit = Callable[..., Awaitable[Any]]
+Enqueue = Callable[[FineTuningJobRequested], Awaitable[None]]
+Broadcast = Callable[[FineTuningCancel], Awaitable[None]]
+Announce = Callable[[ModelsChanged], Awaitable[None]]
 
 
 class JobFailed(Exception):
@@ -77,16 +88,24 @@ class TrainerService:
     trusted_keys: dict[str, Ed25519PublicKey]
     publish: Publish
     audit: Audit | None = None
+    # jobs.create puts the stored job on the JetStream work queue (trainer.jobs).
+    enqueue: Enqueue | None = None
+    # jobs.cancel of a job that another replica runs: broadcast on trainer.cancel.
+    broadcast_cancel: Broadcast | None = None
+    # Promotions and rollbacks: `models.changed`, so routes cached anywhere end now.
+    announce: Announce | None = None
+    # Which base models may be fine-tuned here (None: any; an unknown one fails the job).
+    trainable: Callable[[str], bool] | None = None
     target_steps: int = jobs.AUTO_TARGET_STEPS
     max_new_tokens: int = 32  # for sample answers and eval answers
     clock: Callable[[], int] = field(default=lambda: int(time.time()))
     running: dict[str, threading.Event] = field(default_factory=dict)
 
     # -- the job --
-    async def run_job(self, req: FineTuningJobRequested) -> jobs.FineTuningJob:
-        tenant = req.ctx.tenant
-        job, created = jobs.new_job(
-            tenant=tenant,
+    @staticmethod
+    def _new(req: FineTuningJobRequested) -> tuple[jobs.FineTuningJob, jobs.JobEvent]:
+        return jobs.new_job(
+            tenant=req.ctx.tenant,
             model=req.model,
             training_file=req.training_file,
             validation_file=req.validation_file,
@@ -98,9 +117,21 @@ class TrainerService:
             metadata=req.metadata,
             job_id=req.job_id,
         )
-        if await self.store.create_job(job, created):
-            await self._emit(job, created)
-            await self._audit("fine_tune_created", req, model=req.model, attrs={"job_id": job.id})
+
+    async def _store_new(self, req: FineTuningJobRequested) -> jobs.FineTuningJob | None:
+        """The job stored in `validating_files`; None if its id exists already."""
+        job, created = self._new(req)
+        if not await self.store.create_job(job, created):
+            return None
+        await self._emit(job, created)
+        await self._audit("fine_tune_created", req, model=req.model, attrs={"job_id": job.id})
+        return job
+
+    async def run_job(self, req: FineTuningJobRequested) -> jobs.FineTuningJob:
+        tenant = req.ctx.tenant
+        stored = await self._store_new(req)
+        if stored is not None:
+            job = stored
         else:
             row = await self.store.job(tenant, req.job_id)
             if row is None:
@@ -281,6 +312,7 @@ class TrainerService:
             report["evals"] = evals
             status = "promoted" if decision.promote else "refused"
             reason = "; ".join(decision.reasons)
+        previous = await self.store.promoted(tenant, job.model) if status == "promoted" else None
         for attempt in range(5):
             version = await self.store.next_version(tenant, job.model)
             pid = public_id(tenant, job.model, version)
@@ -317,6 +349,8 @@ class TrainerService:
             except IntegrityError:
                 log.info("version %s of %s taken (attempt %s); next", version, pid, attempt)
                 continue
+            if status == "promoted":
+                await self.changed("promoted", row, previous.digest if previous else None)
             return adapter_public(row)
         raise RuntimeError("could not allocate an adapter version")
 
@@ -425,67 +459,136 @@ class TrainerService:
         if row is not None and row.status in ("validating_files", "queued"):
             await self._move(jobs.FineTuningJob.model_validate(row.job), "cancelled")
 
-    # -- the read side --
-    async def api(self, req: TrainerRequest) -> TrainerReply:
-        handler = self._ops.get(req.op)
-        if handler is None:
-            return _error(400, f"unknown trainer operation {req.op!r}", "invalid_request")
-        try:
-            return await handler(self, req.ctx.tenant, req.args)
-        except NotFound as exc:
-            return _error(404, str(exc), "model_not_found", "model")
-        except (KeyError, TypeError, ValueError) as exc:
-            return _error(400, f"bad arguments: {exc}", "invalid_request")
-
-    async def _job(self, tenant: str, args: dict[str, Any]) -> TrainerReply:
-        row = await self.store.job(tenant, str(args["job_id"]))
-        if row is None:
-            return _error(404, f"No fine-tuning job {args['job_id']!r}", "not_found", "job_id")
-        return TrainerReply(body=jobs.FineTuningJob.model_validate(row.job).public())
-
-    async def _jobs(self, tenant: str, args: dict[str, Any]) -> TrainerReply:
-        limit = max(1, min(100, int(args.get("limit", 20))))
-        rows = await self.store.jobs(tenant, limit + 1, args.get("after"))
-        data = [jobs.FineTuningJob.model_validate(r.job).public() for r in rows[:limit]]
-        return TrainerReply(body={"object": "list", "data": data, "has_more": len(rows) > limit})
-
-    async def _events(self, tenant: str, args: dict[str, Any]) -> TrainerReply:
-        row = await self.store.job(tenant, str(args["job_id"]))
-        if row is None:
-            return _error(404, f"No fine-tuning job {args['job_id']!r}", "not_found", "job_id")
-        limit = max(1, min(1000, int(args.get("limit", 20))))
-        newest_first = list(reversed(row.events))
-        return TrainerReply(
-            body={
-                "object": "list",
-                "data": newest_first[:limit],
-                "has_more": len(newest_first) > limit,
+    # -- promotion and rollback: broadcast on models.changed --
+    async def changed(self, kind: str, row: Any, previous: str | None) -> None:
+        """`tenant/base:ft` now resolves to `row`'s digest: routers, runtimes and workers
+        drop what they cached for it (published after the registry changed)."""
+        if self.announce is None:
+            return
+        event = ModelsChanged.model_validate(
+            {
+                "kind": kind,
+                "tenant": row.tenant,
+                "base_model": row.base_model,
+                "public_id": public_id(row.tenant, row.base_model, None),
+                "digest": row.digest,
+                "previous": previous,
             }
         )
+        try:
+            await self.announce(event)
+        except Exception:
+            log.exception("could not announce %s of %s", kind, row.public_id)
 
-    async def _checkpoints(self, tenant: str, args: dict[str, Any]) -> TrainerReply:
-        row = await self.store.job(tenant, str(args["job_id"]))
-        if row is None:
-            return _error(404, f"No fine-tuning job {args['job_id']!r}", "not_found", "job_id")
-        data = list(reversed(row.checkpoints))
-        return TrainerReply(body={"object": "list", "data": data, "has_more": False})
+    # -- the API (trainer.api), always within the caller's tenant --
+    async def api(self, req: TrainerRequest) -> TrainerReply:
+        ctx, op = req.ctx, req.operation
+        try:
+            match op:
+                case JobsCreate():
+                    return await self._create(ctx, op)
+                case JobsList():
+                    return await self._jobs(ctx.tenant, op)
+                case JobOp(op="jobs.retrieve"):
+                    return await self._job(ctx.tenant, op.job_id)
+                case JobOp(op="jobs.events"):
+                    return await self._events(ctx.tenant, op)
+                case JobOp(op="jobs.checkpoints"):
+                    return await self._checkpoints(ctx.tenant, op)
+                case JobOp(op="jobs.cancel"):
+                    return await self._cancel_op(ctx.tenant, op.job_id)
+                case AdaptersList():
+                    return await self._adapters(ctx.tenant, op.base_model)
+                case AdapterResolve():
+                    return await self._resolve(ctx.tenant, op.model)
+                case AdapterRollback():
+                    return await self._rollback(ctx.tenant, op.base_model)
+        except NotFound as exc:
+            return _error(404, str(exc), "model_not_found", "model")
+        except ValueError as exc:
+            return _error(400, f"bad arguments: {exc}", "invalid_request")
+        return _error(400, f"unknown trainer operation {op.op!r}", "invalid_request")
 
-    async def _cancel_op(self, tenant: str, args: dict[str, Any]) -> TrainerReply:
-        row = await self.store.job(tenant, str(args["job_id"]))
+    async def _create(self, ctx: RequestContext, op: JobsCreate) -> TrainerReply:
+        if self.trainable is not None and not self.trainable(op.model):
+            return _error(
+                400,
+                f"Model {op.model} is not available for fine-tuning here.",
+                "invalid_model",
+                "model",
+            )
+        try:
+            jobs.Hyperparameters.model_validate(op.hyperparameters)
+        except ValidationError as exc:
+            why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            return _error(
+                400, f"invalid hyperparameters: {why}", "invalid_value", "hyperparameters"
+            )
+        req = FineTuningJobRequested(
+            ctx=ctx,
+            job_id=jobs.new_job_id(),
+            created_at=self.clock(),
+            **op.model_dump(exclude={"op"}),
+        )
+        job = await self._store_new(req)
+        assert job is not None  # a fresh id
+        if self.enqueue is not None:
+            try:
+                await self.enqueue(req)
+            except Exception as exc:
+                log.exception("could not queue fine-tuning job %s", job.id)
+                err = jobs.JobError(code="queue_unavailable", message=f"not queued: {exc}")
+                await self._move(job, "failed", error=err)
+                return _error(503, "The fine-tuning queue is not available.", "trainer_unavailable")
+        return TrainerReply(body=job.public())
+
+    async def _job(self, tenant: str, job_id: str) -> TrainerReply:
+        row = await self.store.job(tenant, job_id)
         if row is None:
-            return _error(404, f"No fine-tuning job {args['job_id']!r}", "not_found", "job_id")
+            return _not_found(job_id)
+        return TrainerReply(body=jobs.FineTuningJob.model_validate(row.job).public())
+
+    async def _jobs(self, tenant: str, op: JobsList) -> TrainerReply:
+        rows = await self.store.jobs(tenant, op.limit + 1, op.after)
+        data = [jobs.FineTuningJob.model_validate(r.job).public() for r in rows[: op.limit]]
+        return TrainerReply(body={"object": "list", "data": data, "has_more": len(rows) > op.limit})
+
+    async def _events(self, tenant: str, op: JobOp) -> TrainerReply:
+        row = await self.store.job(tenant, op.job_id)
+        if row is None:
+            return _not_found(op.job_id)
+        return TrainerReply(body=_page(list(reversed(row.events)), op.limit, op.after))
+
+    async def _checkpoints(self, tenant: str, op: JobOp) -> TrainerReply:
+        row = await self.store.job(tenant, op.job_id)
+        if row is None:
+            return _not_found(op.job_id)
+        body = _page(list(reversed(row.checkpoints)), op.limit, op.after)
+        body["first_id"] = body["data"][0]["id"] if body["data"] else None
+        body["last_id"] = body["data"][-1]["id"] if body["data"] else None
+        return TrainerReply(body=body)
+
+    async def _cancel_op(self, tenant: str, job_id: str) -> TrainerReply:
+        row = await self.store.job(tenant, job_id)
+        if row is None:
+            return _not_found(job_id)
         if row.status in jobs.TERMINAL:
             return _error(400, f"the job is already {row.status}", "invalid_request", "job_id")
-        await self.cancel(FineTuningCancel(tenant=tenant, job_id=row.id))
-        return await self._job(tenant, args)
+        msg = FineTuningCancel(tenant=tenant, job_id=row.id)
+        if row.status == "running" and row.id not in self.running:
+            if self.broadcast_cancel is not None:
+                await self.broadcast_cancel(msg)  # the replica that trains it stops
+        else:
+            await self.cancel(msg)
+        return await self._job(tenant, job_id)
 
-    async def _adapters(self, tenant: str, args: dict[str, Any]) -> TrainerReply:
-        rows = await self.store.adapters(tenant, args.get("base_model"))
+    async def _adapters(self, tenant: str, base_model: str | None) -> TrainerReply:
+        rows = await self.store.adapters(tenant, base_model)
         return TrainerReply(body={"object": "list", "data": [adapter_public(r) for r in rows]})
 
-    async def _resolve(self, tenant: str, args: dict[str, Any]) -> TrainerReply:
+    async def _resolve(self, tenant: str, model: str) -> TrainerReply:
         rows = await self.store.adapters(tenant)
-        found = resolve(str(args["model"]), tenant, [ref(r) for r in rows])
+        found = resolve(model, tenant, [ref(r) for r in rows])
         return TrainerReply(
             body={
                 "id": found.public_id,
@@ -495,22 +598,25 @@ class TrainerService:
             }
         )
 
-    async def _rollback(self, tenant: str, args: dict[str, Any]) -> TrainerReply:
-        back = await self.store.rollback(tenant, str(args["base_model"]))
+    async def _rollback(self, tenant: str, base_model: str) -> TrainerReply:
+        current = await self.store.promoted(tenant, base_model)
+        back = await self.store.rollback(tenant, base_model)
         if back is None:
             return _error(400, "no earlier promoted version to roll back to", "invalid_request")
+        await self.changed("rolled_back", back, current.digest if current else None)
         return TrainerReply(body=adapter_public(back))
 
-    _ops: ClassVar[dict[str, Callable[[Any, str, dict[str, Any]], Awaitable[TrainerReply]]]] = {
-        "jobs.retrieve": _job,
-        "jobs.list": _jobs,
-        "jobs.events": _events,
-        "jobs.checkpoints": _checkpoints,
-        "jobs.cancel": _cancel_op,
-        "adapters.list": _adapters,
-        "adapters.resolve": _resolve,
-        "adapters.rollback": _rollback,
-    }
+
+def _page(items: list[dict[str, Any]], limit: int, after: str | None) -> dict[str, Any]:
+    """OpenAI's cursor page: the items after the one with id `after`, at most `limit`."""
+    if after is not None:
+        ids = [i.get("id") for i in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    return {"object": "list", "data": items[:limit], "has_more": len(items) > limit}
+
+
+def _not_found(job_id: str) -> TrainerReply:
+    return _error(404, f"No fine-tuning job found with id {job_id!r}.", "not_found", "job_id")
 
 
 def _error(status: int, message: str, code: str, param: str | None = None) -> TrainerReply:

@@ -219,3 +219,36 @@ async def test_services_starting_together_all_declare_the_streams(
             await clients[0].jetstream().delete_stream(config.name or "")
         for c in clients:
             await c.close()
+
+
+async def test_a_models_changed_broadcast_ends_cached_adapter_routes(
+    nc: NatsClient, settings: Settings
+) -> None:
+    """The runtime's and memory's generation client hear `models.changed` on the real bus:
+    the promoted alias is asked of the router again at once, not after route_cache_s."""
+    deltas = await ReplyRouter(nc, settings.subjects.inference_deltas("rt2", "")).start()
+    routes = RouteCache(3600.0)
+    client = GenerationClient(Bus(nc, settings), deltas, routes, 5.0)
+    await client.follow_models_changed()
+    alias = "acme/smollm2-135m-instruct:ft"
+    routes.put("acme", alias, "chat", ev.RouteReply(pool="lora", adapter=alias + "@old"))
+    routes.put("acme", "smollm2-135m-instruct", "chat", ev.RouteReply(pool="smollm2"))
+    publisher = await nats.connect(settings.nats_url)
+    try:
+        event = ev.ModelsChanged(
+            kind="promoted",
+            tenant="acme",
+            base_model="smollm2-135m-instruct",
+            public_id=alias,
+            digest="sha256:" + "2" * 64,
+        )
+        await publisher.publish(settings.subjects.models_changed, event.model_dump_json().encode())
+        await publisher.flush()
+        for _ in range(100):
+            if routes.get("acme", alias, "chat") is None:
+                break
+            await asyncio.sleep(0.02)
+        assert routes.get("acme", alias, "chat") is None
+        assert routes.get("acme", "smollm2-135m-instruct", "chat") is not None
+    finally:
+        await publisher.close()

@@ -58,6 +58,25 @@ async def test_the_gateway_from_its_bootstrap(nc: NatsClient, inprocess_settings
                 "/v1/admin/keys", headers={"Authorization": f"Bearer {user}"}, json={"role": "user"}
             )
             assert forbidden.status_code == 403
+            # Fine-tuning: `fine_tune` (admin, developer), and without a trainer a 503 with
+            # its code; the job body is in the OpenAPI document.
+            no_role = await http.get(
+                "/v1/fine_tuning/jobs", headers={"Authorization": f"Bearer {user}"}
+            )
+            assert no_role.status_code == 403
+            no_trainer = await http.get(
+                "/v1/fine_tuning/jobs", headers={"Authorization": f"Bearer {admin}"}
+            )
+            assert no_trainer.status_code == 503
+            assert no_trainer.json()["error"]["code"] == "trainer_unavailable"
+            bad = await http.post(
+                "/v1/fine_tuning/jobs",
+                headers={"Authorization": f"Bearer {admin}"},
+                json={"model": "m"},
+            )
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "training_file"
+            doc = (await http.get("/openapi.json")).json()
+            assert "CreateJob" in doc["components"]["schemas"]
 
             auth = {"Authorization": f"Bearer {admin}"}
             r = await http.post("/v1/chat/completions", headers=auth, json=body)

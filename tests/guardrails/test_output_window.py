@@ -90,3 +90,27 @@ def test_pseudonyms_are_restored_even_when_split() -> None:
     assert shown.count("Ada Lovelace") == 3 and shown.count("ada@example.com") == 3
     assert "<" not in shown
     assert restore("<PERSON_9> stays", {"<PERSON_1>": "x"}) == "<PERSON_9> stays"
+
+
+def test_the_adapter_digest_survives_the_window() -> None:
+    """The worker names its adapter on a choice's first delta; the window rebuilds the
+    deltas it releases, and the first one released carries the digest on (the stream's
+    `system_fingerprint`), once per choice."""
+    digest = "sha256:" + "a" * 64
+    window = OutputWindow(stride=1)
+    ready = window.add(
+        [
+            Delta(index=0, content="Hello ", adapter_digest=digest),
+            Delta(index=1, content="Hi ", adapter_digest=digest),
+        ]
+    )
+    first = [window.release(i, [], final=True) for i in ready]
+    assert [d.adapter_digest for d in first if d is not None] == [digest, digest]
+    ready = window.add([Delta(index=0, content="world", finish_reason="stop")])
+    later = [window.release(i, [], final=True) for i in ready]
+    assert [(d.content, d.adapter_digest) for d in later if d is not None] == [("world", None)]
+    blocked = window.block(1, "blocked")
+    assert blocked.adapter_digest is None  # choice 1 named it already
+    fresh = OutputWindow()
+    fresh.add([Delta(index=0, content="x", adapter_digest=digest)])
+    assert fresh.block(0, "blocked").adapter_digest == digest

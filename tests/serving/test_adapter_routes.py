@@ -13,11 +13,11 @@ from nats.aio.client import Client as NatsClient
 
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
-from libs.events import RouteReply, RouteRequest, TrainerReply, TrainerRequest
+from libs.events import AdapterResolve, RouteReply, RouteRequest, TrainerReply, TrainerRequest
 from libs.rpc import Bus
 from libs.service import running
 from libs.settings import REPO_ROOT, Settings
-from services.inference_router.adapter_routes import adapter_route, is_adapter_id
+from services.inference_router.adapter_routes import adapter_models, adapter_route, is_adapter_id
 from services.inference_router.bootstrap import build as build_router
 
 BASE = "smollm2-135m-instruct"
@@ -40,6 +40,43 @@ def test_adapter_ids_route_to_a_pool_serving_adapters_of_their_base_model() -> N
     assert none.error is not None and none.error.status == 503
 
 
+def test_a_tenants_adapter_versions_become_its_models() -> None:
+    pools = {"lora": {"engine": "peft", "base_model": BASE}, "smollm2": {"engine": "llama_cpp"}}
+    versions = [
+        {
+            "id": f"acme/{BASE}:ft-v1",
+            "base_model": BASE,
+            "digest": DIGEST,
+            "status": "retired",
+            "created_at": 10,
+        },
+        {
+            "id": f"acme/{BASE}:ft-v2",
+            "base_model": BASE,
+            "digest": DIGEST,
+            "status": "promoted",
+            "created_at": 20,
+        },
+        {
+            "id": "acme/other-base:ft-v1",
+            "base_model": "other-base",
+            "digest": DIGEST,
+            "status": "ready",
+            "created_at": 30,
+        },
+    ]
+    models = {m.id: m for m in adapter_models("acme", versions, pools)}
+    assert list(models) == [
+        f"acme/{BASE}:ft-v1",
+        f"acme/{BASE}:ft-v2",
+        f"acme/{BASE}:ft",
+        "acme/other-base:ft-v1",
+    ]
+    assert {m.owned_by for m in models.values()} == {"acme"}
+    assert models[f"acme/{BASE}:ft"].pool == "lora" and models[f"acme/{BASE}:ft"].created == 20
+    assert models["acme/other-base:ft-v1"].pool == ""  # no pool serves that base model
+
+
 async def test_the_router_asks_the_trainer_for_a_tenants_adapter_ids(
     nc: NatsClient, inprocess_settings: Settings, tmp_path: Path
 ) -> None:
@@ -57,7 +94,8 @@ async def test_the_router_asks_the_trainer_for_a_tenants_adapter_ids(
     async def trainer(msg: Any) -> None:  # replies as services/trainer's adapters.resolve
         request = TrainerRequest.model_validate_json(msg.data)
         asked.append(request)
-        if request.args["model"].startswith(request.ctx.tenant + "/"):
+        assert isinstance(request.operation, AdapterResolve)
+        if request.operation.model.startswith(request.ctx.tenant + "/"):
             body = {"id": f"acme/{BASE}:ft-v2", "base_model": BASE, "digest": DIGEST}
             reply = TrainerReply(body=body)
         else:

@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import orjson
 import pytest
 
 from libs.bus import event_bytes
 from libs.context import RequestContext
+from libs.errors import ErrorInfo
 from libs.events import FineTuningJobRequested, FineTuningJobStatus, TrainerReply, TrainerRequest
+from libs.rpc import ERROR_HEADER
 from libs.subjects import Subjects
 from services.trainer.jobs import new_job_id
 from tests.infra import Infra, Platform, free_port, platform_env
@@ -37,13 +40,20 @@ def trainer(services: Infra, tmp_path: Path) -> Iterator[Platform]:
 
 
 async def ask(nc: Any, subjects: Subjects, tenant: str, op: str, **args: Any) -> TrainerReply:
-    req = TrainerRequest(ctx=RequestContext(tenant=tenant, request_id="r"), op=op, args=args)
+    ctx = RequestContext(tenant=tenant, request_id="r")
+    data = orjson.dumps({"ctx": ctx.model_dump(), "operation": {"op": op, **args}})
+    if op.startswith(("jobs.", "adapters.")) and op != "jobs.delete_everything":
+        req = TrainerRequest.model_validate_json(data)  # a typed request, as callers build
+        data = event_bytes(req)
     for _ in range(120):  # until the trainer process has subscribed
         try:
-            msg = await nc.request(subjects.trainer_api, event_bytes(req), timeout=1)
+            msg = await nc.request(subjects.trainer_api, data, timeout=1)
         except nats.errors.NoRespondersError:
             await asyncio.sleep(0.5)
             continue
+        if msg.headers and msg.headers.get(ERROR_HEADER):
+            error = ErrorInfo.model_validate_json(msg.data)
+            return TrainerReply(status=error.status, error=error)
         return TrainerReply.model_validate_json(msg.data)
     raise AssertionError("the trainer never answered")
 

@@ -10,12 +10,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import nats
 
 from libs.bus import event_bytes
 from libs.context import RequestContext
-from libs.events import FineTuningCancel, FineTuningJobRequested, TrainerReply, TrainerRequest
+from libs.events import (
+    AdapterRollback,
+    FineTuningCancel,
+    FineTuningJobRequested,
+    JobOp,
+    ModelsChanged,
+    TrainerReply,
+    TrainerRequest,
+)
 from libs.rpc import Bus, Peer
 from libs.service import running
 from libs.settings import Settings
@@ -34,8 +43,7 @@ async def test_trainer_from_its_bootstrap(bus_settings: Settings) -> None:
     async def status(job_id: str, want: str) -> TrainerReply:
         req = TrainerRequest(
             ctx=RequestContext(tenant="acme", request_id="r"),
-            op="jobs.retrieve",
-            args={"job_id": job_id},
+            operation=JobOp(op="jobs.retrieve", job_id=job_id),
         )
         got = TrainerReply()
         for _ in range(300):
@@ -89,5 +97,70 @@ async def test_trainer_from_its_bootstrap(bus_settings: Settings) -> None:
                     break
                 await asyncio.sleep(0.1)
             assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    finally:
+        await nc.close()
+
+
+async def test_rollback_through_the_api_broadcasts_models_changed(bus_settings: Settings) -> None:
+    """`adapters.rollback` moves `:ft` back a version and says so on `models.changed`, so
+    that workers swap and the route caches of runtimes and memory drop the alias at once."""
+    settings = bus_settings
+    subjects = settings.subjects
+    nc = await nats.connect(settings.nats_url)
+    bus = Bus(nc, settings)
+    heard: list[ModelsChanged] = []
+
+    async def on_changed(msg: Any) -> None:
+        heard.append(ModelsChanged.model_validate_json(msg.data))
+
+    await nc.subscribe(subjects.models_changed, cb=on_changed)
+    base = "smollm2-135m-instruct"
+    ctx = RequestContext(tenant="acme", request_id="r")
+    try:
+        async with running(settings, "trainer", build) as service:
+            assert isinstance(service, Trainer)
+            store = service.service.store
+            for version in (1, 2):
+                await store.add_adapter(
+                    tenant="acme",
+                    base_model=base,
+                    digest=f"sha256:{version}" + "0" * 63,
+                    job_id=f"ftjob-{version}",
+                    trained_by="key-1",
+                    eval_report={},
+                    meta={},
+                    bundle_path="",
+                    status="promoted",
+                    status_reason="",
+                    version=version,
+                )
+            other = RequestContext(tenant="globex", request_id="r")
+            refused = await bus.ask(
+                TRAINER,
+                subjects.trainer_api,
+                TrainerRequest(ctx=other, operation=AdapterRollback(base_model=base)),
+                TrainerReply,
+            )
+            assert refused.status == 400  # globex has nothing to roll back; acme's untouched
+            reply = await bus.ask(
+                TRAINER,
+                subjects.trainer_api,
+                TrainerRequest(ctx=ctx, operation=AdapterRollback(base_model=base)),
+                TrainerReply,
+            )
+            assert reply.error is None and reply.body["version"] == 1
+            for _ in range(100):
+                if heard:
+                    break
+                await asyncio.sleep(0.05)
+            assert [(e.kind, e.tenant, e.public_id, e.digest, e.previous) for e in heard] == [
+                (
+                    "rolled_back",
+                    "acme",
+                    f"acme/{base}:ft",
+                    "sha256:1" + "0" * 63,
+                    "sha256:2" + "0" * 63,
+                )
+            ]
     finally:
         await nc.close()

@@ -24,6 +24,7 @@ import pytest
 from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
 from libs.events import (
+    AdapterResolve,
     FineTuningCancel,
     FineTuningJobRequested,
     FineTuningJobStatus,
@@ -212,8 +213,7 @@ async def test_fine_tuning_learns_and_the_gate_keeps_the_better_adapter(
     reply = await svc.api(
         TrainerRequest(
             ctx=RequestContext(tenant="other", request_id="r"),
-            op="adapters.resolve",
-            args={"model": f"acme/{BASE}:ft"},
+            operation=AdapterResolve(model=f"acme/{BASE}:ft"),
         )
     )
     assert reply.status == 404

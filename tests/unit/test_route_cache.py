@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from libs.context import RequestContext
-from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict, RouteReply
+from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict, ModelsChanged, RouteReply
 from libs.generation import RouteCache
 from services.agent_runtime.passthrough import InputPassthrough
 
@@ -33,6 +33,36 @@ def test_routes_are_kept_for_their_ttl_and_errors_never() -> None:
     cache.put("acme", "m", "chat", RouteReply(pool="p"))
     cache.drop("acme", "m", "chat")
     assert cache.get("acme", "m", "chat") is None
+
+
+def test_models_changed_ends_the_routes_of_that_tenants_adapters_at_once() -> None:
+    cache = RouteCache(3600.0, Clock())
+    base = "smollm2-135m-instruct"
+    for tenant in ("acme", "globex"):
+        for model in (f"{tenant}/{base}:ft", f"{tenant}/{base}:ft-v1", base):
+            cache.put(tenant, model, "chat", RouteReply(pool="p", adapter="a"))
+    cache.put("acme", f"acme/{base}x:ft", "chat", RouteReply(pool="p"))
+
+    def event(kind: str) -> ModelsChanged:
+        return ModelsChanged.model_validate(
+            {
+                "kind": kind,
+                "tenant": "acme",
+                "base_model": base,
+                "public_id": f"acme/{base}:ft",
+                "digest": "sha256:" + "1" * 64,
+            }
+        )
+
+    assert cache.models_changed(event("load_failed")) == 0  # a worker's news: no route moved
+    assert cache.models_changed(event("promoted")) == 2
+    assert cache.get("acme", f"acme/{base}:ft", "chat") is None
+    assert cache.get("acme", f"acme/{base}:ft-v1", "chat") is None
+    assert cache.get("acme", base, "chat") is not None  # the base model's route stays
+    assert cache.get("acme", f"acme/{base}x:ft", "chat") is not None  # another base model
+    assert cache.get("globex", f"globex/{base}:ft", "chat") is not None  # another tenant
+    cache.put("acme", f"acme/{base}:ft", "chat", RouteReply(pool="p"))
+    assert cache.models_changed(event("rolled_back")) == 1
 
 
 def check(tenant: str, text: str = "hello", direction: str = "input") -> GuardrailCheck:
