@@ -272,6 +272,16 @@ CHANNELS: tuple[Channel, ...] = (
         Receiver(("gateway",)),
     ),
     Channel(
+        "responsesCancel",
+        "responses_cancel",
+        _s.responses_cancel,
+        "A background response of the Responses API was cancelled: the gateway replica "
+        "running it stops reading its turn.",
+        (events.ResponseCancelled,),
+        ("gateway",),
+        Receiver(("gateway",), None, "nats-py"),
+    ),
+    Channel(
         "trainerJobs",
         "trainer_jobs",
         _s.trainer_jobs,

@@ -792,3 +792,12 @@ class DelegateResult(BaseModel):
     steps: int = 0
     usage: Usage = Field(default_factory=Usage)
     error: ErrorInfo | None = None
+
+
+class ResponseCancelled(BaseModel):
+    """gateway -> every gateway replica (core broadcast `responses.cancel`): a background
+    response of the Responses API was cancelled; the replica running it stops reading."""
+
+    v: Literal[1] = 1
+    tenant: str
+    response_id: str

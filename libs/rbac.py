@@ -115,6 +115,9 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("DELETE", "/v1/memories/{memory_id}"): Permission.DELETE_MEMORIES,
     ("DELETE", "/v1/admin/tenant_data"): Permission.MANAGE_TENANT,
     ("POST", "/v1/sandbox/exec"): Permission.EXEC_CODE,
+    ("POST", "/v1/responses"): Permission.INFER,
+    ("GET", "/v1/responses/{response_id}"): Permission.INFER,
+    ("POST", "/v1/responses/{response_id}/cancel"): Permission.INFER,
 }
 # Open to anyone: liveness and readiness carry no tenant data.
 PUBLIC_ROUTES = frozenset({("GET", "/healthz"), ("GET", "/readyz")})

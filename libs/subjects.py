@@ -128,6 +128,12 @@ class Subjects:
         `agent_runtime`)."""
         return self._s("agent.delegate")
 
+    @property
+    def responses_cancel(self) -> str:
+        """Core NATS broadcast among gateway replicas (ResponseCancelled): a background
+        response was cancelled; the replica running it stops."""
+        return self._s("responses.cancel")
+
     # -- audit (JetStream, durable) --
     def audit(self, tenant: str, kind: str) -> str:
         return self._s(f"audit.{tenant}.{kind}")

@@ -92,8 +92,10 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.trainer_api,
                 s.trainer_cancel,
                 *audit_api,
+                # A cancelled background response, for the replica running it.
+                s.responses_cancel,
             ),
-            subscribe=(chat_streams, s.keys_revoked, s.trainer_status_all),
+            subscribe=(chat_streams, s.keys_revoked, s.trainer_status_all, s.responses_cancel),
         ),
         "agent_runtime": Permissions(
             publish=(

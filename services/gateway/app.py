@@ -31,6 +31,7 @@ from services.gateway import (
     guardrails_routes,
     key_routes,
     rag_routes,
+    responses_routes,
     sandbox_routes,
 )
 from services.gateway.bootstrap import Gateway, build
@@ -42,6 +43,7 @@ from services.gateway.openai_shapes import (
     validate,
 )
 from services.gateway.policy import Action
+from services.gateway.responses_shapes import ResponsesRequest
 
 
 class JSON(Response):
@@ -65,6 +67,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
+        await responses.start()
         try:
             yield
         finally:
@@ -198,11 +201,13 @@ def create_fastapi(gw: Gateway) -> FastAPI:
             "/v1/chat/completions": ChatCompletionRequest,
             "/v1/completions": CompletionRequest,
             "/v1/embeddings": EmbeddingRequest,
+            "/v1/responses": ResponsesRequest,
         },
     )
     audit_routes.register(app, gw)
     guardrails_routes.register(app, gw)
     sandbox_routes.register(app, gw)
+    responses = responses_routes.register(app, gw)
     return app
 
 
