@@ -272,6 +272,29 @@ CHANNELS: tuple[Channel, ...] = (
         Receiver(("gateway",)),
     ),
     Channel(
+        "agentResume",
+        "agent_resume",
+        _s.agent_resume,
+        "An approver decided on a tool call a paused agent run waits on: resume the run "
+        "(JetStream work queue; acked once the resumed run has ended).",
+        (events.AgentResumeRequested,),
+        ("gateway",),
+        Receiver(("agent_runtime",), None, "jetstream", "agent_runtime_resume"),
+        stream="agent_stream_name",
+    ),
+    Channel(
+        "approvalEntry",
+        "approval_entry",
+        _s.approval_entry("{tenant}", "{approval_id}"),
+        "A paused agent run and the approval it waits for (a key of the JetStream KV bucket "
+        "of approvals): written by the runtime when the run pauses and ends, and by the "
+        "gateway when an approver decides (compare-and-set on the revision).",
+        (events.ApprovalRecord,),
+        ("agent_runtime", "gateway"),
+        Receiver(("agent_runtime", "gateway"), None, "nats-py"),
+        parameters={"tenant": "The tenant.", "approval_id": "The approval's id."},
+    ),
+    Channel(
         "responsesCancel",
         "responses_cancel",
         _s.responses_cancel,
@@ -372,6 +395,8 @@ STREAM_MEMBERS = (
     "memory_stream_name",
     "audit_stream_name",
     "trainer_stream_name",
+    "agent_stream_name",
+    "approvals_bucket_name",
 )
 
 

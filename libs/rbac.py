@@ -53,6 +53,7 @@ class Permission(StrEnum):
     MANAGE_TENANT = "manage_tenant"  # create a tenant, erase its data
     READ_USAGE = "read_usage"
     FINE_TUNE = "fine_tune"
+    APPROVE_TOOLS = "approve_tools"  # list, approve and reject agents' paused tool calls
 
 
 _A, _D, _AU, _U, _OP = (
@@ -80,6 +81,7 @@ ALLOWED: dict[Permission, frozenset[Role]] = {
     Permission.MANAGE_TENANT: frozenset({_OP}),
     Permission.READ_USAGE: frozenset({_A, _AU, _OP}),
     Permission.FINE_TUNE: frozenset({_A, _D}),
+    Permission.APPROVE_TOOLS: frozenset({_A}),
 }
 
 # Every HTTP route of the gateway (method, path as FastAPI spells it) -> its permission.
@@ -115,6 +117,9 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("DELETE", "/v1/memories/{memory_id}"): Permission.DELETE_MEMORIES,
     ("DELETE", "/v1/admin/tenant_data"): Permission.MANAGE_TENANT,
     ("POST", "/v1/sandbox/exec"): Permission.EXEC_CODE,
+    ("GET", "/v1/approvals"): Permission.APPROVE_TOOLS,
+    ("GET", "/v1/approvals/{approval_id}"): Permission.APPROVE_TOOLS,
+    ("POST", "/v1/approvals/{approval_id}"): Permission.APPROVE_TOOLS,
     ("POST", "/v1/responses"): Permission.INFER,
     ("GET", "/v1/responses/{response_id}"): Permission.INFER,
     ("POST", "/v1/responses/{response_id}/cancel"): Permission.INFER,
@@ -144,6 +149,7 @@ BUS_OPERATIONS: dict[str, Permission] = {
     "trainer_jobs": Permission.FINE_TUNE,
     "trainer_cancel": Permission.FINE_TUNE,
     "trainer_api": Permission.FINE_TUNE,
+    "agent_resume": Permission.APPROVE_TOOLS,
 }
 
 # Roles that may assert an end user in the OpenAI `user` field.

@@ -129,6 +129,24 @@ class Subjects:
         return self._s("agent.delegate")
 
     @property
+    def agent_resume(self) -> str:
+        """An approver decided on a paused agent run: resume it (JetStream work queue)."""
+        return self._s("agent.resume")
+
+    @property
+    def agent_stream_name(self) -> str:
+        return self._stream("ENCLAVE_AGENT")
+
+    @property
+    def approvals_bucket_name(self) -> str:
+        """The JetStream KV bucket of paused agent runs and their approvals."""
+        return self._stream("ENCLAVE_APPROVALS")
+
+    def approval_entry(self, tenant: str, approval_id: str) -> str:
+        """The subject one approval record is written on: its key in the KV bucket."""
+        return f"$KV.{self.approvals_bucket_name}.{tenant}.{approval_id}"
+
+    @property
     def responses_cancel(self) -> str:
         """Core NATS broadcast among gateway replicas (ResponseCancelled): a background
         response was cancelled; the replica running it stops."""

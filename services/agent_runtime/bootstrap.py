@@ -20,6 +20,7 @@ from nats.js.api import ConsumerConfig
 from opentelemetry.trace import SpanKind, Tracer
 from pydantic import ValidationError
 
+from libs.approvals import ApprovalStore
 from libs.audit import (
     AuditPublisher,
     outbox_dir,
@@ -28,7 +29,7 @@ from libs.audit import (
 )
 from libs.bus import stream_configs
 from libs.errors import ErrorInfo
-from libs.events import ChatRequested, DelegateRequested, TurnEvent
+from libs.events import AgentResumeRequested, ChatRequested, DelegateRequested, TurnEvent
 from libs.generation import Generation, GenerationClient, RouteCache
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, serve
@@ -96,6 +97,39 @@ class Runtime:
             manual_ack=True,
             config=ConsumerConfig(ack_wait=300, max_ack_pending=10_000),
         )
+        if self.agents is not None and self.agents.approvals is not None:
+            # Approvers' decisions: each resumes a paused run (acked once it has ended).
+            await nc.jetstream().subscribe(
+                subjects.agent_resume,
+                queue="agent_runtime_resume",
+                durable="agent_runtime_resume",
+                stream=subjects.agent_stream_name,
+                cb=self._on_resume,
+                manual_ack=True,
+                config=ConsumerConfig(ack_wait=300, max_ack_pending=1_000),
+            )
+
+    async def _on_resume(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._resume(msg))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    async def _resume(self, msg: Msg) -> None:
+        assert self.agents is not None
+        try:
+            request = AgentResumeRequested.model_validate_json(msg.data)
+        except ValidationError:
+            log.error("dropping an agent.resume this runtime cannot read")
+            await msg.term()
+            return
+        async with self.slots:
+            try:
+                await self.agents.resume(request)
+            except Exception:
+                log.exception("resuming approval %s failed", request.approval_id)
+                await msg.nak(delay=5)
+                return
+        await msg.ack()
 
     async def stop(self) -> None:
         if self.running:
@@ -212,5 +246,6 @@ async def build(bus: Bus, broker: NatsBroker) -> Runtime:
     )
     ports = RuntimePorts(bus, generations, InputPassthrough(settings.guard_passthrough_s), replica)
     audit = AuditPublisher(bus.nc, bus.subjects, "runtime", outbox_dir(settings.home))
-    agents = AgentRunner.at(settings.home, NatsAgentPorts(ports, audit))
+    approvals = ApprovalStore(bus.nc, bus.subjects, settings.stream_replicas)
+    agents = AgentRunner.at(settings.home, NatsAgentPorts(ports, audit), approvals)
     return Runtime(bus, ports, deltas, audit, agents, StageMetrics("agent_runtime"))

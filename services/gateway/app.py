@@ -27,6 +27,7 @@ from libs.errors import EnclaveError, ErrorInfo
 from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
 from libs.settings import Settings
 from services.gateway import (
+    approvals_routes,
     audit_routes,
     guardrails_routes,
     key_routes,
@@ -208,6 +209,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     guardrails_routes.register(app, gw)
     sandbox_routes.register(app, gw)
     responses = responses_routes.register(app, gw)
+    approvals_routes.register(app, gw)
     return app
 
 

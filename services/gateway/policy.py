@@ -14,6 +14,7 @@ class Action(StrEnum):
     MANAGE_MODELS = "manage_models"
     READ_AUDIT = "read_audit"
     EXEC_CODE = "exec_code"  # POST /v1/sandbox/exec
+    APPROVE_TOOLS = "approve_tools"  # /v1/approvals: agents' paused tool calls
 
 
 # The roles of each action are libs.rbac's matrix (one table for routes and bus operations).

@@ -173,6 +173,7 @@ class Responses:
                 for ev in batch:
                     if ev.error is not None:
                         raise EnclaveError.of(ev.error)
+                    builder.steps(ev.tool_steps)
                     builder.add(ev.deltas)
                     usage = ev.usage or usage
                     done = done or ev.done
@@ -243,6 +244,7 @@ class Responses:
                 out: list[dict[str, Any]] = []
                 done = False
                 for ev in batch:
+                    out += builder.steps(ev.tool_steps)
                     out += builder.add(ev.deltas)
                     usage = ev.usage or usage
                     if ev.error is not None:

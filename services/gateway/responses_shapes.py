@@ -33,6 +33,7 @@ from libs.events import (
     ToolCall,
     ToolChoice,
     ToolDefinition,
+    ToolStep,
     Usage,
 )
 from libs.tool_calls import ToolChoiceError
@@ -314,6 +315,37 @@ def error_json(error: ErrorInfo) -> dict[str, Any]:
     return {"code": code, "message": error.message, "param": error.param, "type": error.code}
 
 
+SERVER_LABEL = "enclave"  # the `server_label` of tools the platform runs itself
+
+
+def step_item(step: ToolStep) -> dict[str, Any]:
+    """A server-side tool an agent called (`mcp_call`, the platform as its server), or the
+    call it waits to have approved (`mcp_approval_request`, id = the approval's)."""
+    if step.approval_id is not None:
+        return {
+            "type": "mcp_approval_request",
+            "id": step.approval_id,
+            "name": step.name,
+            "arguments": step.arguments,
+            "server_label": SERVER_LABEL,
+        }
+    failed = step.outcome != "ok"
+    return {
+        "type": "mcp_call",
+        "id": "mcp_" + step.call_id.removeprefix("call_"),
+        "name": step.name,
+        "arguments": step.arguments,
+        "server_label": SERVER_LABEL,
+        "output": step.output,
+        "error": (
+            {"type": "mcp_tool_execution_error", "content": step.output, "outcome": step.outcome}
+            if failed
+            else None
+        ),
+        "status": "failed" if failed else "completed",
+    }
+
+
 Status = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
 
 
@@ -483,6 +515,23 @@ class Builder:
                     )
             if d.finish_reason:
                 self.finish_reason = d.finish_reason
+        return events
+
+    def steps(self, steps: list[ToolStep] | None) -> list[dict[str, Any]]:
+        """Server-side tool calls an agent made, each a whole output item."""
+        events: list[dict[str, Any]] = []
+        for step in steps or []:
+            events += self._close_message()
+            item = step_item(step)
+            self.output.append(item)
+            idx = len(self.output) - 1
+            events.append(self.event("response.output_item.added", output_index=idx, item=item))
+            if item["type"] == "mcp_call":
+                kind = "failed" if item["status"] == "failed" else "completed"
+                events.append(
+                    self.event(f"response.mcp_call.{kind}", item_id=item["id"], output_index=idx)
+                )
+            events.append(self.event("response.output_item.done", output_index=idx, item=item))
         return events
 
     def finish(self) -> list[dict[str, Any]]:

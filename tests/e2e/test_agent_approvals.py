@@ -1,0 +1,153 @@
+"""Agents through the Responses API, and approvals, end to end: the official openai SDK
+and plain HTTP against the real gateway, runtime, guardrails, sandbox, router and worker,
+as processes.
+
+The scripted model is the echo pool with `tool_results`: the user's `<tool_call>` block is
+its call of `code_execution`, which the real sandbox service runs; then it answers with
+the tool's result. An agent that lists the tool under `approvals` pauses there: the run is
+saved in the JetStream KV bucket and its turn acked; an approver's decision, made while
+the runtime is down, resumes the run once a runtime is back.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import _platform
+from tests.infra import Infra, Platform
+
+MODEL = "enclave-echo-tools"
+CODE = '<tool_call>{"name": "code_execution", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    plat = _platform(services, tmp_path_factory.mktemp("approvals-platform"))
+    folder = plat.home / "agents" / "acme"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "calc.yaml").write_text(
+        f"model: {MODEL}\ntools: [code_execution]\nlimits: {{max_steps: 3}}\n"
+    )
+    (folder / "guarded.yaml").write_text(
+        f"model: {MODEL}\ntools: [code_execution]\napprovals: [code_execution]\n"
+        "limits: {max_steps: 3}\n"
+    )
+    try:
+        plat.start("router", "inference_router")
+        plat.start("worker-echo-tools", "worker", "echo-tools")
+        plat.start("guardrails", "guardrails")
+        plat.start("sandbox", "sandbox")
+        plat.start("runtime", "agent_runtime")
+        plat.start("gateway", "gateway")
+        plat.wait_ready()
+        plat.wait_model(MODEL)
+        yield plat
+    finally:
+        plat.stop_all()
+
+
+@pytest.fixture(scope="module")
+def client(plat: Platform) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=plat.base_url + "/v1",
+        api_key=plat.admin_key,
+        _strict_response_validation=True,
+        max_retries=0,
+        timeout=300,
+    )
+
+
+def api(
+    plat: Platform, method: str, path: str, key: str | None = None, **kw: Any
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key or plat.admin_key}"}
+    return httpx.request(method, plat.base_url + path, headers=headers, timeout=60, **kw)
+
+
+def wait_status(plat: Platform, approval: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = api(plat, "GET", f"/v1/approvals/{approval}").json()
+        if body["status"] in ("completed", "failed"):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"approval {approval} never ended:\n{plat.logs()[-4000:]}")
+
+
+def test_an_agent_streams_its_tool_results(client: openai.OpenAI) -> None:
+    """The agent's sandbox call and its result are an `mcp_call` item of the stream,
+    before the answer, which the model drew from that result."""
+    events = list(client.responses.create(model="agent:calc", input=CODE, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    calls = [e.item for e in events if e.type == "response.output_item.done"]
+    assert [c.type for c in calls] == ["mcp_call", "message"]
+    assert calls[0].type == "mcp_call" and calls[0].name == "code_execution"
+    assert calls[0].server_label == "enclave" and '"stdout": "42\\n"' in (calls[0].output or "")
+    assert "response.mcp_call.completed" in kinds
+    final = events[-1].response  # type: ignore[union-attr]
+    assert '"stdout": "42\\n"' in final.output_text
+
+
+def test_a_paused_run_survives_a_runtime_restart_and_resumes(
+    plat: Platform, client: openai.OpenAI
+) -> None:
+    reply = client.chat.completions.create(
+        model="agent:guarded", messages=[{"role": "user", "content": CODE}]
+    )
+    text = reply.choices[0].message.content or ""
+    found = re.search(r"approval `(apr_[0-9a-f]{24})`", text)
+    assert found, text
+    approval = found.group(1)
+    pending = api(plat, "GET", "/v1/approvals", params={"status": "pending"}).json()["data"]
+    [waiting] = [a for a in pending if a["id"] == approval]
+    assert (waiting["tool"], waiting["agent"], waiting["status"]) == (
+        "code_execution",
+        "guarded",
+        "pending",
+    )
+    assert "print(6 * 7)" in waiting["arguments"] and "state" not in waiting
+
+    # Not every role may decide, and not for another tenant.
+    user_key = plat.create_key("acme", "user")
+    assert (
+        api(plat, "POST", f"/v1/approvals/{approval}", user_key, json={"approve": True}).status_code
+        == 403
+    )
+    other = plat.create_key("globex", "admin")
+    assert api(plat, "GET", f"/v1/approvals/{approval}", other).status_code == 404
+
+    # The runtime goes away; the decision waits on the bus; a new runtime resumes the run.
+    plat.stop("runtime")
+    decided = api(plat, "POST", f"/v1/approvals/{approval}", json={"approve": True})
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["status"] == "approved"
+    again = api(plat, "POST", f"/v1/approvals/{approval}", json={"approve": False})
+    assert again.status_code == 409
+    plat.start("runtime", "agent_runtime")
+    done = wait_status(plat, approval)
+    assert done["status"] == "completed", done
+    assert '"stdout": "42\\n"' in done["output"] and done["decided_by"]
+
+
+def test_a_rejected_call_is_not_run_and_the_model_is_told(
+    plat: Platform, client: openai.OpenAI
+) -> None:
+    reply = client.responses.create(model="agent:guarded", input=CODE)
+    [request] = [i for i in reply.output if i.type == "mcp_approval_request"]
+    assert request.name == "code_execution" and request.id.startswith("apr_")
+    assert "waiting for an approval" in reply.output_text
+    decided = api(
+        plat, "POST", f"/v1/approvals/{request.id}", json={"approve": False, "reason": "no"}
+    )
+    assert decided.status_code == 200 and decided.json()["status"] == "rejected"
+    done = wait_status(plat, request.id)
+    assert done["status"] == "completed" and "an approver rejected it" in done["output"]
+    assert api(plat, "GET", "/v1/approvals/apr_" + "0" * 24).status_code == 404
