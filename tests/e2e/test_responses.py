@@ -194,3 +194,35 @@ def test_another_tenant_cannot_read_a_response(plat: Platform, client: openai.Op
         timeout=30,
     )
     assert r.status_code == 404
+
+
+async def test_the_openai_agents_sdk_runs_an_agent_with_a_function_tool(plat: Platform) -> None:
+    """The OpenAI Agents SDK (PyPI `openai-agents`), unchanged, pointed at the gateway: the
+    model calls the function, the SDK runs it here and sends the result back, and the
+    model's answer (the scripted model repeats the result) is the run's final output."""
+    agents = pytest.importorskip("agents")
+    from openai import AsyncOpenAI
+
+    agents.set_tracing_disabled(True)
+    ran: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        ran.append(city)
+        return f"Sunny in {city}"
+
+    client = AsyncOpenAI(base_url=plat.base_url + "/v1", api_key=plat.admin_key, max_retries=0)
+    agent = agents.Agent(
+        name="weather",
+        instructions="Answer with the weather.",
+        tools=[get_weather],
+        model=agents.OpenAIResponsesModel(model=MODEL, openai_client=client),
+    )
+    result = await agents.Runner.run(agent, SCRIPTED)
+    assert ran == ["Oslo"]
+    assert result.final_output == "Sunny in Oslo"
+    streamed = agents.Runner.run_streamed(agent, SCRIPTED)
+    kinds = [e.type async for e in streamed.stream_events()]
+    assert "raw_response_event" in kinds and ran == ["Oslo", "Oslo"]
+    assert streamed.final_output == "Sunny in Oslo"
