@@ -250,7 +250,8 @@ def to_event(
         user=req.user,
         response_format=req.response_format(),
         tools=tools or None,
-        tool_choice=tool_choice(req) if tools or req.tool_choice == "none" else None,
+        # Without tools, "auto" and "none" say nothing; any other choice is refused below.
+        tool_choice=None if not tools and req.tool_choice in ("auto", "none") else tool_choice(req),
         parallel_tool_calls=req.parallel_tool_calls,
     )
     try:
