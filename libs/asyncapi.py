@@ -272,6 +272,17 @@ CHANNELS: tuple[Channel, ...] = (
         Receiver(("gateway",)),
     ),
     Channel(
+        "agentSkills",
+        "agent_skills",
+        _s.agent_skills,
+        "A tenant's SKILL.md skills through the API: list, read, upload (checked whole; a "
+        "malformed SKILL.md is refused naming the file and the problem), delete.",
+        (events.SkillsRequest,),
+        ("gateway",),
+        Receiver(("agent_runtime",), "agent_runtime", "nats-py"),
+        replies=(events.SkillsReply,),
+    ),
+    Channel(
         "agentResume",
         "agent_resume",
         _s.agent_resume,

@@ -859,3 +859,29 @@ class AgentResumeRequested(BaseModel):
     v: Literal[1] = 1
     ctx: RequestContext  # the approver's
     approval_id: str
+
+
+# -- skills (gateway -> agent_runtime, request/reply agent.skills) --
+
+
+class SkillFileData(BaseModel):
+    """One file of a skill folder: its path in the folder, content in base64."""
+
+    path: str = Field(min_length=1, max_length=255)
+    content_b64: str
+
+
+class SkillsRequest(BaseModel):
+    """gateway -> agent_runtime: list, read, upload or delete the tenant's SKILL.md skills.
+    A refusal (a malformed SKILL.md: the file and the problem) is the bus's error reply."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    op: Literal["list", "get", "put", "delete"]
+    name: str | None = None
+    files: list[SkillFileData] = Field(default_factory=list)
+
+
+class SkillsReply(BaseModel):
+    v: Literal[1] = 1
+    body: dict[str, Any] = Field(default_factory=dict)

@@ -129,6 +129,12 @@ class Subjects:
         return self._s("agent.delegate")
 
     @property
+    def agent_skills(self) -> str:
+        """A tenant's SKILL.md skills: list, read, upload, delete (request/reply; queue
+        `agent_runtime`)."""
+        return self._s("agent.skills")
+
+    @property
     def agent_resume(self) -> str:
         """An approver decided on a paused agent run: resume it (JetStream work queue)."""
         return self._s("agent.resume")

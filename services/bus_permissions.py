@@ -116,6 +116,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.responses_cancel,
                 # Approvals: decisions on paused agent runs, and the resume they trigger.
                 s.agent_resume,
+                s.agent_skills,
                 *approvals,
             ),
             subscribe=(
@@ -151,6 +152,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.guardrails_policy_changed,
                 s.agent_delegate,
                 s.agent_resume,
+                s.agent_skills,
                 approval_entries,
             ),
         ),

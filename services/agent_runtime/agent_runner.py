@@ -5,14 +5,17 @@ saved (`hold`) and goes on when an approver's decision arrives (`resume`)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import time
 from pathlib import Path
 from typing import Protocol
 
+from libs import rbac
 from libs.approvals import new_approval_id
 from libs.context import RequestContext
-from libs.errors import ErrorInfo, model_not_found
+from libs.errors import EnclaveError, ErrorInfo, model_not_found
 from libs.events import (
     AgentResumeRequested,
     ApprovalRecord,
@@ -20,6 +23,8 @@ from libs.events import (
     DelegateRequested,
     DelegateResult,
     Delta,
+    SkillsReply,
+    SkillsRequest,
     TurnEvent,
 )
 from services.agent_runtime.adapters.agent_files import AgentFiles
@@ -35,6 +40,7 @@ from services.agent_runtime.agent_turn import (
 from services.agent_runtime.agents import AgentDefinition, AgentError
 from services.agent_runtime.builtin_tools import builtin_tools
 from services.agent_runtime.skill_tool import LoadSkill
+from services.agent_runtime.skills import Skill, SkillError
 from services.agent_runtime.tools import ToolRegistry
 
 log = logging.getLogger("enclave.agent_runtime.agents")
@@ -186,3 +192,67 @@ class AgentRunner:
             list(self.skills.headers(tenant).values()),
             self.subagents(tenant, agent),
         )
+
+
+def skill_json(skill: Skill, whole: bool = False) -> dict[str, object]:
+    body: dict[str, object] = {
+        "object": "skill",
+        "name": skill.header.name,
+        "description": skill.header.description,
+        "allowed_tools": list(skill.header.allowed_tools)
+        if skill.header.allowed_tools is not None
+        else None,
+        "resources": list(skill.resources),
+    }
+    if whole:
+        body["instructions"] = skill.body
+    return body
+
+
+def _no_skill(name: str) -> EnclaveError:
+    return EnclaveError(404, f"No skill named `{name}`.", "skill_not_found", "name")
+
+
+async def manage_skills(runner: AgentRunner, request: SkillsRequest) -> SkillsReply:
+    """The `agent.skills` operations on the tenant's skill folders (the runtime's home);
+    every replica sees a change at its next listing (SkillFolders re-reads what changed)."""
+    ctx = request.ctx
+    if not rbac.may([ctx.role], rbac.Permission.MANAGE_SKILLS):
+        raise EnclaveError(
+            403, f"The role `{ctx.role}` may not manage skills.", "insufficient_permissions"
+        )
+    folders = runner.skills
+    if request.op == "list":
+        listing = folders.listing(ctx.tenant)
+        data = []
+        for name in listing.skills:
+            try:
+                data.append(skill_json(folders.load(ctx.tenant, name)))
+            except (KeyError, SkillError):
+                continue
+        return SkillsReply(body={"object": "list", "data": data, "errors": listing.errors})
+    name = request.name or ""
+    if request.op == "get":
+        try:
+            return SkillsReply(body=skill_json(folders.load(ctx.tenant, name), whole=True))
+        except KeyError:
+            raise _no_skill(name) from None
+        except SkillError as exc:
+            raise EnclaveError(422, str(exc), "invalid_skill") from None
+    if request.op == "delete":
+        if not folders.remove(ctx.tenant, name):
+            raise _no_skill(name)
+        return SkillsReply(body={"object": "skill.deleted", "name": name, "deleted": True})
+    files: dict[str, bytes] = {}
+    for i, item in enumerate(request.files):
+        try:
+            files[item.path] = base64.b64decode(item.content_b64, validate=True)
+        except binascii.Error:
+            raise EnclaveError(
+                400, f"`{item.path}`: the content is not base64.", "invalid_value", f"files[{i}]"
+            ) from None
+    try:
+        skill = folders.install(ctx.tenant, files)
+    except SkillError as exc:
+        raise EnclaveError(400, str(exc), "invalid_skill", "files") from None
+    return SkillsReply(body=skill_json(skill, whole=True))

@@ -29,13 +29,20 @@ from libs.audit import (
 )
 from libs.bus import stream_configs
 from libs.errors import ErrorInfo
-from libs.events import AgentResumeRequested, ChatRequested, DelegateRequested, TurnEvent
+from libs.events import (
+    AgentResumeRequested,
+    ChatRequested,
+    DelegateRequested,
+    SkillsReply,
+    SkillsRequest,
+    TurnEvent,
+)
 from libs.generation import Generation, GenerationClient, RouteCache
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, serve
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.agent_runtime.adapters.agent_ports import NatsAgentPorts
-from services.agent_runtime.agent_runner import AgentRunner
+from services.agent_runtime.agent_runner import AgentRunner, manage_skills
 from services.agent_runtime.agents import agent_name
 from services.agent_runtime.passthrough import InputPassthrough
 from services.agent_runtime.pipeline import run_turn
@@ -86,6 +93,13 @@ class Runtime:
                 queue="agent_runtime",
                 concurrent=True,
             )
+            agents = self.agents
+
+            async def skills(request: SkillsRequest) -> SkillsReply:
+                return await manage_skills(agents, request)
+
+            # The tenant's skills through the API (services/gateway/skills_routes.py).
+            await serve(nc, subjects.agent_skills, SkillsRequest, skills, queue="agent_runtime")
         # Raw JetStream push consumer, shared by every replica as a deliver group: the
         # FastStream subscriber adds 0.25 ms to every turn (bench/gateway.py).
         await nc.jetstream().subscribe(

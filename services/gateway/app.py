@@ -34,6 +34,7 @@ from services.gateway import (
     rag_routes,
     responses_routes,
     sandbox_routes,
+    skills_routes,
 )
 from services.gateway.bootstrap import Gateway, build
 from services.gateway.hot_path import HotPath
@@ -210,6 +211,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     sandbox_routes.register(app, gw)
     responses = responses_routes.register(app, gw)
     approvals_routes.register(app, gw)
+    skills_routes.register(app, gw)
     return app
 
 

@@ -151,3 +151,33 @@ def test_a_rejected_call_is_not_run_and_the_model_is_told(
     done = wait_status(plat, request.id)
     assert done["status"] == "completed" and "an approver rejected it" in done["output"]
     assert api(plat, "GET", "/v1/approvals/apr_" + "0" * 24).status_code == 404
+
+
+SKILL = """---
+name: unit-convert
+description: Convert between metric and imperial units.
+---
+Multiply miles by 1.609 to get kilometres.
+"""
+
+
+def test_skills_are_managed_through_the_api(plat: Platform) -> None:
+    """Upload a SKILL.md folder, list and read it, refuse a malformed one naming the file
+    and the problem, delete; a user key may not."""
+    files = [{"path": "SKILL.md", "content": SKILL}, {"path": "table.md", "content": "1 mi"}]
+    up = api(plat, "POST", "/v1/skills", json={"files": files})
+    assert up.status_code == 200, up.text
+    assert up.json()["name"] == "unit-convert" and up.json()["resources"] == ["table.md"]
+    listed = api(plat, "GET", "/v1/skills").json()
+    assert [s["name"] for s in listed["data"]] == ["unit-convert"] and listed["errors"] == []
+    got = api(plat, "GET", "/v1/skills/unit-convert").json()
+    assert "1.609" in got["instructions"]
+    bad = [{"path": "SKILL.md", "content": SKILL.replace("description: Convert", "summary: x")}]
+    refused = api(plat, "POST", "/v1/skills", json={"files": bad})
+    assert refused.status_code == 400
+    message = refused.json()["error"]["message"]
+    assert message.startswith("skills/acme/unit-convert/SKILL.md: unknown front matter key")
+    user_key = plat.create_key("acme", "user")
+    assert api(plat, "GET", "/v1/skills", user_key).status_code == 403
+    assert api(plat, "DELETE", "/v1/skills/unit-convert").status_code == 200
+    assert api(plat, "GET", "/v1/skills/unit-convert").status_code == 404
