@@ -11,6 +11,7 @@ restart. The resumed run's answer lands in the record (`status: completed`, `out
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -21,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.approvals import ApprovalStore
 from libs.bus import event_bytes
+from libs.context import RequestContext
 from libs.errors import EnclaveError
-from libs.events import AgentResumeRequested
+from libs.events import AgentResumeRequested, ApprovalRecord
 from services.gateway.openai_shapes import validate
 from services.gateway.policy import Action
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from services.gateway.bootstrap import Gateway
 
 PUBLISH_TIMEOUT_S = 5.0
+POLL_S = 0.25
 
 
 class Decision(BaseModel):
@@ -70,41 +73,69 @@ def register(app: FastAPI, gw: Gateway) -> None:
         return _json(found[0].public())
 
     @app.post("/v1/approvals/{approval_id}", response_model=None)
-    async def decide(approval_id: str, request: Request) -> Response:
+    async def decide_route(approval_id: str, request: Request) -> Response:
         ctx = await gw.auth.check_request(request, Action.APPROVE_TOOLS)
         decision = validate(Decision, await gw.read_json(request))
-        found = await store.get(ctx.tenant, approval_id)
-        if found is None:
-            raise _not_found(approval_id)
-        record, revision = found
-        if record.status != "pending":
-            raise EnclaveError(
-                409, f"The approval was decided already ({record.status}).", "already_decided"
-            )
-        record.status = "approved" if decision.approve else "rejected"
-        record.decided_by, record.decided_at = ctx.actor, int(time.time())
-        record.reason = decision.reason
-        if not await store.update(record, revision):
-            raise EnclaveError(409, "The approval was decided meanwhile.", "already_decided")
-        await gw.audit.emit(
-            "approval." + record.status,
-            ctx,
-            attrs={"approval": record.id, "tool": record.tool[:64], "agent": record.agent[:64]},
-        )
-        try:
-            await gw.nc.jetstream().publish(
-                gw.bus.subjects.agent_resume,
-                event_bytes(AgentResumeRequested(ctx=ctx, approval_id=record.id)),
-                headers=ctx.headers(),
-                timeout=PUBLISH_TIMEOUT_S,
-            )
-        except Exception:
-            # Back to pending, so that the decision can be made again.
-            again = await store.get(ctx.tenant, approval_id)
-            if again is not None:
-                again[0].status, again[0].decided_by, again[0].decided_at = "pending", None, None
-                await store.update(again[0], again[1])
-            raise EnclaveError(
-                503, "The request queue is not available; try again later.", "bus_unavailable"
-            ) from None
+        record = await decide(gw, store, ctx, approval_id, decision)
         return _json(record.public())
+
+
+async def decide(
+    gw: Gateway, store: ApprovalStore, ctx: RequestContext, approval_id: str, decision: Decision
+) -> ApprovalRecord:
+    """Record an approver's decision (compare-and-set from `pending`), audit it, and publish
+    `agent.resume`; the record as decided. The caller checked the role."""
+    found = await store.get(ctx.tenant, approval_id)
+    if found is None:
+        raise _not_found(approval_id)
+    record, revision = found
+    if record.status != "pending":
+        raise EnclaveError(
+            409, f"The approval was decided already ({record.status}).", "already_decided"
+        )
+    record.status = "approved" if decision.approve else "rejected"
+    record.decided_by, record.decided_at = ctx.actor, int(time.time())
+    record.reason = decision.reason
+    if not await store.update(record, revision):
+        raise EnclaveError(409, "The approval was decided meanwhile.", "already_decided")
+    await gw.audit.emit(
+        "approval." + record.status,
+        ctx,
+        attrs={"approval": record.id, "tool": record.tool[:64], "agent": record.agent[:64]},
+    )
+    try:
+        await gw.nc.jetstream().publish(
+            gw.bus.subjects.agent_resume,
+            event_bytes(AgentResumeRequested(ctx=ctx, approval_id=record.id)),
+            headers=ctx.headers(),
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+    except Exception:
+        # Back to pending, so that the decision can be made again.
+        again = await store.get(ctx.tenant, approval_id)
+        if again is not None:
+            again[0].status, again[0].decided_by, again[0].decided_at = "pending", None, None
+            await store.update(again[0], again[1])
+        raise EnclaveError(
+            503, "The request queue is not available; try again later.", "bus_unavailable"
+        ) from None
+    return record
+
+
+async def wait_done(
+    store: ApprovalStore, tenant: str, approval_id: str, timeout_s: float
+) -> ApprovalRecord:
+    """The record once its resumed run has ended (polled: decisions are rare)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await store.get(tenant, approval_id)
+        if found is not None and found[0].status in ("completed", "failed"):
+            return found[0]
+        if time.monotonic() > deadline:
+            raise EnclaveError(
+                504,
+                f"The decision is recorded, but the run has not ended in {timeout_s:g}s; "
+                f"see GET /v1/approvals/{approval_id}.",
+                "upstream_timeout",
+            )
+        await asyncio.sleep(POLL_S)

@@ -7,6 +7,10 @@ client (`open_turn`, turn_client.py), so guardrails, memory, tool calling, agent
 `response` object, streamed as `response.*` events, and stored (SQL, the tenant's own) so
 that it can be retrieved and continued with `previous_response_id`.
 
+An `mcp_approval_response` input item (OpenAI's answer to an `mcp_approval_request`)
+decides on the call an agent waits on, for a role with `approve_tools`
+(approvals_routes.py), and the response is the resumed run's answer.
+
 `background: true` runs the turn in a task of this replica and answers at once
 (`queued`); GET reads its progress, and cancel marks it `cancelled` (only background
 responses can be cancelled, as OpenAI's) and tells every replica on `responses.cancel`,
@@ -26,18 +30,23 @@ from fastapi.responses import Response, StreamingResponse
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from libs import rbac
+from libs.approvals import ApprovalStore
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
-from libs.events import ChatMessage, ChatRequested, ResponseCancelled, Usage
+from libs.events import ChatMessage, ChatRequested, Delta, ResponseCancelled, ToolStep, Usage
 from services.gateway.adapters.sql_responses import SqlResponses
+from services.gateway.approvals_routes import Decision, decide, wait_done
 from services.gateway.audit_routes import record_request
 from services.gateway.hot_path import open_turn
 from services.gateway.openai_shapes import validate
 from services.gateway.policy import Action
 from services.gateway.responses_shapes import (
+    ApprovalAnswer,
     Builder,
     ResponsesRequest,
     Status,
+    approval_answer,
     now,
     response_id,
     response_json,
@@ -69,6 +78,7 @@ class Responses:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.store = SqlResponses(gw.db)
+        self.approvals = ApprovalStore(gw.nc, gw.bus.subjects, gw.settings.stream_replicas)
         self.running: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
@@ -129,9 +139,12 @@ class Responses:
                 "unsupported_parameter",
                 "background",
             )
-        event, conversation = to_event(req, ctx, await self.history(ctx, req.previous_response_id))
         rid, created = response_id(ctx), now()
         raw = await request.body()
+        answer = approval_answer(req.input)
+        if answer is not None:
+            return await self.approve(ctx, req, answer, raw, rid, created)
+        event, conversation = to_event(req, ctx, await self.history(ctx, req.previous_response_id))
         if req.background:
             queued = response_json(rid, req, created, "queued")
             await self.store.put(ctx.tenant, queued, conversation)
@@ -162,6 +175,81 @@ class Responses:
         )
         await self.save(ctx, req, body, conversation, builder)
         return _json(body, ctx=ctx)
+
+    async def approve(
+        self,
+        ctx: RequestContext,
+        req: ResponsesRequest,
+        answer: ApprovalAnswer,
+        raw: bytes,
+        rid: str,
+        created: float,
+    ) -> Response:
+        """Decide on the call an agent waits on; the response is the resumed run's answer
+        (and the next call it waits on, if any)."""
+        if not rbac.may([ctx.role], rbac.Permission.APPROVE_TOOLS):
+            raise EnclaveError(
+                403,
+                f"The role `{ctx.role}` may not approve tool calls.",
+                "insufficient_permissions",
+            )
+        if req.background:
+            raise EnclaveError(
+                400,
+                "An approval response cannot run in the background.",
+                "unsupported_parameter",
+                "background",
+            )
+        history = await self.history(ctx, req.previous_response_id)
+        await record_request(self.gw.audit, ctx, ACTION, req.model, raw, PATH)
+        decision = Decision(approve=answer.approve, reason=answer.reason)
+        await decide(self.gw, self.approvals, ctx, answer.approval_id, decision)
+        done = await wait_done(
+            self.approvals, ctx.tenant, answer.approval_id, self.gw.settings.gateway_timeout_s
+        )
+        builder = Builder()
+        events = builder.add([Delta(content=done.output or "", finish_reason="stop")])
+        following = (
+            await self.approvals.get(ctx.tenant, done.next_approval) if done.next_approval else None
+        )
+        if following is not None:
+            nxt = following[0]
+            step = ToolStep(
+                call_id=nxt.call_id,
+                name=nxt.tool,
+                arguments=nxt.arguments,
+                outcome="awaiting_approval",
+                approval_id=nxt.id,
+            )
+            events += builder.steps([step])
+        events += builder.finish()
+        if done.status == "failed":
+            info = ErrorInfo(status=500, message=done.output or "The agent failed.")
+            body = response_json(rid, req, created, "failed", builder.output, error=info)
+        else:
+            body = response_json(rid, req, created, "completed", builder.output, Usage())
+        await self.save(ctx, req, body, history, builder)
+        if not req.stream:
+            return _json(body, ctx=ctx)
+        start = response_json(rid, req, created, "in_progress")
+        kind = "response.failed" if done.status == "failed" else "response.completed"
+        head = [
+            builder.event("response.created", response=start),
+            builder.event("response.in_progress", response=start),
+        ]
+        # Sequence numbers in the order sent: the head first.
+        ordered = [*head, *events, builder.event(kind, response=body)]
+        for seq, ev in enumerate(ordered):
+            ev["sequence_number"] = seq
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield b"".join(_sse(e) for e in ordered)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"x-request-id": ctx.request_id, "cache-control": "no-cache"},
+        )
 
     async def _collect(self, turn: TurnStream, first: list[Any], builder: Builder) -> Usage:
         """Read the turn to its end into `builder`; raises the turn's error."""

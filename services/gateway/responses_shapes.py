@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -164,6 +165,45 @@ def _text_of(content: Any, where: str) -> str:
             )
         texts.append(str(part.get("text", "")))
     return "".join(texts)
+
+
+@dataclass(frozen=True)
+class ApprovalAnswer:
+    """An `mcp_approval_response` input item: the decision on a call an agent waits on."""
+
+    approval_id: str
+    approve: bool
+    reason: str | None = None
+
+
+def approval_answer(items: str | list[dict[str, Any]]) -> ApprovalAnswer | None:
+    """The request's `mcp_approval_response`, which must then be its only input item."""
+    if isinstance(items, str):
+        return None
+    answers = [i for i in items if i.get("type") == "mcp_approval_response"]
+    if not answers:
+        return None
+    if len(items) != 1:
+        raise EnclaveError(
+            400,
+            "An `mcp_approval_response` must be the only input item.",
+            "invalid_value",
+            "input",
+        )
+    item = answers[0]
+    if not isinstance(item.get("approval_request_id"), str) or not isinstance(
+        item.get("approve"), bool
+    ):
+        raise EnclaveError(
+            400,
+            "An `mcp_approval_response` needs `approval_request_id` and `approve`.",
+            "invalid_value",
+            "input[0]",
+        )
+    reason = item.get("reason")
+    return ApprovalAnswer(
+        item["approval_request_id"], item["approve"], reason if isinstance(reason, str) else None
+    )
 
 
 def input_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
