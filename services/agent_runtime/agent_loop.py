@@ -18,6 +18,9 @@ call or a limit stops it. Pure over `AgentPorts` (the unit tests script the engi
   for an approval: there the call is refused.
 - Every call's outcome, as the model sees it, goes to `observe` (a client's stream of
   tool results).
+- The client's own functions (`AgentRun.client_tools`) are offered beside the agent's; a
+  step that calls one ends the run (outcome `tool_calls`) for the client to run it and
+  continue the conversation with its result, as with any model.
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ class AgentRun:
     user: str = ""
     depth: int = 0
     wall_s_left: float | None = None
+    # The client's own functions (a chat's or a response's `tools`): a step that calls one
+    # ends the run with that call for the client to run (top level only).
+    client_tools: tuple[ToolDefinition, ...] = ()
 
 
 class PausedRun(BaseModel):
@@ -124,19 +130,20 @@ Observe = Callable[[ToolStep], Awaitable[None]]
 class AgentOutcome:
     agent: str
     output: str = ""
-    outcome: Literal["ok", "limit", "error", "paused"] = "ok"
+    outcome: Literal["ok", "limit", "error", "paused", "tool_calls"] = "ok"
     reason: str | None = None
     steps: int = 0
     usage: Usage = field(default_factory=Usage)
     messages: list[ChatMessage] = field(default_factory=list)
     error: ErrorInfo | None = None
     paused: PausedRun | None = None
+    client_calls: list[ToolCall] = field(default_factory=list)
 
     def result(self) -> DelegateResult:
         return DelegateResult(
             agent=self.agent,
             output=self.output,
-            outcome="error" if self.outcome == "paused" else self.outcome,
+            outcome="error" if self.outcome in ("paused", "tool_calls") else self.outcome,
             reason=self.reason,
             steps=self.steps,
             usage=self.usage,
@@ -246,6 +253,9 @@ class AgentLoop:
         deadline = started + wall - state.elapsed_s
         subs = {n: d for n, d in (subagents or {}).items() if n in agent.subagents}
         tools = self.offered(agent, run, subs)
+        client = list(run.client_tools) if run.depth == 0 else []
+        client_names = {t.function.name for t in client}
+        tools += client
         convo = state.messages
         out = AgentOutcome(agent=agent.name, messages=convo, steps=state.steps, usage=state.usage)
         context = ToolContext(
@@ -338,6 +348,12 @@ class AgentLoop:
                         role="assistant", content=reply.content or None, tool_calls=reply.tool_calls
                     )
                 )
+                mine = [c for c in reply.tool_calls if c.function.name in client_names]
+                if mine:
+                    # The client runs its functions; the run ends here (server-side calls
+                    # of the same step are not run: the model may call them again).
+                    out.outcome, out.client_calls, out.output = "tool_calls", mine, reply.content
+                    return out
                 state.pending = list(reply.tool_calls)
         except _OutOfTime:
             return stop(f"the agent ran out of its {wall:g} s of wall time")

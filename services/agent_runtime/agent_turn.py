@@ -5,7 +5,9 @@ The input is screened under the agent's policy (blocked input is an answer finis
 `content_filter`, and no model sees it); the agent runs (agent_loop.py) on the guarded
 messages; its final answer passes the output guardrail through the same window as a
 streamed answer (redactions applied, pseudonyms restored) and reaches the client as one
-delta. A run a limit stopped says why, finished by `length`. Each tool call's result
+delta. A run a limit stopped says why, finished by `length`. The client's own functions
+(`tools`) are offered beside the agent's; a call of one ends the turn with that call
+(`finish_reason: tool_calls`), for the client to run and continue. Each tool call's result
 reaches the client as it completes (`TurnEvent.tool_steps`). A run that pauses for an
 approval is handed to `hold` (which saves it) and the client is told what it waits for.
 Pure over `AgentTurnPorts`.
@@ -25,6 +27,7 @@ from libs.events import (
     Delta,
     GuardrailCheck,
     GuardrailVerdict,
+    ToolCallDelta,
     ToolStep,
     TurnEvent,
 )
@@ -92,21 +95,33 @@ async def screen_answer(
     return out
 
 
-def _unsupported(event: ChatRequested) -> ErrorInfo | None:
+def _unsupported(event: ChatRequested, agent: AgentDefinition) -> ErrorInfo | None:
+    def refuse(name: str, message: str) -> ErrorInfo:
+        return ErrorInfo(status=400, message=message, code="unsupported_parameter", param=name)
+
     fields = [
-        ("tools", bool(event.params.tools)),
         ("n", event.params.n > 1),
         ("response_format", event.params.response_format is not None),
         ("rag", event.rag is not None and event.rag.enabled),
     ]
     for name, used in fields:
         if used:
-            return ErrorInfo(
-                status=400,
-                message=f"`{name}` cannot be used with an agent model; the agent's own "
+            return refuse(
+                name,
+                f"`{name}` cannot be used with an agent model; the agent's own "
                 "definition says what it uses.",
-                code="unsupported_parameter",
-                param=name,
+            )
+    if event.params.tools and event.params.tool_choice not in (None, "auto"):
+        return refuse("tool_choice", "An agent decides which tools it calls: `tool_choice` auto.")
+    if event.params.parallel_tool_calls is False:
+        return refuse("parallel_tool_calls", "An agent may call several tools in one step.")
+    own = set(agent.tools) | {"load_skill", "delegate"}
+    for tool in event.params.tools or []:
+        if tool.function.name in own:
+            return refuse(
+                "tools",
+                f"The function `{tool.function.name}` has the name of one of the agent's "
+                "own tools.",
             )
     return None
 
@@ -133,7 +148,7 @@ async def run_agent_turn(
     async def observe(step: ToolStep) -> None:
         await ports.send(TurnEvent(tool_steps=[step]))
 
-    refused = _unsupported(event)
+    refused = _unsupported(event, agent)
     if refused is not None:
         return await fail(refused)
     verdict = await ports.screen(
@@ -148,7 +163,9 @@ async def run_agent_turn(
     outcome = await loop.run(
         agent,
         _guarded(event, verdict).messages,
-        AgentRun(ctx=ctx, user=event.params.user or ""),
+        AgentRun(
+            ctx=ctx, user=event.params.user or "", client_tools=tuple(event.params.tools or ())
+        ),
         skills,
         subagents,
         observe,
@@ -180,8 +197,15 @@ async def run_agent_turn(
             outcome.error
             or ErrorInfo(status=500, message="The agent failed.", code="internal_error")
         )
-    text, finish = answer_text(outcome)
-    deltas = [Delta(content=text, finish_reason=finish)]
+    if outcome.outcome == "tool_calls":
+        calls = [
+            ToolCallDelta(index=i, id=c.id, name=c.function.name, arguments=c.function.arguments)
+            for i, c in enumerate(outcome.client_calls)
+        ]
+        deltas = [Delta(content=outcome.output, tool_calls=calls, finish_reason="tool_calls")]
+    else:
+        text, finish = answer_text(outcome)
+        deltas = [Delta(content=text, finish_reason=finish)]
     if verdict.screen_output:
         screened = await screen_answer(ctx, agent, deltas, verdict.pseudonyms, ports.screen)
         if isinstance(screened, ErrorInfo):

@@ -39,6 +39,7 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         f"model: {MODEL}\ntools: [code_execution]\napprovals: [code_execution]\n"
         "limits: {max_steps: 3}\n"
     )
+    (folder / "helper.yaml").write_text(f"model: {MODEL}\ninstructions: Be helpful.\n")
     try:
         plat.start("router", "inference_router")
         plat.start("worker-echo-tools", "worker", "echo-tools")
@@ -181,3 +182,65 @@ def test_skills_are_managed_through_the_api(plat: Platform) -> None:
     assert api(plat, "GET", "/v1/skills", user_key).status_code == 403
     assert api(plat, "DELETE", "/v1/skills/unit-convert").status_code == 200
     assert api(plat, "GET", "/v1/skills/unit-convert").status_code == 404
+
+
+def test_an_approval_answered_in_the_responses_api(plat: Platform, client: openai.OpenAI) -> None:
+    """OpenAI's way: the `mcp_approval_request` answered by an `mcp_approval_response`
+    item; the new response is the resumed run's answer. A developer may not approve."""
+    first = client.responses.create(model="agent:guarded", input=CODE)
+    [request] = [i for i in first.output if i.type == "mcp_approval_request"]
+    developer = openai.OpenAI(
+        base_url=plat.base_url + "/v1",
+        api_key=plat.create_key("acme", "developer"),
+        max_retries=0,
+        timeout=60,
+    )
+    answer: Any = {"type": "mcp_approval_response", "approval_request_id": request.id}
+    with pytest.raises(openai.PermissionDeniedError):
+        developer.responses.create(
+            model="agent:guarded",
+            previous_response_id=first.id,
+            input=[{**answer, "approve": True}],
+        )
+    events = list(
+        client.responses.create(
+            model="agent:guarded",
+            previous_response_id=first.id,
+            input=[{**answer, "approve": True}],
+            stream=True,
+        )
+    )
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response  # type: ignore[union-attr]
+    assert events[-1].type == "response.completed"
+    assert '"stdout": "42\\n"' in final.output_text
+    assert client.responses.retrieve(final.id).output_text == final.output_text
+
+
+async def test_the_agents_sdk_runs_a_configured_agent_with_its_own_function_tool(
+    plat: Platform,
+) -> None:
+    """`model: agent:helper` through the OpenAI Agents SDK, unchanged: the configured agent
+    (its model, instructions and limits) calls the SDK's function tool, which the SDK runs,
+    and answers from its result."""
+    agents = pytest.importorskip("agents")
+    from openai import AsyncOpenAI
+
+    agents.set_tracing_disabled(True)
+    ran: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        ran.append(city)
+        return f"Sunny in {city}"
+
+    client = AsyncOpenAI(base_url=plat.base_url + "/v1", api_key=plat.admin_key, max_retries=0)
+    sdk_agent = agents.Agent(
+        name="helper",
+        tools=[get_weather],
+        model=agents.OpenAIResponsesModel(model="agent:helper", openai_client=client),
+    )
+    scripted = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    result = await agents.Runner.run(sdk_agent, scripted)
+    assert ran == ["Oslo"] and result.final_output == "Sunny in Oslo"
