@@ -36,6 +36,7 @@ from services.gateway import (
     sandbox_routes,
     skills_routes,
 )
+from services.gateway.approvals_routes import Decision
 from services.gateway.bootstrap import Gateway, build
 from services.gateway.hot_path import HotPath
 from services.gateway.openai_shapes import (
@@ -46,6 +47,7 @@ from services.gateway.openai_shapes import (
 )
 from services.gateway.policy import Action
 from services.gateway.responses_shapes import ResponsesRequest
+from services.gateway.skills_routes import SkillUpload
 
 
 class JSON(Response):
@@ -204,6 +206,8 @@ def create_fastapi(gw: Gateway) -> FastAPI:
             "/v1/completions": CompletionRequest,
             "/v1/embeddings": EmbeddingRequest,
             "/v1/responses": ResponsesRequest,
+            "/v1/skills": SkillUpload,
+            "/v1/approvals/{approval_id}": Decision,
         },
     )
     audit_routes.register(app, gw)

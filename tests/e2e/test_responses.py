@@ -226,3 +226,11 @@ async def test_the_openai_agents_sdk_runs_an_agent_with_a_function_tool(plat: Pl
     kinds = [e.type async for e in streamed.stream_events()]
     assert "raw_response_event" in kinds and ran == ["Oslo", "Oslo"]
     assert streamed.final_output == "Sunny in Oslo"
+
+
+def test_openapi_documents_the_request_bodies(plat: Platform) -> None:
+    doc = httpx.get(plat.base_url + "/openapi.json", timeout=30).json()
+    for path in ("/v1/responses", "/v1/skills", "/v1/approvals/{approval_id}"):
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert ref["$ref"].rsplit("/", 1)[1] in doc["components"]["schemas"], path
+    assert "/v1/responses/{response_id}/cancel" in doc["paths"]
