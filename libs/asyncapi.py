@@ -310,10 +310,10 @@ CHANNELS: tuple[Channel, ...] = (
         "responses_cancel",
         _s.responses_cancel,
         "A background response of the Responses API was cancelled: the gateway replica "
-        "running it stops reading its turn.",
+        "reading it stops, and the runtime replica running its turn stops the turn.",
         (events.ResponseCancelled,),
         ("gateway",),
-        Receiver(("gateway",), None, "nats-py"),
+        Receiver(("gateway", "agent_runtime"), None, "nats-py"),
     ),
     Channel(
         "trainerJobs",

@@ -809,12 +809,15 @@ class DelegateResult(BaseModel):
 
 
 class ResponseCancelled(BaseModel):
-    """gateway -> every gateway replica (core broadcast `responses.cancel`): a background
-    response of the Responses API was cancelled; the replica running it stops reading."""
+    """gateway -> every gateway and runtime replica (core broadcast `responses.cancel`): a
+    background response of the Responses API was cancelled; the gateway replica running it
+    stops reading, the runtime replica running its turn stops it."""
 
     v: Literal[1] = 1
     tenant: str
     response_id: str
+    # The turn's request id: the runtime running it stops it too.
+    request_id: str | None = None
 
 
 # -- approvals (services/agent_runtime: a tool call that waits for an approver) --

@@ -154,8 +154,8 @@ class Subjects:
 
     @property
     def responses_cancel(self) -> str:
-        """Core NATS broadcast among gateway replicas (ResponseCancelled): a background
-        response was cancelled; the replica running it stops."""
+        """Core NATS broadcast (ResponseCancelled): a background response was cancelled;
+        the gateway replica reading it and the runtime replica running its turn stop."""
         return self._s("responses.cancel")
 
     # -- audit (JetStream, durable) --

@@ -154,6 +154,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.agent_resume,
                 s.agent_skills,
                 approval_entries,
+                s.responses_cancel,  # a cancelled background response: stop its turn
             ),
         ),
         "inference_router": Permissions(

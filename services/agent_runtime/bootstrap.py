@@ -33,6 +33,7 @@ from libs.events import (
     AgentResumeRequested,
     ChatRequested,
     DelegateRequested,
+    ResponseCancelled,
     SkillsReply,
     SkillsRequest,
     TurnEvent,
@@ -53,6 +54,7 @@ log = logging.getLogger("enclave.agent_runtime")
 INTERNAL = ErrorInfo(
     status=500, message="The turn failed inside the runtime.", code="internal_error"
 )
+CANCELLED = ErrorInfo(status=499, message="The response was cancelled.", code="cancelled")
 
 
 class Runtime:
@@ -77,12 +79,15 @@ class Runtime:
         self.tracer: Tracer = setup_tracing("agent_runtime", self.settings.trace_dir)
         self.slots = asyncio.Semaphore(self.settings.runtime_concurrency)
         self.running: set[asyncio.Task[None]] = set()
+        # The turns running here by request id, so a cancelled response stops its turn.
+        self.turns: dict[str, asyncio.Task[TurnEvent]] = {}
 
     async def start(self) -> None:
         nc, subjects = self.bus.nc, self.bus.subjects
         self.audit.start()
         await self.deltas.start()
         await nc.subscribe(subjects.guardrails_policy_changed, cb=self._on_policy_changed)
+        await nc.subscribe(subjects.responses_cancel, cb=self._on_cancel)
         if self.agents is not None:
             # Delegated child turns: any replica takes one, each in its own task.
             await serve(
@@ -153,6 +158,16 @@ class Runtime:
     async def _on_policy_changed(self, msg: Msg) -> None:
         self.ports.passthrough.policy_changed()
 
+    async def _on_cancel(self, msg: Msg) -> None:
+        """A cancelled background response: its turn, if it runs here, stops now."""
+        try:
+            note = ResponseCancelled.model_validate_json(msg.data)
+        except ValidationError:
+            return
+        task = self.turns.get(note.request_id or "")
+        if task is not None:
+            task.cancel()
+
     async def _on_chat_requested(self, msg: Msg) -> None:
         task = asyncio.create_task(self._turn(msg))
         self.running.add(task)
@@ -206,15 +221,27 @@ class Runtime:
             event.ctx = with_span(event.ctx, span)
             turn = self.ports.turn(event)
             name = agent_name(event.model)
+            work = asyncio.ensure_future(
+                self.agents.chat(event, name, turn)
+                if name is not None and self.agents is not None
+                else run_turn(event, turn)
+            )
+            self.turns[event.ctx.request_id] = work
             try:
-                if name is not None and self.agents is not None:
-                    last = await self.agents.chat(event, name, turn)
-                else:
-                    last = await run_turn(event, turn)
+                last = await work
+            except asyncio.CancelledError:
+                if not work.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise  # this replica is stopping: the turn is redelivered
+                # Its response was cancelled (responses.cancel): the turn ends here.
+                log.info("turn %s cancelled", event.ctx.request_id)
+                last = TurnEvent(error=CANCELLED, done=True)
+                await turn.send(last)
             except Exception as exc:
                 failure = exc
                 log.exception("turn %s failed", event.ctx.request_id)
                 await turn.fail(INTERNAL)
+            finally:
+                self.turns.pop(event.ctx.request_id, None)
         self._observe(event, turn.first, last, started)
         await record_turn(self.audit, event, last, failure)
         return last

@@ -48,6 +48,7 @@ from services.gateway.responses_shapes import (
     Status,
     approval_answer,
     now,
+    request_id_of,
     response_id,
     response_json,
     to_event,
@@ -400,7 +401,9 @@ class Responses:
             )
         await self.gw.nc.publish(
             self.gw.bus.subjects.responses_cancel,
-            ResponseCancelled(tenant=ctx.tenant, response_id=rid).model_dump_json().encode(),
+            ResponseCancelled(tenant=ctx.tenant, response_id=rid, request_id=request_id_of(rid))
+            .model_dump_json()
+            .encode(),
         )
         task = self.running.get(rid)
         if task is not None:

@@ -53,6 +53,11 @@ def response_id(ctx: RequestContext) -> str:
     return "resp_" + ctx.request_id.rsplit("-", 1)[-1]
 
 
+def request_id_of(rid: str) -> str:
+    """The request id of the turn that made response `rid` (`response_id`'s inverse)."""
+    return "req-" + rid.removeprefix("resp_")
+
+
 class FunctionTool(BaseModel):
     """A function tool in the Responses shape (flat, not under `function`)."""
 

@@ -175,13 +175,18 @@ def test_background_then_retrieve_and_cancel(plat: Platform, client: openai.Open
     plain = client.responses.create(model=MODEL, input="not background")
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(plain.id)
-    # A slow background response, cancelled while it runs.
+    # A slow background response, cancelled while it runs: the runtime stops its turn.
     slow = client.responses.create(
-        model=MODEL, input="x" * 3000, background=True, max_output_tokens=1000
+        model=MODEL, input="x" * 9000, background=True, max_output_tokens=3000
     )
+    time.sleep(1)
     cancelled = client.responses.cancel(slow.id)
     assert cancelled.status == "cancelled"
-    time.sleep(1)
+    turn = "req-" + slow.id.removeprefix("resp_")
+    deadline = time.monotonic() + 30
+    while f"turn {turn} cancelled" not in plat.logs() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert f"turn {turn} cancelled" in plat.logs()
     assert client.responses.retrieve(slow.id).status == "cancelled"
 
 
