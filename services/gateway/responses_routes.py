@@ -161,10 +161,7 @@ class Responses:
                 headers={"x-request-id": ctx.request_id, "cache-control": "no-cache"},
             )
         builder = Builder()
-        try:
-            usage = await self._collect(turn, first, builder)
-        except EnclaveError:
-            raise
+        usage = await self._collect(turn, first, builder)
         body = response_json(
             rid,
             req,
