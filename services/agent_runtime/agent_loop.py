@@ -227,14 +227,13 @@ class AgentLoop:
         paused: PausedRun,
         approved: bool,
         run: AgentRun,
-        skills: list[SkillHeader] | None = None,
         subagents: dict[str, str] | None = None,
         observe: Observe | None = None,
     ) -> AgentOutcome:
-        """Go on with a paused run, the waiting call approved or rejected."""
+        """Go on with a paused run, the waiting call approved or rejected (its system
+        message, the skills' catalog included, is in the saved conversation)."""
         state = paused.model_copy(deep=True)
         state.decisions[state.waiting.id] = approved
-        del skills  # the system message is in the saved conversation already
         return await self._drive(agent, run, state, subagents, observe)
 
     async def _drive(

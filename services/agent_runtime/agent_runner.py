@@ -111,7 +111,6 @@ class AgentRunner:
                 paused,
                 record.status == "approved",
                 AgentRun(ctx=record.ctx, user=paused.user),
-                list(self.skills.headers(tenant).values()),
                 self.subagents(tenant, agent),
             )
             if outcome.outcome == "paused" and outcome.paused is not None:
