@@ -272,6 +272,50 @@ CHANNELS: tuple[Channel, ...] = (
         Receiver(("gateway",)),
     ),
     Channel(
+        "agentSkills",
+        "agent_skills",
+        _s.agent_skills,
+        "A tenant's SKILL.md skills through the API: list, read, upload (checked whole; a "
+        "malformed SKILL.md is refused naming the file and the problem), delete.",
+        (events.SkillsRequest,),
+        ("gateway",),
+        Receiver(("agent_runtime",), "agent_runtime", "nats-py"),
+        replies=(events.SkillsReply,),
+    ),
+    Channel(
+        "agentResume",
+        "agent_resume",
+        _s.agent_resume,
+        "An approver decided on a tool call a paused agent run waits on: resume the run "
+        "(JetStream work queue; acked once the resumed run has ended).",
+        (events.AgentResumeRequested,),
+        ("gateway",),
+        Receiver(("agent_runtime",), None, "jetstream", "agent_runtime_resume"),
+        stream="agent_stream_name",
+    ),
+    Channel(
+        "approvalEntry",
+        "approval_entry",
+        _s.approval_entry("{tenant}", "{approval_id}"),
+        "A paused agent run and the approval it waits for (a key of the JetStream KV bucket "
+        "of approvals): written by the runtime when the run pauses and ends, and by the "
+        "gateway when an approver decides (compare-and-set on the revision).",
+        (events.ApprovalRecord,),
+        ("agent_runtime", "gateway"),
+        Receiver(("agent_runtime", "gateway"), None, "nats-py"),
+        parameters={"tenant": "The tenant.", "approval_id": "The approval's id."},
+    ),
+    Channel(
+        "responsesCancel",
+        "responses_cancel",
+        _s.responses_cancel,
+        "A background response of the Responses API was cancelled: the gateway replica "
+        "reading it stops, and the runtime replica running its turn stops the turn.",
+        (events.ResponseCancelled,),
+        ("gateway",),
+        Receiver(("gateway", "agent_runtime"), None, "nats-py"),
+    ),
+    Channel(
         "trainerJobs",
         "trainer_jobs",
         _s.trainer_jobs,
@@ -363,6 +407,8 @@ STREAM_MEMBERS = (
     "memory_stream_name",
     "audit_stream_name",
     "trainer_stream_name",
+    "agent_stream_name",
+    "approvals_bucket_name",
 )
 
 

@@ -58,6 +58,13 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             max_age=7 * 86400.0,
         ),
         StreamConfig(
+            name=s.agent_stream_name,
+            subjects=[s.agent_resume],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=settings.stream_replicas,
+        ),
+        StreamConfig(
             name=s.trainer_stream_name,
             subjects=[s.trainer_jobs],
             retention=RetentionPolicy.WORK_QUEUE,

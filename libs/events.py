@@ -194,6 +194,18 @@ class Delta(BaseModel):
     tool_calls: list[ToolCallDelta] | None = None
 
 
+class ToolStep(BaseModel):
+    """A server-side tool an agent called, and its result as the model saw it (after the
+    guardrails' context check); `approval_id` when the call waits for an approval."""
+
+    call_id: str
+    name: str
+    arguments: str = "{}"
+    output: str | None = None
+    outcome: str = "ok"
+    approval_id: str | None = None
+
+
 class TurnEvent(BaseModel):
     """worker -> agent_runtime and agent_runtime -> gateway: what the turn produced so far.
 
@@ -211,6 +223,8 @@ class TurnEvent(BaseModel):
     memories: list[MemoryItem] | None = None
     # Sent once, before the last event, when the request asked for the grounding check.
     grounding: list[GroundedSentence] | None = None
+    # An agent turn's tool calls as they complete (the Responses API shows them).
+    tool_steps: list[ToolStep] | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -857,3 +871,85 @@ class DelegateResult(BaseModel):
     steps: int = 0
     usage: Usage = Field(default_factory=Usage)
     error: ErrorInfo | None = None
+
+
+class ResponseCancelled(BaseModel):
+    """gateway -> every gateway and runtime replica (core broadcast `responses.cancel`): a
+    background response of the Responses API was cancelled; the gateway replica running it
+    stops reading, the runtime replica running its turn stops it."""
+
+    v: Literal[1] = 1
+    tenant: str
+    response_id: str
+    # The turn's request id: the runtime running it stops it too.
+    request_id: str | None = None
+
+
+# -- approvals (services/agent_runtime: a tool call that waits for an approver) --
+
+
+class ApprovalRecord(BaseModel):
+    """A paused agent run waiting for a decision on one tool call (JetStream KV bucket
+    `approvals`, key = id). The runtime writes it when the run pauses and when it ends;
+    the gateway when an approver decides. `state` is the runtime's paused run."""
+
+    v: Literal[1] = 1
+    id: str = Field(pattern=r"^apr_[0-9a-f]{24}$")
+    tenant: str
+    agent: str
+    tool: str
+    call_id: str
+    arguments: str = "{}"
+    status: Literal["pending", "approved", "rejected", "completed", "failed"] = "pending"
+    ctx: RequestContext  # the paused request's
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    decided_by: str | None = None
+    decided_at: int | None = None
+    reason: str | None = None
+    # After the resumed run: its answer (through the output guardrail), or the approval
+    # it paused on next.
+    output: str | None = None
+    next_approval: str | None = None
+    state: dict[str, Any] = Field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """The approval as the API shows it (no run state)."""
+        body = self.model_dump(exclude={"v", "ctx", "state"})
+        body["object"] = "approval"
+        body["request_id"] = self.ctx.request_id
+        return body
+
+
+class AgentResumeRequested(BaseModel):
+    """gateway -> agent_runtime (JetStream work queue `agent.resume`): an approver decided
+    (the record says how); go on with the paused run."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext  # the approver's
+    approval_id: str
+
+
+# -- skills (gateway -> agent_runtime, request/reply agent.skills) --
+
+
+class SkillFileData(BaseModel):
+    """One file of a skill folder: its path in the folder, content in base64."""
+
+    path: str = Field(min_length=1, max_length=255)
+    content_b64: str
+
+
+class SkillsRequest(BaseModel):
+    """gateway -> agent_runtime: list, read, upload or delete the tenant's SKILL.md skills.
+    A refusal (a malformed SKILL.md: the file and the problem) is the bus's error reply."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    op: Literal["list", "get", "put", "delete"]
+    name: str | None = None
+    files: list[SkillFileData] = Field(default_factory=list)
+
+
+class SkillsReply(BaseModel):
+    v: Literal[1] = 1
+    body: dict[str, Any] = Field(default_factory=dict)

@@ -53,6 +53,8 @@ class Permission(StrEnum):
     MANAGE_TENANT = "manage_tenant"  # create a tenant, erase its data
     READ_USAGE = "read_usage"
     FINE_TUNE = "fine_tune"
+    APPROVE_TOOLS = "approve_tools"  # list, approve and reject agents' paused tool calls
+    MANAGE_SKILLS = "manage_skills"  # a tenant's SKILL.md skills: list, read, upload, delete
 
 
 _A, _D, _AU, _U, _OP = (
@@ -80,6 +82,8 @@ ALLOWED: dict[Permission, frozenset[Role]] = {
     Permission.MANAGE_TENANT: frozenset({_OP}),
     Permission.READ_USAGE: frozenset({_A, _AU, _OP}),
     Permission.FINE_TUNE: frozenset({_A, _D}),
+    Permission.APPROVE_TOOLS: frozenset({_A}),
+    Permission.MANAGE_SKILLS: frozenset({_A, _D}),
 }
 
 # Every HTTP route of the gateway (method, path as FastAPI spells it) -> its permission.
@@ -122,6 +126,16 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): Permission.FINE_TUNE,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): Permission.FINE_TUNE,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): Permission.FINE_TUNE,
+    ("GET", "/v1/approvals"): Permission.APPROVE_TOOLS,
+    ("GET", "/v1/approvals/{approval_id}"): Permission.APPROVE_TOOLS,
+    ("POST", "/v1/approvals/{approval_id}"): Permission.APPROVE_TOOLS,
+    ("GET", "/v1/skills"): Permission.MANAGE_SKILLS,
+    ("POST", "/v1/skills"): Permission.MANAGE_SKILLS,
+    ("GET", "/v1/skills/{name}"): Permission.MANAGE_SKILLS,
+    ("DELETE", "/v1/skills/{name}"): Permission.MANAGE_SKILLS,
+    ("POST", "/v1/responses"): Permission.INFER,
+    ("GET", "/v1/responses/{response_id}"): Permission.INFER,
+    ("POST", "/v1/responses/{response_id}/cancel"): Permission.INFER,
 }
 # Open to anyone: liveness and readiness carry no tenant data.
 PUBLIC_ROUTES = frozenset({("GET", "/healthz"), ("GET", "/readyz")})
@@ -148,6 +162,8 @@ BUS_OPERATIONS: dict[str, Permission] = {
     "trainer_jobs": Permission.FINE_TUNE,
     "trainer_cancel": Permission.FINE_TUNE,
     "trainer_api": Permission.FINE_TUNE,
+    "agent_resume": Permission.APPROVE_TOOLS,
+    "agent_skills": Permission.MANAGE_SKILLS,
 }
 
 # Roles that may assert an end user in the OpenAI `user` field.

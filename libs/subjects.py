@@ -128,6 +128,36 @@ class Subjects:
         `agent_runtime`)."""
         return self._s("agent.delegate")
 
+    @property
+    def agent_skills(self) -> str:
+        """A tenant's SKILL.md skills: list, read, upload, delete (request/reply; queue
+        `agent_runtime`)."""
+        return self._s("agent.skills")
+
+    @property
+    def agent_resume(self) -> str:
+        """An approver decided on a paused agent run: resume it (JetStream work queue)."""
+        return self._s("agent.resume")
+
+    @property
+    def agent_stream_name(self) -> str:
+        return self._stream("ENCLAVE_AGENT")
+
+    @property
+    def approvals_bucket_name(self) -> str:
+        """The JetStream KV bucket of paused agent runs and their approvals."""
+        return self._stream("ENCLAVE_APPROVALS")
+
+    def approval_entry(self, tenant: str, approval_id: str) -> str:
+        """The subject one approval record is written on: its key in the KV bucket."""
+        return f"$KV.{self.approvals_bucket_name}.{tenant}.{approval_id}"
+
+    @property
+    def responses_cancel(self) -> str:
+        """Core NATS broadcast (ResponseCancelled): a background response was cancelled;
+        the gateway replica reading it and the runtime replica running its turn stop."""
+        return self._s("responses.cancel")
+
     # -- audit (JetStream, durable) --
     def audit(self, tenant: str, kind: str) -> str:
         return self._s(f"audit.{tenant}.{kind}")

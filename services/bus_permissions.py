@@ -55,6 +55,22 @@ def _consumes(stream: str) -> tuple[str, ...]:
     )
 
 
+def _key_value(bucket: str) -> tuple[str, ...]:
+    """Create, read, list and write one JetStream KV bucket (its stream is KV_<bucket>)."""
+    stream = f"KV_{bucket}"
+    return (
+        f"$KV.{bucket}.>",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        *_consumes(stream),
+    )
+
+
 def permissions(s: Subjects) -> dict[str, Permissions]:
     """Each service's allowed subjects under the platform's prefix."""
     streams = (
@@ -62,7 +78,11 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
         s.memory_stream_name,
         s.audit_stream_name,
         s.trainer_stream_name,
+        s.agent_stream_name,
     )
+    # Paused agent runs: the runtime writes them, the gateway records decisions.
+    approvals = _key_value(s.approvals_bucket_name)
+    approval_entries = f"$KV.{s.approvals_bucket_name}.>"
     # Every service declares the streams at start (libs.bus.ensure_streams) and audits.
     common_pub = (
         "$JS.API.INFO",
@@ -90,8 +110,20 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 # The fine-tuning API: the trainer stores and queues jobs, cancels them.
                 s.trainer_api,
                 *audit_api,
+                # A cancelled background response, for the replica running it.
+                s.responses_cancel,
+                # Approvals: decisions on paused agent runs, and the resume they trigger.
+                s.agent_resume,
+                s.agent_skills,
+                *approvals,
             ),
-            subscribe=(chat_streams, s.keys_revoked, s.trainer_status_all),
+            subscribe=(
+                chat_streams,
+                s.keys_revoked,
+                s.trainer_status_all,
+                s.responses_cancel,
+                approval_entries,
+            ),
         ),
         "agent_runtime": Permissions(
             publish=(
@@ -108,6 +140,9 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.sandbox_exec,
                 s.memory_rag,
                 s.agent_delegate,
+                # Paused runs wait in the approvals bucket; decisions resume them.
+                *approvals,
+                *_consumes(s.agent_stream_name),
             ),
             subscribe=(
                 s.chat_requested,
@@ -115,6 +150,10 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.guardrails_policy_changed,
                 s.models_changed,  # cached routes of a promoted/rolled back adapter end
                 s.agent_delegate,
+                s.agent_resume,
+                s.agent_skills,
+                approval_entries,
+                s.responses_cancel,  # a cancelled background response: stop its turn
             ),
         ),
         "inference_router": Permissions(

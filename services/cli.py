@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from libs.settings import Settings, load_settings
 from services import backup as backup_cli
 from services import keys_cli
+from services.agent_runtime import skills_cli
 from services.audit import cli as audit_cli
 from services.trainer import cli as trainer_cli
 
@@ -157,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit_cli.add_parser(sub)
     trainer_cli.add_parser(sub)
     backup_cli.add_parsers(sub)
+    skills_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     if getattr(args, "port", None):
@@ -182,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return audit_cli.run(args, settings)
     elif args.command == "adapters":
         return trainer_cli.run(args, settings)
+    elif args.command == "skills":
+        return skills_cli.run(args, settings)
     elif args.command in ("backup", "restore"):
         return backup_cli.run(args, settings)
     return 0

@@ -23,11 +23,20 @@ TEST_POOLS = {
     "unserved": {"engine": "instant"},
     # Repeats the user's message in 3-character tokens, one message per token.
     "echo": {"engine": "instant", "echo": True, "chunk_chars": 3, "delay_ms": 2},
+    # The same, and a conversation that ends in a tool result gets it back as the answer.
+    "echo-tools": {
+        "engine": "instant",
+        "echo": True,
+        "tool_results": True,
+        "chunk_chars": 3,
+        "delay_ms": 2,
+    },
 }
 TEST_MODELS = [
     {"id": "enclave-slow", "kind": "chat", "pool": "slow"},
     {"id": "enclave-unserved", "kind": "chat", "pool": "unserved"},
     {"id": "enclave-echo", "kind": "chat", "pool": "echo"},
+    {"id": "enclave-echo-tools", "kind": "chat", "pool": "echo-tools"},
     # A model with a retrieval default: the tenant's vector store named "kb-default".
     {
         "id": "enclave-echo-kb",

@@ -11,17 +11,27 @@ call or a limit stops it. Pure over `AgentPorts` (the unit tests script the engi
 - Limits (AgentLimits): steps, tokens (prompt + completion over all steps), wall time
   (the agent's, or what its parent has left, whichever ends first; a step or a tool that
   runs past it is cancelled), depth.
+- Approvals: a call of a tool the agent lists under `approvals` pauses the run (outcome
+  `paused`, its `PausedRun`: the conversation, the calls still to run, steps, tokens and
+  wall time spent) until someone decides; `resume` goes on from there with the decision
+  (approved: the call runs; rejected: the model is told so). A delegated task cannot wait
+  for an approval: there the call is refused.
+- Every call's outcome, as the model sees it, goes to `observe` (a client's stream of
+  tool results).
+- The client's own functions (`AgentRun.client_tools`) are offered beside the agent's; a
+  step that calls one ends the run (outcome `tool_calls`) for the client to run it and
+  continue the conversation with its result, as with any model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from libs.context import RequestContext
 from libs.errors import ErrorInfo
@@ -36,6 +46,7 @@ from libs.events import (
     GuardrailVerdict,
     ToolCall,
     ToolDefinition,
+    ToolStep,
     Usage,
 )
 from services.agent_runtime.agents import AgentDefinition
@@ -88,24 +99,51 @@ class AgentRun:
     user: str = ""
     depth: int = 0
     wall_s_left: float | None = None
+    # The client's own functions (a chat's or a response's `tools`): a step that calls one
+    # ends the run with that call for the client to run (top level only).
+    client_tools: tuple[ToolDefinition, ...] = ()
+
+
+class PausedRun(BaseModel):
+    """Where a run stopped to wait for an approval: enough to go on from there."""
+
+    agent: str
+    messages: list[ChatMessage]
+    # The calls of the last step still to run; the first is the one waiting.
+    pending: list[ToolCall]
+    decisions: dict[str, bool] = Field(default_factory=dict)  # call id -> approved
+    steps: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    elapsed_s: float = 0.0
+    user: str = ""
+    screen_output: bool = True  # whether the answer passes the output guardrail
+
+    @property
+    def waiting(self) -> ToolCall:
+        return self.pending[0]
+
+
+Observe = Callable[[ToolStep], Awaitable[None]]
 
 
 @dataclass
 class AgentOutcome:
     agent: str
     output: str = ""
-    outcome: Literal["ok", "limit", "error"] = "ok"
+    outcome: Literal["ok", "limit", "error", "paused", "tool_calls"] = "ok"
     reason: str | None = None
     steps: int = 0
     usage: Usage = field(default_factory=Usage)
     messages: list[ChatMessage] = field(default_factory=list)
     error: ErrorInfo | None = None
+    paused: PausedRun | None = None
+    client_calls: list[ToolCall] = field(default_factory=list)
 
     def result(self) -> DelegateResult:
         return DelegateResult(
             agent=self.agent,
             output=self.output,
-            outcome=self.outcome,
+            outcome="error" if self.outcome in ("paused", "tool_calls") else self.outcome,
             reason=self.reason,
             steps=self.steps,
             usage=self.usage,
@@ -171,21 +209,54 @@ class AgentLoop:
         run: AgentRun,
         skills: list[SkillHeader] | None = None,
         subagents: dict[str, str] | None = None,
+        observe: Observe | None = None,
     ) -> AgentOutcome:
-        """Run `agent` on the conversation until it answers or a limit stops it.
-        `skills`: the tenant's skill headers; `subagents`: name -> description of the
-        agents it may delegate to (those of `agent.subagents` that exist)."""
+        """Run `agent` on the conversation until it answers, a limit stops it or a call
+        waits for approval. `skills`: the tenant's skill headers; `subagents`: name ->
+        description of the agents it may delegate to (those of `agent.subagents` that
+        exist); `observe`: told each call's result."""
+        system = self.system(agent, skills or [])
+        convo = [ChatMessage(role="system", content=system)] if system else []
+        convo += [m for m in messages if m.role not in ("system", "developer")]
+        state = PausedRun(agent=agent.name, messages=convo, pending=[], user=run.user)
+        return await self._drive(agent, run, state, subagents, observe)
+
+    async def resume(
+        self,
+        agent: AgentDefinition,
+        paused: PausedRun,
+        approved: bool,
+        run: AgentRun,
+        subagents: dict[str, str] | None = None,
+        observe: Observe | None = None,
+    ) -> AgentOutcome:
+        """Go on with a paused run, the waiting call approved or rejected (its system
+        message, the skills' catalog included, is in the saved conversation)."""
+        state = paused.model_copy(deep=True)
+        state.decisions[state.waiting.id] = approved
+        return await self._drive(agent, run, state, subagents, observe)
+
+    async def _drive(
+        self,
+        agent: AgentDefinition,
+        run: AgentRun,
+        state: PausedRun,
+        subagents: dict[str, str] | None,
+        observe: Observe | None,
+    ) -> AgentOutcome:
         limits = agent.limits
         wall = limits.max_wall_s
         if run.wall_s_left is not None:
             wall = min(wall, run.wall_s_left)
-        deadline = self.ports.now() + wall
+        started = self.ports.now()
+        deadline = started + wall - state.elapsed_s
         subs = {n: d for n, d in (subagents or {}).items() if n in agent.subagents}
         tools = self.offered(agent, run, subs)
-        system = self.system(agent, skills or [])
-        convo = [ChatMessage(role="system", content=system)] if system else []
-        convo += [m for m in messages if m.role not in ("system", "developer")]
-        out = AgentOutcome(agent=agent.name, messages=convo)
+        client = list(run.client_tools) if run.depth == 0 else []
+        client_names = {t.function.name for t in client}
+        tools += client
+        convo = state.messages
+        out = AgentOutcome(agent=agent.name, messages=convo, steps=state.steps, usage=state.usage)
         context = ToolContext(
             ctx=run.ctx,
             user=run.user,
@@ -209,6 +280,32 @@ class AgentLoop:
 
         try:
             while True:
+                while state.pending:
+                    call = state.pending[0]
+                    if call.function.name in agent.approvals and call.id not in state.decisions:
+                        if run.depth == 0:
+                            state.steps, state.usage = out.steps, out.usage
+                            state.elapsed_s += self.ports.now() - started
+                            out.outcome, out.paused = "paused", state
+                            out.reason = f"the call of `{call.function.name}` awaits approval"
+                            return out
+                        state.decisions[call.id] = False
+                    result = await self._call(
+                        agent, run, subs, call, context, deadline, tools, state, timed
+                    )
+                    seen = await self._screened(agent, run, result)
+                    convo.append(ChatMessage(role="tool", tool_call_id=call.id, content=seen))
+                    state.pending.pop(0)
+                    if observe is not None:
+                        await observe(
+                            ToolStep(
+                                call_id=call.id,
+                                name=call.function.name,
+                                arguments=call.function.arguments,
+                                output=seen,
+                                outcome=result.outcome,
+                            )
+                        )
                 if out.steps >= limits.max_steps:
                     return stop(f"the agent took its {limits.max_steps} steps without answering")
                 left = limits.max_tokens - out.usage.total_tokens
@@ -250,24 +347,50 @@ class AgentLoop:
                         role="assistant", content=reply.content or None, tool_calls=reply.tool_calls
                     )
                 )
-                for call in reply.tool_calls:
-                    if call.function.name == DELEGATE:
-                        result = await timed(
-                            self._delegate(agent, run, subs, call, context, deadline)
-                        )
-                    elif call.function.name in {t.function.name for t in tools}:
-                        result = await timed(self.registry.call(call, context, self.ports))
-                    else:
-                        result = await self._refuse(call, context, tools)
-                    convo.append(
-                        ChatMessage(
-                            role="tool",
-                            tool_call_id=call.id,
-                            content=await self._screened(agent, run, result),
-                        )
-                    )
+                mine = [c for c in reply.tool_calls if c.function.name in client_names]
+                if mine:
+                    # The client runs its functions; the run ends here (server-side calls
+                    # of the same step are not run: the model may call them again).
+                    out.outcome, out.client_calls, out.output = "tool_calls", mine, reply.content
+                    return out
+                state.pending = list(reply.tool_calls)
         except _OutOfTime:
             return stop(f"the agent ran out of its {wall:g} s of wall time")
+
+    async def _call(
+        self,
+        agent: AgentDefinition,
+        run: AgentRun,
+        subs: dict[str, str],
+        call: ToolCall,
+        context: ToolContext,
+        deadline: float,
+        tools: list[ToolDefinition],
+        state: PausedRun,
+        timed: Callable[[Awaitable[ToolResult]], Awaitable[ToolResult]],
+    ) -> ToolResult:
+        if state.decisions.get(call.id) is False:
+            return await self._rejected(call, context, run)
+        if call.function.name == DELEGATE:
+            return await timed(self._delegate(agent, run, subs, call, context, deadline))
+        if call.function.name in {t.function.name for t in tools}:
+            return await timed(self.registry.call(call, context, self.ports))
+        return await self._refuse(call, context, tools)
+
+    async def _rejected(self, call: ToolCall, context: ToolContext, run: AgentRun) -> ToolResult:
+        why = (
+            "it needs an approval, which a delegated task cannot wait for"
+            if run.depth > 0
+            else "an approver rejected it"
+        )
+        result = ToolResult(
+            call_id=call.id,
+            name=call.function.name,
+            content=f"Error: the call of `{call.function.name}` was not run: {why}.",
+            outcome="rejected",
+        )
+        await self.ports.audit(tool_call_event(context, call, result))
+        return result
 
     async def _refuse(
         self, call: ToolCall, context: ToolContext, tools: list[ToolDefinition]

@@ -1,7 +1,8 @@
 """Agent definitions: what an agent is (pure; adapters/agent_files.py reads them).
 
 An agent is a model with instructions, the skills it may load, the server-side tools it may
-call, the agents it may delegate to, its guardrail policy (the guardrails' agent level,
+call (and those whose calls wait for an approval), the agents it may delegate to, its
+guardrail policy (the guardrails' agent level,
 `tenants/<t>/agents/<policy>.yaml`; without one, the tenant's policy) and its limits:
 on delegation depth, steps, tokens and wall time, so that no loop runs forever.
 """
@@ -39,6 +40,8 @@ class AgentDefinition(BaseModel):
     instructions: str = ""
     skills: list[str] = Field(default_factory=list)
     tools: list[str] = Field(default_factory=list)  # server-side tools by name
+    # Tools whose every call waits for an approver (a role with `approve_tools`).
+    approvals: list[str] = Field(default_factory=list)
     subagents: list[str] = Field(default_factory=list)  # agents it may delegate to
     vector_store_ids: list[str] = Field(default_factory=list)  # for file_search
     guardrails: str | None = Field(default=None, pattern=AGENT_NAME)
@@ -68,6 +71,9 @@ def parse_agent(where: str, data: Any, name: str | None = None) -> AgentDefiniti
         raise AgentError(f"{where}: `name` is `{agent.name}` but the file is `{name}.yaml`")
     if agent.name in agent.subagents:
         raise AgentError(f"{where}: an agent cannot delegate to itself")
+    unknown = [t for t in agent.approvals if t not in agent.tools]
+    if unknown:
+        raise AgentError(f"{where}: `approvals` names `{unknown[0]}`, which is not in `tools`")
     return agent
 
 

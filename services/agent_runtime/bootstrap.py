@@ -20,6 +20,7 @@ from nats.js.api import ConsumerConfig
 from opentelemetry.trace import SpanKind, Tracer
 from pydantic import ValidationError
 
+from libs.approvals import ApprovalStore
 from libs.audit import (
     AuditPublisher,
     outbox_dir,
@@ -28,13 +29,21 @@ from libs.audit import (
 )
 from libs.bus import stream_configs
 from libs.errors import ErrorInfo
-from libs.events import ChatRequested, DelegateRequested, TurnEvent
+from libs.events import (
+    AgentResumeRequested,
+    ChatRequested,
+    DelegateRequested,
+    ResponseCancelled,
+    SkillsReply,
+    SkillsRequest,
+    TurnEvent,
+)
 from libs.generation import Generation, GenerationClient, RouteCache
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, serve
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.agent_runtime.adapters.agent_ports import NatsAgentPorts
-from services.agent_runtime.agent_runner import AgentRunner
+from services.agent_runtime.agent_runner import AgentRunner, manage_skills
 from services.agent_runtime.agents import agent_name
 from services.agent_runtime.passthrough import InputPassthrough
 from services.agent_runtime.pipeline import run_turn
@@ -45,6 +54,7 @@ log = logging.getLogger("enclave.agent_runtime")
 INTERNAL = ErrorInfo(
     status=500, message="The turn failed inside the runtime.", code="internal_error"
 )
+CANCELLED = ErrorInfo(status=499, message="The response was cancelled.", code="cancelled")
 
 
 class Runtime:
@@ -69,6 +79,8 @@ class Runtime:
         self.tracer: Tracer = setup_tracing("agent_runtime", self.settings.trace_dir)
         self.slots = asyncio.Semaphore(self.settings.runtime_concurrency)
         self.running: set[asyncio.Task[None]] = set()
+        # The turns running here by request id, so a cancelled response stops its turn.
+        self.turns: dict[str, asyncio.Task[TurnEvent]] = {}
 
     async def start(self) -> None:
         nc, subjects = self.bus.nc, self.bus.subjects
@@ -76,6 +88,7 @@ class Runtime:
         await self.deltas.start()
         await nc.subscribe(subjects.guardrails_policy_changed, cb=self._on_policy_changed)
         await self.ports.generations.follow_models_changed()
+        await nc.subscribe(subjects.responses_cancel, cb=self._on_cancel)
         if self.agents is not None:
             # Delegated child turns: any replica takes one, each in its own task.
             await serve(
@@ -86,6 +99,13 @@ class Runtime:
                 queue="agent_runtime",
                 concurrent=True,
             )
+            agents = self.agents
+
+            async def skills(request: SkillsRequest) -> SkillsReply:
+                return await manage_skills(agents, request)
+
+            # The tenant's skills through the API (services/gateway/skills_routes.py).
+            await serve(nc, subjects.agent_skills, SkillsRequest, skills, queue="agent_runtime")
         # Raw JetStream push consumer, shared by every replica as a deliver group: the
         # FastStream subscriber adds 0.25 ms to every turn (bench/gateway.py).
         await nc.jetstream().subscribe(
@@ -97,6 +117,39 @@ class Runtime:
             manual_ack=True,
             config=ConsumerConfig(ack_wait=300, max_ack_pending=10_000),
         )
+        if self.agents is not None and self.agents.approvals is not None:
+            # Approvers' decisions: each resumes a paused run (acked once it has ended).
+            await nc.jetstream().subscribe(
+                subjects.agent_resume,
+                queue="agent_runtime_resume",
+                durable="agent_runtime_resume",
+                stream=subjects.agent_stream_name,
+                cb=self._on_resume,
+                manual_ack=True,
+                config=ConsumerConfig(ack_wait=300, max_ack_pending=1_000),
+            )
+
+    async def _on_resume(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._resume(msg))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    async def _resume(self, msg: Msg) -> None:
+        assert self.agents is not None
+        try:
+            request = AgentResumeRequested.model_validate_json(msg.data)
+        except ValidationError:
+            log.error("dropping an agent.resume this runtime cannot read")
+            await msg.term()
+            return
+        async with self.slots:
+            try:
+                await self.agents.resume(request)
+            except Exception:
+                log.exception("resuming approval %s failed", request.approval_id)
+                await msg.nak(delay=5)
+                return
+        await msg.ack()
 
     async def stop(self) -> None:
         if self.running:
@@ -105,6 +158,16 @@ class Runtime:
 
     async def _on_policy_changed(self, msg: Msg) -> None:
         self.ports.passthrough.policy_changed()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """A cancelled background response: its turn, if it runs here, stops now."""
+        try:
+            note = ResponseCancelled.model_validate_json(msg.data)
+        except ValidationError:
+            return
+        task = self.turns.get(note.request_id or "")
+        if task is not None:
+            task.cancel()
 
     async def _on_chat_requested(self, msg: Msg) -> None:
         task = asyncio.create_task(self._turn(msg))
@@ -159,15 +222,27 @@ class Runtime:
             event.ctx = with_span(event.ctx, span)
             turn = self.ports.turn(event)
             name = agent_name(event.model)
+            work = asyncio.ensure_future(
+                self.agents.chat(event, name, turn)
+                if name is not None and self.agents is not None
+                else run_turn(event, turn)
+            )
+            self.turns[event.ctx.request_id] = work
             try:
-                if name is not None and self.agents is not None:
-                    last = await self.agents.chat(event, name, turn)
-                else:
-                    last = await run_turn(event, turn)
+                last = await work
+            except asyncio.CancelledError:
+                if not work.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise  # this replica is stopping: the turn is redelivered
+                # Its response was cancelled (responses.cancel): the turn ends here.
+                log.info("turn %s cancelled", event.ctx.request_id)
+                last = TurnEvent(error=CANCELLED, done=True)
+                await turn.send(last)
             except Exception as exc:
                 failure = exc
                 log.exception("turn %s failed", event.ctx.request_id)
                 await turn.fail(INTERNAL)
+            finally:
+                self.turns.pop(event.ctx.request_id, None)
         self._observe(event, turn.first, last, started)
         await record_turn(self.audit, event, last, failure)
         return last
@@ -213,5 +288,6 @@ async def build(bus: Bus, broker: NatsBroker) -> Runtime:
     )
     ports = RuntimePorts(bus, generations, InputPassthrough(settings.guard_passthrough_s), replica)
     audit = AuditPublisher(bus.nc, bus.subjects, "runtime", outbox_dir(settings.home))
-    agents = AgentRunner.at(settings.home, NatsAgentPorts(ports, audit))
+    approvals = ApprovalStore(bus.nc, bus.subjects, settings.stream_replicas)
+    agents = AgentRunner.at(settings.home, NatsAgentPorts(ports, audit), approvals)
     return Runtime(bus, ports, deltas, audit, agents, StageMetrics("agent_runtime"))

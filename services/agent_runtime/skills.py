@@ -11,6 +11,7 @@ are read by adapters/skill_folders.py.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,11 @@ MAX_DESCRIPTION = 1_024
 MAX_BODY = 64 * 1024
 FENCE = "---"
 KNOWN_KEYS = {"name", "description", "allowed-tools", "license", "metadata", "version"}
+SKILL_FILE = "SKILL.md"
+# An uploaded folder (the API, `enclave skills upload`): at most this many files and bytes.
+MAX_UPLOAD_FILES = 64
+MAX_UPLOAD_FILE_BYTES = 256 * 1024
+MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 
 
 class SkillError(ValueError):
@@ -121,3 +127,51 @@ def loaded_text(skill: Skill) -> str:
         text += "\n\nResources (load one with `load_skill` and its `resource` path):\n"
         text += "\n".join(f"- {r}" for r in skill.resources)
     return text
+
+
+def _safe_relative(path: str) -> bool:
+    parts = path.split("/")
+    return (
+        bool(path)
+        and not path.startswith("/")
+        and "\\" not in path
+        and all(p and not p.startswith(".") for p in parts)
+    )
+
+
+def check_upload(files: Mapping[str, bytes], shown: str = "") -> Skill:
+    """A skill folder as uploaded (relative path -> content), checked whole before any of
+    it is written: SKILL.md present and well formed (its `name` names the folder), every
+    other file a text resource within the limits. Raises `SkillError` naming the file.
+    `shown`: how messages name the folder (e.g. `skills/<tenant>`)."""
+    if SKILL_FILE not in files:
+        raise SkillError(f"{shown}/{SKILL_FILE}".lstrip("/"), "the folder has no SKILL.md")
+    if len(files) > MAX_UPLOAD_FILES:
+        raise SkillError(shown or ".", f"more than {MAX_UPLOAD_FILES} files")
+    if sum(len(b) for b in files.values()) > MAX_UPLOAD_BYTES:
+        raise SkillError(shown or ".", f"more than {MAX_UPLOAD_BYTES} bytes in all")
+    top = f"{shown}/{SKILL_FILE}".lstrip("/")  # before its `name` says which folder
+    try:
+        text = files[SKILL_FILE].decode("utf-8")
+    except UnicodeDecodeError:
+        raise SkillError(top, "it is not UTF-8 text") from None
+    front, _ = split_front_matter(top, text)
+    try:
+        data: Any = yaml.safe_load(front)
+    except yaml.YAMLError:
+        data = None
+    name = data.get("name") if isinstance(data, dict) else None
+    folder = name if isinstance(name, str) and NAME.match(name) else ""
+    where = f"{shown}/{folder}".strip("/") if folder else shown
+    path = f"{where}/{SKILL_FILE}".lstrip("/")
+    resources = []
+    for relative, content in sorted(files.items()):
+        if relative == SKILL_FILE:
+            continue
+        at = f"{where}/{relative}".lstrip("/")
+        if not _safe_relative(relative):
+            raise SkillError(at, "a resource path must be relative, with no hidden or `..` parts")
+        if len(content) > MAX_UPLOAD_FILE_BYTES:
+            raise SkillError(at, f"a resource is larger than {MAX_UPLOAD_FILE_BYTES} bytes")
+        resources.append(relative)
+    return parse_skill(path, text, folder or "?", tuple(resources))

@@ -36,7 +36,7 @@ MAX_RESULT_CHARS = 6_000
 AUDIT_KIND = "runtime"
 TOOL_CALL_ACTION = "tool.call"
 
-Outcome = Literal["ok", "invalid_arguments", "unknown_tool", "error"]
+Outcome = Literal["ok", "invalid_arguments", "unknown_tool", "error", "rejected"]
 
 
 class ToolFailed(Exception):

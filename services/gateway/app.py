@@ -27,13 +27,17 @@ from libs.errors import EnclaveError, ErrorInfo
 from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
 from libs.settings import Settings
 from services.gateway import (
+    approvals_routes,
     audit_routes,
     fine_tuning_routes,
     guardrails_routes,
     key_routes,
     rag_routes,
+    responses_routes,
     sandbox_routes,
+    skills_routes,
 )
+from services.gateway.approvals_routes import Decision
 from services.gateway.bootstrap import Gateway, build
 from services.gateway.hot_path import HotPath
 from services.gateway.openai_shapes import (
@@ -43,6 +47,8 @@ from services.gateway.openai_shapes import (
     validate,
 )
 from services.gateway.policy import Action
+from services.gateway.responses_shapes import ResponsesRequest
+from services.gateway.skills_routes import SkillUpload
 
 
 class JSON(Response):
@@ -66,6 +72,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gw.start()
+        await responses.start()
         try:
             yield
         finally:
@@ -200,12 +207,18 @@ def create_fastapi(gw: Gateway) -> FastAPI:
             "/v1/completions": CompletionRequest,
             "/v1/embeddings": EmbeddingRequest,
             "/v1/fine_tuning/jobs": fine_tuning_routes.CreateJob,
+            "/v1/responses": ResponsesRequest,
+            "/v1/skills": SkillUpload,
+            "/v1/approvals/{approval_id}": Decision,
         },
     )
     audit_routes.register(app, gw)
     guardrails_routes.register(app, gw)
     sandbox_routes.register(app, gw)
     fine_tuning_routes.register(app, gw)
+    responses = responses_routes.register(app, gw)
+    approvals_routes.register(app, gw)
+    skills_routes.register(app, gw)
     return app
 
 

@@ -15,6 +15,8 @@ class Action(StrEnum):
     READ_AUDIT = "read_audit"
     EXEC_CODE = "exec_code"  # POST /v1/sandbox/exec
     FINE_TUNE = "fine_tune"  # /v1/fine_tuning/jobs
+    APPROVE_TOOLS = "approve_tools"  # /v1/approvals: agents' paused tool calls
+    MANAGE_SKILLS = "manage_skills"  # /v1/skills: the tenant's SKILL.md skills
 
 
 # The roles of each action are libs.rbac's matrix (one table for routes and bus operations).

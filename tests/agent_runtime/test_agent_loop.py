@@ -326,3 +326,64 @@ def test_agent_definitions_from_yaml_files(tmp_path: Path) -> None:
         with pytest.raises(AgentError, match=problem):
             parse_agent("agents/acme/y.yaml", data, "y")
     assert agent_name("agent:support") == "support" and agent_name("gpt-4o") is None
+
+
+async def test_a_call_that_needs_approval_pauses_then_resumes(backend: BwrapBackend) -> None:
+    """The run stops before the call; its saved state (through JSON, as the KV bucket keeps
+    it) goes on once approved, runs the call and answers; rejected, the model is told."""
+
+    def script(request: GenerateRequest) -> StepReply:
+        if last(request).role == "user":
+            return StepReply(
+                tool_calls=[call("code_execution", {"code": "print(6 * 7)"})],
+                usage=Usage(prompt_tokens=10, completion_tokens=5),
+            )
+        return StepReply(content=f"Tool said: {last(request).content}", usage=Usage())
+
+    guarded = CODER.model_copy(update={"approvals": ["code_execution"]})
+    ports = Ports({"m": script}, backend)
+    loop = loop_of(ports)
+    seen: list[Any] = []
+
+    async def observe(step: Any) -> None:
+        seen.append(step)
+
+    question = [ChatMessage(role="user", content="What is 6 * 7?")]
+    out = await loop.run(guarded, question, AgentRun(CTX, user="u1"), observe=observe)
+    assert out.outcome == "paused" and out.paused is not None and out.steps == 1
+    assert out.paused.waiting.function.name == "code_execution" and not ports.audited
+    saved = type(out.paused).model_validate_json(out.paused.model_dump_json())
+    assert saved.user == "u1" and saved.usage.total_tokens == 15
+
+    approved = await loop.resume(guarded, saved, True, AgentRun(CTX, user="u1"), observe=observe)
+    assert approved.outcome == "ok" and approved.steps == 2
+    assert '"stdout": "42\\n"' in approved.output
+    assert [s.name for s in seen] == ["code_execution"] and seen[0].outcome == "ok"
+    assert ports.audited[-1].outcome == "ok"
+
+    rejected = await loop.resume(guarded, saved, False, AgentRun(CTX, user="u1"))
+    assert rejected.outcome == "ok" and "an approver rejected it" in rejected.output
+    assert ports.audited[-1].outcome == "rejected"
+
+
+async def test_a_delegated_task_cannot_wait_for_an_approval() -> None:
+    def script(request: GenerateRequest) -> StepReply:
+        if last(request).role == "user":
+            return StepReply(tool_calls=[call("code_execution", {"code": "print(1)"})])
+        return StepReply(content=last(request).content or "")
+
+    guarded = CODER.model_copy(update={"approvals": ["code_execution"]})
+    ports = Ports({"m": script})
+    out = await loop_of(ports).run(
+        guarded, [ChatMessage(role="user", content="x")], AgentRun(CTX, depth=1)
+    )
+    assert out.outcome == "ok" and "a delegated task cannot wait" in out.output
+
+
+def test_approvals_must_name_the_agents_tools() -> None:
+    with pytest.raises(AgentError, match="`approvals` names `memory_write`"):
+        parse_agent(
+            "a.yaml",
+            {"model": "m", "tools": ["code_execution"], "approvals": ["memory_write"]},
+            "a",
+        )

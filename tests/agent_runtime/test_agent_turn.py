@@ -6,11 +6,13 @@ from __future__ import annotations
 from libs.events import (
     ChatMessage,
     ChatRequested,
+    FunctionCall,
     GenerateRequest,
     GenerationParams,
     GuardrailCheck,
     GuardrailEntity,
     GuardrailVerdict,
+    ToolCall,
     TurnEvent,
     Usage,
 )
@@ -117,8 +119,36 @@ async def test_a_stopped_run_says_why() -> None:
 async def test_client_fields_an_agent_cannot_honour_are_400s() -> None:
     ports = TurnPorts({"m": _echo})
     tool = {"type": "function", "function": {"name": "f"}}
-    cases: list[tuple[dict[str, object], str]] = [({"tools": [tool]}, "tools"), ({"n": 2}, "n")]
+    own = {"type": "function", "function": {"name": "load_skill"}}
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"tools": [own]}, "tools"),
+        ({"tools": [tool], "tool_choice": "required"}, "tool_choice"),
+        ({"n": 2}, "n"),
+    ]
     for params, param in cases:
         out = await run_agent_turn(_event("hi", **params), AGENT, loop_of(ports), ports)
         assert out.error is not None and (out.error.status, out.error.param) == (400, param)
     assert ports.steps == []
+
+
+async def test_a_call_of_the_clients_own_function_ends_the_turn_with_it() -> None:
+    """The client's `tools` are offered beside the agent's; the agent's call of one comes
+    back as the turn's tool call (screened like any answer), for the client to run."""
+
+    def script(request: GenerateRequest) -> StepReply:
+        assert [t.function.name for t in request.params.tools or []] == ["lookup"]
+        if last(request).role == "tool":
+            return StepReply(content=f"Found {last(request).content}")
+        return StepReply(
+            content="Looking. ",
+            tool_calls=[
+                ToolCall(id="call_9", function=FunctionCall(name="lookup", arguments="{}"))
+            ],
+        )
+
+    ports = TurnPorts({"m": script})
+    tool = {"type": "function", "function": {"name": "lookup"}}
+    out = await run_agent_turn(_event("find it", tools=[tool]), AGENT, loop_of(ports), ports)
+    [delta] = out.deltas
+    assert delta.finish_reason == "tool_calls" and delta.content == "Looking. "
+    assert [(c.id, c.name) for c in delta.tool_calls or []] == [("call_9", "lookup")]

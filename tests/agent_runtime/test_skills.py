@@ -147,3 +147,67 @@ async def test_load_skill_discloses_the_body_only_when_chosen(tmp_path: Path) ->
     missing = await registry.call(_call(name="invoice-check", resource="../x"), agent, ports)
     assert missing.outcome == "error" and "no resource" in missing.content
     assert [e.attrs["tool"] for e in ports.audited] == ["load_skill"] * 5
+
+
+def test_an_uploaded_folder_is_checked_whole_then_installed(tmp_path: Path) -> None:
+    folders = SkillFolders(tmp_path / "skills")
+    skill = folders.install("acme", {"SKILL.md": GOOD.encode(), "ref/rates.md": b"20%"})
+    assert skill.header.name == "invoice-check" and skill.resources == ("ref/rates.md",)
+    assert list(folders.headers("acme")) == ["invoice-check"]
+    assert folders.resource("acme", "invoice-check", "ref/rates.md") == "20%"
+    # Replaced in one rename: the old resource is gone with the old folder.
+    folders.install("acme", {"SKILL.md": GOOD.encode()})
+    assert folders.load("acme", "invoice-check").resources == ()
+    assert [p.name for p in (tmp_path / "skills" / "acme").iterdir()] == ["invoice-check"]
+
+
+@pytest.mark.parametrize(
+    ("files", "where", "problem"),
+    [
+        ({"SKILL.md": b"no front matter"}, "skills/acme/SKILL.md", "must begin with a `---`"),
+        (
+            {"SKILL.md": GOOD.replace("description: Check", "description:\n  -").encode()},
+            "skills/acme/invoice-check/SKILL.md",
+            "`description` is missing or empty",
+        ),
+        ({"notes.md": b"x"}, "skills/acme/SKILL.md", "the folder has no SKILL.md"),
+        (
+            {"SKILL.md": GOOD.encode(), "../escape.md": b"x"},
+            "skills/acme/invoice-check/../escape.md",
+            "must be relative",
+        ),
+    ],
+)
+def test_a_malformed_upload_is_refused_naming_the_file_and_nothing_is_written(
+    tmp_path: Path, files: dict[str, bytes], where: str, problem: str
+) -> None:
+    folders = SkillFolders(tmp_path / "skills")
+    with pytest.raises(SkillError) as err:
+        folders.install("acme", files)
+    assert err.value.path == where and problem in err.value.problem
+    assert not (tmp_path / "skills" / "acme").exists() or not any(
+        (tmp_path / "skills" / "acme").iterdir()
+    )
+
+
+def test_the_cli_uploads_lists_and_deletes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.agent_runtime import skills_cli
+    from services.cli import main
+
+    folder = tmp_path / "src" / "invoice-check"
+    folder.mkdir(parents=True)
+    (folder / "SKILL.md").write_text(GOOD)
+    (folder / "rates.md").write_text("20%")
+    monkeypatch.setenv("ENCLAVE_HOME", str(tmp_path / "home"))
+    assert main(["skills", "upload", "--tenant", "acme", str(folder)]) == 0
+    assert main(["skills", "list", "--tenant", "acme"]) == 0
+    assert '"name": "invoice-check"' in capsys.readouterr().out
+    (folder / "SKILL.md").write_text(GOOD.replace("name: invoice-check", "name: Bad Name"))
+    assert main(["skills", "upload", "--tenant", "acme", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("refused: skills/acme/SKILL.md: `name` must be")
+    assert main(["skills", "delete", "--tenant", "acme", "invoice-check"]) == 0
+    assert main(["skills", "delete", "--tenant", "acme", "invoice-check"]) == 1
+    assert skills_cli.read_folder(folder).keys() == {"SKILL.md", "rates.md"}

@@ -173,3 +173,73 @@ async def test_anonymous_and_wrong_passwords_are_refused(
     for bad in (url, with_user(url, "gateway", passwords["worker"])):
         with pytest.raises(Exception, match=r"(?i)authorization"):
             await nats.connect(bad, allow_reconnect=False, max_reconnect_attempts=0)
+
+
+async def test_approvals_work_under_the_services_own_credentials(
+    private_nats: tuple[str, dict[str, str]],
+) -> None:
+    """The runtime saves a paused run in the approvals bucket and takes `agent.resume`
+    from its stream; the gateway lists and decides (compare-and-set) and publishes the
+    resume; the worker may touch none of it."""
+    from nats.js.api import ConsumerConfig
+
+    from libs.approvals import ApprovalStore, new_approval_id
+    from libs.bus import ensure_streams
+    from libs.context import RequestContext
+    from libs.events import ApprovalRecord
+    from libs.settings import Settings
+
+    url, passwords = private_nats
+    s = Subjects(PREFIX)
+    errors: dict[str, list[Exception]] = {u: [] for u in ("gateway", "agent_runtime", "worker")}
+    ports = {u: with_user(url, u, passwords[u]) for u in errors}
+    rt = await nats.connect(
+        ports["agent_runtime"],
+        inbox_prefix=inbox_prefix("agent_runtime").encode(),
+        allow_reconnect=False,
+    )
+    gw = await _connect(ports["gateway"], errors["gateway"])
+    worker = await _connect(ports["worker"], errors["worker"])
+    try:
+        await ensure_streams(rt, Settings(bus_prefix=PREFIX))
+        runtime_store = ApprovalStore(rt, s)
+        ctx = RequestContext(tenant="acme", request_id="req-1")
+        record = ApprovalRecord(
+            id=new_approval_id(), tenant="acme", agent="a", tool="t", call_id="c", ctx=ctx
+        )
+        await runtime_store.create(record)
+        resumed: list[bytes] = []
+
+        async def on_resume(msg: Msg) -> None:
+            resumed.append(msg.data)
+            await msg.ack()
+
+        await rt.jetstream().subscribe(
+            s.agent_resume,
+            queue="agent_runtime_resume",
+            durable="agent_runtime_resume",
+            stream=s.agent_stream_name,
+            cb=on_resume,
+            manual_ack=True,
+            config=ConsumerConfig(ack_wait=30),
+        )
+        gateway_store = ApprovalStore(gw, s)
+        [listed] = await gateway_store.list("acme")
+        found = await gateway_store.get("acme", record.id)
+        assert found is not None and listed.id == record.id
+        decided = found[0].model_copy(update={"status": "approved"})
+        assert await gateway_store.update(decided, found[1])
+        assert not await gateway_store.update(decided, found[1])  # stale revision
+        await gw.jetstream().publish(s.agent_resume, b"{}")
+        deadline = asyncio.get_running_loop().time() + 5
+        while not resumed:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        again = await runtime_store.get("acme", record.id)
+        assert again is not None and again[0].status == "approved"
+        with pytest.raises(Exception):  # noqa: B017 - a permissions violation, as a timeout
+            await worker.jetstream().key_value(s.approvals_bucket_name)
+        assert not errors["gateway"]
+    finally:
+        for nc in (gw, rt, worker):
+            await nc.close()

@@ -107,6 +107,7 @@ def test_raw_subscriptions_and_queue_groups_are_described(doc: dict[str, Any]) -
         op["x-enclave-jetstream"]["durable"] for op in ops.values() if "x-enclave-jetstream" in op
     } == {
         "agent_runtime",
+        "agent_runtime_resume",
         "memory",
         "audit",
         "trainer",

@@ -59,6 +59,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         Permission.DELETE_MEMORIES,
         Permission.EXEC_CODE,
         Permission.FINE_TUNE,
+        Permission.MANAGE_SKILLS,
     },
     Role.AUDITOR: {Permission.LIST_MODELS, Permission.READ_AUDIT, Permission.READ_USAGE},
     Role.USER: {

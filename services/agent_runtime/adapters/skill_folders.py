@@ -10,20 +10,24 @@ the file and the problem; loading it raises that `SkillError`.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.agent_runtime.skills import (
     FENCE,
+    SKILL_FILE,
     Skill,
     SkillError,
     SkillHeader,
+    check_upload,
     parse_header,
     parse_skill,
     split_front_matter,
 )
 
-SKILL_FILE = "SKILL.md"
 MAX_RESOURCE_BYTES = 256 * 1024
 MAX_RESOURCES = 64
 MAX_FRONT_MATTER_LINES = 200
@@ -56,6 +60,8 @@ class SkillFolders:
         if not base.is_dir():
             return out
         for folder in sorted(base.iterdir()):
+            if folder.name.startswith("."):
+                continue  # an upload being written
             path = folder / SKILL_FILE
             if not folder.is_dir() or not path.is_file():
                 continue
@@ -111,6 +117,41 @@ class SkillFolders:
             raise KeyError(relative)
         path = self.tenant_dir(tenant) / name / relative
         return path.read_text(encoding="utf-8", errors="replace")
+
+    def install(self, tenant: str, files: Mapping[str, bytes]) -> Skill:
+        """Write an uploaded skill folder, checked whole first (`check_upload`: a
+        malformed one raises `SkillError` naming the file and the problem, and nothing is
+        written). It replaces a skill of the same name in one rename, so a listing sees
+        the old folder or the new one, never half of one."""
+        base = self.tenant_dir(tenant)
+        skill = check_upload(files, self._shown(base))
+        name = skill.header.name
+        base.mkdir(parents=True, exist_ok=True)
+        staging = base / f".{name}.{secrets.token_hex(4)}.new"
+        try:
+            for relative, content in files.items():
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            final = base / name
+            old = base / f".{name}.{secrets.token_hex(4)}.old"
+            if final.exists():
+                final.rename(old)
+            staging.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return skill
+
+    def remove(self, tenant: str, name: str) -> bool:
+        """Delete a skill's folder; False when there is none."""
+        if not _safe(name) or name.startswith("."):
+            return False
+        folder = self.tenant_dir(tenant) / name
+        if not (folder / SKILL_FILE).is_file():
+            return False
+        shutil.rmtree(folder)
+        return True
 
 
 def _front_matter(shown: str, path: Path) -> str:
