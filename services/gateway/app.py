@@ -42,6 +42,7 @@ from services.gateway.openai_shapes import (
     validate,
 )
 from services.gateway.policy import Action
+from services.gateway.quotas import error_headers
 
 
 class JSON(Response):
@@ -51,8 +52,8 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
-def error_response(info: ErrorInfo) -> JSON:
-    return JSON(info.body(), status_code=info.status)
+def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JSON:
+    return JSON(info.body(), status_code=info.status, headers=headers)
 
 
 def create_app(settings: Settings) -> HotPath:
@@ -80,7 +81,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
 
     @app.exception_handler(EnclaveError)
     async def _enclave_error(request: Request, exc: EnclaveError) -> Response:
-        return error_response(exc.info)
+        return error_response(exc.info, error_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
