@@ -114,6 +114,13 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("DELETE", "/v1/memories"): Permission.DELETE_MEMORIES,
     ("DELETE", "/v1/memories/{memory_id}"): Permission.DELETE_MEMORIES,
     ("DELETE", "/v1/admin/tenant_data"): Permission.MANAGE_TENANT,
+    ("GET", "/v1/admin/tenant"): Permission.READ_USAGE,
+    ("PUT", "/v1/admin/tenant"): Permission.MANAGE_TENANT,
+    ("DELETE", "/v1/admin/tenant"): Permission.MANAGE_TENANT,
+    ("GET", "/v1/admin/providers"): Permission.MANAGE_PROVIDERS,
+    ("PUT", "/v1/admin/providers/{name}"): Permission.MANAGE_PROVIDERS,
+    ("DELETE", "/v1/admin/providers/{name}"): Permission.MANAGE_PROVIDERS,
+    ("GET", "/v1/admin/usage"): Permission.READ_USAGE,
     ("POST", "/v1/sandbox/exec"): Permission.EXEC_CODE,
 }
 # Open to anyone: liveness and readiness carry no tenant data.

@@ -27,6 +27,7 @@ from libs.errors import EnclaveError, ErrorInfo
 from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
 from libs.settings import Settings
 from services.gateway import (
+    admin_routes,
     audit_routes,
     guardrails_routes,
     key_routes,
@@ -192,6 +193,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
         )
 
     key_routes.register(app, gw)
+    admin_routes.register(app, gw)
 
     _document_request_bodies(
         app,

@@ -25,7 +25,7 @@ from services.gateway.adapters.redis_quotas import RedisQuotas
 from services.gateway.adapters.sql_keys import StoredKey, find_key
 from services.gateway.identity import OIDC_SUBJECT_PREFIX, looks_like_jwt
 from services.gateway.oidc import OidcVerifier
-from services.gateway.policy import Action, may
+from services.gateway.policy import OPERATOR, Action, may
 from services.gateway.quotas import Limits, Reservation
 
 # (the caller's context, the tenant it named, the action): records the refused attempt.
@@ -119,10 +119,20 @@ class Authorizer:
         `tenant_header` (OpenAI-Tenant) naming a tenant not the credential's is refused
         and recorded."""
         stored = await self._identify(authorization, action)
+        target = (tenant_header or "").strip()
+        if stored.role == OPERATOR:
+            # No tenant of its own: it acts for the one it names, with its own column only.
+            if not target:
+                raise EnclaveError(
+                    400,
+                    "A platform operator must name the tenant it acts for (OpenAI-Tenant header).",
+                    "tenant_required",
+                    param="OpenAI-Tenant",
+                )
+            stored = replace(stored, tenant=target)
         ctx = RequestContext(
             tenant=stored.tenant, request_id=new_request_id(), actor=stored.key_id, role=stored.role
         )
-        target = (tenant_header or "").strip()
         if target and target != stored.tenant:
             if self.denials is not None:
                 await self.denials(ctx, target, action.value)

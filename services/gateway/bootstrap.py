@@ -32,10 +32,11 @@ from libs.settings import Settings
 from libs.telemetry import setup_tracing
 from services.gateway.adapters.oidc_jwks import HttpJwks
 from services.gateway.adapters.redis_quotas import RedisQuotas
+from services.gateway.adapters.sql_tenants import get_tenant
 from services.gateway.auth import Authorizer
 from services.gateway.oidc import JwksCache, OidcConfig, OidcVerifier
 from services.gateway.openai_shapes import parse_json
-from services.gateway.quotas import Limits
+from services.gateway.quotas import Limits, tenant_limits
 from services.gateway.turn_client import TurnClient
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,13 @@ def build(settings: Settings) -> Gateway:
     async def denied(ctx: RequestContext, target: str, operation: str) -> object:
         return await record_access_denied(audit, ctx, target_tenant=target, operation=operation)
 
+    defaults = default_limits(settings)
+
+    async def own_limits(tenant: str) -> Limits | None:
+        """The tenant's record's limits over the settings' (the admin API sets them)."""
+        row = await get_tenant(db, tenant)
+        return tenant_limits(defaults, row.limits) if row is not None else None
+
     return Gateway(
         settings=settings,
         nc=nc,
@@ -147,10 +155,11 @@ def build(settings: Settings) -> Gateway:
         auth=Authorizer(
             db,
             RedisQuotas(redis, quota_prefix(settings)),
-            default_limits(settings),
+            defaults,
             settings.key_cache_seconds,
             oidc=build_oidc(settings),
             denials=denied,
+            tenant_limits=own_limits,
         ),
         turns=turns,
         audit=audit,

@@ -14,18 +14,18 @@ class Action(StrEnum):
     MANAGE_MODELS = "manage_models"
     READ_AUDIT = "read_audit"
     EXEC_CODE = "exec_code"  # POST /v1/sandbox/exec
+    MANAGE_TENANT = "manage_tenant"  # a tenant's record and its erasure (platform operator)
+    MANAGE_PROVIDERS = "manage_providers"
+    READ_USAGE = "read_usage"
 
 
-# The roles of each action are libs.rbac's matrix (one table for routes and bus operations).
-# The platform operator waits until authorize() reads its OpenAI-Tenant header (rbac.decide).
+# The roles of each action are libs.rbac's matrix (one table for routes and bus operations);
+# the platform operator acts for the tenant its OpenAI-Tenant header names (auth.py).
 ALLOWED: dict[Action, frozenset[str]] = {
-    action: frozenset(
-        role.value
-        for role in rbac.ALLOWED[rbac.Permission(action.value)]
-        if role is not rbac.Role.PLATFORM_OPERATOR
-    )
+    action: frozenset(role.value for role in rbac.ALLOWED[rbac.Permission(action.value)])
     for action in Action
 }
+OPERATOR = rbac.Role.PLATFORM_OPERATOR.value
 
 
 def may(role: str, action: Action) -> bool:

@@ -44,6 +44,16 @@ class Limits:
         return (self.key_rpm, self.tenant_rpm, self.key_tpm, self.tenant_tpm)
 
 
+LIMIT_FIELDS = ("key_rpm", "tenant_rpm", "key_tpm", "tenant_tpm", "monthly_tokens", "concurrency")
+
+
+def tenant_limits(defaults: Limits, own: dict[str, int] | None) -> Limits:
+    """The limits in force: the tenant's own (its record) where set, the settings' elsewhere."""
+    values = {f: getattr(defaults, f) for f in LIMIT_FIELDS}
+    values.update({k: int(v) for k, v in (own or {}).items() if k in values and v is not None})
+    return Limits(**values)
+
+
 @dataclass(frozen=True)
 class Reservation:
     """What an admitted request took; `settle` gives back or takes the difference."""

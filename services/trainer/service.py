@@ -68,6 +68,10 @@ def _prompt(example: Example) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in example.messages[:last]]
 
 
+ERASERS_ONLY = frozenset({"tenant.erase"})
+ERASERS = frozenset({"platform_operator"})  # libs.rbac: manage_tenant
+
+
 @dataclass
 class TrainerService:
     store: TrainerStore
@@ -430,6 +434,10 @@ class TrainerService:
         handler = self._ops.get(req.op)
         if handler is None:
             return _error(400, f"unknown trainer operation {req.op!r}", "invalid_request")
+        if req.op in ERASERS_ONLY and req.ctx.role not in ERASERS:
+            return _error(
+                403, "Only a platform operator may erase a tenant.", "insufficient_permissions"
+            )
         try:
             return await handler(self, req.ctx.tenant, req.args)
         except NotFound as exc:
@@ -501,6 +509,17 @@ class TrainerService:
             return _error(400, "no earlier promoted version to roll back to", "invalid_request")
         return TrainerReply(body=adapter_public(back))
 
+    async def _erase(self, tenant: str, args: dict[str, Any]) -> TrainerReply:
+        """The tenant's erasure (the gateway's DELETE /v1/admin/tenant): its jobs, adapter
+        versions and bundles. Jobs running on this replica are stopped first."""
+        for job_id in list(self.running):
+            row = await self.store.job(tenant, job_id)
+            if row is not None:
+                self.running[job_id].set()
+        counts = await self.store.delete_tenant(tenant)
+        bundles = await asyncio.to_thread(self.bundles.delete_tenant, tenant)
+        return TrainerReply(body={"object": "tenant.erased", **counts, "bundles": bundles})
+
     _ops: ClassVar[dict[str, Callable[[Any, str, dict[str, Any]], Awaitable[TrainerReply]]]] = {
         "jobs.retrieve": _job,
         "jobs.list": _jobs,
@@ -510,6 +529,7 @@ class TrainerService:
         "adapters.list": _adapters,
         "adapters.resolve": _resolve,
         "adapters.rollback": _rollback,
+        "tenant.erase": _erase,
     }
 
 
