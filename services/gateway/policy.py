@@ -17,6 +17,8 @@ class Action(StrEnum):
     MANAGE_TENANT = "manage_tenant"  # a tenant's record and its erasure (platform operator)
     MANAGE_PROVIDERS = "manage_providers"
     READ_USAGE = "read_usage"
+    CHECK_GUARDRAILS = "check_guardrails"  # POST /v1/guardrails/check
+    ERASE_TENANT_DATA = "erase_tenant_data"  # DELETE /v1/admin/tenant_data
 
 
 # The roles of each action are libs.rbac's matrix (one table for routes and bus operations);

@@ -183,5 +183,5 @@ def register(app: FastAPI, gw: Gateway) -> None:
     # A whole tenant's memory and RAG data (admin of that tenant only).
     @app.delete("/v1/admin/tenant_data", response_model=None)
     async def delete_tenant(request: Request) -> Response:
-        ctx = await auth(request, Action.MANAGE_KEYS)
+        ctx = await auth(request, Action.ERASE_TENANT_DATA)
         return await _op(ctx, TenantDataDelete())

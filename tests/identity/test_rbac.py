@@ -64,6 +64,7 @@ EXPECTED: dict[Role, set[Permission]] = {
     Role.USER: {
         Permission.INFER,
         Permission.LIST_MODELS,
+        Permission.CHECK_GUARDRAILS,
         Permission.READ_FILES,
         Permission.WRITE_FILES,
         Permission.READ_MEMORIES,
@@ -75,6 +76,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         Permission.MANAGE_MODELS,
         Permission.MANAGE_PROVIDERS,
         Permission.MANAGE_TENANT,
+        Permission.ERASE_TENANT_DATA,
         Permission.READ_USAGE,
     },
 }
