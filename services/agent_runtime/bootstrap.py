@@ -13,6 +13,7 @@ import os
 import socket
 import time
 
+import orjson
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
@@ -23,13 +24,14 @@ from pydantic import ValidationError
 from libs.audit import (
     AuditPublisher,
     outbox_dir,
+    record_external_call,
     record_turn_dropped,
     record_turn_redelivered,
 )
 from libs.bus import stream_configs
 from libs.errors import ErrorInfo
-from libs.events import ChatRequested, DelegateRequested, TurnEvent
-from libs.generation import Generation, GenerationClient, RouteCache
+from libs.events import ChatRequested, DelegateRequested, TurnEvent, Usage
+from libs.generation import AnyGeneration, GenerationClient, RouteCache
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, serve
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
@@ -169,12 +171,27 @@ class Runtime:
                 await turn.fail(INTERNAL)
         self._observe(event, turn.first, last, started)
         await record_turn(self.audit, event, last, failure)
+        external = turn.external_call()
+        if external is not None:
+            provider, pool, sent = external
+            usage = last.usage if last is not None and last.usage is not None else Usage()
+            await record_external_call(
+                self.audit,
+                event.ctx,
+                provider=provider,
+                pool=pool,
+                model=event.model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                redactions=turn.redactions,
+                sent=orjson.dumps([m.model_dump() for m in sent.messages] or sent.prompt),
+            )
         return last
 
     def _observe(
         self,
         event: ChatRequested,
-        generation: Generation | None,
+        generation: AnyGeneration | None,
         last: TurnEvent | None,
         started: float,
     ) -> None:
