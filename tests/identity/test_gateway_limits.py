@@ -25,7 +25,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from libs.context import RUNTIME_HEADER
-from libs.events import ChatRequested, Delta, TurnEvent, Usage
+from libs.events import ChatRequested, Delta, EmbedReply, TurnEvent, Usage
 from libs.settings import Settings
 from services.gateway.adapters.sql_keys import create_key
 from services.gateway.app import create_fastapi
@@ -232,9 +232,24 @@ async def test_tokens_reserved_settled_budgeted_and_counted(
             # Other routes take from the request buckets only: the budget does not bind.
             keys = await clients[0].get("/v1/models", headers=auth)
             assert keys.status_code == 503  # authorized; nobody serves models here
+
+            # Embeddings are metered too: the tokens the model counted (a stand-in router).
+            async def embed(msg: Msg) -> None:
+                reply = EmbedReply(vectors=[[0.5, 0.5]], prompt_tokens=5)
+                await msg.respond(reply.model_dump_json().encode())
+
+            sub = await nc.subscribe(settings.subjects.inference_embed, cb=embed)
+            emb = await clients[0].post(
+                "/v1/embeddings", headers=auth, json={"model": "e", "input": "hello"}
+            )
+            await sub.unsubscribe()
+            assert emb.status_code == 200, emb.text
             day = datetime.fromtimestamp(clock.now, UTC).strftime("%Y%m%d")
-            [row] = await gws[1].auth.quotas.usage(tenant, [day])
-            assert (row.key_id, row.model, row.tokens, row.requests) == (stored.key_id, "m", 80, 8)
+            rows = await gws[1].auth.quotas.usage(tenant, [day])
+            assert [(r.key_id, r.model, r.tokens, r.requests) for r in rows] == [
+                (stored.key_id, "e", 5, 1),
+                (stored.key_id, "m", 80, 8),
+            ]
         finally:
             for c in clients:
                 await c.aclose()
