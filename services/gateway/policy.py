@@ -18,6 +18,10 @@ class Action(StrEnum):
     MANAGE_PROVIDERS = "manage_providers"
     READ_USAGE = "read_usage"
     CHECK_GUARDRAILS = "check_guardrails"  # POST /v1/guardrails/check
+    READ_FILES = "read_files"  # files and vector stores: list, get, search
+    WRITE_FILES = "write_files"  # upload, create, attach, delete (the owner rule on top)
+    READ_MEMORIES = "read_memories"
+    DELETE_MEMORIES = "delete_memories"
     ERASE_TENANT_DATA = "erase_tenant_data"  # DELETE /v1/admin/tenant_data
 
 
