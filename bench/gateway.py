@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -22,7 +23,7 @@ from bench.loadgen import Result, run_clients
 from libs.context import RequestContext
 from libs.events import ChatMessage, GenerateRequest, GenerationParams
 from services.guardrails.adapters.policy_files import PACKAGED_OPEN
-from tests.infra import Platform, free_port, infra, platform_env
+from tests.infra import REPO, Platform, free_port, infra, platform_env
 
 PROMPTS = [
     "What is the capital of France?",
@@ -114,18 +115,25 @@ INSTANT_SERVICES: tuple[tuple[str, str, str | None], ...] = (
 
 @contextlib.contextmanager
 def running_platform(
-    extra: tuple[tuple[str, str, str | None], ...] = (), models: tuple[str, ...] = ()
+    extra: tuple[tuple[str, str, str | None], ...] = (),
+    models: tuple[str, ...] = (),
+    registry: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Platform, int]]:
     """The platform's processes (the instant path plus `extra`) on the real bus, with an
-    admin key, the open policy, and `enclave-instant` plus `models` served; its port."""
+    admin key, the open policy, and `enclave-instant` plus `models` served; its port.
+    `registry`: pools and models added to deploy/models.yaml (`{"pools": {...},
+    "models": [...]}`)."""
     with infra() as found, tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         port = free_port()
-        plat = Platform(
-            env=platform_env(found, home, port, ENCLAVE_RUNTIME_CONCURRENCY="256"),
-            home=home,
-            base_url=f"http://127.0.0.1:{port}",
-        )
+        env = platform_env(found, home, port, ENCLAVE_RUNTIME_CONCURRENCY="256")
+        if registry:
+            doc = yaml.safe_load((REPO / "deploy" / "models.yaml").read_text())
+            doc["pools"].update(registry.get("pools") or {})
+            doc["models"].extend(registry.get("models") or [])
+            (home / "models.yaml").write_text(yaml.safe_dump(doc))
+            env["ENCLAVE_MODELS_FILE"] = str(home / "models.yaml")
+        plat = Platform(env=env, home=home, base_url=f"http://127.0.0.1:{port}")
         plat.cli("migrate")
         plat.admin_key = plat.create_key("bench", "admin", rpm=100_000_000)
         set_global_policy(plat, OPEN_POLICY)

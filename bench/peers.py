@@ -8,7 +8,11 @@ time while the others sit idle:
 - LiteLLM's proxy (`litellm[proxy]`, one worker, a master key) in front of that engine;
 - Enclave with screening off (the packaged open policy): gateway, runtime, router and
   the `instant` worker, which runs the same InstantEngine behind the bus;
-- Enclave with the default policy: the same, every request and its output screened.
+- Enclave with the default policy: the same, every request and its output screened;
+- Enclave -> `openai_compat` pool, screening off: the gateway, runtime and router as
+  above, but the pool is an `openai_compat` worker that calls the same HTTP stand-in
+  engine LiteLLM's proxy fronts, so the two gateways are compared on exactly the same
+  upstream (and one more HTTP hop than the `instant` worker).
 
 Each side is measured twice, in the order A B C D D C B A, for half its time each (so
 that a load drifting on a shared machine weighs on every side alike): a warm-up, one
@@ -49,6 +53,8 @@ LITELLM = "LiteLLM proxy"
 ENGINE = "engine directly"
 OPEN = "Enclave, screening off"
 DEFAULT = "Enclave, default policy"
+COMPAT = "Enclave -> openai_compat pool, screening off"
+COMPAT_MODEL = "enclave-openai-http"  # routed to the openai_compat pool `openai-http`
 MASTER_KEY = "sk-bench-litellm"
 STARTED = [time.monotonic()]
 
@@ -179,6 +185,7 @@ class Target:
     gateway: int | None  # the pid the clients talk to; None for the engine itself
     pids: list[int]
     policy: str = ""  # Enclave's global policy: "open" or "default"
+    model: str = MODEL
 
 
 def merged(a: Result, b: Result) -> Result:
@@ -187,7 +194,7 @@ def merged(a: Result, b: Result) -> Result:
 
 def measure(name: str, target: Target, share: float) -> Side:
     """A warm-up, then one client and ten clients for `share` of their time."""
-    body = chat_body(MODEL)
+    body = chat_body(target.model)
 
     async def load(clients: int, seconds: float) -> Result:
         return await run_clients(
@@ -258,6 +265,22 @@ def table(sides: list[Side]) -> str:
     return "\n".join(lines)
 
 
+def compat_registry(engine_port: int) -> dict[str, object]:
+    """An `openai_compat` pool on the stand-in engine's HTTP (a server of ours: no
+    `provider`, so no grant is needed), and the model routed to it."""
+    return {
+        "pools": {
+            "openai-http": {
+                "engine": "openai_compat",
+                "model": MODEL,
+                "base_url": f"http://127.0.0.1:{engine_port}/v1",
+                "timeout_s": 30,
+            }
+        },
+        "models": [{"id": COMPAT_MODEL, "kind": "chat", "pool": "openai-http"}],
+    }
+
+
 def main() -> None:
     STARTED[0] = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp_dir, contextlib.ExitStack() as stack:
@@ -269,10 +292,17 @@ def main() -> None:
             targets[LITELLM] = Target(port, MASTER_KEY, proxy.pid, [proxy.pid])
         except (OSError, RuntimeError) as exc:
             print(f"LiteLLM not measured: {exc}", flush=True)
-        plat, port = stack.enter_context(running_platform())
+        plat, port = stack.enter_context(
+            running_platform(
+                (("worker-openai-http", "worker", "openai-http"),),
+                (COMPAT_MODEL,),
+                compat_registry(engine_port),
+            )
+        )
         pids = [p.pid for p in plat.procs.values()]
         gateway = plat.procs["gateway"].pid
         targets[OPEN] = Target(port, plat.admin_key, gateway, pids, "open")
+        targets[COMPAT] = Target(port, plat.admin_key, gateway, pids, "open", COMPAT_MODEL)
         targets[DEFAULT] = Target(port, plat.admin_key, gateway, pids, "default")
         # Every side twice, in the order A B C D D C B A, each for half its time: a load
         # that drifts on the shared machine weighs on every side alike.

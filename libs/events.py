@@ -278,6 +278,13 @@ class RouteReply(BaseModel):
     # The model's retrieval default, for chats that do not say `rag` themselves.
     rag: RagOptions | None = None
     error: ErrorInfo | None = None
+    # Failover: every pool that may serve it, in order (`pool` first); the runtime moves to
+    # the next on an error before the first token (libs.failover). Empty: `pool` alone.
+    pools: list[str] = Field(default_factory=list)
+    # Some pool of `pools` is an external provider's: the input leaves the platform.
+    external: bool = False
+    # The pools of `pools` that are external providers' (pool -> provider), for the audit.
+    providers: dict[str, str] = Field(default_factory=dict)
 
 
 class EmbedRequest(BaseModel):
@@ -586,6 +593,9 @@ class GuardrailCheck(BaseModel):
     # answer, tool-call arguments): it is rewritten only inside string values and stays
     # valid, or is blocked (rule output.structure) if it does not parse.
     structure: Literal["text", "json"] = "text"
+    # The input is about to leave the platform (an external provider's pool): always
+    # screened, never spared by the runtime's input passthrough.
+    external: bool = False
 
 
 class GuardrailEntity(BaseModel):
@@ -798,8 +808,15 @@ class AdapterRollback(BaseModel):
     base_model: str
 
 
+class TenantErase(BaseModel):
+    """The tenant's erasure (a platform operator only; the gateway's DELETE
+    /v1/admin/tenant): its jobs, adapter versions and bundles."""
+
+    op: Literal["tenant.erase"] = "tenant.erase"
+
+
 TrainerOperation = Annotated[
-    JobsCreate | JobsList | JobOp | AdaptersList | AdapterResolve | AdapterRollback,
+    JobsCreate | JobsList | JobOp | AdaptersList | AdapterResolve | AdapterRollback | TenantErase,
     Field(discriminator="op"),
 ]
 

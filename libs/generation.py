@@ -31,6 +31,7 @@ from libs.events import (
     RouteRequest,
     TurnEvent,
 )
+from libs.failover import AttemptFailed, Breakers, NoPoolAnswered, run_with_failover
 from libs.rpc import Bus, Inbox, ReplyRouter
 
 log = logging.getLogger("enclave.generation")
@@ -165,16 +166,92 @@ async def hand_to_pool(bus: Bus, request: GenerateRequest, route: RouteReply) ->
     )
 
 
+class FailoverGeneration:
+    """A generation over a route with several pools (`RouteReply.pools`): the first pool
+    whose worker sends a token (or a clean end) answers; one that refuses, errs or stays
+    silent before that is dropped for the next (libs.failover: in order, bounded, a circuit
+    breaker per pool). After the first token an error is the answer. `pool` says which
+    pool answered."""
+
+    def __init__(
+        self,
+        client: GenerationClient,
+        request: GenerateRequest,
+        route: RouteReply,
+        breakers: Breakers,
+    ) -> None:
+        self.client = client
+        self.request = request
+        self.route = route
+        self.breakers = breakers
+        self.current: Generation | None = None
+        self.pool = ""
+        self.failures: tuple[AttemptFailed, ...] = ()
+        self._first: TurnEvent | None = None
+
+    @property
+    def worker(self) -> str:
+        return self.current.worker if self.current is not None else ""
+
+    @property
+    def requested_at(self) -> float:
+        return self.current.requested_at if self.current is not None else time.perf_counter()
+
+    @property
+    def first_token_at(self) -> float | None:
+        return self.current.first_token_at if self.current is not None else None
+
+    async def _attempt(self, pool: str) -> TurnEvent:
+        request = self.request.model_copy(deep=True)
+        generation = self.client.start(request, self.route.model_copy(update={"pool": pool}))
+        try:
+            event = await generation.next()
+        except EnclaveError as exc:
+            generation.close()
+            raise AttemptFailed(pool, exc.info.message, started=False) from None
+        if event.error is not None and not event.deltas:
+            generation.close()
+            raise AttemptFailed(pool, event.error.message, started=False)
+        self.current = generation
+        return event
+
+    async def next(self) -> TurnEvent:
+        if self.current is None:
+            try:
+                answered = await run_with_failover(
+                    self.route.pools, self._attempt, self.breakers, self.client.max_attempts
+                )
+            except NoPoolAnswered as exc:
+                raise GenerationFailed(
+                    503, f"No pool of `{self.request.model}` answered: {exc}", "no_pool_answered"
+                ) from None
+            self.pool, self.failures = answered.pool, answered.failures
+            return answered.result
+        return await self.current.next()
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+
+
 class GenerationClient:
     """Route, hand to a worker, read the deltas: shared by the runtime and memory."""
 
     def __init__(
-        self, bus: Bus, deltas: ReplyRouter, routes: RouteCache, upstream_timeout_s: float
+        self,
+        bus: Bus,
+        deltas: ReplyRouter,
+        routes: RouteCache,
+        upstream_timeout_s: float,
+        breakers: Breakers | None = None,
+        max_attempts: int = 3,
     ) -> None:
         self.bus = bus
         self.deltas = deltas
         self.routes = routes
         self.upstream_timeout_s = upstream_timeout_s
+        self.breakers = breakers or Breakers()  # one per pool, shared by this replica's turns
+        self.max_attempts = max_attempts
 
     async def follow_models_changed(self) -> None:
         """Drop cached routes on every `models.changed` broadcast (a service's start)."""
@@ -204,6 +281,14 @@ class GenerationClient:
         )
         self.routes.put(ctx.tenant, model, kind, route)
         return route
+
+    def start_any(
+        self, request: GenerateRequest, route: RouteReply
+    ) -> Generation | FailoverGeneration:
+        """`start`, or over the route's pools in order when it lists several."""
+        if len(route.pools) > 1:
+            return FailoverGeneration(self, request, route, self.breakers)
+        return self.start(request, route)
 
     def start(self, request: GenerateRequest, route: RouteReply) -> Generation:
         """Hand `request` to `route`'s pool; its deltas come to this replica."""
@@ -236,3 +321,6 @@ class GenerationClient:
                     return text
         finally:
             generation.close()
+
+
+AnyGeneration = Generation | FailoverGeneration

@@ -50,7 +50,8 @@ class Permission(StrEnum):
     MANAGE_MODELS = "manage_models"
     MANAGE_PROVIDERS = "manage_providers"
     MANAGE_POLICIES = "manage_policies"
-    MANAGE_TENANT = "manage_tenant"  # create a tenant, erase its data
+    MANAGE_TENANT = "manage_tenant"  # a tenant's record and limits, its whole erasure
+    ERASE_TENANT_DATA = "erase_tenant_data"  # all of a tenant's memory and RAG data
     READ_USAGE = "read_usage"
     FINE_TUNE = "fine_tune"
     APPROVE_TOOLS = "approve_tools"  # list, approve and reject agents' paused tool calls
@@ -68,7 +69,8 @@ _A, _D, _AU, _U, _OP = (
 ALLOWED: dict[Permission, frozenset[Role]] = {
     Permission.INFER: frozenset({_A, _D, _U}),
     Permission.LIST_MODELS: frozenset({_A, _D, _AU, _U, _OP}),
-    Permission.CHECK_GUARDRAILS: frozenset({_A, _D}),
+    # Users too: screening one's own text shows verdicts, not the policy.
+    Permission.CHECK_GUARDRAILS: frozenset({_A, _D, _U}),
     Permission.READ_FILES: frozenset({_A, _D, _U}),
     Permission.WRITE_FILES: frozenset({_A, _D, _U}),
     Permission.READ_MEMORIES: frozenset({_A, _D, _U}),
@@ -80,6 +82,7 @@ ALLOWED: dict[Permission, frozenset[Role]] = {
     Permission.MANAGE_PROVIDERS: frozenset({_A, _OP}),
     Permission.MANAGE_POLICIES: frozenset({_A}),
     Permission.MANAGE_TENANT: frozenset({_OP}),
+    Permission.ERASE_TENANT_DATA: frozenset({_A, _OP}),
     Permission.READ_USAGE: frozenset({_A, _AU, _OP}),
     Permission.FINE_TUNE: frozenset({_A, _D}),
     Permission.APPROVE_TOOLS: frozenset({_A}),
@@ -117,7 +120,14 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/v1/memories"): Permission.READ_MEMORIES,
     ("DELETE", "/v1/memories"): Permission.DELETE_MEMORIES,
     ("DELETE", "/v1/memories/{memory_id}"): Permission.DELETE_MEMORIES,
-    ("DELETE", "/v1/admin/tenant_data"): Permission.MANAGE_TENANT,
+    ("DELETE", "/v1/admin/tenant_data"): Permission.ERASE_TENANT_DATA,
+    ("GET", "/v1/admin/tenant"): Permission.READ_USAGE,
+    ("PUT", "/v1/admin/tenant"): Permission.MANAGE_TENANT,
+    ("DELETE", "/v1/admin/tenant"): Permission.MANAGE_TENANT,
+    ("GET", "/v1/admin/providers"): Permission.MANAGE_PROVIDERS,
+    ("PUT", "/v1/admin/providers/{name}"): Permission.MANAGE_PROVIDERS,
+    ("DELETE", "/v1/admin/providers/{name}"): Permission.MANAGE_PROVIDERS,
+    ("GET", "/v1/admin/usage"): Permission.READ_USAGE,
     ("POST", "/v1/sandbox/exec"): Permission.EXEC_CODE,
     ("GET", "/v1/files/{file_id}/content"): Permission.READ_FILES,
     ("POST", "/v1/fine_tuning/jobs"): Permission.FINE_TUNE,

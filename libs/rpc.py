@@ -98,6 +98,7 @@ class Peers:
             "the memory service", "memory_unavailable", settings.memory_api_timeout_s
         )
         self.audit = Peer("the audit service", "audit_unavailable", settings.audit_api_timeout_s)
+        # Its API (trainer.api): jobs and adapters, a tenant's erasure.
         self.trainer = Peer("the trainer", "trainer_unavailable", settings.trainer_api_timeout_s)
         # The router's embeddings wait for the pool's answer itself.
         self.embeddings = Peer(

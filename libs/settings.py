@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     tenant_rpm: int = 0  # 0: no tenant-wide request limit
     tenant_tpm: int = 0  # 0: no tenant-wide token limit
     key_tpm: int = 0  # 0: no per-key token limit
+    tenant_monthly_tokens: int = 0  # 0: no monthly token budget
+    tenant_concurrency: int = 0  # chat/completion requests in flight per tenant; 0: none
 
     models_file: Path = REPO_ROOT / "deploy" / "models.yaml"
     # How long the router waits for a worker of the pool to accept a generation.

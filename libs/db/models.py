@@ -108,6 +108,7 @@ class VectorStore(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(128), index=True)
+    owner: Mapped[str] = mapped_column(String(200), default="")  # who may delete it (or an admin)
     name: Mapped[str] = mapped_column(String(500), default="")
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
@@ -183,3 +184,34 @@ class StoredResponse(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     conversation: Mapped[list[Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class TenantRecord(Base):
+    """A tenant as the admin API knows it: its own limits (services/gateway/quotas.Limits
+    fields; absent ones are the settings'). Deleted with the tenant's data."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class TenantProviderRecord(Base):
+    """An external provider (OpenAI-compatible upstream) an admin enabled for one tenant,
+    with the models it may send there (libs.providers). `api_key` is sealed
+    (libs.secret_box: `enc:v1:...`), never plain."""
+
+    __tablename__ = "tenant_providers"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    base_url: Mapped[str] = mapped_column(String(1000))
+    api_key: Mapped[str] = mapped_column(Text, default="")
+    models: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    allowed_models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -13,6 +13,7 @@ import os
 import socket
 import time
 
+import orjson
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
@@ -24,6 +25,7 @@ from libs.approvals import ApprovalStore
 from libs.audit import (
     AuditPublisher,
     outbox_dir,
+    record_external_call,
     record_turn_dropped,
     record_turn_redelivered,
 )
@@ -37,8 +39,9 @@ from libs.events import (
     SkillsReply,
     SkillsRequest,
     TurnEvent,
+    Usage,
 )
-from libs.generation import Generation, GenerationClient, RouteCache
+from libs.generation import AnyGeneration, GenerationClient, RouteCache
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, serve
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
@@ -245,12 +248,27 @@ class Runtime:
                 self.turns.pop(event.ctx.request_id, None)
         self._observe(event, turn.first, last, started)
         await record_turn(self.audit, event, last, failure)
+        external = turn.external_call()
+        if external is not None:
+            provider, pool, sent = external
+            usage = last.usage if last is not None and last.usage is not None else Usage()
+            await record_external_call(
+                self.audit,
+                event.ctx,
+                provider=provider,
+                pool=pool,
+                model=event.model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                redactions=turn.redactions,
+                sent=orjson.dumps([m.model_dump() for m in sent.messages] or sent.prompt),
+            )
         return last
 
     def _observe(
         self,
         event: ChatRequested,
-        generation: Generation | None,
+        generation: AnyGeneration | None,
         last: TurnEvent | None,
         started: float,
     ) -> None:

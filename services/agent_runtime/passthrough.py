@@ -25,8 +25,9 @@ class InputPassthrough:
 
     @staticmethod
     def applies(check: GuardrailCheck) -> bool:
-        """Only a tenant-level input check may be spared (never output, context, agents)."""
-        return check.direction == "input" and check.agent is None
+        """Only a tenant-level input check may be spared (never output, context, agents,
+        nor an input about to leave for an external provider)."""
+        return check.direction == "input" and check.agent is None and not check.external
 
     def held(self, check: GuardrailCheck) -> GuardrailVerdict | None:
         """The verdict that stands in for asking, with this check's texts; None: ask."""

@@ -91,6 +91,7 @@ class TurnPlan:
     remember: bool  # recall the user's memories, store this turn
     ground: bool  # check the answer against the retrieved chunks
     screen_output: bool  # pass the output through the guardrails' window
+    relay: bool = False  # the turn relays the events itself (a route with failover)
 
     @property
     def retrieve(self) -> bool:
@@ -99,10 +100,10 @@ class TurnPlan:
     @property
     def direct(self) -> bool:
         """Nothing to do to the output: the worker streams it to the client itself."""
-        return not (self.screen_output or self.remember or self.ground)
+        return not (self.screen_output or self.remember or self.ground or self.relay)
 
 
-def plan_turn(event: ChatRequested, verdict: GuardrailVerdict) -> TurnPlan:
+def plan_turn(event: ChatRequested, verdict: GuardrailVerdict, relay: bool = False) -> TurnPlan:
     chat = event.kind == "chat"
     rag = chat and event.rag is not None and event.rag.enabled
     return TurnPlan(
@@ -110,6 +111,7 @@ def plan_turn(event: ChatRequested, verdict: GuardrailVerdict) -> TurnPlan:
         remember=chat and event.memory is not None and event.memory.enabled,
         ground=rag and event.rag is not None and event.rag.grounding,
         screen_output=verdict.screen_output,
+        relay=relay,
     )
 
 
@@ -122,11 +124,11 @@ def _notice(verdict: GuardrailVerdict, what: str) -> str:
     )
 
 
-def _input_check(event: ChatRequested) -> GuardrailCheck:
+def _input_check(event: ChatRequested, external: bool = False) -> GuardrailCheck:
     messages = event.messages
     if event.kind == "completion":
         messages = [ChatMessage(role="user", content=event.prompt or "")]
-    return GuardrailCheck(ctx=event.ctx, direction="input", messages=messages)
+    return GuardrailCheck(ctx=event.ctx, direction="input", messages=messages, external=external)
 
 
 def _guarded(event: ChatRequested, verdict: GuardrailVerdict) -> ChatRequested:
@@ -193,7 +195,10 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
     async def fail(error: ErrorInfo) -> TurnEvent:
         return await send(TurnEvent(error=error, done=True))
 
-    verdict = await ports.screen(_input_check(event))
+    # Routed first (a cached answer, mostly): an input bound for an external provider is
+    # always screened, never spared by the input passthrough.
+    route = await ports.route(ctx, event.model, event.kind)
+    verdict = await ports.screen(_input_check(event, route.external))
     if verdict.error is not None:
         return await fail(verdict.error)
     if not verdict.allowed:
@@ -205,9 +210,10 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
         ]
         return await send(TurnEvent(deltas=filtered, usage=Usage(), done=True))
     event = _guarded(event, verdict)
-    route = await ports.route(ctx, event.model, event.kind)
     event = _with_default(event, route)
-    plan = plan_turn(event, verdict)
+    # A route that may fail over is relayed by the turn: a pool's error before its first
+    # token must not reach the client, the next pool's answer must.
+    plan = plan_turn(event, verdict, relay=bool(route.pools))
 
     messages = event.messages
     # What the client saw of each choice and the chunks it was given, for the grounding check.

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from libs import events as ev
 from libs.context import RUNTIME_HEADER, WORKER_HEADER, RequestContext
 from libs.errors import ErrorInfo
-from libs.generation import Generation, GenerationClient
+from libs.generation import AnyGeneration, FailoverGeneration, GenerationClient
 from libs.guardrails_client import ask_guardrails
 from libs.rpc import Bus
 from services.agent_runtime.passthrough import InputPassthrough
@@ -82,12 +82,32 @@ class NatsTurn:
         self.shared = shared
         self.subject = event.reply_subject
         self.headers = event.ctx.headers()
-        self.generation: Generation | None = None
-        self.first: Generation | None = None  # the turn's first generation (its TTFT)
+        self.generation: AnyGeneration | None = None
+        self.first: AnyGeneration | None = None  # the turn's first generation (its TTFT)
+        # An input leaving for an external provider: the route, what was sent, and how
+        # many entities the input screening replaced (for the external-call audit).
+        self.external: tuple[ev.RouteReply, ev.GenerateRequest] | None = None
+        self.redactions = 0
         self._serving: dict[str, str] | None = None
 
     async def screen(self, check: ev.GuardrailCheck) -> ev.GuardrailVerdict:
-        return await self.shared.screen(check)
+        verdict = await self.shared.screen(check)
+        if check.direction == "input":
+            self.redactions = len(verdict.entities)
+        return verdict
+
+    def external_call(self) -> tuple[str, str, ev.GenerateRequest] | None:
+        """(provider, pool, request) when the turn's answer came from an external provider."""
+        if self.external is None or self.generation is None:
+            return None
+        route, request = self.external
+        pool = (
+            self.generation.pool
+            if isinstance(self.generation, FailoverGeneration)
+            else route.pool or ""
+        )
+        provider = route.providers.get(pool)
+        return (provider, pool, request) if provider else None
 
     async def route(
         self, ctx: RequestContext, model: str, kind: Literal["chat", "completion"]
@@ -96,11 +116,13 @@ class NatsTurn:
 
     def generate(
         self, request: ev.GenerateRequest, route: ev.RouteReply, direct: bool
-    ) -> Generation:
+    ) -> AnyGeneration:
+        if route.external:
+            self.external = (route, request)
         if direct:
             request.client_subject = self.subject
             request.client_headers = {**self.headers, RUNTIME_HEADER: self.shared.replica}
-        self.generation = self.shared.generations.start(request, route)
+        self.generation = self.shared.generations.start_any(request, route)
         if self.first is None:
             self.first = self.generation
         return self.generation

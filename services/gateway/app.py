@@ -25,8 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from libs.asyncapi import render as asyncapi_json
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
+from libs.rbac import TENANT_HEADER
 from libs.settings import Settings
 from services.gateway import (
+    admin_routes,
     approvals_routes,
     audit_routes,
     fine_tuning_routes,
@@ -47,6 +49,7 @@ from services.gateway.openai_shapes import (
     validate,
 )
 from services.gateway.policy import Action
+from services.gateway.quotas import error_headers, reservation_size
 from services.gateway.responses_shapes import ResponsesRequest
 from services.gateway.skills_routes import SkillUpload
 
@@ -58,8 +61,8 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
-def error_response(info: ErrorInfo) -> JSON:
-    return JSON(info.body(), status_code=info.status)
+def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JSON:
+    return JSON(info.body(), status_code=info.status, headers=headers)
 
 
 def create_app(settings: Settings) -> HotPath:
@@ -88,7 +91,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
 
     @app.exception_handler(EnclaveError)
     async def _enclave_error(request: Request, exc: EnclaveError) -> Response:
-        return error_response(exc.info)
+        return error_response(exc.info, error_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -140,19 +143,31 @@ def create_fastapi(gw: Gateway) -> FastAPI:
 
     @app.post("/v1/embeddings", response_model=None)
     async def embeddings(request: Request) -> Response:
-        ctx = await gw.auth.check_request(request, Action.INFER)
+        headers = request.headers
+        grant = await gw.auth.authorize(
+            headers.get("authorization"), Action.INFER, headers.get(TENANT_HEADER)
+        )
+        ctx = grant.ctx
         req = validate(EmbeddingRequest, await gw.read_json(request))
         await audit_routes.audit_request(gw, request, ctx, "embeddings", req.model)
         try:
             inputs = req.inputs()
         except ValueError as exc:
             raise EnclaveError(400, str(exc), "invalid_value", "input") from None
-        reply = await gw.bus.ask(
-            peers.embeddings,
-            subjects.inference_embed,
-            EmbedRequest(ctx=ctx, model=req.model, inputs=inputs),
-            EmbedReply,
-        )
+        # The exact limits, as for chats: the inputs' estimate reserved, settled from the
+        # tokens the model counted (services/gateway/quotas.py).
+        reservation = await grant.admit(reservation_size(sum(len(t) for t in inputs), 0))
+        used = 0
+        try:
+            reply = await gw.bus.ask(
+                peers.embeddings,
+                subjects.inference_embed,
+                EmbedRequest(ctx=ctx, model=req.model, inputs=inputs),
+                EmbedReply,
+            )
+            used = reply.prompt_tokens if reply.error is None else 0
+        finally:
+            await gw.auth.settle(reservation, used, req.model)
         if reply.error is not None:
             raise EnclaveError.of(reply.error)
         if req.dimensions is not None and reply.vectors and req.dimensions != len(reply.vectors[0]):
@@ -199,6 +214,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
         )
 
     key_routes.register(app, gw)
+    admin_routes.register(app, gw)
 
     _document_request_bodies(
         app,

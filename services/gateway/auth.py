@@ -1,17 +1,18 @@
 """Who is asking, and may they: the one `authorize()` of every route.
 
 The tenant always comes from the credential. Keys are looked up in SQL and cached for
-`key_cache_seconds`; the role must allow the action; the key's rate limit is checked in
-Redis. `authorize` starts that check and returns at once, so the streamed routes read and
-validate the body while it runs (hot_path.py); the FastAPI routes wait for it first
-(`check`). Same checks, same errors, either way.
+`key_cache_seconds`; the role must allow the action; then the exact limits in Redis
+(services/gateway/quotas.py, one Lua script): the FastAPI routes take one request from
+the key's and the tenant's request buckets (`check`); the streamed routes, once the body
+is read and its reservation known, `admit` it into every bucket, the monthly budget and
+the tenant's requests in flight, and `settle` it when the turn ends.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
@@ -20,50 +21,96 @@ from libs.context import RequestContext, new_request_id
 from libs.errors import EnclaveError
 from libs.rbac import TENANT_HEADER
 from services.gateway import keys
-from services.gateway.adapters.redis_limits import RedisRateLimiter
+from services.gateway.adapters.redis_quotas import RedisQuotas
 from services.gateway.adapters.sql_keys import StoredKey, find_key
 from services.gateway.identity import OIDC_SUBJECT_PREFIX, looks_like_jwt
 from services.gateway.oidc import OidcVerifier
-from services.gateway.policy import Action, may
+from services.gateway.policy import OPERATOR, Action, may
+from services.gateway.quotas import Limits, Reservation
 
 # (the caller's context, the tenant it named, the action): records the refused attempt.
 Denied = Callable[[RequestContext, str, str], Awaitable[object]]
 
 
 class Grant:
-    """An authenticated, permitted request; its rate-limit check may still be running."""
+    """An authenticated, permitted request, not yet admitted by the limits."""
 
-    __slots__ = ("ctx", "limited")
+    __slots__ = ("auth", "ctx", "stored")
 
-    def __init__(self, ctx: RequestContext, limited: asyncio.Future[None]) -> None:
+    def __init__(self, auth: Authorizer, ctx: RequestContext, stored: StoredKey) -> None:
+        self.auth = auth
         self.ctx = ctx
-        self.limited = limited
+        self.stored = stored
 
     async def within_limit(self) -> RequestContext:
-        """The request's context once the rate limit admitted it (429 otherwise)."""
-        await self.limited
+        """The request's context once the request buckets admitted it (429 otherwise)."""
+        limits = await self.auth.limits(self.stored, inference=False)
+        await self.auth.quotas.admit(self.stored.key_id, self.ctx.tenant, limits, 0)
         return self.ctx
+
+    async def admit(self, reserve: int) -> Reservation:
+        """An inference request: one request and `reserve` tokens from every bucket and
+        the month's budget, and a place among the tenant's requests in flight; settle it
+        (`Authorizer.settle`) when the request ends, whatever its end."""
+        limits = await self.auth.limits(self.stored, inference=True)
+        return await self.auth.quotas.admit(
+            self.stored.key_id, self.ctx.tenant, limits, reserve, self.ctx.request_id
+        )
+
+
+# The tenant's own limits (the admin API's tenant record), overriding the settings.
+TenantLimits = Callable[[str], Awaitable[Limits | None]]
 
 
 class Authorizer:
     def __init__(
         self,
         db: AsyncEngine,
-        limiter: RedisRateLimiter,
-        default_rpm: int,
+        quotas: RedisQuotas,
+        defaults: Limits,
         key_cache_s: float,
         clock: Callable[[], float] = time.monotonic,
         oidc: OidcVerifier | None = None,
         denials: Denied | None = None,
+        tenant_limits: TenantLimits | None = None,
     ) -> None:
+        """`defaults`: every tenant's limits unless its record sets its own (`key_rpm` is
+        the default of keys that set none)."""
         self.denials = denials  # records a cross-tenant attempt (libs.audit)
         self.oidc = oidc  # bearer JWTs from the configured issuer (services/gateway/oidc.py)
         self.db = db
-        self.limiter = limiter
-        self.default_rpm = default_rpm
+        self.quotas = quotas
+        self.defaults = defaults
+        self.tenant_limits = tenant_limits
         self.key_cache_s = key_cache_s
         self.clock = clock
         self.key_cache: dict[str, tuple[StoredKey, float]] = {}
+        self.tenant_cache: dict[str, tuple[Limits, float]] = {}
+
+    async def limits(self, stored: StoredKey, inference: bool) -> Limits:
+        """The limits of this key's request: its own rpm, its tenant's limits (cached like
+        keys), and on a non-inference route the request buckets only."""
+        tenant = await self._tenant_limits(stored.tenant)
+        key_rpm = stored.rate_limit_rpm or tenant.key_rpm
+        if not inference:
+            return Limits(key_rpm=key_rpm, tenant_rpm=tenant.tenant_rpm)
+        return replace(tenant, key_rpm=key_rpm)
+
+    async def _tenant_limits(self, tenant: str) -> Limits:
+        if self.tenant_limits is None:
+            return self.defaults
+        now = self.clock()
+        cached = self.tenant_cache.get(tenant)
+        if cached and cached[1] > now:
+            return cached[0]
+        found = await self.tenant_limits(tenant) or self.defaults
+        self.tenant_cache[tenant] = (found, now + self.key_cache_s)
+        return found
+
+    async def settle(self, reservation: Reservation, used: int, model: str) -> None:
+        """The end of an admitted inference request: tokens settled from its usage, its
+        in-flight place freed, its day's usage counted."""
+        await self.quotas.settle(reservation, used, model)
 
     async def authorize(
         self, authorization: str | None, action: Action, tenant_header: str | None = None
@@ -72,22 +119,32 @@ class Authorizer:
         `tenant_header` (OpenAI-Tenant) naming a tenant not the credential's is refused
         and recorded."""
         stored = await self._identify(authorization, action)
+        target = (tenant_header or "").strip()
+        if stored.role == OPERATOR:
+            # No tenant of its own: it acts for the one it names, with its own column only.
+            if not target:
+                raise EnclaveError(
+                    400,
+                    "A platform operator must name the tenant it acts for (OpenAI-Tenant header).",
+                    "tenant_required",
+                    param="OpenAI-Tenant",
+                )
+            stored = replace(stored, tenant=target)
         ctx = RequestContext(
             tenant=stored.tenant, request_id=new_request_id(), actor=stored.key_id, role=stored.role
         )
-        target = (tenant_header or "").strip()
         if target and target != stored.tenant:
             if self.denials is not None:
                 await self.denials(ctx, target, action.value)
             raise EnclaveError(
                 403, "This credential may not act for another tenant.", "cross_tenant"
             )
-        return Grant(ctx, asyncio.ensure_future(self._within_limit(stored)))
+        return Grant(self, ctx, stored)
 
     async def check(
         self, authorization: str | None, action: Action, tenant_header: str | None = None
     ) -> RequestContext:
-        """`authorize`, waiting for the rate limit too (the FastAPI routes)."""
+        """`authorize`, then the request limits (the FastAPI routes)."""
         return await (await self.authorize(authorization, action, tenant_header)).within_limit()
 
     async def check_request(self, request: Request, action: Action) -> RequestContext:
@@ -108,6 +165,13 @@ class Authorizer:
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (it was revoked): the next request reads SQL again."""
         self.key_cache.pop(key_id, None)
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop a tenant's limits and keys from the caches (changed or erased)."""
+        self.tenant_cache.pop(tenant, None)
+        for key_id, (stored, _) in list(self.key_cache.items()):
+            if stored.tenant == tenant:
+                del self.key_cache[key_id]
 
     async def _identify(self, authorization: str | None, action: Action) -> StoredKey:
         token = keys.bearer_token(authorization)
@@ -157,12 +221,3 @@ class Authorizer:
             rate_limit_rpm=None,
             revoked=False,
         )
-
-    async def _within_limit(self, stored: StoredKey) -> None:
-        rpm = stored.rate_limit_rpm or self.default_rpm
-        if not await self.limiter.allow(stored.key_id, rpm):
-            raise EnclaveError(
-                429,
-                f"Rate limit reached for this key ({rpm} requests per minute).",
-                "rate_limit_exceeded",
-            )

@@ -31,10 +31,12 @@ from libs.rpc import Bus
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
 from services.gateway.adapters.oidc_jwks import HttpJwks
-from services.gateway.adapters.redis_limits import RedisRateLimiter
+from services.gateway.adapters.redis_quotas import RedisQuotas
+from services.gateway.adapters.sql_tenants import get_tenant
 from services.gateway.auth import Authorizer
 from services.gateway.oidc import JwksCache, OidcConfig, OidcVerifier
 from services.gateway.openai_shapes import parse_json
+from services.gateway.quotas import Limits, tenant_limits
 from services.gateway.turn_client import TurnClient
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,23 @@ def build_oidc(settings: Settings) -> OidcVerifier | None:
     return OidcVerifier(config, JwksCache(source, config.min_refresh_s))
 
 
+def quota_prefix(settings: Settings) -> str:
+    """The Redis keys of the limits; a bus prefix (a test's, a second platform's) apart."""
+    return f"enclave:{settings.bus_prefix}:q" if settings.bus_prefix else "enclave:q"
+
+
+def default_limits(settings: Settings) -> Limits:
+    """Every tenant's limits unless its record (the admin API) sets its own."""
+    return Limits(
+        key_rpm=settings.rate_limit_rpm,
+        tenant_rpm=settings.tenant_rpm,
+        key_tpm=settings.key_tpm,
+        tenant_tpm=settings.tenant_tpm,
+        monthly_tokens=settings.tenant_monthly_tokens,
+        concurrency=settings.tenant_concurrency,
+    )
+
+
 def build(settings: Settings) -> Gateway:
     nc = NatsClient()
     bus = Bus(nc, settings)
@@ -120,6 +139,13 @@ def build(settings: Settings) -> Gateway:
     async def denied(ctx: RequestContext, target: str, operation: str) -> object:
         return await record_access_denied(audit, ctx, target_tenant=target, operation=operation)
 
+    defaults = default_limits(settings)
+
+    async def own_limits(tenant: str) -> Limits | None:
+        """The tenant's record's limits over the settings' (the admin API sets them)."""
+        row = await get_tenant(db, tenant)
+        return tenant_limits(defaults, row.limits) if row is not None else None
+
     return Gateway(
         settings=settings,
         nc=nc,
@@ -128,11 +154,12 @@ def build(settings: Settings) -> Gateway:
         redis=redis,
         auth=Authorizer(
             db,
-            RedisRateLimiter(redis),
-            settings.rate_limit_rpm,
+            RedisQuotas(redis, quota_prefix(settings)),
+            defaults,
             settings.key_cache_seconds,
             oidc=build_oidc(settings),
             denials=denied,
+            tenant_limits=own_limits,
         ),
         turns=turns,
         audit=audit,

@@ -34,7 +34,7 @@ class CheckRequest(BaseModel):
 def register(app: FastAPI, gw: Gateway) -> None:
     @app.post("/v1/guardrails/check", response_model=None)
     async def guardrails_check(request: Request) -> Response:
-        ctx = await gw.auth.check_request(request, Action.INFER)
+        ctx = await gw.auth.check_request(request, Action.CHECK_GUARDRAILS)
         req = validate(CheckRequest, await gw.read_json(request))
         role = "user" if req.direction == "input" else "assistant"
         check = GuardrailCheck(

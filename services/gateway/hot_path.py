@@ -25,6 +25,7 @@ from libs.telemetry import attributes, with_span
 from services.gateway.audit_routes import record_request
 from services.gateway.auth import Grant
 from services.gateway.bootstrap import Gateway
+from services.gateway.metering import MeteredTurn
 from services.gateway.openai_shapes import (
     Accumulator,
     ChatCompletionRequest,
@@ -37,6 +38,7 @@ from services.gateway.openai_shapes import (
     validate,
 )
 from services.gateway.policy import Action
+from services.gateway.quotas import error_headers, event_reservation
 from services.gateway.turn_client import TurnStream
 
 ROUTES = {
@@ -181,7 +183,8 @@ class HotPath:
         try:
             status, extra, payload = await self._handle(kind, headers, receive)
         except EnclaveError as exc:
-            status, extra, payload = exc.info.status, [], orjson.dumps(exc.info.body())
+            status, payload = exc.info.status, orjson.dumps(exc.info.body())
+            extra = [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
         except Exception:
             info = ErrorInfo(status=500, message="Internal error.", code="internal_error")
             status, extra, payload = 500, [], orjson.dumps(info.body())
@@ -235,27 +238,34 @@ class HotPath:
         headers: dict[bytes, bytes],
         receive: Receive,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes | AsyncIterator[bytes]]:
-        # The rate limit's Redis round trip runs while the body is read and validated.
+        declared = headers.get(b"content-length")
+        gw.check_declared_size(declared.decode() if declared else None)
+        body = await _read_body(receive, gw)
+        if kind == "chat":
+            chat = validate(ChatCompletionRequest, parse_json(body))
+            event, wants_stream, usage = chat_event(chat, ctx), chat.stream, chat.include_usage
+        else:
+            completion = validate(CompletionRequest, parse_json(body))
+            event = completion_event(completion, ctx)
+            wants_stream, usage = completion.stream, completion.include_usage
+        # The exact limits (services/gateway/quotas.py): settled when the turn ends.
+        reservation = await grant.admit(event_reservation(event))
+
+        async def settle(used: int) -> None:
+            await gw.auth.settle(reservation, used, event.model)
+
         try:
-            declared = headers.get(b"content-length")
-            gw.check_declared_size(declared.decode() if declared else None)
-            body = await _read_body(receive, gw)
-            if kind == "chat":
-                chat = validate(ChatCompletionRequest, parse_json(body))
-                event, wants_stream, usage = chat_event(chat, ctx), chat.stream, chat.include_usage
-            else:
-                completion = validate(CompletionRequest, parse_json(body))
-                event = completion_event(completion, ctx)
-                wants_stream, usage = completion.stream, completion.include_usage
-        finally:
-            await grant.within_limit()
-        turn, first = await open_turn(
-            gw,
-            event,
-            lambda: record_request(
-                gw.audit, ctx, AUDIT_ACTIONS[kind], event.model, body, ROUTE_PATHS[kind]
-            ),
-        )
+            opened, first = await open_turn(
+                gw,
+                event,
+                lambda: record_request(
+                    gw.audit, ctx, AUDIT_ACTIONS[kind], event.model, body, ROUTE_PATHS[kind]
+                ),
+            )
+        except BaseException:
+            await settle(0)
+            raise
+        turn = MeteredTurn(opened, first, settle)
         extra = [(b"x-request-id", ctx.request_id.encode())]
         extra += [(f"x-enclave-{k}".encode(), v.encode()) for k, v in turn.served_by.items()]
         if wants_stream:

@@ -13,7 +13,9 @@ import secrets
 from dataclasses import dataclass
 
 PREFIX = "ek"
-ROLES = ("admin", "developer", "auditor", "user")
+# The last acts for the tenant its OpenAI-Tenant header names (libs.rbac); `enclave keys
+# create` makes such keys, the admin API never does.
+ROLES = ("admin", "developer", "auditor", "user", "platform_operator")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from libs.events import (
     TurnEvent,
     Usage,
 )
+from libs.rbac import Credential, end_user
 from libs.tool_calls import CallCollector, ToolChoiceError, delta_json
 from libs.tool_calls import check as check_tools
 
@@ -206,7 +207,7 @@ def chat_event(req: ChatCompletionRequest, ctx: RequestContext) -> ChatRequested
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
         response_format=fmt,
-        user=req.user,
+        user=speaks_for(ctx, req.user),
         tools=req.tools,
         tool_choice=req.tool_choice,
         parallel_tool_calls=req.parallel_tool_calls,
@@ -218,6 +219,13 @@ def chat_event(req: ChatCompletionRequest, ctx: RequestContext) -> ChatRequested
     return ChatRequested(
         ctx=ctx, model=req.model, messages=messages, params=params, rag=req.rag, memory=req.memory
     )
+
+
+def speaks_for(ctx: RequestContext, asserted: str | None) -> str | None:
+    """The end user of a request (the OpenAI `user` field, which unlocks `user:` ACLs on
+    documents): as asserted for admin and developer credentials; a user-role credential's
+    own subject (naming anyone else is 403); none for the others (libs.rbac.end_user)."""
+    return end_user(Credential(ctx.actor, ctx.tenant, frozenset({ctx.role})), asserted)
 
 
 def context_extras(ev: TurnEvent) -> dict[str, Any]:
@@ -244,7 +252,7 @@ def completion_event(req: CompletionRequest, ctx: RequestContext) -> ChatRequest
         n=req.n,
         logprobs=req.logprobs is not None,
         top_logprobs=req.logprobs,
-        user=req.user,
+        user=speaks_for(ctx, req.user),
     )
     return ChatRequested(ctx=ctx, model=req.model, kind="completion", prompt=prompt, params=params)
 

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from libs.errors import EnclaveError
+from libs.events import ChatRequested
 
 # The buckets, in the order the script takes them.
 BUCKETS = ("key_rpm", "tenant_rpm", "key_tpm", "tenant_tpm")
 TOO_LARGE = -1  # the script's answer: the request can never fit this bucket
 OVER_BUDGET = -2  # the script's answer: the monthly budget would be exceeded
+TOO_MANY_IN_FLIGHT = -3  # the script's answer: the tenant's concurrency limit is reached
 CHARS_PER_TOKEN = 4  # the reservation's estimate of a prompt's tokens, before tokenizing
 DEFAULT_MAX_TOKENS = 1024  # reserved when a request names no max_tokens
 
@@ -36,9 +38,20 @@ class Limits:
     key_tpm: int = 0
     tenant_tpm: int = 0
     monthly_tokens: int = 0
+    concurrency: int = 0  # requests in flight at once, per tenant (inference routes)
 
     def capacities(self) -> tuple[int, int, int, int]:
         return (self.key_rpm, self.tenant_rpm, self.key_tpm, self.tenant_tpm)
+
+
+LIMIT_FIELDS = ("key_rpm", "tenant_rpm", "key_tpm", "tenant_tpm", "monthly_tokens", "concurrency")
+
+
+def tenant_limits(defaults: Limits, own: dict[str, int] | None) -> Limits:
+    """The limits in force: the tenant's own (its record) where set, the settings' elsewhere."""
+    values = {f: getattr(defaults, f) for f in LIMIT_FIELDS}
+    values.update({k: int(v) for k, v in (own or {}).items() if k in values and v is not None})
+    return Limits(**values)
 
 
 @dataclass(frozen=True)
@@ -50,12 +63,39 @@ class Reservation:
     month: str
     limits: Limits
     reserved: int
+    member: str = ""  # the request's id in the tenant's in-flight set ("": not counted)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One day's tokens and requests of one key on one model (the admin usage API)."""
+
+    day: str  # YYYYMMDD, UTC
+    key_id: str
+    model: str
+    tokens: int
+    requests: int
 
 
 def reservation_size(prompt_chars: int, max_tokens: int | None) -> int:
     """Tokens to reserve: the prompt's estimate plus the most the answer may take."""
     answer = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS
     return math.ceil(prompt_chars / CHARS_PER_TOKEN) + max(0, answer)
+
+
+def event_reservation(event: ChatRequested) -> int:
+    """The reservation of a chat or completion turn: its prompt, and `max_tokens` for each
+    of its `n` answers."""
+    chars = len(event.prompt or "") + sum(len(m.content or "") for m in event.messages)
+    answer = event.params.max_tokens
+    n = max(1, event.params.n)
+    return reservation_size(chars, None if answer is None else answer * n) + (
+        DEFAULT_MAX_TOKENS * (n - 1) if answer is None else 0
+    )
+
+
+def day_of(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y%m%d")
 
 
 def month_of(now: datetime) -> str:
@@ -79,9 +119,21 @@ class RateLimited(EnclaveError):
         return {"retry-after": str(self.retry_after_s)}
 
 
+def error_headers(exc: EnclaveError) -> dict[str, str]:
+    """The headers of an error response: Retry-After on a 429 of the limits."""
+    return exc.headers() if isinstance(exc, RateLimited) else {}
+
+
 def refusal(answer: int, bucket: int, limits: Limits, reserve: int, now: datetime) -> RateLimited:
     """The error for the script's refusal: `answer` is the wait in ms, or TOO_LARGE or
     OVER_BUDGET; `bucket` the index (1-based) of the bucket that refused."""
+    if answer == TOO_MANY_IN_FLIGHT:
+        return RateLimited(
+            f"This tenant has {limits.concurrency} requests in flight already (its limit). "
+            "Please retry after 1 s.",
+            "concurrency_limit_exceeded",
+            1,
+        )
     if answer == OVER_BUDGET:
         return RateLimited(
             f"This tenant's monthly token budget ({limits.monthly_tokens}) is used up.",

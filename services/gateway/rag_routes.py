@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from libs import rbac
 from libs.context import RequestContext
 from libs.errors import EnclaveError
 from libs.events import (
@@ -57,7 +58,11 @@ async def _body(gw: Gateway, request: Request) -> dict[str, Any]:
 def register(app: FastAPI, gw: Gateway) -> None:
     subjects = gw.bus.subjects
 
-    async def auth(request: Request, action: Action = Action.INFER) -> RequestContext:
+    async def auth(request: Request, action: Action | None = None) -> RequestContext:
+        """The route's permission from the RBAC matrix (libs.rbac.ROUTES) unless named."""
+        if action is None:
+            permission = rbac.ROUTES[(request.method, request.scope["route"].path)]
+            action = Action(permission.value)
         return await gw.auth.check_request(request, action)
 
     async def _op(ctx: RequestContext, operation: MemoryOperation) -> Response:
@@ -184,5 +189,5 @@ def register(app: FastAPI, gw: Gateway) -> None:
     # A whole tenant's memory and RAG data (admin of that tenant only).
     @app.delete("/v1/admin/tenant_data", response_model=None)
     async def delete_tenant(request: Request) -> Response:
-        ctx = await auth(request, Action.MANAGE_KEYS)
+        ctx = await auth(request, Action.ERASE_TENANT_DATA)
         return await _op(ctx, TenantDataDelete())

@@ -38,6 +38,12 @@ class ModelRoute:
     created: int = 0
     # Retrieval for chats that do not say `rag` (the tenant's vector store of that name).
     rag: RagOptions | None = None
+    # Pools tried after `pool`, in order, on an error before the first token (failover).
+    fallback: tuple[str, ...] = ()
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        return (self.pool, *self.fallback)
 
     def info(self) -> ModelInfo:
         return ModelInfo(id=self.id, kind=self.kind, pool=self.pool, created=self.created)
@@ -51,8 +57,9 @@ class Registry:
     def with_routes(self, routes: list[ModelRoute]) -> Registry:
         merged = dict(self.models)
         for route in routes:
-            if route.pool not in self.pools:
-                raise RegistryError(f"model `{route.id}` names unknown pool `{route.pool}`")
+            for pool in route.pools:
+                if pool not in self.pools:
+                    raise RegistryError(f"model `{route.id}` names unknown pool `{pool}`")
             merged[route.id] = route
         return Registry(self.pools, merged)
 
@@ -93,9 +100,18 @@ def parse_registry(doc: dict[str, Any]) -> Registry:
                 adapter=entry.get("adapter"),
                 tenant=entry.get("tenant"),
                 rag=rag_default(entry),
+                fallback=tuple(entry.get("fallback") or ()),
             )
         )
     return registry.with_routes(routes)
+
+
+def provider_of(pool: dict[str, Any]) -> str | None:
+    """The external provider a pool reaches (`provider:` on an openai_compat pool), or None
+    for the platform's own workers (an openai_compat pool without it is a server of ours,
+    a vLLM on another host, say)."""
+    name = pool.get("provider")
+    return str(name) if name else None
 
 
 def rag_default(entry: dict[str, Any]) -> RagOptions | None:

@@ -7,10 +7,12 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.errors import ErrorInfo
+from libs.errors import EnclaveError, ErrorInfo
 from libs.events import RouteReply
+from libs.providers import Provider, TenantProvider, external_allowed
+from services.inference_router.adapters.sql_grants import load_grants
 from services.inference_router.adapters.sql_models import load_routes
-from services.inference_router.registry import ModelRoute, Registry
+from services.inference_router.registry import ModelRoute, Registry, provider_of
 
 SQL_REFRESH_S = 1.0
 
@@ -21,6 +23,7 @@ class Routes:
         self.current = base
         self.engine = engine
         self._loaded_at = 0.0
+        self._grant_cache: dict[str, tuple[list[TenantProvider], float]] = {}
 
     async def refresh(self, force: bool = False) -> Registry:
         now = time.monotonic()
@@ -30,14 +33,56 @@ class Routes:
         return self.current
 
     async def answer(self, model: str, tenant: str, use: str) -> RouteReply:
-        """What serves `model` for `tenant`: pool, adapter, per-token timeout, RAG default."""
+        """What serves `model` for `tenant`: pool (and the pools to fail over to), adapter,
+        per-token timeout, RAG default. An external provider's pool is in it only where
+        the tenant's admin enabled that provider for this model (libs.providers); a route
+        left with no pool is that 403."""
         found = await self.resolve(model, tenant, use)
         if isinstance(found, ErrorInfo):
             return RouteReply(error=found)
-        timeout_s = self.current.pools[found.pool].get("timeout_s")
+        pools = self.current.pools
+        allowed: list[str] = []
+        providers: dict[str, str] = {}
+        refusal: EnclaveError | None = None
+        for name in found.pools:
+            provider = provider_of(pools[name])
+            if provider is not None:
+                grants = await self._grants(tenant)
+                upstream = Provider(
+                    name=provider,
+                    base_url=str(pools[name].get("base_url", "")),
+                    models={model: str(pools[name].get("model", model))},
+                )
+                try:
+                    external_allowed(grants, tenant, upstream, model)
+                except EnclaveError as exc:
+                    refusal = refusal or exc
+                    continue
+                providers[name] = provider
+            allowed.append(name)
+        if not allowed:
+            assert refusal is not None
+            return RouteReply(error=refusal.info)
+        first = allowed[0]
         return RouteReply(
-            pool=found.pool, adapter=found.adapter, timeout_s=timeout_s, rag=found.rag
+            pool=first,
+            adapter=found.adapter,
+            timeout_s=pools[first].get("timeout_s"),
+            rag=found.rag,
+            pools=allowed if len(allowed) > 1 else [],
+            external=bool(providers),
+            providers=providers,
         )
+
+    async def _grants(self, tenant: str) -> list[TenantProvider]:
+        """The tenant's enabled providers, read again after SQL_REFRESH_S."""
+        now = time.monotonic()
+        held = self._grant_cache.get(tenant)
+        if held is not None and now - held[1] <= SQL_REFRESH_S:
+            return held[0]
+        grants = await load_grants(self.engine, tenant)
+        self._grant_cache[tenant] = (grants, now)
+        return grants
 
     async def resolve(self, model: str, tenant: str, use: str) -> ModelRoute | ErrorInfo:
         found = self.current.resolve(model, tenant, use)

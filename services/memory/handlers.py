@@ -203,9 +203,11 @@ class MemoryService:
         return {"object": "memory.deleted", "deleted": True, "memories": count, "buffers": buffers}
 
     async def delete_tenant(self, ctx: RequestContext) -> dict[str, Any]:
-        if ctx.role != "admin":
+        if ctx.role not in ("admin", "platform_operator"):
             raise EnclaveError(
-                403, "Only an admin may delete a tenant's data.", "insufficient_permissions"
+                403,
+                "Only an admin or a platform operator may delete a tenant's data.",
+                "insufficient_permissions",
             )
         await self.rag.delete_tenant(ctx.tenant)
         await asyncio.to_thread(self.memories.delete_tenant, ctx.tenant)

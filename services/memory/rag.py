@@ -18,6 +18,7 @@ from libs.context import RequestContext
 from libs.db.models import StoredFile, VectorStore, VectorStoreFile
 from libs.errors import EnclaveError
 from libs.events import Citation
+from libs.rbac import Credential, may_modify
 from libs.training_file import TrainingFileError, parse_training_file
 from services.memory import rerank
 from services.memory.adapters.embedder import DIM, Embedder
@@ -133,6 +134,17 @@ def fused_search(
     return [Hit(c.key, c.score, c.payload) for c in ranked]
 
 
+def owner_or_admin(ctx: RequestContext, owner: str, kind: str, ident: str) -> None:
+    """Deleting or replacing a file or vector store: its owner (the key or subject that
+    created it) or an admin of the tenant (libs.rbac.may_modify)."""
+    if not may_modify(Credential(ctx.actor, ctx.tenant, frozenset({ctx.role})), owner):
+        raise EnclaveError(
+            403,
+            f"Only the owner of the {kind} `{ident}` or an admin may delete or replace it.",
+            "not_owner",
+        )
+
+
 class Rag:
     def __init__(
         self,
@@ -199,8 +211,10 @@ class Rag:
         return {"id": row.id, "object": "file.content", "purpose": row.purpose, "content": content}
 
     async def file_delete(self, ctx: RequestContext, file_id: str) -> Any:
-        if await self.repo.file(ctx.tenant, file_id) is None:
+        row = await self.repo.file(ctx.tenant, file_id)
+        if row is None:
             raise not_found("file", file_id)
+        owner_or_admin(ctx, row.owner, "file", file_id)
         await self.repo.delete_file(ctx.tenant, file_id)
         await self._vec(lambda s: s.delete(CHUNKS.name, [Cond("file_id", file_id)]), ctx.tenant)
         return {"id": file_id, "object": "file", "deleted": True}
@@ -235,7 +249,7 @@ class Rag:
         meta = args.get("metadata") or {}
         if not isinstance(meta, dict):
             raise EnclaveError(400, "`metadata` must be an object.", "invalid_value", "metadata")
-        vs = await self.repo.add_store(ctx.tenant, str(args.get("name") or ""), meta)
+        vs = await self.repo.add_store(ctx.tenant, str(args.get("name") or ""), meta, ctx.actor)
         for file_id in args.get("file_ids") or []:
             await self.member_add(ctx, vs.id, {"file_id": file_id})
         return await self._store_object(vs)
@@ -248,6 +262,7 @@ class Rag:
 
     async def store_delete(self, ctx: RequestContext, store_id: str) -> Any:
         vs = await self._store(ctx, store_id)
+        owner_or_admin(ctx, vs.owner, "vector store", vs.id)
         await self._vec(
             lambda s: s.delete(CHUNKS.name, [Cond("vector_store_id", vs.id)]), ctx.tenant
         )
@@ -328,6 +343,7 @@ class Rag:
 
     async def member_delete(self, ctx: RequestContext, store_id: str, file_id: str) -> Any:
         vs = await self._store(ctx, store_id)
+        owner_or_admin(ctx, vs.owner, "vector store", vs.id)
         if await self.repo.member(ctx.tenant, vs.id, file_id) is None:
             raise not_found("file", file_id)
         await self._vec(

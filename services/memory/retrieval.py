@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from libs.events import ChatMessage, Citation, MemoryItem
+from libs.rbac import Credential, end_user
 from services.memory.chunking import approx_tokens
 from services.memory.vectors import Cond
 
@@ -60,12 +61,16 @@ def conditions(filters: dict[str, Any] | None) -> list[Cond]:
 
 
 def acl_principals(actor: str, role: str, user: str | None) -> list[str]:
-    """Who the caller is for chunk ACLs: its key, its role, and the end user it names."""
+    """Who the caller is for chunk ACLs: its key, its role, and its end user: the one it
+    names where its role may speak for end users (admin, developer), itself for a
+    user-role key (naming another is 403), none otherwise (libs.rbac.end_user; the gateway
+    applies the same rule, this is its defense in depth)."""
     out = [f"role:{role}"]
     if actor:
         out.append(f"key:{actor}")
-    if user:
-        out.append(f"user:{user}")
+    who = end_user(Credential(actor, "", frozenset({role})), user)
+    if who:
+        out.append(f"user:{who}")
     return out
 
 

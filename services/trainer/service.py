@@ -40,6 +40,7 @@ from libs.events import (
     JobsCreate,
     JobsList,
     ModelsChanged,
+    TenantErase,
     TrainerReply,
     TrainerRequest,
 )
@@ -77,6 +78,9 @@ def _prompt(example: Example) -> list[dict[str, str]]:
     """The conversation up to its last learned assistant message."""
     last = max(i for i, m in enumerate(example.messages) if m.role == "assistant")
     return [{"role": m.role, "content": m.content} for m in example.messages[:last]]
+
+
+ERASERS = frozenset({"platform_operator"})  # libs.rbac: manage_tenant
 
 
 @dataclass
@@ -503,11 +507,30 @@ class TrainerService:
                     return await self._resolve(ctx.tenant, op.model)
                 case AdapterRollback():
                     return await self._rollback(ctx.tenant, op.base_model)
+                case TenantErase():
+                    if ctx.role not in ERASERS:
+                        return _error(
+                            403,
+                            "Only a platform operator may erase a tenant.",
+                            "insufficient_permissions",
+                        )
+                    return await self._erase(ctx.tenant)
         except NotFound as exc:
             return _error(404, str(exc), "model_not_found", "model")
         except ValueError as exc:
             return _error(400, f"bad arguments: {exc}", "invalid_request")
         return _error(400, f"unknown trainer operation {op.op!r}", "invalid_request")
+
+    async def _erase(self, tenant: str) -> TrainerReply:
+        """The tenant's erasure (the gateway's DELETE /v1/admin/tenant): its jobs, adapter
+        versions and bundles. Jobs running on this replica are stopped first."""
+        for job_id in list(self.running):
+            row = await self.store.job(tenant, job_id)
+            if row is not None:
+                self.running[job_id].set()
+        counts = await self.store.delete_tenant(tenant)
+        bundles = await asyncio.to_thread(self.bundles.delete_tenant, tenant)
+        return TrainerReply(body={"object": "tenant.erased", **counts, "bundles": bundles})
 
     async def _create(self, ctx: RequestContext, op: JobsCreate) -> TrainerReply:
         if self.trainable is not None and not self.trainable(op.model):

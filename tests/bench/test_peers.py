@@ -76,3 +76,24 @@ def test_the_table_without_litellm_has_no_ratios() -> None:
     out = table([Side(OPEN, result(2, 4, 10, 1), result(20, 25, 45, 1), 100, 900)])
     assert "| Enclave, screening off | 2.00 | - | 45 | - | 100 | - | 900 |" in out
     assert "target" not in out
+
+
+def test_the_openai_compat_side_routes_to_the_stand_in_over_http() -> None:
+    """The registry `bench.peers` adds: a pool on the stand-in's HTTP, the model on it."""
+    import yaml
+
+    from bench.peers import COMPAT_MODEL, compat_registry
+    from services.inference_router.registry import parse_registry, provider_of
+    from tests.infra import REPO
+
+    doc = yaml.safe_load((REPO / "deploy" / "models.yaml").read_text())
+    extra = compat_registry(8123)
+    doc["pools"].update(extra["pools"])
+    doc["models"].extend(extra["models"])
+    registry = parse_registry(doc)
+    route = registry.resolve(COMPAT_MODEL, "bench", "chat")
+    assert not isinstance(route, Exception) and getattr(route, "pool", "") == "openai-http"
+    pool = registry.pools["openai-http"]
+    assert pool["engine"] == "openai_compat" and pool["model"] == MODEL
+    assert pool["base_url"] == "http://127.0.0.1:8123/v1"
+    assert provider_of(pool) is None  # a server of ours: no grant needed

@@ -88,14 +88,16 @@ def test_413_body_too_large(http: httpx.Client, platform: Platform) -> None:
 
 
 def test_429_over_the_rate_limit(http: httpx.Client, platform: Platform) -> None:
-    limited = platform.create_key("acme", "user", rpm=60)  # one request a second
+    # A token bucket of 2: two at once, then one more every 30 s.
+    limited = platform.create_key("acme", "user", rpm=2)
     statuses = [
         http.post("/v1/chat/completions", headers=auth(limited), json=CHAT).status_code
-        for _ in range(3)
+        for _ in range(2)
     ]
-    assert 200 in statuses
+    assert statuses == [200, 200]
     r = http.post("/v1/chat/completions", headers=auth(limited), json=CHAT)
     assert_openai_error(r, 429, "rate_limit_exceeded")
+    assert 1 <= int(r.headers["retry-after"]) <= 30
 
 
 def test_503_when_no_worker_serves_the_pool(http: httpx.Client, platform: Platform) -> None:

@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 
 from libs.errors import EnclaveError
 from libs.settings import Settings
-from services.gateway.adapters.redis_limits import RedisRateLimiter
+from services.gateway.adapters.redis_quotas import RedisQuotas
 from services.gateway.auth import Authorizer
-from services.gateway.bootstrap import build_oidc
+from services.gateway.bootstrap import build_oidc, default_limits
 from services.gateway.policy import Action
 from tests.identity.local_issuer import LocalIssuer
 from tests.infra import Infra
@@ -36,7 +36,13 @@ async def test_authorize_takes_an_oidc_token(
     redis = Redis.from_url(services.redis_url)
     try:
         # No database is reached on the token path: the engine stays unconnected.
-        auth = Authorizer(None, RedisRateLimiter(redis), 6000, 30, oidc=oidc)  # type: ignore[arg-type]
+        auth = Authorizer(
+            None,  # type: ignore[arg-type]
+            RedisQuotas(redis),
+            default_limits(settings),
+            30,
+            oidc=oidc,
+        )
         ctx = await auth.check(f"Bearer {issuer.token()}", Action.EXEC_CODE)
         assert (ctx.tenant, ctx.role, ctx.actor) == ("acme", "developer", "oidc:user-1")
         with pytest.raises(EnclaveError) as caught:

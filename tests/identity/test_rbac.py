@@ -65,6 +65,7 @@ EXPECTED: dict[Role, set[Permission]] = {
     Role.USER: {
         Permission.INFER,
         Permission.LIST_MODELS,
+        Permission.CHECK_GUARDRAILS,
         Permission.READ_FILES,
         Permission.WRITE_FILES,
         Permission.READ_MEMORIES,
@@ -76,6 +77,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         Permission.MANAGE_MODELS,
         Permission.MANAGE_PROVIDERS,
         Permission.MANAGE_TENANT,
+        Permission.ERASE_TENANT_DATA,
         Permission.READ_USAGE,
     },
 }

@@ -15,7 +15,8 @@ from services.gateway.openai_shapes import (
     validate,
 )
 
-CTX = RequestContext(tenant="acme", request_id="req-1")
+# A developer key: it may assert the end user (`user`); a user-role key is its own.
+CTX = RequestContext(tenant="acme", request_id="req-1", actor="k1", role="developer")
 
 
 def test_chat_request_maps_every_parameter() -> None:

@@ -238,6 +238,9 @@ def test_the_plan_follows_the_request_and_the_verdict() -> None:
     # A completion neither retrieves nor remembers, whatever it says.
     completion = remembered.model_copy(update={"kind": "completion", "prompt": "x"})
     assert plan_turn(completion, unscreened).direct
+    # A route with failover is relayed by the turn: a pool's early error never reaches
+    # the client directly.
+    assert not plan_turn(EVENT, unscreened, relay=True).direct
 
 
 class RememberingPorts(FakePorts):

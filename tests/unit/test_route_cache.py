@@ -103,3 +103,13 @@ def test_what_never_grants() -> None:
     gate.grant(check("d"), OPEN.model_copy(update={"allowed": False}), gate.generation)
     gate.grant(check("e", direction="output"), OPEN, gate.generation)
     assert gate.granted == {}
+
+
+def test_an_input_bound_for_an_external_provider_is_never_spared() -> None:
+    gate = InputPassthrough(cap_s=1.0, clock=Clock())
+    gate.grant(check("a"), OPEN, gate.generation)
+    assert gate.held(check("a")) is not None  # the tenant's own pools: spared
+    external = check("a").model_copy(update={"external": True})
+    assert gate.held(external) is None  # leaving the platform: always screened
+    gate.grant(check("b").model_copy(update={"external": True}), OPEN, gate.generation)
+    assert "b" not in gate.granted

@@ -65,8 +65,10 @@ class RagRepository:
             )
 
     # -- vector stores --
-    async def add_store(self, tenant: str, name: str, meta: dict[str, Any]) -> VectorStore:
-        row = VectorStore(id=new_request_id("vs"), tenant=tenant, name=name, meta=meta)
+    async def add_store(
+        self, tenant: str, name: str, meta: dict[str, Any], owner: str = ""
+    ) -> VectorStore:
+        row = VectorStore(id=new_request_id("vs"), tenant=tenant, name=name, meta=meta, owner=owner)
         async with self.session() as s, s.begin():
             s.add(row)
         return row

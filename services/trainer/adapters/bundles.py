@@ -19,6 +19,15 @@ class BundleDir:
     def path(self, tenant: str, digest: str) -> Path:
         return bundle_path(self.root, tenant, digest)
 
+    def delete_tenant(self, tenant: str) -> int:
+        """Remove every bundle of the tenant (its erasure); the number removed."""
+        folder = self.root / tenant_dir(tenant)
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for p in folder.iterdir() if p.is_dir())
+        shutil.rmtree(folder)
+        return count
+
     def write(self, tenant: str, digest: str, files: Mapping[str, bytes]) -> Path:
         """Write the bundle atomically (a temporary directory renamed into place)."""
         target = self.path(tenant, digest)

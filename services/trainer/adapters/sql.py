@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -196,3 +196,17 @@ class TrainerStore:
             top.status, top.status_reason = "retired", f"rolled back to v{back.version}"
             back.status, back.status_reason = "promoted", f"rollback from v{top.version}"
             return back
+
+    async def delete_tenant(self, tenant: str) -> dict[str, int]:
+        """Erase the tenant's jobs and adapter versions (the tenant's erasure)."""
+        async with sessions(self.engine)() as s, s.begin():
+            jobs = await s.execute(
+                delete(FineTuningJobRecord).where(FineTuningJobRecord.tenant == tenant)
+            )
+            adapters = await s.execute(
+                delete(AdapterVersion).where(AdapterVersion.tenant == tenant)
+            )
+        return {
+            "jobs": int(jobs.rowcount),  # type: ignore[attr-defined]
+            "adapters": int(adapters.rowcount),  # type: ignore[attr-defined]
+        }

@@ -1,0 +1,255 @@
+"""The exact limits on the request path: two gateway replicas built by their bootstrap, each
+with its own Redis connection, in front of a stand-in runtime on the real NATS; SQL keys.
+
+- 200 concurrent chats over both replicas against a limit of 150 requests per minute:
+  exactly 150 admitted (the clock frozen, as the limiter's own tests do, so no refill
+  happens while the flood runs), the rest 429 in OpenAI's shape with Retry-After.
+- 200 concurrent chats against a tenant concurrency limit of 20, the runtime holding every
+  turn: exactly 20 reach the runtime, then all 20 answer and the places come free.
+- Tokens reserved from max_tokens and settled from the usage the turn reports (plain and
+  streamed), the monthly budget, the day's usage per key and model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from libs.context import RUNTIME_HEADER
+from libs.events import ChatRequested, Delta, EmbedReply, TurnEvent, Usage
+from libs.settings import Settings
+from services.gateway.adapters.sql_keys import create_key
+from services.gateway.app import create_fastapi
+from services.gateway.bootstrap import Gateway, build
+from services.gateway.hot_path import HotPath
+
+USAGE = Usage(prompt_tokens=4, completion_tokens=6)  # what the stand-in reports: 10
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Hold = Callable[[ChatRequested], Awaitable[None]]
+
+
+async def _no_hold(event: ChatRequested) -> None:
+    return None
+
+
+@asynccontextmanager
+async def replicas(
+    nc: NatsClient, settings: Settings, hold: Hold = _no_hold
+) -> AsyncIterator[tuple[list[Gateway], list[HotPath], list[ChatRequested]]]:
+    """Two gateways on one bus, one Redis and one database, and a stand-in runtime that
+    answers each turn with its last message reversed and a usage of 10 tokens."""
+    gws = [build(settings), build(settings)]
+    apps = [HotPath(gw, create_fastapi(gw)) for gw in gws]
+    for gw in gws:
+        await gw.start()
+    seen: list[ChatRequested] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(event: ChatRequested) -> None:
+        await hold(event)
+        said = event.messages[-1].content or ""
+        for ev in (
+            TurnEvent(deltas=[Delta(content=said[::-1])]),
+            TurnEvent(deltas=[Delta(content="", finish_reason="stop")], usage=USAGE, done=True),
+        ):
+            await nc.publish(
+                event.reply_subject, ev.model_dump_json().encode(), headers={RUNTIME_HEADER: "rt"}
+            )
+
+    async def runtime(msg: Msg) -> None:
+        event = ChatRequested.model_validate_json(msg.data)
+        seen.append(event)
+        await msg.ack()
+        task = asyncio.ensure_future(answer(event))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    sub = await nc.jetstream().subscribe(
+        settings.subjects.chat_requested, durable="agent_runtime", cb=runtime, manual_ack=True
+    )
+    try:
+        yield gws, apps, seen
+    finally:
+        await sub.unsubscribe()
+        for gw in gws:
+            await gw.stop()
+
+
+def _clients(apps: list[HotPath]) -> list[httpx.AsyncClient]:
+    return [
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+        for app in apps
+    ]
+
+
+def _chat(**extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": "hello"}], **extra}
+
+
+async def _flood(
+    clients: list[httpx.AsyncClient], headers: dict[str, str], n: int
+) -> list[httpx.Response]:
+    async def one(i: int) -> httpx.Response:
+        return await clients[i % 2].post(
+            "/v1/chat/completions", headers=headers, json=_chat(max_tokens=5)
+        )
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def test_two_replicas_200_concurrent_never_pass_the_limit(
+    nc: NatsClient, inprocess_settings: Settings
+) -> None:
+    settings = inprocess_settings.model_copy(update={"tenant_rpm": 150})
+    tenant = "acme-" + secrets.token_hex(3)
+    async with replicas(nc, settings) as (gws, apps, seen):
+        clock = Clock()
+        for gw in gws:
+            gw.auth.quotas.clock = clock  # frozen: no refill while the flood runs
+        _, key_a = await create_key(gws[0].db, tenant, "developer")
+        _, key_b = await create_key(gws[0].db, tenant, "developer")
+        clients = _clients(apps)
+        try:
+            # Two keys of one tenant, each far under its own 6000 rpm: the tenant's 150 binds.
+            results = await _flood(clients[:1] * 2, {"Authorization": f"Bearer {key_a}"}, 100)
+            results += await _flood(clients[1:] * 2, {"Authorization": f"Bearer {key_b}"}, 100)
+        finally:
+            for c in clients:
+                await c.aclose()
+    admitted = [r for r in results if r.status_code == 200]
+    refused = [r for r in results if r.status_code == 429]
+    assert len(admitted) + len(refused) == 200, {r.status_code for r in results}
+    assert len(admitted) == 150  # never more, and not one short
+    assert len(seen) == 150  # the refused never reached the bus
+    assert all(r.json()["choices"][0]["message"]["content"] == "olleh" for r in admitted)
+    for r in refused:
+        error = r.json()["error"]
+        assert (error["code"], error["type"]) == ("rate_limit_exceeded", "rate_limit_error")
+        assert "per tenant" in error["message"]
+        assert r.headers["retry-after"] == "1"  # one request refills in 0.4 s
+
+
+async def test_two_replicas_200_concurrent_and_the_tenant_concurrency_limit(
+    nc: NatsClient, inprocess_settings: Settings
+) -> None:
+    settings = inprocess_settings.model_copy(update={"tenant_concurrency": 20})
+    tenant = "acme-" + secrets.token_hex(3)
+    release = asyncio.Event()
+
+    async def hold(event: ChatRequested) -> None:
+        await release.wait()
+
+    async with replicas(nc, settings, hold) as (gws, apps, seen):
+        _, key = await create_key(gws[0].db, tenant, "developer")
+        clients = _clients(apps)
+        try:
+            flood = asyncio.ensure_future(_flood(clients, {"Authorization": f"Bearer {key}"}, 200))
+            for _ in range(400):
+                if len(seen) >= 20 and await gws[0].auth.quotas.in_flight(tenant) == 20:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # late arrivals would show here
+            assert len(seen) == 20
+            release.set()
+            results = await flood
+            assert await gws[1].auth.quotas.in_flight(tenant) == 0  # every place freed
+            after = await clients[1].post(
+                "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=_chat()
+            )
+            assert after.status_code == 200
+        finally:
+            for c in clients:
+                await c.aclose()
+    assert sorted(r.status_code for r in results).count(200) == 20
+    refused = [r for r in results if r.status_code != 200]
+    assert len(refused) == 180
+    assert all(r.status_code == 429 for r in refused)
+    assert {r.json()["error"]["code"] for r in refused} == {"concurrency_limit_exceeded"}
+    assert all(r.headers["retry-after"] == "1" for r in refused)
+
+
+async def test_tokens_reserved_settled_budgeted_and_counted(
+    nc: NatsClient, inprocess_settings: Settings
+) -> None:
+    settings = inprocess_settings.model_copy(
+        update={"key_tpm": 1000, "tenant_monthly_tokens": 1000}
+    )
+    tenant = "acme-" + secrets.token_hex(3)
+    async with replicas(nc, settings) as (gws, apps, _):
+        clock = Clock()
+        for gw in gws:
+            gw.auth.quotas.clock = clock
+        stored, key = await create_key(gws[0].db, tenant, "developer")
+        auth = {"Authorization": f"Bearer {key}"}
+        clients = _clients(apps)
+        try:
+            # Each reserves 2 + 300 of the key's 1000 a minute; without the settlement
+            # (10 used) the fourth would wait.
+            for i in range(6):
+                r = await clients[i % 2].post(
+                    "/v1/chat/completions", headers=auth, json=_chat(max_tokens=300)
+                )
+                assert r.status_code == 200, r.text
+            streamed = await clients[0].post(
+                "/v1/chat/completions", headers=auth, json=_chat(max_tokens=300, stream=True)
+            )
+            assert streamed.text.rstrip().endswith("data: [DONE]")
+            # A request bigger than the whole bucket: 400 on max_tokens, not a wait.
+            big = await clients[1].post(
+                "/v1/chat/completions", headers=auth, json=_chat(max_tokens=2000)
+            )
+            assert big.status_code == 400 and big.json()["error"]["param"] == "max_tokens"
+            # 70 of the month's 1000 used: a reservation of 2 + 950 no longer fits.
+            assert await gws[0].auth.quotas.used_this_month(tenant) == 70
+            over = await clients[0].post(
+                "/v1/chat/completions", headers=auth, json=_chat(max_tokens=950)
+            )
+            assert over.status_code == 429
+            assert over.json()["error"]["code"] == "insufficient_quota"
+            assert int(over.headers["retry-after"]) >= 1
+            fits = await clients[1].post(
+                "/v1/chat/completions", headers=auth, json=_chat(max_tokens=900)
+            )
+            assert fits.status_code == 200
+            # Other routes take from the request buckets only: the budget does not bind.
+            keys = await clients[0].get("/v1/models", headers=auth)
+            assert keys.status_code == 503  # authorized; nobody serves models here
+
+            # Embeddings are metered too: the tokens the model counted (a stand-in router).
+            async def embed(msg: Msg) -> None:
+                reply = EmbedReply(vectors=[[0.5, 0.5]], prompt_tokens=5)
+                await msg.respond(reply.model_dump_json().encode())
+
+            sub = await nc.subscribe(settings.subjects.inference_embed, cb=embed)
+            emb = await clients[0].post(
+                "/v1/embeddings", headers=auth, json={"model": "e", "input": "hello"}
+            )
+            await sub.unsubscribe()
+            assert emb.status_code == 200, emb.text
+            day = datetime.fromtimestamp(clock.now, UTC).strftime("%Y%m%d")
+            rows = await gws[1].auth.quotas.usage(tenant, [day])
+            assert [(r.key_id, r.model, r.tokens, r.requests) for r in rows] == [
+                (stored.key_id, "e", 5, 1),
+                (stored.key_id, "m", 80, 8),
+            ]
+        finally:
+            for c in clients:
+                await c.aclose()
