@@ -49,6 +49,7 @@ class Pool:
         self.generated: list[GenerateRequest] = []
         self.cancels: list[GenerationCancelled] = []
         self.tasks: set[asyncio.Task[None]] = set()
+        self.timeout_s = 30.0  # the pool's wait for each token
 
     async def start(self) -> Pool:
         s = self.subjects
@@ -68,7 +69,7 @@ class Pool:
         )
 
     async def route(self, request: RouteRequest) -> RouteReply:
-        return RouteReply(pool="p", timeout_s=30.0)
+        return RouteReply(pool="p", timeout_s=self.timeout_s)
 
     async def generate(self, request: GenerateRequest) -> GenerateAccepted:
         self.generated.append(request)
@@ -80,6 +81,13 @@ class Pool:
 
     async def _stream(self, request: GenerateRequest, script: str) -> None:
         if script == "die":
+            return
+        if script == "stuck":  # alive (heartbeats), but no token comes
+            while not any(c.deltas_subject == request.deltas_subject for c in self.cancels):
+                await self.nc.publish(
+                    request.deltas_subject, event_bytes(TurnEvent(heartbeat=True))
+                )
+                await asyncio.sleep(0.05)
             return
 
         async def out(event: TurnEvent) -> None:
@@ -217,4 +225,19 @@ async def test_a_worker_dead_after_a_token_ends_the_turn_with_worker_lost(
     assert last.done and last.error is not None and last.error.code == "worker_lost"
     assert sum(len(e.deltas) for e in got) == 1  # no token twice, none lost
     assert len(pool.generated) == 1
+    inbox.close()
+
+
+async def test_the_runtimes_timeout_cancels_the_generation(
+    nc: NatsClient, runtime: tuple[Runtime, Pool, ReplyRouter]
+) -> None:
+    service, pool, gateway = runtime
+    pool.scripts, pool.timeout_s = ["stuck"], 0.5
+    inbox = await _turn(nc, service, gateway)
+    got = await _events(inbox, lambda g: any(e.done for e in g))
+    (last,) = [e for e in got if e.error]
+    assert last.error is not None and last.error.status == 504  # heartbeats are no tokens
+    await _until(lambda: pool.cancels)
+    (cancel,) = pool.cancels
+    assert cancel.reason == "timeout" and cancel.deltas_subject == pool.generated[0].deltas_subject
     inbox.close()

@@ -144,3 +144,34 @@ async def test_a_queued_turn_waits_for_a_runtime_however_long_it_is_silent(
         await asyncio.wait_for(stream.next_batch(), 2.0)  # > stream_idle_s
     assert stream.event.attempt == 1
     await stream.close()
+
+
+async def test_the_gateways_timeout_cancels_the_turn(
+    nc: NatsClient, inprocess_settings: Settings
+) -> None:
+    settings = inprocess_settings.model_copy(
+        update={"heartbeat_s": 0.1, "stream_idle_s": 5.0, "gateway_timeout_s": 0.8}
+    )
+    await ensure_streams(nc, settings)
+    client = TurnClient(Bus(nc, settings))
+    await client.start()
+    runtime = await Runtime(nc, client).start()
+    stream = await client.start_turn(_event("r-slow"))
+    turn = await asyncio.wait_for(runtime.turns.get(), 5)
+
+    async def alive() -> None:  # it holds the turn, but nothing comes of it
+        while True:
+            await runtime.send(turn, BEAT)
+            await asyncio.sleep(0.1)
+
+    beating = asyncio.ensure_future(alive())
+    try:
+        with pytest.raises(EnclaveError) as late:
+            await asyncio.wait_for(stream.next_batch(), 10)
+        assert late.value.info.status == 504
+        await stream.close()
+        await asyncio.sleep(0.1)
+    finally:
+        beating.cancel()
+    (cancel,) = runtime.cancels
+    assert cancel.reason == "timeout" and cancel.reply_subject == turn.reply_subject
