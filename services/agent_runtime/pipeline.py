@@ -37,7 +37,7 @@ from libs.events import (
     TurnEvent,
     Usage,
 )
-from libs.guard_window import OutputWindow
+from libs.guard_window import OutputWindow, pseudonymize
 
 # Turns before the last user message sent along with a retrieval (for query rewriting).
 HISTORY_MESSAGES = 4
@@ -286,7 +286,9 @@ async def run_turn(event: ChatRequested, ports: TurnPorts, retries: int = 1) -> 
                             user=event.params.user or "",
                             conversation_id=event.memory.conversation_id if event.memory else None,
                             messages=event.messages,
-                            answer="".join(answer),
+                            # As the user saw it, but with the placeholders their own
+                            # PII had in the input, as the buffer's copy of the input has.
+                            answer=pseudonymize("".join(answer), verdict.pseudonyms),
                         )
                     )
                 return last

@@ -340,3 +340,37 @@ async def test_retries_are_bounded() -> None:
     last = await run_turn(EVENT, ports, retries=1)
     assert len(ports.requests) == 2
     assert last.error is not None and last.error.code == "worker_lost"
+
+
+class PseudonymPorts(RememberingPorts):
+    """Input PII replaced by a placeholder; output screened and let through."""
+
+    async def screen(self, check: GuardrailCheck) -> GuardrailVerdict:
+        verdict = await super().screen(check)
+        if check.direction == "input":
+            texts = [t.replace("Ana Silva", "<PERSON_1>") for t in verdict.texts]
+            return verdict.model_copy(
+                update={"texts": texts, "pseudonyms": {"<PERSON_1>": "Ana Silva"}}
+            )
+        return verdict
+
+
+async def test_the_buffer_keeps_the_placeholders_of_the_users_pii() -> None:
+    ports = PseudonymPorts(
+        [
+            TurnEvent(
+                deltas=[Delta(content="Hello <PERSON_1>, nice to meet you.", finish_reason="stop")],
+                done=True,
+            )
+        ]
+    )
+    said = [ChatMessage(role="user", content="I am Ana Silva.")]
+    event = EVENT.model_copy(
+        update={"messages": said, "memory": MemoryOptions(conversation_id="c1")}
+    )
+    await run_turn(event, ports)
+    seen = "".join(d.content for e in ports.emitted for d in e.deltas)
+    assert seen == "Hello Ana Silva, nice to meet you."  # the user sees their own name
+    (stored,) = ports.remembered
+    assert stored.answer == "Hello <PERSON_1>, nice to meet you."
+    assert stored.messages[0].content == "I am <PERSON_1>."
