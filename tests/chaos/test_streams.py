@@ -25,10 +25,13 @@ from tests.infra import REPO, Infra, Platform, free_port, platform_env
 POOLS = {
     "drip": {"engine": "instant", "tokens": 160, "delay_ms": 50},
     "slowstart": {"engine": "instant", "tokens": 3, "delay_ms": 2500},
+    # Its one token comes 15 s after it starts: time to kill the worker before it.
+    "latestart": {"engine": "instant", "tokens": 1, "delay_ms": 15000},
 }
 MODELS = [
     {"id": "enclave-drip", "kind": "chat", "pool": "drip"},
     {"id": "enclave-slowstart", "kind": "chat", "pool": "slowstart"},
+    {"id": "enclave-latestart", "kind": "chat", "pool": "latestart"},
 ]
 # The requirement: a client hears the end within this long after the kill.
 END_WITHIN_S = 10.0
@@ -51,6 +54,7 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         p.start("worker-drip", "worker", "drip")
         p.start("worker-slowstart", "worker", "slowstart")
         p.start("worker-smollm2", "worker", "smollm2")
+        p.start("worker-latestart", "worker", "latestart")
         p.start("guardrails", "guardrails")
         p.start("runtime", "agent_runtime")
         p.start("gateway", "gateway")
@@ -233,6 +237,37 @@ def test_kill_9_of_a_worker_mid_stream_ends_the_stream_with_an_error(plat: Platf
     assert stream.error is not None and stream.error["code"] == "worker_lost", stream.error
     _no_token_twice(stream.text)
     _next_chat_passes(plat)
+
+
+def test_kill_9_of_a_worker_before_its_first_token_hands_the_generation_to_another(
+    plat: Platform,
+) -> None:
+    _wait_log(plat, "worker-latestart", "serves pool latestart", 1)
+    headers = {"Authorization": f"Bearer {plat.admin_key}"}
+    result: dict[str, object] = {}
+
+    def ask() -> None:
+        with httpx.Client(timeout=httpx.Timeout(120.0), base_url=plat.base_url) as c:
+            r = c.post(
+                "/v1/chat/completions",
+                headers=headers,
+                json={**_body("enclave-latestart"), "stream": False},
+            )
+            result["status"], result["body"] = r.status_code, r.json()
+            result["worker"] = r.headers.get("x-enclave-worker", "")
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    time.sleep(2.0)  # the only worker of the pool took it; its token is 13 s away
+    second = plat.start("worker-latestart-2", "worker", "latestart")
+    _wait_log(plat, "worker-latestart-2", "serves pool latestart", 1)
+    plat.stop("worker-latestart", signal.SIGKILL)
+    asking.join(timeout=120)
+    assert not asking.is_alive()
+    assert result["status"] == 200, result
+    content = result["body"]["choices"][0]["message"]["content"]  # type: ignore[index]
+    assert content == "w0 ", content
+    assert str(result["worker"]).endswith(f"-{second.pid}"), result["worker"]
 
 
 def test_kill_9_of_the_gateway_mid_stream_cuts_the_client_and_stops_the_worker(

@@ -168,6 +168,7 @@ class Worker:
             await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name)
             # Every worker hears every cancel (no queue group): the one running it stops.
             await self.bus.nc.subscribe(self.bus.subjects.inference_cancel, cb=self._on_cancel)
+            log.info("worker %s serves pool %s", self.worker_id, self.pool_name)
         if getattr(self.engine, "swap", None) is not None:
             self.engine.swap.on_load = self.metrics.adapter_load
             await self._follow_models()
