@@ -86,6 +86,26 @@ CHANNELS: tuple[Channel, ...] = (
         wildcards=("chat_streams_of",),
     ),
     Channel(
+        "chatCancel",
+        "chat_cancel",
+        _s.chat_cancel,
+        "A turn's client is gone (disconnected, or the gateway stopped waiting): the runtime"
+        " replica that runs the turn stops it and cancels its generation.",
+        (events.TurnCancelled,),
+        ("gateway",),
+        Receiver(("agent_runtime",), client="nats-py"),
+    ),
+    Channel(
+        "inferenceCancel",
+        "inference_cancel",
+        _s.inference_cancel,
+        "Stop one generation (its deltas subject): the worker running it stops its engine at"
+        " the next token; a queued one never starts.",
+        (events.GenerationCancelled,),
+        ("agent_runtime", "memory"),
+        Receiver(("worker",), client="nats-py"),
+    ),
+    Channel(
         "inferenceRoute",
         "inference_route",
         _s.inference_route,

@@ -6,6 +6,8 @@ and the `{"error": {"message", "type", "param", "code"}}` body that OpenAI clien
 
 from __future__ import annotations
 
+from typing import Self
+
 from pydantic import BaseModel
 
 # status -> OpenAI error type
@@ -53,7 +55,7 @@ class EnclaveError(Exception):
         self.info = ErrorInfo(status=status, message=message, code=code, param=param)
 
     @classmethod
-    def of(cls, info: ErrorInfo) -> EnclaveError:
+    def of(cls, info: ErrorInfo) -> Self:
         return cls(info.status, info.message, info.code, info.param)
 
 
@@ -76,3 +78,13 @@ def no_worker(pool: str) -> ErrorInfo:
 
 def upstream_timeout(what: str) -> ErrorInfo:
     return ErrorInfo(status=504, message=f"Upstream timeout: {what}.", code="upstream_timeout")
+
+
+def stage_lost(stage: str, what: str) -> ErrorInfo:
+    """A stage that held the request died mid-way (it went silent past `stream_idle_s`):
+    `runtime_lost` or `worker_lost`. A 503: asking again is served by another replica."""
+    return ErrorInfo(
+        status=503,
+        message=f"The {stage} serving this request stopped answering ({what}); try again.",
+        code=f"{stage}_lost",
+    )

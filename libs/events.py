@@ -167,6 +167,9 @@ class ChatRequested(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     # Where the runtime sends the turn's events: chat.stream.<gateway>.<request_id>.
     reply_subject: str = ""
+    # 2 and up: the gateway published the turn again because the runtime that took it
+    # went silent before any token reached the client (services/gateway/turn_client.py).
+    attempt: int = 1
     rag: RagOptions | None = None
     memory: MemoryOptions | None = None
 
@@ -225,6 +228,10 @@ class TurnEvent(BaseModel):
     grounding: list[GroundedSentence] | None = None
     # An agent turn's tool calls as they complete (the Responses API shows them).
     tool_steps: list[ToolStep] | None = None
+    # Nothing produced, but alive: the runtime says so to the gateway and the worker to its
+    # runtime every `heartbeat_s` (sent as a request: the reply says whether anyone still
+    # waits, libs/rpc.py `ReplyRouter`). Silence for `stream_idle_s` means the sender died.
+    heartbeat: bool | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -248,6 +255,28 @@ class GenerateRequest(BaseModel):
     pool: str | None = None
     adapter: str | None = None
     timeout_s: float | None = None
+
+
+class TurnCancelled(BaseModel):
+    """gateway -> every agent_runtime replica (core NATS chat.cancel): the turn's client is
+    gone (it disconnected, or the gateway gave up waiting); the replica running it stops it
+    and cancels its generation."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    reply_subject: str  # the turn's (one attempt's) subject: ChatRequested.reply_subject
+    reason: Literal["client_disconnected", "timeout", "runtime_lost"]
+
+
+class GenerationCancelled(BaseModel):
+    """agent_runtime or memory -> every worker (core NATS inference.cancel): stop the
+    generation that streams to `deltas_subject`; a worker that runs it stops its engine at
+    the next token, one still queued never starts."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    deltas_subject: str
+    reason: Literal["client_gone", "timeout", "worker_lost", "cancelled"]
 
 
 class GenerateAccepted(BaseModel):

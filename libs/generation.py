@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -19,12 +20,14 @@ from typing import Literal
 
 from nats.aio.msg import Msg
 
+from libs.bus import event_bytes
 from libs.context import WORKER_HEADER, RequestContext
-from libs.errors import EnclaveError, ErrorInfo, upstream_timeout
+from libs.errors import EnclaveError, ErrorInfo, stage_lost, upstream_timeout
 from libs.events import (
     ChatMessage,
     GenerateAccepted,
     GenerateRequest,
+    GenerationCancelled,
     GenerationParams,
     ModelsChanged,
     RouteReply,
@@ -82,7 +85,11 @@ class RouteCache:
 
 
 class Generation:
-    """One generation in flight: its acceptance and its deltas, as typed events."""
+    """One generation in flight: its acceptance and its deltas, as typed events.
+
+    A streaming worker sends a heartbeat every `heartbeat_s` (skipped here); silence for
+    `idle_s` means it died (`worker_lost`), no token for the pool's timeout is a 504.
+    Closed before its end, it is cancelled on the worker (`inference.cancel`)."""
 
     def __init__(
         self,
@@ -90,18 +97,25 @@ class Generation:
         inbox: Inbox,
         accepting: asyncio.Future[GenerateAccepted],
         upstream_timeout_s: float,
+        idle_s: float = math.inf,
+        cancel: Callable[[GenerationCancelled], None] | None = None,
     ) -> None:
         self.request = request
         self.inbox = inbox
         self.accepting = accepting
         self.upstream_timeout_s = upstream_timeout_s
         self.timeout_s = upstream_timeout_s
+        self.idle_s = idle_s
+        self._cancel = cancel
         self.worker = ""  # the worker that streams it, from its first message on
         # When it was asked for, and when its first token came (perf_counter seconds).
         self.requested_at = time.perf_counter()
         self.first_token_at: float | None = None
         self._started = False
         self._limited = False
+        self._token_by: float | None = None  # monotonic: the next token is due by then
+        self._ended = False  # its last event came, or no worker took it
+        self._why = "cancelled"  # what a cancel tells the worker
 
     def _limit(self, accepted: GenerateAccepted) -> None:
         """The pool's own limit on the wait for each token, once a worker accepted."""
@@ -111,45 +125,81 @@ class Generation:
             self.timeout_s = min(upstream, accepted.timeout_s or upstream)
 
     async def next(self) -> TurnEvent:
-        """The worker's next event. Raises `GenerationFailed` when no worker accepted or
-        none sent a token within the pool's timeout."""
-        if not self._started:
-            self._started = True
-            # The worker's first delta comes as soon as its acceptance: read both at once
-            # and let whichever comes first go on.
-            pending = asyncio.ensure_future(self.inbox.next(self.upstream_timeout_s))
-            racing: set[asyncio.Future[object]] = {self.accepting, pending}  # type: ignore[arg-type]
-            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-            if pending.done():
-                msg = pending.result()
-            else:
-                accepted = self.accepting.result()
-                if not accepted.accepted:
-                    pending.cancel()
-                    raise GenerationFailed.of(accepted.error or NOT_ROUTED)
-                self._limit(accepted)
-                try:
-                    msg = await asyncio.wait_for(pending, self.timeout_s)
-                except TimeoutError:
-                    msg = None
-        else:
+        """The worker's next event. Raises `GenerationFailed` when no worker accepted, none
+        sent a token within the pool's timeout (504), or the worker went silent (503
+        `worker_lost`)."""
+        while True:
+            msg = await self._message()
+            if not self.worker and msg.headers:
+                self.worker = msg.headers.get(WORKER_HEADER, "")
+            event = TurnEvent.model_validate_json(msg.data)
+            if event.heartbeat:
+                continue
+            self._token_by = time.monotonic() + self.timeout_s
+            if self.first_token_at is None and event.deltas:
+                self.first_token_at = time.perf_counter()
+            if event.done or event.error is not None:
+                self._ended = True
+            return event
+
+    async def _message(self) -> Msg:
+        if self._started:
             if not self._limited and self.accepting.done():
                 self._limit(self.accepting.result())
-            msg = await self.inbox.next(self.timeout_s)
-        if msg is None:
-            raise GenerationFailed.of(
+            if self._token_by is None:
+                self._token_by = time.monotonic() + self.timeout_s
+            wait = min(self.idle_s, self._token_by - time.monotonic())
+            msg = await self.inbox.next(max(0.0, wait))
+            if msg is None:
+                raise self._silent()
+            return msg
+        self._started = True
+        # The worker's first delta comes as soon as its acceptance: read both at once
+        # and let whichever comes first go on.
+        pending = asyncio.ensure_future(self.inbox.next(self.upstream_timeout_s))
+        racing: set[asyncio.Future[object]] = {self.accepting, pending}  # type: ignore[arg-type]
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        if pending.done():
+            first = pending.result()
+        else:
+            accepted = self.accepting.result()
+            if not accepted.accepted:
+                pending.cancel()
+                self._ended = True
+                raise GenerationFailed.of(accepted.error or NOT_ROUTED)
+            self._limit(accepted)
+            self._token_by = time.monotonic() + self.timeout_s
+            try:
+                first = await asyncio.wait_for(pending, min(self.timeout_s, self.idle_s))
+            except TimeoutError:
+                first = None
+        if first is None:
+            raise self._silent()
+        return first
+
+    def _silent(self) -> GenerationFailed:
+        """Nothing came in time: the pool's token timeout, or the worker died."""
+        if self._token_by is None or time.monotonic() >= self._token_by:
+            self._why = "timeout"
+            return GenerationFailed.of(
                 upstream_timeout(f"no token from {self.request.model} in {self.timeout_s:g}s")
             )
-        if not self.worker and msg.headers:
-            self.worker = msg.headers.get(WORKER_HEADER, "")
-        event = TurnEvent.model_validate_json(msg.data)
-        if self.first_token_at is None and event.deltas:
-            self.first_token_at = time.perf_counter()
-        return event
+        self._why = "worker_lost"
+        return GenerationFailed.of(stage_lost("worker", f"silent for {self.idle_s:g}s"))
 
     def close(self) -> None:
+        """Done with it; a generation that had not ended is cancelled on its worker."""
         self.accepting.cancel()
         self.inbox.close()
+        if not self._ended and self._cancel is not None:
+            self._ended = True
+            self._cancel(
+                GenerationCancelled(
+                    ctx=self.request.ctx,
+                    deltas_subject=self.request.deltas_subject,
+                    reason=self._why,
+                )
+            )
 
 
 async def hand_to_pool(bus: Bus, request: GenerateRequest, route: RouteReply) -> GenerateAccepted:
@@ -252,6 +302,8 @@ class GenerationClient:
         self.upstream_timeout_s = upstream_timeout_s
         self.breakers = breakers or Breakers()  # one per pool, shared by this replica's turns
         self.max_attempts = max_attempts
+        self.idle_s = bus.settings.stream_idle_s
+        self._cancels: set[asyncio.Task[None]] = set()
 
     async def follow_models_changed(self) -> None:
         """Drop cached routes on every `models.changed` broadcast (a service's start)."""
@@ -296,7 +348,25 @@ class GenerationClient:
         inbox = self.deltas.open(key)
         request.deltas_subject = inbox.subject
         accepting = asyncio.ensure_future(self._accept(request, route))
-        return Generation(request, inbox, accepting, self.upstream_timeout_s)
+        return Generation(
+            request, inbox, accepting, self.upstream_timeout_s, self.idle_s, self._cancel
+        )
+
+    def _cancel(self, cancel: GenerationCancelled) -> None:
+        """Tell every worker (the one running it stops): the generation's reader is done."""
+        sending = asyncio.ensure_future(self._send_cancel(cancel))
+        self._cancels.add(sending)
+        sending.add_done_callback(self._cancels.discard)
+
+    async def _send_cancel(self, cancel: GenerationCancelled) -> None:
+        try:
+            await self.bus.nc.publish(
+                self.bus.subjects.inference_cancel,
+                event_bytes(cancel),
+                headers=cancel.ctx.headers(),
+            )
+        except Exception:  # the worker's heartbeat finds the inbox closed all the same
+            log.warning("inference.cancel for %s not sent", cancel.ctx.request_id)
 
     async def _accept(self, request: GenerateRequest, route: RouteReply) -> GenerateAccepted:
         accepted = await hand_to_pool(self.bus, request, route)

@@ -79,6 +79,16 @@ def restore(text: str, pseudonyms: dict[str, str]) -> str:
     return PSEUDONYM.sub(lambda m: pseudonyms.get(m.group(), m.group()), text)
 
 
+def pseudonymize(text: str, pseudonyms: dict[str, str]) -> str:
+    """`restore` undone: the request's real values replaced by their placeholders again
+    (longest first), for what is kept beyond the turn, such as the conversation buffer,
+    whose copy of the input holds the placeholders too."""
+    for placeholder, value in sorted(pseudonyms.items(), key=lambda kv: -len(kv[1])):
+        if value:
+            text = text.replace(value, placeholder)
+    return text
+
+
 @dataclass
 class _Choice:
     context: str = ""

@@ -17,7 +17,9 @@ Three things, each written once for the whole platform:
 - **Streams of replies** (`ReplyRouter`): a replica that waits for many streamed answers
   at once (the gateway for its turns' events, a runtime for its generations' deltas)
   subscribes once to `<prefix>*`; each waiting request opens an `Inbox` under a key and
-  reads what is sent to `<prefix><key>`. No SUB/UNSUB per request.
+  reads what is sent to `<prefix><key>`. No SUB/UNSUB per request. A sender that sends
+  as a request (a heartbeat, `still_wanted`) is told whether that inbox is still open, so
+  a runtime learns that its client's gateway, and a worker that its runtime, is gone.
 
 Subjects come from `libs/subjects.py`, the messages from `libs/events.py`.
 """
@@ -50,6 +52,8 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 # Set on a reply that carries an `ErrorInfo` instead of the reply model.
 ERROR_HEADER = "enclave-error"
+# A `ReplyRouter`'s answer to a message sent as a request: "open" or "closed".
+INBOX_HEADER = "enclave-inbox"
 INTERNAL = ErrorInfo(status=500, message="Internal error.", code="internal_error")
 
 
@@ -302,8 +306,30 @@ class ReplyRouter:
         inbox = self.inboxes.get(msg.subject[self._cut :])
         if inbox is not None:
             inbox._queue.put_nowait(msg)
+        if msg.reply:  # the sender asks whether anyone still waits
+            state = "open" if inbox is not None else "closed"
+            await self.nc.publish(msg.reply, b"", headers={INBOX_HEADER: state})
 
     def open(self, key: str) -> Inbox:
         inbox = Inbox(self, key)
         self.inboxes[key] = inbox
         return inbox
+
+
+async def still_wanted(
+    nc: NatsClient,
+    subject: str,
+    data: bytes,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> bool:
+    """Send `data` to a `ReplyRouter`'s inbox as a request: False when nobody waits for it
+    any more (the inbox closed, or no replica listens: it died). A slow or lost answer
+    counts as wanted: only a clear "gone" stops work."""
+    try:
+        msg = await nc.request(subject, data, timeout=timeout, headers=headers)
+    except NoRespondersError:
+        return False
+    except Exception:  # a timeout, or no connection right now
+        return True
+    return (msg.headers or {}).get(INBOX_HEADER) != "closed"

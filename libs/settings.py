@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     # How long the gateway waits for the turn's first event.
     gateway_timeout_s: float = 90.0
     runtime_concurrency: int = 64
+    # Liveness of a stream: a runtime tells the gateway, and a worker its runtime, that it
+    # is alive every `heartbeat_s` while it holds a turn or a generation; silence for
+    # `stream_idle_s` means it died. A turn whose runtime died before any token reached the
+    # client is published again, up to `turn_retries` times (a generation whose worker died,
+    # the same); otherwise the client gets an error event and [DONE].
+    heartbeat_s: float = 1.0
+    stream_idle_s: float = 5.0
+    turn_retries: int = 1
     # How long a runtime reuses the router's answer for (tenant, model): the router leaves
     # the per-request path; a pool without workers drops the entry at once.
     route_cache_s: float = 2.0

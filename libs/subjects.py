@@ -42,6 +42,12 @@ class Subjects:
         """Every turn's events of one gateway replica: one subscription for all of them."""
         return self._s(f"chat.stream.{gateway}.*")
 
+    @property
+    def chat_cancel(self) -> str:
+        """Core NATS broadcast (TurnCancelled): a turn's client is gone; the runtime replica
+        that runs it stops it."""
+        return self._s("chat.cancel")
+
     # -- inference (core NATS request/reply) --
     @property
     def inference_generate(self) -> str:
@@ -61,6 +67,12 @@ class Subjects:
 
     def inference_worker(self, pool: str) -> str:
         return self._s(f"inference.worker.{pool}")
+
+    @property
+    def inference_cancel(self) -> str:
+        """Core NATS broadcast (GenerationCancelled): the worker that runs the generation
+        stops its engine."""
+        return self._s("inference.cancel")
 
     def inference_deltas(self, replica: str, key: str) -> str:
         """Where a worker streams token deltas for one generation of a runtime replica."""

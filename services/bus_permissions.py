@@ -98,6 +98,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
         "gateway": Permissions(
             publish=(
                 s.chat_requested,
+                s.chat_cancel,  # the client is gone: the runtime stops the turn
                 s.inference_embed,
                 s.inference_models,
                 s.memory_rag,
@@ -132,6 +133,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.guardrails_output,
                 s.inference_route,
                 s.inference_worker("*"),
+                s.inference_cancel,
                 s.memory_retrieve,
                 s.memory_ground,
                 s.memory_store,
@@ -146,6 +148,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
             ),
             subscribe=(
                 s.chat_requested,
+                s.chat_cancel,
                 deltas,
                 s.guardrails_policy_changed,
                 s.models_changed,  # cached routes of a promoted/rolled back adapter end
@@ -171,7 +174,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
             # The worker streams straight to the client's subject when nothing is done to
             # the output (GenerateRequest.client_subject): it writes chat.stream, never reads.
             publish=(deltas, chat_streams, s.models_changed),  # load_failed, drained
-            subscribe=(s.inference_worker("*"), s.models_changed),
+            subscribe=(s.inference_worker("*"), s.inference_cancel, s.models_changed),
         ),
         "guardrails": Permissions(
             publish=(s.guardrails_policy_changed,),
@@ -185,6 +188,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 # the request to the pool itself (libs/generation.py).
                 s.inference_route,
                 s.inference_worker("*"),
+                s.inference_cancel,
                 *_consumes(s.memory_stream_name),
             ),
             subscribe=(

@@ -3,6 +3,12 @@
 All replicas share one durable JetStream consumer through a deliver group, so each turn
 runs on exactly one replica; a message is acked only when its turn is done and its audit
 record acked, so a replica that dies mid-turn leaves it to be redelivered to another.
+
+While a turn runs, its replica tells the gateway so: at once when it takes the turn, then
+every `heartbeat_s` (as a request: the gateway's answer says whether the client still
+waits). A gateway that stops hearing it publishes the turn again or ends the stream with an
+error; a runtime that hears the client is gone (`chat.cancel`, or its heartbeat finds the
+inbox closed or no gateway at all) stops the turn, which cancels its generation.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from typing import Any
 
 import orjson
 from faststream.nats import NatsBroker
@@ -29,7 +36,8 @@ from libs.audit import (
     record_turn_dropped,
     record_turn_redelivered,
 )
-from libs.bus import stream_configs
+from libs.bus import event_bytes, stream_configs
+from libs.context import RUNTIME_HEADER
 from libs.errors import ErrorInfo
 from libs.events import (
     AgentResumeRequested,
@@ -38,12 +46,13 @@ from libs.events import (
     ResponseCancelled,
     SkillsReply,
     SkillsRequest,
+    TurnCancelled,
     TurnEvent,
     Usage,
 )
 from libs.generation import AnyGeneration, GenerationClient, RouteCache
 from libs.metrics import StageMetrics
-from libs.rpc import Bus, ReplyRouter, serve
+from libs.rpc import Bus, ReplyRouter, serve, still_wanted
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.agent_runtime.adapters.agent_ports import NatsAgentPorts
 from services.agent_runtime.agent_runner import AgentRunner, manage_skills
@@ -58,6 +67,9 @@ INTERNAL = ErrorInfo(
     status=500, message="The turn failed inside the runtime.", code="internal_error"
 )
 CANCELLED = ErrorInfo(status=499, message="The response was cancelled.", code="cancelled")
+# The outcome of a turn whose client went away (never sent: nobody reads it; audited).
+CLIENT_GONE = ErrorInfo(status=499, message="The client went away.", code="client_gone")
+HEARTBEAT = event_bytes(TurnEvent(heartbeat=True))
 
 
 class Runtime:
@@ -82,8 +94,11 @@ class Runtime:
         self.tracer: Tracer = setup_tracing("agent_runtime", self.settings.trace_dir)
         self.slots = asyncio.Semaphore(self.settings.runtime_concurrency)
         self.running: set[asyncio.Task[None]] = set()
-        # The turns running here by request id, so a cancelled response stops its turn.
-        self.turns: dict[str, asyncio.Task[TurnEvent]] = {}
+        # The turns running here by their reply subject: what `chat.cancel` stops; and their
+        # reply subjects by request id, for `responses.cancel` (a background response).
+        self.turns: dict[str, asyncio.Future[TurnEvent]] = {}
+        self.turn_ids: dict[str, str] = {}
+        self.cancelled_responses: set[str] = set()
 
     async def start(self) -> None:
         nc, subjects = self.bus.nc, self.bus.subjects
@@ -91,7 +106,9 @@ class Runtime:
         await self.deltas.start()
         await nc.subscribe(subjects.guardrails_policy_changed, cb=self._on_policy_changed)
         await self.ports.generations.follow_models_changed()
-        await nc.subscribe(subjects.responses_cancel, cb=self._on_cancel)
+        await nc.subscribe(subjects.responses_cancel, cb=self._on_response_cancel)
+        # Every replica hears every cancel (no queue group); the one running the turn stops.
+        await nc.subscribe(subjects.chat_cancel, cb=self._on_cancel)
         if self.agents is not None:
             # Delegated child turns: any replica takes one, each in its own task.
             await serve(
@@ -163,14 +180,27 @@ class Runtime:
         self.ports.passthrough.policy_changed()
 
     async def _on_cancel(self, msg: Msg) -> None:
+        """A turn whose client went away or timed out (chat.cancel): it stops here."""
+        try:
+            cancel = TurnCancelled.model_validate_json(msg.data)
+        except ValidationError:
+            return
+        work = self.turns.get(cancel.reply_subject)
+        if work is not None:
+            log.info("turn %s cancelled: %s", cancel.ctx.request_id, cancel.reason)
+            work.cancel()
+
+    async def _on_response_cancel(self, msg: Msg) -> None:
         """A cancelled background response: its turn, if it runs here, stops now."""
         try:
             note = ResponseCancelled.model_validate_json(msg.data)
         except ValidationError:
             return
-        task = self.turns.get(note.request_id or "")
-        if task is not None:
-            task.cancel()
+        reply_subject = self.turn_ids.get(note.request_id or "")
+        work = self.turns.get(reply_subject or "")
+        if reply_subject is not None and work is not None:
+            self.cancelled_responses.add(reply_subject)
+            work.cancel()
 
     async def _on_chat_requested(self, msg: Msg) -> None:
         task = asyncio.create_task(self._turn(msg))
@@ -202,9 +232,11 @@ class Runtime:
                 )
                 await msg.term()
                 return
-            if delivery > 1:
+            if delivery > 1 or event.attempt > 1:
+                # Redelivered by JetStream, or published again by the gateway: the replica
+                # that had it died.
                 await record_turn_redelivered(
-                    self.audit, event.ctx, delivery=delivery, model=event.model
+                    self.audit, event.ctx, delivery=max(delivery, event.attempt), model=event.model
                 )
             await self.run(event)
             # Acked only now, audit record included: a replica that dies mid-turn leaves
@@ -225,27 +257,35 @@ class Runtime:
             event.ctx = with_span(event.ctx, span)
             turn = self.ports.turn(event)
             name = agent_name(event.model)
-            work = asyncio.ensure_future(
-                self.agents.chat(event, name, turn)
-                if name is not None and self.agents is not None
-                else run_turn(event, turn)
-            )
-            self.turns[event.ctx.request_id] = work
+            if name is not None and self.agents is not None:
+                work = asyncio.ensure_future(self.agents.chat(event, name, turn))
+            else:
+                work = asyncio.ensure_future(run_turn(event, turn, self.settings.turn_retries))
+            self.turns[event.reply_subject] = work
+            self.turn_ids[event.ctx.request_id] = event.reply_subject
+            beating = asyncio.create_task(self._heartbeat(event, work))
             try:
                 last = await work
             except asyncio.CancelledError:
-                if not work.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    raise  # this replica is stopping: the turn is redelivered
-                # Its response was cancelled (responses.cancel): the turn ends here.
-                log.info("turn %s cancelled", event.ctx.request_id)
-                last = TurnEvent(error=CANCELLED, done=True)
-                await turn.send(last)
+                current = asyncio.current_task()
+                if not work.cancelled() or (current is not None and current.cancelling()):
+                    raise  # this replica is stopping, not the client
+                if event.reply_subject in self.cancelled_responses:
+                    # Its response was cancelled (responses.cancel): the turn ends here.
+                    log.info("turn %s cancelled", event.ctx.request_id)
+                    last = TurnEvent(error=CANCELLED, done=True)
+                    await turn.send(last)
+                else:
+                    last = TurnEvent(error=CLIENT_GONE, done=True)
             except Exception as exc:
                 failure = exc
                 log.exception("turn %s failed", event.ctx.request_id)
                 await turn.fail(INTERNAL)
             finally:
-                self.turns.pop(event.ctx.request_id, None)
+                beating.cancel()
+                self.turns.pop(event.reply_subject, None)
+                self.turn_ids.pop(event.ctx.request_id, None)
+                self.cancelled_responses.discard(event.reply_subject)
         self._observe(event, turn.first, last, started)
         await record_turn(self.audit, event, last, failure)
         external = turn.external_call()
@@ -264,6 +304,24 @@ class Runtime:
                 sent=orjson.dumps([m.model_dump() for m in sent.messages] or sent.prompt),
             )
         return last
+
+    async def _heartbeat(self, event: ChatRequested, work: asyncio.Future[Any]) -> None:
+        """The gateway hears that this replica holds the turn (at once, then every
+        `heartbeat_s`); a turn nobody waits for any more is stopped."""
+        nc, settings = self.bus.nc, self.settings
+        headers = {**event.ctx.headers(), RUNTIME_HEADER: self.ports.replica}
+        try:
+            await nc.publish(event.reply_subject, HEARTBEAT, headers=headers)
+            while not work.done():
+                await asyncio.sleep(settings.heartbeat_s)
+                if not await still_wanted(
+                    nc, event.reply_subject, HEARTBEAT, settings.stream_idle_s, headers
+                ):
+                    log.info("turn %s stopped: its client is gone", event.ctx.request_id)
+                    work.cancel()
+                    return
+        except Exception:  # no connection now: the turn goes on, the gateway may give up
+            log.warning("heartbeat of turn %s failed", event.ctx.request_id)
 
     def _observe(
         self,

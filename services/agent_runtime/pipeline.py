@@ -37,7 +37,7 @@ from libs.events import (
     TurnEvent,
     Usage,
 )
-from libs.guard_window import OutputWindow
+from libs.guard_window import OutputWindow, pseudonymize
 
 # Turns before the last user message sent along with a retrieval (for query rewriting).
 HISTORY_MESSAGES = 4
@@ -182,9 +182,12 @@ def _retrieval(event: ChatRequested, plan: TurnPlan) -> RetrieveRequest:
     )
 
 
-async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
+async def run_turn(event: ChatRequested, ports: TurnPorts, retries: int = 1) -> TurnEvent:
     """Run one turn to its end; every outcome, errors included, reaches the client.
 
+    A worker that dies before its first token (`worker_lost`) is replaced by another of the
+    pool, up to `retries` times; once a token came, its death ends the turn with the error
+    (the client never sees a token twice).
     Returns the last event the client was sent: the turn's outcome."""
     ctx = event.ctx
 
@@ -234,31 +237,33 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
         )
 
     window = OutputWindow(verdict.pseudonyms) if plan.screen_output else None
-    generation = ports.generate(
-        GenerateRequest(
-            ctx=ctx,
-            model=event.model,
-            kind=event.kind,
-            messages=messages,
-            prompt=event.prompt,
-            params=event.params,
-        ),
-        route,
-        plan.direct,
+    request = GenerateRequest(
+        ctx=ctx,
+        model=event.model,
+        kind=event.kind,
+        messages=messages,
+        prompt=event.prompt,
+        params=event.params,
     )
+    generation = ports.generate(request, route, plan.direct)
     answer: list[str] = []
     adapter: str | None = None  # the digest of the adapter that serves it, once named
+    tokens = False  # a delta came from the worker (and may have reached the client)
     try:
         while True:
             try:
                 ev = await generation.next()
             except EnclaveError as exc:
+                if exc.info.code == "worker_lost" and not tokens and retries > 0:
+                    retries -= 1
+                    generation.close()
+                    generation = ports.generate(request, route, plan.direct)
+                    continue
                 return await fail(exc.info)
+            tokens = tokens or bool(ev.deltas)
             # Direct: the worker sent it to the client itself; the turn only watches.
             last = ev
             if not plan.direct:
-                if plan.remember:
-                    answer.extend(d.content for d in ev.deltas if d.index == 0)
                 shown = ev.deltas
                 if window is not None:
                     adapter = adapter or next(
@@ -268,6 +273,10 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
                     if isinstance(released, ErrorInfo):
                         return await fail(released)
                     shown = released
+                if plan.remember:
+                    # What the user saw (screened, redacted or blocked), never the raw answer:
+                    # the conversation buffer feeds later prompts.
+                    answer.extend(d.content for d in shown if d.index == 0)
                 if plan.ground:
                     _note(seen, shown)
                     if ev.done and ev.error is None:
@@ -287,7 +296,9 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
                             user=event.params.user or "",
                             conversation_id=event.memory.conversation_id if event.memory else None,
                             messages=event.messages,
-                            answer="".join(answer),
+                            # As the user saw it, but with the placeholders their own
+                            # PII had in the input, as the buffer's copy of the input has.
+                            answer=pseudonymize("".join(answer), verdict.pseudonyms),
                         )
                     )
                 return last

@@ -3,13 +3,18 @@
 On the chat route FastAPI's request and response classes cost about half the gateway's
 CPU (shared/DEPENDENCIES.md), so these two routes bypass them; every other route is
 FastAPI's. Each batch of events that arrived together leaves in one write.
+
+Once the body is read, the connection is watched: a client that disconnects (while its
+turn is queued, generating or streaming) stops the request at once, and closing its turn
+cancels it on the runtime and the worker (turn_client.py). A stream that fails after its
+first byte ends with an OpenAI error event and `data: [DONE]`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -53,6 +58,37 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 
 def _sse_line(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+class ClientWatch:
+    """Watches the connection once the request's body is read: a client that disconnects
+    cancels the task serving it (uvicorn drops writes to a closed connection silently, so
+    a stream would otherwise run to its end for nobody)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.gone = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        owner = asyncio.current_task()
+
+        async def watch() -> None:
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    if self._task is not None and owner is not None:  # still serving
+                        self.gone = True
+                        owner.cancel()
+                    return
+
+        self._task = asyncio.ensure_future(watch())
+
+    def stop(self) -> None:
+        """The response is complete (or failed): a disconnect now cancels nothing."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 async def open_turn(
@@ -108,7 +144,7 @@ async def collect(turn: TurnStream, first: list[TurnEvent], event: ChatRequested
 
 async def stream(
     turn: TurnStream, first: list[TurnEvent], shaper: ChatStreamShaper
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     batch = first
     try:
         while True:
@@ -139,6 +175,28 @@ async def stream(
                 return
     finally:
         await turn.close()
+
+
+class Streaming:
+    """A streamed answer that closes its turn when closed, even if the client left before
+    its first chunk: a generator that never started would never run its own `finally`, and
+    the turn would stay open on its runtime and its reservation unsettled."""
+
+    def __init__(self, turn: TurnStream, chunks: AsyncGenerator[bytes, None]) -> None:
+        self.turn = turn
+        self.chunks = chunks
+
+    def __aiter__(self) -> Streaming:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self.chunks.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self.chunks.aclose()
+        finally:
+            await self.turn.close()
 
 
 class HotPath:
@@ -178,10 +236,24 @@ class HotPath:
             self.gw.metrics.observe_request(operation, status, time.perf_counter() - started)
 
     async def _streamed(self, kind: str, scope: Scope, receive: Receive, send: Send) -> int:
-        """A streamed route; returns its status (200 once a stream started)."""
+        """A streamed route; returns its status (200 once a stream started, 499 when the
+        client went away first)."""
+        watch = ClientWatch(receive)
+        try:
+            return await self._respond(kind, scope, watch, send)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not watch.gone or task is None:
+                raise
+            task.uncancel()  # the client left: the turn was closed and cancelled
+            return 499
+        finally:
+            watch.stop()
+
+    async def _respond(self, kind: str, scope: Scope, watch: ClientWatch, send: Send) -> int:
         headers = {k.lower(): v for k, v in scope["headers"]}
         try:
-            status, extra, payload = await self._handle(kind, headers, receive)
+            status, extra, payload = await self._handle(kind, headers, watch)
         except EnclaveError as exc:
             status, payload = exc.info.status, orjson.dumps(exc.info.body())
             extra = [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
@@ -189,6 +261,7 @@ class HotPath:
             info = ErrorInfo(status=500, message="Internal error.", code="internal_error")
             status, extra, payload = 500, [], orjson.dumps(info.body())
         if isinstance(payload, bytes):
+            watch.stop()  # the answer is complete
             await send(
                 {
                     "type": "http.response.start",
@@ -203,13 +276,14 @@ class HotPath:
             async for chunk in payload:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+            watch.stop()
         finally:
-            await payload.aclose()  # type: ignore[attr-defined]
+            await payload.aclose()
         return 200
 
     async def _handle(
-        self, kind: str, headers: dict[bytes, bytes], receive: Receive
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes | AsyncIterator[bytes]]:
+        self, kind: str, headers: dict[bytes, bytes], watch: ClientWatch
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes | Streaming]:
         gw = self.gw
         auth = headers.get(b"authorization")
         tenant = headers.get(b"openai-tenant")
@@ -227,7 +301,7 @@ class HotPath:
             kind=SpanKind.SERVER,
             attributes=attributes(ctx),
         ) as span:
-            return await self._turn(kind, gw, with_span(ctx, span), grant, headers, receive)
+            return await self._turn(kind, gw, with_span(ctx, span), grant, headers, watch)
 
     async def _turn(
         self,
@@ -236,11 +310,12 @@ class HotPath:
         ctx: RequestContext,
         grant: Grant,
         headers: dict[bytes, bytes],
-        receive: Receive,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes | AsyncIterator[bytes]]:
+        watch: ClientWatch,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes | Streaming]:
         declared = headers.get(b"content-length")
         gw.check_declared_size(declared.decode() if declared else None)
-        body = await _read_body(receive, gw)
+        body = await _read_body(watch.receive, gw)
+        watch.start()
         if kind == "chat":
             chat = validate(ChatCompletionRequest, parse_json(body))
             event, wants_stream, usage = chat_event(chat, ctx), chat.stream, chat.include_usage
@@ -269,7 +344,7 @@ class HotPath:
         extra = [(b"x-request-id", ctx.request_id.encode())]
         extra += [(f"x-enclave-{k}".encode(), v.encode()) for k, v in turn.served_by.items()]
         if wants_stream:
-            return 200, extra, stream(turn, first, ChatStreamShaper(event, usage))
+            return 200, extra, Streaming(turn, stream(turn, first, ChatStreamShaper(event, usage)))
         return 200, extra, await collect(turn, first, event)
 
 

@@ -36,6 +36,7 @@ class MeteredTurn(TurnStream):
 
     async def next_batch(self) -> list[TurnEvent]:
         batch = await self.turn.next_batch()
+        self.served_by = self.turn.served_by  # a turn started again is served anew
         self._see(batch)
         return batch
 

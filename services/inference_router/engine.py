@@ -14,12 +14,19 @@ from libs.events import Delta, GenerateRequest, Usage
 Emit = Callable[[Delta], None]
 
 
+class GenerationStopped(Exception):
+    """Raised by `emit` once the generation was cancelled (its client or runtime is gone, or
+    a timeout ended it): an engine lets it propagate, which stops it at the next token
+    (llama.cpp's token loop, the instant stand-in's, an HTTP stream's)."""
+
+
 class GenerationEngine(Protocol):
     # True when generate() never blocks: the worker then calls it on its event loop.
     runs_inline: bool
 
     def generate(self, request: GenerateRequest, emit: Emit) -> Usage:
-        """Produce every choice's deltas through `emit`, blocking; return the token usage."""
+        """Produce every choice's deltas through `emit`, blocking; return the token usage.
+        `emit` raises `GenerationStopped` when the generation is cancelled."""
         ...
 
 

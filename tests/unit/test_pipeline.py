@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from libs.context import RequestContext
-from libs.errors import EnclaveError, model_not_found, upstream_timeout
+from libs.errors import EnclaveError, model_not_found, stage_lost, upstream_timeout
 from libs.events import (
     ChatMessage,
     ChatRequested,
@@ -262,3 +262,118 @@ async def test_unscreened_output_with_memory_is_relayed_and_remembered() -> None
     assert ports.emitted[1:] == ANSWERED and last == ANSWERED[-1]
     (stored,) = ports.remembered
     assert stored.answer == "It is on floor 3." and stored.conversation_id == "c1"
+
+
+class RedactingPorts(RememberingPorts):
+    """An output guardrail that blocks any answer that says `hunter2`."""
+
+    async def screen(self, check: GuardrailCheck) -> GuardrailVerdict:
+        if check.direction == "output" and "hunter2" in (check.messages[0].content or ""):
+            return GuardrailVerdict(allowed=False, rule="secrets", policy_version="1")
+        return await super().screen(check)
+
+
+async def test_the_conversation_buffer_keeps_the_screened_answer_not_the_raw_one() -> None:
+    raw = [
+        TurnEvent(deltas=[Delta(content="The password ")]),
+        TurnEvent(deltas=[Delta(content="is hunter2.", finish_reason="stop")], done=True),
+    ]
+    ports = RedactingPorts(raw)
+    remembered = EVENT.model_copy(update={"memory": MemoryOptions(conversation_id="c1")})
+    await run_turn(remembered, ports)
+    seen = "".join(d.content for e in ports.emitted for d in e.deltas if d.index == 0)
+    (stored,) = ports.remembered
+    assert "hunter2" not in stored.answer
+    assert stored.answer == seen and "blocked by the guardrails rule `secrets`" in seen
+
+
+class LosingPorts(FakePorts):
+    """The first worker dies (silent: `worker_lost`) after `tokens` events; the next one of
+    the pool answers."""
+
+    def __init__(self, tokens: list[TurnEvent]) -> None:
+        super().__init__(GenerateAccepted(accepted=True, worker="w1"), [])
+        self.first = tokens
+
+    def generate(self, request: GenerateRequest, route: RouteReply, direct: bool) -> FakeGeneration:
+        self.requests.append(request)
+        self.direct.append(direct)
+        if len(self.requests) == 1:
+            return LostGeneration(list(self.first))
+        self.generation = FakeGeneration(
+            GenerateAccepted(accepted=True, worker="w2"),
+            [TurnEvent(deltas=[Delta(content="b")]), TurnEvent(done=True)],
+        )
+        return self.generation
+
+
+class LostGeneration(FakeGeneration):
+    def __init__(self, events: list[TurnEvent]) -> None:
+        super().__init__(GenerateAccepted(accepted=True, worker="w1"), events)
+
+    async def next(self) -> TurnEvent:
+        if not self.events:
+            raise EnclaveError.of(stage_lost("worker", "silent for 5s"))
+        return self.events.pop(0)
+
+
+async def test_a_worker_lost_before_its_first_token_is_replaced_by_another() -> None:
+    ports = LosingPorts([])
+    last = await run_turn(EVENT, ports)
+    assert len(ports.requests) == 2
+    assert last.done and last.error is None and last.deltas[0].content == "b"
+
+
+async def test_a_worker_lost_after_a_token_ends_the_turn_with_its_error() -> None:
+    ports = LosingPorts([TurnEvent(deltas=[Delta(content="a")])])
+    ports.screen_output = False  # direct: the token went to the client already
+    last = await run_turn(EVENT, ports)
+    assert len(ports.requests) == 1  # never asked again: the client saw "a"
+    assert last.error is not None and last.error.code == "worker_lost" and last.done
+    assert ports.emitted == [last]
+
+
+async def test_retries_are_bounded() -> None:
+    class AlwaysLost(LosingPorts):
+        def generate(self, request: GenerateRequest, route: RouteReply, d: bool) -> FakeGeneration:
+            self.requests.append(request)
+            return LostGeneration([])
+
+    ports = AlwaysLost([])
+    last = await run_turn(EVENT, ports, retries=1)
+    assert len(ports.requests) == 2
+    assert last.error is not None and last.error.code == "worker_lost"
+
+
+class PseudonymPorts(RememberingPorts):
+    """Input PII replaced by a placeholder; output screened and let through."""
+
+    async def screen(self, check: GuardrailCheck) -> GuardrailVerdict:
+        verdict = await super().screen(check)
+        if check.direction == "input":
+            texts = [t.replace("Ana Silva", "<PERSON_1>") for t in verdict.texts]
+            return verdict.model_copy(
+                update={"texts": texts, "pseudonyms": {"<PERSON_1>": "Ana Silva"}}
+            )
+        return verdict
+
+
+async def test_the_buffer_keeps_the_placeholders_of_the_users_pii() -> None:
+    ports = PseudonymPorts(
+        [
+            TurnEvent(
+                deltas=[Delta(content="Hello <PERSON_1>, nice to meet you.", finish_reason="stop")],
+                done=True,
+            )
+        ]
+    )
+    said = [ChatMessage(role="user", content="I am Ana Silva.")]
+    event = EVENT.model_copy(
+        update={"messages": said, "memory": MemoryOptions(conversation_id="c1")}
+    )
+    await run_turn(event, ports)
+    seen = "".join(d.content for e in ports.emitted for d in e.deltas)
+    assert seen == "Hello Ana Silva, nice to meet you."  # the user sees their own name
+    (stored,) = ports.remembered
+    assert stored.answer == "Hello <PERSON_1>, nice to meet you."
+    assert stored.messages[0].content == "I am <PERSON_1>."

@@ -6,13 +6,21 @@ runs in the background: the engine's deltas are coalesced and published on the
 request's deltas subject with the raw NATS client, the per-token hot path. An engine that
 answers at once (the instant stand-in) sends its whole answer with the acceptance, in
 one write of the client's buffer.
+
+A generation stops when it is cancelled: `inference.cancel` names its deltas subject (the
+client disconnected, a timeout ended the turn), or its runtime no longer waits for it (the
+heartbeat sent every `heartbeat_s` as a request finds the inbox closed, or no runtime at
+all). The engine's `emit` then raises `GenerationStopped`, which ends llama.cpp's token
+loop at the next token; a generation still queued for the engine's thread never starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,19 +36,55 @@ from libs.events import (
     EmbedRequest,
     GenerateAccepted,
     GenerateRequest,
+    GenerationCancelled,
     ModelsChanged,
     TurnEvent,
 )
 from libs.metrics import StageMetrics
-from libs.rpc import Bus, serve, serve_broker
+from libs.rpc import Bus, serve, serve_broker, still_wanted
 from libs.service import Build
 from libs.settings import Settings
 from libs.telemetry import attributes, parent_context, setup_tracing
 from services.inference_router.adapter_choice import AdapterRefused
-from services.inference_router.engine import EmbeddingEngine, GenerationEngine
+from services.inference_router.engine import (
+    EmbeddingEngine,
+    Emit,
+    GenerationEngine,
+    GenerationStopped,
+)
 from services.inference_router.registry import load_registry
 
 _END = object()
+log = logging.getLogger("enclave.worker")
+
+
+class Running:
+    """One generation on this worker, until it ends or is cancelled."""
+
+    def __init__(self, request: GenerateRequest) -> None:
+        self.request = request
+        self.stopped = threading.Event()  # read on the engine's thread
+        self.reason = ""
+        self.began = False  # the engine's thread took it
+        self.future: asyncio.Future[Any] | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Stop it: at the next token once it runs, or now while it still queues."""
+        if not self.stopped.is_set():
+            self.reason = reason
+            self.stopped.set()
+            if not self.began and self.future is not None:
+                self.future.cancel()  # off the executor's queue
+
+    def guard(self, emit: Emit) -> Emit:
+        """`emit` that stops the engine once the generation is cancelled."""
+
+        def guarded(delta: Delta) -> None:
+            if self.stopped.is_set():
+                raise GenerationStopped(self.reason)
+            emit(delta)
+
+        return guarded
 
 
 def make_engine(settings: Settings, pool: dict[str, Any]) -> Any:
@@ -113,12 +157,18 @@ class Worker:
         self.metrics = metrics or StageMetrics("worker", pool_name)
         self.work = self.metrics.work(capacity=getattr(engine, "max_concurrency", 1))
         self.running: set[asyncio.Task[None]] = set()
+        # The generations streaming now, by their deltas subject (what a cancel names).
+        self.generations: dict[str, Running] = {}
+        self.cancelled = 0  # generations stopped before their end
 
     async def start(self) -> None:
         if not self.embeds:
             # Raw subscription on the per-request hot path (see the router's).
             subject = self.bus.subjects.inference_worker(self.pool_name)
             await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name)
+            # Every worker hears every cancel (no queue group): the one running it stops.
+            await self.bus.nc.subscribe(self.bus.subjects.inference_cancel, cb=self._on_cancel)
+            log.info("worker %s serves pool %s", self.worker_id, self.pool_name)
         if getattr(self.engine, "swap", None) is not None:
             self.engine.swap.on_load = self.metrics.adapter_load
             await self._follow_models()
@@ -142,6 +192,15 @@ class Worker:
                 await loop.run_in_executor(self.executor, self.engine.swap.changed, event)
 
         await nc.subscribe(subject, cb=on_changed)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            cancel = GenerationCancelled.model_validate_json(msg.data)
+        except ValueError:
+            return
+        running = self.generations.get(cancel.deltas_subject)
+        if running is not None:
+            running.cancel(cancel.reason)
 
     async def stop(self) -> None:
         if self.running:
@@ -208,6 +267,17 @@ class Worker:
         await nc.publish(request.deltas_subject, data, headers=self.mark)
 
     async def _stream(self, request: GenerateRequest) -> None:
+        running = Running(request)
+        self.generations[request.deltas_subject] = running
+        beating = asyncio.create_task(self._heartbeat(running))
+        try:
+            await self._generate(running)
+        finally:
+            beating.cancel()
+            self.generations.pop(request.deltas_subject, None)
+
+    async def _generate(self, running: Running) -> None:
+        request = running.request
         gen: GenerationEngine = self.engine
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -216,9 +286,16 @@ class Worker:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
         future = loop.run_in_executor(
-            self.executor, self._started, loop, gen.generate, request, emit
+            self.executor,
+            self._started_unless,
+            running,
+            loop,
+            gen.generate,
+            request,
+            running.guard(emit),
         )
-        future.add_done_callback(lambda _: self.work.finished())
+        running.future = future
+        future.add_done_callback(lambda _: self._finished(running))
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _END))
         finished = False
         while not finished:
@@ -227,14 +304,45 @@ class Worker:
                 batch.append(queue.get_nowait())
             finished = batch[-1] is _END
             deltas = [d for d in batch if d is not _END]
-            if deltas:
+            if deltas and not running.stopped.is_set():
                 await self.send(request, event_bytes(TurnEvent(deltas=deltas)))
         try:
             usage = future.result()
+        except (GenerationStopped, asyncio.CancelledError):
+            # Nobody reads it any more: nothing is sent.
+            self.cancelled += 1
+            log.info("generation %s cancelled (%s)", request.ctx.request_id, running.reason)
+            return
         except Exception as exc:
             await self.send(request, _failure(exc))
             return
         await self.send(request, event_bytes(TurnEvent(usage=usage, done=True)))
+
+    def _finished(self, running: Running) -> None:
+        if not running.began:  # cancelled while it queued: it leaves the queue unrun
+            self.work.started()
+        self.work.finished()
+
+    def _started_unless(
+        self, running: Running, loop: asyncio.AbstractEventLoop, call: Any, *args: Any
+    ) -> Any:
+        """On an engine thread: a generation cancelled while it queued never starts."""
+        loop.call_soon_threadsafe(self.work.started)
+        running.began = True
+        if running.stopped.is_set():
+            raise GenerationStopped(running.reason)
+        return call(*args)
+
+    async def _heartbeat(self, running: Running) -> None:
+        """Tell the runtime this generation is alive, and stop it once the runtime no
+        longer waits for it (its inbox closed, or the runtime died)."""
+        settings = self.bus.settings
+        beat = event_bytes(TurnEvent(heartbeat=True))
+        subject = running.request.deltas_subject
+        while not running.stopped.is_set():
+            await asyncio.sleep(settings.heartbeat_s)
+            if not await still_wanted(self.bus.nc, subject, beat, settings.stream_idle_s):
+                running.cancel("client_gone")
 
 
 def builder(settings: Settings, pool_name: str) -> Build:
