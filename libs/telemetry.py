@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol, TypeVar
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -22,6 +22,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from libs.context import TRACEPARENT_HEADER, RequestContext
+
+
+class HasCtx(Protocol):
+    ctx: RequestContext
+
+
+Req = TypeVar("Req", bound=HasCtx)
+Rep = TypeVar("Rep")
 
 
 class JsonLinesExporter(SpanExporter):
@@ -76,3 +84,27 @@ def with_span(ctx: RequestContext, span: trace.Span) -> RequestContext:
 
 def attributes(ctx: RequestContext, **extra: str) -> dict[str, str]:
     return {"enclave.tenant": ctx.tenant, "enclave.request_id": ctx.request_id, **extra}
+
+
+def traced(
+    tracer: trace.Tracer,
+    name: str | Callable[[Req], str],
+    handle: Callable[[Req], Awaitable[Rep]],
+    kind: trace.SpanKind = trace.SpanKind.SERVER,
+) -> Callable[[Req], Awaitable[Rep]]:
+    """`handle` as one hop of its request's trace: a span named `name` (or `name(request)`),
+    the child of the request's traceparent, which the handler's own requests then carry
+    (`request.ctx` is replaced by `with_span`). Without tracing, `handle` itself."""
+    if isinstance(tracer, trace.NoOpTracer):
+        return handle
+
+    async def hop(request: Req) -> Rep:
+        ctx = request.ctx
+        span_name = name if isinstance(name, str) else name(request)
+        with tracer.start_as_current_span(
+            span_name, context=parent_context(ctx), kind=kind, attributes=attributes(ctx)
+        ) as span:
+            request.ctx = with_span(ctx, span)
+            return await handle(request)
+
+    return hop
