@@ -31,6 +31,7 @@ from libs.context import RequestContext
 from libs.errors import ErrorInfo
 from libs.events import ChatMessage, ChatRequested, RetrieveReply, RetrieveRequest
 from libs.settings import Settings
+from tests.deploy.test_helm import REQUIRED, prometheus_triggers, render, trigger_series
 from tests.infra import REPO, Infra, Platform, chat, free_port, platform_env
 
 
@@ -540,5 +541,20 @@ def test_chats_show_in_every_stages_metrics(services: Infra, tmp_path: Path) -> 
         appended = "enclave_audit_appended_total"
         assert wait_until(lambda: sample_sum(audit, appended) >= 3, timeout=30)
         assert sample_sum(audit, "enclave_audit_append_lag_seconds_count") >= 3
+
+        # Every KEDA Prometheus trigger of these stages (deploy/helm) reads series that
+        # their replicas really export (the worker's for this platform's pool).
+        queries = prometheus_triggers(render(REQUIRED))
+        for stage, stage_port in (
+            ("gateway", gateway),
+            ("inference-router", router),
+            ("guardrails", guardrails),
+            ("worker-smollm2", worker),
+        ):
+            exported = scrape(stage_port)
+            for name, labels in trigger_series(queries[stage]):
+                wanted = {**labels, "pool": "busy"} if "pool" in labels else labels
+                found = [ls for n, ls in exported if n == name and set(wanted.items()) <= ls]
+                assert found, (stage, name, wanted)
     finally:
         plat.stop_all()
