@@ -112,7 +112,7 @@ async def build(bus: Bus, broker: NatsBroker) -> Audit:
         load_private_key(cfg.signing_key_file),
     )
     metrics = StageMetrics("audit")
-    tracer = setup_tracing("audit", settings.trace_dir)
+    tracer = setup_tracing("audit", settings.trace_dir, settings.otlp_endpoint)
     traced = not isinstance(tracer, trace.NoOpTracer)
     audit_stream = next(c for c in stream_configs(settings) if c.name == subjects.audit_stream_name)
 
@@ -123,6 +123,8 @@ async def build(bus: Bus, broker: NatsBroker) -> Audit:
         pull_sub=PullSub(batch_size=cfg.batch_size, timeout=cfg.batch_timeout_s, batch=True),
         config=ConsumerConfig(ack_wait=cfg.ack_wait_s, max_ack_pending=50_000),
         ack_policy=AckPolicy.MANUAL,
+        # Fetch replies on this service's own inbox (the bus permissions allow no other).
+        inbox_prefix=f"{settings.nats_inbox_prefix}.".encode(),
     )
     async def on_events(batch: list[Any], message: Any = Context("message")) -> None:
         events: list[AuditEvent] = []

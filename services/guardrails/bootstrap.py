@@ -88,7 +88,9 @@ class Guardrails:
         self.screener = screener
         self.store = store
         self.audit = audit
-        self.tracer = setup_tracing("guardrails", bus.settings.trace_dir)
+        self.tracer = setup_tracing(
+            "guardrails", bus.settings.trace_dir, bus.settings.otlp_endpoint
+        )
         self.passthrough_s = bus.settings.guard_passthrough_s
         # Checks run off the event loop, fairly across tenants, each within its budget.
         self.scheduler = FairScheduler()

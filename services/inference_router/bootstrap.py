@@ -37,7 +37,9 @@ class Router:
         self.bus = bus
         self.metrics = metrics or StageMetrics("inference_router")
         self.routes = routes
-        self.tracer = setup_tracing("inference_router", bus.settings.trace_dir)
+        self.tracer = setup_tracing(
+            "inference_router", bus.settings.trace_dir, bus.settings.otlp_endpoint
+        )
 
     async def route(self, request: RouteRequest) -> RouteReply:
         return await self._answer(request.model, request.ctx, request.kind)

@@ -85,7 +85,7 @@ class Memory:
         self.svc = svc
         self.deltas = deltas
         self.audit = audit
-        self.tracer = setup_tracing("memory", bus.settings.trace_dir)
+        self.tracer = setup_tracing("memory", bus.settings.trace_dir, bus.settings.otlp_endpoint)
         self.uploads: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:

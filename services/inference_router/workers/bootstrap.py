@@ -105,7 +105,9 @@ class Worker:
         self.embeds = embeds
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self.mark = {WORKER_HEADER: self.worker_id}
-        self.tracer = setup_tracing(f"worker-{pool_name}", bus.settings.trace_dir)
+        self.tracer = setup_tracing(
+            f"worker-{pool_name}", bus.settings.trace_dir, bus.settings.otlp_endpoint
+        )
         # llama.cpp contexts are not thread-safe: one generation at a time per engine,
         # unless the engine batches concurrent requests itself (vLLM).
         self.executor = ThreadPoolExecutor(
