@@ -23,7 +23,8 @@ one HTTP port of its own.
 
 /healthz answers 200 while the process runs. /readyz answers 200 once the process's
 monitor connection reaches NATS (no stage serves anything without the bus) and every
-readiness check the service added (`MetricsServer.add_ready_check`) passes.
+readiness check added (`MetricsServer.add_ready_check`) passes: `enclave serve` adds that
+the service is built and started (its models loaded, its subscriptions made).
 
 The monitor thread also reads, every few seconds, every JetStream consumer of the
 platform (`CONSUMED`: pending, waiting for an ack, lag), whichever stage it runs in: the
