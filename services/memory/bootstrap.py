@@ -55,8 +55,10 @@ from services.memory.vectors import TenantStores, VectorBackend
 log = logging.getLogger("enclave.memory")
 # The durable pull consumer on ENCLAVE_MEMORY that every replica shares.
 STORE_DURABLE = "memory"
-# Turns a replica takes per fetch and remembers at once (each mostly waits on a model).
-STORE_BATCH = 4
+# Turns a replica takes per fetch: one, remembered before it takes the next (as the push
+# consumer before it did), so that extractions do not crowd the small model's workers;
+# more replicas take more at once.
+STORE_BATCH = 1
 
 
 def make_backend(settings: Settings) -> VectorBackend:
