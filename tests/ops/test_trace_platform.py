@@ -28,10 +28,12 @@ def trace_spans(home: Path, trace_id: str) -> list[dict[str, Any]]:
     spans = []
     for path in (home / "traces").glob("*.jsonl"):
         for line in path.read_text().splitlines():
-            if line.strip():
+            try:
                 span = json.loads(line)
-                if span["trace_id"] == trace_id:
-                    spans.append(span)
+            except ValueError:
+                continue  # empty, or a line its process is writing now
+            if span["trace_id"] == trace_id:
+                spans.append(span)
     return spans
 
 
@@ -99,7 +101,7 @@ def test_one_chat_is_one_trace_through_every_service(services: Infra, tmp_path: 
         request_id = r.headers["x-request-id"]
 
         # Spans reach their files when they end: the store and the audit append come last.
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         spans = trace_spans(tmp_path, CLIENT_TRACE)
         while not wanted_hops(spans) >= HOPS and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -111,26 +113,30 @@ def test_one_chat_is_one_trace_through_every_service(services: Infra, tmp_path: 
     # Parent-child links intact: each span's parent is the client's span or one of the
     # trace's own spans, and the tree hangs from the gateway's span.
     ids = {s["span_id"] for s in spans}
+    tree = sorted((s["service"], s["name"], s["span_id"], s["parent_id"]) for s in spans)
     for span in spans:
-        assert span["parent_id"] in ids | {CLIENT_SPAN}, span
+        assert span["parent_id"] in ids | {CLIENT_SPAN}, (span, tree)
     by_name = {s["name"]: s for s in spans}
     gateway, turn = by_name["POST /v1/chat/completions"], by_name["turn"]
     assert gateway["parent_id"] == CLIENT_SPAN
     assert turn["parent_id"] == gateway["span_id"]
     children = {s["name"] for s in spans if s["parent_id"] == turn["span_id"]}
-    assert {"guardrails.input", "memory.retrieve", "inference.route", "generate"} <= children
-    assert {"guardrails.output", "memory.store"} <= children
+    assert {"guardrails.input", "memory.retrieve", "inference.route", "generate"} <= children, tree
+    assert {"guardrails.output", "memory.store"} <= children, tree
     # Memory screens what it retrieved within its own hop.
     contexts = [s for s in spans if s["name"] == "guardrails.context"]
     retrieves = {s["span_id"] for s in spans if s["name"] == "memory.retrieve"}
-    assert any(s["parent_id"] in retrieves for s in contexts)
+    assert any(s["parent_id"] in retrieves for s in contexts), tree
     # The worker's span has the time to first token and the tokens.
-    (generate,) = [s for s in spans if s["name"] == "generate"]
+    generates = [s for s in spans if s["name"] == "generate"]
+    assert len(generates) == 1, tree
+    generate = generates[0]
     attrs = generate["attributes"]
     assert attrs["enclave.time_to_first_token_s"] >= 0
     assert attrs["gen_ai.usage.output_tokens"] > 0 and attrs["gen_ai.usage.input_tokens"] > 0
     # The turn's own audit record is appended within the trace, under the turn.
     appends = [s for s in spans if s["name"] == "audit.append"]
-    assert any(s["parent_id"] == turn["span_id"] for s in appends)
-    assert all(s["attributes"]["enclave.request_id"] == request_id for s in appends)
-    assert {s["attributes"].get("enclave.tenant") for s in spans} == {"acme"}
+    assert any(s["parent_id"] == turn["span_id"] for s in appends), tree
+    assert all(s["attributes"]["enclave.request_id"] == request_id for s in appends), appends
+    tenants = {(s["name"], s["attributes"].get("enclave.tenant")) for s in spans}
+    assert {t for _, t in tenants} == {"acme"}, tenants
