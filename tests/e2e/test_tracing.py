@@ -15,7 +15,10 @@ def spans_of(platform: Platform, request_id: str) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for path in (platform.home / "traces").glob("*.jsonl"):
         for line in path.read_text().splitlines():
-            span = json.loads(line)
+            try:
+                span = json.loads(line)
+            except ValueError:
+                continue  # a line its process is writing now
             if span["attributes"].get("enclave.request_id") == request_id:
                 found[span["name"]] = span
     return found
