@@ -224,10 +224,10 @@ CHANNELS: tuple[Channel, ...] = (
         "memoryStore",
         "memory_store",
         _s.memory_store,
-        "A finished turn to extract memories from (JetStream work queue).",
+        "A finished turn to extract memories from (JetStream work queue, a shared pull consumer).",
         (events.MemoryStoreRequested,),
         ("agent_runtime",),
-        Receiver(("memory",), "memory", "jetstream", "memory"),
+        Receiver(("memory",), None, "jetstream", "memory"),
         stream="memory_stream_name",
     ),
     Channel(

@@ -32,7 +32,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 from opentelemetry import metrics
 
-from libs.context import RequestContext, new_request_id
+from libs.context import TRACEPARENT_HEADER, RequestContext, new_request_id
 from libs.events import AuditActions, AuditEvent, AuditExportRequest, AuditReply
 from libs.subjects import Subjects
 
@@ -226,21 +226,25 @@ class AuditPublisher:
         event = new_event(
             tenant, kind or self.service, action, service=self.service, ctx=ctx, **fields
         )
-        await self.publish(event)
+        await self.publish(event, ctx.traceparent if ctx is not None else "")
         return event
 
-    async def publish(self, event: AuditEvent) -> bool:
+    async def publish(self, event: AuditEvent, traceparent: str = "") -> bool:
         """True when the stream acked it; False when it waits in the outbox.
 
         An event over MAX_EVENT_BYTES is clipped first (`bound_event`), never sent whole.
+        `traceparent` (the emitting hop's span) rides in the headers, so that the audit
+        service's append joins the request's trace; the outbox keeps the event alone.
         """
         event, data = bound_event(event)
-        if await self._send(event.tenant, event.kind, event.id, data) is None:
+        if await self._send(event.tenant, event.kind, event.id, data, traceparent) is None:
             return True
         self._keep(event.id, data)
         return False
 
-    async def _send(self, tenant: str, kind: str, event_id: str, data: bytes) -> str | None:
+    async def _send(
+        self, tenant: str, kind: str, event_id: str, data: bytes, traceparent: str = ""
+    ) -> str | None:
         """None when the stream acked; else AWAY (try again later) or why it was refused."""
         nc = self.nc
         if nc is None or not nc.is_connected:
@@ -252,7 +256,9 @@ class AuditPublisher:
                 self.subjects.audit(subject_token(tenant), kind),
                 data,
                 timeout=self.ack_timeout_s,
-                headers={"Nats-Msg-Id": event_id},
+                headers={"Nats-Msg-Id": event_id, TRACEPARENT_HEADER: traceparent}
+                if traceparent
+                else {"Nats-Msg-Id": event_id},
             )
         except (MaxPayloadError, BadRequestError) as exc:  # this event will never pass
             log.error("audit event %s refused by the bus: %s", event_id, exc)

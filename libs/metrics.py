@@ -23,7 +23,8 @@ one HTTP port of its own.
 
 /healthz answers 200 while the process runs. /readyz answers 200 once the process's
 monitor connection reaches NATS (no stage serves anything without the bus) and every
-readiness check the service added (`MetricsServer.add_ready_check`) passes.
+readiness check added (`MetricsServer.add_ready_check`) passes: `enclave serve` adds that
+the service is built and started (its models loaded, its subscriptions made).
 
 The monitor thread also reads, every few seconds, every JetStream consumer of the
 platform (`CONSUMED`: pending, waiting for an ack, lag), whichever stage it runs in: the
@@ -116,23 +117,23 @@ REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 IN_FLIGHT = Gauge("enclave_requests_in_flight", "Requests being handled now", ["service"])
-TIME_TO_FIRST_TOKEN = Histogram(
-    "enclave_time_to_first_token_seconds",
-    "Time from a generation's request to its first token",
-    ["service", "model"],
-    buckets=LATENCY_BUCKETS,
+
+
+def _per_model(name: str, doc: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+    """A histogram of generations, by stage and model."""
+    return Histogram(name, doc, ["service", "model"], buckets=buckets)
+
+
+TIME_TO_FIRST_TOKEN = _per_model(
+    "enclave_time_to_first_token_seconds", "Time from a generation's request to its first token"
 )
-TIME_PER_OUTPUT_TOKEN = Histogram(
+TIME_PER_OUTPUT_TOKEN = _per_model(
     "enclave_time_per_output_token_seconds",
     "Mean time between output tokens of one generation, after the first",
-    ["service", "model"],
-    buckets=TOKEN_BUCKETS,
+    TOKEN_BUCKETS,
 )
-GENERATION_DURATION = Histogram(
-    "enclave_generation_duration_seconds",
-    "Time from a generation's request to its last token",
-    ["service", "model"],
-    buckets=LATENCY_BUCKETS,
+GENERATION_DURATION = _per_model(
+    "enclave_generation_duration_seconds", "Time from a generation's request to its last token"
 )
 TOKENS = Counter(
     "enclave_tokens",

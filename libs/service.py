@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
@@ -64,6 +65,9 @@ class ServiceApp:
         self.settings = settings
         self.name = name
         self.build = build
+        # Set once the service is built and started (it serves): what /readyz waits for
+        # (libs/metrics.py), read from the metrics server's thread.
+        self.started = threading.Event()
 
     async def run(self) -> None:
         stopping = asyncio.Event()
@@ -71,4 +75,6 @@ class ServiceApp:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
         async with running(self.settings, self.name, self.build):
+            self.started.set()
             await stopping.wait()
+        self.started.clear()

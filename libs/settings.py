@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     worker_threads: int = 0  # 0: as many as cores
     # Where each process writes its OpenTelemetry spans as JSON lines; empty: nowhere.
     trace_dir: str = ""
+    # An OpenTelemetry collector's OTLP/HTTP endpoint (http://collector:4318): spans are sent
+    # there too (JSON encoding, batched); empty: not sent.
+    otlp_endpoint: str = ""
     # Sandbox (services/sandbox/README.md): "bwrap" (bubblewrap, the default) or "docker".
     sandbox_backend: str = "bwrap"
     sandbox_timeout_s: float = 10.0  # wall clock, when a request names none

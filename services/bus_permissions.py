@@ -203,10 +203,8 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
         ),
         "audit": Permissions(
             publish=_consumes(s.audit_stream_name),
-            # FastStream's pull subscriber fetches on `_INBOX.<id>` whatever the connection's
-            # inbox prefix (it passes its own default): until services/audit/app.py gives its
-            # PullSub the prefix, audit may read the default inbox, which the gateway uses.
-            subscribe=(s.audit_all, *audit_api, "_INBOX.>"),
+            # Its pull subscriber fetches on its own inbox (services/audit/bootstrap.py).
+            subscribe=(s.audit_all, *audit_api),
         ),
         "sandbox": Permissions(publish=(), subscribe=(s.sandbox_exec,)),
         "trainer": Permissions(

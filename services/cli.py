@@ -97,7 +97,10 @@ def serve(settings: Settings, service: str, pool: str | None) -> None:
         app = build_trainer(settings)
     else:
         raise SystemExit(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
-    serve_metrics(settings, service, pool)  # /metrics, /healthz, /readyz: libs/metrics.py
+    # /metrics, /healthz, /readyz (libs/metrics.py); ready once the service serves.
+    metrics = serve_metrics(settings, service, pool)
+    if metrics is not None:
+        metrics.add_ready_check(app.started.is_set)
     uvloop.run(app.run())
 
 

@@ -91,7 +91,9 @@ class Runtime:
         self.ports = ports
         self.deltas = deltas
         self.audit = audit
-        self.tracer: Tracer = setup_tracing("agent_runtime", self.settings.trace_dir)
+        self.tracer: Tracer = setup_tracing(
+            "agent_runtime", self.settings.trace_dir, self.settings.otlp_endpoint
+        )
         self.slots = asyncio.Semaphore(self.settings.runtime_concurrency)
         self.running: set[asyncio.Task[None]] = set()
         # The turns running here by their reply subject: what `chat.cancel` stops; and their

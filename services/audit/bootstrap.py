@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -19,14 +20,18 @@ from faststream import Context
 from faststream.middlewares import AckPolicy
 from faststream.nats import NatsBroker, PullSub
 from nats.js.api import ConsumerConfig
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from libs.bus import jstream, stream_configs
+from libs.context import TRACEPARENT_HEADER
 from libs.db.engine import make_engine, migrate_async
 from libs.events import AuditEvent, AuditExportRequest, AuditSearch, AuditVerifyRequest
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, serve_broker
 from libs.signing import load_private_key
+from libs.telemetry import setup_tracing
 from services.audit.adapters.keys import HmacKeySource, ensure_keys
 from services.audit.adapters.sql import AuditStore
 from services.audit.config import AuditSettings, load_audit_settings
@@ -67,6 +72,33 @@ def event_epoch(event: AuditEvent) -> float:
     return datetime.fromisoformat(event.time).timestamp()
 
 
+def trace_appends(
+    tracer: trace.Tracer,
+    appended: list[tuple[AuditEvent, dict[str, str]]],
+    started_ns: int,
+    ended_ns: int,
+) -> None:
+    """One `audit.append` span per event that came with a traceparent (its emitting hop):
+    the batch's append, from its start to its commit, in that request's trace."""
+    for event, headers in appended:
+        traceparent = headers.get(TRACEPARENT_HEADER)
+        if not traceparent:
+            continue  # from the outbox, or from a caller outside any trace
+        span = tracer.start_span(
+            "audit.append",
+            context=propagate.extract({TRACEPARENT_HEADER: traceparent}),
+            kind=SpanKind.CONSUMER,
+            start_time=started_ns,
+            attributes={
+                "enclave.tenant": event.tenant,
+                "enclave.request_id": event.request_id,
+                "enclave.audit.action": event.action,
+                "enclave.audit.batch": len(appended),
+            },
+        )
+        span.end(end_time=ended_ns)
+
+
 async def build(bus: Bus, broker: NatsBroker) -> Audit:
     settings, subjects = bus.settings, bus.subjects
     cfg = load_audit_settings(settings)
@@ -80,6 +112,8 @@ async def build(bus: Bus, broker: NatsBroker) -> Audit:
         load_private_key(cfg.signing_key_file),
     )
     metrics = StageMetrics("audit")
+    tracer = setup_tracing("audit", settings.trace_dir, settings.otlp_endpoint)
+    traced = not isinstance(tracer, trace.NoOpTracer)
     audit_stream = next(c for c in stream_configs(settings) if c.name == subjects.audit_stream_name)
 
     @broker.subscriber(
@@ -89,15 +123,22 @@ async def build(bus: Bus, broker: NatsBroker) -> Audit:
         pull_sub=PullSub(batch_size=cfg.batch_size, timeout=cfg.batch_timeout_s, batch=True),
         config=ConsumerConfig(ack_wait=cfg.ack_wait_s, max_ack_pending=50_000),
         ack_policy=AckPolicy.MANUAL,
+        # Fetch replies on this service's own inbox (the bus permissions allow no other).
+        inbox_prefix=f"{settings.nats_inbox_prefix}.".encode(),
     )
     async def on_events(batch: list[Any], message: Any = Context("message")) -> None:
         events: list[AuditEvent] = []
-        for item in batch:
+        headers: list[dict[str, str]] = []
+        batch_headers = list(getattr(message, "batch_headers", None) or [])
+        for i, item in enumerate(batch):
             try:
                 events.append(AuditEvent.model_validate(item))
             except ValidationError as exc:
                 # Not an audit event: it cannot join a chain; say so loudly, once.
                 log.error("dropping a malformed audit message: %s", exc.errors()[:1])
+                continue
+            headers.append(batch_headers[i] if i < len(batch_headers) else {})
+        started_ns = time.time_ns()
         try:
             await service.append(events)
         except Exception:
@@ -106,6 +147,9 @@ async def build(bus: Bus, broker: NatsBroker) -> Audit:
             return
         await message.ack()
         metrics.audit_appended([event_epoch(e) for e in events])
+        if traced:
+            appended = list(zip(events, headers, strict=True))
+            trace_appends(tracer, appended, started_ns, time.time_ns())
 
     serve_broker(broker, subjects.audit_api_search, AuditSearch, service.search, queue="audit")
     serve_broker(

@@ -163,6 +163,6 @@ def build(settings: Settings) -> Gateway:
         ),
         turns=turns,
         audit=audit,
-        tracer=setup_tracing("gateway", settings.trace_dir),
+        tracer=setup_tracing("gateway", settings.trace_dir, settings.otlp_endpoint),
         metrics=StageMetrics("gateway"),
     )

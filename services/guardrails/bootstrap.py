@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 
 from faststream.nats import NatsBroker
+from opentelemetry import trace
 
 from libs.audit import AuditPublisher, outbox_dir
 from libs.context import RequestContext
@@ -20,6 +21,7 @@ from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, serve
 from libs.settings import Settings
+from libs.telemetry import setup_tracing, traced
 from services.guardrails.adapters.classifier_cache import load_or_train
 from services.guardrails.adapters.minilm import MiniLM
 from services.guardrails.adapters.operators import PresidioOperators
@@ -86,6 +88,9 @@ class Guardrails:
         self.screener = screener
         self.store = store
         self.audit = audit
+        self.tracer = setup_tracing(
+            "guardrails", bus.settings.trace_dir, bus.settings.otlp_endpoint
+        )
         self.passthrough_s = bus.settings.guard_passthrough_s
         # Checks run off the event loop, fairly across tenants, each within its budget.
         self.scheduler = FairScheduler()
@@ -100,6 +105,11 @@ class Guardrails:
             lambda: decide(self.screener, self.store, check, self.passthrough_s),
         )
         self.metrics.guardrail_verdict(check.direction, verdict.allowed, verdict.rule)
+        # The hop's span (`guardrails.<direction>`, see start()): the verdict, never a text.
+        trace.get_current_span().set_attributes(
+            {"enclave.verdict": "allowed" if verdict.allowed else "blocked"}
+            | ({"enclave.rule": verdict.rule} if verdict.rule else {})
+        )
         # After the reply, not before: the audit write is off the request's latency.
         task = asyncio.create_task(self._record(check, verdict))
         self.pending.add(task)
@@ -150,8 +160,10 @@ class Guardrails:
         s = self.bus.subjects
         # Raw subscriptions: every turn passes here at least once, and FastStream's own
         # handling of a message costs more than a screen under a policy that checks little.
+        # One span per check: guardrails.input, guardrails.context, guardrails.output.
+        handle = traced(self.tracer, span_name, self.handle)
         for subject in (s.guardrails_input, s.guardrails_output):
-            await serve(self.bus.nc, subject, GuardrailCheck, self.handle, queue="guardrails")
+            await serve(self.bus.nc, subject, GuardrailCheck, handle, queue="guardrails")
         self.watcher = asyncio.create_task(self._watch_policies())
 
     async def stop(self) -> None:
@@ -163,6 +175,10 @@ class Guardrails:
             await asyncio.wait(self.pending, timeout=10)
         await self.audit.close()
         self.scheduler.close()
+
+
+def span_name(check: GuardrailCheck) -> str:
+    return f"guardrails.{check.direction}"
 
 
 async def build(bus: Bus, broker: NatsBroker) -> Guardrails:

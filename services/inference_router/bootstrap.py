@@ -31,7 +31,7 @@ from libs.events import (
 from libs.generation import hand_to_pool
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, Peer, serve, serve_broker
-from libs.telemetry import attributes, parent_context, setup_tracing, with_span
+from libs.telemetry import attributes, parent_context, setup_tracing, traced, with_span
 from services.inference_router.adapter_routes import adapter_models, adapter_route, is_adapter_id
 from services.inference_router.registry import load_registry
 from services.inference_router.routes import Routes
@@ -44,7 +44,9 @@ class Router:
         self.bus = bus
         self.metrics = metrics or StageMetrics("inference_router")
         self.routes = routes
-        self.tracer = setup_tracing("inference_router", bus.settings.trace_dir)
+        self.tracer = setup_tracing(
+            "inference_router", bus.settings.trace_dir, bus.settings.otlp_endpoint
+        )
 
     async def route(self, request: RouteRequest) -> RouteReply:
         return await self._answer(request.model, request.ctx, request.kind)
@@ -134,8 +136,10 @@ async def build(bus: Bus, broker: NatsBroker) -> Router:
     metrics = StageMetrics("inference_router")
     router = Router(bus, routes, metrics)
     s, q = bus.subjects, "inference_router"
-    route = metrics.handler("inference.route", router.route)
-    embed = metrics.handler("inference.embed", router.embed)
+    # A route lookup is a hop of the turn that asked (the runtime caches its answers).
+    t = router.tracer
+    route = metrics.handler("inference.route", traced(t, "inference.route", router.route))
+    embed = metrics.handler("inference.embed", traced(t, "inference.embed", router.embed))
     models = metrics.handler("inference.models", router.models)
     serve_broker(broker, s.inference_route, RouteRequest, route, queue=q)
     serve_broker(broker, s.inference_embed, EmbedRequest, embed, queue=q)

@@ -3,18 +3,25 @@ constructed before it serves.
 
 memory.retrieve, memory.ground, memory.rag and memory.upload are request/reply in the
 queue group `memory`, each request in its own task (a slow ingestion must not hold up a
-search); memory.store is a JetStream work queue with one durable consumer.
+search); memory.store is a JetStream work queue read by one durable pull consumer,
+`memory`, that every replica fetches from (a replica takes a batch when it has room; one
+that dies leaves its unacked turns to the others after `ack_wait`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import secrets
 
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, PullSub
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
+from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 
 from libs.audit import AuditPublisher, outbox_dir
@@ -35,6 +42,7 @@ from libs.guardrails_client import ask_guardrails
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, respond, serve
 from libs.settings import Settings
+from libs.telemetry import setup_tracing, traced
 from services.memory.adapters.embedder import Embedder
 from services.memory.adapters.mem0_memory import ENTITIES, MEMORIES, Memories
 from services.memory.adapters.redis_buffer import ConversationBuffer
@@ -43,6 +51,14 @@ from services.memory.adapters.sql_rag import RagRepository
 from services.memory.handlers import MemoryService
 from services.memory.rag import CHUNKS, Rag
 from services.memory.vectors import TenantStores, VectorBackend
+
+log = logging.getLogger("enclave.memory")
+# The durable pull consumer on ENCLAVE_MEMORY that every replica shares.
+STORE_DURABLE = "memory"
+# Turns a replica takes per fetch: one, remembered before it takes the next (as the push
+# consumer before it did), so that extractions do not crowd the small model's workers;
+# more replicas take more at once.
+STORE_BATCH = 1
 
 
 def make_backend(settings: Settings) -> VectorBackend:
@@ -73,6 +89,7 @@ class Memory:
         self.svc = svc
         self.deltas = deltas
         self.audit = audit
+        self.tracer = setup_tracing("memory", bus.settings.trace_dir, bus.settings.otlp_endpoint)
         self.uploads: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
@@ -80,10 +97,10 @@ class Memory:
         await self.deltas.start()
         if self.generations is not None:
             await self.generations.follow_models_changed()
-        nc, s, svc, m = self.bus.nc, self.bus.subjects, self.svc, self.metrics
-        rag = m.handler("memory.rag", svc.rag_op)
-        retrieve = m.handler("memory.retrieve", svc.retrieve)
-        ground = m.handler("memory.ground", svc.ground)
+        nc, s, svc, m, t = self.bus.nc, self.bus.subjects, self.svc, self.metrics, self.tracer
+        rag = m.handler("memory.rag", traced(t, "memory.rag", svc.rag_op))
+        retrieve = m.handler("memory.retrieve", traced(t, "memory.retrieve", svc.retrieve))
+        ground = m.handler("memory.ground", traced(t, "memory.ground", svc.ground))
         await serve(nc, s.memory_rag, RagRequest, rag, queue="memory", concurrent=True)
         await serve(
             nc, s.memory_retrieve, RetrieveRequest, retrieve, queue="memory", concurrent=True
@@ -146,15 +163,36 @@ async def build(bus: Bus, broker: NatsBroker) -> Memory:
     memory_stream = next(
         c for c in stream_configs(settings) if c.name == subjects.memory_stream_name
     )
+    memory = Memory(bus, svc, deltas, audit, StageMetrics("memory"), generations)
+    store = memory.metrics.handler(
+        "memory.store", traced(memory.tracer, "memory.store", svc.store, SpanKind.CONSUMER)
+    )
+    await drop_push_consumer(bus.nc.jetstream(), memory_stream.name or "", STORE_DURABLE)
 
     @broker.subscriber(
         subjects.memory_store,
         stream=jstream(memory_stream),
-        durable="memory",
-        queue="memory",
+        durable=STORE_DURABLE,
+        pull_sub=PullSub(batch_size=STORE_BATCH, timeout=5.0),
         config=ConsumerConfig(ack_wait=300),
+        # Fetch replies on this service's own inbox (the bus permissions allow no other).
+        inbox_prefix=f"{settings.nats_inbox_prefix}.".encode(),
     )
     async def on_memory_store(event: MemoryStoreRequested) -> None:
-        await svc.store(event)
+        await store(event)
 
-    return Memory(bus, svc, deltas, audit, StageMetrics("memory"), generations)
+    return memory
+
+
+async def drop_push_consumer(js: JetStreamContext, stream: str, durable: str) -> None:
+    """Releases before this one read memory.store through a durable *push* consumer of the
+    same name, which a pull subscription cannot bind to: delete it. The stream is a work
+    queue, so the turns it had not acked stay and the pull consumer delivers them."""
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return
+    if info.config.deliver_subject:
+        log.warning("replacing the push consumer %s on %s with a pull consumer", durable, stream)
+        with contextlib.suppress(NotFoundError):  # another replica, starting too, was first
+            await js.delete_consumer(stream, durable)

@@ -17,6 +17,7 @@ from libs.audit import AuditPublisher, digest, outbox_dir
 from libs.context import RequestContext
 from libs.errors import ErrorInfo
 from libs.events import SandboxExecReply, SandboxExecRequest
+from libs.metrics import StageMetrics
 from libs.rpc import Bus, serve
 from libs.settings import Settings
 from services.sandbox.executor import Backend, audit_attrs, execute
@@ -74,17 +75,34 @@ async def self_test(backend: Backend, limits: Limits) -> None:
 
 
 class Sandbox:
-    def __init__(self, bus: Bus, backend: Backend, limits: Limits, audit: AuditPublisher) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        backend: Backend,
+        limits: Limits,
+        audit: AuditPublisher,
+        metrics: StageMetrics | None = None,
+    ) -> None:
         self.bus = bus
         self.backend = backend
         self.limits = limits
         self.audit = audit
-        self.concurrency = bus.settings.sandbox_concurrency
+        self.concurrency = max(1, bus.settings.sandbox_concurrency)
         # The runs in flight (each request has its own task: `serve(concurrent=True)`),
         # and the audit writes that follow their replies.
         self.running: set[asyncio.Task[object]] = set()
         self.pending: set[asyncio.Task[None]] = set()
         self.subscription: Subscription | None = None
+        # Busy ratio and queue depth over the backend's slots, read at each scrape: what
+        # KEDA's trigger for the sandbox reads (deploy/helm values.yaml).
+        self.metrics = metrics or StageMetrics("sandbox")
+        self.metrics.sample_work(self.busy_ratio, self.queued)
+
+    def busy_ratio(self) -> float:
+        return min(len(self.running), self.concurrency) / self.concurrency
+
+    def queued(self) -> float:
+        return max(0, len(self.running) - self.concurrency)
 
     async def handle(self, request: SandboxExecRequest) -> SandboxExecReply:
         # The backend bounds how many run at once; past a queue of QUEUE_PER_SLOT runs per
@@ -132,7 +150,7 @@ class Sandbox:
             self.bus.nc,
             self.bus.subjects.sandbox_exec,
             SandboxExecRequest,
-            self.handle,
+            self.metrics.handler("sandbox.exec", self.handle),
             queue=QUEUE,
             concurrent=True,
         )
@@ -154,4 +172,4 @@ async def build(bus: Bus, broker: NatsBroker) -> Sandbox:
     backend = build_backend(settings, limits)
     await self_test(backend, limits)
     audit = AuditPublisher(bus.nc, bus.subjects, "sandbox", outbox_dir(settings.home))
-    return Sandbox(bus, backend, limits, audit)
+    return Sandbox(bus, backend, limits, audit, StageMetrics("sandbox"))

@@ -64,7 +64,7 @@ def test_only_the_gateway_reads_chat_streams() -> None:
     readers = [
         u
         for u, p in permissions(s).items()
-        if any(subject_matches(a, subject) for a in p.subscribe if a != "_INBOX.>")
+        if any(subject_matches(a, subject) for a in p.subscribe)
     ]
     assert readers == ["gateway"]
 
@@ -75,11 +75,7 @@ def test_each_service_reads_only_its_own_inbox() -> None:
         for other in table:
             theirs = f"{inbox_prefix(other)}.abc.1"
             allowed = any(subject_matches(a, theirs) for a in p.subscribe)
-            # audit: see its permissions (FastStream's pull subscriber and the default inbox)
-            assert allowed == (other == user or (user, other) == ("audit", "gateway")), (
-                user,
-                other,
-            )
+            assert allowed == (other == user), (user, other)
 
 
 def test_subject_matching() -> None:

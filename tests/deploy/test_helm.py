@@ -5,6 +5,7 @@ disruption budgets, network isolation and autoscaling per stage."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from libs.bus import stream_configs
+from libs.metrics import metric_names
 from libs.settings import Settings
 from tests.infra import REPO
 
@@ -32,6 +34,34 @@ JETSTREAM_STAGES = {
     "memory": ("ENCLAVE_MEMORY", "memory"),
     "audit": ("ENCLAVE_AUDIT", "audit"),
 }
+
+
+# The `service` label the replicas of each queue-group stage report (StageMetrics).
+STAGE_SERVICE = {
+    "gateway": "gateway",
+    "inference-router": "inference_router",
+    "guardrails": "guardrails",
+    "sandbox": "sandbox",
+}
+SELECTOR = re.compile(r"(enclave_\w+)\{([^}]*)\}")
+
+
+def trigger_series(query: str) -> list[tuple[str, dict[str, str]]]:
+    """Each `enclave_*{labels}` series a Prometheus trigger's query reads."""
+    return [
+        (name, dict(re.findall(r'(\w+)="([^"]*)"', labels)))
+        for name, labels in SELECTOR.findall(query)
+    ]
+
+
+def prometheus_triggers(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """stage -> its Prometheus trigger's query."""
+    return {
+        name.removeprefix("ent-"): trigger["metadata"]["query"]
+        for name, obj in of_kind(objects, "ScaledObject").items()
+        for trigger in obj["spec"]["triggers"]
+        if trigger["type"] == "prometheus"
+    }
 
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -112,6 +142,34 @@ def test_each_stage_scales_on_its_own_signal(objects: list[dict[str, Any]]) -> N
             assert trigger["type"] == "prometheus", stage
             assert meta["query"].count("enclave_") >= 1 and float(meta["threshold"]) > 0
             assert meta["serverAddress"].startswith("http")
+
+
+def test_every_prometheus_trigger_reads_what_its_stage_exports() -> None:
+    """A query names metrics libs/metrics.py defines, selected by the stage's own service
+    (and pool), a counter only through rate(), and sums over the replicas (KEDA divides by
+    the threshold: AverageValue). That each stage really exports its series is checked on
+    running replicas: test_metrics.py::test_chats_show_in_every_stages_metrics (gateway,
+    router, guardrails, a worker pool) and tests/sandbox/test_service.py (the sandbox)."""
+    objects = render(merged(REQUIRED, {"services": {"sandbox": {"enabled": True}}}))
+    queries = prometheus_triggers(objects)
+    assert set(queries) >= {*STAGE_SERVICE, "worker-smollm2", "worker-vllm"}
+    defined = metric_names()
+    for stage, query in queries.items():
+        series = trigger_series(query)
+        assert series, stage
+        assert query.startswith("sum("), stage
+        for name, labels in series:
+            assert name in defined, (stage, name)
+            if stage.startswith("worker-"):
+                assert labels == {"service": "worker", "pool": stage.removeprefix("worker-")}
+            else:
+                assert labels == {"service": STAGE_SERVICE[stage]}, stage
+            if name.endswith("_total"):
+                assert f"rate({name}{{" in query, (stage, "a counter only through rate()")
+    # The router has no slots: it scales on its request rate, not on a busy ratio.
+    assert trigger_series(queries["inference-router"]) == [
+        ("enclave_requests_total", {"service": "inference_router"})
+    ]
 
 
 def test_deployments_have_probes_resources_and_the_secret(objects: list[dict[str, Any]]) -> None:

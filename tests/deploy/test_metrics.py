@@ -31,6 +31,7 @@ from libs.context import RequestContext
 from libs.errors import ErrorInfo
 from libs.events import ChatMessage, ChatRequested, RetrieveReply, RetrieveRequest
 from libs.settings import Settings
+from tests.deploy.test_helm import REQUIRED, prometheus_triggers, render, trigger_series
 from tests.infra import REPO, Infra, Platform, chat, free_port, platform_env
 
 
@@ -411,9 +412,11 @@ STAGES_UP = (
 def test_after_enclave_up_prometheus_scrapes_every_stage(services: Infra, tmp_path: Path) -> None:
     """`enclave up` (the engines that need no model download of their own): every stage
     answers /metrics and /readyz on a port of its own, Prometheus with
-    deploy/monitoring/prometheus-local.yml's discovery scrapes all of them, and Ctrl-C
-    takes their targets away again."""
-    env = platform_env(services, tmp_path, free_port())
+    deploy/monitoring/prometheus-local.yml's discovery scrapes all of them, a query for
+    time to first token by model returns the model of a chat just made, and Ctrl-C takes
+    their targets away again."""
+    gateway_port = free_port()
+    env = platform_env(services, tmp_path, gateway_port)
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         up = subprocess.Popen(
@@ -438,6 +441,31 @@ def test_after_enclave_up_prometheus_scrapes_every_stage(services: Infra, tmp_pa
             assert wait_until(lambda p=stage_port: get(p, "/readyz").status_code == 200), stage
             body = get(stage_port, "/metrics").text
             assert f'service="{stage.split("-")[0]}"' in body, stage
+
+        # Time to first token by model: two chats, the second once Prometheus holds the
+        # first, so that the histogram's rate has an increase to show.
+        key = (tmp_path / "admin.key").read_text().strip()
+        counted = 'enclave_time_to_first_token_seconds_count{model="enclave-instant"}'
+        for _ in range(2):
+            reply = chat(f"http://127.0.0.1:{gateway_port}", key, "enclave-instant")
+            assert reply.status_code == 200, reply.text
+            assert wait_until(lambda: prom_query(port, counted), timeout=60)
+        ttft = (
+            "histogram_quantile(0.5, sum by (model, le) "
+            '(rate(enclave_time_to_first_token_seconds_bucket{job="enclave"}[5m])))'
+        )
+
+        def ttft_by_model() -> dict[str, float]:
+            return {
+                s["metric"].get("model", ""): float(s["value"][1])  # type: ignore[index]
+                for s in prom_query(port, ttft)
+            }
+
+        def instant_has_ttft() -> bool:
+            value = ttft_by_model().get("enclave-instant")
+            return value is not None and value == value and value >= 0  # not NaN
+
+        assert wait_until(instant_has_ttft, timeout=60), ttft_by_model()
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
         assert not list((tmp_path / "metrics" / "targets").glob("*.json"))
@@ -540,5 +568,20 @@ def test_chats_show_in_every_stages_metrics(services: Infra, tmp_path: Path) -> 
         appended = "enclave_audit_appended_total"
         assert wait_until(lambda: sample_sum(audit, appended) >= 3, timeout=30)
         assert sample_sum(audit, "enclave_audit_append_lag_seconds_count") >= 3
+
+        # Every KEDA Prometheus trigger of these stages (deploy/helm) reads series that
+        # their replicas really export (the worker's for this platform's pool).
+        queries = prometheus_triggers(render(REQUIRED))
+        for stage, stage_port in (
+            ("gateway", gateway),
+            ("inference-router", router),
+            ("guardrails", guardrails),
+            ("worker-smollm2", worker),
+        ):
+            exported = scrape(stage_port)
+            for name, labels in trigger_series(queries[stage]):
+                wanted = {**labels, "pool": "busy"} if "pool" in labels else labels
+                found = [ls for n, ls in exported if n == name and set(wanted.items()) <= ls]
+                assert found, (stage, name, wanted)
     finally:
         plat.stop_all()

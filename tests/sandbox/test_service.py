@@ -12,6 +12,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from prometheus_client import REGISTRY
 
 from libs.audit import digest
 from libs.bus import event_bytes
@@ -118,3 +119,38 @@ async def test_a_replica_past_its_queue_says_it_is_busy(
     assert len(busy) == 1 and busy[0].error is not None
     assert (busy[0].error.status, busy[0].error.code) == (503, "sandbox_busy")
     assert sorted(r.status for r in replies if r.error is None) == ["ok", "ok"]
+
+
+async def test_busy_ratio_and_queue_depth_follow_the_runs(
+    service: tuple[Settings, Client],
+) -> None:
+    """What KEDA's trigger for the sandbox reads (deploy/helm): with 2 slots and 4 runs in
+    flight, the replica is fully busy with 2 queued; idle again once they are answered,
+    and every exec counted."""
+    settings, nc = service
+    labels = {"service": "sandbox", "pool": ""}
+
+    def sample(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    def execs() -> float:
+        ok = {"service": "sandbox", "operation": "sandbox.exec", "code": "200"}
+        return REGISTRY.get_sample_value("enclave_requests_total", ok) or 0.0
+
+    before = execs()
+    runs = asyncio.gather(
+        *(ask(nc, settings, event_bytes(request("bash", "sleep 3"))) for _ in range(4))
+    )
+    seen: list[tuple[float | None, float | None]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while loop.time() < deadline and not runs.done():
+        seen.append((sample("enclave_busy_ratio"), sample("enclave_queue_depth")))
+        if seen[-1] == (1.0, 2.0):
+            break
+        await asyncio.sleep(0.05)
+    assert seen and seen[-1] == (1.0, 2.0), seen
+    replies = await runs
+    assert [r.status for r in replies] == ["ok"] * 4
+    assert (sample("enclave_busy_ratio"), sample("enclave_queue_depth")) == (0.0, 0.0)
+    assert execs() == before + 4

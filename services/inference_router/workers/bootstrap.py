@@ -21,11 +21,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
+from opentelemetry.trace import Span
 
 from libs.bus import event_bytes
 from libs.context import WORKER_HEADER
@@ -39,6 +41,7 @@ from libs.events import (
     GenerationCancelled,
     ModelsChanged,
     TurnEvent,
+    Usage,
 )
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, serve, serve_broker, still_wanted
@@ -146,7 +149,9 @@ class Worker:
         self.embeds = embeds
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self.mark = {WORKER_HEADER: self.worker_id}
-        self.tracer = setup_tracing(f"worker-{pool_name}", bus.settings.trace_dir)
+        self.tracer = setup_tracing(
+            f"worker-{pool_name}", bus.settings.trace_dir, bus.settings.otlp_endpoint
+        )
         # llama.cpp contexts are not thread-safe: one generation at a time per engine,
         # unless the engine batches concurrent requests itself (vLLM).
         self.executor = ThreadPoolExecutor(
@@ -237,24 +242,47 @@ class Worker:
         if self.engine.runs_inline:
             # The answer leaves with the acceptance: one flush, one wake-up of the caller.
             # (Never waits for a slot: not counted as busy, it holds none across an await.)
-            await self.send(request, self._answer_inline(request))
-            span.end()
+            started = time.perf_counter()
+            data, usage = self._answer_inline(request)
+            answered = time.perf_counter()
+            await self.send(request, data)
+            self._observe(span, started, answered, usage, ok=usage is not None)
             return accepted
         self.work.accepted()
-        task = asyncio.create_task(self._stream(request))
+        task = asyncio.create_task(self._stream(request, span))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
-        task.add_done_callback(lambda _: span.end())
         return accepted
 
-    def _answer_inline(self, request: GenerateRequest) -> bytes:
-        """The whole turn of an engine that answers at once, as one event."""
+    def _observe(
+        self,
+        span: Span,
+        started: float,
+        first_token_at: float | None,
+        usage: Usage | None,
+        ok: bool,
+    ) -> None:
+        """A generation is over: counted (`enclave_requests_total{service="worker"}`, its
+        duration) and its span closed with the time to first token and the tokens."""
+        now = time.perf_counter()
+        self.metrics.observe_request("inference.generate", 200 if ok else 500, now - started)
+        if first_token_at is not None:
+            span.set_attribute("enclave.time_to_first_token_s", first_token_at - started)
+        if usage is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+        span.set_attribute("enclave.outcome", "ok" if ok else "error")
+        span.end()
+
+    def _answer_inline(self, request: GenerateRequest) -> tuple[bytes, Usage | None]:
+        """The whole turn of an engine that answers at once, as one event (and its usage;
+        None when it failed)."""
         deltas: list[Delta] = []
         try:
             usage = self.engine.generate(request, deltas.append)
         except Exception as exc:
-            return _failure(exc)
-        return event_bytes(TurnEvent(deltas=deltas, usage=usage, done=True))
+            return _failure(exc), None
+        return event_bytes(TurnEvent(deltas=deltas, usage=usage, done=True)), usage
 
     async def send(self, request: GenerateRequest, data: bytes) -> None:
         """One event of the turn: to the client first when the runtime asked for that (it is
@@ -266,21 +294,24 @@ class Worker:
             )
         await nc.publish(request.deltas_subject, data, headers=self.mark)
 
-    async def _stream(self, request: GenerateRequest) -> None:
+    async def _stream(self, request: GenerateRequest, span: Span) -> None:
         running = Running(request)
         self.generations[request.deltas_subject] = running
         beating = asyncio.create_task(self._heartbeat(running))
         try:
-            await self._generate(running)
+            await self._generate(running, span)
         finally:
             beating.cancel()
             self.generations.pop(request.deltas_subject, None)
 
-    async def _generate(self, running: Running) -> None:
+    async def _generate(self, running: Running, span: Span) -> None:
         request = running.request
         gen: GenerationEngine = self.engine
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        usage: Usage | None = None
 
         def emit(delta: Delta) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
@@ -297,26 +328,31 @@ class Worker:
         running.future = future
         future.add_done_callback(lambda _: self._finished(running))
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, _END))
-        finished = False
-        while not finished:
-            batch = [await queue.get()]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
-            finished = batch[-1] is _END
-            deltas = [d for d in batch if d is not _END]
-            if deltas and not running.stopped.is_set():
-                await self.send(request, event_bytes(TurnEvent(deltas=deltas)))
         try:
-            usage = future.result()
-        except (GenerationStopped, asyncio.CancelledError):
-            # Nobody reads it any more: nothing is sent.
-            self.cancelled += 1
-            log.info("generation %s cancelled (%s)", request.ctx.request_id, running.reason)
-            return
-        except Exception as exc:
-            await self.send(request, _failure(exc))
-            return
-        await self.send(request, event_bytes(TurnEvent(usage=usage, done=True)))
+            finished = False
+            while not finished:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                finished = batch[-1] is _END
+                deltas = [d for d in batch if d is not _END]
+                if deltas and not running.stopped.is_set():
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    await self.send(request, event_bytes(TurnEvent(deltas=deltas)))
+            try:
+                usage = future.result()
+            except (GenerationStopped, asyncio.CancelledError):
+                # Nobody reads it any more: nothing is sent.
+                self.cancelled += 1
+                log.info("generation %s cancelled (%s)", request.ctx.request_id, running.reason)
+                return
+            except Exception as exc:
+                await self.send(request, _failure(exc))
+                return
+            await self.send(request, event_bytes(TurnEvent(usage=usage, done=True)))
+        finally:
+            self._observe(span, started, first_token_at, usage, ok=usage is not None)
 
     def _finished(self, running: Running) -> None:
         if not running.began:  # cancelled while it queued: it leaves the queue unrun
