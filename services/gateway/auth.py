@@ -149,8 +149,15 @@ class Authorizer:
 
     async def check_request(self, request: Request, action: Action) -> RequestContext:
         """`check` with the credential and the OpenAI-Tenant header of a FastAPI request."""
+        return await (await self.grant_request(request, action)).within_limit()
+
+    async def grant_request(self, request: Request, action: Action) -> Grant:
+        """`authorize` a FastAPI request, not yet admitted: a route that starts a turn
+        admits it with its reservation (`Grant.admit`), as the streamed routes do."""
         headers = request.headers
-        return await self.check(headers.get("authorization"), action, headers.get(TENANT_HEADER))
+        return await self.authorize(
+            headers.get("authorization"), action, headers.get(TENANT_HEADER)
+        )
 
     async def _lookup(self, key_id: str) -> StoredKey | None:
         now = self.clock()

@@ -38,9 +38,12 @@ from libs.events import ChatMessage, ChatRequested, Delta, ResponseCancelled, To
 from services.gateway.adapters.sql_responses import SqlResponses
 from services.gateway.approvals_routes import Decision, decide, wait_done
 from services.gateway.audit_routes import record_request
+from services.gateway.auth import Grant
 from services.gateway.hot_path import open_turn
+from services.gateway.metering import MeteredTurn
 from services.gateway.openai_shapes import validate
 from services.gateway.policy import Action
+from services.gateway.quotas import event_reservation
 from services.gateway.responses_shapes import (
     ApprovalAnswer,
     Builder,
@@ -108,13 +111,27 @@ class Responses:
         return found[1]
 
     async def open(
-        self, ctx: RequestContext, event: ChatRequested, body: bytes
+        self, grant: Grant, event: ChatRequested, body: bytes
     ) -> tuple[TurnStream, list[Any]]:
-        return await open_turn(
-            self.gw,
-            event,
-            lambda: record_request(self.gw.audit, ctx, ACTION, event.model, body, PATH),
-        )
+        """Admit the turn by the exact limits (its tokens reserved, a place among the
+        tenant's requests in flight), as the chat route does, and open it; the turn settles
+        the reservation when it is closed."""
+        gw, ctx = self.gw, grant.ctx
+        reservation = await grant.admit(event_reservation(event))
+
+        async def settle(used: int) -> None:
+            await gw.auth.settle(reservation, used, event.model)
+
+        try:
+            opened, first = await open_turn(
+                gw,
+                event,
+                lambda: record_request(gw.audit, ctx, ACTION, event.model, body, PATH),
+            )
+        except BaseException:
+            await settle(0)
+            raise
+        return MeteredTurn(opened, first, settle), first
 
     async def save(
         self,
@@ -130,7 +147,8 @@ class Responses:
         await self.store.put(ctx.tenant, body, [*conversation, *said], LIVE)
 
     async def create(self, request: Request) -> Response:
-        ctx = await self.gw.auth.check_request(request, Action.INFER)
+        grant = await self.gw.auth.grant_request(request, Action.INFER)
+        ctx = grant.ctx
         data = await self.gw.read_json(request)
         req = validate(ResponsesRequest, data)
         if req.background and req.stream:
@@ -144,16 +162,17 @@ class Responses:
         raw = await request.body()
         answer = approval_answer(req.input)
         if answer is not None:
+            await grant.within_limit()  # a decision, not a turn: one request
             return await self.approve(ctx, req, answer, raw, rid, created)
         event, conversation = to_event(req, ctx, await self.history(ctx, req.previous_response_id))
         if req.background:
             queued = response_json(rid, req, created, "queued")
             await self.store.put(ctx.tenant, queued, conversation)
-            task = asyncio.create_task(self._background(ctx, req, event, conversation, raw, rid))
+            task = asyncio.create_task(self._background(grant, req, event, conversation, raw, rid))
             self.running[rid] = task
             task.add_done_callback(lambda _: self.running.pop(rid, None))
             return _json(queued, ctx=ctx)
-        turn, first = await self.open(ctx, event, raw)
+        turn, first = await self.open(grant, event, raw)
         if req.stream:
             return StreamingResponse(
                 self._stream(ctx, req, conversation, turn, first, rid, created),
@@ -272,19 +291,20 @@ class Responses:
 
     async def _background(
         self,
-        ctx: RequestContext,
+        grant: Grant,
         req: ResponsesRequest,
         event: ChatRequested,
         conversation: list[ChatMessage],
         raw: bytes,
         rid: str,
     ) -> None:
+        ctx = grant.ctx
         created = now()
         builder = Builder()
         try:
             running = response_json(rid, req, created, "in_progress")
             await self.store.put(ctx.tenant, running, conversation, LIVE)
-            turn, first = await self.open(ctx, event, raw)
+            turn, first = await self.open(grant, event, raw)
             usage = await self._collect(turn, first, builder)
             incomplete = builder.incomplete()
             body = response_json(

@@ -253,3 +253,37 @@ async def test_tokens_reserved_settled_budgeted_and_counted(
         finally:
             for c in clients:
                 await c.aclose()
+
+
+async def test_responses_are_admitted_and_settled_like_chats(
+    nc: NatsClient, inprocess_settings: Settings
+) -> None:
+    """POST /v1/responses starts a turn as the chat route does, so it is admitted by the
+    same exact limits: its tokens reserved from max_output_tokens, settled from usage,
+    counted in the month's budget and the day's usage."""
+    settings = inprocess_settings.model_copy(update={"tenant_monthly_tokens": 100})
+    tenant = "acme-" + secrets.token_hex(3)
+    async with replicas(nc, settings) as (gws, apps, seen):
+        stored, key = await create_key(gws[0].db, tenant, "developer")
+        auth = {"Authorization": f"Bearer {key}"}
+        clients = _clients(apps)
+        try:
+            body = {"model": "m", "input": "hello", "max_output_tokens": 20}
+            r = await clients[0].post("/v1/responses", headers=auth, json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["output"][0]["content"][0]["text"] == "olleh"
+            assert await gws[0].auth.quotas.used_this_month(tenant) == 10
+            # 10 of the month's 100 used: a reservation of 2 + 95 no longer fits.
+            over = await clients[1].post(
+                "/v1/responses", headers=auth, json={**body, "max_output_tokens": 95}
+            )
+            assert over.status_code == 429, over.text
+            assert over.json()["error"]["code"] == "insufficient_quota"
+            assert len(seen) == 1  # the refused one never reached a runtime
+            rows = await gws[1].auth.quotas.usage(tenant, [datetime.now(UTC).strftime("%Y%m%d")])
+            assert [(r.key_id, r.model, r.tokens, r.requests) for r in rows] == [
+                (stored.key_id, "m", 10, 1)
+            ]
+        finally:
+            for c in clients:
+                await c.aclose()
