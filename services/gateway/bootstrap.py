@@ -132,7 +132,8 @@ def build(settings: Settings) -> Gateway:
     nc = NatsClient()
     bus = Bus(nc, settings)
     db = make_engine(settings.sqlalchemy_url)
-    redis = Redis.from_url(settings.redis_url)
+    # Bounded waits: a Redis that hangs fails the admission (503) instead of the request.
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     turns = TurnClient(bus, settings.gateway_timeout_s)
     audit = AuditPublisher(nc, settings.subjects, "gateway", outbox_dir(settings.home))
 

@@ -108,20 +108,42 @@ def seconds_to_next_month(now: datetime) -> int:
     return max(1, math.ceil((first - now).total_seconds()))
 
 
-class RateLimited(EnclaveError):
-    """429 in OpenAI's shape, with the seconds to wait for the Retry-After header."""
+class Retryable(EnclaveError):
+    """An error in OpenAI's shape that says when to try again (the Retry-After header)."""
 
-    def __init__(self, message: str, code: str, retry_after_s: int) -> None:
-        super().__init__(429, message, code)
+    def __init__(self, status: int, message: str, code: str, retry_after_s: int) -> None:
+        super().__init__(status, message, code)
         self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after_s)}
 
 
+class RateLimited(Retryable):
+    """429 in OpenAI's shape, with the seconds to wait for the Retry-After header."""
+
+    def __init__(self, message: str, code: str, retry_after_s: int) -> None:
+        super().__init__(429, message, code, retry_after_s)
+
+
+# Redis holds the limits: while it is away nothing is admitted (the limits fail closed, as
+# the guardrails do), and the client is told to come back.
+LIMITS_UNAVAILABLE_RETRY_S = 2
+
+
+def limits_unavailable() -> Retryable:
+    return Retryable(
+        503,
+        "The rate limiter is not reachable, so the request was not admitted. "
+        f"Please retry after {LIMITS_UNAVAILABLE_RETRY_S} s.",
+        "limits_unavailable",
+        LIMITS_UNAVAILABLE_RETRY_S,
+    )
+
+
 def error_headers(exc: EnclaveError) -> dict[str, str]:
-    """The headers of an error response: Retry-After on a 429 of the limits."""
-    return exc.headers() if isinstance(exc, RateLimited) else {}
+    """The headers of an error response: Retry-After where the error says when to retry."""
+    return exc.headers() if isinstance(exc, Retryable) else {}
 
 
 def refusal(answer: int, bucket: int, limits: Limits, reserve: int, now: datetime) -> RateLimited:

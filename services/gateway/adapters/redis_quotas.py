@@ -10,10 +10,12 @@ tenant-tagged `{tenant}` for that.)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from services.gateway.quotas import (
     Limits,
@@ -21,9 +23,12 @@ from services.gateway.quotas import (
     Reservation,
     UsageRow,
     day_of,
+    limits_unavailable,
     month_of,
     refusal,
 )
+
+log = logging.getLogger("enclave.gateway.quotas")
 
 BUCKET_TTL_MS = 120_000  # a full bucket is the same as none: let idle ones expire
 BUDGET_TTL_S = 40 * 86400
@@ -169,19 +174,23 @@ class RedisQuotas:
         now = self._wall()
         month = month_of(now)
         counted = request_id if limits.concurrency > 0 else ""
-        answer = await self.script(
-            keys=self._keys(key_id, tenant, month),
-            args=[
-                "admit",
-                self._now_ms(),
-                *limits.capacities(),
-                reserve,
-                limits.monthly_tokens,
-                limits.concurrency if counted else 0,
-                counted,
-                lease_ms,
-            ],
-        )
+        try:
+            answer = await self.script(
+                keys=self._keys(key_id, tenant, month),
+                args=[
+                    "admit",
+                    self._now_ms(),
+                    *limits.capacities(),
+                    reserve,
+                    limits.monthly_tokens,
+                    limits.concurrency if counted else 0,
+                    counted,
+                    lease_ms,
+                ],
+            )
+        except RedisError as exc:
+            log.warning("limits not reachable, request refused: %s", exc)
+            raise limits_unavailable() from None
         ok, wait, bucket = (int(v) for v in answer)
         if not ok:
             raise refusal(wait, bucket, limits, reserve, now)
