@@ -37,7 +37,7 @@ from libs.events import (
     TurnEvent,
     Usage,
 )
-from libs.guard_window import OutputWindow
+from libs.guard_window import OutputWindow, Structure, structure_of
 
 # Turns before the last user message sent along with a retrieval (for query rewriting).
 HISTORY_MESSAGES = 4
@@ -227,7 +227,11 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
             )
         )
 
-    window = OutputWindow(verdict.pseudonyms) if plan.screen_output else None
+    window = (
+        OutputWindow(verdict.pseudonyms, structure=structure_of(event.params))
+        if plan.screen_output
+        else None
+    )
     generation = ports.generate(
         GenerateRequest(
             ctx=ctx,
@@ -315,28 +319,45 @@ async def _send_grounding(
 async def _screen_output(
     ports: TurnPorts, ctx: RequestContext, window: OutputWindow, ev: TurnEvent
 ) -> list[Delta] | ErrorInfo:
-    """The deltas of `ev` that may reach the client now, after the output guardrail."""
+    """The deltas of `ev` that may reach the client now, after the output guardrail. A
+    JSON answer is checked as one document when its choice ends, and each tool call's
+    arguments as one document too: rewritten inside string values only, or blocked."""
     ready = window.add(ev.deltas)
     if ev.done:
         ready = window.pending()
     released: list[Delta] = []
     for index in ready:
-        spans: list[GuardrailEntity] = []
+        checks: list[tuple[int | None, str, Structure]] = []
         if window.unreleased(index):
+            checks.append((None, window.text(index), window.structure_of(index)))
+        checks += [(call, args, "json") for call, args in window.calls(index).items()]
+        spans: list[GuardrailEntity] = []
+        document: str | None = None
+        arguments: dict[int, str] = {}
+        for call, text, structure in checks:
             seen = await ports.screen(
                 GuardrailCheck(
                     ctx=ctx,
                     direction="output",
-                    messages=[ChatMessage(role="assistant", content=window.text(index))],
+                    messages=[ChatMessage(role="assistant", content=text)],
+                    structure=structure,
                 ),
             )
             if seen.error is not None:
                 return seen.error
             if not seen.allowed:
                 released.append(window.block(index, " " + _notice(seen, "The answer was")))
-                continue
-            spans = seen.entities
-        delta = window.release(index, spans, final=ev.done)
-        if delta is not None:
-            released.append(delta)
+                break
+            if call is not None:
+                arguments[call] = seen.texts[0]
+            elif structure == "json":
+                document = seen.texts[0]
+            else:
+                spans = seen.entities
+        else:
+            delta = window.release(
+                index, spans, final=ev.done, document=document, arguments=arguments
+            )
+            if delta is not None:
+                released.append(delta)
     return released
