@@ -2,7 +2,8 @@
 over typed events only.
 
 The guardrails service screens the input (blocked input never reaches a model; PII is
-replaced, pseudonyms live only in this turn), the memory service has it screen retrieved
+replaced, pseudonyms live only in this turn; memory gets the turn with its mapping and
+stores real values), the memory service has it screen retrieved
 text for indirect injection, and it checks every window of the output
 (libs/guard_window.py: nothing reaches the client unchecked) unless the effective policy
 screens no output at all: then, when nothing else is done to the output (memory,
@@ -30,6 +31,7 @@ from libs.events import (
     GuardrailCheck,
     GuardrailEntity,
     GuardrailVerdict,
+    MemoryItem,
     MemoryStoreRequested,
     RetrieveReply,
     RetrieveRequest,
@@ -37,7 +39,7 @@ from libs.events import (
     TurnEvent,
     Usage,
 )
-from libs.guard_window import OutputWindow, Structure, structure_of
+from libs.guard_window import OutputWindow, Structure, restore, structure_of
 
 # Turns before the last user message sent along with a retrieval (for query rewriting).
 HISTORY_MESSAGES = 4
@@ -159,7 +161,7 @@ def with_context(messages: list[ChatMessage], context: str) -> list[ChatMessage]
     return [ChatMessage(role="system", content=context), *messages]
 
 
-def _retrieval(event: ChatRequested, plan: TurnPlan) -> RetrieveRequest:
+def _retrieval(event: ChatRequested, plan: TurnPlan, pseudonyms: dict[str, str]) -> RetrieveRequest:
     """The last user message as the query, with the turns before it (for rewriting)."""
     messages = event.messages
     asked = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
@@ -177,6 +179,7 @@ def _retrieval(event: ChatRequested, plan: TurnPlan) -> RetrieveRequest:
         rag=event.rag if plan.rag else None,
         memories=plan.remember,
         history=history,
+        pseudonyms=pseudonyms,
     )
 
 
@@ -208,6 +211,7 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
     route = await ports.route(ctx, event.model, event.kind)
     event = _with_default(event, route)
     plan = plan_turn(event, verdict)
+    pseudonyms = dict(verdict.pseudonyms)
 
     messages = event.messages
     # What the client saw of each choice and the chunks it was given, for the grounding check.
@@ -215,21 +219,23 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
     chunks: list[str] = []
     cites: list[int] = []
     if plan.retrieve:
-        context = await ports.retrieve(_retrieval(event, plan))
+        context = await ports.retrieve(_retrieval(event, plan, pseudonyms))
         if context.error is not None:
             return await fail(context.error)
         messages = with_context(messages, context.context)
         chunks, cites = context.chunks, [c.index for c in context.citations]
+        # Memories and the buffer hold real values; the model sees them as placeholders.
+        pseudonyms = {**pseudonyms, **context.pseudonyms}
         await send(
             TurnEvent(
                 citations=context.citations if plan.rag else None,
-                memories=context.memories if plan.remember else None,
+                memories=_restored(context.memories, pseudonyms) if plan.remember else None,
             )
         )
 
     window = (
-        OutputWindow(verdict.pseudonyms, structure=structure_of(event.params))
-        if plan.screen_output
+        OutputWindow(pseudonyms, structure=structure_of(event.params))
+        if plan.screen_output or pseudonyms
         else None
     )
     generation = ports.generate(
@@ -282,11 +288,17 @@ async def run_turn(event: ChatRequested, ports: TurnPorts) -> TurnEvent:
                             conversation_id=event.memory.conversation_id if event.memory else None,
                             messages=event.messages,
                             answer="".join(answer),
+                            pseudonyms=pseudonyms,
                         )
                     )
                 return last
     finally:
         generation.close()
+
+
+def _restored(memories: list[MemoryItem], pseudonyms: dict[str, str]) -> list[MemoryItem]:
+    """The recalled memories as their user may read them: real values, not placeholders."""
+    return [m.model_copy(update={"text": restore(m.text, pseudonyms)}) for m in memories]
 
 
 def _note(seen: dict[int, list[str]], deltas: list[Delta]) -> None:
