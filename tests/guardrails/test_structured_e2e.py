@@ -6,7 +6,7 @@ the runtime, the bus and a worker."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -14,8 +14,9 @@ import jsonschema
 import nats
 import pytest
 
+from tests.conftest import _platform
 from tests.guardrails.test_guardrails_e2e import BusTap, auth, tap
-from tests.infra import Platform
+from tests.infra import Infra, Platform
 
 ECHO = "enclave-echo"
 CHAT = "smollm2-135m-instruct"
@@ -34,6 +35,31 @@ PROMPTS = [
     "Reply with JSON: a is 1 and city is Paris, France. Then tell me a story about it.",
     "Invent a company in Rotterdam: its staff count, city, and who to call, with a number.",
 ]
+
+
+@pytest.fixture(scope="module")
+def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """Only the services these turns go through (fewer processes than the whole platform,
+    so a loaded test machine still starts them), under the packaged default policy."""
+    plat = _platform(
+        services,
+        tmp_path_factory.mktemp("structured-platform"),
+        # A loaded 2-core test machine runs the small model slowly.
+        ENCLAVE_UPSTREAM_TIMEOUT_S="240",
+    )
+    try:
+        plat.start("router", "inference_router")
+        plat.start("worker-echo", "worker", "echo")
+        plat.start("worker-smollm2", "worker", "smollm2")
+        plat.start("guardrails", "guardrails")
+        plat.start("runtime", "agent_runtime")
+        plat.start("gateway", "gateway")
+        plat.wait_ready()
+        plat.wait_model(ECHO)
+        plat.wait_model(CHAT)
+        yield plat
+    finally:
+        plat.stop_all()
 
 
 @pytest.fixture
