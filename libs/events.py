@@ -468,6 +468,9 @@ class RetrieveRequest(BaseModel):
     token_budget: int = 1200
     # The turns before `query` (user and assistant), for rewriting it into a search query.
     history: list[ChatMessage] = Field(default_factory=list)
+    # The request's pseudonyms (placeholder -> real value): retrieved text is screened with
+    # them, so a value the user already named keeps its placeholder.
+    pseudonyms: dict[str, str] = Field(default_factory=dict)
 
 
 class RetrieveReply(BaseModel):
@@ -479,6 +482,10 @@ class RetrieveReply(BaseModel):
     context: str = ""
     # The cited chunks' texts as the model sees them, in `citations` order.
     chunks: list[str] = Field(default_factory=list)
+    # The request's pseudonyms with those the screening of the retrieved text added (real
+    # values in memories and the conversation buffer, as placeholders in `context`); the
+    # runtime restores them in the answer for this user.
+    pseudonyms: dict[str, str] = Field(default_factory=dict)
     error: ErrorInfo | None = None
 
 
@@ -508,6 +515,9 @@ class MemoryStoreRequested(BaseModel):
     conversation_id: str | None = None
     messages: list[ChatMessage] = Field(default_factory=list)
     answer: str = ""
+    # The turn's pseudonyms (placeholder -> real value): `messages` and `answer` hold the
+    # placeholders the model saw; memory extracts from those and stores the real values.
+    pseudonyms: dict[str, str] = Field(default_factory=dict)
 
 
 # -- the memory API (gateway -> memory, request/reply memory.rag): one model per operation --

@@ -2,7 +2,8 @@
 over typed events only.
 
 The guardrails service screens the input (blocked input never reaches a model; PII is
-replaced, pseudonyms live only in this turn), the memory service has it screen retrieved
+replaced, pseudonyms live only in this turn; memory gets the turn with its mapping and
+stores real values), the memory service has it screen retrieved
 text for indirect injection, and it checks every window of the output
 (libs/guard_window.py: nothing reaches the client unchecked) unless the effective policy
 screens no output at all: then, when nothing else is done to the output (memory,
@@ -30,6 +31,7 @@ from libs.events import (
     GuardrailCheck,
     GuardrailEntity,
     GuardrailVerdict,
+    MemoryItem,
     MemoryStoreRequested,
     RetrieveReply,
     RetrieveRequest,
@@ -37,7 +39,7 @@ from libs.events import (
     TurnEvent,
     Usage,
 )
-from libs.guard_window import OutputWindow, pseudonymize
+from libs.guard_window import OutputWindow, Structure, restore, structure_of
 
 # Turns before the last user message sent along with a retrieval (for query rewriting).
 HISTORY_MESSAGES = 4
@@ -161,7 +163,7 @@ def with_context(messages: list[ChatMessage], context: str) -> list[ChatMessage]
     return [ChatMessage(role="system", content=context), *messages]
 
 
-def _retrieval(event: ChatRequested, plan: TurnPlan) -> RetrieveRequest:
+def _retrieval(event: ChatRequested, plan: TurnPlan, pseudonyms: dict[str, str]) -> RetrieveRequest:
     """The last user message as the query, with the turns before it (for rewriting)."""
     messages = event.messages
     asked = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
@@ -179,6 +181,7 @@ def _retrieval(event: ChatRequested, plan: TurnPlan) -> RetrieveRequest:
         rag=event.rag if plan.rag else None,
         memories=plan.remember,
         history=history,
+        pseudonyms=pseudonyms,
     )
 
 
@@ -217,6 +220,7 @@ async def run_turn(event: ChatRequested, ports: TurnPorts, retries: int = 1) -> 
     # A route that may fail over is relayed by the turn: a pool's error before its first
     # token must not reach the client, the next pool's answer must.
     plan = plan_turn(event, verdict, relay=bool(route.pools))
+    pseudonyms = dict(verdict.pseudonyms)
 
     messages = event.messages
     # What the client saw of each choice and the chunks it was given, for the grounding check.
@@ -224,19 +228,25 @@ async def run_turn(event: ChatRequested, ports: TurnPorts, retries: int = 1) -> 
     chunks: list[str] = []
     cites: list[int] = []
     if plan.retrieve:
-        context = await ports.retrieve(_retrieval(event, plan))
+        context = await ports.retrieve(_retrieval(event, plan, pseudonyms))
         if context.error is not None:
             return await fail(context.error)
         messages = with_context(messages, context.context)
         chunks, cites = context.chunks, [c.index for c in context.citations]
+        # Memories and the buffer hold real values; the model sees them as placeholders.
+        pseudonyms = {**pseudonyms, **context.pseudonyms}
         await send(
             TurnEvent(
                 citations=context.citations if plan.rag else None,
-                memories=context.memories if plan.remember else None,
+                memories=_restored(context.memories, pseudonyms) if plan.remember else None,
             )
         )
 
-    window = OutputWindow(verdict.pseudonyms) if plan.screen_output else None
+    window = (
+        OutputWindow(pseudonyms, structure=structure_of(event.params))
+        if plan.screen_output or pseudonyms
+        else None
+    )
     request = GenerateRequest(
         ctx=ctx,
         model=event.model,
@@ -296,14 +306,18 @@ async def run_turn(event: ChatRequested, ports: TurnPorts, retries: int = 1) -> 
                             user=event.params.user or "",
                             conversation_id=event.memory.conversation_id if event.memory else None,
                             messages=event.messages,
-                            # As the user saw it, but with the placeholders their own
-                            # PII had in the input, as the buffer's copy of the input has.
-                            answer=pseudonymize("".join(answer), verdict.pseudonyms),
+                            answer="".join(answer),
+                            pseudonyms=pseudonyms,
                         )
                     )
                 return last
     finally:
         generation.close()
+
+
+def _restored(memories: list[MemoryItem], pseudonyms: dict[str, str]) -> list[MemoryItem]:
+    """The recalled memories as their user may read them: real values, not placeholders."""
+    return [m.model_copy(update={"text": restore(m.text, pseudonyms)}) for m in memories]
 
 
 def _note(seen: dict[int, list[str]], deltas: list[Delta]) -> None:
@@ -340,19 +354,28 @@ async def _screen_output(
     ev: TurnEvent,
     adapter: str | None = None,
 ) -> list[Delta] | ErrorInfo:
-    """The deltas of `ev` that may reach the client now, after the output guardrail."""
+    """The deltas of `ev` that may reach the client now, after the output guardrail. A
+    JSON answer is checked as one document when its choice ends, and each tool call's
+    arguments as one document too: rewritten inside string values only, or blocked."""
     ready = window.add(ev.deltas)
     if ev.done:
         ready = window.pending()
     released: list[Delta] = []
     for index in ready:
-        spans: list[GuardrailEntity] = []
+        checks: list[tuple[int | None, str, Structure]] = []
         if window.unreleased(index):
+            checks.append((None, window.text(index), window.structure_of(index)))
+        checks += [(call, args, "json") for call, args in window.calls(index).items()]
+        spans: list[GuardrailEntity] = []
+        document: str | None = None
+        arguments: dict[int, str] = {}
+        for call, text, structure in checks:
             seen = await ports.screen(
                 GuardrailCheck(
                     ctx=ctx,
                     direction="output",
-                    messages=[ChatMessage(role="assistant", content=window.text(index))],
+                    messages=[ChatMessage(role="assistant", content=text)],
+                    structure=structure,
                     adapter=adapter,
                 ),
             )
@@ -360,9 +383,17 @@ async def _screen_output(
                 return seen.error
             if not seen.allowed:
                 released.append(window.block(index, " " + _notice(seen, "The answer was")))
-                continue
-            spans = seen.entities
-        delta = window.release(index, spans, final=ev.done)
-        if delta is not None:
-            released.append(delta)
+                break
+            if call is not None:
+                arguments[call] = seen.texts[0]
+            elif structure == "json":
+                document = seen.texts[0]
+            else:
+                spans = seen.entities
+        else:
+            delta = window.release(
+                index, spans, final=ev.done, document=document, arguments=arguments
+            )
+            if delta is not None:
+                released.append(delta)
     return released

@@ -137,11 +137,14 @@ async def build(bus: Bus, broker: NatsBroker) -> Memory:
         bus, deltas, RouteCache(settings.route_cache_s), settings.upstream_timeout_s
     )
 
-    async def screen(ctx: RequestContext, texts: list[str]) -> GuardrailVerdict:
+    async def screen(
+        ctx: RequestContext, texts: list[str], pseudonyms: dict[str, str]
+    ) -> GuardrailVerdict:
         check = GuardrailCheck(
             ctx=ctx,
             direction="context",
             messages=[ChatMessage(role="tool", content=t) for t in texts],
+            pseudonyms=pseudonyms,
         )
         # Fail closed: unscreened text never reaches a model.
         return await ask_guardrails(bus, check)

@@ -33,6 +33,7 @@ from libs.events import (
     VectorStoreOp,
     VectorStoresList,
 )
+from libs.guard_window import restore
 from services.memory import extraction, grounding, rewrite
 from services.memory.adapters.mem0_memory import Memories
 from services.memory.adapters.redis_buffer import ConversationBuffer
@@ -42,7 +43,8 @@ from services.memory.retrieval import context_pack, memory_user
 
 log = logging.getLogger("enclave.memory")
 # Retrieved texts in, the guardrails' "context" verdict out.
-Screen = Callable[[RequestContext, list[str]], Awaitable[GuardrailVerdict]]
+# (ctx, texts, the request's pseudonyms) -> the context verdict
+Screen = Callable[[RequestContext, list[str], dict[str, str]], Awaitable[GuardrailVerdict]]
 # An audit record: action, who asked, outcome, and the ids and digests touched (no content).
 Record = Callable[..., Awaitable[Any]]
 # Operations that change or remove a tenant's data: each one goes into the audit chain.
@@ -266,8 +268,11 @@ class MemoryService:
                     for h in hits
                 ]
                 recent = await conversation()
-            if self.screen is not None and (chunks or memories):
-                chunks, memories = await self._screened(ctx, chunks, memories)
+            pseudonyms = dict(req.pseudonyms)
+            if self.screen is not None and (chunks or memories or recent):
+                chunks, memories, recent, pseudonyms = await self._screened(
+                    ctx, chunks, memories, recent, pseudonyms
+                )
         except EnclaveError as exc:
             return RetrieveReply(error=exc.info)
         context, kept = context_pack(chunks, memories, recent, req.token_budget, rag)
@@ -277,6 +282,7 @@ class MemoryService:
             recent=recent,
             context=context,
             chunks=[text for _, text in chunks[: len(kept)]],
+            pseudonyms=pseudonyms,
         )
 
     async def ground(self, req: GroundRequest) -> GroundReply:
@@ -332,34 +338,58 @@ class MemoryService:
 
     # -- a finished turn --
     async def _screened(
-        self, ctx: RequestContext, chunks: list[Any], memories: list[MemoryItem]
-    ) -> tuple[list[Any], list[MemoryItem]]:
+        self,
+        ctx: RequestContext,
+        chunks: list[Any],
+        memories: list[MemoryItem],
+        recent: list[ChatMessage],
+        pseudonyms: dict[str, str],
+    ) -> tuple[list[Any], list[MemoryItem], list[ChatMessage], dict[str, str]]:
         """Indirect injection: retrieved text is screened before any model sees it; what the
-        guardrail flags is left out, and the rest goes on as the guardrail rewrote it (PII)."""
+        guardrail flags is left out, and the rest goes on as the guardrail rewrote it (PII:
+        memories and the conversation buffer hold real values, the model gets placeholders,
+        numbered after the request's own `pseudonyms`; the extended mapping is returned)."""
         assert self.screen is not None
-        texts = [text for _, text in chunks] + [m.text for m in memories]
-        verdict = await self.screen(ctx, texts)
+        texts = (
+            [text for _, text in chunks]
+            + [m.text for m in memories]
+            + [m.content or "" for m in recent]
+        )
+        verdict = await self.screen(ctx, texts, pseudonyms)
         if verdict.error is not None:
             raise EnclaveError.of(verdict.error)
         out = verdict.texts if len(verdict.texts) == len(texts) else texts
         flagged = set(verdict.flagged)
-        n = len(chunks)
+        n, k = len(chunks), len(chunks) + len(memories)
         kept_chunks = [(c, out[i]) for i, (c, _) in enumerate(chunks) if i not in flagged]
         kept_memories = [
             m.model_copy(update={"text": out[n + i]})
             for i, m in enumerate(memories)
             if n + i not in flagged
         ]
-        return kept_chunks, kept_memories
+        kept_recent = [
+            m.model_copy(update={"content": out[k + i]})
+            for i, m in enumerate(recent)
+            if k + i not in flagged
+        ]
+        return kept_chunks, kept_memories, kept_recent, {**pseudonyms, **verdict.pseudonyms}
 
     async def store(self, event: MemoryStoreRequested) -> list[str]:
+        """Pseudonyms stay true: the turn arrives as the model saw it (placeholders such as
+        `<PERSON_1>`, which mean something else in the next request) with its mapping; the
+        extraction model sees the placeholders only, and what is stored (memories, the
+        conversation buffer) holds the real values, for this user only."""
         ctx = event.ctx
         uid = memory_user(ctx.actor, ctx.role, event.user)
         last_user = [m for m in event.messages if m.role == "user"][-1:]
         if event.conversation_id:
-            turn = list(last_user)
+            turn = [
+                m.model_copy(update={"content": restore(m.content or "", event.pseudonyms)})
+                for m in last_user
+            ]
             if event.answer:
-                turn.append(ChatMessage(role="assistant", content=event.answer))
+                answer = restore(event.answer, event.pseudonyms)
+                turn.append(ChatMessage(role="assistant", content=answer))
             await self.buffer.append(ctx.tenant, uid, event.conversation_id, turn)
         said = [m.content or "" for m in last_user]
         if not any(s.strip() for s in said):
@@ -372,7 +402,9 @@ class MemoryService:
                 )
             except Exception:  # extraction must not lose the turn: fall back below
                 log.warning("memory extraction through the router failed", exc_info=True)
-        facts = extraction.parse(raw, said)
+        facts = [
+            (kind, restore(text, event.pseudonyms)) for kind, text in extraction.parse(raw, said)
+        ]
         if not facts:
             return []
         ids: list[str] = []

@@ -1,9 +1,24 @@
-"""The output window with the real secret scanner: a secret split across tokens never leaves."""
+"""The output window with the real secret scanner and the real output check: a secret or a
+PII value split across tokens never leaves, and the first words leave at once."""
 
 from __future__ import annotations
 
-from libs.events import Delta, GuardrailEntity
-from libs.guard_window import HOLD_CHARS, OutputWindow, release_boundary, restore
+import json
+from collections.abc import Callable
+
+from libs.context import RequestContext
+from libs.events import ChatMessage, Delta, GuardrailCheck, GuardrailEntity
+from libs.guard_window import (
+    HOLD_CHARS,
+    OutputWindow,
+    apply_spans,
+    everyday,
+    held_from,
+    release_boundary,
+    restore,
+)
+from services.guardrails.policy import EffectivePolicy
+from services.guardrails.screen import Screener
 from services.guardrails.secrets import scan
 
 KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -114,3 +129,140 @@ def test_the_adapter_digest_survives_the_window() -> None:
     fresh = OutputWindow()
     fresh.add([Delta(index=0, content="x", adapter_digest=digest)])
     assert fresh.block(0, "blocked").adapter_digest == digest
+
+
+# -- incremental release: only what could still become part of a span is held --
+
+
+CTX = RequestContext(tenant="acme", request_id="w1")
+
+
+def full_check(screener: Screener, policy: EffectivePolicy, text: str) -> list[GuardrailEntity]:
+    """guardrails.output's answer for one window, with real Presidio and the packaged policy."""
+    verdict = screener.check(
+        GuardrailCheck(
+            ctx=CTX, direction="output", messages=[ChatMessage(role="assistant", content=text)]
+        ),
+        policy,
+    )
+    assert verdict.allowed
+    return verdict.entities
+
+
+def streamed(
+    answer: str, size: int, checker: Callable[[str], list[GuardrailEntity]]
+) -> tuple[list[str], int, int]:
+    """Feed `answer` in `size`-character tokens through the window, checking each window as
+    the runtime does; (what reached the client, characters generated before the first
+    release, number of checks)."""
+    window = OutputWindow()
+    sent: list[str] = []
+    first = -1
+    generated = 0
+    checks = 0
+    pieces = [answer[i : i + size] for i in range(0, len(answer), size)]
+    for i, piece in enumerate(pieces):
+        generated += len(piece)
+        deltas = [Delta(content=piece)]
+        if i == len(pieces) - 1:
+            deltas.append(Delta(finish_reason="stop"))
+        for index in window.add(deltas):
+            checks += 1
+            d = window.release(index, checker(window.text(index)), final=False)
+            if d is not None and d.content:
+                sent.append(d.content)
+                if first < 0:
+                    first = generated
+    for index in window.pending():
+        checks += 1
+        d = window.release(index, checker(window.text(index)), final=True)
+        if d is not None and d.content:
+            sent.append(d.content)
+            if first < 0:
+                first = generated
+    return sent, first, checks
+
+
+ANSWERS = [
+    "Sure. You can write to ada.lovelace@example.com or call +1 415 555 0132 any day, "
+    "and she will answer within the hour.",
+    "Hello! My colleague Jiry Holtman can help: his mobile is 020 7946 0958 and his mail "
+    "is jiry.holtman@example.org, so reach out today.",
+    "The card 4111 1111 1111 1111 was declined; please try again with another one.",
+    "Write to ops@example.net",  # the span runs to the end of the answer
+]
+
+
+def test_a_span_split_across_deltas_is_never_partly_released(
+    screener: Screener, policy: EffectivePolicy
+) -> None:
+    def checker(text: str) -> list[GuardrailEntity]:
+        return full_check(screener, policy, text)
+
+    rewritten = 0
+    for answer in ANSWERS:
+        whole = full_check(screener, policy, answer)
+        expected = apply_spans(answer, whole, len(answer))
+        values = [answer[s.start : s.end] for s in whole if s.action != "allow"]
+        rewritten += len(values)
+        for size in (1, 2, 3, 5, 8):
+            sent, _, _ = streamed(answer, size, checker)
+            shown = "".join(sent)
+            # What reached the client is what the full check of the whole answer gives.
+            assert shown == expected, (size, answer, shown)
+            for value in values:
+                if value in answer:
+                    # Not a piece of it, in any delta or across deltas.
+                    assert not any(value[:k] in shown for k in range(4, len(value) + 1))
+
+
+def test_the_first_words_leave_at_once_and_plain_numbers_are_not_held_to_the_end() -> None:
+    answer = "Hello! How can I help you today? There were 12 sailors on board, I think."
+    sent, first, checks = streamed(answer, 3, check)
+    assert "".join(sent) == answer
+    # Released as soon as one everyday word has followed "Hello!": not 96 characters later.
+    assert sent[0] == "Hello! " and first <= len("Hello! How ca")
+    # One extra check for the first words, then one per stride, and one at the end.
+    assert checks <= 2 + len(answer) // 32 + 1
+    # A number waits only for the next everyday word.
+    assert held_from("There were 12 sailors on") == len("There were 12 sailors ")
+
+
+def test_what_is_held_is_what_could_still_join_a_span() -> None:
+    assert held_from("My name is Jiry Holtman ") == len("My name is ")
+    assert held_from("call +44 20 7946 ") == len("call ")
+    assert held_from("write to ada@exam") == len("write to ")
+    assert held_from("Ludwig van ") == 0
+    assert held_from("I'm fine and ") == len("I'm fine and ")
+    assert held_from("password = hunter") == len("password ")
+    assert held_from("你好世界") == 0  # no spaces: released at the HOLD_CHARS bound
+    assert everyday("The") and everyday("hello,") and everyday("well-known")
+    assert not any(everyday(w) for w in ("Will", "May", "Holtman", "12", "a@b", "van", "AKIA"))
+
+
+def test_a_json_answer_is_held_whole_and_leaves_as_the_guardrails_document() -> None:
+    from libs.events import GenerationParams
+    from libs.guard_window import structure_of
+
+    assert structure_of(GenerationParams(response_format={"type": "json_object"})) == "json"
+    assert structure_of(GenerationParams(response_format={"type": "json_schema"})) == "json"
+    assert structure_of(GenerationParams()) == "text"
+    window = OutputWindow({"<PERSON_1>": 'Ada "the" Countess'}, structure="json")
+    doc = '{"a": 4155550132, "to": "<PERSON_1>", "note": "call +1 415 555 0132 now please"}'
+    for i in range(0, len(doc), 3):
+        # Partial JSON is never checked nor released: the document is checked whole.
+        assert window.add([Delta(content=doc[i : i + 3])]) == []
+    assert window.add([Delta(finish_reason="stop")]) == [0]
+    assert window.structure_of(0) == "json" and window.text(0) == doc
+    rewritten = doc.replace("+1 415 555 0132", "<PHONE_NUMBER>")  # as the guardrail answers
+    d = window.release(0, [], final=True, document=rewritten)
+    assert d is not None and d.finish_reason == "stop" and d.logprobs is None
+    assert json.loads(d.content) == {
+        "a": 4155550132,
+        "to": 'Ada "the" Countess',
+        "note": "call <PHONE_NUMBER> now please",
+    }
+    # Cut by the token limit, it no longer parses: screened as text, said to be `length`.
+    cut = OutputWindow(structure="json")
+    cut.add([Delta(content='{"a": 12, "b": "x'), Delta(finish_reason="length")])
+    assert cut.structure_of(0) == "text"

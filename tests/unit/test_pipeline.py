@@ -358,7 +358,9 @@ class PseudonymPorts(RememberingPorts):
         return verdict
 
 
-async def test_the_buffer_keeps_the_placeholders_of_the_users_pii() -> None:
+async def test_the_buffer_keeps_what_the_user_saw_with_the_turns_mapping() -> None:
+    """Memory and the buffer keep real values (services/memory/README.md, pseudonyms): the
+    answer as the user saw it, the input as the model saw it, and the mapping between."""
     ports = PseudonymPorts(
         [
             TurnEvent(
@@ -375,5 +377,6 @@ async def test_the_buffer_keeps_the_placeholders_of_the_users_pii() -> None:
     seen = "".join(d.content for e in ports.emitted for d in e.deltas)
     assert seen == "Hello Ana Silva, nice to meet you."  # the user sees their own name
     (stored,) = ports.remembered
-    assert stored.answer == "Hello <PERSON_1>, nice to meet you."
+    assert stored.answer == "Hello Ana Silva, nice to meet you."
     assert stored.messages[0].content == "I am <PERSON_1>."
+    assert stored.pseudonyms == {"<PERSON_1>": "Ana Silva"}

@@ -312,44 +312,49 @@ def test_smollm2_forced_choice_calls_the_named_function(tmp_path: Any) -> None:
 
 
 def test_output_window_holds_calls_checks_their_arguments_and_releases_them_last() -> None:
-    from libs.guard_window import OutputWindow
+    from libs.guard_window import OutputWindow, apply_spans
+    from services.guardrails.structured import rewrite_json
     from tests.guardrails.test_output_window import KEY, check
 
-    window = OutputWindow({"<PERSON_1>": "Ada"})
+    def screened(document: str) -> str:
+        """What guardrails.output answers for a call's arguments (structure "json")."""
+        return rewrite_json(document, lambda v: (apply_spans(v, check(v), len(v)), check(v)))[0]
+
+    window = OutputWindow({"<PERSON_1>": 'Ada "the" Countess'})
     calls = [
         ToolCall(
             id="call_0",
             function=FunctionCall(
-                name="send", arguments=json.dumps({"to": "<PERSON_1>", "key": KEY})
+                name="send",
+                arguments=json.dumps({"to": "<PERSON_1>", "key": KEY, "n": 4155550132}),
             ),
         )
     ]
-    seen: list[str] = []
     out: list[Delta] = []
     for deltas in (
-        [Delta(content="Sending.")],
+        [Delta(content="Sending. ")],
         [Delta(tool_calls=call_deltas(calls, 0))],
         [Delta(finish_reason="tool_calls")],
     ):
         for index in window.add(deltas):
-            seen.append(window.text(index))
-            d = window.release(index, check(window.text(index)), final=False)
+            assert KEY not in window.text(index)  # the text's check never holds the calls
+            args = {i: screened(a) for i, a in window.calls(index).items()}
+            d = window.release(index, check(window.text(index)), final=False, arguments=args)
             if d is not None:
                 out.append(d)
-    for index in window.pending():
-        assert window.unreleased(index)  # the arguments still wait for their check
-        seen.append(window.text(index))
-        d = window.release(index, check(window.text(index)), final=True)
-        assert d is not None
-        out.append(d)
-    assert KEY in seen[-1]  # the last check saw the arguments
+    assert window.pending() == []
     final = out[-1]
-    assert final.finish_reason == "tool_calls" and "".join(d.content for d in out) == "Sending."
+    assert final.finish_reason == "tool_calls" and "".join(d.content for d in out) == "Sending. "
     collector = CallCollector()
     collector.add(final.tool_calls or [])
     [call] = collector.calls()
-    assert call.id == "call_0"
-    assert json.loads(call.function.arguments) == {"to": "Ada", "key": "<AWS_ACCESS_KEY>"}
+    assert call.id == "call_0" and call.function.name == "send"
+    # Rewritten inside its strings only, the pseudonym restored as a JSON string: it parses.
+    assert json.loads(call.function.arguments) == {
+        "to": 'Ada "the" Countess',
+        "key": "<AWS_ACCESS_KEY>",
+        "n": 4155550132,
+    }
     # A blocked choice releases no call.
     blocked = OutputWindow()
     blocked.add([Delta(tool_calls=call_deltas(calls, 0)), Delta(finish_reason="tool_calls")])
