@@ -9,6 +9,7 @@ route gets the `Gateway` that bootstrap.py built, typed.
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +34,7 @@ from services.gateway import (
     rag_routes,
     sandbox_routes,
 )
+from services.gateway.admission import AdmissionLayer
 from services.gateway.bootstrap import Gateway, build
 from services.gateway.hot_path import HotPath
 from services.gateway.openai_shapes import (
@@ -42,6 +44,8 @@ from services.gateway.openai_shapes import (
     validate,
 )
 from services.gateway.policy import Action
+
+log = logging.getLogger("enclave.gateway")
 
 
 class JSON(Response):
@@ -55,10 +59,11 @@ def error_response(info: ErrorInfo) -> JSON:
     return JSON(info.body(), status_code=info.status)
 
 
-def create_app(settings: Settings) -> HotPath:
-    """The gateway as one ASGI app: the streamed routes plain, the rest FastAPI."""
+def create_app(settings: Settings) -> AdmissionLayer:
+    """The gateway as one ASGI app: the body limit and Retry-After on every route
+    (admission.py), then the streamed routes plain, the rest FastAPI."""
     gw = build(settings)
-    return HotPath(gw, create_fastapi(gw))
+    return AdmissionLayer(HotPath(gw, create_fastapi(gw)), gw.body_limit)
 
 
 def create_fastapi(gw: Gateway) -> FastAPI:
@@ -96,6 +101,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(
             ErrorInfo(status=500, message="Internal error.", code="internal_error")
         )

@@ -8,6 +8,7 @@ FastAPI's. Each batch of events that arrived together leaves in one write.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -46,6 +47,7 @@ ROUTES = {
 ROUTE_PATHS = {kind: path for path, kind in ROUTES.items()}
 AUDIT_ACTIONS = {"chat": "chat.completions", "completion": "completions"}
 JSON_HEADERS = [(b"content-type", b"application/json")]
+log = logging.getLogger("enclave.gateway")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -183,6 +185,7 @@ class HotPath:
         except EnclaveError as exc:
             status, extra, payload = exc.info.status, [], orjson.dumps(exc.info.body())
         except Exception:
+            log.exception("%s failed", ROUTE_PATHS[kind])
             info = ErrorInfo(status=500, message="Internal error.", code="internal_error")
             status, extra, payload = 500, [], orjson.dumps(info.body())
         if isinstance(payload, bytes):

@@ -15,7 +15,6 @@ import secrets
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
-from redis.asyncio import Redis
 
 from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import jstream, stream_configs
@@ -33,6 +32,7 @@ from libs.events import (
 from libs.generation import GenerationClient, RouteCache
 from libs.guardrails_client import ask_guardrails
 from libs.metrics import StageMetrics
+from libs.redis_pool import redis_client
 from libs.rpc import Bus, ReplyRouter, respond, serve
 from libs.settings import Settings
 from services.memory.adapters.embedder import Embedder
@@ -131,7 +131,7 @@ async def build(bus: Bus, broker: NatsBroker) -> Memory:
         Rag(RagRepository(make_engine(settings.sqlalchemy_url)), stores, embedder),
         Memories(stores, embedder, settings.home),
         ConversationBuffer(
-            Redis.from_url(settings.redis_url), settings.bus_prefix, settings.memory_buffer_ttl_s
+            redis_client(settings), settings.bus_prefix, settings.memory_buffer_ttl_s
         ),
         RouterLLM(generations, settings.memory_extraction_model),
         screen,

@@ -6,6 +6,13 @@ runs in the background: the engine's deltas are coalesced and published on the
 request's deltas subject with the raw NATS client, the per-token hot path. An engine that
 answers at once (the instant stand-in) sends its whole answer with the acceptance, in
 one write of the client's buffer.
+
+A worker holds at most its engine's slots plus `queue` generations (the pool's `queue`,
+else ENCLAVE_WORKER_QUEUE). A full worker leaves its pool's queue group until a slot
+frees, so NATS hands the pool's requests only to workers with room; what reached it
+before it left is refused at once with 503 `worker_busy` and offered to the pool again by
+the caller (libs/generation.py). When no worker has room, the client gets a 503 with
+Retry-After (`no_worker_available` or `worker_busy`), never a wait without bound.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from libs.bus import event_bytes
 from libs.context import WORKER_HEADER
-from libs.errors import ErrorInfo
+from libs.errors import EnclaveError, ErrorInfo, worker_busy
 from libs.events import (
     Delta,
     EmbedReply,
@@ -45,7 +53,7 @@ _END = object()
 
 def make_engine(settings: Settings, pool: dict[str, Any]) -> Any:
     """The engine adapter a pool's registry entry names."""
-    options = {k: v for k, v in pool.items() if k not in ("engine", "model")}
+    options = {k: v for k, v in pool.items() if k not in ("engine", "model", "queue")}
     kind = pool["engine"]
     if kind == "instant":
         from services.inference_router.adapters.instant import InstantEngine
@@ -95,6 +103,7 @@ class Worker:
         engine: Any,
         embeds: bool,
         metrics: StageMetrics | None = None,
+        queue: int = 16,
     ) -> None:
         self.bus = bus
         self.pool_name = pool_name
@@ -113,15 +122,46 @@ class Worker:
         self.metrics = metrics or StageMetrics("worker", pool_name)
         self.work = self.metrics.work(capacity=getattr(engine, "max_concurrency", 1))
         self.running: set[asyncio.Task[None]] = set()
+        # Generations held at once: one per engine slot, plus `queue` waiting for a slot.
+        self.capacity = getattr(engine, "max_concurrency", 1) + max(0, queue)
+        self._member: Subscription | None = None  # in the pool's queue group (not when full)
+        self._room_changed = asyncio.Event()
+        self._membership: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if not self.embeds:
-            # Raw subscription on the per-request hot path (see the router's).
-            subject = self.bus.subjects.inference_worker(self.pool_name)
-            await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name)
+            await self._join()
+            if not self.engine.runs_inline:
+                self._membership = asyncio.create_task(self._follow_room())
         if getattr(self.engine, "swap", None) is not None:
             self.engine.swap.on_load = self.metrics.adapter_load
             await self._follow_models()
+
+    async def _join(self) -> None:
+        """Join the pool's queue group: a raw subscription on the per-request hot path."""
+        subject = self.bus.subjects.inference_worker(self.pool_name)
+        self._member = await serve(
+            self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name
+        )
+
+    async def _follow_room(self) -> None:
+        """Leave the pool's queue group while full, and join it again once a slot frees:
+        NATS then hands the pool's requests to workers with room only, and answers "no
+        responders" at once (503) when none has. What reached this worker before it left
+        is refused (`worker_busy`) and offered to the pool again by the caller."""
+        while True:
+            await self._room_changed.wait()
+            self._room_changed.clear()
+            full = len(self.running) >= self.capacity
+            if full and self._member is not None:
+                member, self._member = self._member, None
+                await member.drain()
+            elif not full and self._member is None:
+                await self._join()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        self._room_changed.set()
 
     async def _follow_models(self) -> None:
         """Every worker (no queue group) applies adapter promotions and rollbacks from
@@ -144,6 +184,8 @@ class Worker:
         await nc.subscribe(subject, cb=on_changed)
 
     async def stop(self) -> None:
+        if self._membership is not None:
+            self._membership.cancel()
         if self.running:
             await asyncio.wait(self.running, timeout=30)
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -167,6 +209,9 @@ class Worker:
         return call(*args)
 
     async def generate(self, request: GenerateRequest) -> GenerateAccepted:
+        if not self.engine.runs_inline and len(self.running) >= self.capacity:
+            # Full: refuse at once, so that the caller offers it to another worker.
+            raise EnclaveError.of(worker_busy(self.pool_name, self.capacity))
         span = self.tracer.start_span(
             "generate",
             context=parent_context(request.ctx),
@@ -184,8 +229,10 @@ class Worker:
         self.work.accepted()
         task = asyncio.create_task(self._stream(request))
         self.running.add(task)
-        task.add_done_callback(self.running.discard)
+        task.add_done_callback(self._done)
         task.add_done_callback(lambda _: span.end())
+        if len(self.running) >= self.capacity:
+            self._room_changed.set()  # full: leave the queue group
         return accepted
 
     def _answer_inline(self, request: GenerateRequest) -> bytes:
@@ -247,7 +294,9 @@ def builder(settings: Settings, pool_name: str) -> Build:
     async def build(bus: Bus, broker: NatsBroker) -> Worker:
         engine = await asyncio.to_thread(make_engine, settings, pool)
         embeds = pool["engine"] == "sentence_transformers"
-        worker = Worker(bus, pool_name, engine, embeds, StageMetrics("worker", pool_name))
+        queue = int(pool.get("queue", settings.worker_queue))
+        metrics = StageMetrics("worker", pool_name)
+        worker = Worker(bus, pool_name, engine, embeds, metrics, queue=queue)
         if embeds:
             subject = bus.subjects.inference_worker(pool_name)
             serve_broker(broker, subject, EmbedRequest, worker.embed, queue=pool_name)
