@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from libs.context import WORKER_HEADER, RequestContext
-from libs.errors import WORKER_BUSY, EnclaveError, ErrorInfo, upstream_timeout
+from libs.errors import WORKER_BUSY, EnclaveError, ErrorInfo, no_worker, upstream_timeout
 from libs.events import (
     ChatMessage,
     GenerateAccepted,
@@ -141,14 +141,15 @@ async def hand_to_pool(bus: Bus, request: GenerateRequest, route: RouteReply) ->
     if route.error is not None or route.pool is None:
         return GenerateAccepted(accepted=False, error=route.error or NOT_ROUTED)
     request.pool, request.adapter, request.timeout_s = route.pool, route.adapter, route.timeout_s
+    peer, subject = bus.peers.pool(route.pool), bus.subjects.inference_worker(route.pool)
+
+    def refused(error: ErrorInfo) -> GenerateAccepted:
+        if error.status == 504:  # no acceptance in time: nothing started, safe to retry
+            error = no_worker(route.pool or "")
+        return GenerateAccepted(accepted=False, error=error)
+
     for _ in range(BUSY_OFFERS):
-        accepted = await bus.ask(
-            bus.peers.pool(route.pool),
-            bus.subjects.inference_worker(route.pool),
-            request,
-            GenerateAccepted,
-            failed=lambda error: GenerateAccepted(accepted=False, error=error),
-        )
+        accepted = await bus.ask(peer, subject, request, GenerateAccepted, failed=refused)
         if accepted.error is None or accepted.error.code != WORKER_BUSY:
             break
     return accepted

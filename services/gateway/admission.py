@@ -4,9 +4,12 @@
   declared Content-Length over the route's limit is answered 413 at once, before the body
   is read. A body without one (chunked) is counted as it arrives: the read that passes the
   limit raises `BodyTooLarge` (413, `request_too_large`) inside the route that reads it,
-  multipart parsing included, so no route holds more than its limit, and nothing reads
-  the rest: the server closes the connection after the answer. What a route never reads
-  is never buffered (the server stops reading the socket).
+  multipart parsing included, so no route holds more than its limit. Before the 413 goes
+  out, up to `DRAIN_BYTES` more of the body are read and dropped (at most `DRAIN_S`), so
+  that a client that sends its whole body before it reads (most SDKs) gets the 413
+  instead of a reset connection; past that the server closes the connection after the
+  answer, and only a client that reads while it sends (curl) sees the 413. What a route
+  never reads is never buffered (the server stops reading the socket).
 - **Retry-After on every 429 and 503** that does not carry one already: a full platform
   (a worker's queue, a limit, a peer not answering) says when to come back, in seconds.
 
@@ -16,6 +19,7 @@ Errors leave in OpenAI's shape. The limits themselves come from the gateway
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import orjson
@@ -27,6 +31,9 @@ from libs.errors import EnclaveError
 BodyLimit = Callable[[str, str], int]
 RETRY_AFTER_S = 1  # when the refusing stage named no wait of its own
 RETRY_STATUSES = (429, 503)
+# What is read and dropped of a refused body before the 413 is sent.
+DRAIN_BYTES = 16 * 1024 * 1024
+DRAIN_S = 5.0
 
 
 class BodyTooLarge(EnclaveError):
@@ -50,11 +57,15 @@ class AdmissionLayer:
             return
         limit = self.body_limit(scope["method"], scope["path"])
         started = False
+        received = 0
+        body_done = False  # the whole body was read (or the client left)
 
         async def sending(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if received > limit and not body_done:
+                    await _drain(receive)
                 if message["status"] in RETRY_STATUSES and not any(
                     k.lower() == b"retry-after" for k, _ in message.get("headers", ())
                 ):
@@ -64,19 +75,23 @@ class AdmissionLayer:
 
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(sending, BodyTooLarge(limit))
+            if declared <= DRAIN_BYTES:
+                await _drain(receive)
+            await _refuse(send, BodyTooLarge(limit))
             return
-        received = 0
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, body_done
             if received > limit:
                 raise BodyTooLarge(limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     raise BodyTooLarge(limit)
+            else:
+                body_done = True
             return message
 
         try:
@@ -85,6 +100,22 @@ class AdmissionLayer:
             if started:
                 raise
             await _refuse(sending, exc)
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop what is left of a refused body, up to DRAIN_BYTES and DRAIN_S."""
+    dropped = 0
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            while dropped <= DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -96,11 +127,11 @@ def _content_length(scope: Scope) -> int | None:
 
 async def _refuse(send: Send, exc: EnclaveError) -> None:
     """The error in OpenAI's shape; the connection closes (its body is left unread)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": exc.info.status,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-        }
-    )
-    await send({"type": "http.response.body", "body": orjson.dumps(exc.info.body())})
+    body = orjson.dumps(exc.info.body())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": exc.info.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

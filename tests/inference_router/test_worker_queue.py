@@ -41,7 +41,10 @@ async def test_full_workers_refuse_at_once_and_the_pool_shares(
     (tmp_path / "models.yaml").write_text(
         yaml.safe_dump({"version": 1, "pools": {"held": HELD}, "models": []})
     )
-    settings = inprocess_settings.model_copy(update={"models_file": tmp_path / "models.yaml"})
+    # A pool that does not answer would hold each request this long: a refusal comes first.
+    settings = inprocess_settings.model_copy(
+        update={"models_file": tmp_path / "models.yaml", "worker_accept_timeout_s": 60.0}
+    )
     bus = Bus(nc, settings)
     route = RouteReply(pool="held", timeout_s=5.0)
 
@@ -57,9 +60,9 @@ async def test_full_workers_refuse_at_once_and_the_pool_shares(
         taken = [await hand() for _ in range(4)]
         assert all(t.accepted for t in taken), taken
         assert len(a.running) == len(b.running) == 2  # type: ignore[attr-defined]
-        refused = await hand()
+        refused = await asyncio.wait_for(hand(), 20)  # at once, not after the 60 s
         assert not refused.accepted and refused.error is not None
-        assert refused.error.status == 503  # at once: a wait for a worker would be a 504
+        assert refused.error.status == 503
         assert refused.error.code in ("worker_busy", "no_worker_available")
 
         # A finished generation frees a slot: the worker takes requests again.
