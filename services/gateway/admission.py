@@ -33,7 +33,7 @@ RETRY_AFTER_S = 1  # when the refusing stage named no wait of its own
 RETRY_STATUSES = (429, 503)
 # What is read and dropped of a refused body before the 413 is sent.
 DRAIN_BYTES = 16 * 1024 * 1024
-DRAIN_S = 5.0
+DRAIN_S = 10.0
 
 
 class BodyTooLarge(EnclaveError):

@@ -323,4 +323,7 @@ def test_schemathesis_finds_no_server_error(hostile: Platform) -> None:
             continue
         except Exception as exc:  # the minimal failing example, named by its operation
             failures[f"{operation.label} ({mode.value})"] = str(exc)[:2000]
-    assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
+    errors = [line for line in hostile.logs().splitlines() if '"level": "error"' in line]
+    assert not failures, "\n\n".join(
+        [*(f"{k}:\n{v}" for k, v in failures.items()), *(e[:3000] for e in errors[-3:])]
+    )
