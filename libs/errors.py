@@ -76,6 +76,20 @@ def no_worker(pool: str) -> ErrorInfo:
     )
 
 
+WORKER_BUSY = "worker_busy"
+
+
+def worker_busy(pool: str, capacity: int) -> ErrorInfo:
+    """A worker's refusal when it holds as many generations as it may (its slots and its
+    queue); the caller offers the request to the pool again, then answers 503."""
+    return ErrorInfo(
+        status=503,
+        message=f"Every worker of pool `{pool}` that was asked is full "
+        f"({capacity} generations each); try again later.",
+        code=WORKER_BUSY,
+    )
+
+
 def upstream_timeout(what: str) -> ErrorInfo:
     return ErrorInfo(status=504, message=f"Upstream timeout: {what}.", code="upstream_timeout")
 

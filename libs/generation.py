@@ -22,7 +22,14 @@ from nats.aio.msg import Msg
 
 from libs.bus import event_bytes
 from libs.context import WORKER_HEADER, RequestContext
-from libs.errors import EnclaveError, ErrorInfo, stage_lost, upstream_timeout
+from libs.errors import (
+    WORKER_BUSY,
+    EnclaveError,
+    ErrorInfo,
+    no_worker,
+    stage_lost,
+    upstream_timeout,
+)
 from libs.events import (
     ChatMessage,
     GenerateAccepted,
@@ -42,6 +49,9 @@ log = logging.getLogger("enclave.generation")
 Clock = Callable[[], float]
 Kind = Literal["chat", "completion"]
 NOT_ROUTED = ErrorInfo(status=503, message="No worker accepted.", code="no_worker_available")
+# How often a request is offered to a pool whose workers answer that they are full: the
+# queue group hands each offer to a worker at random, so another one may have room.
+BUSY_OFFERS = 3
 
 
 class GenerationFailed(EnclaveError):
@@ -207,13 +217,18 @@ async def hand_to_pool(bus: Bus, request: GenerateRequest, route: RouteReply) ->
     if route.error is not None or route.pool is None:
         return GenerateAccepted(accepted=False, error=route.error or NOT_ROUTED)
     request.pool, request.adapter, request.timeout_s = route.pool, route.adapter, route.timeout_s
-    return await bus.ask(
-        bus.peers.pool(route.pool),
-        bus.subjects.inference_worker(route.pool),
-        request,
-        GenerateAccepted,
-        failed=lambda error: GenerateAccepted(accepted=False, error=error),
-    )
+    peer, subject = bus.peers.pool(route.pool), bus.subjects.inference_worker(route.pool)
+
+    def refused(error: ErrorInfo) -> GenerateAccepted:
+        if error.status == 504:  # no acceptance in time: nothing started, safe to retry
+            error = no_worker(route.pool or "")
+        return GenerateAccepted(accepted=False, error=error)
+
+    for _ in range(BUSY_OFFERS):
+        accepted = await bus.ask(peer, subject, request, GenerateAccepted, failed=refused)
+        if accepted.error is None or accepted.error.code != WORKER_BUSY:
+            break
+    return accepted
 
 
 class FailoverGeneration:
@@ -370,7 +385,8 @@ class GenerationClient:
 
     async def _accept(self, request: GenerateRequest, route: RouteReply) -> GenerateAccepted:
         accepted = await hand_to_pool(self.bus, request, route)
-        if not accepted.accepted:
+        busy = accepted.error is not None and accepted.error.code == WORKER_BUSY
+        if not accepted.accepted and not busy:  # a full pool still serves the model
             self.routes.drop(request.ctx.tenant, request.model, request.kind)
         return accepted
 

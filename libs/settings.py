@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     # (_INBOX_<service>) on its authenticated bus, so that none reads another's replies.
     nats_inbox_prefix: str = "_INBOX"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Each process's Redis connections (libs/redis_pool.py): beyond them, a command waits
+    # for a free one, at most redis_wait_s.
+    redis_max_connections: int = 32
+    redis_wait_s: float = 10.0
     # Empty means SQLite under `home`; set to postgresql+asyncpg://... in production.
     database_url: str = ""
     bus_prefix: str = ""
@@ -86,6 +90,9 @@ class Settings(BaseSettings):
     # How long the runtime waits for the memory service's context pack.
     memory_timeout_s: float = 10.0
     worker_threads: int = 0  # 0: as many as cores
+    # Generations a worker holds beyond its engine's slots; a full worker refuses at once
+    # (503 worker_busy). A pool's `queue` in the registry overrides it.
+    worker_queue: int = 16
     # Where each process writes its OpenTelemetry spans as JSON lines; empty: nowhere.
     trace_dir: str = ""
     # An OpenTelemetry collector's OTLP/HTTP endpoint (http://collector:4318): spans are sent

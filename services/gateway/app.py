@@ -9,6 +9,7 @@ route gets the `Gateway` that bootstrap.py built, typed.
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,6 +40,7 @@ from services.gateway import (
     sandbox_routes,
     skills_routes,
 )
+from services.gateway.admission import AdmissionLayer
 from services.gateway.approvals_routes import Decision
 from services.gateway.bootstrap import Gateway, build
 from services.gateway.hot_path import HotPath
@@ -53,6 +55,8 @@ from services.gateway.quotas import error_headers, reservation_size
 from services.gateway.responses_shapes import ResponsesRequest
 from services.gateway.skills_routes import SkillUpload
 
+log = logging.getLogger("enclave.gateway")
+
 
 class JSON(Response):
     media_type = "application/json"
@@ -65,10 +69,11 @@ def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JS
     return JSON(info.body(), status_code=info.status, headers=headers)
 
 
-def create_app(settings: Settings) -> HotPath:
-    """The gateway as one ASGI app: the streamed routes plain, the rest FastAPI."""
+def create_app(settings: Settings) -> AdmissionLayer:
+    """The gateway as one ASGI app: the body limit and Retry-After on every route
+    (admission.py), then the streamed routes plain, the rest FastAPI."""
     gw = build(settings)
-    return HotPath(gw, create_fastapi(gw))
+    return AdmissionLayer(HotPath(gw, create_fastapi(gw)), gw.body_limit)
 
 
 def create_fastapi(gw: Gateway) -> FastAPI:
@@ -107,6 +112,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(
             ErrorInfo(status=500, message="Internal error.", code="internal_error")
         )

@@ -27,6 +27,7 @@ from libs.db.engine import make_engine, migrate_async
 from libs.errors import EnclaveError
 from libs.events import KeyRevoked
 from libs.metrics import StageMetrics
+from libs.redis_pool import redis_client
 from libs.rpc import Bus
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
@@ -40,6 +41,8 @@ from services.gateway.quotas import Limits, tenant_limits
 from services.gateway.turn_client import TurnClient
 
 log = logging.getLogger(__name__)
+UPLOAD_HEADROOM = 8192  # of the bus's message size: the upload's headers (ctx, filename)
+MULTIPART_FRAMING = 16384  # boundaries, part headers and the `purpose` field of an upload
 
 
 @dataclass
@@ -90,6 +93,17 @@ class Gateway:
         self.check_size(len(body))
         return parse_json(body)
 
+    def upload_limit(self) -> int:
+        """The largest file `POST /v1/files` takes: it travels to memory as one bus message."""
+        return max(1024, self.nc.max_payload - UPLOAD_HEADROOM)
+
+    def body_limit(self, method: str, path: str) -> int:
+        """The most bytes a request's body may have (admission.py enforces it on every
+        route): the upload route's file plus its multipart framing, else max_body_bytes."""
+        if method == "POST" and path == "/v1/files":
+            return self.upload_limit() + MULTIPART_FRAMING
+        return self.settings.max_body_bytes
+
     def check_declared_size(self, declared: str | None) -> None:
         if declared and declared.isdigit():
             self.check_size(int(declared))
@@ -132,8 +146,7 @@ def build(settings: Settings) -> Gateway:
     nc = NatsClient()
     bus = Bus(nc, settings)
     db = make_engine(settings.sqlalchemy_url)
-    # Bounded waits: a Redis that hangs fails the admission (503) instead of the request.
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    redis = redis_client(settings)
     turns = TurnClient(bus, settings.gateway_timeout_s)
     audit = AuditPublisher(nc, settings.subjects, "gateway", outbox_dir(settings.home))
 

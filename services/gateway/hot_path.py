@@ -13,6 +13,7 @@ first byte ends with an OpenAI error event and `data: [DONE]`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -53,6 +54,7 @@ ROUTES = {
 ROUTE_PATHS = {kind: path for path, kind in ROUTES.items()}
 AUDIT_ACTIONS = {"chat": "chat.completions", "completion": "completions"}
 JSON_HEADERS = [(b"content-type", b"application/json")]
+log = logging.getLogger("enclave.gateway")
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -258,6 +260,7 @@ class HotPath:
             status, payload = exc.info.status, orjson.dumps(exc.info.body())
             extra = [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
         except Exception:
+            log.exception("%s failed", ROUTE_PATHS[kind])
             info = ErrorInfo(status=500, message="Internal error.", code="internal_error")
             status, extra, payload = 500, [], orjson.dumps(info.body())
         if isinstance(payload, bytes):

@@ -1,7 +1,9 @@
 """Files, vector stores and memories in OpenAI's shapes: HTTP in front of the memory service.
 
 The gateway authenticates and forwards; the memory service owns the data. Uploads go
-as raw bytes (metadata in headers), so a file is limited by the bus's message size.
+as raw bytes (metadata in headers), so a file is limited by the bus's message size
+(`Gateway.upload_limit`; the whole multipart body by `Gateway.body_limit`, counted as it
+arrives).
 """
 
 from __future__ import annotations
@@ -72,10 +74,8 @@ def register(app: FastAPI, gw: Gateway) -> None:
     @app.post("/v1/files", response_model=None)
     async def create_file(request: Request) -> Response:
         ctx = await auth(request)
-        limit = max(1024, gw.nc.max_payload - 8192)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + 4096:
-            raise EnclaveError(413, f"The file is larger than {limit} bytes.", "file_too_large")
+        # The whole body is bounded before this (admission.py: gw.body_limit), chunked too.
+        limit = gw.upload_limit()
         form = await request.form()
         upload = form.get("file")
         purpose = str(form.get("purpose") or "")

@@ -22,7 +22,6 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
-from redis.asyncio import Redis
 
 from libs.audit import AuditPublisher, outbox_dir
 from libs.bus import jstream, stream_configs
@@ -40,6 +39,7 @@ from libs.events import (
 from libs.generation import GenerationClient, RouteCache
 from libs.guardrails_client import ask_guardrails
 from libs.metrics import StageMetrics
+from libs.redis_pool import redis_client
 from libs.rpc import Bus, ReplyRouter, respond, serve
 from libs.settings import Settings
 from libs.telemetry import setup_tracing, traced
@@ -155,7 +155,7 @@ async def build(bus: Bus, broker: NatsBroker) -> Memory:
         Rag(RagRepository(make_engine(settings.sqlalchemy_url)), stores, embedder),
         Memories(stores, embedder, settings.home),
         ConversationBuffer(
-            Redis.from_url(settings.redis_url), settings.bus_prefix, settings.memory_buffer_ttl_s
+            redis_client(settings), settings.bus_prefix, settings.memory_buffer_ttl_s
         ),
         RouterLLM(generations, settings.memory_extraction_model),
         screen,

@@ -88,8 +88,10 @@ def _served_routes() -> set[tuple[str, str]]:
     from services.gateway.hot_path import ROUTES as STREAMED
 
     app = create_app(Settings(home=Path("/nonexistent-enclave-home")))
+    while not hasattr(app, "routes"):  # the FastAPI app under the ASGI layers
+        app = app.app
     served = {("POST", path) for path in STREAMED}
-    for route in app.app.routes:
+    for route in app.routes:
         methods = getattr(route, "methods", None) or set()
         path = getattr(route, "path", "")
         if not path.startswith(("/v1/", "/healthz", "/readyz")):

@@ -12,6 +12,13 @@ client disconnected, a timeout ended the turn), or its runtime no longer waits f
 heartbeat sent every `heartbeat_s` as a request finds the inbox closed, or no runtime at
 all). The engine's `emit` then raises `GenerationStopped`, which ends llama.cpp's token
 loop at the next token; a generation still queued for the engine's thread never starts.
+
+A worker holds at most its engine's slots plus `queue` generations (the pool's `queue`,
+else ENCLAVE_WORKER_QUEUE). A full worker leaves its pool's queue group until a slot
+frees, so NATS hands the pool's requests only to workers with room; what reached it
+before it left is refused at once with 503 `worker_busy` and offered to the pool again by
+the caller (libs/generation.py). When no worker has room, the client gets a 503 with
+Retry-After (`no_worker_available` or `worker_busy`), never a wait without bound.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from opentelemetry.trace import Span
 
 from libs.bus import event_bytes
 from libs.context import WORKER_HEADER
-from libs.errors import ErrorInfo
+from libs.errors import EnclaveError, ErrorInfo, worker_busy
 from libs.events import (
     Delta,
     EmbedReply,
@@ -92,7 +100,7 @@ class Running:
 
 def make_engine(settings: Settings, pool: dict[str, Any]) -> Any:
     """The engine adapter a pool's registry entry names."""
-    options = {k: v for k, v in pool.items() if k not in ("engine", "model")}
+    options = {k: v for k, v in pool.items() if k not in ("engine", "model", "queue")}
     kind = pool["engine"]
     if kind == "instant":
         from services.inference_router.adapters.instant import InstantEngine
@@ -142,6 +150,7 @@ class Worker:
         engine: Any,
         embeds: bool,
         metrics: StageMetrics | None = None,
+        queue: int = 16,
     ) -> None:
         self.bus = bus
         self.pool_name = pool_name
@@ -165,18 +174,49 @@ class Worker:
         # The generations streaming now, by their deltas subject (what a cancel names).
         self.generations: dict[str, Running] = {}
         self.cancelled = 0  # generations stopped before their end
+        # Generations held at once: one per engine slot, plus `queue` waiting for a slot.
+        self.capacity = getattr(engine, "max_concurrency", 1) + max(0, queue)
+        self._member: Subscription | None = None  # in the pool's queue group (not when full)
+        self._room_changed = asyncio.Event()
+        self._membership: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if not self.embeds:
-            # Raw subscription on the per-request hot path (see the router's).
-            subject = self.bus.subjects.inference_worker(self.pool_name)
-            await serve(self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name)
+            await self._join()
+            if not self.engine.runs_inline:
+                self._membership = asyncio.create_task(self._follow_room())
             # Every worker hears every cancel (no queue group): the one running it stops.
             await self.bus.nc.subscribe(self.bus.subjects.inference_cancel, cb=self._on_cancel)
             log.info("worker %s serves pool %s", self.worker_id, self.pool_name)
         if getattr(self.engine, "swap", None) is not None:
             self.engine.swap.on_load = self.metrics.adapter_load
             await self._follow_models()
+
+    async def _join(self) -> None:
+        """Join the pool's queue group: a raw subscription on the per-request hot path."""
+        subject = self.bus.subjects.inference_worker(self.pool_name)
+        self._member = await serve(
+            self.bus.nc, subject, GenerateRequest, self.generate, queue=self.pool_name
+        )
+
+    async def _follow_room(self) -> None:
+        """Leave the pool's queue group while full, and join it again once a slot frees:
+        NATS then hands the pool's requests to workers with room only, and answers "no
+        responders" at once (503) when none has. What reached this worker before it left
+        is refused (`worker_busy`) and offered to the pool again by the caller."""
+        while True:
+            await self._room_changed.wait()
+            self._room_changed.clear()
+            full = len(self.running) >= self.capacity
+            if full and self._member is not None:
+                member, self._member = self._member, None
+                await member.drain()
+            elif not full and self._member is None:
+                await self._join()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        self._room_changed.set()
 
     async def _follow_models(self) -> None:
         """Every worker (no queue group) applies adapter promotions and rollbacks from
@@ -208,6 +248,8 @@ class Worker:
             running.cancel(cancel.reason)
 
     async def stop(self) -> None:
+        if self._membership is not None:
+            self._membership.cancel()
         if self.running:
             await asyncio.wait(self.running, timeout=30)
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -231,6 +273,9 @@ class Worker:
         return call(*args)
 
     async def generate(self, request: GenerateRequest) -> GenerateAccepted:
+        if not self.engine.runs_inline and len(self.running) >= self.capacity:
+            # Full: refuse at once, so that the caller offers it to another worker.
+            raise EnclaveError.of(worker_busy(self.pool_name, self.capacity))
         span = self.tracer.start_span(
             "generate",
             context=parent_context(request.ctx),
@@ -251,7 +296,9 @@ class Worker:
         self.work.accepted()
         task = asyncio.create_task(self._stream(request, span))
         self.running.add(task)
-        task.add_done_callback(self.running.discard)
+        task.add_done_callback(self._done)
+        if len(self.running) >= self.capacity:
+            self._room_changed.set()  # full: leave the queue group
         return accepted
 
     def _observe(
@@ -391,7 +438,9 @@ def builder(settings: Settings, pool_name: str) -> Build:
     async def build(bus: Bus, broker: NatsBroker) -> Worker:
         engine = await asyncio.to_thread(make_engine, settings, pool)
         embeds = pool["engine"] == "sentence_transformers"
-        worker = Worker(bus, pool_name, engine, embeds, StageMetrics("worker", pool_name))
+        queue = int(pool.get("queue", settings.worker_queue))
+        metrics = StageMetrics("worker", pool_name)
+        worker = Worker(bus, pool_name, engine, embeds, metrics, queue=queue)
         if embeds:
             subject = bus.subjects.inference_worker(pool_name)
             serve_broker(broker, subject, EmbedRequest, worker.embed, queue=pool_name)
