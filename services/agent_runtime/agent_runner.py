@@ -6,7 +6,6 @@ saved (`hold`) and goes on when an approver's decision arrives (`resume`)."""
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import time
 from pathlib import Path
@@ -246,7 +245,7 @@ async def manage_skills(runner: AgentRunner, request: SkillsRequest) -> SkillsRe
     for i, item in enumerate(request.files):
         try:
             files[item.path] = base64.b64decode(item.content_b64, validate=True)
-        except binascii.Error:
+        except ValueError:  # not base64 (binascii.Error), or not ASCII at all
             raise EnclaveError(
                 400, f"`{item.path}`: the content is not base64.", "invalid_value", f"files[{i}]"
             ) from None

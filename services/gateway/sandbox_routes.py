@@ -8,7 +8,6 @@ in a fresh sandbox and audits the exec (tool, code digest, outcome, duration).
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import TYPE_CHECKING, Literal
 
 import orjson
@@ -68,7 +67,7 @@ def _file_out(item: SandboxFile) -> dict[str, object]:
         data = base64.b64decode(item.content_b64)
         out["bytes"] = len(data)
         out["content"] = data.decode("utf-8")  # when it is text
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
         pass
     return out
 

@@ -37,7 +37,7 @@ HELD_POOL = {"engine": "instant", "tokens": 2, "delay_ms": 50, "queue": 2}
 @pytest.fixture(scope="module")
 def hostile(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """Gateway, router, runtime, guardrails (open policy: screening off), memory, audit,
-    sandbox, and workers of the instant pool and of a small bounded one (`enclave-held`):
+    sandbox, trainer, and workers of the instant pool and of a small bounded one (`enclave-held`):
     every route of the gateway has its service."""
     plat = _platform(services, tmp_path_factory.mktemp("hostile"))
     registry = yaml.safe_load((plat.home / "models.yaml").read_text())
@@ -56,6 +56,7 @@ def hostile(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         plat.start("memory", "memory")
         plat.start("audit", "audit")
         plat.start("sandbox", "sandbox")
+        plat.start("trainer", "trainer")  # /v1/fine_tuning/jobs
         plat.start("gateway", "gateway")
         plat.wait_ready()
         plat.wait_model("enclave-instant")

@@ -18,6 +18,8 @@ from libs.events import (
     MemoryOperation,
     RagReply,
     RagRequest,
+    RetrieveReply,
+    RetrieveRequest,
     TenantDataDelete,
     VectorStoreBodyOp,
     VectorStoreOp,
@@ -67,4 +69,12 @@ async def test_memory_api_from_its_bootstrap(nc: NatsClient, inprocess_settings:
             GroundReply,
         )
         assert grounded.error is None and grounded.sentences
+        # A turn with no text asks no memories (mem0 refuses an empty query: it was a 500).
+        empty = await bus.ask(
+            bus.peers.memory,
+            settings.subjects.memory_retrieve,
+            RetrieveRequest(ctx=ctx, user="u1", query="  ", memories=True),
+            RetrieveReply,
+        )
+        assert empty.error is None and empty.memories == []
         assert grounded.sentences[0].supported

@@ -200,6 +200,8 @@ class Memories:
         return [r["id"] for r in result.get("results", [])]
 
     def search(self, tenant: str, user: str, query: str, limit: int) -> list[dict[str, Any]]:
+        if not query.strip():
+            return []  # nothing asked (a turn with no text): mem0 refuses an empty query
         found = self.memory(tenant).search(query, filters={"user_id": user}, top_k=limit)
         return list(found.get("results", []))
 
