@@ -66,10 +66,13 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Gateway, memory (where /v1/files live), trainer, router, runtime, guardrails, audit
     and a `peft` pool that serves adapters of SmolLM2 (verified bundles, by digest)."""
     home = tmp_path_factory.mktemp("fine-tuning")
-    # 20 streams queue on one peft worker (one generation at a time): long token waits.
+    # 20 streams queue on one peft worker (one generation at a time): long token waits,
+    # and a worker queue that holds them all (the default bound, 16, would refuse 3: the
+    # swap is what is tested here, not admission).
     plat = _platform(
         services,
         home,
+        ENCLAVE_WORKER_QUEUE="32",
         ENCLAVE_MEMORY_TIMEOUT_S="90",
         ENCLAVE_UPSTREAM_TIMEOUT_S="600",
         ENCLAVE_GATEWAY_TIMEOUT_S="900",
