@@ -13,7 +13,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +118,12 @@ def running_platform(
     extra: tuple[tuple[str, str, str | None], ...] = (),
     models: tuple[str, ...] = (),
     registry: dict[str, Any] | None = None,
+    prepare: Callable[[Path], None] | None = None,
 ) -> Iterator[tuple[Platform, int]]:
     """The platform's processes (the instant path plus `extra`) on the real bus, with an
     admin key, the open policy, and `enclave-instant` plus `models` served; its port.
     `registry`: pools and models added to deploy/models.yaml (`{"pools": {...},
-    "models": [...]}`)."""
+    "models": [...]}`); `prepare(home)` runs before any process starts."""
     with infra() as found, tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         port = free_port()
@@ -137,6 +138,8 @@ def running_platform(
         plat.cli("migrate")
         plat.admin_key = plat.create_key("bench", "admin", rpm=100_000_000)
         set_global_policy(plat, OPEN_POLICY)
+        if prepare is not None:
+            prepare(home)
         try:
             for name, service, pool in INSTANT_SERVICES[:2] + extra + INSTANT_SERVICES[2:]:
                 plat.start(name, service, pool)
