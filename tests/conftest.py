@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 import nats
 import pytest
 import yaml
@@ -89,14 +87,7 @@ def _platform(services: Infra, home: Path, **extra: str) -> Platform:
 
 def wait_memory(plat: Platform, timeout: float = 120) -> None:
     """Until the memory service answers through the gateway."""
-    headers = {"Authorization": f"Bearer {plat.admin_key}"}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = httpx.get(plat.base_url + "/v1/vector_stores", headers=headers, timeout=30)
-        if r.status_code == 200:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"memory service not ready in {timeout}s:\n{plat.logs()[-4000:]}")
+    plat.wait_memory(timeout)
 
 
 @pytest.fixture(scope="session")
@@ -110,22 +101,11 @@ def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Itera
         ENCLAVE_MEMORY_TIMEOUT_S="90",
     )
     try:
-        plat.start("router", "inference_router")
-        plat.start("worker-instant", "worker", "instant")
-        plat.start("worker-smollm2", "worker", "smollm2")
-        plat.start("worker-minilm", "worker", "minilm")
-        plat.start("worker-gemma3", "worker", "gemma3")
-        plat.start("worker-slow", "worker", "slow")
-        plat.start("worker-echo", "worker", "echo")
-        plat.start("guardrails", "guardrails")
-        plat.start("runtime", "agent_runtime")
-        plat.start("memory", "memory")
-        plat.start("sandbox", "sandbox")
-        plat.start("gateway", "gateway")
-        plat.wait_ready()
-        wait_memory(plat)
-        plat.wait_model("enclave-instant")
-        plat.wait_model("smollm2-135m-instruct")
+        plat.launch(
+            ["instant", "smollm2", "minilm", "gemma3", "slow", "echo"],
+            ["memory", "sandbox"],
+            ["enclave-instant", "smollm2-135m-instruct"],
+        )
         plat.wait_model("all-minilm-l6-v2", "embedding")
         plat.wait_model("gemma-3-270m", "completion")
         yield plat

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +159,42 @@ class Platform:
         )
         self.procs[name] = proc
         return proc
+
+    def launch(
+        self,
+        workers: Iterable[str] = (),
+        services: Iterable[str] = (),
+        models: Iterable[str] = (),
+    ) -> None:
+        """Start a platform: the router, a worker per pool in `workers` (named
+        `worker-<pool>`), the guardrails, the runtime, `services` (memory, audit, sandbox,
+        trainer, ...; named as their service) and the gateway; then wait until the gateway
+        is ready, memory answers (when started) and a worker serves each chat model of
+        `models`."""
+        self.start("router", "inference_router")
+        for pool in workers:
+            self.start(f"worker-{pool}", "worker", pool)
+        self.start("guardrails", "guardrails")
+        self.start("runtime", "agent_runtime")
+        for service in services:
+            self.start(service, service)
+        self.start("gateway", "gateway")
+        self.wait_ready()
+        if "memory" in self.procs:
+            self.wait_memory()
+        for model in models:
+            self.wait_model(model)
+
+    def wait_memory(self, timeout: float = 120) -> None:
+        """Until the memory service answers through the gateway."""
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = httpx.get(self.base_url + "/v1/vector_stores", headers=headers, timeout=30)
+            if r.status_code == 200:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"memory service not ready in {timeout}s:\n{self.logs()[-4000:]}")
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name)

@@ -48,14 +48,7 @@ def audit_platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) ->
     """Gateway, audit, router, runtime and the instant worker: enough to make audit events."""
     plat = _platform(services, tmp_path_factory.mktemp("audit-platform"))
     try:
-        plat.start("router", "inference_router")
-        plat.start("worker-instant", "worker", "instant")
-        plat.start("guardrails", "guardrails")
-        plat.start("runtime", "agent_runtime")
-        plat.start("audit", "audit")
-        plat.start("gateway", "gateway")
-        plat.wait_ready()
-        plat.wait_model("enclave-instant")
+        plat.launch(["instant"], ["audit"], ["enclave-instant"])
         yield plat
     finally:
         plat.stop_all()

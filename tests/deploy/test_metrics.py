@@ -505,14 +505,7 @@ def test_chats_show_in_every_stages_metrics(services: Infra, tmp_path: Path) -> 
     try:
         plat.cli("migrate")
         plat.admin_key = plat.create_key("acme", "admin", rpm=1_000_000)
-        plat.start("router", "inference_router")
-        plat.start("worker", "worker", "busy")
-        plat.start("guardrails", "guardrails")
-        plat.start("runtime", "agent_runtime")
-        plat.start("audit", "audit")
-        plat.start("gateway", "gateway")
-        plat.wait_ready()
-        plat.wait_model(model)
+        plat.launch(["busy"], ["audit"], [model])
         ports = stage_ports(tmp_path)
         worker, runtime = ports["worker-busy"], ports["agent_runtime"]
         guardrails, gateway = ports["guardrails"], ports["gateway"]

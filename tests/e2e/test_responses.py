@@ -44,13 +44,7 @@ SCRIPTED = (
 def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     plat = _platform(services, tmp_path_factory.mktemp("responses-platform"))
     try:
-        plat.start("router", "inference_router")
-        plat.start("worker-echo-tools", "worker", "echo-tools")
-        plat.start("guardrails", "guardrails")
-        plat.start("runtime", "agent_runtime")
-        plat.start("gateway", "gateway")
-        plat.wait_ready()
-        plat.wait_model(MODEL)
+        plat.launch(["echo-tools"], models=[MODEL])
         yield plat
     finally:
         plat.stop_all()

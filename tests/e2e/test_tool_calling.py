@@ -55,16 +55,7 @@ def named(function: str) -> ChatCompletionNamedToolChoiceParam:
 def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     plat = _platform(services, tmp_path_factory.mktemp("tools-platform"))
     try:
-        plat.start("router", "inference_router")
-        plat.start("worker-echo", "worker", "echo")
-        plat.start("worker-smollm2", "worker", "smollm2")
-        plat.start("guardrails", "guardrails")
-        plat.start("sandbox", "sandbox")
-        plat.start("runtime", "agent_runtime")
-        plat.start("gateway", "gateway")
-        plat.wait_ready()
-        plat.wait_model(ECHO)
-        plat.wait_model(SMOL)
+        plat.launch(["echo", "smollm2"], ["sandbox"], [ECHO, SMOL])
         yield plat
     finally:
         plat.stop_all()

@@ -48,15 +48,7 @@ def platform(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Itera
         ENCLAVE_UPSTREAM_TIMEOUT_S="240",
     )
     try:
-        plat.start("router", "inference_router")
-        plat.start("worker-echo", "worker", "echo")
-        plat.start("worker-smollm2", "worker", "smollm2")
-        plat.start("guardrails", "guardrails")
-        plat.start("runtime", "agent_runtime")
-        plat.start("gateway", "gateway")
-        plat.wait_ready()
-        plat.wait_model(ECHO)
-        plat.wait_model(CHAT)
+        plat.launch(["echo", "smollm2"], models=[ECHO, CHAT])
         yield plat
     finally:
         plat.stop_all()

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from services.backup import HOME_ITEMS
-from tests.conftest import _platform, wait_memory
+from tests.conftest import _platform
 from tests.infra import REPO, Infra, Platform
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="needs restic (Debian)")
@@ -38,16 +38,7 @@ POLICY = b"version: 1\nlevel: tenant\ntenant: vault\n"
 def start(plat: Platform) -> None:
     """What a chat with retrieval and its audit trail pass through (no smollm2: the query
     rewrite is off)."""
-    plat.start("router", "inference_router")
-    plat.start("worker-instant", "worker", "instant")
-    plat.start("guardrails", "guardrails")
-    plat.start("runtime", "agent_runtime")
-    plat.start("memory", "memory")
-    plat.start("audit", "audit")
-    plat.start("gateway", "gateway")
-    plat.wait_ready()
-    wait_memory(plat)
-    plat.wait_model("enclave-instant")
+    plat.launch(["instant"], ["memory", "audit"], ["enclave-instant"])
 
 
 def stop(plat: Platform) -> None:

@@ -20,14 +20,7 @@ TOKEN = "sk-proj-7Hq2Lx9Vb4Nc1Zr8Kw3Tf6Yd"
 def test_no_prompt_pii_or_secret_in_logs_or_traces(services: Infra, tmp_path: Path) -> None:
     plat = _platform(services, tmp_path)
     try:
-        plat.start("router", "inference_router")
-        plat.start("worker-echo", "worker", "echo")
-        plat.start("guardrails", "guardrails")
-        plat.start("runtime", "agent_runtime")
-        plat.start("audit", "audit")
-        plat.start("gateway", "gateway")
-        plat.wait_ready()
-        plat.wait_model("enclave-echo")
+        plat.launch(["echo"], ["audit"], ["enclave-echo"])
         headers = {"Authorization": f"Bearer {plat.admin_key}"}
         prompt = f"Please email {EMAIL} the deploy key {TOKEN} today."
         sent = []

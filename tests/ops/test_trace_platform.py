@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import openai
 
-from tests.conftest import _platform, wait_memory
+from tests.conftest import _platform
 from tests.infra import Infra, Platform
 
 CLIENT_TRACE = "5af7183fb1d4cf5f27e2a1d3c6b7e901"
@@ -65,16 +65,7 @@ HOPS = {
 
 
 def start(plat: Platform) -> None:
-    plat.start("router", "inference_router")
-    plat.start("worker-instant", "worker", "instant")
-    plat.start("guardrails", "guardrails")
-    plat.start("runtime", "agent_runtime")
-    plat.start("memory", "memory")
-    plat.start("audit", "audit")
-    plat.start("gateway", "gateway")
-    plat.wait_ready()
-    wait_memory(plat)
-    plat.wait_model("enclave-instant")
+    plat.launch(["instant"], ["memory", "audit"], ["enclave-instant"])
 
 
 def test_one_chat_is_one_trace_through_every_service(services: Infra, tmp_path: Path) -> None:
