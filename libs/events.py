@@ -854,8 +854,56 @@ class TenantErase(BaseModel):
     op: Literal["tenant.erase"] = "tenant.erase"
 
 
+class EvalSetPut(BaseModel):
+    """Store (or replace) one of the caller's eval sets by name (services/trainer/evals.py's
+    shape). `model`: the base model whose serving version the nightly run evaluates."""
+
+    op: Literal["evals.sets.put"] = "evals.sets.put"
+    name: str = Field(min_length=1, max_length=200)
+    eval_set: dict[str, Any]
+    model: str | None = None
+
+
+class EvalSetsList(BaseModel):
+    op: Literal["evals.sets.list"] = "evals.sets.list"
+
+
+class EvalsRun(BaseModel):
+    """Run the caller's eval set `eval_set` on `model` (a base model or the caller's
+    adapter) and on the version serving that base model; the report is stored. `wait`:
+    answer the finished report (else the run, `in_progress`, to retrieve later)."""
+
+    op: Literal["evals.run"] = "evals.run"
+    eval_set: str
+    model: str
+    judge_model: str | None = None
+    wait: bool = False
+
+
+class EvalsList(BaseModel):
+    op: Literal["evals.list"] = "evals.list"
+    eval_set: str | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+class EvalRetrieve(BaseModel):
+    op: Literal["evals.retrieve"] = "evals.retrieve"
+    run_id: str
+
+
 TrainerOperation = Annotated[
-    JobsCreate | JobsList | JobOp | AdaptersList | AdapterResolve | AdapterRollback | TenantErase,
+    JobsCreate
+    | JobsList
+    | JobOp
+    | AdaptersList
+    | AdapterResolve
+    | AdapterRollback
+    | TenantErase
+    | EvalSetPut
+    | EvalSetsList
+    | EvalsRun
+    | EvalsList
+    | EvalRetrieve,
     Field(discriminator="op"),
 ]
 

@@ -85,6 +85,7 @@ class Trainer:
         self.cfg = cfg
         self.subscriptions: list[Subscription | JetStreamContext.PullSubscription] = []
         self.consumer: asyncio.Task[None] | None = None
+        self.ticker: asyncio.Task[None] | None = None
 
     async def cancel(self, msg: Msg) -> None:
         try:
@@ -109,12 +110,15 @@ class Trainer:
         )
         self.subscriptions.append(jobs)
         self.consumer = asyncio.create_task(_consume(jobs, self.service, self.cfg.progress_s))
+        if self.cfg.schedule_s > 0:
+            self.ticker = asyncio.create_task(_tick(self.service, self.cfg.schedule_s))
 
     async def stop(self) -> None:
-        if self.consumer is not None:
-            self.consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.consumer
+        for task in [self.consumer, self.ticker, *self.service.evals.tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # Unsubscribed here, the broker's drain does not wait 30 s on the pull subscription.
         for sub in self.subscriptions:
             with contextlib.suppress(Exception):
@@ -136,6 +140,16 @@ async def _consume(
             continue
         for msg in msgs:
             await _one(msg, svc, progress_s)
+
+
+async def _tick(svc: TrainerService, every_s: float) -> None:
+    """The daily jobs (nightly evals): checked every `every_s`, each run once a day."""
+    while True:
+        try:
+            await svc.tick()
+        except Exception:
+            log.exception("the trainer's schedule tick failed")
+        await asyncio.sleep(every_s)
 
 
 async def _one(msg: Msg, svc: TrainerService, progress_s: float) -> None:
@@ -207,5 +221,6 @@ async def build(bus: Bus, broker: NatsBroker) -> Trainer:
         announce=announce,
         trainable=lambda model: model in engines.models,
         target_steps=cfg.target_steps,
+        nightly_hour=cfg.nightly_hour,
     )
     return Trainer(bus, service, audit, cfg)

@@ -11,7 +11,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db.engine import sessions
-from libs.db.models import AdapterVersion, FineTuningJobRecord
+from libs.db.models import (
+    AdapterVersion,
+    EvalRunRecord,
+    EvalSetRecord,
+    FineTuningJobRecord,
+    ScheduleClaim,
+)
 from services.trainer.identity import AdapterRef, public_id
 from services.trainer.jobs import FineTuningJob, JobCheckpoint, JobEvent
 
@@ -197,9 +203,92 @@ class TrainerStore:
             back.status, back.status_reason = "promoted", f"rollback from v{top.version}"
             return back
 
+    # -- eval sets and eval runs --
+    async def put_eval_set(
+        self, tenant: str, name: str, model: str | None, digest: str, body: dict[str, Any]
+    ) -> EvalSetRecord:
+        async with self.session() as s, s.begin():
+            row = await s.get(EvalSetRecord, (tenant, name), with_for_update=True)
+            now = datetime.now(UTC)
+            if row is None:
+                row = EvalSetRecord(tenant=tenant, name=name, created_at=now)
+                s.add(row)
+            row.model, row.digest, row.body, row.updated_at = model, digest, body, now
+        return row
+
+    async def eval_set(self, tenant: str, name: str) -> EvalSetRecord | None:
+        async with self.session() as s:
+            return await s.get(EvalSetRecord, (tenant, name))
+
+    async def eval_sets(self, tenant: str | None = None) -> Sequence[EvalSetRecord]:
+        """A tenant's eval sets; every tenant's with None (the nightly run)."""
+        q = select(EvalSetRecord).order_by(EvalSetRecord.tenant, EvalSetRecord.name)
+        if tenant is not None:
+            q = q.where(EvalSetRecord.tenant == tenant)
+        async with self.session() as s:
+            return (await s.execute(q)).scalars().all()
+
+    async def add_eval_run(self, row: EvalRunRecord) -> EvalRunRecord:
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return row
+
+    async def finish_eval_run(
+        self, run_id: str, status: str, report: dict[str, Any], error: str | None
+    ) -> EvalRunRecord:
+        async with self.session() as s, s.begin():
+            row = await s.get(EvalRunRecord, run_id, with_for_update=True)
+            if row is None:
+                raise LookupError(f"no eval run {run_id}")
+            row.status, row.report, row.error = status, report, error
+            row.completed_at = datetime.now(UTC)
+        return row
+
+    async def eval_run(self, tenant: str, run_id: str) -> EvalRunRecord | None:
+        q = select(EvalRunRecord).where(EvalRunRecord.id == run_id, EvalRunRecord.tenant == tenant)
+        async with self.session() as s:
+            return (await s.execute(q)).scalar_one_or_none()
+
+    async def eval_runs(
+        self,
+        tenant: str,
+        eval_set: str | None = None,
+        limit: int = 20,
+        *,
+        model_key: str | None = None,
+        digest: str | None = None,
+        status: str | None = None,
+    ) -> Sequence[EvalRunRecord]:
+        """A tenant's eval runs, newest first."""
+        q = select(EvalRunRecord).where(EvalRunRecord.tenant == tenant)
+        if eval_set is not None:
+            q = q.where(EvalRunRecord.eval_set == eval_set)
+        if model_key is not None:
+            q = q.where(EvalRunRecord.model_key == model_key)
+        if digest is not None:
+            q = q.where(EvalRunRecord.eval_set_digest == digest)
+        if status is not None:
+            q = q.where(EvalRunRecord.status == status)
+        q = q.order_by(EvalRunRecord.created_at.desc(), EvalRunRecord.id).limit(limit)
+        async with self.session() as s:
+            return (await s.execute(q)).scalars().all()
+
+    # -- scheduled jobs: one replica claims each job's day --
+    async def claim(self, job: str, day: str) -> bool:
+        """True for the first caller of (job, day), False for every later one."""
+        try:
+            async with self.session() as s, s.begin():
+                s.add(ScheduleClaim(job=job, day=day, claimed_at=datetime.now(UTC)))
+        except IntegrityError:
+            return False
+        return True
+
     async def delete_tenant(self, tenant: str) -> dict[str, int]:
-        """Erase the tenant's jobs and adapter versions (the tenant's erasure)."""
+        """Erase the tenant's jobs, adapter versions, eval sets and eval runs (the
+        tenant's erasure)."""
         async with sessions(self.engine)() as s, s.begin():
+            await s.execute(delete(EvalRunRecord).where(EvalRunRecord.tenant == tenant))
+            await s.execute(delete(EvalSetRecord).where(EvalSetRecord.tenant == tenant))
             jobs = await s.execute(
                 delete(FineTuningJobRecord).where(FineTuningJobRecord.tenant == tenant)
             )
