@@ -891,6 +891,33 @@ class EvalRetrieve(BaseModel):
     run_id: str
 
 
+class FeedbackCreate(BaseModel):
+    """A rating of one of the tenant's completions (POST
+    /v1/chat/completions/{completion_id}/feedback): up or down, with an optional
+    correction. Refused (403) unless the tenant opted in to learning from feedback."""
+
+    op: Literal["feedback.create"] = "feedback.create"
+    completion_id: str = Field(min_length=1, max_length=200)
+    rating: Literal["up", "down"]
+    correction: str | None = Field(default=None, max_length=20_000)
+
+
+class LearningGet(BaseModel):
+    op: Literal["learning.get"] = "learning.get"
+
+
+class LearningConfigure(BaseModel):
+    """A tenant admin's settings of learning from feedback (services/trainer/learning.py);
+    fields left out keep their value."""
+
+    op: Literal["learning.configure"] = "learning.configure"
+    feedback: bool | None = None
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
+    base_model: str | None = None
+    eval_set: str | None = None
+    min_examples: int | None = Field(default=None, ge=1, le=100_000)
+
+
 TrainerOperation = Annotated[
     JobsCreate
     | JobsList
@@ -903,7 +930,10 @@ TrainerOperation = Annotated[
     | EvalSetsList
     | EvalsRun
     | EvalsList
-    | EvalRetrieve,
+    | EvalRetrieve
+    | FeedbackCreate
+    | LearningGet
+    | LearningConfigure,
     Field(discriminator="op"),
 ]
 
@@ -922,6 +952,24 @@ class TrainerReply(BaseModel):
     status: int = 200
     body: Any = None
     error: ErrorInfo | None = None
+
+
+class TurnLogged(BaseModel):
+    """runtime -> trainer (core NATS `trainer.turns`, queue group `trainer`): one finished
+    chat or completion turn as screened, for tenants that opted in to learning from
+    feedback (the trainer drops the others). `messages` is the input the model saw
+    (pseudonyms in place of what the guardrails replaced), `answer` choice 0 as shown,
+    real values replaced by their placeholders again."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    completion_id: str
+    kind: Literal["chat", "completion"]
+    model: str
+    adapter: str | None = None
+    messages: list[dict[str, Any]]
+    answer: str
+    created_at: int = Field(default_factory=lambda: int(time.time()))
 
 
 class ModelsChanged(BaseModel):

@@ -263,3 +263,45 @@ class ScheduleClaim(Base):
     job: Mapped[str] = mapped_column(String(64), primary_key=True)
     day: Mapped[str] = mapped_column(String(10), primary_key=True)
     claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LearningRecord(Base):
+    """A tenant's settings of learning from feedback (services/trainer/learning.py) and
+    the state of its scheduled learning (the last job submitted, the ratings it used)."""
+
+    __tablename__ = "trainer_learning"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LoggedTurn(Base):
+    """A finished turn of a tenant that opted in, as screened (placeholders, not real
+    values); destroyed once past the tenant's retention."""
+
+    __tablename__ = "trainer_turns"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    completion_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(400))
+    adapter: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class TurnFeedback(Base):
+    """A rating of a logged turn (up or down, an optional correction), by whom."""
+
+    __tablename__ = "trainer_feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    completion_id: Mapped[str] = mapped_column(String(200))
+    rating: Mapped[str] = mapped_column(String(8))
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -15,6 +15,13 @@ Eval sets and runs (same permission, the trainer's `evals.*` operations): `POST 
 `GET /v1/evals` lists them; `POST /v1/evals/{name}/runs` `{"model", "judge_model"?}`
 starts a run (answered `in_progress`); `GET /v1/evals/{name}/runs` lists runs, newest
 first; `GET /v1/evals/{name}/runs/{run_id}` is one run with its report.
+
+Learning from feedback (opt in per tenant): `GET /v1/fine_tuning/learning` and `PUT
+/v1/fine_tuning/learning` `{"feedback"?, "retention_days"?, "base_model"?, "eval_set"?,
+"min_examples"?}` (a tenant admin changes it); `POST
+/v1/chat/completions/{completion_id}/feedback` `{"rating": "up"|"down", "correction"?}`
+rates one of the tenant's completions (permission `infer`; 403 while the tenant has not
+opted in, 404 for another tenant's completion or one not logged).
 """
 
 from __future__ import annotations
@@ -34,10 +41,13 @@ from libs.events import (
     EvalSetsList,
     EvalsList,
     EvalsRun,
+    FeedbackCreate,
     FileOp,
     JobOp,
     JobsCreate,
     JobsList,
+    LearningConfigure,
+    LearningGet,
     RagReply,
     RagRequest,
     TrainerReply,
@@ -92,6 +102,27 @@ class CreateEvalSet(BaseModel):
     items: list[dict[str, Any]] = Field(min_length=1)
     judge_model: str | None = None
     model: str | None = None  # the base model whose serving version runs nightly
+
+
+class Rating(BaseModel):
+    """POST /v1/chat/completions/{completion_id}/feedback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rating: Literal["up", "down"]
+    correction: str | None = Field(default=None, max_length=20_000)
+
+
+class Learning(BaseModel):
+    """PUT /v1/fine_tuning/learning: fields left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feedback: bool | None = None
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
+    base_model: str | None = None
+    eval_set: str | None = None
+    min_examples: int | None = Field(default=None, ge=1, le=100_000)
 
 
 class CreateEvalRun(BaseModel):
@@ -263,6 +294,27 @@ def register(app: FastAPI, gw: Gateway) -> None:
         if orjson.loads(bytes(response.body)).get("eval_set") != name:
             raise EnclaveError(404, f"No eval run found with id {run_id!r}.", "not_found")
         return response
+
+    @app.get("/v1/fine_tuning/learning", response_model=None)
+    async def get_learning(request: Request) -> Response:
+        return await trainer(await auth(request), LearningGet())
+
+    @app.put("/v1/fine_tuning/learning", response_model=None)
+    async def put_learning(request: Request) -> Response:
+        ctx = await auth(request)
+        body = _body(Learning, await gw.read_json(request))
+        return await trainer(ctx, LearningConfigure(**body.model_dump()))
+
+    @app.post("/v1/chat/completions/{completion_id}/feedback", response_model=None)
+    async def rate_completion(completion_id: str, request: Request) -> Response:
+        ctx = await gw.auth.check_request(request, Action.INFER)
+        body = _body(Rating, await gw.read_json(request))
+        return await trainer(
+            ctx,
+            FeedbackCreate(
+                completion_id=completion_id, rating=body.rating, correction=body.correction
+            ),
+        )
 
     @app.get("/v1/files/{file_id}/content", response_model=None)
     async def file_content(file_id: str, request: Request) -> Response:

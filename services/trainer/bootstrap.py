@@ -38,6 +38,7 @@ from libs.events import (
     FineTuningJobStatus,
     ModelsChanged,
     TrainerRequest,
+    TurnLogged,
 )
 from libs.rpc import Bus, serve
 from libs.settings import Settings
@@ -93,10 +94,20 @@ class Trainer:
         except Exception:
             log.exception("cancel failed")
 
+    async def turn(self, msg: Msg) -> None:
+        try:
+            await self.service.feedback.log_turn(TurnLogged.model_validate_json(msg.data))
+        except Exception:
+            log.exception("a logged turn was not kept")
+
     async def start(self) -> None:
         self.audit.start()
         nc, subjects = self.bus.nc, self.bus.subjects
         self.subscriptions.append(await nc.subscribe(subjects.trainer_cancel, cb=self.cancel))
+        # Turns as screened, for learning from feedback: one replica keeps each.
+        self.subscriptions.append(
+            await nc.subscribe(subjects.trainer_turns, queue="trainer", cb=self.turn)
+        )
         self.subscriptions.append(
             await serve(nc, subjects.trainer_api, TrainerRequest, self.service.api, queue="trainer")
         )

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from libs.context import RequestContext
-from libs.errors import ErrorInfo
+from libs.errors import EnclaveError, ErrorInfo
 from libs.events import (
     AdapterResolve,
     AdapterRollback,
@@ -39,12 +39,15 @@ from libs.events import (
     EvalSetsList,
     EvalsList,
     EvalsRun,
+    FeedbackCreate,
     FineTuningCancel,
     FineTuningJobRequested,
     FineTuningJobStatus,
     JobOp,
     JobsCreate,
     JobsList,
+    LearningConfigure,
+    LearningGet,
     ModelsChanged,
     TenantErase,
     TrainerReply,
@@ -56,6 +59,7 @@ from services.trainer.adapters.sql import TrainerStore, adapter_public, ref
 from services.trainer.engine import Cancelled, Engine, TrainResult, TrainSettings
 from services.trainer.eval_runs import EvalNotFound, EvalRunner, Target
 from services.trainer.evals import EvalReport, EvalSet, GateDecision, gate
+from services.trainer.feedback import FeedbackService
 from services.trainer.identity import NotFound, public_id, resolve
 from services.trainer.schedule import Daily, due
 from services.trainer.training_file import (
@@ -125,10 +129,19 @@ class TrainerService:
             max_new_tokens=self.max_new_tokens,
             clock=self.clock,
         )
+        self.feedback = FeedbackService(
+            store=self.store, submit=self._create, audit=self.audit, clock=self.clock
+        )
 
     # -- daily jobs, run by the trainer's ticker --
     def daily_jobs(self) -> list[Daily]:
-        return [Daily("evals.nightly", self.nightly_hour)]
+        # Retention first (any hour: nothing outlives it by more than a day), then the
+        # learning job (its adapter is gated), then the nightly evals.
+        return [
+            Daily("retention.purge", 0),
+            Daily("learning.nightly", self.nightly_hour),
+            Daily("evals.nightly", self.nightly_hour),
+        ]
 
     async def tick(self) -> dict[str, Any]:
         """Run the daily jobs due now that no replica claimed yet; what each did."""
@@ -141,6 +154,10 @@ class TrainerService:
             try:
                 if job == "evals.nightly":
                     out[job] = await self.evals.nightly(day)
+                elif job == "retention.purge":
+                    out[job] = await self.feedback.purge()
+                elif job == "learning.nightly":
+                    out[job] = await self.feedback.learn()
             except Exception:
                 log.exception("daily job %s of %s failed", job, day)
         return out
@@ -571,6 +588,14 @@ class TrainerService:
                     )
                 case EvalRetrieve():
                     return TrainerReply(body=await self.evals.retrieve(ctx.tenant, op.run_id))
+                case FeedbackCreate():
+                    return TrainerReply(body=await self.feedback.rate(ctx, op))
+                case LearningGet():
+                    return TrainerReply(body=await self.feedback.describe(ctx.tenant))
+                case LearningConfigure():
+                    return TrainerReply(body=await self.feedback.configure(ctx, op))
+        except EnclaveError as exc:
+            return TrainerReply(status=exc.info.status, error=exc.info)
         except EvalNotFound as exc:
             return _error(404, str(exc), "not_found")
         except bundle.BundleError as exc:

@@ -16,10 +16,18 @@ from libs.db.models import (
     EvalRunRecord,
     EvalSetRecord,
     FineTuningJobRecord,
+    LearningRecord,
+    LoggedTurn,
     ScheduleClaim,
+    TurnFeedback,
 )
 from services.trainer.identity import AdapterRef, public_id
 from services.trainer.jobs import FineTuningJob, JobCheckpoint, JobEvent
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def ref(row: AdapterVersion) -> AdapterRef:
@@ -283,11 +291,144 @@ class TrainerStore:
             return False
         return True
 
+    # -- learning from feedback: settings, logged turns, ratings --
+    async def learning(self, tenant: str) -> LearningRecord | None:
+        async with self.session() as s:
+            return await s.get(LearningRecord, tenant)
+
+    async def learning_all(self) -> Sequence[LearningRecord]:
+        async with self.session() as s:
+            return (await s.execute(select(LearningRecord))).scalars().all()
+
+    async def put_learning(
+        self,
+        tenant: str,
+        settings: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> LearningRecord:
+        async with self.session() as s, s.begin():
+            row = await s.get(LearningRecord, tenant, with_for_update=True)
+            if row is None:
+                row = LearningRecord(tenant=tenant, settings={}, state={})
+                s.add(row)
+            if settings is not None:
+                row.settings = settings
+            if state is not None:
+                row.state = state
+            row.updated_at = datetime.now(UTC)
+        return row
+
+    async def add_turn(self, row: LoggedTurn) -> bool:
+        """False if that completion was logged already (a redelivery)."""
+        try:
+            async with self.session() as s, s.begin():
+                s.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    async def turn(self, tenant: str, completion_id: str) -> LoggedTurn | None:
+        async with self.session() as s:
+            return await s.get(LoggedTurn, (tenant, completion_id))
+
+    async def add_feedback(self, row: TurnFeedback) -> TurnFeedback:
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return row
+
+    async def rated_turns(self, tenant: str) -> list[tuple[LoggedTurn, TurnFeedback]]:
+        """The tenant's logged turns with their latest rating (unrated ones left out)."""
+        async with self.session() as s:
+            ratings = (
+                (
+                    await s.execute(
+                        select(TurnFeedback)
+                        .where(TurnFeedback.tenant == tenant)
+                        .order_by(TurnFeedback.created_at, TurnFeedback.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            latest = {r.completion_id: r for r in ratings}
+            turns = (
+                (
+                    await s.execute(
+                        select(LoggedTurn)
+                        .where(LoggedTurn.tenant == tenant)
+                        .order_by(LoggedTurn.created_at)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        return [(t, latest[t.completion_id]) for t in turns if t.completion_id in latest]
+
+    async def feedback_since(self, tenant: str, since: datetime | None) -> int:
+        q = select(func.count()).select_from(TurnFeedback).where(TurnFeedback.tenant == tenant)
+        if since is not None:
+            q = q.where(TurnFeedback.created_at > since)
+        async with self.session() as s:
+            return int(await s.scalar(q) or 0)
+
+    async def tenants_with_turns(self) -> list[str]:
+        async with self.session() as s:
+            a = (await s.execute(select(LoggedTurn.tenant).distinct())).scalars().all()
+            b = (await s.execute(select(TurnFeedback.tenant).distinct())).scalars().all()
+        return sorted({*a, *b})
+
+    async def purge(self, tenant: str, before: datetime) -> dict[str, Any]:
+        """Destroy the tenant's turns and ratings older than `before` (and the ratings of
+        the turns destroyed): how many, and the range of their times."""
+        async with self.session() as s, s.begin():
+            old = (
+                await s.execute(
+                    select(LoggedTurn.completion_id, LoggedTurn.created_at).where(
+                        LoggedTurn.tenant == tenant, LoggedTurn.created_at < before
+                    )
+                )
+            ).all()
+            ids = [r[0] for r in old]
+            rated = (
+                (
+                    await s.execute(
+                        select(TurnFeedback.created_at).where(
+                            TurnFeedback.tenant == tenant,
+                            (TurnFeedback.created_at < before)
+                            | TurnFeedback.completion_id.in_(ids),
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            await s.execute(
+                delete(TurnFeedback).where(
+                    TurnFeedback.tenant == tenant,
+                    (TurnFeedback.created_at < before) | TurnFeedback.completion_id.in_(ids),
+                )
+            )
+            await s.execute(
+                delete(LoggedTurn).where(
+                    LoggedTurn.tenant == tenant, LoggedTurn.created_at < before
+                )
+            )
+        times = [_aware(r[1]) for r in old] + [_aware(t) for t in rated]
+        return {
+            "turns": len(ids),
+            "feedback": len(rated),
+            "oldest": min(times).isoformat() if times else None,
+            "newest": max(times).isoformat() if times else None,
+        }
+
     async def delete_tenant(self, tenant: str) -> dict[str, int]:
         """Erase the tenant's jobs, adapter versions, eval sets and eval runs (the
         tenant's erasure)."""
         async with sessions(self.engine)() as s, s.begin():
             await s.execute(delete(EvalRunRecord).where(EvalRunRecord.tenant == tenant))
+            await s.execute(delete(TurnFeedback).where(TurnFeedback.tenant == tenant))
+            await s.execute(delete(LoggedTurn).where(LoggedTurn.tenant == tenant))
+            await s.execute(delete(LearningRecord).where(LearningRecord.tenant == tenant))
             await s.execute(delete(EvalSetRecord).where(EvalSetRecord.tenant == tenant))
             jobs = await s.execute(
                 delete(FineTuningJobRecord).where(FineTuningJobRecord.tenant == tenant)
