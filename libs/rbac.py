@@ -179,6 +179,8 @@ BUS_OPERATIONS: dict[str, Permission] = {
     "audit_api_export": Permission.READ_AUDIT,
     "trainer_jobs": Permission.FINE_TUNE,
     "trainer_cancel": Permission.FINE_TUNE,
+    # Its `feedback.create` is a rating by anyone who may chat (the gateway's route checks
+    # `infer`); `learning.configure` is a tenant admin's (the trainer checks the role).
     "trainer_api": Permission.FINE_TUNE,
     "agent_resume": Permission.APPROVE_TOOLS,
     "agent_skills": Permission.MANAGE_SKILLS,

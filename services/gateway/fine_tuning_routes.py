@@ -123,6 +123,7 @@ class Learning(BaseModel):
     base_model: str | None = None
     eval_set: str | None = None
     min_examples: int | None = Field(default=None, ge=1, le=100_000)
+    hyperparameters: dict[str, Any] | None = None
 
 
 class CreateEvalRun(BaseModel):

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from libs.context import RequestContext
 from libs.db.models import LoggedTurn, TurnFeedback
 from libs.errors import EnclaveError
@@ -36,6 +38,7 @@ from libs.events import (
     TrainerReply,
     TurnLogged,
 )
+from services.trainer import jobs
 from services.trainer.adapters.sql import TrainerStore
 from services.trainer.learning import LearningSettings, Rated, cutoff, learning_due, training_set
 
@@ -149,6 +152,13 @@ class FeedbackService:
         current = LearningSettings.model_validate(row.settings if row else {})
         changes = op.model_dump(exclude={"op"}, exclude_none=True)
         new = LearningSettings.model_validate({**current.model_dump(), **changes})
+        try:
+            jobs.Hyperparameters.model_validate(new.hyperparameters)
+        except ValidationError as exc:
+            why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise EnclaveError(
+                400, f"invalid hyperparameters: {why}", "invalid_value", "hyperparameters"
+            ) from None
         if new.eval_set and await self.store.eval_set(ctx.tenant, new.eval_set) is None:
             raise EnclaveError(
                 400, f"No eval set named {new.eval_set!r}.", "invalid_value", "eval_set"
@@ -236,6 +246,8 @@ class FeedbackService:
                     model=settings.base_model,
                     training_file=f"feedback-{now.date().isoformat()}",
                     training_data=data,
+                    hyperparameters=settings.hyperparameters,
+                    seed=0,  # the same rated turns train the same adapter
                     suffix="feedback",
                     metadata={
                         "source": "feedback",

@@ -10,7 +10,7 @@ without is left out. The set is OpenAI's chat-format JSONL (libs/training_file.p
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -28,6 +28,8 @@ class LearningSettings(BaseModel):
     base_model: str | None = None  # the model the learning job fine-tunes
     eval_set: str | None = None  # the tenant's eval set that gates the new adapter
     min_examples: int = Field(default=8, ge=1, le=100_000)
+    # The learning job's hyperparameters (OpenAI's; {} is "auto" for each).
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
 
 
 def cutoff(now: datetime, retention_days: int) -> datetime:
@@ -38,7 +40,7 @@ def cutoff(now: datetime, retention_days: int) -> datetime:
 @dataclass(frozen=True)
 class Rated:
     completion_id: str
-    messages: list[Mapping[str, Any]]
+    messages: Sequence[Mapping[str, Any]]
     answer: str
     rating: Literal["up", "down"]
     correction: str | None = None

@@ -90,6 +90,8 @@ async def test_ratings_are_opt_in_and_only_on_the_tenants_own_completions(site: 
     on = await site.ask("acme", LearningConfigure(feedback=True, retention_days=10))
     assert on.body["feedback"] and on.body["retention_days"] == 10
     assert (await site.ask("acme", LearningConfigure(eval_set="nope"))).status == 400
+    bad_hp = await site.ask("acme", LearningConfigure(hyperparameters={"n_epochs": "many"}))
+    assert bad_hp.status == 400 and "n_epochs" in bad_hp.error.message  # type: ignore[union-attr]
 
     assert await fb.log_turn(_turn("acme", 1, now))
     assert not await fb.log_turn(_turn("acme", 1, now))  # a redelivery: kept once
