@@ -310,6 +310,8 @@ def register(app: FastAPI, gw: Gateway) -> None:
     async def rate_completion(completion_id: str, request: Request) -> Response:
         ctx = await gw.auth.check_request(request, Action.INFER)
         body = _body(Rating, await gw.read_json(request))
+        if len(completion_id) > 200:  # no completion has such an id
+            raise EnclaveError(404, "No completion found with that id.", "not_found")
         return await trainer(
             ctx,
             FeedbackCreate(

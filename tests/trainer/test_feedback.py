@@ -231,6 +231,10 @@ async def test_the_gateways_feedback_and_learning_routes(
                 path, headers=h(user), json={"rating": "down", "correction": "Better."}
             )
             assert rated.status_code == 200 and rated.json()["correction"] == "Better."
+            long_id = "/v1/chat/completions/" + "x" * 300 + "/feedback"
+            assert (
+                await http.post(long_id, headers=h(user), json={"rating": "up"})
+            ).status_code == 404
             theirs = await http.post(path, headers=h(other), json={"rating": "up"})
             assert theirs.status_code == 403  # globex did not opt in
             got = await http.get("/v1/fine_tuning/learning", headers=h(dev))
