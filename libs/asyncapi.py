@@ -377,6 +377,17 @@ CHANNELS: tuple[Channel, ...] = (
         replies=(events.TrainerReply,),
     ),
     Channel(
+        "trainerTurns",
+        "trainer_turns",
+        _s.trainer_turns,
+        "A finished turn as screened (input with pseudonyms, the answer as shown, real "
+        "values replaced by placeholders), kept by the trainer for tenants that opted in "
+        "to learning from feedback (best effort, core NATS).",
+        (events.TurnLogged,),
+        ("agent_runtime",),
+        Receiver(("trainer",), "trainer", "nats-py"),
+    ),
+    Channel(
         "audit",
         "audit",
         _s.audit("{tenant}", "{kind}"),

@@ -854,8 +854,87 @@ class TenantErase(BaseModel):
     op: Literal["tenant.erase"] = "tenant.erase"
 
 
+class EvalSetPut(BaseModel):
+    """Store (or replace) one of the caller's eval sets by name (services/trainer/evals.py's
+    shape). `model`: the base model whose serving version the nightly run evaluates."""
+
+    op: Literal["evals.sets.put"] = "evals.sets.put"
+    name: str = Field(min_length=1, max_length=200)
+    eval_set: dict[str, Any]
+    model: str | None = None
+
+
+class EvalSetsList(BaseModel):
+    op: Literal["evals.sets.list"] = "evals.sets.list"
+
+
+class EvalsRun(BaseModel):
+    """Run the caller's eval set `eval_set` on `model` (a base model or the caller's
+    adapter) and on the version serving that base model; the report is stored. `wait`:
+    answer the finished report (else the run, `in_progress`, to retrieve later)."""
+
+    op: Literal["evals.run"] = "evals.run"
+    eval_set: str
+    model: str
+    judge_model: str | None = None
+    wait: bool = False
+
+
+class EvalsList(BaseModel):
+    op: Literal["evals.list"] = "evals.list"
+    eval_set: str | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+
+
+class EvalRetrieve(BaseModel):
+    op: Literal["evals.retrieve"] = "evals.retrieve"
+    run_id: str
+
+
+class FeedbackCreate(BaseModel):
+    """A rating of one of the tenant's completions (POST
+    /v1/chat/completions/{completion_id}/feedback): up or down, with an optional
+    correction. Refused (403) unless the tenant opted in to learning from feedback."""
+
+    op: Literal["feedback.create"] = "feedback.create"
+    completion_id: str = Field(min_length=1, max_length=200)
+    rating: Literal["up", "down"]
+    correction: str | None = Field(default=None, max_length=20_000)
+
+
+class LearningGet(BaseModel):
+    op: Literal["learning.get"] = "learning.get"
+
+
+class LearningConfigure(BaseModel):
+    """A tenant admin's settings of learning from feedback (services/trainer/learning.py);
+    fields left out keep their value."""
+
+    op: Literal["learning.configure"] = "learning.configure"
+    feedback: bool | None = None
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
+    base_model: str | None = None
+    eval_set: str | None = None
+    min_examples: int | None = Field(default=None, ge=1, le=100_000)
+    hyperparameters: dict[str, Any] | None = None
+
+
 TrainerOperation = Annotated[
-    JobsCreate | JobsList | JobOp | AdaptersList | AdapterResolve | AdapterRollback | TenantErase,
+    JobsCreate
+    | JobsList
+    | JobOp
+    | AdaptersList
+    | AdapterResolve
+    | AdapterRollback
+    | TenantErase
+    | EvalSetPut
+    | EvalSetsList
+    | EvalsRun
+    | EvalsList
+    | EvalRetrieve
+    | FeedbackCreate
+    | LearningGet
+    | LearningConfigure,
     Field(discriminator="op"),
 ]
 
@@ -874,6 +953,24 @@ class TrainerReply(BaseModel):
     status: int = 200
     body: Any = None
     error: ErrorInfo | None = None
+
+
+class TurnLogged(BaseModel):
+    """runtime -> trainer (core NATS `trainer.turns`, queue group `trainer`): one finished
+    chat or completion turn as screened, for tenants that opted in to learning from
+    feedback (the trainer drops the others). `messages` is the input the model saw
+    (pseudonyms in place of what the guardrails replaced), `answer` choice 0 as shown,
+    real values replaced by their placeholders again."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    completion_id: str
+    kind: Literal["chat", "completion"]
+    model: str
+    adapter: str | None = None
+    messages: list[dict[str, Any]]
+    answer: str
+    created_at: int = Field(default_factory=lambda: int(time.time()))
 
 
 class ModelsChanged(BaseModel):

@@ -136,6 +136,14 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): Permission.FINE_TUNE,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): Permission.FINE_TUNE,
     ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): Permission.FINE_TUNE,
+    ("POST", "/v1/evals"): Permission.FINE_TUNE,
+    ("GET", "/v1/evals"): Permission.FINE_TUNE,
+    ("POST", "/v1/evals/{name}/runs"): Permission.FINE_TUNE,
+    ("GET", "/v1/evals/{name}/runs"): Permission.FINE_TUNE,
+    ("GET", "/v1/evals/{name}/runs/{run_id}"): Permission.FINE_TUNE,
+    ("GET", "/v1/fine_tuning/learning"): Permission.FINE_TUNE,
+    ("PUT", "/v1/fine_tuning/learning"): Permission.FINE_TUNE,
+    ("POST", "/v1/chat/completions/{completion_id}/feedback"): Permission.INFER,
     ("GET", "/v1/approvals"): Permission.APPROVE_TOOLS,
     ("GET", "/v1/approvals/{approval_id}"): Permission.APPROVE_TOOLS,
     ("POST", "/v1/approvals/{approval_id}"): Permission.APPROVE_TOOLS,
@@ -171,6 +179,8 @@ BUS_OPERATIONS: dict[str, Permission] = {
     "audit_api_export": Permission.READ_AUDIT,
     "trainer_jobs": Permission.FINE_TUNE,
     "trainer_cancel": Permission.FINE_TUNE,
+    # Its `feedback.create` is a rating by anyone who may chat (the gateway's route checks
+    # `infer`); `learning.configure` is a tenant admin's (the trainer checks the role).
     "trainer_api": Permission.FINE_TUNE,
     "agent_resume": Permission.APPROVE_TOOLS,
     "agent_skills": Permission.MANAGE_SKILLS,

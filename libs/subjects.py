@@ -223,3 +223,8 @@ class Subjects:
     @property
     def trainer_api(self) -> str:
         return self._s("trainer.api")
+
+    @property
+    def trainer_turns(self) -> str:
+        """Finished turns as screened, for learning from feedback (core NATS)."""
+        return self._s("trainer.turns")

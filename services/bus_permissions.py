@@ -137,6 +137,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.memory_retrieve,
                 s.memory_ground,
                 s.memory_store,
+                s.trainer_turns,  # a finished turn as screened (learning from feedback)
                 *_consumes(s.chat_stream_name),
                 # Agents: their tools (sandbox, file search) and delegated child turns.
                 s.sandbox_exec,
@@ -218,7 +219,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 *_consumes(s.trainer_stream_name),
             ),
             # The adapters of a tenant listed in /v1/models: the router asks trainer.api.
-            subscribe=(s.trainer_jobs, s.trainer_api, s.trainer_cancel),
+            subscribe=(s.trainer_jobs, s.trainer_api, s.trainer_cancel, s.trainer_turns),
         ),
     }
     return {

@@ -18,6 +18,7 @@ from services import keys_cli
 from services.agent_runtime import skills_cli
 from services.audit import cli as audit_cli
 from services.trainer import cli as trainer_cli
+from services.trainer import eval_cli
 
 if TYPE_CHECKING:
     from libs.service import ServiceApp
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     audit_cli.add_parser(sub)
     trainer_cli.add_parser(sub)
+    eval_cli.add_parser(sub)
     backup_cli.add_parsers(sub)
     skills_cli.add_parser(sub)
 
@@ -187,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return audit_cli.run(args, settings)
     elif args.command == "adapters":
         return trainer_cli.run(args, settings)
+    elif args.command == "eval":
+        return eval_cli.run(args, settings)
     elif args.command == "skills":
         return skills_cli.run(args, settings)
     elif args.command in ("backup", "restore"):

@@ -215,3 +215,93 @@ class TenantProviderRecord(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class EvalSetRecord(Base):
+    """A tenant's eval set (services/trainer/evals.py), stored by name; `model` is the
+    base model whose serving version the nightly run evaluates (None: not nightly)."""
+
+    __tablename__ = "trainer_eval_sets"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    digest: Mapped[str] = mapped_column(String(80))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class EvalRunRecord(Base):
+    """One run of an eval set on a model: the report (pass rate per task and overall, the
+    serving version's and the deltas), kept and listed per tenant."""
+
+    __tablename__ = "trainer_eval_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    eval_set: Mapped[str] = mapped_column(String(200))
+    eval_set_digest: Mapped[str] = mapped_column(String(80))
+    model: Mapped[str] = mapped_column(String(400))
+    # What answered: an adapter's digest or the base model's id (reports compare on it).
+    model_key: Mapped[str] = mapped_column(String(400))
+    status: Mapped[str] = mapped_column(String(32))
+    trigger: Mapped[str] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ScheduleClaim(Base):
+    """A scheduled job's run on one day, claimed by the first trainer replica (the
+    primary key makes the claim once per job and day)."""
+
+    __tablename__ = "trainer_schedule"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LearningRecord(Base):
+    """A tenant's settings of learning from feedback (services/trainer/learning.py) and
+    the state of its scheduled learning (the last job submitted, the ratings it used)."""
+
+    __tablename__ = "trainer_learning"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LoggedTurn(Base):
+    """A finished turn of a tenant that opted in, as screened (placeholders, not real
+    values); destroyed once past the tenant's retention."""
+
+    __tablename__ = "trainer_turns"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    completion_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(400))
+    adapter: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class TurnFeedback(Base):
+    """A rating of a logged turn (up or down, an optional correction), by whom."""
+
+    __tablename__ = "trainer_feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    completion_id: Mapped[str] = mapped_column(String(200))
+    rating: Mapped[str] = mapped_column(String(8))
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

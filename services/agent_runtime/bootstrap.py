@@ -48,6 +48,7 @@ from libs.events import (
     SkillsRequest,
     TurnCancelled,
     TurnEvent,
+    TurnLogged,
     Usage,
 )
 from libs.generation import AnyGeneration, GenerationClient, RouteCache
@@ -58,9 +59,9 @@ from services.agent_runtime.adapters.agent_ports import NatsAgentPorts
 from services.agent_runtime.agent_runner import AgentRunner, manage_skills
 from services.agent_runtime.agents import agent_name
 from services.agent_runtime.passthrough import InputPassthrough
-from services.agent_runtime.pipeline import run_turn
+from services.agent_runtime.pipeline import Transcript, run_turn
 from services.agent_runtime.ports import RuntimePorts
-from services.agent_runtime.turn_audit import record_turn
+from services.agent_runtime.turn_audit import record_turn, served_by
 
 log = logging.getLogger("enclave.agent_runtime")
 INTERNAL = ErrorInfo(
@@ -178,6 +179,23 @@ class Runtime:
             await asyncio.wait(self.running, timeout=30)
         await self.audit.close()
 
+    async def _log_turn(self, event: ChatRequested, last: TurnEvent, t: Transcript) -> None:
+        """The turn as screened, for learning from feedback (the trainer keeps it only for
+        a tenant that opted in); best effort."""
+        logged = TurnLogged(
+            ctx=event.ctx,
+            completion_id=("chatcmpl-" if event.kind == "chat" else "cmpl-") + event.ctx.request_id,
+            kind=event.kind,
+            model=event.model,
+            adapter=served_by(last),
+            messages=t.messages,
+            answer=t.text(),
+        )
+        try:
+            await self.bus.nc.publish(self.bus.subjects.trainer_turns, event_bytes(logged))
+        except Exception:
+            log.exception("turn %s not logged", event.ctx.request_id)
+
     async def _on_policy_changed(self, msg: Msg) -> None:
         self.ports.passthrough.policy_changed()
 
@@ -259,10 +277,14 @@ class Runtime:
             event.ctx = with_span(event.ctx, span)
             turn = self.ports.turn(event)
             name = agent_name(event.model)
+            transcript: Transcript | None = None
             if name is not None and self.agents is not None:
                 work = asyncio.ensure_future(self.agents.chat(event, name, turn))
             else:
-                work = asyncio.ensure_future(run_turn(event, turn, self.settings.turn_retries))
+                transcript = Transcript()
+                work = asyncio.ensure_future(
+                    run_turn(event, turn, self.settings.turn_retries, transcript)
+                )
             self.turns[event.reply_subject] = work
             self.turn_ids[event.ctx.request_id] = event.reply_subject
             beating = asyncio.create_task(self._heartbeat(event, work))
@@ -290,6 +312,9 @@ class Runtime:
                 self.cancelled_responses.discard(event.reply_subject)
         self._observe(event, turn.first, last, started)
         await record_turn(self.audit, event, last, failure)
+        done = last is not None and last.done and last.error is None
+        if transcript is not None and transcript.messages and done and last is not None:
+            await self._log_turn(event, last, transcript)
         external = turn.external_call()
         if external is not None:
             provider, pool, sent = external

@@ -16,8 +16,8 @@ memory).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
@@ -39,7 +39,7 @@ from libs.events import (
     TurnEvent,
     Usage,
 )
-from libs.guard_window import OutputWindow, Structure, restore, structure_of
+from libs.guard_window import OutputWindow, Structure, pseudonymize, restore, structure_of
 
 # Turns before the last user message sent along with a retrieval (for query rewriting).
 HISTORY_MESSAGES = 4
@@ -83,6 +83,20 @@ class TurnPorts(Protocol):
     async def remember(self, event: MemoryStoreRequested) -> None: ...
 
     async def ground(self, request: GroundRequest) -> GroundReply: ...
+
+
+@dataclass
+class Transcript:
+    """The turn as screened, filled by `run_turn` for the log of learning from feedback
+    (events.TurnLogged): the input the model saw (placeholders where the guardrails
+    replaced values) and choice 0 as shown, its real values replaced by placeholders."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    answer: list[str] = field(default_factory=list)
+    pseudonyms: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return pseudonymize("".join(self.answer), self.pseudonyms)
 
 
 @dataclass(frozen=True)
@@ -185,13 +199,19 @@ def _retrieval(event: ChatRequested, plan: TurnPlan, pseudonyms: dict[str, str])
     )
 
 
-async def run_turn(event: ChatRequested, ports: TurnPorts, retries: int = 1) -> TurnEvent:
+async def run_turn(
+    event: ChatRequested,
+    ports: TurnPorts,
+    retries: int = 1,
+    transcript: Transcript | None = None,
+) -> TurnEvent:
     """Run one turn to its end; every outcome, errors included, reaches the client.
 
     A worker that dies before its first token (`worker_lost`) is replaced by another of the
     pool, up to `retries` times; once a token came, its death ends the turn with the error
     (the client never sees a token twice).
-    Returns the last event the client was sent: the turn's outcome."""
+    Returns the last event the client was sent: the turn's outcome. `transcript`, when
+    given, gets the turn as screened."""
     ctx = event.ctx
 
     async def send(turn_event: TurnEvent) -> TurnEvent:
@@ -216,6 +236,12 @@ async def run_turn(event: ChatRequested, ports: TurnPorts, retries: int = 1) -> 
         ]
         return await send(TurnEvent(deltas=filtered, usage=Usage(), done=True))
     event = _guarded(event, verdict)
+    if transcript is not None:
+        transcript.messages = (
+            [{"role": "user", "content": event.prompt or ""}]
+            if event.kind == "completion"
+            else [{"role": m.role, "content": m.content or ""} for m in event.messages]
+        )
     event = _with_default(event, route)
     # A route that may fail over is relayed by the turn: a pool's error before its first
     # token must not reach the client, the next pool's answer must.
@@ -273,6 +299,10 @@ async def run_turn(event: ChatRequested, ports: TurnPorts, retries: int = 1) -> 
             tokens = tokens or bool(ev.deltas)
             # Direct: the worker sent it to the client itself; the turn only watches.
             last = ev
+            if transcript is not None:
+                transcript.pseudonyms = pseudonyms
+                if plan.direct or window is None:
+                    transcript.answer.extend(d.content for d in ev.deltas if d.index == 0)
             if not plan.direct:
                 shown = ev.deltas
                 if window is not None:
@@ -283,6 +313,8 @@ async def run_turn(event: ChatRequested, ports: TurnPorts, retries: int = 1) -> 
                     if isinstance(released, ErrorInfo):
                         return await fail(released)
                     shown = released
+                    if transcript is not None:
+                        transcript.answer.extend(d.content for d in shown if d.index == 0)
                 if plan.remember:
                     # What the user saw (screened, redacted or blocked), never the raw answer:
                     # the conversation buffer feeds later prompts.

@@ -9,6 +9,19 @@ stores it, queues it on its JetStream work queue and answers the job object. Eve
 read is within the caller's tenant; another tenant's job is a 404, as a missing one.
 
 `GET /v1/files/{file_id}/content` returns a file's bytes (the SDK's `files.content`).
+
+Eval sets and runs (same permission, the trainer's `evals.*` operations): `POST /v1/evals`
+`{"name", "items", "judge_model"?, "model"?}` stores (or replaces) an eval set;
+`GET /v1/evals` lists them; `POST /v1/evals/{name}/runs` `{"model", "judge_model"?}`
+starts a run (answered `in_progress`); `GET /v1/evals/{name}/runs` lists runs, newest
+first; `GET /v1/evals/{name}/runs/{run_id}` is one run with its report.
+
+Learning from feedback (opt in per tenant): `GET /v1/fine_tuning/learning` and `PUT
+/v1/fine_tuning/learning` `{"feedback"?, "retention_days"?, "base_model"?, "eval_set"?,
+"min_examples"?}` (a tenant admin changes it); `POST
+/v1/chat/completions/{completion_id}/feedback` `{"rating": "up"|"down", "correction"?}`
+rates one of the tenant's completions (permission `infer`; 403 while the tenant has not
+opted in, 404 for another tenant's completion or one not logged).
 """
 
 from __future__ import annotations
@@ -23,10 +36,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from libs.context import RequestContext
 from libs.errors import EnclaveError
 from libs.events import (
+    EvalRetrieve,
+    EvalSetPut,
+    EvalSetsList,
+    EvalsList,
+    EvalsRun,
+    FeedbackCreate,
     FileOp,
     JobOp,
     JobsCreate,
     JobsList,
+    LearningConfigure,
+    LearningGet,
     RagReply,
     RagRequest,
     TrainerReply,
@@ -70,6 +91,55 @@ class CreateJob(BaseModel):
         if self.method is not None and self.method.supervised is not None:
             return self.method.supervised.hyperparameters
         return self.hyperparameters or {}
+
+
+class CreateEvalSet(BaseModel):
+    """POST /v1/evals: the eval set (services/trainer/evals.py) and its name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    items: list[dict[str, Any]] = Field(min_length=1)
+    judge_model: str | None = None
+    model: str | None = None  # the base model whose serving version runs nightly
+
+
+class Rating(BaseModel):
+    """POST /v1/chat/completions/{completion_id}/feedback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rating: Literal["up", "down"]
+    correction: str | None = Field(default=None, max_length=20_000)
+
+
+class Learning(BaseModel):
+    """PUT /v1/fine_tuning/learning: fields left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feedback: bool | None = None
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
+    base_model: str | None = None
+    eval_set: str | None = None
+    min_examples: int | None = Field(default=None, ge=1, le=100_000)
+    hyperparameters: dict[str, Any] | None = None
+
+
+class CreateEvalRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    judge_model: str | None = None
+
+
+def _body(model: type[BaseModel], raw: Any) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise EnclaveError(400, err["msg"], "invalid_value", param) from None
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -192,6 +262,62 @@ def register(app: FastAPI, gw: Gateway) -> None:
     @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", response_model=None)
     async def job_checkpoints(job_id: str, request: Request) -> Response:
         return await job_op(request, "jobs.checkpoints", job_id)
+
+    @app.post("/v1/evals", response_model=None)
+    async def create_eval_set(request: Request) -> Response:
+        ctx = await auth(request)
+        body = _body(CreateEvalSet, await gw.read_json(request))
+        eval_set = {"items": body.items, "judge_model": body.judge_model}
+        return await trainer(ctx, EvalSetPut(name=body.name, eval_set=eval_set, model=body.model))
+
+    @app.get("/v1/evals", response_model=None)
+    async def list_eval_sets(request: Request) -> Response:
+        return await trainer(await auth(request), EvalSetsList())
+
+    @app.post("/v1/evals/{name}/runs", response_model=None)
+    async def create_eval_run(name: str, request: Request) -> Response:
+        ctx = await auth(request)
+        body = _body(CreateEvalRun, await gw.read_json(request))
+        return await trainer(
+            ctx, EvalsRun(eval_set=name, model=body.model, judge_model=body.judge_model)
+        )
+
+    @app.get("/v1/evals/{name}/runs", response_model=None)
+    async def list_eval_runs(name: str, request: Request) -> Response:
+        ctx = await auth(request)
+        limit = _int(request.query_params.get("limit"), "limit", 20, 100)
+        return await trainer(ctx, EvalsList(eval_set=name, limit=limit))
+
+    @app.get("/v1/evals/{name}/runs/{run_id}", response_model=None)
+    async def retrieve_eval_run(name: str, run_id: str, request: Request) -> Response:
+        ctx = await auth(request)
+        response = await trainer(ctx, EvalRetrieve(run_id=run_id))
+        if orjson.loads(bytes(response.body)).get("eval_set") != name:
+            raise EnclaveError(404, f"No eval run found with id {run_id!r}.", "not_found")
+        return response
+
+    @app.get("/v1/fine_tuning/learning", response_model=None)
+    async def get_learning(request: Request) -> Response:
+        return await trainer(await auth(request), LearningGet())
+
+    @app.put("/v1/fine_tuning/learning", response_model=None)
+    async def put_learning(request: Request) -> Response:
+        ctx = await auth(request)
+        body = _body(Learning, await gw.read_json(request))
+        return await trainer(ctx, LearningConfigure(**body.model_dump()))
+
+    @app.post("/v1/chat/completions/{completion_id}/feedback", response_model=None)
+    async def rate_completion(completion_id: str, request: Request) -> Response:
+        ctx = await gw.auth.check_request(request, Action.INFER)
+        body = _body(Rating, await gw.read_json(request))
+        if len(completion_id) > 200:  # no completion has such an id
+            raise EnclaveError(404, "No completion found with that id.", "not_found")
+        return await trainer(
+            ctx,
+            FeedbackCreate(
+                completion_id=completion_id, rating=body.rating, correction=body.correction
+            ),
+        )
 
     @app.get("/v1/files/{file_id}/content", response_model=None)
     async def file_content(file_id: str, request: Request) -> Response:

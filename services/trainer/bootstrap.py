@@ -38,6 +38,7 @@ from libs.events import (
     FineTuningJobStatus,
     ModelsChanged,
     TrainerRequest,
+    TurnLogged,
 )
 from libs.rpc import Bus, serve
 from libs.settings import Settings
@@ -85,6 +86,7 @@ class Trainer:
         self.cfg = cfg
         self.subscriptions: list[Subscription | JetStreamContext.PullSubscription] = []
         self.consumer: asyncio.Task[None] | None = None
+        self.ticker: asyncio.Task[None] | None = None
 
     async def cancel(self, msg: Msg) -> None:
         try:
@@ -92,10 +94,20 @@ class Trainer:
         except Exception:
             log.exception("cancel failed")
 
+    async def turn(self, msg: Msg) -> None:
+        try:
+            await self.service.feedback.log_turn(TurnLogged.model_validate_json(msg.data))
+        except Exception:
+            log.exception("a logged turn was not kept")
+
     async def start(self) -> None:
         self.audit.start()
         nc, subjects = self.bus.nc, self.bus.subjects
         self.subscriptions.append(await nc.subscribe(subjects.trainer_cancel, cb=self.cancel))
+        # Turns as screened, for learning from feedback: one replica keeps each.
+        self.subscriptions.append(
+            await nc.subscribe(subjects.trainer_turns, queue="trainer", cb=self.turn)
+        )
         self.subscriptions.append(
             await serve(nc, subjects.trainer_api, TrainerRequest, self.service.api, queue="trainer")
         )
@@ -109,12 +121,15 @@ class Trainer:
         )
         self.subscriptions.append(jobs)
         self.consumer = asyncio.create_task(_consume(jobs, self.service, self.cfg.progress_s))
+        if self.cfg.schedule_s > 0:
+            self.ticker = asyncio.create_task(_tick(self.service, self.cfg.schedule_s))
 
     async def stop(self) -> None:
-        if self.consumer is not None:
-            self.consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.consumer
+        for task in [self.consumer, self.ticker, *self.service.evals.tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # Unsubscribed here, the broker's drain does not wait 30 s on the pull subscription.
         for sub in self.subscriptions:
             with contextlib.suppress(Exception):
@@ -136,6 +151,16 @@ async def _consume(
             continue
         for msg in msgs:
             await _one(msg, svc, progress_s)
+
+
+async def _tick(svc: TrainerService, every_s: float) -> None:
+    """The daily jobs (nightly evals): checked every `every_s`, each run once a day."""
+    while True:
+        try:
+            await svc.tick()
+        except Exception:
+            log.exception("the trainer's schedule tick failed")
+        await asyncio.sleep(every_s)
 
 
 async def _one(msg: Msg, svc: TrainerService, progress_s: float) -> None:
@@ -207,5 +232,6 @@ async def build(bus: Bus, broker: NatsBroker) -> Trainer:
         announce=announce,
         trainable=lambda model: model in engines.models,
         target_steps=cfg.target_steps,
+        nightly_hour=cfg.nightly_hour,
     )
     return Trainer(bus, service, audit, cfg)

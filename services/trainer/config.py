@@ -26,6 +26,10 @@ class TrainerSettings(BaseSettings):
     # torch's OpenMP threads spin when the cores are busy (measured on 2 shared cores:
     # 6-9 s a training step with 1 thread, 40-60 s with 2). 0: torch's default (all cores).
     threads: int = 1
+    # Daily jobs (the nightly eval run): checked every `schedule_s` (0: never), due from
+    # `nightly_hour` UTC, run once a day by one replica.
+    schedule_s: float = 300.0
+    nightly_hour: int = 2
 
     def resolved(self, settings: Settings) -> TrainerSettings:
         home = settings.home

@@ -13,8 +13,13 @@ checks on the answer:
 An item passes when every one of its checks passes. A report gives the pass rate per
 task and overall; `deltas` compares a candidate's report with the serving version's on
 the same eval set (same digest); `gate` promotes the candidate only if no task's pass
-rate went down (and the overall rate did not either). Rubrics judged by a model are not
-here yet (services/trainer/README.md).
+rate went down (and the overall rate did not either).
+
+A `rubric` check is judged by a model the tenant chooses (the set's `judge_model`, or
+the one a run names): `rubric_requests` gives the judge's prompts (the rubric, the
+question, the answer; "answer PASS or FAIL"), `parse_verdict` reads what the judge said,
+and `score` takes those verdicts by `verdict_key(item id, check index)`. A rubric check
+without a verdict, or with a verdict that says neither PASS nor FAIL, fails.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class Check(BaseModel):
-    type: Literal["exact", "contains", "regex"]
+    type: Literal["exact", "contains", "regex", "rubric"]
     value: str
     ignore_case: bool = False
 
@@ -44,6 +49,9 @@ class Check(BaseModel):
         return self
 
     def passes(self, answer: str) -> bool:
+        """exact / contains / regex; a rubric check is judged by a model (`score`)."""
+        if self.type == "rubric":
+            raise ValueError("a rubric check is judged by a model, not matched")
         text, value = answer.strip(), self.value
         if self.type == "regex":
             return re.search(value, text, re.IGNORECASE if self.ignore_case else 0) is not None
@@ -69,6 +77,8 @@ class EvalItem(BaseModel):
 class EvalSet(BaseModel):
     name: str = "eval"
     items: list[EvalItem] = Field(min_length=1)
+    # Judges the `rubric` checks: a base model or one of the tenant's adapters (its own).
+    judge_model: str | None = None
 
     @field_validator("items")
     @classmethod
@@ -124,17 +134,84 @@ class EvalReport(BaseModel):
         }
 
 
-def score(eval_set: EvalSet, answers: Mapping[str, str], model: str) -> EvalReport:
-    """The report of `answers` (by item id); a missing answer fails its item."""
+JUDGE_SYSTEM = (
+    "You grade an assistant's answer against a rubric. Reply with one word: "
+    "PASS if the answer meets the rubric, FAIL if it does not."
+)
+
+
+def verdict_key(item_id: str, index: int) -> str:
+    return f"{item_id}#{index}"
+
+
+def judge_prompt(item: EvalItem, rubric: str, answer: str) -> list[dict[str, str]]:
+    question = "\n".join(f"{m.role}: {m.content}" for m in item.messages)
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM},
+        {
+            "role": "user",
+            "content": f"Rubric: {rubric}\n\nConversation:\n{question}\n\n"
+            f"Answer to grade:\n{answer}\n\nPASS or FAIL?",
+        },
+    ]
+
+
+def rubric_requests(
+    eval_set: EvalSet, answers: Mapping[str, str]
+) -> list[tuple[str, list[dict[str, str]]]]:
+    """(verdict key, judge prompt) for every rubric check of an item that was answered."""
+    out: list[tuple[str, list[dict[str, str]]]] = []
+    for item in eval_set.items:
+        answer = answers.get(item.id)
+        if answer is None:
+            continue
+        for i, check in enumerate(item.checks):
+            if check.type == "rubric":
+                out.append((verdict_key(item.id, i), judge_prompt(item, check.value, answer)))
+    return out
+
+
+_VERDICT = re.compile(r"\b(PASS|FAIL)(?:ED|ES)?\b", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> bool | None:
+    """The judge's verdict: its first PASS or FAIL word (True / False); None if neither."""
+    m = _VERDICT.search(text)
+    if m is None:
+        return None
+    return m.group(1).upper() == "PASS"
+
+
+def _failed(item: EvalItem, answer: str, verdicts: Mapping[str, bool | None] | None) -> list[str]:
+    failed: list[str] = []
+    for i, check in enumerate(item.checks):
+        if check.type != "rubric":
+            if not check.passes(answer):
+                failed.append(f"{check.type}:{check.value}")
+            continue
+        key = verdict_key(item.id, i)
+        if verdicts is None or key not in verdicts:
+            failed.append(f"rubric:{check.value} (no judge)")
+        elif verdicts[key] is None:
+            failed.append(f"rubric:{check.value} (the judge said neither PASS nor FAIL)")
+        elif not verdicts[key]:
+            failed.append(f"rubric:{check.value}")
+    return failed
+
+
+def score(
+    eval_set: EvalSet,
+    answers: Mapping[str, str],
+    model: str,
+    verdicts: Mapping[str, bool | None] | None = None,
+) -> EvalReport:
+    """The report of `answers` (by item id) and the judge's `verdicts` on rubric checks
+    (by `verdict_key`); a missing answer fails its item."""
     results: list[ItemResult] = []
     tasks: dict[str, TaskScore] = {}
     for item in eval_set.items:
         answer = answers.get(item.id)
-        failed = (
-            [f"{c.type}:{c.value}" for c in item.checks if not c.passes(answer)]
-            if answer is not None
-            else ["no answer"]
-        )
+        failed = _failed(item, answer, verdicts) if answer is not None else ["no answer"]
         results.append(
             ItemResult(
                 id=item.id,

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,25 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from libs.context import RequestContext
-from libs.errors import ErrorInfo
+from libs.errors import EnclaveError, ErrorInfo
 from libs.events import (
     AdapterResolve,
     AdapterRollback,
     AdaptersList,
+    EvalRetrieve,
+    EvalSetPut,
+    EvalSetsList,
+    EvalsList,
+    EvalsRun,
+    FeedbackCreate,
     FineTuningCancel,
     FineTuningJobRequested,
     FineTuningJobStatus,
     JobOp,
     JobsCreate,
     JobsList,
+    LearningConfigure,
+    LearningGet,
     ModelsChanged,
     TenantErase,
     TrainerReply,
@@ -48,8 +57,11 @@ from services.trainer import bundle, jobs
 from services.trainer.adapters.bundles import BundleDir, read_bundle
 from services.trainer.adapters.sql import TrainerStore, adapter_public, ref
 from services.trainer.engine import Cancelled, Engine, TrainResult, TrainSettings
-from services.trainer.evals import EvalReport, EvalSet, GateDecision, gate, score
+from services.trainer.eval_runs import EvalNotFound, EvalRunner, Target
+from services.trainer.evals import EvalReport, EvalSet, GateDecision, gate
+from services.trainer.feedback import FeedbackService
 from services.trainer.identity import NotFound, public_id, resolve
+from services.trainer.schedule import Daily, due
 from services.trainer.training_file import (
     Example,
     TrainingFileError,
@@ -104,6 +116,51 @@ class TrainerService:
     max_new_tokens: int = 32  # for sample answers and eval answers
     clock: Callable[[], int] = field(default=lambda: int(time.time()))
     running: dict[str, threading.Event] = field(default_factory=dict)
+    # Daily jobs (services/trainer/schedule.py): the UTC hour each is due from.
+    nightly_hour: int = 2
+    done: set[tuple[str, str]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.evals = EvalRunner(
+            store=self.store,
+            engines=self.engines,
+            trusted_keys=self.trusted_keys,
+            audit=self.audit,
+            max_new_tokens=self.max_new_tokens,
+            clock=self.clock,
+        )
+        self.feedback = FeedbackService(
+            store=self.store, submit=self._create, audit=self.audit, clock=self.clock
+        )
+
+    # -- daily jobs, run by the trainer's ticker --
+    def daily_jobs(self) -> list[Daily]:
+        # Retention first (any hour: nothing outlives it by more than a day), then the
+        # learning job (its adapter is gated), then the nightly evals.
+        return [
+            Daily("retention.purge", 0),
+            Daily("learning.nightly", self.nightly_hour),
+            Daily("evals.nightly", self.nightly_hour),
+        ]
+
+    async def tick(self) -> dict[str, Any]:
+        """Run the daily jobs due now that no replica claimed yet; what each did."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        out: dict[str, Any] = {}
+        for job, day in due(self.daily_jobs(), now, self.done):
+            self.done.add((job, day))
+            if not await self.store.claim(job, day):
+                continue  # another replica runs it today
+            try:
+                if job == "evals.nightly":
+                    out[job] = await self.evals.nightly(day)
+                elif job == "retention.purge":
+                    out[job] = await self.feedback.purge()
+                elif job == "learning.nightly":
+                    out[job] = await self.feedback.learn()
+            except Exception:
+                log.exception("daily job %s of %s failed", job, day)
+        return out
 
     # -- the job --
     @staticmethod
@@ -365,16 +422,20 @@ class TrainerService:
         eval_set: EvalSet,
         adapter_files: Mapping[str, bytes],
     ) -> tuple[GateDecision, dict[str, Any]]:
-        prompts = [[m.model_dump() for m in item.messages] for item in eval_set.items]
-        ids = [item.id for item in eval_set.items]
+        judge: Target | None = None
+        if eval_set.judge_model:
+            try:
+                judge = await self.evals.target(job.tenant, eval_set.judge_model)
+            except (NotFound, ValueError, OSError) as exc:
+                why = f"not promoted: the judge model cannot be used: {exc}"
+                decision = GateDecision(False, [why])
+                return decision, {"eval_set": eval_set.digest(), "gate": decision.as_dict()}
 
-        async def answers(files: Mapping[str, bytes] | None) -> dict[str, str]:
-            got = await asyncio.to_thread(
-                engine.generate, prompts, files, max_new_tokens=self.max_new_tokens, seed=0
-            )
-            return dict(zip(ids, got, strict=True))
+        async def run(files: Mapping[str, bytes] | None, label: str) -> EvalReport:
+            target = Target(label, label, job.model, engine, files)
+            return await self.evals.evaluate(job.tenant, target, eval_set, None, judge)
 
-        candidate = score(eval_set, await answers(adapter_files), f"{job.model}:{job.id}")
+        candidate = await run(adapter_files, f"{job.model}:{job.id}")
         serving_row = await self.store.promoted(job.tenant, job.model)
         serving: EvalReport | None = None
         if serving_row is not None:
@@ -393,9 +454,9 @@ class TrainerService:
                     why = f"not promoted: {serving_row.public_id}'s bundle cannot be read: {exc}"
                     decision = GateDecision(False, [why])
                     return decision, {"eval_set": eval_set.digest(), "gate": decision.as_dict()}
-                serving = score(eval_set, await answers(files), serving_row.public_id)
+                serving = await run(files, serving_row.public_id)
         if serving is None:
-            serving = score(eval_set, await answers(None), job.model)
+            serving = await run(None, job.model)
         decision = gate(candidate, serving)
         return decision, {
             "eval_set": eval_set.digest(),
@@ -515,6 +576,30 @@ class TrainerService:
                             "insufficient_permissions",
                         )
                     return await self._erase(ctx.tenant)
+                case EvalSetPut():
+                    return TrainerReply(body=await self.evals.put_set(ctx, op))
+                case EvalSetsList():
+                    return TrainerReply(body=await self.evals.sets(ctx.tenant))
+                case EvalsRun():
+                    return TrainerReply(body=await self.evals.run(ctx, op))
+                case EvalsList():
+                    return TrainerReply(
+                        body=await self.evals.runs(ctx.tenant, op.eval_set, op.limit)
+                    )
+                case EvalRetrieve():
+                    return TrainerReply(body=await self.evals.retrieve(ctx.tenant, op.run_id))
+                case FeedbackCreate():
+                    return TrainerReply(body=await self.feedback.rate(ctx, op))
+                case LearningGet():
+                    return TrainerReply(body=await self.feedback.describe(ctx.tenant))
+                case LearningConfigure():
+                    return TrainerReply(body=await self.feedback.configure(ctx, op))
+        except EnclaveError as exc:
+            return TrainerReply(status=exc.info.status, error=exc.info)
+        except EvalNotFound as exc:
+            return _error(404, str(exc), "not_found")
+        except bundle.BundleError as exc:
+            return _error(409, f"the adapter's bundle does not verify: {exc}", "bundle_invalid")
         except NotFound as exc:
             return _error(404, str(exc), "model_not_found", "model")
         except ValueError as exc:

@@ -26,6 +26,7 @@ from libs.events import (
     RouteReply,
     RouteRequest,
     TurnEvent,
+    TurnLogged,
 )
 from libs.rpc import ReplyRouter, serve
 from libs.service import running
@@ -116,11 +117,26 @@ async def test_the_runtime_runs_turns_from_its_bootstrap(
     stand_ins = StandIns(nc, settings)
     await stand_ins.start()
     client = await ReplyRouter(nc, settings.subjects.chat_stream("gw1", "")).start()
+    logged: list[TurnLogged] = []
+
+    async def keep(msg: Msg) -> None:
+        logged.append(TurnLogged.model_validate_json(msg.data))
+
+    await nc.subscribe(settings.subjects.trainer_turns, cb=keep)
     async with running(settings, "agent_runtime", build) as service:
         assert isinstance(service, Runtime)
         # Output screened: the runtime relays through the window, naming both replicas.
         text, got = await turn(nc, client, settings.subjects, "strict")
         assert text == "Hello, world"
+        # The finished turn as screened goes to the trainer (learning from feedback).
+        for _ in range(100):
+            if logged:
+                break
+            await asyncio.sleep(0.01)
+        (entry,) = logged
+        assert entry.ctx.tenant == "strict" and entry.answer == "Hello, world"
+        assert entry.completion_id == "chatcmpl-" + entry.ctx.request_id
+        assert entry.messages == [{"role": "user", "content": "hi"}]
         assert got[-1].headers is not None and got[-1].headers[WORKER_HEADER] == "w1"
         assert stand_ins.generated[-1].client_subject is None
         assert ("output", "strict") in stand_ins.asked

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.trainer.evals import Check, EvalSet, deltas, gate, score
+from services.trainer.evals import (
+    JUDGE_SYSTEM,
+    Check,
+    EvalSet,
+    deltas,
+    gate,
+    parse_verdict,
+    rubric_requests,
+    score,
+    verdict_key,
+)
 
 SET = EvalSet.model_validate(
     {
@@ -88,3 +98,57 @@ def test_the_gate_refuses_a_regression_and_promotes_an_improvement() -> None:
     assert decision.deltas["refunds"] == 0.5
     other_set = EvalSet.model_validate({"items": [SET.items[0].model_dump()]})
     assert not gate(score(other_set, {"r1": "14 days"}, "x"), serving).promote
+
+
+RUBRIC = EvalSet.model_validate(
+    {
+        "name": "tone",
+        "judge_model": "judge",
+        "items": [
+            {
+                "id": "t1",
+                "task": "tone",
+                "messages": [{"role": "user", "content": "My parcel is late."}],
+                "checks": [
+                    {"type": "contains", "value": "sorry", "ignore_case": True},
+                    {"type": "rubric", "value": "The answer apologises and offers a next step."},
+                ],
+            }
+        ],
+    }
+)
+
+
+def test_the_judges_verdict_is_read_from_its_first_pass_or_fail() -> None:
+    assert parse_verdict("PASS") is True
+    assert parse_verdict(" fail.") is False
+    assert parse_verdict("Verdict: Passed, it apologises") is True
+    assert parse_verdict("FAIL - though it would PASS elsewhere") is False
+    assert parse_verdict("The answer is fine") is None
+    assert parse_verdict("bypass the rule") is None  # a word, not a verdict
+    with pytest.raises(ValueError, match="judged by a model"):
+        Check(type="rubric", value="polite").passes("x")
+
+
+def test_rubric_checks_are_judged_by_the_verdicts_given() -> None:
+    answers = {"t1": "Sorry! I will open a claim with the carrier."}
+    asks = rubric_requests(RUBRIC, answers)
+    assert [k for k, _ in asks] == [verdict_key("t1", 1)]
+    prompt = asks[0][1]
+    assert prompt[0]["content"] == JUDGE_SYSTEM
+    assert "apologises and offers a next step" in prompt[1]["content"]
+    assert "open a claim with the carrier" in prompt[1]["content"]
+    assert "My parcel is late." in prompt[1]["content"]
+    assert rubric_requests(RUBRIC, {}) == []  # nothing answered: nothing to judge
+
+    judged = score(RUBRIC, answers, "m", {verdict_key("t1", 1): True})
+    assert judged.pass_rate == 1.0
+    refused = score(RUBRIC, answers, "m", {verdict_key("t1", 1): False})
+    assert refused.results[0].failed_checks == [
+        "rubric:The answer apologises and offers a next step."
+    ]
+    unclear = score(RUBRIC, answers, "m", {verdict_key("t1", 1): None})
+    assert "neither PASS nor FAIL" in unclear.results[0].failed_checks[0]
+    unjudged = score(RUBRIC, answers, "m")
+    assert "(no judge)" in unjudged.results[0].failed_checks[0]
+    assert unjudged.pass_rate == 0.0

@@ -24,6 +24,7 @@ from libs.events import (
     ModelsChanged,
     TrainerReply,
     TrainerRequest,
+    TurnLogged,
 )
 from libs.rpc import Bus, Peer
 from libs.service import running
@@ -97,6 +98,25 @@ async def test_trainer_from_its_bootstrap(bus_settings: Settings) -> None:
                     break
                 await asyncio.sleep(0.1)
             assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+            # A turn from the runtime on trainer.turns: kept for a tenant that opted in.
+            store = service.service.store
+            await store.put_learning("acme", settings={"feedback": True})
+            logged = TurnLogged(
+                ctx=RequestContext(tenant="acme", request_id="r9"),
+                completion_id="chatcmpl-r9",
+                kind="chat",
+                model="m",
+                messages=[{"role": "user", "content": "hi"}],
+                answer="hello",
+            )
+            await nc.publish(subjects.trainer_turns, event_bytes(logged))
+            for _ in range(100):
+                if await store.turn("acme", "chatcmpl-r9") is not None:
+                    break
+                await asyncio.sleep(0.05)
+            kept = await store.turn("acme", "chatcmpl-r9")
+            assert kept is not None and kept.answer == "hello"
     finally:
         await nc.close()
 

@@ -1,7 +1,9 @@
 """Real LoRA fine-tuning on CPU (peft on transformers, SmolLM2-135M-Instruct from its GGUF):
 a job lowers held-out loss and its adapter answers differently from the base model at
-temperature 0; the eval gate promotes a better adapter and refuses a deliberately worse one;
-a running job stops when cancelled. Status events travel over the real NATS server.
+temperature 0; the eval gate promotes a better adapter and refuses a deliberately worse one
+(trained by the daily learning job from up-rated bad answers: the old adapter keeps
+serving); an eval run whose rubric the base model judges; a running job stops when
+cancelled. Status events travel over the real NATS server.
 
 The data is made up here (a refund guarantee named "Bluebird Promise" that no model knows);
 nothing was tuned on the held-out questions or the eval set.
@@ -25,10 +27,15 @@ from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
 from libs.events import (
     AdapterResolve,
+    EvalSetPut,
+    EvalsRun,
+    FeedbackCreate,
     FineTuningCancel,
     FineTuningJobRequested,
     FineTuningJobStatus,
+    LearningConfigure,
     TrainerRequest,
+    TurnLogged,
 )
 from libs.settings import Settings
 from libs.signing import ensure_key_pair, load_private_key, trusted_keys
@@ -60,7 +67,7 @@ HELD_OUT = [
     "What's the refund guarantee's name?",
     "Under which name do you offer refunds?",
 ]
-EVAL_SET = {
+EVAL_SET: dict[str, Any] = {
     "name": "refunds",
     "items": [
         {
@@ -196,10 +203,58 @@ async def test_fine_tuning_learns_and_the_gate_keeps_the_better_adapter(
     checkpoints = (await svc.store.job("acme", job.id)).checkpoints  # type: ignore[union-attr]
     assert checkpoints and checkpoints[-1]["metrics"]["train_loss"] < 1.0
 
-    # A deliberately worse adapter (trained to refuse) regresses on the eval set: refused.
-    worse = await svc.run_job(
-        request(jsonl(QUESTIONS, WRONG), validation=jsonl(HELD_OUT, WRONG), eval_set=EVAL_SET)
+    # An eval run of what serves (v1), its rubric judged by the base model for real: the
+    # report is stored with v1's pass rate; v1 serves, so its deltas are nought.
+    acme = RequestContext(tenant="acme", request_id="r", actor="key-admin", role="admin")
+    rubric = {**EVAL_SET, "judge_model": BASE}
+    rubric["items"] = [
+        {**item, "checks": [*item["checks"], {"type": "rubric", "value": "It names a guarantee."}]}
+        for item in EVAL_SET["items"]
+    ]
+    put = EvalSetPut(name="refunds", eval_set=rubric, model=BASE)
+    assert (await svc.api(TrainerRequest(ctx=acme, operation=put))).error is None
+    ran = await svc.api(
+        TrainerRequest(
+            ctx=acme, operation=EvalsRun(eval_set="refunds", model=f"acme/{BASE}:ft", wait=True)
+        )
     )
+    assert ran.body["status"] == "completed", ran.body
+    assert ran.body["model"] == f"acme/{BASE}:ft-v1" and ran.body["deltas"]["_overall"] == 0.0
+    judged = [r["failed_checks"] for r in ran.body["report"]["candidate"]["results"]]
+    assert not any("no judge" in c for checks in judged for c in checks)
+
+    # Learning from feedback: users up-rate refusals (deliberately worse answers). The
+    # daily job trains on them, and the eval gate refuses the adapter: v1 keeps serving.
+    queued: list[FineTuningJobRequested] = []
+
+    async def enqueue(job: FineTuningJobRequested) -> None:
+        queued.append(job)
+
+    svc.enqueue = enqueue
+    learning = LearningConfigure(
+        feedback=True,
+        base_model=BASE,
+        eval_set="refunds",
+        min_examples=5,
+        hyperparameters={"n_epochs": 3, "batch_size": 2},
+    )
+    assert (await svc.api(TrainerRequest(ctx=acme, operation=learning))).error is None
+    for i, q in enumerate(QUESTIONS):
+        turn = TurnLogged(
+            ctx=RequestContext(tenant="acme", request_id=f"t{i}"),
+            completion_id=f"chatcmpl-t{i}",
+            kind="chat",
+            model=f"acme/{BASE}:ft",
+            messages=[{"role": "user", "content": q}],
+            answer=WRONG,
+        )
+        assert await svc.feedback.log_turn(turn)
+        rate = FeedbackCreate(completion_id=f"chatcmpl-t{i}", rating="up")
+        assert (await svc.api(TrainerRequest(ctx=acme, operation=rate))).error is None
+    (decision,) = await svc.feedback.learn()
+    assert decision["submitted"] and decision["up"] == len(QUESTIONS), decision
+    (from_feedback,) = queued
+    worse = await svc.run_job(from_feedback)
     assert worse.status == "succeeded" and worse.fine_tuned_model == f"acme/{BASE}:ft-v2"
     rows = await svc.store.adapters("acme", BASE)
     v2 = rows[1]

@@ -26,7 +26,7 @@ from libs.events import (
     RouteReply,
     TurnEvent,
 )
-from services.agent_runtime.pipeline import plan_turn, run_turn
+from services.agent_runtime.pipeline import Transcript, plan_turn, run_turn
 
 
 class FakeGeneration:
@@ -380,3 +380,35 @@ async def test_the_buffer_keeps_what_the_user_saw_with_the_turns_mapping() -> No
     assert stored.answer == "Hello Ana Silva, nice to meet you."
     assert stored.messages[0].content == "I am <PERSON_1>."
     assert stored.pseudonyms == {"<PERSON_1>": "Ana Silva"}
+
+
+async def test_the_transcript_for_learning_holds_the_screened_text_only() -> None:
+    """The log of learning from feedback (events.TurnLogged): the input as the model saw
+    it and the answer as shown with the real values replaced by placeholders again."""
+    ports = PseudonymPorts(
+        [
+            TurnEvent(deltas=[Delta(content="Hello <PERSON_1>, ")]),
+            TurnEvent(deltas=[Delta(content="nice to meet you.", finish_reason="stop")], done=True),
+        ]
+    )
+    event = EVENT.model_copy(
+        update={
+            "messages": [ChatMessage(role="user", content="I am Ana Silva.")],
+            "memory": MemoryOptions(conversation_id="c1"),
+        }
+    )
+    transcript = Transcript()
+    await run_turn(event, ports, transcript=transcript)
+    assert transcript.messages == [{"role": "user", "content": "I am <PERSON_1>."}]
+    assert transcript.text() == "Hello <PERSON_1>, nice to meet you."
+    assert "Ana Silva" not in repr(transcript.messages) + transcript.text()
+
+    # Straight from the worker (nothing done to the output): its copy is the answer.
+    direct = FakePorts(
+        GenerateAccepted(accepted=True, worker="w1"),
+        [TurnEvent(deltas=[Delta(content="a"), Delta(index=1, content="b")]), TurnEvent(done=True)],
+    )
+    direct.screen_output = False
+    watched = Transcript()
+    await run_turn(EVENT, direct, transcript=watched)
+    assert direct.direct == [True] and watched.text() == "a"

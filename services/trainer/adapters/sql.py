@@ -11,9 +11,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db.engine import sessions
-from libs.db.models import AdapterVersion, FineTuningJobRecord
+from libs.db.models import (
+    AdapterVersion,
+    EvalRunRecord,
+    EvalSetRecord,
+    FineTuningJobRecord,
+    LearningRecord,
+    LoggedTurn,
+    ScheduleClaim,
+    TurnFeedback,
+)
 from services.trainer.identity import AdapterRef, public_id
 from services.trainer.jobs import FineTuningJob, JobCheckpoint, JobEvent
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def ref(row: AdapterVersion) -> AdapterRef:
@@ -197,9 +211,225 @@ class TrainerStore:
             back.status, back.status_reason = "promoted", f"rollback from v{top.version}"
             return back
 
+    # -- eval sets and eval runs --
+    async def put_eval_set(
+        self, tenant: str, name: str, model: str | None, digest: str, body: dict[str, Any]
+    ) -> EvalSetRecord:
+        async with self.session() as s, s.begin():
+            row = await s.get(EvalSetRecord, (tenant, name), with_for_update=True)
+            now = datetime.now(UTC)
+            if row is None:
+                row = EvalSetRecord(tenant=tenant, name=name, created_at=now)
+                s.add(row)
+            row.model, row.digest, row.body, row.updated_at = model, digest, body, now
+        return row
+
+    async def eval_set(self, tenant: str, name: str) -> EvalSetRecord | None:
+        async with self.session() as s:
+            return await s.get(EvalSetRecord, (tenant, name))
+
+    async def eval_sets(self, tenant: str | None = None) -> Sequence[EvalSetRecord]:
+        """A tenant's eval sets; every tenant's with None (the nightly run)."""
+        q = select(EvalSetRecord).order_by(EvalSetRecord.tenant, EvalSetRecord.name)
+        if tenant is not None:
+            q = q.where(EvalSetRecord.tenant == tenant)
+        async with self.session() as s:
+            return (await s.execute(q)).scalars().all()
+
+    async def add_eval_run(self, row: EvalRunRecord) -> EvalRunRecord:
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return row
+
+    async def finish_eval_run(
+        self, run_id: str, status: str, report: dict[str, Any], error: str | None
+    ) -> EvalRunRecord:
+        async with self.session() as s, s.begin():
+            row = await s.get(EvalRunRecord, run_id, with_for_update=True)
+            if row is None:
+                raise LookupError(f"no eval run {run_id}")
+            row.status, row.report, row.error = status, report, error
+            row.completed_at = datetime.now(UTC)
+        return row
+
+    async def eval_run(self, tenant: str, run_id: str) -> EvalRunRecord | None:
+        q = select(EvalRunRecord).where(EvalRunRecord.id == run_id, EvalRunRecord.tenant == tenant)
+        async with self.session() as s:
+            return (await s.execute(q)).scalar_one_or_none()
+
+    async def eval_runs(
+        self,
+        tenant: str,
+        eval_set: str | None = None,
+        limit: int = 20,
+        *,
+        model_key: str | None = None,
+        digest: str | None = None,
+        status: str | None = None,
+    ) -> Sequence[EvalRunRecord]:
+        """A tenant's eval runs, newest first."""
+        q = select(EvalRunRecord).where(EvalRunRecord.tenant == tenant)
+        if eval_set is not None:
+            q = q.where(EvalRunRecord.eval_set == eval_set)
+        if model_key is not None:
+            q = q.where(EvalRunRecord.model_key == model_key)
+        if digest is not None:
+            q = q.where(EvalRunRecord.eval_set_digest == digest)
+        if status is not None:
+            q = q.where(EvalRunRecord.status == status)
+        q = q.order_by(EvalRunRecord.created_at.desc(), EvalRunRecord.id).limit(limit)
+        async with self.session() as s:
+            return (await s.execute(q)).scalars().all()
+
+    # -- scheduled jobs: one replica claims each job's day --
+    async def claim(self, job: str, day: str) -> bool:
+        """True for the first caller of (job, day), False for every later one."""
+        try:
+            async with self.session() as s, s.begin():
+                s.add(ScheduleClaim(job=job, day=day, claimed_at=datetime.now(UTC)))
+        except IntegrityError:
+            return False
+        return True
+
+    # -- learning from feedback: settings, logged turns, ratings --
+    async def learning(self, tenant: str) -> LearningRecord | None:
+        async with self.session() as s:
+            return await s.get(LearningRecord, tenant)
+
+    async def learning_all(self) -> Sequence[LearningRecord]:
+        async with self.session() as s:
+            return (await s.execute(select(LearningRecord))).scalars().all()
+
+    async def put_learning(
+        self,
+        tenant: str,
+        settings: dict[str, Any] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> LearningRecord:
+        async with self.session() as s, s.begin():
+            row = await s.get(LearningRecord, tenant, with_for_update=True)
+            if row is None:
+                row = LearningRecord(tenant=tenant, settings={}, state={})
+                s.add(row)
+            if settings is not None:
+                row.settings = settings
+            if state is not None:
+                row.state = state
+            row.updated_at = datetime.now(UTC)
+        return row
+
+    async def add_turn(self, row: LoggedTurn) -> bool:
+        """False if that completion was logged already (a redelivery)."""
+        try:
+            async with self.session() as s, s.begin():
+                s.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    async def turn(self, tenant: str, completion_id: str) -> LoggedTurn | None:
+        async with self.session() as s:
+            return await s.get(LoggedTurn, (tenant, completion_id))
+
+    async def add_feedback(self, row: TurnFeedback) -> TurnFeedback:
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return row
+
+    async def rated_turns(self, tenant: str) -> list[tuple[LoggedTurn, TurnFeedback]]:
+        """The tenant's logged turns with their latest rating (unrated ones left out)."""
+        async with self.session() as s:
+            ratings = (
+                (
+                    await s.execute(
+                        select(TurnFeedback)
+                        .where(TurnFeedback.tenant == tenant)
+                        .order_by(TurnFeedback.created_at, TurnFeedback.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            latest = {r.completion_id: r for r in ratings}
+            turns = (
+                (
+                    await s.execute(
+                        select(LoggedTurn)
+                        .where(LoggedTurn.tenant == tenant)
+                        .order_by(LoggedTurn.created_at)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        return [(t, latest[t.completion_id]) for t in turns if t.completion_id in latest]
+
+    async def feedback_since(self, tenant: str, since: datetime | None) -> int:
+        q = select(func.count()).select_from(TurnFeedback).where(TurnFeedback.tenant == tenant)
+        if since is not None:
+            q = q.where(TurnFeedback.created_at > since)
+        async with self.session() as s:
+            return int(await s.scalar(q) or 0)
+
+    async def tenants_with_turns(self) -> list[str]:
+        async with self.session() as s:
+            a = (await s.execute(select(LoggedTurn.tenant).distinct())).scalars().all()
+            b = (await s.execute(select(TurnFeedback.tenant).distinct())).scalars().all()
+        return sorted({*a, *b})
+
+    async def purge(self, tenant: str, before: datetime) -> dict[str, Any]:
+        """Destroy the tenant's turns and ratings older than `before` (and the ratings of
+        the turns destroyed): how many, and the range of their times."""
+        async with self.session() as s, s.begin():
+            old = (
+                await s.execute(
+                    select(LoggedTurn.completion_id, LoggedTurn.created_at).where(
+                        LoggedTurn.tenant == tenant, LoggedTurn.created_at < before
+                    )
+                )
+            ).all()
+            ids = [r[0] for r in old]
+            rated = (
+                (
+                    await s.execute(
+                        select(TurnFeedback.created_at).where(
+                            TurnFeedback.tenant == tenant,
+                            (TurnFeedback.created_at < before)
+                            | TurnFeedback.completion_id.in_(ids),
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            await s.execute(
+                delete(TurnFeedback).where(
+                    TurnFeedback.tenant == tenant,
+                    (TurnFeedback.created_at < before) | TurnFeedback.completion_id.in_(ids),
+                )
+            )
+            await s.execute(
+                delete(LoggedTurn).where(
+                    LoggedTurn.tenant == tenant, LoggedTurn.created_at < before
+                )
+            )
+        times = [_aware(r[1]) for r in old] + [_aware(t) for t in rated]
+        return {
+            "turns": len(ids),
+            "feedback": len(rated),
+            "oldest": min(times).isoformat() if times else None,
+            "newest": max(times).isoformat() if times else None,
+        }
+
     async def delete_tenant(self, tenant: str) -> dict[str, int]:
-        """Erase the tenant's jobs and adapter versions (the tenant's erasure)."""
+        """Erase the tenant's jobs, adapter versions, eval sets and eval runs (the
+        tenant's erasure)."""
         async with sessions(self.engine)() as s, s.begin():
+            await s.execute(delete(EvalRunRecord).where(EvalRunRecord.tenant == tenant))
+            await s.execute(delete(TurnFeedback).where(TurnFeedback.tenant == tenant))
+            await s.execute(delete(LoggedTurn).where(LoggedTurn.tenant == tenant))
+            await s.execute(delete(LearningRecord).where(LearningRecord.tenant == tenant))
+            await s.execute(delete(EvalSetRecord).where(EvalSetRecord.tenant == tenant))
             jobs = await s.execute(
                 delete(FineTuningJobRecord).where(FineTuningJobRecord.tenant == tenant)
             )
