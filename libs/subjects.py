@@ -160,6 +160,12 @@ class Subjects:
         """The JetStream KV bucket of paused agent runs and their approvals."""
         return self._stream("ENCLAVE_APPROVALS")
 
+    @property
+    def learning_bucket_name(self) -> str:
+        """The JetStream KV bucket of the tenants that opted in to learning from feedback
+        (libs/learning_optins.py): the trainer writes it, runtimes watch it."""
+        return self._stream("ENCLAVE_LEARNING")
+
     def approval_entry(self, tenant: str, approval_id: str) -> str:
         """The subject one approval record is written on: its key in the KV bucket."""
         return f"$KV.{self.approvals_bucket_name}.{tenant}.{approval_id}"

@@ -83,6 +83,8 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
     # Paused agent runs: the runtime writes them, the gateway records decisions.
     approvals = _key_value(s.approvals_bucket_name)
     approval_entries = f"$KV.{s.approvals_bucket_name}.>"
+    # The tenants that opted in to learning from feedback: the trainer writes, runtimes watch.
+    learning = _key_value(s.learning_bucket_name)
     # Every service declares the streams at start (libs.bus.ensure_streams) and audits.
     common_pub = (
         "$JS.API.INFO",
@@ -146,6 +148,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 # Paused runs wait in the approvals bucket; decisions resume them.
                 *approvals,
                 *_consumes(s.agent_stream_name),
+                *learning,  # watched: whose turns go to trainer.turns
             ),
             subscribe=(
                 s.chat_requested,
@@ -217,6 +220,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.trainer_jobs,
                 s.trainer_cancel,
                 *_consumes(s.trainer_stream_name),
+                *learning,
             ),
             # The adapters of a tenant listed in /v1/models: the router asks trainer.api.
             subscribe=(s.trainer_jobs, s.trainer_api, s.trainer_cancel, s.trainer_turns),

@@ -52,6 +52,7 @@ from libs.events import (
     Usage,
 )
 from libs.generation import AnyGeneration, GenerationClient, RouteCache
+from libs.learning_optins import LearningOptIns
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, serve, still_wanted
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
@@ -84,8 +85,11 @@ class Runtime:
         audit: AuditPublisher,
         agents: AgentRunner | None = None,
         metrics: StageMetrics | None = None,
+        optins: LearningOptIns | None = None,
     ) -> None:
         self.bus = bus
+        # The tenants that opted in to learning from feedback: only their turns are logged.
+        self.optins = optins
         self.metrics = metrics or StageMetrics("agent_runtime")
         self.agents = agents
         self.settings = bus.settings
@@ -107,6 +111,8 @@ class Runtime:
         nc, subjects = self.bus.nc, self.bus.subjects
         self.audit.start()
         await self.deltas.start()
+        if self.optins is not None:
+            await self.optins.watch()
         await nc.subscribe(subjects.guardrails_policy_changed, cb=self._on_policy_changed)
         await self.ports.generations.follow_models_changed()
         await nc.subscribe(subjects.responses_cancel, cb=self._on_response_cancel)
@@ -177,11 +183,13 @@ class Runtime:
     async def stop(self) -> None:
         if self.running:
             await asyncio.wait(self.running, timeout=30)
+        if self.optins is not None:
+            await self.optins.stop()
         await self.audit.close()
 
     async def _log_turn(self, event: ChatRequested, last: TurnEvent, t: Transcript) -> None:
-        """The turn as screened, for learning from feedback (the trainer keeps it only for
-        a tenant that opted in); best effort."""
+        """The turn as screened, for learning from feedback: only for a tenant that opted
+        in (libs/learning_optins.py; the trainer checks again); best effort."""
         logged = TurnLogged(
             ctx=event.ctx,
             completion_id=("chatcmpl-" if event.kind == "chat" else "cmpl-") + event.ctx.request_id,
@@ -281,7 +289,8 @@ class Runtime:
             if name is not None and self.agents is not None:
                 work = asyncio.ensure_future(self.agents.chat(event, name, turn))
             else:
-                transcript = Transcript()
+                if self.optins is not None and self.optins.opted_in(event.ctx.tenant):
+                    transcript = Transcript()
                 work = asyncio.ensure_future(
                     run_turn(event, turn, self.settings.turn_retries, transcript)
                 )
@@ -393,4 +402,5 @@ async def build(bus: Bus, broker: NatsBroker) -> Runtime:
     audit = AuditPublisher(bus.nc, bus.subjects, "runtime", outbox_dir(settings.home))
     approvals = ApprovalStore(bus.nc, bus.subjects, settings.stream_replicas)
     agents = AgentRunner.at(settings.home, NatsAgentPorts(ports, audit), approvals)
-    return Runtime(bus, ports, deltas, audit, agents, StageMetrics("agent_runtime"))
+    optins = LearningOptIns(bus.nc, bus.subjects, settings.stream_replicas)
+    return Runtime(bus, ports, deltas, audit, agents, StageMetrics("agent_runtime"), optins)

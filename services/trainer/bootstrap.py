@@ -40,6 +40,7 @@ from libs.events import (
     TrainerRequest,
     TurnLogged,
 )
+from libs.learning_optins import LearningOptIns
 from libs.rpc import Bus, serve
 from libs.settings import Settings
 from libs.signing import ensure_key_pair, load_private_key, trusted_keys
@@ -121,6 +122,10 @@ class Trainer:
         )
         self.subscriptions.append(jobs)
         self.consumer = asyncio.create_task(_consume(jobs, self.service, self.cfg.progress_s))
+        try:
+            await self.service.feedback.announce_optins()
+        except Exception:  # the next change of a setting tells the runtimes again
+            log.exception("the learning opt-ins were not announced")
         if self.cfg.schedule_s > 0:
             self.ticker = asyncio.create_task(_tick(self.service, self.cfg.schedule_s))
 
@@ -233,5 +238,6 @@ async def build(bus: Bus, broker: NatsBroker) -> Trainer:
         trainable=lambda model: model in engines.models,
         target_steps=cfg.target_steps,
         nightly_hour=cfg.nightly_hour,
+        optins=LearningOptIns(bus.nc, bus.subjects, settings.stream_replicas).set,
     )
     return Trainer(bus, service, audit, cfg)

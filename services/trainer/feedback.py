@@ -47,6 +47,8 @@ SETTINGS_TTL_S = 30.0  # how long a replica trusts its copy of a tenant's opt-in
 ADMINS = frozenset({"admin", "platform_operator"})
 
 Submit = Callable[[RequestContext, JobsCreate], Awaitable[TrainerReply]]
+# (tenant, opted in): what the runtimes are told (libs/learning_optins.py).
+OptIn = Callable[[str, bool], Awaitable[None]]
 
 
 @dataclass
@@ -56,6 +58,7 @@ class FeedbackService:
     audit: Callable[..., Awaitable[Any]] | None = None
     clock: Callable[[], int] = field(default=lambda: int(time.time()))
     cache: dict[str, tuple[float, LearningSettings]] = field(default_factory=dict)
+    optins: OptIn | None = None
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -68,6 +71,15 @@ class FeedbackService:
         got = LearningSettings.model_validate(row.settings if row else {})
         self.cache[tenant] = (time.monotonic(), got)
         return got
+
+    async def announce_optins(self) -> None:
+        """Every tenant's stored opt-in, told to the runtimes (at start: the bucket
+        agrees with SQL again after a loss or a change made while no trainer ran)."""
+        if self.optins is None:
+            return
+        for row in await self.store.learning_all():
+            settings = LearningSettings.model_validate(row.settings or {})
+            await self.optins(row.tenant, settings.feedback)
 
     # -- the runtime's turns --
     async def log_turn(self, turn: TurnLogged) -> bool:
@@ -165,6 +177,8 @@ class FeedbackService:
             )
         await self.store.put_learning(ctx.tenant, settings=new.model_dump())
         self.cache[ctx.tenant] = (time.monotonic(), new)
+        if self.optins is not None:
+            await self.optins(ctx.tenant, new.feedback)
         if self.audit is not None:
             await self.audit("learning_configured", ctx, attrs=new.model_dump())
         return await self.describe(ctx.tenant)

@@ -59,7 +59,7 @@ from services.trainer.adapters.sql import TrainerStore, adapter_public, ref
 from services.trainer.engine import Cancelled, Engine, TrainResult, TrainSettings
 from services.trainer.eval_runs import EvalNotFound, EvalRunner, Target
 from services.trainer.evals import EvalReport, EvalSet, GateDecision, gate
-from services.trainer.feedback import FeedbackService
+from services.trainer.feedback import FeedbackService, OptIn
 from services.trainer.identity import NotFound, public_id, resolve
 from services.trainer.schedule import Daily, due
 from services.trainer.training_file import (
@@ -119,6 +119,8 @@ class TrainerService:
     # Daily jobs (services/trainer/schedule.py): the UTC hour each is due from.
     nightly_hour: int = 2
     done: set[tuple[str, str]] = field(default_factory=set)
+    # Tells the runtimes which tenants opted in to learning from feedback (a KV bucket).
+    optins: OptIn | None = None
 
     def __post_init__(self) -> None:
         self.evals = EvalRunner(
@@ -130,7 +132,11 @@ class TrainerService:
             clock=self.clock,
         )
         self.feedback = FeedbackService(
-            store=self.store, submit=self._create, audit=self.audit, clock=self.clock
+            store=self.store,
+            submit=self._create,
+            audit=self.audit,
+            clock=self.clock,
+            optins=self.optins,
         )
 
     # -- daily jobs, run by the trainer's ticker --

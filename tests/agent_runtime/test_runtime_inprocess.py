@@ -28,6 +28,7 @@ from libs.events import (
     TurnEvent,
     TurnLogged,
 )
+from libs.learning_optins import LearningOptIns
 from libs.rpc import ReplyRouter, serve
 from libs.service import running
 from libs.settings import Settings
@@ -123,8 +124,12 @@ async def test_the_runtime_runs_turns_from_its_bootstrap(
         logged.append(TurnLogged.model_validate_json(msg.data))
 
     await nc.subscribe(settings.subjects.trainer_turns, cb=keep)
+    # Tenant "strict" opted in to learning from feedback (what the trainer writes).
+    await LearningOptIns(nc, settings.subjects).set("strict", True)
     async with running(settings, "agent_runtime", build) as service:
         assert isinstance(service, Runtime)
+        assert service.optins is not None and service.optins.opted_in("strict")
+        assert not service.optins.opted_in("open")
         # Output screened: the runtime relays through the window, naming both replicas.
         text, got = await turn(nc, client, settings.subjects, "strict")
         assert text == "Hello, world"
@@ -146,6 +151,9 @@ async def test_the_runtime_runs_turns_from_its_bootstrap(
         assert text == "Hello, world"
         assert stand_ins.generated[-1].client_subject is not None
         assert all(m.headers and m.headers.get(RUNTIME_HEADER) for m in got)
+        # "open" did not opt in: its turn never goes to the trainer.
+        await asyncio.sleep(0.2)
+        assert [e.ctx.tenant for e in logged] == ["strict"]
 
         # The grant spares asking for that tenant's input, until a policy changes.
         before = stand_ins.asked.count(("input", "open"))
