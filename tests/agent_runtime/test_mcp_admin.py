@@ -1,0 +1,113 @@
+"""The MCP server registry end to end: a tenant's admin registers a server through the
+gateway's admin API (SQL, audited), the runtime's reader (adapters/sql_mcp_servers.py)
+sees it enabled for that tenant only, and an agent turn calls its tool; disabled or
+deleted, its tools are gone within the reader's refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import httpx
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from libs.events import AuditEvent
+from libs.settings import Settings
+from services.agent_runtime.adapters.mcp_client import McpSessions
+from services.agent_runtime.adapters.sql_mcp_servers import SqlMcpServers
+from services.agent_runtime.agent_runner import AgentRunner
+from services.gateway.adapters.sql_keys import create_key
+from services.gateway.app import create_fastapi
+from services.gateway.bootstrap import build
+from services.gateway.hot_path import HotPath
+from tests.agent_runtime.test_agent_runner import RunnerPorts
+from tests.agent_runtime.test_mcp_tools import FIXTURE, _calc, _event, _home
+
+
+async def test_an_admin_registers_a_server_and_an_agent_calls_it(
+    nc: NatsClient, inprocess_settings: Settings, tmp_path: Path, sessions: McpSessions
+) -> None:
+    settings = inprocess_settings
+    tenant, other = "acme", "globex-" + secrets.token_hex(3)
+    gw = build(settings)
+    app = HotPath(gw, create_fastapi(gw))
+    audited: list[AuditEvent] = []
+
+    async def on_audit(msg: Msg) -> None:
+        audited.append(AuditEvent.model_validate_json(msg.data))
+
+    await gw.start()
+    sub = await nc.subscribe(settings.subjects.audit_all, cb=on_audit)
+    try:
+        _, admin = await create_key(gw.db, tenant, "admin")
+        _, dev = await create_key(gw.db, tenant, "developer")
+        _, other_admin = await create_key(gw.db, other, "admin")
+        auth = {"Authorization": f"Bearer {admin}"}
+        body = {
+            "transport": "stdio",
+            "command": "python",
+            "args": ["-c", FIXTURE.read_text()],
+            "allowed_tools": ["add"],
+            "enabled": True,
+        }
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            r = await http.put("/v1/admin/mcp_servers/fx", headers=auth, json=body)
+            assert r.status_code == 201, r.text
+            assert r.json()["allowed_tools"] == ["add"] and r.json()["enabled"] is True
+            r = await http.put(
+                "/v1/admin/mcp_servers/fx",
+                headers={"Authorization": f"Bearer {dev}"},
+                json=body,
+            )
+            assert r.status_code == 403
+            bad = {"transport": "streamable_http", "command": "x"}
+            r = await http.put("/v1/admin/mcp_servers/web", headers=auth, json=bad)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_value"
+            r = await http.put("/v1/admin/mcp_servers/Bad.Name", headers=auth, json=body)
+            assert r.status_code == 400
+            r = await http.get(
+                "/v1/admin/mcp_servers", headers={"Authorization": f"Bearer {other_admin}"}
+            )
+            assert r.json()["data"] == []  # another tenant does not see it
+            r = await http.get("/v1/admin/mcp_servers/fx", headers=auth)
+            assert r.status_code == 200 and r.json()["transport"] == "stdio"
+
+            reader = SqlMcpServers(gw.db, refresh_s=0.0)
+            assert [s.name for s in await reader.servers(tenant)] == ["fx"]
+            assert await reader.servers(other) == []
+            home = _home(tmp_path, "[mcp__fx]")
+            ports = RunnerPorts({"calc-m": _calc({"a": 2, "b": 3})})
+            runner = AgentRunner.at(home, ports, None, (reader, sessions))
+            out = await runner.chat(_event(), "calc", ports)
+            assert [d.content for d in out.deltas] == ["Result: 5"]
+            offered = [t.function.name for t in ports.steps[0].params.tools or []]
+            assert offered == ["mcp__fx__add"]
+
+            r = await http.put(
+                "/v1/admin/mcp_servers/fx", headers=auth, json={**body, "enabled": False}
+            )
+            assert r.status_code == 200
+            assert await reader.servers(tenant) == []
+            r = await http.delete("/v1/admin/mcp_servers/fx", headers=auth)
+            assert r.status_code == 200 and r.json()["deleted"] is True
+            r = await http.delete("/v1/admin/mcp_servers/fx", headers=auth)
+            assert r.status_code == 404
+        for _ in range(50):
+            if len([e for e in audited if e.action.startswith("admin.mcp_servers")]) >= 6:
+                break
+            await asyncio.sleep(0.05)
+        actions = [(e.action, e.outcome) for e in audited if e.action.startswith("admin.mcp")]
+        assert actions == [
+            ("admin.mcp_servers.put", "ok"),
+            ("admin.mcp_servers.list", "ok"),
+            ("admin.mcp_servers.get", "ok"),
+            ("admin.mcp_servers.put", "ok"),
+            ("admin.mcp_servers.delete", "ok"),
+            ("admin.mcp_servers.delete", "not_found"),
+        ], actions
+    finally:
+        await sub.unsubscribe()
+        await gw.stop()
