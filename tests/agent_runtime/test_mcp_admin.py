@@ -1,7 +1,8 @@
 """The MCP server registry end to end: a tenant's admin registers a server through the
 gateway's admin API (SQL, audited), the runtime's reader (adapters/sql_mcp_servers.py)
 sees it enabled for that tenant only, and an agent turn calls its tool; disabled or
-deleted, its tools are gone within the reader's refresh."""
+deleted, its tools are gone within the reader's refresh. And the runtime its bootstrap
+builds, on the real NATS, runs an agent turn that calls a server registered in SQL."""
 
 from __future__ import annotations
 
@@ -13,16 +14,38 @@ import httpx
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from libs.events import AuditEvent
+from libs.context import RequestContext
+from libs.db.engine import make_engine, migrate_async
+from libs.events import (
+    AuditEvent,
+    ChatMessage,
+    ChatRequested,
+    Delta,
+    FunctionCall,
+    GenerateAccepted,
+    GenerateRequest,
+    ToolCall,
+    TurnEvent,
+    Usage,
+)
+from libs.mcp_servers import McpServerConfig
+from libs.rpc import ReplyRouter
+from libs.service import running
 from libs.settings import Settings
+from libs.tool_calls import call_deltas
 from services.agent_runtime.adapters.mcp_client import McpSessions
 from services.agent_runtime.adapters.sql_mcp_servers import SqlMcpServers
 from services.agent_runtime.agent_runner import AgentRunner
+from services.agent_runtime.bootstrap import Runtime
+from services.agent_runtime.bootstrap import build as build_runtime
 from services.gateway.adapters.sql_keys import create_key
+from services.gateway.adapters.sql_mcp_servers import put_mcp_server
 from services.gateway.app import create_fastapi
 from services.gateway.bootstrap import build
 from services.gateway.hot_path import HotPath
+from services.sandbox.adapters.bwrap import BwrapBackend
 from tests.agent_runtime.test_agent_runner import RunnerPorts
+from tests.agent_runtime.test_agents_inprocess import StandIns
 from tests.agent_runtime.test_mcp_tools import FIXTURE, _calc, _event, _home
 
 
@@ -111,3 +134,82 @@ async def test_an_admin_registers_a_server_and_an_agent_calls_it(
     finally:
         await sub.unsubscribe()
         await gw.stop()
+
+
+class McpStandIns(StandIns):
+    """The in-process agent test's guardrails, router and worker; the model calls
+    mcp__fx__add once, then repeats the result."""
+
+    async def generate(self, request: GenerateRequest) -> GenerateAccepted:
+        self.generated.append(request)
+        said = request.messages[-1]
+        if said.role == "user":
+            call = ToolCall(
+                id="m1", function=FunctionCall(name="mcp__fx__add", arguments='{"a": 4, "b": 5}')
+            )
+            delta = Delta(tool_calls=call_deltas([call], 0), finish_reason="tool_calls")
+        else:
+            delta = Delta(content=f"Sum: {said.content}", finish_reason="stop")
+        event = TurnEvent(deltas=[delta], usage=Usage(prompt_tokens=10), done=True)
+
+        async def stream() -> None:
+            await self.nc.publish(request.deltas_subject, event.model_dump_json().encode())
+
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(stream()))
+        return GenerateAccepted(accepted=True, worker="w1", timeout_s=request.timeout_s)
+
+
+async def test_the_runtime_its_bootstrap_builds_calls_a_registered_server(
+    nc: NatsClient, inprocess_settings: Settings, backend: BwrapBackend
+) -> None:
+    """The wiring: the runtime's bootstrap reads the tenant's servers from the SQL the
+    gateway writes, and an agent turn from the work queue calls the stdio server."""
+    settings = inprocess_settings
+    await migrate_async(settings)
+    engine = make_engine(settings.sqlalchemy_url)
+    config = McpServerConfig(
+        transport="stdio", command="python", args=["-c", FIXTURE.read_text()], enabled=True
+    )
+    await put_mcp_server(engine, "acme", "fx", config)
+    await engine.dispose()
+    agents = settings.home / "agents" / "acme"
+    agents.mkdir(parents=True)
+    (agents / "calc.yaml").write_text("model: calc-m\ntools: [mcp__fx]\n")
+    stand_ins = McpStandIns(nc, settings, backend)
+    await stand_ins.start()
+    audited: list[AuditEvent] = []
+
+    async def on_audit(msg: Msg) -> None:
+        audited.append(AuditEvent.model_validate_json(msg.data))
+
+    await nc.subscribe(settings.subjects.audit_all, cb=on_audit)
+    client = await ReplyRouter(nc, settings.subjects.chat_stream("gw1", "")).start()
+    async with running(settings, "agent_runtime", build_runtime) as service:
+        assert isinstance(service, Runtime)
+        request_id = "r" + secrets.token_hex(4)
+        inbox = client.open(request_id)
+        event = ChatRequested(
+            ctx=RequestContext(tenant="acme", request_id=request_id),
+            model="agent:calc",
+            messages=[ChatMessage(role="user", content="4 + 5?")],
+            reply_subject=inbox.subject,
+        )
+        await nc.jetstream().publish(
+            settings.subjects.chat_requested, event.model_dump_json().encode()
+        )
+        text = ""
+        while True:
+            msg = await inbox.next(60.0)
+            assert msg is not None, "the agent turn did not finish"
+            ev = TurnEvent.model_validate_json(msg.data)
+            assert ev.error is None, ev.error
+            text += "".join(d.content for d in ev.deltas)
+            if ev.done:
+                break
+        assert text == "Sum: 9"
+        for _ in range(200):
+            if any(e.action == "tool.call" for e in audited):
+                break
+            await asyncio.sleep(0.02)
+        calls = [(e.attrs["tool"], e.outcome) for e in audited if e.action == "tool.call"]
+        assert calls == [("mcp__fx__add", "ok")]
