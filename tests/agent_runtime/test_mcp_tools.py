@@ -257,3 +257,30 @@ async def test_mcp_call_overhead(sessions: McpSessions) -> None:
     print(f"MCP stdio call: p50 {times[10] * 1000:.2f} ms, max {times[-1] * 1000:.2f} ms")
     assert times[10] < 0.5
     await asyncio.sleep(0)
+
+
+async def test_a_server_that_fails_mid_call_is_a_tool_error(tmp_path: Path) -> None:
+    """A call whose server went away reaches the model as a tool error (outcome `error`),
+    audited like any call; the turn goes on."""
+    from libs.mcp_servers import tool_name
+    from services.agent_runtime.mcp_tools import McpReply, McpTool, McpToolSpec
+    from services.agent_runtime.tools import ToolContext, ToolRegistry
+
+    class Broken:
+        async def list_tools(self, server: McpServer) -> list[McpToolSpec]:
+            return []
+
+        async def call(self, server: McpServer, tool: str, arguments: dict[str, Any]) -> McpReply:
+            raise McpUnavailable("the session ended")
+
+    spec = McpToolSpec("add", "Add.", {"type": "object", "properties": {"a": {"type": "integer"}}})
+    tool = McpTool(stdio(), spec, Broken())
+    ports = RunnerPorts({})
+    result = await ToolRegistry.of([tool]).call(
+        call(tool_name("fx", "add"), {"a": 1}), ToolContext(ctx=CTX), ports
+    )
+    assert (result.outcome, result.content) == (
+        "error",
+        "Error: the MCP server `fx` failed: the session ended",
+    )
+    assert [e.outcome for e in ports.audited] == ["error"]
