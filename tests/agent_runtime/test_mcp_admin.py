@@ -14,12 +14,9 @@ import httpx
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from libs.context import RequestContext
 from libs.db.engine import make_engine, migrate_async
 from libs.events import (
     AuditEvent,
-    ChatMessage,
-    ChatRequested,
     Delta,
     FunctionCall,
     GenerateAccepted,
@@ -45,7 +42,7 @@ from services.gateway.bootstrap import build
 from services.gateway.hot_path import HotPath
 from services.sandbox.adapters.bwrap import BwrapBackend
 from tests.agent_runtime.test_agent_runner import RunnerPorts
-from tests.agent_runtime.test_agents_inprocess import StandIns
+from tests.agent_runtime.test_agents_inprocess import StandIns, agent_turn
 from tests.agent_runtime.test_mcp_tools import FIXTURE, _calc, _event, _home
 
 
@@ -186,26 +183,7 @@ async def test_the_runtime_its_bootstrap_builds_calls_a_registered_server(
     client = await ReplyRouter(nc, settings.subjects.chat_stream("gw1", "")).start()
     async with running(settings, "agent_runtime", build_runtime) as service:
         assert isinstance(service, Runtime)
-        request_id = "r" + secrets.token_hex(4)
-        inbox = client.open(request_id)
-        event = ChatRequested(
-            ctx=RequestContext(tenant="acme", request_id=request_id),
-            model="agent:calc",
-            messages=[ChatMessage(role="user", content="4 + 5?")],
-            reply_subject=inbox.subject,
-        )
-        await nc.jetstream().publish(
-            settings.subjects.chat_requested, event.model_dump_json().encode()
-        )
-        text = ""
-        while True:
-            msg = await inbox.next(60.0)
-            assert msg is not None, "the agent turn did not finish"
-            ev = TurnEvent.model_validate_json(msg.data)
-            assert ev.error is None, ev.error
-            text += "".join(d.content for d in ev.deltas)
-            if ev.done:
-                break
+        _, text = await agent_turn(nc, settings, client, "agent:calc", "4 + 5?")
         assert text == "Sum: 9"
         for _ in range(200):
             if any(e.action == "tool.call" for e in audited):
