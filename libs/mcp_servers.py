@@ -12,8 +12,10 @@ of the server's tool names).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -81,3 +83,30 @@ def wants(agent_tools: list[str], server: str, name: str) -> bool:
     """Whether an agent's `tools` list names this MCP tool: the tool's own name, or the
     whole server as `mcp__<server>`."""
     return name in agent_tools or f"{PREFIX}{server}" in agent_tools
+
+
+def internal_address(address: str) -> bool:
+    """Whether an IP address is the platform's side of the network: loopback, private,
+    link-local (cloud metadata), unspecified or reserved."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return True  # not an address: refused rather than guessed
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    return (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_unspecified
+        or ip.is_reserved
+        or ip.is_multicast
+    )
+
+
+def url_host(url: str) -> tuple[str, int]:
+    """The host and port a server's `url` connects to."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return (parts.hostname or ""), port

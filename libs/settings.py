@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     mcp_call_timeout_s: float = 30.0
     mcp_start_timeout_s: float = 20.0
     mcp_refresh_s: float = 2.0  # how long the runtime keeps a tenant's server list
+    # A streamable HTTP server on a loopback, private or link-local address is refused
+    # unless its host (as in its url) is listed here by the platform operator: a tenant's
+    # admin cannot point the runtime at the platform's own services.
+    mcp_http_internal_hosts: list[str] = []
     # /metrics, /healthz and /readyz of each process (libs/metrics.py: the port scheme).
     # 0: the first free port of the stage's block from metrics_base_port; -1: none.
     metrics_port: int = 0

@@ -15,6 +15,8 @@ __all__ = ["LIMITS", "backend", "seccomp"]
 
 @pytest.fixture(scope="session")
 async def sessions() -> AsyncIterator[McpSessions]:
-    mcp = McpSessions.from_settings(Settings(), build_filter())
+    # The fixture's streamable HTTP server listens on loopback: allowed here by name.
+    settings = Settings(mcp_http_internal_hosts=["127.0.0.1"])
+    mcp = McpSessions.from_settings(settings, build_filter())
     yield mcp
     await mcp.close()

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from libs.events import ApprovalRecord, ChatMessage, ChatRequested, GenerateRequest
-from libs.mcp_servers import McpServer
+from libs.mcp_servers import McpServer, internal_address
 from services.agent_runtime.adapters.mcp_client import McpSessions
 from services.agent_runtime.agent_loop import StepReply
 from services.agent_runtime.agent_runner import AgentRunner
@@ -154,6 +154,16 @@ async def test_a_streamable_http_server(sessions: McpSessions, http_server: str)
     )
     with pytest.raises(McpUnavailable):
         await sessions.list_tools(gone)
+    # Unless the platform operator lists the host, an internal address is refused before
+    # any connection: a tenant's admin cannot point the runtime at the platform's ports.
+    strict = McpSessions(None)
+    for url in (http_server, http_server.replace("127.0.0.1", "localhost"), "http://10.1.2.3/"):
+        elsewhere = server.model_copy(update={"url": url})
+        with pytest.raises(McpUnavailable, match="is an internal address"):
+            await strict.list_tools(elsewhere)
+    await strict.close()
+    assert not internal_address("93.184.216.34") and not internal_address("2606:4700::1111")
+    assert internal_address("169.254.169.254") and internal_address("::ffff:127.0.0.1")
 
 
 async def test_an_agent_calls_an_mcp_tool(tmp_path: Path, sessions: McpSessions) -> None:

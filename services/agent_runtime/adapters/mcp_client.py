@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from libs.bwrap import GROUP, PASSWD, bwrap_argv
-from libs.mcp_servers import McpServer
+from libs.mcp_servers import McpServer, internal_address, url_host
 from libs.settings import Settings
 from services.agent_runtime.mcp_tools import McpReply, McpToolSpec, McpUnavailable, reply_text
 
@@ -244,8 +244,10 @@ class McpSessions:
         idle_s: float = 300.0,
         call_timeout_s: float = 30.0,
         start_timeout_s: float = 20.0,
+        internal_hosts: list[str] | None = None,
     ) -> None:
         self.profile = profile
+        self.internal_hosts = set(internal_hosts or [])
         self.idle_s = idle_s
         self.call_timeout_s = call_timeout_s
         self.start_timeout_s = start_timeout_s
@@ -262,6 +264,7 @@ class McpSessions:
             idle_s=settings.mcp_idle_s,
             call_timeout_s=settings.mcp_call_timeout_s,
             start_timeout_s=settings.mcp_start_timeout_s,
+            internal_hosts=list(settings.mcp_http_internal_hosts),
         )
 
     def _opener(self, server: McpServer) -> Callable[[], AbstractAsyncContextManager[Any]]:
@@ -270,7 +273,15 @@ class McpSessions:
 
             assert server.url is not None
             url = server.url
-            return lambda: streamable_http_client(url)
+            check = self._outside
+
+            @contextlib.asynccontextmanager
+            async def connected() -> AsyncIterator[Any]:
+                await check(url)
+                async with streamable_http_client(url) as streams:
+                    yield streams
+
+            return connected
         from mcp.client.stdio import StdioServerParameters, stdio_client
 
         if self.profile is None or shutil.which("bwrap") is None:
@@ -285,6 +296,22 @@ class McpSessions:
                 yield streams
 
         return opened
+
+    async def _outside(self, url: str) -> None:
+        """Refuse a url whose host resolves to an internal address, unless the platform
+        operator listed the host (a name that resolves again later may still move)."""
+        host, port = url_host(url)
+        if host in self.internal_hosts:
+            return
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, port)
+        except OSError as exc:
+            raise McpUnavailable(f"`{host}` does not resolve ({exc})") from None
+        if any(internal_address(str(info[4][0])) for info in found):
+            raise McpUnavailable(
+                f"`{host}` is an internal address; the platform operator allows such hosts "
+                "with ENCLAVE_MCP_HTTP_INTERNAL_HOSTS"
+            )
 
     def _session(self, server: McpServer) -> _Session:
         key = _key(server)
