@@ -100,7 +100,10 @@ def register(app: FastAPI, gw: Gateway) -> None:
     @app.delete("/v1/admin/mcp_servers/{name}", response_model=None)
     async def admin_delete_mcp_server(name: str, request: Request) -> Response:
         ctx = await gw.auth.check_request(request, Action.MANAGE_MCP_SERVERS)
-        done = await delete_mcp_server(gw.db, ctx.tenant, name)
+        # A name no server can have is not looked up (nor sent to SQL as it is).
+        done = bool(re.match(SERVER_NAME, name)) and await delete_mcp_server(
+            gw.db, ctx.tenant, name
+        )
         await record_admin_action(
             gw.audit,
             ctx,
