@@ -79,6 +79,14 @@ def tool_name(server: str, tool: str) -> str:
     return f"{PREFIX}{server}{SEP}{tool}"[:64]
 
 
+def server_of(name: str) -> str | None:
+    """The server of an MCP tool's name as the model sees it (None: not an MCP tool)."""
+    if not name.startswith(PREFIX):
+        return None
+    server, sep, _ = name[len(PREFIX) :].partition(SEP)
+    return server if sep and server else None
+
+
 def wants(agent_tools: list[str], server: str, name: str) -> bool:
     """Whether an agent's `tools` list names this MCP tool: the tool's own name, or the
     whole server as `mcp__<server>`."""

@@ -181,7 +181,7 @@ def test_an_mcp_tool_that_needs_approval_runs_once_approved(
         call = '<tool_call>{"name": "mcp__fx__add", "arguments": {"a": 20, "b": 22}}</tool_call>'
         reply = client.responses.create(model="agent:mcpcalc", input=call)
         [request] = [i for i in reply.output if i.type == "mcp_approval_request"]
-        assert request.name == "mcp__fx__add", reply.output
+        assert (request.name, request.server_label) == ("mcp__fx__add", "fx"), reply.output
         assert '"a": 20' in request.arguments
         decided = api(plat, "POST", f"/v1/approvals/{request.id}", json={"approve": True})
         assert decided.status_code == 200, decided.text
