@@ -143,6 +143,8 @@ async def toolset(
             name = tool_name(server.name, spec.name)
             if not server.offers(spec.name) or not wants(agent_tools, server.name, name):
                 continue
+            if any(t.name == name for t in tools):
+                continue  # two names cut to the same 64 characters: the first one stays
             tools.append(McpTool(server, spec, client))
             if server.needs_approval(spec.name):
                 approvals.add(name)
