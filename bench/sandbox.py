@@ -30,10 +30,10 @@ import nats
 from libs.bus import event_bytes
 from libs.context import RequestContext
 from libs.events import SandboxExecReply, SandboxExecRequest
+from libs.seccomp import build_filter
 from libs.service import running
 from libs.settings import Settings
 from services.sandbox.adapters.bwrap import GROUP, PASSWD, BwrapBackend, bwrap_argv, memfd
-from services.sandbox.adapters.seccomp import build_filter
 from services.sandbox.bootstrap import build
 from services.sandbox.executor import execute
 from services.sandbox.limits import Limits

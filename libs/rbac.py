@@ -56,6 +56,7 @@ class Permission(StrEnum):
     FINE_TUNE = "fine_tune"
     APPROVE_TOOLS = "approve_tools"  # list, approve and reject agents' paused tool calls
     MANAGE_SKILLS = "manage_skills"  # a tenant's SKILL.md skills: list, read, upload, delete
+    MANAGE_MCP_SERVERS = "manage_mcp_servers"  # the MCP servers a tenant's agents may call
 
 
 _A, _D, _AU, _U, _OP = (
@@ -87,6 +88,7 @@ ALLOWED: dict[Permission, frozenset[Role]] = {
     Permission.FINE_TUNE: frozenset({_A, _D}),
     Permission.APPROVE_TOOLS: frozenset({_A}),
     Permission.MANAGE_SKILLS: frozenset({_A, _D}),
+    Permission.MANAGE_MCP_SERVERS: frozenset({_A}),
 }
 
 # Every HTTP route of the gateway (method, path as FastAPI spells it) -> its permission.
@@ -127,6 +129,10 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/v1/admin/providers"): Permission.MANAGE_PROVIDERS,
     ("PUT", "/v1/admin/providers/{name}"): Permission.MANAGE_PROVIDERS,
     ("DELETE", "/v1/admin/providers/{name}"): Permission.MANAGE_PROVIDERS,
+    ("GET", "/v1/admin/mcp_servers"): Permission.MANAGE_MCP_SERVERS,
+    ("GET", "/v1/admin/mcp_servers/{name}"): Permission.MANAGE_MCP_SERVERS,
+    ("PUT", "/v1/admin/mcp_servers/{name}"): Permission.MANAGE_MCP_SERVERS,
+    ("DELETE", "/v1/admin/mcp_servers/{name}"): Permission.MANAGE_MCP_SERVERS,
     ("GET", "/v1/admin/usage"): Permission.READ_USAGE,
     ("POST", "/v1/sandbox/exec"): Permission.EXEC_CODE,
     ("GET", "/v1/files/{file_id}/content"): Permission.READ_FILES,

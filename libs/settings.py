@@ -114,6 +114,25 @@ class Settings(BaseSettings):
     # Run as root, the bwrap backend drops each sandbox to uid base + slot (never 0).
     sandbox_uid_base: int = 1_900_000_000
     sandbox_docker_image: str = "python:3.11-slim"
+    # MCP servers of the agent runtime (services/agent_runtime/adapters/mcp_client.py).
+    # A stdio server runs under the sandbox's bubblewrap profile (libs/bwrap.py), with
+    # these limits over its whole life; it is stopped after `mcp_idle_s` without a call.
+    mcp_stdio_cpu_s: int = 600
+    mcp_stdio_memory_mb: int = 1024
+    mcp_stdio_processes: int = 64
+    mcp_stdio_work_mb: int = 64
+    mcp_stdio_uid: int = 1_899_999_000  # run as root: the host uid of every stdio server
+    # Host paths shown read-only to stdio servers besides /usr (the runtime's own Python
+    # and its packages always are, so `command: python` runs the platform's interpreter).
+    mcp_stdio_paths: list[str] = []
+    mcp_idle_s: float = 300.0
+    mcp_call_timeout_s: float = 30.0
+    mcp_start_timeout_s: float = 20.0
+    mcp_refresh_s: float = 2.0  # how long the runtime keeps a tenant's server list
+    # A streamable HTTP server on a loopback, private or link-local address is refused
+    # unless its host (as in its url) is listed here by the platform operator: a tenant's
+    # admin cannot point the runtime at the platform's own services.
+    mcp_http_internal_hosts: list[str] = []
     # /metrics, /healthz and /readyz of each process (libs/metrics.py: the port scheme).
     # 0: the first free port of the stage's block from metrics_base_port; -1: none.
     metrics_port: int = 0

@@ -305,3 +305,18 @@ class TurnFeedback(Base):
     correction: Mapped[str | None] = mapped_column(Text, nullable=True)
     actor: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class TenantMcpServerRecord(Base):
+    """An MCP server an admin registered for one tenant (libs.mcp_servers.McpServer):
+    its transport (`stdio`: command and args; `streamable_http`: url), the tools offered,
+    which calls wait for an approval, and whether it is enabled."""
+
+    __tablename__ = "tenant_mcp_servers"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -11,6 +11,8 @@ call or a limit stops it. Pure over `AgentPorts` (the unit tests script the engi
 - Limits (AgentLimits): steps, tokens (prompt + completion over all steps), wall time
   (the agent's, or what its parent has left, whichever ends first; a step or a tool that
   runs past it is cancelled), depth.
+- MCP tools (`AgentRun.toolset`): offered beside the agent's own and run through the same
+  registry path; a server's `require_approval` adds its tools to the approvals.
 - Approvals: a call of a tool the agent lists under `approvals` pauses the run (outcome
   `paused`, its `PausedRun`: the conversation, the calls still to run, steps, tokens and
   wall time spent) until someone decides; `resume` goes on from there with the decision
@@ -51,6 +53,7 @@ from libs.events import (
 )
 from services.agent_runtime.agents import AgentDefinition
 from services.agent_runtime.builtin_tools import ToolArgs
+from services.agent_runtime.mcp_tools import Toolset
 from services.agent_runtime.skills import SkillHeader, catalog_prompt
 from services.agent_runtime.tools import (
     ToolContext,
@@ -102,6 +105,9 @@ class AgentRun:
     # The client's own functions (a chat's or a response's `tools`): a step that calls one
     # ends the run with that call for the client to run (top level only).
     client_tools: tuple[ToolDefinition, ...] = ()
+    # The MCP tools its agent names, from the tenant's enabled servers (mcp_tools.py): run
+    # like built-in tools; those in `toolset.approvals` wait for an approver.
+    toolset: Toolset = field(default_factory=Toolset)
 
 
 class PausedRun(BaseModel):
@@ -251,7 +257,12 @@ class AgentLoop:
         started = self.ports.now()
         deadline = started + wall - state.elapsed_s
         subs = {n: d for n, d in (subagents or {}).items() if n in agent.subagents}
+        registry = self.registry
         tools = self.offered(agent, run, subs)
+        if run.toolset.tools:
+            registry = registry.with_tools(run.toolset.tools)
+            tools += registry.definitions(t.name for t in run.toolset.tools)
+        waits = set(agent.approvals) | run.toolset.approvals
         client = list(run.client_tools) if run.depth == 0 else []
         client_names = {t.function.name for t in client}
         tools += client
@@ -282,7 +293,7 @@ class AgentLoop:
             while True:
                 while state.pending:
                     call = state.pending[0]
-                    if call.function.name in agent.approvals and call.id not in state.decisions:
+                    if call.function.name in waits and call.id not in state.decisions:
                         if run.depth == 0:
                             state.steps, state.usage = out.steps, out.usage
                             state.elapsed_s += self.ports.now() - started
@@ -291,7 +302,7 @@ class AgentLoop:
                             return out
                         state.decisions[call.id] = False
                     result = await self._call(
-                        agent, run, subs, call, context, deadline, tools, state, timed
+                        agent, run, subs, call, context, deadline, tools, state, timed, registry
                     )
                     seen = await self._screened(agent, run, result)
                     convo.append(ChatMessage(role="tool", tool_call_id=call.id, content=seen))
@@ -368,13 +379,14 @@ class AgentLoop:
         tools: list[ToolDefinition],
         state: PausedRun,
         timed: Callable[[Awaitable[ToolResult]], Awaitable[ToolResult]],
+        registry: ToolRegistry,
     ) -> ToolResult:
         if state.decisions.get(call.id) is False:
             return await self._rejected(call, context, run)
         if call.function.name == DELEGATE:
             return await timed(self._delegate(agent, run, subs, call, context, deadline))
         if call.function.name in {t.function.name for t in tools}:
-            return await timed(self.registry.call(call, context, self.ports))
+            return await timed(registry.call(call, context, self.ports))
         return await self._refuse(call, context, tools)
 
     async def _rejected(self, call: ToolCall, context: ToolContext, run: AgentRun) -> ToolResult:
@@ -485,13 +497,18 @@ async def run_child(
     agent: AgentDefinition,
     skills: list[SkillHeader] | None = None,
     subagents: dict[str, str] | None = None,
+    toolset: Toolset | None = None,
 ) -> DelegateResult:
     """A delegated task run as its own agent turn (the handler of `DelegateRequested`)."""
     outcome = await loop.run(
         agent,
         [ChatMessage(role="user", content=request.task)],
         AgentRun(
-            ctx=request.ctx, user=request.user, depth=request.depth, wall_s_left=request.wall_s_left
+            ctx=request.ctx,
+            user=request.user,
+            depth=request.depth,
+            wall_s_left=request.wall_s_left,
+            toolset=toolset or Toolset(),
         ),
         skills,
         subagents,

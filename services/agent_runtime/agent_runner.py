@@ -38,6 +38,7 @@ from services.agent_runtime.agent_turn import (
 )
 from services.agent_runtime.agents import AgentDefinition, AgentError
 from services.agent_runtime.builtin_tools import builtin_tools
+from services.agent_runtime.mcp_tools import McpClient, McpServerSource, Toolset, toolset
 from services.agent_runtime.skill_tool import LoadSkill
 from services.agent_runtime.skills import Skill, SkillError
 from services.agent_runtime.tools import ToolRegistry
@@ -62,16 +63,39 @@ class AgentRunner:
         skills: SkillFolders,
         ports: AgentPorts,
         approvals: Approvals | None = None,
+        mcp: tuple[McpServerSource, McpClient] | None = None,
     ) -> None:
         self.agents = agents
         self.skills = skills
         self.approvals = approvals
+        self.mcp = mcp
         self.loop = AgentLoop(ToolRegistry.of([*builtin_tools(), LoadSkill(skills)]), ports)
 
     @classmethod
-    def at(cls, home: Path, ports: AgentPorts, approvals: Approvals | None = None) -> AgentRunner:
-        """`$ENCLAVE_HOME/agents/<tenant>/<agent>.yaml`, `$ENCLAVE_HOME/skills/<tenant>/`."""
-        return cls(AgentFiles(home / "agents"), SkillFolders(home / "skills"), ports, approvals)
+    def at(
+        cls,
+        home: Path,
+        ports: AgentPorts,
+        approvals: Approvals | None = None,
+        mcp: tuple[McpServerSource, McpClient] | None = None,
+    ) -> AgentRunner:
+        """`$ENCLAVE_HOME/agents/<tenant>/<agent>.yaml`, `$ENCLAVE_HOME/skills/<tenant>/`;
+        `mcp`: the tenants' MCP servers and the client that speaks to them."""
+        return cls(
+            AgentFiles(home / "agents"), SkillFolders(home / "skills"), ports, approvals, mcp
+        )
+
+    async def toolset(self, tenant: str, agent: AgentDefinition) -> Toolset:
+        """The MCP tools `agent` names, from the tenant's enabled servers (none when the
+        registry cannot be read: logged, and the agent runs with its other tools)."""
+        if self.mcp is None:
+            return Toolset()
+        source, client = self.mcp
+        try:
+            return await toolset(source, client, tenant, agent.tools)
+        except Exception:
+            log.exception("the MCP servers of tenant %s could not be read", tenant)
+            return Toolset()
 
     async def hold(self, ctx: RequestContext, agent: str, paused: PausedRun) -> ApprovalRecord:
         """Save a paused run; its approval record (status `pending`)."""
@@ -109,7 +133,9 @@ class AgentRunner:
                 agent,
                 paused,
                 record.status == "approved",
-                AgentRun(ctx=record.ctx, user=paused.user),
+                AgentRun(
+                    ctx=record.ctx, user=paused.user, toolset=await self.toolset(tenant, agent)
+                ),
                 self.subagents(tenant, agent),
             )
             if outcome.outcome == "paused" and outcome.paused is not None:
@@ -173,6 +199,7 @@ class AgentRunner:
             list(self.skills.headers(tenant).values()),
             self.subagents(tenant, agent),
             self.hold if self.approvals is not None else None,
+            await self.toolset(tenant, agent),
         )
 
     async def delegated(self, request: DelegateRequested) -> DelegateResult:
@@ -189,6 +216,7 @@ class AgentRunner:
             agent,
             list(self.skills.headers(tenant).values()),
             self.subagents(tenant, agent),
+            await self.toolset(tenant, agent),
         )
 
 

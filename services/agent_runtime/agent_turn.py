@@ -34,6 +34,7 @@ from libs.events import (
 from libs.guard_window import OutputWindow
 from services.agent_runtime.agent_loop import AgentLoop, AgentOutcome, AgentRun, PausedRun
 from services.agent_runtime.agents import AgentDefinition
+from services.agent_runtime.mcp_tools import Toolset
 from services.agent_runtime.pipeline import _guarded, _notice
 from services.agent_runtime.skills import SkillHeader
 
@@ -95,7 +96,9 @@ async def screen_answer(
     return out
 
 
-def _unsupported(event: ChatRequested, agent: AgentDefinition) -> ErrorInfo | None:
+def _unsupported(
+    event: ChatRequested, agent: AgentDefinition, toolset: Toolset
+) -> ErrorInfo | None:
     def refuse(name: str, message: str) -> ErrorInfo:
         return ErrorInfo(status=400, message=message, code="unsupported_parameter", param=name)
 
@@ -115,7 +118,7 @@ def _unsupported(event: ChatRequested, agent: AgentDefinition) -> ErrorInfo | No
         return refuse("tool_choice", "An agent decides which tools it calls: `tool_choice` auto.")
     if event.params.parallel_tool_calls is False:
         return refuse("parallel_tool_calls", "An agent may call several tools in one step.")
-    own = set(agent.tools) | {"load_skill", "delegate"}
+    own = set(agent.tools) | {"load_skill", "delegate"} | toolset.names
     for tool in event.params.tools or []:
         if tool.function.name in own:
             return refuse(
@@ -134,8 +137,11 @@ async def run_agent_turn(
     skills: list[SkillHeader] | None = None,
     subagents: dict[str, str] | None = None,
     hold: Hold | None = None,
+    toolset: Toolset | None = None,
 ) -> TurnEvent:
-    """Run the agent for one chat turn; returns the last event the client was sent."""
+    """Run the agent for one chat turn; returns the last event the client was sent.
+    `toolset`: the MCP tools the agent names (mcp_tools.toolset)."""
+    toolset = toolset or Toolset()
     ctx = event.ctx
 
     async def send(turn_event: TurnEvent) -> TurnEvent:
@@ -148,7 +154,7 @@ async def run_agent_turn(
     async def observe(step: ToolStep) -> None:
         await ports.send(TurnEvent(tool_steps=[step]))
 
-    refused = _unsupported(event, agent)
+    refused = _unsupported(event, agent, toolset)
     if refused is not None:
         return await fail(refused)
     verdict = await ports.screen(
@@ -164,7 +170,10 @@ async def run_agent_turn(
         agent,
         _guarded(event, verdict).messages,
         AgentRun(
-            ctx=ctx, user=event.params.user or "", client_tools=tuple(event.params.tools or ())
+            ctx=ctx,
+            user=event.params.user or "",
+            client_tools=tuple(event.params.tools or ()),
+            toolset=toolset,
         ),
         skills,
         subagents,

@@ -39,8 +39,11 @@ class AgentDefinition(BaseModel):
     description: str = ""  # what a parent is told about it as a subagent
     instructions: str = ""
     skills: list[str] = Field(default_factory=list)
-    tools: list[str] = Field(default_factory=list)  # server-side tools by name
-    # Tools whose every call waits for an approver (a role with `approve_tools`).
+    # Server-side tools by name; an MCP server's as `mcp__<server>` (all it offers) or
+    # `mcp__<server>__<tool>`.
+    tools: list[str] = Field(default_factory=list)
+    # Tools whose every call waits for an approver (a role with `approve_tools`); an MCP
+    # server's `require_approval` adds its own.
     approvals: list[str] = Field(default_factory=list)
     subagents: list[str] = Field(default_factory=list)  # agents it may delegate to
     vector_store_ids: list[str] = Field(default_factory=list)  # for file_search
@@ -71,7 +74,12 @@ def parse_agent(where: str, data: Any, name: str | None = None) -> AgentDefiniti
         raise AgentError(f"{where}: `name` is `{agent.name}` but the file is `{name}.yaml`")
     if agent.name in agent.subagents:
         raise AgentError(f"{where}: an agent cannot delegate to itself")
-    unknown = [t for t in agent.approvals if t not in agent.tools]
+    servers = [t for t in agent.tools if t.startswith("mcp__") and t.count("__") == 1]
+    unknown = [
+        t
+        for t in agent.approvals
+        if t not in agent.tools and not any(t.startswith(f"{s}__") for s in servers)
+    ]
     if unknown:
         raise AgentError(f"{where}: `approvals` names `{unknown[0]}`, which is not in `tools`")
     return agent

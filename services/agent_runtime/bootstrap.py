@@ -38,6 +38,7 @@ from libs.audit import (
 )
 from libs.bus import event_bytes, stream_configs
 from libs.context import RUNTIME_HEADER
+from libs.db.engine import make_engine
 from libs.errors import ErrorInfo
 from libs.events import (
     AgentResumeRequested,
@@ -55,8 +56,11 @@ from libs.generation import AnyGeneration, GenerationClient, RouteCache
 from libs.learning_optins import LearningOptIns
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, ReplyRouter, serve, still_wanted
+from libs.seccomp import build_filter
 from libs.telemetry import attributes, parent_context, setup_tracing, with_span
 from services.agent_runtime.adapters.agent_ports import NatsAgentPorts
+from services.agent_runtime.adapters.mcp_client import McpSessions
+from services.agent_runtime.adapters.sql_mcp_servers import SqlMcpServers
 from services.agent_runtime.agent_runner import AgentRunner, manage_skills
 from services.agent_runtime.agents import agent_name
 from services.agent_runtime.passthrough import InputPassthrough
@@ -85,8 +89,10 @@ class Runtime:
         audit: AuditPublisher,
         agents: AgentRunner | None = None,
         metrics: StageMetrics | None = None,
+        mcp: McpSessions | None = None,
         optins: LearningOptIns | None = None,
     ) -> None:
+        self.mcp = mcp
         self.bus = bus
         # The tenants that opted in to learning from feedback: only their turns are logged.
         self.optins = optins
@@ -183,6 +189,8 @@ class Runtime:
     async def stop(self) -> None:
         if self.running:
             await asyncio.wait(self.running, timeout=30)
+        if self.mcp is not None:
+            await self.mcp.close()
         if self.optins is not None:
             await self.optins.stop()
         await self.audit.close()
@@ -401,6 +409,10 @@ async def build(bus: Bus, broker: NatsBroker) -> Runtime:
     ports = RuntimePorts(bus, generations, InputPassthrough(settings.guard_passthrough_s), replica)
     audit = AuditPublisher(bus.nc, bus.subjects, "runtime", outbox_dir(settings.home))
     approvals = ApprovalStore(bus.nc, bus.subjects, settings.stream_replicas)
-    agents = AgentRunner.at(settings.home, NatsAgentPorts(ports, audit), approvals)
+    # The tenants' MCP servers (SQL, written by the gateway's admin API) and the sessions
+    # with them: stdio servers under the sandbox's bubblewrap profile and seccomp filter.
+    mcp = McpSessions.from_settings(settings, build_filter())
+    servers = SqlMcpServers(make_engine(settings.sqlalchemy_url), settings.mcp_refresh_s)
+    agents = AgentRunner.at(settings.home, NatsAgentPorts(ports, audit), approvals, (servers, mcp))
     optins = LearningOptIns(bus.nc, bus.subjects, settings.stream_replicas)
-    return Runtime(bus, ports, deltas, audit, agents, StageMetrics("agent_runtime"), optins)
+    return Runtime(bus, ports, deltas, audit, agents, StageMetrics("agent_runtime"), mcp, optins)

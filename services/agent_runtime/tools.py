@@ -1,8 +1,9 @@
 """Server-side tools: what they are, and how one call runs (pure over `ToolPorts`).
 
-A tool declares its arguments as a pydantic model; the model's JSON Schema is what the
-model is shown (`ToolDefinition`), and a call's arguments are validated against it before
-the tool runs. Arguments that are not JSON, or do not fit, go back to the model as a tool
+A tool declares its arguments as a pydantic model (a built-in tool) or as a JSON Schema
+(`SchemaTool`: an MCP server's tool, its `inputSchema`); that schema is what the model is
+shown (`ToolDefinition`), and a call's arguments are validated against it before the tool
+runs. Arguments that are not JSON, or do not fit, go back to the model as a tool
 error (outcome `invalid_arguments`) it can correct, never a crash; so does a tool that
 fails (`ToolFailed`, outcome `error`). Every call is audited: the tool, a digest of its
 arguments (never the arguments), the outcome and the duration.
@@ -88,10 +89,44 @@ class Tool(Protocol):
         ...
 
 
-def definition(tool: Tool) -> ToolDefinition:
+class SchemaTool(Protocol):
+    """A tool whose arguments are a JSON Schema (an MCP server's tool)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The JSON Schema of the arguments, as the model is shown it."""
+        ...
+
+    def invalid(self, args: Any) -> str | None:
+        """Why `args` do not fit the schema, or None when they do."""
+        ...
+
+    async def run(self, args: Any, call: ToolContext, ports: ToolPorts) -> str:
+        """The result as the model will read it; raises `ToolFailed`."""
+        ...
+
+
+AnyTool = Tool | SchemaTool
+
+
+def _schema_tool(tool: AnyTool) -> SchemaTool | None:
+    return tool if hasattr(tool, "parameters") else None  # type: ignore[return-value]
+
+
+def definition(tool: AnyTool) -> ToolDefinition:
     """The tool as the model sees it: its arguments' JSON Schema."""
-    schema = tool.arguments.model_json_schema()
-    schema.pop("title", None)
+    by_schema = _schema_tool(tool)
+    if by_schema is not None:
+        schema = by_schema.parameters
+    else:
+        schema = tool.arguments.model_json_schema()  # type: ignore[union-attr]
+        schema.pop("title", None)
     return ToolDefinition(
         function=FunctionDefinition(name=tool.name, description=tool.description, parameters=schema)
     )
@@ -125,17 +160,23 @@ def clip(text: str, limit: int = MAX_RESULT_CHARS) -> str:
 class ToolRegistry:
     """The tools a runtime can run, by name."""
 
-    tools: dict[str, Tool] = field(default_factory=dict)
+    tools: dict[str, AnyTool] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
 
     @classmethod
-    def of(cls, tools: Iterable[Tool], clock: Callable[[], float] = time.monotonic) -> ToolRegistry:
+    def of(
+        cls, tools: Iterable[AnyTool], clock: Callable[[], float] = time.monotonic
+    ) -> ToolRegistry:
         registry = cls(clock=clock)
         for tool in tools:
             registry.add(tool)
         return registry
 
-    def add(self, tool: Tool) -> None:
+    def with_tools(self, more: Iterable[AnyTool]) -> ToolRegistry:
+        """This registry and `more` (one run's MCP tools): the calls run the same way."""
+        return ToolRegistry.of([*self.tools.values(), *more], self.clock)
+
+    def add(self, tool: AnyTool) -> None:
         if tool.name in self.tools:
             raise ValueError(f"a tool named `{tool.name}` is registered already")
         self.tools[tool.name] = tool
@@ -178,12 +219,21 @@ class ToolRegistry:
             return f"Error: the arguments are not valid JSON ({exc.msg}). Call again.", (
                 "invalid_arguments"
             )
-        try:
-            args = tool.arguments.model_validate(raw)
-        except ValidationError as exc:
-            return f"Error: invalid arguments for `{tool.name}`: {_why(exc)}. Call again.", (
-                "invalid_arguments"
-            )
+        by_schema = _schema_tool(tool)
+        if by_schema is not None:
+            why = by_schema.invalid(raw)
+            if why is not None:
+                return f"Error: invalid arguments for `{tool.name}`: {why}. Call again.", (
+                    "invalid_arguments"
+                )
+            args: Any = raw
+        else:
+            try:
+                args = tool.arguments.model_validate(raw)  # type: ignore[union-attr]
+            except ValidationError as exc:
+                return f"Error: invalid arguments for `{tool.name}`: {_why(exc)}. Call again.", (
+                    "invalid_arguments"
+                )
         try:
             return await tool.run(args, context, ports), "ok"
         except ToolFailed as exc:

@@ -195,6 +195,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
         summary: dict[str, Any] = {
             "keys": len(key_ids),
             "providers": rows["providers"],
+            "mcp_servers": rows["mcp_servers"],
             "tenant_record": rows["tenant_record"],
             "memory": bool(memory.body.get("deleted")) if isinstance(memory.body, dict) else False,
             "fine_tuning_jobs": int(trained.get("jobs", 0)),

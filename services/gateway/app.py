@@ -35,6 +35,7 @@ from services.gateway import (
     fine_tuning_routes,
     guardrails_routes,
     key_routes,
+    mcp_routes,
     rag_routes,
     responses_routes,
     sandbox_routes,
@@ -221,6 +222,7 @@ def create_fastapi(gw: Gateway) -> FastAPI:
 
     key_routes.register(app, gw)
     admin_routes.register(app, gw)
+    mcp_routes.register(app, gw)
 
     _document_request_bodies(
         app,

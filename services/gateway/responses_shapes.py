@@ -37,6 +37,7 @@ from libs.events import (
     ToolStep,
     Usage,
 )
+from libs.mcp_servers import server_of
 from libs.tool_calls import ToolChoiceError
 from libs.tool_calls import check as check_tools
 from services.gateway.openai_shapes import MAX_NAME, MAX_TOKENS, MAX_TOOLS
@@ -365,15 +366,17 @@ SERVER_LABEL = "enclave"  # the `server_label` of tools the platform runs itself
 
 
 def step_item(step: ToolStep) -> dict[str, Any]:
-    """A server-side tool an agent called (`mcp_call`, the platform as its server), or the
-    call it waits to have approved (`mcp_approval_request`, id = the approval's)."""
+    """A server-side tool an agent called (`mcp_call`, the platform as its server, or the
+    tenant's MCP server for its `mcp__<server>__<tool>`), or the call it waits to have
+    approved (`mcp_approval_request`, id = the approval's)."""
+    label = server_of(step.name) or SERVER_LABEL
     if step.approval_id is not None:
         return {
             "type": "mcp_approval_request",
             "id": step.approval_id,
             "name": step.name,
             "arguments": step.arguments,
-            "server_label": SERVER_LABEL,
+            "server_label": label,
         }
     failed = step.outcome != "ok"
     return {
@@ -381,7 +384,7 @@ def step_item(step: ToolStep) -> dict[str, Any]:
         "id": "mcp_" + step.call_id.removeprefix("call_"),
         "name": step.name,
         "arguments": step.arguments,
-        "server_label": SERVER_LABEL,
+        "server_label": label,
         "output": step.output,
         "error": (
             {"type": "mcp_tool_execution_error", "content": step.output, "outcome": step.outcome}

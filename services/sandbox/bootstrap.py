@@ -39,9 +39,9 @@ def build_backend(settings: Settings, limits: Limits) -> Backend:
         raise SystemExit(
             f"ENCLAVE_SANDBOX_BACKEND={settings.sandbox_backend!r}: use bwrap or docker"
         )
+    from libs.seccomp import build_filter
     from services.sandbox.adapters.bwrap import BwrapBackend
     from services.sandbox.adapters.cgroups import Cgroups
-    from services.sandbox.adapters.seccomp import build_filter
 
     missing = BwrapBackend.missing()
     if missing:

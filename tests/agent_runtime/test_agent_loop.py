@@ -387,3 +387,8 @@ def test_approvals_must_name_the_agents_tools() -> None:
             {"model": "m", "tools": ["code_execution"], "approvals": ["memory_write"]},
             "a",
         )
+    # An MCP server's tool under a server the agent names as a whole.
+    mcp = {"model": "m", "tools": ["mcp__fx"], "approvals": ["mcp__fx__add"]}
+    assert parse_agent("a.yaml", mcp, "a").approvals == ["mcp__fx__add"]
+    with pytest.raises(AgentError, match="`approvals` names `mcp__web__add`"):
+        parse_agent("a.yaml", {**mcp, "approvals": ["mcp__web__add"]}, "a")

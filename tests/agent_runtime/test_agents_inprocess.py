@@ -98,6 +98,31 @@ class StandIns(RuntimeStandIns):
         return GenerateAccepted(accepted=True, worker="w1", timeout_s=request.timeout_s)
 
 
+async def agent_turn(
+    nc: NatsClient, settings: Settings, client: ReplyRouter, model: str, content: str
+) -> tuple[str, str]:
+    """A chat turn of tenant acme on `model`, through the work queue, read to its end:
+    its request id and the text the client got."""
+    request_id = "r" + secrets.token_hex(4)
+    inbox = client.open(request_id)
+    event = ChatRequested(
+        ctx=RequestContext(tenant="acme", request_id=request_id),
+        model=model,
+        messages=[ChatMessage(role="user", content=content)],
+        reply_subject=inbox.subject,
+    )
+    await nc.jetstream().publish(settings.subjects.chat_requested, event.model_dump_json().encode())
+    text = ""
+    while True:
+        msg = await inbox.next(60.0)
+        assert msg is not None, "the agent turn did not finish"
+        ev = TurnEvent.model_validate_json(msg.data)
+        assert ev.error is None, ev.error
+        text += "".join(d.content for d in ev.deltas)
+        if ev.done:
+            return request_id, text
+
+
 async def test_an_agent_turn_runs_code_and_delegates_over_the_bus(
     nc: NatsClient, inprocess_settings: Settings, backend: BwrapBackend, tmp_path: Path
 ) -> None:
@@ -119,26 +144,7 @@ async def test_an_agent_turn_runs_code_and_delegates_over_the_bus(
     client = await ReplyRouter(nc, settings.subjects.chat_stream("gw1", "")).start()
     async with running(settings, "agent_runtime", build) as service:
         assert isinstance(service, Runtime)
-        request_id = "r" + secrets.token_hex(4)
-        inbox = client.open(request_id)
-        event = ChatRequested(
-            ctx=RequestContext(tenant="acme", request_id=request_id),
-            model="agent:coder",
-            messages=[ChatMessage(role="user", content="What is 6 * 7?")],
-            reply_subject=inbox.subject,
-        )
-        await nc.jetstream().publish(
-            settings.subjects.chat_requested, event.model_dump_json().encode()
-        )
-        text = ""
-        while True:
-            msg = await inbox.next(60.0)
-            assert msg is not None, "the agent turn did not finish"
-            ev = TurnEvent.model_validate_json(msg.data)
-            assert ev.error is None, ev.error
-            text += "".join(d.content for d in ev.deltas)
-            if ev.done:
-                break
+        request_id, text = await agent_turn(nc, settings, client, "agent:coder", "What is 6 * 7?")
         assert text == "It is 42. Checked: correct."
         [ran] = stand_ins.executed
         assert ran.tool == "code_execution" and ran.ctx.request_id == request_id

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,6 +41,9 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "limits: {max_steps: 3}\n"
     )
     (folder / "helper.yaml").write_text(f"model: {MODEL}\ninstructions: Be helpful.\n")
+    (folder / "mcpcalc.yaml").write_text(
+        f"model: {MODEL}\ntools: [mcp__fx]\nlimits: {{max_steps: 3}}\n"
+    )
     try:
         plat.start("router", "inference_router")
         plat.start("worker-echo-tools", "worker", "echo-tools")
@@ -152,6 +156,40 @@ def test_a_rejected_call_is_not_run_and_the_model_is_told(
     done = wait_status(plat, request.id)
     assert done["status"] == "completed" and "an approver rejected it" in done["output"]
     assert api(plat, "GET", "/v1/approvals/apr_" + "0" * 24).status_code == 404
+
+
+MCP_FIXTURE = Path(__file__).parents[1] / "agent_runtime" / "mcp_fixture_server.py"
+
+
+def test_an_mcp_tool_that_needs_approval_runs_once_approved(
+    plat: Platform, client: openai.OpenAI
+) -> None:
+    """An admin registers a stdio MCP server through the API, its `add` under approval; an
+    agent that names the server calls it; the call waits until an approver approves it
+    through /v1/approvals; then the runtime runs it in the sandboxed server and the answer
+    carries its result."""
+    body = {
+        "transport": "stdio",
+        "command": "python",
+        "args": ["-c", MCP_FIXTURE.read_text()],
+        "require_approval": ["add"],
+        "enabled": True,
+    }
+    r = api(plat, "PUT", "/v1/admin/mcp_servers/fx", json=body)
+    assert r.status_code == 201, r.text
+    try:
+        call = '<tool_call>{"name": "mcp__fx__add", "arguments": {"a": 20, "b": 22}}</tool_call>'
+        reply = client.responses.create(model="agent:mcpcalc", input=call)
+        [request] = [i for i in reply.output if i.type == "mcp_approval_request"]
+        assert (request.name, request.server_label) == ("mcp__fx__add", "fx"), reply.output
+        assert '"a": 20' in request.arguments
+        decided = api(plat, "POST", f"/v1/approvals/{request.id}", json={"approve": True})
+        assert decided.status_code == 200, decided.text
+        done = wait_status(plat, request.id)
+        assert done["status"] == "completed", done
+        assert "42" in done["output"], done
+    finally:
+        api(plat, "DELETE", "/v1/admin/mcp_servers/fx")
 
 
 SKILL = """---

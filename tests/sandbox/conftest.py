@@ -10,9 +10,9 @@ import pytest
 
 from libs.context import RequestContext
 from libs.events import SandboxExecReply, SandboxExecRequest, SandboxFile
+from libs.seccomp import build_filter
 from services.sandbox.adapters.bwrap import BwrapBackend
 from services.sandbox.adapters.cgroups import Cgroups
-from services.sandbox.adapters.seccomp import build_filter
 from services.sandbox.executor import execute
 from services.sandbox.limits import Limits
 

@@ -16,6 +16,7 @@ from services.gateway.responses_shapes import (
     ResponsesRequest,
     input_messages,
     response_json,
+    step_item,
     to_event,
 )
 
@@ -119,3 +120,12 @@ def test_unknown_fields_are_refused() -> None:
         request(input="x", prompt={"id": "p"})
     with pytest.raises(ValueError, match=r"file_search_call\.results"):
         request(input="x", include=["file_search_call.results"])
+
+
+def test_an_mcp_servers_tool_is_labelled_with_its_server() -> None:
+    mcp = ToolStep(call_id="call_1", name="mcp__fx__add", arguments="{}", output="5")
+    own = ToolStep(call_id="call_2", name="code_execution", arguments="{}", output="{}")
+    assert step_item(mcp)["server_label"] == "fx" and step_item(mcp)["name"] == "mcp__fx__add"
+    assert step_item(own)["server_label"] == "enclave"
+    waiting = mcp.model_copy(update={"approval_id": "apr_1", "outcome": "awaiting_approval"})
+    assert step_item(waiting)["server_label"] == "fx"

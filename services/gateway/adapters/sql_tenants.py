@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db.engine import sessions
-from libs.db.models import ApiKey, TenantProviderRecord, TenantRecord
+from libs.db.models import ApiKey, TenantMcpServerRecord, TenantProviderRecord, TenantRecord
 
 
 def _now() -> datetime:
@@ -74,8 +74,8 @@ async def delete_provider(engine: AsyncEngine, tenant: str, name: str) -> bool:
 
 
 async def erase_tenant_rows(engine: AsyncEngine, tenant: str) -> dict[str, list[str] | int]:
-    """Delete the tenant's keys, providers and record; returns the key ids deleted (every
-    replica must drop them from its cache) and the other counts."""
+    """Delete the tenant's keys, providers, MCP servers and record; returns the key ids
+    deleted (every replica must drop them from its cache) and the other counts."""
     async with sessions(engine)() as session, session.begin():
         key_ids = list(
             (await session.execute(select(ApiKey.key_id).where(ApiKey.tenant == tenant)))
@@ -86,9 +86,13 @@ async def erase_tenant_rows(engine: AsyncEngine, tenant: str) -> dict[str, list[
         providers = await session.execute(
             delete(TenantProviderRecord).where(TenantProviderRecord.tenant == tenant)
         )
+        mcp = await session.execute(
+            delete(TenantMcpServerRecord).where(TenantMcpServerRecord.tenant == tenant)
+        )
         record = await session.execute(delete(TenantRecord).where(TenantRecord.name == tenant))
     return {
         "keys": key_ids,
         "providers": int(providers.rowcount),  # type: ignore[attr-defined]
+        "mcp_servers": int(mcp.rowcount),  # type: ignore[attr-defined]
         "tenant_record": int(record.rowcount),  # type: ignore[attr-defined]
     }

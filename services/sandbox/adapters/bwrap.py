@@ -10,7 +10,7 @@ Layers, outermost first (services/sandbox/README.md says what each blocks):
   further user namespaces, every capability dropped, uid/gid 65534 inside, a read-only view
   of /usr only (no /home, /root, /etc/shadow, ENCLAVE_HOME or the repository), a tmpfs work
   dir, /tmp and /dev/shm of fixed size, an empty environment, the seccomp filter
-  (adapters/seccomp.py), killed with the service;
+  (libs/seccomp.py), killed with the service; the profile itself is libs/bwrap.py;
 - the runner (runner.py) inside: output caps, its own deadline, nothing left running after.
 The service keeps a harder deadline and a cap on what it reads behind all of them.
 """
@@ -32,35 +32,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.bwrap import GROUP, PASSWD, memfd
+from libs.bwrap import bwrap_argv as sandbox_argv
 from services.sandbox.adapters.cgroups import Cgroups, join_command
 from services.sandbox.limits import Job, Limits
 from services.sandbox.outcome import Observed
 
 log = logging.getLogger("enclave.sandbox")
 RUNNER = (Path(__file__).resolve().parent.parent / "runner.py").read_text()
-SANDBOX_UID = 65534
 # How long after the run's own deadline the service kills the sandbox regardless.
 GRACE_S = 3.0
 STDERR_CAP = 65536
-# What of /etc a program may need: alternatives (awk, ...), the loader's cache, the time zone.
-ETC_FILES = ("alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime")
-PASSWD = b"root:x:0:0:root:/:/usr/sbin/nologin\nsandbox:x:65534:65534:sandbox:/work:/bin/bash\n"
-GROUP = b"root:x:0:\nsandbox:x:65534:\n"
-
-
-def _root_binds() -> list[str]:
-    """/usr read-only, and /bin, /lib... as the host has them (links on merged-/usr)."""
-    args = ["--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
-        host = Path("/") / name
-        if host.is_symlink():
-            args += ["--symlink", os.readlink(host), f"/{name}"]
-        elif host.is_dir():
-            args += ["--ro-bind", str(host), f"/{name}"]
-    for name in ETC_FILES:
-        if (Path("/etc") / name).exists():
-            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    return args
+# The runner reads its job on stdin.
+RUNNER_COMMAND = ("python3", "-I", "-S", "-c", RUNNER)
 
 
 def bwrap_argv(
@@ -72,94 +56,19 @@ def bwrap_argv(
     host_uid: int | None,
     bwrap: str = "bwrap",
 ) -> list[str]:
-    """The whole command line of one sandbox (pure, apart from looking at / once)."""
-    mem = limits.memory_bytes
-    argv = [
-        "prlimit",
-        f"--cpu={limits.cpu_s}:{limits.cpu_s + 1}",
-        f"--as={mem}:{mem}",
-        f"--nproc={limits.processes}:{limits.processes}",
-        f"--fsize={limits.work_bytes}:{limits.work_bytes}",
-        "--nofile=256:256",
-        "--core=0:0",
-        "--",
-    ]
-    if host_uid is not None:
-        argv += [
-            "setpriv",
-            f"--reuid={host_uid}",
-            f"--regid={host_uid}",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--",
-        ]
-    argv += [
-        bwrap,
-        "--unshare-all",
-        "--unshare-user",
-        "--disable-userns",
-        "--die-with-parent",
-        # The runner is the pid namespace's init: the code cannot kill it, and bwrap returns
-        # only once the kernel has ended every process of the namespace.
-        "--as-pid-1",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-        "--uid",
-        str(SANDBOX_UID),
-        "--gid",
-        str(SANDBOX_UID),
-        "--hostname",
-        "sandbox",
-        "--clearenv",
-        "--setenv",
-        "PATH",
-        "/usr/local/bin:/usr/bin:/bin",
-        *_root_binds(),
-        "--ro-bind-data",
-        str(passwd_fd),
-        "/etc/passwd",
-        "--ro-bind-data",
-        str(group_fd),
-        "/etc/group",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        # /dev/shm (POSIX shared memory, multiprocessing) would be an unbounded tmpfs.
-        "--size",
-        str(16 * 2**20),
-        "--tmpfs",
-        "/dev/shm",
-        "--perms",
-        "0777",
-        "--size",
-        str(limits.work_bytes),
-        "--tmpfs",
-        "/work",
-        "--perms",
-        "0777",
-        "--size",
-        str(16 * 2**20),
-        "--tmpfs",
-        "/tmp",
-        # The root is bwrap's own tmpfs, owned by the sandbox's uid: make it read-only
-        # (the /work and /tmp mounts stay writable).
-        "--remount-ro",
-        "/",
-    ]
-    if seccomp_fd is not None:
-        argv += ["--seccomp", str(seccomp_fd)]
-    # The runner reads its job on stdin.
-    argv += ["--chdir", "/work", "--", "python3", "-I", "-S", "-c", RUNNER]
-    return argv
-
-
-def memfd(name: str, data: bytes) -> int:
-    fd = os.memfd_create(name, 0)
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
+    """The whole command line of one sandbox running the runner (libs/bwrap.py's profile)."""
+    return sandbox_argv(
+        cpu_s=limits.cpu_s,
+        memory_bytes=limits.memory_bytes,
+        processes=limits.processes,
+        work_bytes=limits.work_bytes,
+        passwd_fd=passwd_fd,
+        group_fd=group_fd,
+        seccomp_fd=seccomp_fd,
+        host_uid=host_uid,
+        command=RUNNER_COMMAND,
+        bwrap=bwrap,
+    )
 
 
 async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]:

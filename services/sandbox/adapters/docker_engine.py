@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from services.sandbox.adapters.bwrap import GRACE_S, RUNNER, SANDBOX_UID
+from libs.bwrap import SANDBOX_UID
+from services.sandbox.adapters.bwrap import GRACE_S, RUNNER
 from services.sandbox.limits import Job, Limits
 from services.sandbox.outcome import Observed
 

@@ -1,4 +1,5 @@
-"""The sandbox's seccomp filter: classic BPF built with libseccomp (PyPI `pyseccomp`, ctypes
+"""The sandbox's seccomp filter (services/sandbox, and the agent runtime's stdio MCP servers):
+classic BPF built with libseccomp (PyPI `pyseccomp`, ctypes
 over Debian's libseccomp2), handed to bubblewrap with `--seccomp FD`.
 
 Default allow, with a deny list: what no code interpreter needs and what kernel exploits and
@@ -14,7 +15,7 @@ import logging
 import socket
 import tempfile
 
-log = logging.getLogger("enclave.sandbox")
+log = logging.getLogger("enclave.seccomp")
 
 # Tracing and reading other processes; kernel modules, mounts and namespaces; the kernel's
 # wider attack surface (BPF, perf, userfaultfd, io_uring, keyrings); raw I/O ports.
