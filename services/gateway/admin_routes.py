@@ -11,7 +11,8 @@
   explains crypto-shredding); the erasure itself is audited.
 - `GET/PUT/DELETE /v1/admin/providers[/{name}]` (admin, operator): the external providers
   enabled for the tenant (libs.providers), each with its allow-list of models; the API key
-  is sealed at rest (libs.secret_box) and never shown again.
+  is sealed at rest (libs.secret_box) and never shown again. The tenant's base_url, key
+  and model names are what its requests use (libs.providers.tenant_upstream).
 - `GET /v1/admin/usage?start=YYYY-MM-DD&end=YYYY-MM-DD` (admin, auditor, operator): tokens
   and requests per day, key and model, as settled by the limits (services/gateway/quotas.py).
 
@@ -78,8 +79,11 @@ class TenantBody(BaseModel):
 class ProviderBody(BaseModel):
     """PUT /v1/admin/providers/{name}: an OpenAI-compatible upstream for this tenant."""
 
-    base_url: StrictStr = Field(pattern=r"^https?://", max_length=1000)
-    # Plain here, sealed before it is stored; absent: the stored key stays.
+    # Where this tenant's requests to the provider go (its own account or deployment);
+    # empty: the platform's pools of the provider, with their key unless `api_key` is set.
+    base_url: StrictStr = Field("", pattern=r"^(https?://.+)?$", max_length=1000)
+    # Plain here, sealed before it is stored (and on the bus, opened by the worker that
+    # sends it); absent: the stored key stays. A tenant's base_url gets only its own key.
     api_key: StrictStr | None = Field(None, max_length=4096)
     # The platform's model name -> the upstream's (libs.providers.Provider.models).
     models: dict[str, str] = Field(default_factory=dict)
