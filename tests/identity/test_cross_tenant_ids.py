@@ -1,8 +1,8 @@
 """Another tenant's resources by id, of every kind, through the gateway and the services
-built by their bootstraps in this process (memory, trainer, audit, runtime, router; real
-NATS, one SQL database): files, vector stores, keys, memories, fine-tuned adapters (as a
-model, and as a chat's route), fine-tuning jobs, the audit chain, stored responses,
-approvals and skills.
+built by their bootstraps in this process (memory, trainer, audit, guardrails, runtime,
+router; real NATS, one SQL database): files, vector stores, keys, memories, fine-tuned
+adapters (as a model, and as a chat's model), fine-tuning jobs, the audit chain, stored
+responses, approvals and skills.
 
 An admin of globex who knows acme's ids reaches none of them (404, as for an id that does
 not exist), lists only its own, and naming acme in OpenAI-Tenant is 403 `cross_tenant`;
@@ -35,6 +35,7 @@ from services.gateway.adapters.sql_responses import SqlResponses
 from services.gateway.app import create_fastapi
 from services.gateway.bootstrap import build
 from services.gateway.hot_path import HotPath
+from services.guardrails.bootstrap import build as build_guardrails
 from services.inference_router.bootstrap import build as build_router
 from services.memory.bootstrap import Memory
 from services.memory.bootstrap import build as build_memory
@@ -55,6 +56,8 @@ async def _refused_both_ways(
     for method, path, body in calls:
         r = await http.request(method, path, headers=theirs, json=body)
         assert r.status_code == status, (method, path, r.text)
+        if status == 404:  # the answer for an id that does not exist
+            assert r.json()["error"]["code"].endswith("not_found"), (method, path, r.text)
         named = await http.request(
             method, path, headers={**theirs, "OpenAI-Tenant": "acme"}, json=body
         )
@@ -90,6 +93,7 @@ async def test_another_tenants_ids_reach_nothing(
         running(settings, "audit", build_audit),
         running(settings, "memory", build_memory) as memory,
         running(settings, "trainer", build_trainer) as trainer,
+        running(settings, "guardrails", build_guardrails),
         running(settings, "agent_runtime", build_runtime),
         running(settings, "inference_router", build_router),
     ):
@@ -243,6 +247,17 @@ async def _adapters_and_jobs(
     for model in (adapter, f"acme/{BASE}:ft"):
         foreign = await route("globex", model)
         assert foreign.error is not None and foreign.error.status == 404, foreign
+    # And the chat itself (the runtime asks the route before anything else).
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    await _refused_both_ways(
+        http,
+        theirs,
+        [
+            ("POST", "/v1/chat/completions", {**chat, "model": adapter}),
+            ("POST", "/v1/chat/completions", {**chat, "model": adapter, "stream": True}),
+            ("POST", "/v1/responses", {"model": adapter, "input": "hi"}),
+        ],
+    )
     own_route = await route("acme", adapter)
     assert own_route.error is None or own_route.error.status != 404, own_route  # no pool here
     # acme's job and adapter are intact.
