@@ -65,6 +65,17 @@ def external_allowed(
     return provider.models[model]
 
 
+def url_allowed(url: str, prefixes: list[str]) -> bool:
+    """Whether a tenant may name `url` as its provider's address: any, without prefixes;
+    else one of them, whole or up to a "/" (`https://a.example` is not
+    `https://a.example.evil`)."""
+    if not prefixes:
+        return True
+    return any(
+        url == p.rstrip("/") or url.startswith(p if p.endswith("/") else p + "/") for p in prefixes
+    )
+
+
 def tenant_upstream(
     grant: TenantProvider, pool_base_url: str, pool_model: str, model: str
 ) -> Upstream | None:

@@ -40,7 +40,7 @@ from libs.events import (
     TrainerReply,
 )
 from libs.events import TrainerRequest as TrainerAsk
-from libs.providers import Provider
+from libs.providers import Provider, url_allowed
 from libs.secret_box import SecretBox
 from services.gateway.adapters.sql_tenants import (
     delete_provider,
@@ -226,6 +226,14 @@ def register(app: FastAPI, gw: Gateway) -> None:
             raise EnclaveError(
                 400, "A provider's name is 1-64 of a-z, 0-9, _ and -.", "invalid_value", "name"
             ) from None
+        if body.base_url and not url_allowed(body.base_url, gw.settings.provider_url_prefixes):
+            raise EnclaveError(
+                400,
+                "The platform does not allow this address for a provider "
+                "(ENCLAVE_PROVIDER_URL_PREFIXES).",
+                "invalid_value",
+                "base_url",
+            )
         unknown = sorted(set(body.allowed_models) - set(body.models))
         if unknown:
             raise EnclaveError(

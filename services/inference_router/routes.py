@@ -9,7 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import RouteReply, Upstream
-from libs.providers import Provider, TenantProvider, external_allowed, tenant_upstream
+from libs.providers import (
+    Provider,
+    TenantProvider,
+    external_allowed,
+    tenant_upstream,
+    url_allowed,
+)
 from services.inference_router.adapters.sql_grants import load_grants
 from services.inference_router.adapters.sql_models import load_routes
 from services.inference_router.registry import ModelRoute, Registry, provider_of
@@ -18,8 +24,13 @@ SQL_REFRESH_S = 1.0
 
 
 class Routes:
-    def __init__(self, base: Registry, engine: AsyncEngine) -> None:
+    def __init__(
+        self, base: Registry, engine: AsyncEngine, url_prefixes: list[str] | None = None
+    ) -> None:
         self.base = base
+        # The addresses a tenant may send to (Settings.provider_url_prefixes), checked
+        # again here: a record stored before they were set is refused, not sent.
+        self.url_prefixes = url_prefixes or []
         self.current = base
         self.engine = engine
         self._loaded_at = 0.0
@@ -62,6 +73,14 @@ class Routes:
                     refusal = refusal or exc
                     continue
                 [grant] = [g for g in grants if g.provider == provider]
+                if grant.base_url and not url_allowed(grant.base_url, self.url_prefixes):
+                    refusal = refusal or EnclaveError(
+                        403,
+                        f"The address set for the provider `{provider}` is not allowed.",
+                        "provider_url_not_allowed",
+                        param="model",
+                    )
+                    continue
                 own = tenant_upstream(grant, base_url, pool_model, model)
                 if own is not None and own.base_url and provider in addressed:
                     continue  # the tenant's own address is in the route already

@@ -16,7 +16,13 @@ from libs.context import RequestContext
 from libs.errors import EnclaveError
 from libs.events import ChatMessage, Delta, GenerateRequest, GenerationParams, Upstream, Usage
 from libs.failover import AttemptFailed, Breakers, NoPoolAnswered, run_with_failover
-from libs.providers import Provider, TenantProvider, external_allowed, tenant_upstream
+from libs.providers import (
+    Provider,
+    TenantProvider,
+    external_allowed,
+    tenant_upstream,
+    url_allowed,
+)
 from libs.secret_box import SecretBox, key_path
 from services.inference_router.adapters.openai_compat import OpenAICompatEngine
 from tests.identity.standin_provider import StandinProvider
@@ -248,6 +254,14 @@ async def test_the_route_carries_the_tenants_settings_for_its_provider_pools() -
     assert upstreams == {
         "p-a": Upstream(base_url="https://mine.example/v1", api_key="enc:v1:k", model="x")
     }
+    # With the platform's allow-list of addresses, one off it is refused, not sent.
+    routes.url_prefixes = ["https://allowed.example/"]
+    routes._grant_cache["acme"] = ([own], time.monotonic())
+    refused = await routes.answer("m", "acme", "chat")
+    assert refused.pool == "local" and refused.upstreams == {} and not refused.external
+    assert not url_allowed("https://allowed.example.evil/v1", routes.url_prefixes)
+    assert url_allowed("https://allowed.example/v1", routes.url_prefixes)
+    assert url_allowed("http://10.0.0.1/v1", [])  # none set: any
 
 
 def test_the_engine_sends_a_tenants_request_to_its_address_with_its_key(
