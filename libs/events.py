@@ -234,6 +234,18 @@ class TurnEvent(BaseModel):
     heartbeat: bool | None = None
 
 
+class Upstream(BaseModel):
+    """A tenant's own settings for an external provider (its admin's
+    `PUT /v1/admin/providers/{name}`), which replace the pool's static ones for its
+    requests: where to send (`base_url`), with which key (`api_key`: sealed,
+    libs.secret_box `enc:v1:...`, opened only by the worker that sends it; empty: none),
+    and the upstream's name of the model. Set by the router on the route, per pool."""
+
+    base_url: str
+    api_key: str = ""
+    model: str
+
+
 class GenerateRequest(BaseModel):
     """agent_runtime -> inference_router -> worker: generate and stream to `deltas_subject`."""
 
@@ -255,6 +267,8 @@ class GenerateRequest(BaseModel):
     pool: str | None = None
     adapter: str | None = None
     timeout_s: float | None = None
+    # An external pool's tenant settings (RouteReply.upstreams[pool]); None: the pool's own.
+    upstream: Upstream | None = None
 
 
 class TurnCancelled(BaseModel):
@@ -314,6 +328,9 @@ class RouteReply(BaseModel):
     external: bool = False
     # The pools of `pools` that are external providers' (pool -> provider), for the audit.
     providers: dict[str, str] = Field(default_factory=dict)
+    # The external pools whose tenant set its own endpoint, key or model name (pool ->
+    # Upstream, the key still sealed); the worker of that pool sends there instead.
+    upstreams: dict[str, Upstream] = Field(default_factory=dict)
 
 
 class EmbedRequest(BaseModel):

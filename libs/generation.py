@@ -217,6 +217,7 @@ async def hand_to_pool(bus: Bus, request: GenerateRequest, route: RouteReply) ->
     if route.error is not None or route.pool is None:
         return GenerateAccepted(accepted=False, error=route.error or NOT_ROUTED)
     request.pool, request.adapter, request.timeout_s = route.pool, route.adapter, route.timeout_s
+    request.upstream = route.upstreams.get(route.pool)  # a tenant's own provider settings
     peer, subject = bus.peers.pool(route.pool), bus.subjects.inference_worker(route.pool)
 
     def refused(error: ErrorInfo) -> GenerateAccepted:

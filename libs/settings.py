@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     tenant_monthly_tokens: int = 0  # 0: no monthly token budget
     tenant_concurrency: int = 0  # chat/completion requests in flight per tenant; 0: none
 
+    # The addresses a tenant admin may give its external providers (`base_url` of
+    # PUT /v1/admin/providers/{name}): each must start with one of these (at a "/" boundary),
+    # as JSON, e.g. '["https://api.openai.com/v1", "https://llm.example.eu/"]'. Empty: any
+    # http(s) address, internal ones included: the workers send the tenant's prompts there.
+    provider_url_prefixes: list[str] = []
     models_file: Path = REPO_ROOT / "deploy" / "models.yaml"
     # How long the router waits for a worker of the pool to accept a generation.
     worker_accept_timeout_s: float = 2.0

@@ -11,7 +11,8 @@
   explains crypto-shredding); the erasure itself is audited.
 - `GET/PUT/DELETE /v1/admin/providers[/{name}]` (admin, operator): the external providers
   enabled for the tenant (libs.providers), each with its allow-list of models; the API key
-  is sealed at rest (libs.secret_box) and never shown again.
+  is sealed at rest (libs.secret_box) and never shown again. The tenant's base_url, key
+  and model names are what its requests use (libs.providers.tenant_upstream).
 - `GET /v1/admin/usage?start=YYYY-MM-DD&end=YYYY-MM-DD` (admin, auditor, operator): tokens
   and requests per day, key and model, as settled by the limits (services/gateway/quotas.py).
 
@@ -39,7 +40,7 @@ from libs.events import (
     TrainerReply,
 )
 from libs.events import TrainerRequest as TrainerAsk
-from libs.providers import Provider
+from libs.providers import Provider, url_allowed
 from libs.secret_box import SecretBox
 from services.gateway.adapters.sql_tenants import (
     delete_provider,
@@ -78,8 +79,11 @@ class TenantBody(BaseModel):
 class ProviderBody(BaseModel):
     """PUT /v1/admin/providers/{name}: an OpenAI-compatible upstream for this tenant."""
 
-    base_url: StrictStr = Field(pattern=r"^https?://", max_length=1000)
-    # Plain here, sealed before it is stored; absent: the stored key stays.
+    # Where this tenant's requests to the provider go (its own account or deployment);
+    # empty: the platform's pools of the provider, with their key unless `api_key` is set.
+    base_url: StrictStr = Field("", pattern=r"^(https?://.+)?$", max_length=1000)
+    # Plain here, sealed before it is stored (and on the bus, opened by the worker that
+    # sends it); absent: the stored key stays. A tenant's base_url gets only its own key.
     api_key: StrictStr | None = Field(None, max_length=4096)
     # The platform's model name -> the upstream's (libs.providers.Provider.models).
     models: dict[str, str] = Field(default_factory=dict)
@@ -223,6 +227,14 @@ def register(app: FastAPI, gw: Gateway) -> None:
             raise EnclaveError(
                 400, "A provider's name is 1-64 of a-z, 0-9, _ and -.", "invalid_value", "name"
             ) from None
+        if body.base_url and not url_allowed(body.base_url, gw.settings.provider_url_prefixes):
+            raise EnclaveError(
+                400,
+                "The platform does not allow this address for a provider "
+                "(ENCLAVE_PROVIDER_URL_PREFIXES).",
+                "invalid_value",
+                "base_url",
+            )
         unknown = sorted(set(body.allowed_models) - set(body.models))
         if unknown:
             raise EnclaveError(

@@ -131,7 +131,11 @@ class Router:
 async def build(bus: Bus, broker: NatsBroker) -> Router:
     settings = bus.settings
     await migrate_async(settings)
-    routes = Routes(load_registry(settings.models_file), make_engine(settings.sqlalchemy_url))
+    routes = Routes(
+        load_registry(settings.models_file),
+        make_engine(settings.sqlalchemy_url),
+        settings.provider_url_prefixes,
+    )
     await routes.refresh(force=True)
     metrics = StageMetrics("inference_router")
     router = Router(bus, routes, metrics)

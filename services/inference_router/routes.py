@@ -8,8 +8,14 @@ import time
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.errors import EnclaveError, ErrorInfo
-from libs.events import RouteReply
-from libs.providers import Provider, TenantProvider, external_allowed
+from libs.events import RouteReply, Upstream
+from libs.providers import (
+    Provider,
+    TenantProvider,
+    external_allowed,
+    tenant_upstream,
+    url_allowed,
+)
 from services.inference_router.adapters.sql_grants import load_grants
 from services.inference_router.adapters.sql_models import load_routes
 from services.inference_router.registry import ModelRoute, Registry, provider_of
@@ -18,8 +24,13 @@ SQL_REFRESH_S = 1.0
 
 
 class Routes:
-    def __init__(self, base: Registry, engine: AsyncEngine) -> None:
+    def __init__(
+        self, base: Registry, engine: AsyncEngine, url_prefixes: list[str] | None = None
+    ) -> None:
         self.base = base
+        # The addresses a tenant may send to (Settings.provider_url_prefixes), checked
+        # again here: a record stored before they were set is refused, not sent.
+        self.url_prefixes = url_prefixes or []
         self.current = base
         self.engine = engine
         self._loaded_at = 0.0
@@ -36,28 +47,47 @@ class Routes:
         """What serves `model` for `tenant`: pool (and the pools to fail over to), adapter,
         per-token timeout, RAG default. An external provider's pool is in it only where
         the tenant's admin enabled that provider for this model (libs.providers); a route
-        left with no pool is that 403."""
+        left with no pool is that 403. Where the tenant set its own address, key or model
+        name for the provider, the route carries them for that pool (`upstreams`, the key
+        still sealed); pools of one provider all reach the tenant's own address, so only
+        the first of them stays."""
         found = await self.resolve(model, tenant, use)
         if isinstance(found, ErrorInfo):
             return RouteReply(error=found)
         pools = self.current.pools
         allowed: list[str] = []
         providers: dict[str, str] = {}
+        upstreams: dict[str, Upstream] = {}
+        addressed: set[str] = set()  # providers whose tenant gave its own address
         refusal: EnclaveError | None = None
         for name in found.pools:
             provider = provider_of(pools[name])
             if provider is not None:
                 grants = await self._grants(tenant)
-                upstream = Provider(
-                    name=provider,
-                    base_url=str(pools[name].get("base_url", "")),
-                    models={model: str(pools[name].get("model", model))},
-                )
+                base_url = str(pools[name].get("base_url", ""))
+                pool_model = str(pools[name].get("model", model))
+                upstream = Provider(name=provider, base_url=base_url, models={model: pool_model})
                 try:
                     external_allowed(grants, tenant, upstream, model)
                 except EnclaveError as exc:
                     refusal = refusal or exc
                     continue
+                [grant] = [g for g in grants if g.provider == provider]
+                if grant.base_url and not url_allowed(grant.base_url, self.url_prefixes):
+                    refusal = refusal or EnclaveError(
+                        403,
+                        f"The address set for the provider `{provider}` is not allowed.",
+                        "provider_url_not_allowed",
+                        param="model",
+                    )
+                    continue
+                own = tenant_upstream(grant, base_url, pool_model, model)
+                if own is not None and own.base_url and provider in addressed:
+                    continue  # the tenant's own address is in the route already
+                if own is not None:
+                    upstreams[name] = own
+                    if own.base_url:
+                        addressed.add(provider)
                 providers[name] = provider
             allowed.append(name)
         if not allowed:
@@ -72,6 +102,7 @@ class Routes:
             pools=allowed if len(allowed) > 1 else [],
             external=bool(providers),
             providers=providers,
+            upstreams=upstreams,
         )
 
     async def _grants(self, tenant: str) -> list[TenantProvider]:

@@ -6,7 +6,8 @@ Redis and one SQL database.
   which the gateway then enforces (here its monthly budget); it may not infer or read
   the tenant's files. A tenant admin may not set limits.
 - Providers: enabled per tenant with an allow-list; the API key is sealed at rest (the SQL
-  row holds `enc:v1:...`, which the home's key opens), never shown again.
+  row holds `enc:v1:...`, which the home's key opens), never shown again; a base_url off
+  the platform's allowed prefixes is refused.
 - Usage: tokens and requests per day, key and model.
 - Erasure: the tenant's keys (401 at once), documents and memories, fine-tuning jobs,
   adapter versions and bundles, providers, record and Redis counters are gone; another
@@ -47,7 +48,10 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_t
 async def test_tenants_providers_usage_and_erasure(
     nc: NatsClient, inprocess_settings: Settings
 ) -> None:
-    settings = inprocess_settings
+    # Tenants may name only this address for a provider (the platform's allow-list).
+    settings = inprocess_settings.model_copy(
+        update={"provider_url_prefixes": ["https://api.example.test/v1"]}
+    )
     tenant, other = "bank-" + secrets.token_hex(3), "clinic-" + secrets.token_hex(3)
     gw = build(settings)
     app = HotPath(gw, create_fastapi(gw))
@@ -169,6 +173,11 @@ async def _providers(
         "/v1/admin/providers/x", headers=admin, json={**body, "allowed_models": ["gpt-5"]}
     )
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "allowed_models"
+    for url in ("http://169.254.169.254/latest", "https://api.example.test/v1.evil.test"):
+        bad = await http.put(
+            "/v1/admin/providers/openai-eu", headers=admin, json={**body, "base_url": url}
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "base_url", bad.text
     badname = await http.put("/v1/admin/providers/Bad Name", headers=admin, json=body)
     assert badname.status_code == 400
     for who in ("auditor", "dev"):

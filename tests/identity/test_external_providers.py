@@ -1,5 +1,6 @@
 """The openai_compat engine against stand-in providers on 127.0.0.1, failover between
-them, the sealed API key and the per-tenant enablement."""
+them, the sealed API key, the per-tenant enablement, and a tenant's own settings (its
+address, key and model name) on the route and in the engine."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ import pytest
 
 from libs.context import RequestContext
 from libs.errors import EnclaveError
-from libs.events import ChatMessage, Delta, GenerateRequest, GenerationParams, Usage
+from libs.events import ChatMessage, Delta, GenerateRequest, GenerationParams, Upstream, Usage
 from libs.failover import AttemptFailed, Breakers, NoPoolAnswered, run_with_failover
-from libs.providers import Provider, TenantProvider, external_allowed
+from libs.providers import (
+    Provider,
+    TenantProvider,
+    external_allowed,
+    tenant_upstream,
+    url_allowed,
+)
 from libs.secret_box import SecretBox, key_path
 from services.inference_router.adapters.openai_compat import OpenAICompatEngine
 from tests.identity.standin_provider import StandinProvider
@@ -188,3 +195,100 @@ def test_a_registry_pool_builds_the_engine(good: StandinProvider, home: Path) ->
     assert engine.generate(_request(), deltas.append).completion_tokens == 3
     assert "".join(d.content for d in deltas) == "Hello from b"
     assert good.received[0]["headers"]["authorization"] == "Bearer sk-pool"
+
+
+def test_a_tenants_own_settings_make_its_upstream() -> None:
+    grant = TenantProvider(tenant="acme", provider="p", enabled=True, allowed_models=["m"])
+    pool_url, pool_model = "https://pool.example/v1", "pool-model"
+    assert tenant_upstream(grant, pool_url, pool_model, "m") is None  # the pool's own
+    named = grant.model_copy(update={"models": {"m": "m-2025"}})
+    assert tenant_upstream(named, pool_url, pool_model, "m") == Upstream(
+        base_url="", model="m-2025"
+    )
+    keyed = grant.model_copy(update={"api_key": "enc:v1:x"})
+    assert tenant_upstream(keyed, pool_url, pool_model, "m") == Upstream(
+        base_url=pool_url, api_key="enc:v1:x", model=pool_model
+    )
+    # Its own address gets its own key or none: never the pool's.
+    own = grant.model_copy(update={"base_url": "https://mine.example/v1/", "models": {"m": "x"}})
+    assert tenant_upstream(own, pool_url, pool_model, "m") == Upstream(
+        base_url="https://mine.example/v1", api_key="", model="x"
+    )
+
+
+async def test_the_route_carries_the_tenants_settings_for_its_provider_pools() -> None:
+    import time
+
+    from services.inference_router.registry import parse_registry
+    from services.inference_router.routes import Routes
+
+    pool = {"engine": "openai_compat", "provider": "p", "model": "up", "api_key": "enc:v1:pool"}
+    doc = {
+        "version": 1,
+        "pools": {
+            "p-a": {**pool, "base_url": "https://a.example/v1"},
+            "p-b": {**pool, "base_url": "https://b.example/v1"},
+            "local": {"engine": "instant"},
+        },
+        "models": [{"id": "m", "kind": "chat", "pool": "p-a", "fallback": ["p-b", "local"]}],
+    }
+    routes = Routes(parse_registry(doc), engine=None)  # type: ignore[arg-type]
+    base = TenantProvider(
+        tenant="acme", provider="p", enabled=True, allowed_models=["m"], models={"m": "up"}
+    )
+
+    async def answer(grant: TenantProvider) -> tuple[list[str], dict[str, Upstream]]:
+        routes._grant_cache["acme"] = ([grant], time.monotonic())
+        reply = await routes.answer("m", "acme", "chat")
+        assert reply.error is None and reply.external
+        return [reply.pool or "", *reply.pools], reply.upstreams
+
+    pools, upstreams = await answer(base)
+    assert pools == ["p-a", "p-a", "p-b", "local"] and upstreams == {}
+    own = base.model_copy(
+        update={"base_url": "https://mine.example/v1", "api_key": "enc:v1:k", "models": {"m": "x"}}
+    )
+    pools, upstreams = await answer(own)
+    # Both pools of the provider would reach the tenant's address: the first stays.
+    assert pools == ["p-a", "p-a", "local"]
+    assert upstreams == {
+        "p-a": Upstream(base_url="https://mine.example/v1", api_key="enc:v1:k", model="x")
+    }
+    # With the platform's allow-list of addresses, one off it is refused, not sent.
+    routes.url_prefixes = ["https://allowed.example/"]
+    routes._grant_cache["acme"] = ([own], time.monotonic())
+    refused = await routes.answer("m", "acme", "chat")
+    assert refused.pool == "local" and refused.upstreams == {} and not refused.external
+    assert not url_allowed("https://allowed.example.evil/v1", routes.url_prefixes)
+    assert url_allowed("https://allowed.example/v1", routes.url_prefixes)
+    assert url_allowed("http://10.0.0.1/v1", [])  # none set: any
+
+
+def test_the_engine_sends_a_tenants_request_to_its_address_with_its_key(
+    good: StandinProvider, home: Path
+) -> None:
+    engine = _engine(good, home)
+    box = SecretBox.at(home)
+    with StandinProvider("mine") as mine:
+        upstream = Upstream(base_url=mine.url, api_key=box.seal("sk-tenant-1"), model="their-m")
+        request = _request().model_copy(update={"upstream": upstream})
+        deltas: list[Delta] = []
+        assert engine.generate(request, deltas.append).completion_tokens == 3
+        assert "".join(d.content for d in deltas) == "Hello from mine"
+        # Again, on the async path: the client made for it is kept, by the key's digest.
+        asyncio.run(engine.agenerate(request, lambda d: None))
+        [seen, again] = mine.received
+        assert seen["headers"]["authorization"] == "Bearer sk-tenant-1"
+        assert seen["body"]["model"] == "their-m" and again["body"]["model"] == "their-m"
+        assert len(engine._tenants) == 1
+        # No key of its own: none sent (the pool's key never goes to a tenant's address).
+        bare = request.model_copy(update={"upstream": Upstream(base_url=mine.url, model="b")})
+        engine.generate(bare, lambda d: None)
+        assert "authorization" not in {k.lower() for k in mine.received[-1]["headers"]}
+    # Only the model's name changed: the pool's address and key.
+    renamed = _request().model_copy(update={"upstream": Upstream(base_url="", model="renamed")})
+    engine.generate(renamed, lambda d: None)
+    [pooled] = good.received
+    assert pooled["body"]["model"] == "renamed"
+    assert pooled["headers"]["authorization"] == "Bearer sk-test-123"
+    engine.close()

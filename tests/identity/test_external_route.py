@@ -9,7 +9,10 @@ OpenAI-compatible providers on 127.0.0.1:
 - failover: the route lists two pools; when the first answers 500, or closes the
   connection without answering, the second answers and the client sees one clean answer;
 - each call that left is audited (`external.call`: provider, pool, model, tokens,
-  redactions), by digest.
+  redactions), by digest;
+- a tenant's own settings are used: its admin's base_url, key and model name send its
+  requests to its own endpoint (a third stand-in), with its key, which crosses the bus
+  only sealed; another tenant without the grant is refused.
 """
 
 from __future__ import annotations
@@ -107,8 +110,7 @@ async def test_external_route_policy_redaction_failover_and_audit(
             assert refused.json()["error"]["code"] == "provider_not_enabled"
             assert first.received == [] and second.received == []
 
-            grant = {
-                "base_url": first.url,
+            grant = {  # no base_url nor key: the platform's pools of the provider serve
                 "models": {MODEL: "upstream-model"},
                 "allowed_models": [MODEL],
                 "enabled": True,
@@ -159,6 +161,73 @@ async def test_external_route_policy_redaction_failover_and_audit(
             assert event.model == MODEL and event.attrs["redactions"] >= 2
             assert event.attrs["prompt_tokens"] == 7 and event.attrs["completion_tokens"] == 3
             assert "sent" in event.digests
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+
+
+async def test_a_tenants_own_endpoint_key_and_model_are_used(
+    plat: Platform, providers: tuple[StandinProvider, StandinProvider]
+) -> None:
+    admin = {"Authorization": f"Bearer {plat.admin_key}"}
+    other = {"Authorization": f"Bearer {plat.create_key('globex', 'admin')}"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PII}], "max_tokens": 20}
+    secret = "sk-tenant-own-K-9f3"
+    nc = await nats.connect(plat.env["ENCLAVE_NATS_URL"])
+    on_bus: list[bytes] = []
+
+    async def keep(msg: Msg) -> None:
+        on_bus.append(msg.data)
+
+    sub = await nc.subscribe(plat.env["ENCLAVE_BUS_PREFIX"] + ".>", cb=keep)
+    for provider in providers:
+        provider.mode = "ok"
+    try:
+        with StandinProvider("c") as own:
+            async with httpx.AsyncClient(base_url=plat.base_url, timeout=120) as http:
+                grant = {
+                    "base_url": own.url,
+                    "api_key": secret,
+                    "models": {MODEL: "tenant-model"},
+                    "allowed_models": [MODEL],
+                    "enabled": True,
+                }
+                r = await http.put("/v1/admin/providers/standin", headers=admin, json=grant)
+                assert r.status_code in (200, 201), r.text
+                assert secret not in r.text
+                # The router reads grants again after 1 s, the runtime its routes after 2 s.
+                deadline = time.monotonic() + 15
+                while not own.received and time.monotonic() < deadline:
+                    answered = await http.post("/v1/chat/completions", headers=admin, json=body)
+                    assert answered.status_code == 200, answered.text
+                    if not own.received:
+                        await asyncio.sleep(0.5)
+                assert answered.json()["choices"][0]["message"]["content"] == "Hello from c"
+                [seen] = own.received
+                headers = {k.lower(): v for k, v in seen["headers"].items()}
+                assert headers["authorization"] == f"Bearer {secret}"
+                assert seen["body"]["model"] == "tenant-model"
+                sent = json.dumps(seen["body"])
+                assert "John Smith" not in sent and "john.smith@example.com" not in sent
+                assert "invoice" in sent
+                # From now on the tenant's endpoint alone: the platform's pools get nothing.
+                before = [len(p.received) for p in providers]
+                again = await http.post("/v1/chat/completions", headers=admin, json=body)
+                assert again.json()["choices"][0]["message"]["content"] == "Hello from c"
+                assert [len(p.received) for p in providers] == before
+                assert len(own.received) == 2
+
+                # Another tenant, without the grant: refused, nothing left.
+                n = len(own.received)
+                refused = await http.post("/v1/chat/completions", headers=other, json=body)
+                assert refused.status_code == 403, refused.text
+                assert refused.json()["error"]["code"] == "provider_not_enabled"
+                assert len(own.received) == n
+        await asyncio.sleep(0.2)
+        # The key crossed the bus sealed (the route, the generation), never in plain.
+        assert on_bus and not [m for m in on_bus if secret.encode() in m]
+        assert any(b"enc:v1:" in m for m in on_bus)
+        assert secret not in plat.logs()
     finally:
         await sub.unsubscribe()
         await nc.close()

@@ -7,6 +7,12 @@ A pool names it in the registry:
 The API key is sealed with libs.secret_box (a plain key in the registry is refused); it
 is opened once, when the engine is built, and sent only as the Authorization header.
 
+A tenant's own settings for the provider (`GenerateRequest.upstream`, from its admin's
+`PUT /v1/admin/providers/{name}`, put on the route by the router) replace the pool's for
+that request: its address, its key (still sealed on the bus, opened here with the
+platform's secret) and its name of the model. One client per (address, key digest),
+kept for the next request (at most `MAX_UPSTREAMS`, the oldest dropped first).
+
 `generate` is the worker's blocking call (it runs on a worker thread, many at once, over
 one pooled httpx client); `agenerate` is the same over httpx's async client for callers
 on an event loop. A failure raises `AttemptFailed` saying whether any token had been
@@ -15,14 +21,17 @@ emitted, which is what libs.failover needs to decide whether another pool may an
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from libs.events import Delta, GenerateRequest, Usage
+from libs.events import Delta, GenerateRequest, Upstream, Usage
 from libs.failover import AttemptFailed
 from libs.secret_box import PREFIX, SecretBox
 from services.inference_router.engine import Emit, merged_params
@@ -106,6 +115,39 @@ def open_api_key(api_key: str, home: Path | None) -> str:
     return SecretBox.at(home).open(api_key)
 
 
+MAX_UPSTREAMS = 256
+
+
+def _headers(key: str) -> dict[str, str]:
+    headers = {"accept": "text/event-stream"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    return headers
+
+
+class _Target:
+    """Where requests go: the address and the clients that send its key."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], timeout: Any) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = headers
+        self.timeout = timeout
+        self.client = httpx.Client(headers=headers, timeout=timeout)
+        self.aclient: httpx.AsyncClient | None = None
+
+    def async_client(self) -> httpx.AsyncClient:
+        if self.aclient is None:
+            self.aclient = httpx.AsyncClient(headers=self.headers, timeout=self.timeout)
+        return self.aclient
+
+    def url(self, request: GenerateRequest) -> str:
+        path = "chat/completions" if request.kind == "chat" else "completions"
+        return f"{self.base_url}/{path}"
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class OpenAICompatEngine:
     runs_inline = False
     max_concurrency = 64  # requests in flight per worker: each waits on the network
@@ -125,27 +167,43 @@ class OpenAICompatEngine:
         self.name = name or model
         self.base_url = base_url.rstrip("/")
         self.defaults = defaults or {}
-        headers = {"accept": "text/event-stream"}
-        key = open_api_key(api_key, home)
-        if key:
-            headers["authorization"] = f"Bearer {key}"
+        self.home = home
         self.timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
-        self.headers = headers
-        self.client = httpx.Client(headers=headers, timeout=self.timeout)
-        self.aclient: httpx.AsyncClient | None = None
+        self.own = _Target(self.base_url, _headers(open_api_key(api_key, home)), self.timeout)
+        self.client = self.own.client
+        self._tenants: OrderedDict[tuple[str, str], _Target] = OrderedDict()
+        self._lock = threading.Lock()  # generate runs on many threads
 
-    def _url(self, request: GenerateRequest) -> str:
-        path = "chat/completions" if request.kind == "chat" else "completions"
-        return f"{self.base_url}/{path}"
+    def _target(self, upstream: Upstream | None) -> tuple[_Target, str]:
+        """Where a request goes and the model it names there: the pool's own, or the
+        tenant's (its client made once, then kept)."""
+        if upstream is None:
+            return self.own, self.model
+        if not upstream.base_url:
+            return self.own, upstream.model
+        digest = hashlib.sha256(upstream.api_key.encode()).hexdigest()
+        key = (upstream.base_url, digest)
+        with self._lock:
+            target = self._tenants.get(key)
+            if target is not None:
+                self._tenants.move_to_end(key)
+            else:
+                secret = open_api_key(upstream.api_key, self.home)
+                target = _Target(upstream.base_url, _headers(secret), self.timeout)
+                self._tenants[key] = target
+                while len(self._tenants) > MAX_UPSTREAMS:
+                    self._tenants.popitem(last=False)  # not closed: it may still stream
+        return target, upstream.model
 
     def _failed(self, reason: str, started: bool) -> AttemptFailed:
         return AttemptFailed(self.name, reason, started)
 
     def generate(self, request: GenerateRequest, emit: Emit) -> Usage:
-        body = request_body(request, self.model, self.defaults)
+        target, model = self._target(request.upstream)
+        body = request_body(request, model, self.defaults)
         state = _Stream(self.name, request.kind, emit)
         try:
-            with self.client.stream("POST", self._url(request), json=body) as response:
+            with target.client.stream("POST", target.url(request), json=body) as response:
                 if response.status_code != 200:
                     response.read()
                     raise self._failed(_status_reason(response), started=False)
@@ -156,12 +214,12 @@ class OpenAICompatEngine:
         return state.finish()
 
     async def agenerate(self, request: GenerateRequest, emit: Emit) -> Usage:
-        if self.aclient is None:
-            self.aclient = httpx.AsyncClient(headers=self.headers, timeout=self.timeout)
-        body = request_body(request, self.model, self.defaults)
+        target, model = self._target(request.upstream)
+        body = request_body(request, model, self.defaults)
         state = _Stream(self.name, request.kind, emit)
         try:
-            async with self.aclient.stream("POST", self._url(request), json=body) as response:
+            client = target.async_client()
+            async with client.stream("POST", target.url(request), json=body) as response:
                 if response.status_code != 200:
                     await response.aread()
                     raise self._failed(_status_reason(response), started=False)
@@ -173,7 +231,11 @@ class OpenAICompatEngine:
         return state.finish()
 
     def close(self) -> None:
-        self.client.close()
+        self.own.close()
+        with self._lock:
+            for target in self._tenants.values():
+                target.close()
+            self._tenants.clear()
 
 
 class _Stream:

@@ -21,6 +21,9 @@ async def load_grants(engine: AsyncEngine, tenant: str) -> list[TenantProvider]:
             provider=r.provider,
             enabled=r.enabled,
             allowed_models=list(r.allowed_models or []),
+            base_url=r.base_url or "",
+            api_key=r.api_key or "",  # sealed, as stored
+            models=dict(r.models or {}),
         )
         for r in rows
     ]
