@@ -620,6 +620,8 @@ class TrainerService:
             if row is not None:
                 self.running[job_id].set()
         counts = await self.store.delete_tenant(tenant)
+        if self.optins is not None:  # its turns are no longer logged anywhere
+            await self.optins(tenant, False)
         bundles = await asyncio.to_thread(self.bundles.delete_tenant, tenant)
         return TrainerReply(body={"object": "tenant.erased", **counts, "bundles": bundles})
 
