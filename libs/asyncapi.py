@@ -440,6 +440,7 @@ STREAM_MEMBERS = (
     "trainer_stream_name",
     "agent_stream_name",
     "approvals_bucket_name",
+    "learning_bucket_name",
 )
 
 
