@@ -6,7 +6,9 @@ bootstrap on the real NATS and one SQL database.
   agents'; the guardrails check each with their own parser and merge rules (an invalid or
   relaxing document is a 400 naming the rule, and nothing is written), write it under the
   policy folder and announce the change; the next /v1/guardrails/check runs under it,
-  another tenant's does not. Only an admin may; every call is audited.
+  another tenant's does not; the next chat through the real runtime too, even where its
+  input passed unasked before (the passthrough ends). Only an admin may; every call is
+  audited.
 - Models: the admin view lists every model with its pool, engine, whether a worker serves
   it and whether the allow-list lets it through; a PUT allow-list is enforced where the
   router resolves a model (a route, embeddings), /v1/models lists the allowed ones only,
@@ -34,11 +36,14 @@ from libs.generation import GenerationClient, GenerationFailed, RouteCache
 from libs.rpc import Bus, ReplyRouter
 from libs.service import running
 from libs.settings import REPO_ROOT, Settings
+from services.agent_runtime.bootstrap import Runtime
+from services.agent_runtime.bootstrap import build as build_runtime
 from services.gateway.adapters.sql_keys import create_key
 from services.gateway.app import create_fastapi
 from services.gateway.bootstrap import Gateway, build
 from services.gateway.hot_path import HotPath
 from services.guardrails.adapters.classifier_cache import load_or_train
+from services.guardrails.adapters.policy_files import PACKAGED_OPEN
 from services.guardrails.bootstrap import build as build_guardrails
 from services.inference_router.bootstrap import build as build_router
 from services.inference_router.workers.bootstrap import builder
@@ -362,5 +367,55 @@ async def test_models_admin_api(
                     raise AssertionError("the model stayed refused")
                 everything = orjson.loads((await http.get("/v1/models", headers=admin)).content)
                 assert "enclave-instant" in {m["id"] for m in everything["data"]}
+        finally:
+            await gw.stop()
+
+
+async def test_a_policy_put_ends_the_input_passthrough_of_the_next_chat(
+    nc: NatsClient, inprocess_settings: Settings
+) -> None:
+    """Under a global policy that checks nothing, the runtime lets a tenant's input through
+    unasked (a 60 s grant here). A tenant policy PUT through the admin API is announced
+    before its reply, so the very next chat of that tenant is screened under it (an email
+    blocked), while another tenant's chat still passes."""
+    settings = inprocess_settings.model_copy(update={"guard_passthrough_s": 60.0})
+    await asyncio.to_thread(_seed_injection_model, settings.home)
+    (settings.home / "guardrails").mkdir(parents=True, exist_ok=True)
+    (settings.home / "guardrails" / "global.yaml").write_text(PACKAGED_OPEN.read_text())
+    tenant, other = "bank-" + secrets.token_hex(3), "clinic-" + secrets.token_hex(3)
+    gw = build(settings)
+    app = HotPath(gw, create_fastapi(gw))
+    chat = {"model": "enclave-instant", "messages": [{"role": "user", "content": EMAIL}]}
+    async with (
+        running(settings, "guardrails", build_guardrails),
+        running(settings, "inference_router", build_router),
+        running(settings, "worker-instant", builder(settings, "instant")),
+        running(settings, "agent_runtime", build_runtime) as runtime,
+    ):
+        assert isinstance(runtime, Runtime)
+        await gw.start()
+        try:
+            keys = await _keys(gw, tenant, other)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+                for _ in range(2):  # the first grants the passthrough, the second uses it
+                    r = await http.post("/v1/chat/completions", headers=keys["admin"], json=chat)
+                    assert r.status_code == 200, r.text
+                    assert r.json()["choices"][0]["finish_reason"] == "stop"
+                assert runtime.ports.passthrough.granted
+                policy = "version: 1\npii:\n  enabled: true\n  min_score: 0.5\n" + (
+                    "  entities:\n    EMAIL_ADDRESS: block\n"
+                )
+                put = await http.put("/v1/admin/policy", headers=keys["admin"], content=policy)
+                assert put.status_code == 201, put.text
+                blocked = await http.post("/v1/chat/completions", headers=keys["admin"], json=chat)
+                assert blocked.status_code == 200, blocked.text
+                choice = blocked.json()["choices"][0]
+                assert choice["finish_reason"] == "content_filter"
+                assert "pii.entities.EMAIL_ADDRESS" in choice["message"]["content"]
+                assert put.json()["policy_version"] in choice["message"]["content"]
+                fine = await http.post("/v1/chat/completions", headers=keys["other"], json=chat)
+                assert fine.status_code == 200, fine.text
+                assert fine.json()["choices"][0]["finish_reason"] == "stop"
         finally:
             await gw.stop()
