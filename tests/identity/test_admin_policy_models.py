@@ -47,6 +47,8 @@ from services.guardrails.adapters.policy_files import PACKAGED_OPEN
 from services.guardrails.bootstrap import build as build_guardrails
 from services.inference_router.bootstrap import build as build_router
 from services.inference_router.workers.bootstrap import builder
+from services.trainer.bootstrap import Trainer
+from services.trainer.bootstrap import build as build_trainer
 
 EMAIL = "Write to me at ada.lovelace@example.com please."
 TENANT_POLICY = """\
@@ -267,9 +269,25 @@ async def test_models_admin_api(
     async with (
         running(settings, "inference_router", build_router),
         running(settings, "worker-instant", builder(settings, "instant")),
+        running(settings, "trainer", build_trainer) as trainer,
     ):
+        assert isinstance(trainer, Trainer)
         await gw.start()
         try:
+            # The tenant's own fine-tuned model: a promoted adapter version of smollm2.
+            await trainer.service.store.add_adapter(
+                tenant=tenant,
+                base_model="smollm2-135m-instruct",
+                digest="sha256:" + "cd" * 32,
+                job_id="ftjob-x",
+                trained_by="k",
+                eval_report={},
+                meta={},
+                bundle_path="",
+                status="promoted",
+                status_reason="",
+                version=1,
+            )
             keys = await _keys(gw, tenant, other)
             admin = keys["admin"]
             transport = httpx.ASGITransport(app=app)
@@ -285,6 +303,12 @@ async def test_models_admin_api(
                 assert by_id["all-minilm-l6-v2"]["kind"] == "embedding"
                 assert by_id["all-minilm-l6-v2"]["pool"] == "minilm"
                 assert all(m["allowed"] and m["external"] is False for m in body["data"])
+                ft = f"{tenant}/smollm2-135m-instruct:ft"
+                assert by_id[ft]["fine_tuned"] is True and by_id[ft]["owned_by"] == tenant
+                assert by_id[ft + "-v1"]["fine_tuned"] is True
+                assert not by_id["enclave-instant"]["fine_tuned"]
+                other_view = (await http.get("/v1/admin/models", headers=keys["other"])).json()
+                assert ft not in {m["id"] for m in other_view["data"]}
                 # The operator may too (naming the tenant); a developer may not.
                 assert (await http.get("/v1/admin/models", headers=keys["operator"])).is_success
                 dev = await http.put("/v1/admin/models", headers=keys["dev"], json={"allowed": []})
@@ -332,7 +356,10 @@ async def test_models_admin_api(
                 assert emb.json()["error"]["code"] == "model_not_allowed"
                 # /v1/models: the allowed ones only; another tenant sees every model.
                 mine = (await http.get("/v1/models", headers=keys["dev"])).json()["data"]
-                assert [m["id"] for m in mine] == ["smollm2-135m-instruct"]
+                # Its fine-tuned ids go with their base model.
+                assert sorted(m["id"] for m in mine) == sorted(
+                    ["smollm2-135m-instruct", ft, ft + "-v1"]
+                )
                 theirs = (await http.get("/v1/models", headers=keys["other"])).json()["data"]
                 assert "enclave-instant" in {m["id"] for m in theirs}
                 other_ctx = RequestContext(tenant=other, request_id="r" + secrets.token_hex(3))
