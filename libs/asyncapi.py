@@ -201,14 +201,26 @@ CHANNELS: tuple[Channel, ...] = (
         Receiver(("agent_runtime",), client="nats-py"),
     ),
     Channel(
+        "guardrailsPolicies",
+        "guardrails_policies",
+        _s.guardrails_policies,
+        "One operation on a tenant's guardrail policy documents (get, put, delete; the"
+        " tenant's own or an agent's), checked by the guardrails' parser and merge rules.",
+        (events.PolicyRequest,),
+        ("gateway",),
+        Receiver(("guardrails",), "guardrails", "nats-py"),
+        replies=(events.PolicyReply,),
+    ),
+    Channel(
         "modelsChanged",
         "models_changed",
         _s.models_changed,
         "An adapter was promoted or rolled back (cached routes end now; workers load the"
-        " new version and drain the old), failed to load on a worker, or was drained.",
+        " new version and drain the old), failed to load on a worker, or was drained; or a"
+        " tenant's model allow-list changed (its cached routes end).",
         (events.ModelsChanged,),
-        ("trainer", "worker"),
-        Receiver(("worker", "agent_runtime", "memory"), client="nats-py"),
+        ("trainer", "worker", "gateway"),
+        Receiver(("worker", "agent_runtime", "memory", "inference_router"), client="nats-py"),
     ),
     Channel(
         "memoryRetrieve",

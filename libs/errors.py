@@ -68,6 +68,16 @@ def model_not_found(model: str) -> ErrorInfo:
     )
 
 
+def model_not_allowed(model: str) -> ErrorInfo:
+    """The tenant's admin left `model` out of its allow-list (PUT /v1/admin/models)."""
+    return ErrorInfo(
+        status=403,
+        message=f"The model `{model}` is not enabled for this tenant.",
+        code="model_not_allowed",
+        param="model",
+    )
+
+
 def no_worker(pool: str) -> ErrorInfo:
     return ErrorInfo(
         status=503,

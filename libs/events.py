@@ -354,11 +354,21 @@ class ModelInfo(BaseModel):
     pool: str
     owned_by: str = "enclave"
     created: int = 0
+    # Filled for the admin view only (ModelsRequest.admin): the pool's engine, the external
+    # provider it reaches, whether a worker answers on the pool now, and whether the
+    # tenant's allow-list lets the model through.
+    engine: str = ""
+    provider: str | None = None
+    serving: bool | None = None
+    allowed: bool = True
 
 
 class ModelsRequest(BaseModel):
     v: Literal[1] = 1
     tenant: str | None = None
+    # The admin API's view: every model the tenant could see, each with `allowed`, the
+    # engine and whether a worker serves its pool (probed); else the allowed ones only.
+    admin: bool = False
 
 
 class ModelsReply(BaseModel):
@@ -694,6 +704,45 @@ class GuardrailVerdict(BaseModel):
     passthrough_s: float = 0.0
 
 
+class PolicyGet(BaseModel):
+    """The tenant's own policy document (or its agent's), the merged policy and version."""
+
+    op: Literal["policy.get"] = "policy.get"
+    agent: str | None = None
+
+
+class PolicyPut(BaseModel):
+    """Replace the tenant's (or its agent's) document: YAML or JSON text, checked by the
+    guardrails' parser and merge rules (a lower level may only restrict)."""
+
+    op: Literal["policy.put"] = "policy.put"
+    agent: str | None = None
+    document: str
+
+
+class PolicyDelete(BaseModel):
+    op: Literal["policy.delete"] = "policy.delete"
+    agent: str | None = None
+
+
+PolicyOperation = Annotated[PolicyGet | PolicyPut | PolicyDelete, Field(discriminator="op")]
+
+
+class PolicyRequest(BaseModel):
+    """gateway -> guardrails (request/reply guardrails.policies): one operation on the
+    context's tenant's guardrail policy documents (the admin API, /v1/admin/policy)."""
+
+    v: Literal[1] = 1
+    ctx: RequestContext
+    operation: PolicyOperation
+
+
+class PolicyReply(BaseModel):
+    v: Literal[1] = 1
+    body: dict[str, Any] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+
+
 class AuditActions:
     """Actions of audit events that the platform records about itself (libs.audit has a
     helper for each): who managed keys, read the chain, acted as admin, and turns the
@@ -997,11 +1046,13 @@ class ModelsChanged(BaseModel):
     (it was `previous`); routers and runtimes drop cached routes, workers load the new
     version and drain the old. `load_failed`: a worker could not load `digest` (why in
     `reason`) and keeps serving `previous`. `drained`: the old version's last in-flight
-    request ended and it was unloaded.
+    request ended and it was unloaded. `access`: the tenant's model allow-list changed
+    (the gateway's PUT /v1/admin/models): every cached route of that tenant ends (the
+    model fields are empty).
     """
 
     v: Literal[1] = 1
-    kind: Literal["promoted", "rolled_back", "load_failed", "drained"]
+    kind: Literal["promoted", "rolled_back", "load_failed", "drained", "access"]
     tenant: str
     base_model: str
     public_id: str

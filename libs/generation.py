@@ -84,7 +84,13 @@ class RouteCache:
     def models_changed(self, event: ModelsChanged) -> int:
         """An adapter was promoted or rolled back (`models.changed`): every cached route of
         that tenant's fine-tuned ids of that base model (`tenant/base:ft`, `:ft-vN`) ends
-        now, not when it expires. How many ended."""
+        now, not when it expires; on `access` (its model allow-list changed) every cached
+        route of the tenant. How many ended."""
+        if event.kind == "access":
+            gone = [k for k in self._routes if k[0] == event.tenant]
+            for key in gone:
+                del self._routes[key]
+            return len(gone)
         if event.kind not in ("promoted", "rolled_back"):
             return 0
         prefix = f"{event.tenant}/{event.base_model}:ft"

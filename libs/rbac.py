@@ -134,6 +134,14 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("PUT", "/v1/admin/mcp_servers/{name}"): Permission.MANAGE_MCP_SERVERS,
     ("DELETE", "/v1/admin/mcp_servers/{name}"): Permission.MANAGE_MCP_SERVERS,
     ("GET", "/v1/admin/usage"): Permission.READ_USAGE,
+    ("GET", "/v1/admin/policy"): Permission.MANAGE_POLICIES,
+    ("PUT", "/v1/admin/policy"): Permission.MANAGE_POLICIES,
+    ("DELETE", "/v1/admin/policy"): Permission.MANAGE_POLICIES,
+    ("GET", "/v1/admin/policy/agents/{agent}"): Permission.MANAGE_POLICIES,
+    ("PUT", "/v1/admin/policy/agents/{agent}"): Permission.MANAGE_POLICIES,
+    ("DELETE", "/v1/admin/policy/agents/{agent}"): Permission.MANAGE_POLICIES,
+    ("GET", "/v1/admin/models"): Permission.MANAGE_MODELS,
+    ("PUT", "/v1/admin/models"): Permission.MANAGE_MODELS,
     ("POST", "/v1/sandbox/exec"): Permission.EXEC_CODE,
     ("GET", "/v1/files/{file_id}/content"): Permission.READ_FILES,
     ("POST", "/v1/fine_tuning/jobs"): Permission.FINE_TUNE,
@@ -190,6 +198,7 @@ BUS_OPERATIONS: dict[str, Permission] = {
     "trainer_api": Permission.FINE_TUNE,
     "agent_resume": Permission.APPROVE_TOOLS,
     "agent_skills": Permission.MANAGE_SKILLS,
+    "guardrails_policies": Permission.MANAGE_POLICIES,
 }
 
 # Roles that may assert an end user in the OpenAI `user` field.

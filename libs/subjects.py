@@ -97,6 +97,12 @@ class Subjects:
         return self._s("guardrails.policy.changed")
 
     @property
+    def guardrails_policies(self) -> str:
+        """A tenant's guardrail policy documents: get, put, delete (request/reply; queue
+        `guardrails`). The admin API's /v1/admin/policy."""
+        return self._s("guardrails.policies")
+
+    @property
     def models_changed(self) -> str:
         """Core NATS broadcast (ModelsChanged): an adapter was promoted, rolled back, failed
         to load or drained; cached routes end now."""

@@ -119,6 +119,10 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.agent_resume,
                 s.agent_skills,
                 *approvals,
+                # The admin API: a tenant's guardrail policy documents, its model allow-list
+                # (every runtime's and router's cached routes of that tenant end).
+                s.guardrails_policies,
+                s.models_changed,
             ),
             subscribe=(
                 chat_streams,
@@ -182,7 +186,12 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
         ),
         "guardrails": Permissions(
             publish=(s.guardrails_policy_changed,),
-            subscribe=(s.guardrails_input, s.guardrails_output, s.guardrails_policy_changed),
+            subscribe=(
+                s.guardrails_input,
+                s.guardrails_output,
+                s.guardrails_policies,
+                s.guardrails_policy_changed,
+            ),
         ),
         "memory": Permissions(
             publish=(

@@ -186,9 +186,16 @@ class StoredResponse(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+# In a tenant record's `limits` JSON beside the limits: the model ids the tenant may use
+# (absent or null: every model). The gateway's PUT /v1/admin/models writes it, the router
+# enforces it.
+ALLOWED_MODELS = "allowed_models"
+
+
 class TenantRecord(Base):
     """A tenant as the admin API knows it: its own limits (services/gateway/quotas.Limits
-    fields; absent ones are the settings'). Deleted with the tenant's data."""
+    fields; absent ones are the settings'), and under `ALLOWED_MODELS` its model
+    allow-list. Deleted with the tenant's data."""
 
     __tablename__ = "tenants"
 

@@ -47,6 +47,7 @@ from services.gateway.adapters.sql_tenants import (
     erase_tenant_rows,
     get_tenant,
     list_providers,
+    own_limits,
     put_provider,
     put_tenant,
 )
@@ -134,7 +135,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
     async def admin_get_tenant(request: Request) -> Response:
         ctx = await gw.auth.check_request(request, Action.READ_USAGE)
         row = await get_tenant(gw.db, ctx.tenant)
-        limits = tenant_limits(gw.auth.defaults, row.limits if row else None)
+        limits = tenant_limits(gw.auth.defaults, own_limits(row))
         await record_admin_action(gw.audit, ctx, "tenant.get")
         quotas = gw.auth.quotas
         return _json(
@@ -142,7 +143,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
                 "object": "tenant",
                 "name": ctx.tenant,
                 "display_name": row.display_name if row else "",
-                "own_limits": (row.limits if row else {}) or {},
+                "own_limits": own_limits(row),
                 "limits": {f: getattr(limits, f) for f in LIMIT_FIELDS},
                 "tokens_this_month": await quotas.used_this_month(ctx.tenant),
                 "in_flight": await quotas.in_flight(ctx.tenant),

@@ -29,6 +29,8 @@ from libs.events import EmbedReply, EmbedRequest, ModelsReply, ModelsRequest
 from libs.rbac import TENANT_HEADER
 from libs.settings import Settings
 from services.gateway import (
+    admin_model_routes,
+    admin_policy_routes,
     admin_routes,
     approvals_routes,
     audit_routes,
@@ -223,6 +225,8 @@ def create_fastapi(gw: Gateway) -> FastAPI:
     key_routes.register(app, gw)
     admin_routes.register(app, gw)
     mcp_routes.register(app, gw)
+    admin_policy_routes.register(app, gw)
+    admin_model_routes.register(app, gw)
 
     _document_request_bodies(
         app,

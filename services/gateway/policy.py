@@ -20,6 +20,7 @@ class Action(StrEnum):
     MANAGE_TENANT = "manage_tenant"  # a tenant's record and its erasure (platform operator)
     MANAGE_PROVIDERS = "manage_providers"
     MANAGE_MCP_SERVERS = "manage_mcp_servers"  # /v1/admin/mcp_servers (admin)
+    MANAGE_POLICIES = "manage_policies"  # /v1/admin/policy: the tenant's guardrail policy
     READ_USAGE = "read_usage"
     CHECK_GUARDRAILS = "check_guardrails"  # POST /v1/guardrails/check
     READ_FILES = "read_files"  # files and vector stores: list, get, search

@@ -17,7 +17,7 @@ from opentelemetry import trace
 from libs.audit import AuditPublisher, outbox_dir
 from libs.context import RequestContext
 from libs.errors import ErrorInfo
-from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
+from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict, PolicyReply, PolicyRequest
 from libs.metrics import StageMetrics
 from libs.rpc import Bus, serve
 from libs.settings import Settings
@@ -29,6 +29,7 @@ from services.guardrails.adapters.policy_files import PolicyStore
 from services.guardrails.adapters.presidio import PresidioPii
 from services.guardrails.injection import InjectionDetector
 from services.guardrails.policy import PolicyError
+from services.guardrails.policy_api import handle_policy
 from services.guardrails.scheduler import FairScheduler, screen_fairly
 from services.guardrails.screen import Screener
 
@@ -164,7 +165,20 @@ class Guardrails:
         handle = traced(self.tracer, span_name, self.handle)
         for subject in (s.guardrails_input, s.guardrails_output):
             await serve(self.bus.nc, subject, GuardrailCheck, handle, queue="guardrails")
+        # The admin API's policy documents (/v1/admin/policy): checked, written, announced.
+        await serve(
+            self.bus.nc, s.guardrails_policies, PolicyRequest, self.manage, queue="guardrails"
+        )
         self.watcher = asyncio.create_task(self._watch_policies())
+
+    async def manage(self, request: PolicyRequest) -> PolicyReply:
+        return await handle_policy(self.store, request, self._announce)
+
+    async def _announce(self) -> None:
+        """A document changed here: every runtime drops its passthroughs now (the watcher
+        says it again when it sees the file)."""
+        await self.bus.nc.publish(self.bus.subjects.guardrails_policy_changed, b"")
+        await self.bus.nc.flush()
 
     async def stop(self) -> None:
         if self.watcher is not None:

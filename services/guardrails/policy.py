@@ -326,3 +326,27 @@ def effective(
         if doc is not None:
             policy = merge(policy, doc)
     return policy
+
+
+def fill_document(data: Any, tenant: str, agent: str | None) -> dict[str, Any]:
+    """A document sent through the admin API for `tenant` (or its `agent`), with `level`,
+    `tenant` and `agent` filled in where absent; where present they must name this tenant
+    and agent (a tenant's admin writes its own documents only)."""
+    level = "tenant" if agent is None else "agent"
+    if not isinstance(data, dict):
+        raise PolicyError("document", level, "a policy document must be a mapping")
+    filled = {"level": level, "tenant": tenant, **({"agent": agent} if agent else {}), **data}
+    if filled["tenant"] != tenant:
+        raise PolicyError("tenant", level, f"the document is for tenant `{filled['tenant']}`")
+    if agent is not None and filled.get("agent") != agent:
+        raise PolicyError("agent", level, f"the document is for agent `{filled.get('agent')}`")
+    if agent is None and filled.get("agent") is not None:
+        raise PolicyError("agent", level, "a tenant's document names no agent")
+    return filled
+
+
+def admin_document(data: Any, tenant: str, agent: str | None) -> PolicyDocument:
+    """`fill_document`, then the parser's own checks."""
+    return parse_document(
+        fill_document(data, tenant, agent), "tenant" if agent is None else "agent"
+    )

@@ -6,9 +6,12 @@ It resolves public model ids and hands requests to a worker pool; it never relay
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 
 from libs.context import RequestContext, new_request_id
 from libs.db.engine import make_engine, migrate_async
@@ -21,6 +24,7 @@ from libs.events import (
     GenerateAccepted,
     GenerateRequest,
     ModelInfo,
+    ModelsChanged,
     ModelsReply,
     ModelsRequest,
     RouteReply,
@@ -33,10 +37,12 @@ from libs.metrics import StageMetrics
 from libs.rpc import Bus, Peer, serve, serve_broker
 from libs.telemetry import attributes, parent_context, setup_tracing, traced, with_span
 from services.inference_router.adapter_routes import adapter_models, adapter_route, is_adapter_id
-from services.inference_router.registry import load_registry
+from services.inference_router.registry import load_registry, permitted, provider_of
 from services.inference_router.routes import Routes
 
 log = logging.getLogger("enclave.inference_router")
+# How long the admin view waits for a pool's worker to answer its probe.
+PROBE_S = 0.5
 
 
 class Router:
@@ -94,11 +100,51 @@ class Router:
         )
 
     async def models(self, request: ModelsRequest) -> ModelsReply:
+        """The models a tenant sees: those its allow-list lets through; for the admin view
+        every one, each with `allowed`, its engine, provider and whether a worker serves
+        its pool now."""
         registry = await self.routes.refresh()
         models = [m.info() for m in registry.visible(request.tenant)]
         if request.tenant:
             models += await self._adapters(request.tenant)
+        allowed = await self.routes.allowed(request.tenant) if request.tenant else None
+        if not request.admin:
+            return ModelsReply(models=[m for m in models if permitted(m.id, allowed)])
+        pools = registry.pools
+        serving = await self._serving(sorted({m.pool for m in models if m.pool}))
+        for m in models:
+            pool = pools.get(m.pool, {})
+            m.engine = str(pool.get("engine", ""))
+            m.provider = provider_of(pool)
+            m.serving = serving.get(m.pool, False)
+            m.allowed = permitted(m.id, allowed)
         return ModelsReply(models=models)
+
+    async def _serving(self, pools: list[str]) -> dict[str, bool | None]:
+        """Whether some worker of each pool answers now: an empty request, which a worker
+        refuses at once as unreadable; no responder is none (or all full); None where
+        none answered in PROBE_S (busy)."""
+        nc, s = self.bus.nc, self.bus.subjects
+
+        async def probe(pool: str) -> bool | None:
+            try:
+                await nc.request(s.inference_worker(pool), b"", timeout=PROBE_S)
+            except NoRespondersError:
+                return False
+            except Exception:
+                return None
+            return True
+
+        return dict(zip(pools, await asyncio.gather(*map(probe, pools)), strict=True))
+
+    async def _models_changed(self, msg: Msg) -> None:
+        """A tenant's allow-list changed (`access`): read it again on the next request."""
+        try:
+            event = ModelsChanged.model_validate_json(msg.data)
+        except ValueError:
+            return
+        if event.kind == "access":
+            self.routes.forget(event.tenant)
 
     async def _adapters(self, tenant: str) -> list[ModelInfo]:
         """The tenant's own fine-tuned models (the trainer answers for that tenant only);
@@ -123,6 +169,8 @@ class Router:
         subject = self.bus.subjects.inference_generate
         generate = self.metrics.handler("inference.generate", self.generate)
         await serve(self.bus.nc, subject, GenerateRequest, generate, queue="inference_router")
+        # Every replica (no queue group): a tenant's allow-list changed.
+        await self.bus.nc.subscribe(self.bus.subjects.models_changed, cb=self._models_changed)
 
     async def stop(self) -> None:
         await self.routes.engine.dispose()

@@ -106,6 +106,16 @@ def parse_registry(doc: dict[str, Any]) -> Registry:
     return registry.with_routes(routes)
 
 
+def permitted(model: str, allowed: list[str] | None) -> bool:
+    """Whether a tenant's allow-list (None: every model) lets `model` through. A tenant's
+    fine-tuned id (`tenant/base:ft`, `tenant/base:ft-vN`) is let through with its base."""
+    if allowed is None or model in allowed:
+        return True
+    if "/" in model and ":ft" in model:
+        return model.split("/", 1)[1].split(":", 1)[0] in allowed
+    return False
+
+
 def provider_of(pool: dict[str, Any]) -> str | None:
     """The external provider a pool reaches (`provider:` on an openai_compat pool), or None
     for the platform's own workers (an openai_compat pool without it is a server of ours,

@@ -7,7 +7,7 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.errors import EnclaveError, ErrorInfo
+from libs.errors import EnclaveError, ErrorInfo, model_not_allowed
 from libs.events import RouteReply, Upstream
 from libs.providers import (
     Provider,
@@ -18,7 +18,8 @@ from libs.providers import (
 )
 from services.inference_router.adapters.sql_grants import load_grants
 from services.inference_router.adapters.sql_models import load_routes
-from services.inference_router.registry import ModelRoute, Registry, provider_of
+from services.inference_router.adapters.sql_tenants import load_allowed
+from services.inference_router.registry import ModelRoute, Registry, permitted, provider_of
 
 SQL_REFRESH_S = 1.0
 
@@ -35,6 +36,7 @@ class Routes:
         self.engine = engine
         self._loaded_at = 0.0
         self._grant_cache: dict[str, tuple[list[TenantProvider], float]] = {}
+        self._allowed_cache: dict[str, tuple[list[str] | None, float]] = {}
 
     async def refresh(self, force: bool = False) -> Registry:
         now = time.monotonic()
@@ -115,7 +117,30 @@ class Routes:
         self._grant_cache[tenant] = (grants, now)
         return grants
 
+    async def allowed(self, tenant: str) -> list[str] | None:
+        """The tenant's model allow-list (None: every model), read again after
+        SQL_REFRESH_S or at once after `forget` (models.changed `access`)."""
+        now = time.monotonic()
+        held = self._allowed_cache.get(tenant)
+        if held is not None and now - held[1] <= SQL_REFRESH_S:
+            return held[0]
+        allowed = await load_allowed(self.engine, tenant)
+        self._allowed_cache[tenant] = (allowed, now)
+        return allowed
+
+    def forget(self, tenant: str) -> None:
+        self._allowed_cache.pop(tenant, None)
+
+    async def refused(self, model: str, tenant: str) -> ErrorInfo | None:
+        """`model_not_allowed` where the tenant's allow-list leaves `model` out."""
+        return None if permitted(model, await self.allowed(tenant)) else model_not_allowed(model)
+
     async def resolve(self, model: str, tenant: str, use: str) -> ModelRoute | ErrorInfo:
+        """The model's route; the allow-list first (chat, completions, embeddings and
+        responses all come here)."""
+        refusal = await self.refused(model, tenant)
+        if refusal is not None:
+            return refusal
         found = self.current.resolve(model, tenant, use)
         if isinstance(found, ErrorInfo) and found.status == 404:
             found = (await self.refresh()).resolve(model, tenant, use)

@@ -13,6 +13,7 @@ from services.guardrails.policy import (
     PolicyError,
     PolicyRelaxed,
     effective,
+    fill_document,
     parse_document,
 )
 
@@ -188,3 +189,42 @@ def test_only_a_policy_that_checks_nothing_on_input_lets_input_through_unasked()
     open_doc = yaml.safe_load(PACKAGED_OPEN.read_text())
     topics = {**open_doc, "topics": {"denied": ["weapons"]}}
     assert effective(parse_document(topics, "global")).checks_input
+
+
+def test_the_admin_api_fills_in_its_tenant_and_checks_the_documents_around(
+    tmp_path: Path,
+) -> None:
+    """An admin's document names its level, tenant and agent only as itself; a tenant's
+    new document must leave each of its agents' documents valid; the write is atomic and
+    the store reads the new document at once."""
+    store = PolicyStore(tmp_path)
+    (tmp_path / "global.yaml").write_text(yaml.safe_dump(GLOBAL))
+    filled = fill_document({"version": 1}, "acme", None)
+    assert filled == {"version": 1, "level": "tenant", "tenant": "acme"}
+    assert fill_document({"version": 1}, "acme", "bot")["agent"] == "bot"
+    for data, agent, rule in (
+        ({"version": 1, "tenant": "globex"}, None, "tenant"),
+        ({"version": 1, "agent": "bot"}, None, "agent"),
+        ({"version": 1, "agent": "other"}, "bot", "agent"),
+        (["not", "a", "mapping"], None, "document"),
+    ):
+        with pytest.raises(PolicyError) as caught:
+            fill_document(data, "acme", agent)
+        assert caught.value.rule == rule
+    agent = {"version": 1, "pii": {"entities": {"EMAIL_ADDRESS": "redact"}}}
+    store.write("acme", "bot", yaml.safe_dump(fill_document(agent, "acme", "bot")))
+    assert store.agents("acme") == ["bot"]
+    assert store.get("acme", "bot").input_action("EMAIL_ADDRESS") == "redact"
+    tighter = fill_document(
+        {"version": 2, "pii": {"entities": {"EMAIL_ADDRESS": "block"}}}, "acme", None
+    )
+    with pytest.raises(PolicyRelaxed) as caught:
+        store.check("acme", None, tighter)  # the agent's `redact` would relax `block`
+    assert "agent `bot`" in str(caught.value)
+    fine = fill_document({"version": 2, "pii": {"entities": {"URL": "mask"}}}, "acme", None)
+    assert store.check("acme", None, fine).input_action("URL") == "mask"
+    store.write("acme", None, yaml.safe_dump(fine))
+    assert store.get("acme").input_action("URL") == "mask"
+    assert not list((tmp_path / "tenants").glob(".put-*"))
+    assert store.remove("acme", None) and not store.remove("acme", None)
+    assert store.get("acme").input_action("URL") == "allow"

@@ -7,6 +7,7 @@ from services.inference_router.registry import (
     RegistryError,
     load_registry,
     parse_registry,
+    permitted,
 )
 
 
@@ -71,3 +72,15 @@ def test_a_chat_model_may_carry_a_rag_default() -> None:
     ):
         with pytest.raises(RegistryError):
             parse_registry({"version": 1, "pools": pools, "models": [bad]})
+
+
+def test_an_allow_list_lets_through_its_models_and_their_fine_tuned_ids() -> None:
+    assert permitted("anything", None)
+    allowed = ["smollm2-135m-instruct"]
+    assert permitted("smollm2-135m-instruct", allowed)
+    assert not permitted("enclave-instant", allowed)
+    assert not permitted("enclave-instant", [])
+    assert permitted("acme/smollm2-135m-instruct:ft", allowed)
+    assert permitted("acme/smollm2-135m-instruct:ft-v3", allowed)
+    assert not permitted("acme/gemma-3-270m:ft-v1", allowed)
+    assert permitted("acme/gemma-3-270m:ft-v1", ["acme/gemma-3-270m:ft-v1"])

@@ -10,7 +10,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db.engine import sessions
-from libs.db.models import ApiKey, TenantMcpServerRecord, TenantProviderRecord, TenantRecord
+from libs.db.models import (
+    ALLOWED_MODELS,
+    ApiKey,
+    TenantMcpServerRecord,
+    TenantProviderRecord,
+    TenantRecord,
+)
 
 
 def _now() -> datetime:
@@ -33,9 +39,35 @@ async def put_tenant(
             row = TenantRecord(name=tenant, created_at=_now())
             session.add(row)
         row.display_name = display_name
-        row.limits = limits
+        kept = (row.limits or {}).get(ALLOWED_MODELS)  # not a limit: the models' API owns it
+        row.limits = {**limits, **({ALLOWED_MODELS: kept} if kept is not None else {})}
         row.updated_at = _now()
     return row, created
+
+
+def own_limits(row: TenantRecord | None) -> dict[str, Any]:
+    """The limits a tenant's record sets itself (without its model allow-list)."""
+    return {k: v for k, v in ((row.limits if row else None) or {}).items() if k != ALLOWED_MODELS}
+
+
+def allowed_models(row: TenantRecord | None) -> list[str] | None:
+    """The tenant's model allow-list; None: every model."""
+    value = ((row.limits if row else None) or {}).get(ALLOWED_MODELS)
+    return None if value is None else [str(m) for m in value]
+
+
+async def put_allowed_models(engine: AsyncEngine, tenant: str, allowed: list[str] | None) -> None:
+    """Set the tenant's model allow-list (None: every model), its record made if absent."""
+    async with sessions(engine)() as session, session.begin():
+        row = await session.get(TenantRecord, tenant)
+        if row is None:
+            row = TenantRecord(name=tenant, display_name="", limits={}, created_at=_now())
+            session.add(row)
+        limits = {k: v for k, v in (row.limits or {}).items() if k != ALLOWED_MODELS}
+        if allowed is not None:
+            limits[ALLOWED_MODELS] = allowed
+        row.limits = limits
+        row.updated_at = _now()
 
 
 async def list_providers(engine: AsyncEngine, tenant: str) -> list[TenantProviderRecord]:
