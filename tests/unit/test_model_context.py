@@ -74,7 +74,7 @@ def test_an_odd_registry_gives_no_window_rather_than_failing() -> None:
 
 
 def test_the_gateway_reads_the_registry_it_is_given() -> None:
-    assert load_windows(Settings()).limit("smollm2-135m-instruct") == 2048  # deploy/models.yaml
-    assert (REPO_ROOT / "deploy" / "models.yaml").exists()
+    shipped = Settings(models_file=REPO_ROOT / "deploy" / "models.yaml")
+    assert load_windows(shipped).limit("smollm2-135m-instruct") == 2048  # its pool's n_ctx
     missing = Settings(models_file=REPO_ROOT / "no-such-models.yaml")
     assert load_windows(missing).windows == {}
