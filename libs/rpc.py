@@ -7,7 +7,10 @@ Three things, each written once for the whole platform:
   timeout (504), a handler that failed sends its `ErrorInfo` back (its own status). `ask`
   raises them as `EnclaveError`; with `failed=` it returns that reply instead (for callers
   that pass an error on as a reply, such as the guardrails' fail-closed verdict). Each
-  peer's timeout comes from the settings (`Peers`).
+  peer's timeout comes from the settings (`Peers`). A peer asked only read-only questions
+  (a turn's route, a guardrail check) is hedged: without an answer after
+  `ENCLAVE_ASK_HEDGE_S` (2 s) it is asked again, so a replica killed with the request in
+  hand (NATS tells nobody) costs seconds, not the whole timeout.
 - **Answering** (`serve`, `serve_broker`): a handler is a plain
   `async def handle(request: Model) -> Reply`. It raises `EnclaveError` to refuse; the
   asker gets that error back. `serve` binds it to a raw nats-py subscription (the per-request
@@ -67,6 +70,10 @@ class Peer:
     name: str  # "the memory service": the subject of the error messages
     code: str  # the code of its 503
     timeout_s: float
+    # Ask again after this long without an answer (idempotent requests only): a replica
+    # killed with the request in hand answers nothing, and NATS tells only a new request
+    # that nobody listens any more. None: one request, the whole timeout.
+    hedge_s: float | None = None
 
     def unavailable(self) -> ErrorInfo:
         return ErrorInfo(
@@ -87,9 +94,18 @@ class Peers:
     """Every peer of the platform, with its timeout from the settings."""
 
     def __init__(self, settings: Settings) -> None:
-        self.router = Peer("the inference router", "router_unavailable", settings.router_timeout_s)
+        # A turn's route and its screening: read-only questions, asked again after
+        # `ask_hedge_s` without an answer, so that a replica killed while answering costs a
+        # turn seconds, not the whole timeout.
+        hedge = settings.ask_hedge_s or None
+        self.router = Peer(
+            "the inference router", "router_unavailable", settings.router_timeout_s, hedge
+        )
         self.guardrails = Peer(
-            "the guardrails service", "guardrails_unavailable", settings.guardrails_timeout_s
+            "the guardrails service",
+            "guardrails_unavailable",
+            settings.guardrails_timeout_s,
+            hedge,
         )
         # POST /v1/guardrails/check: an application's own screening waits as long as a model.
         self.guardrails_api = Peer(
@@ -145,7 +161,7 @@ class Bus:
             headers = ctx.headers() if ctx is not None else None
         data = request if isinstance(request, bytes) else event_bytes(request)
         try:
-            msg = await self.nc.request(subject, data, timeout=peer.timeout_s, headers=headers)
+            msg = await self._request(peer, subject, data, headers)
         except NatsTimeout:
             error = peer.timed_out()
         except NoRespondersError:
@@ -159,6 +175,50 @@ class Bus:
         if failed is not None:
             return failed(error)
         raise EnclaveError.of(error)
+
+    async def _request(
+        self, peer: Peer, subject: str, data: bytes, headers: dict[str, str] | None
+    ) -> Msg:
+        """The first answer to `data`, within the peer's timeout. A hedged peer without an
+        answer after `hedge_s` is asked a second time while the first request still waits:
+        a live replica answers the second (whichever answer comes first wins); nobody
+        listening means the replica that took the first is gone too (killed, or draining),
+        and then the first gets one more `hedge_s` before the asker hears 503."""
+        hedge = peer.hedge_s
+        if hedge is None or hedge >= peer.timeout_s:
+            return await self.nc.request(subject, data, timeout=peer.timeout_s, headers=headers)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + peer.timeout_s
+        first = asyncio.ensure_future(
+            self.nc.request(subject, data, timeout=peer.timeout_s, headers=headers)
+        )
+        tasks = {first}
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=hedge)
+            if done:
+                return first.result()
+            again = asyncio.ensure_future(
+                self.nc.request(subject, data, timeout=deadline - loop.time(), headers=headers)
+            )
+            tasks.add(again)
+            waiting = set(tasks)
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        return task.result()
+                if again in done and isinstance(again.exception(), NoRespondersError):
+                    if not first.done():
+                        done, _ = await asyncio.wait({first}, timeout=hedge)
+                        if done and first.exception() is None:
+                            return first.result()
+                    raise NoRespondersError
+            raise NatsTimeout
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Reap what was cancelled or failed unseen (no "exception never retrieved").
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # -- answering --

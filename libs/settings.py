@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     # The router's answer may wait for its registry's SQL refresh.
     router_timeout_s: float = 7.0
     guardrails_timeout_s: float = 10.0
+    # A turn's route and guardrail checks are asked again after this long without an
+    # answer (libs/rpc.py, `Peer.hedge_s`); 0 asks once.
+    ask_hedge_s: float = 2.0
     # Files, vector stores and memories: an upload is parsed and embedded in the request.
     memory_api_timeout_s: float = 120.0
     audit_api_timeout_s: float = 30.0

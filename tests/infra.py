@@ -206,8 +206,18 @@ class Platform:
             proc.wait()
 
     def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
+        # All at once (each stops in seconds on a loaded machine: one after another, a
+        # dozen services took 40 s), then what has not stopped within 20 s is killed.
+        procs = [self.procs.pop(name) for name in list(self.procs)]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         # In a thread of its own: stop_all may be called from inside a running event loop.
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, self._delete_streams()).result()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import yaml
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from opentelemetry.trace import Tracer
@@ -27,6 +28,7 @@ from libs.db.engine import make_engine, migrate_async
 from libs.errors import EnclaveError
 from libs.events import KeyRevoked
 from libs.metrics import StageMetrics
+from libs.model_context import ContextWindows, context_windows
 from libs.redis_pool import redis_client
 from libs.rpc import Bus
 from libs.settings import Settings
@@ -57,6 +59,8 @@ class Gateway:
     audit: AuditPublisher
     tracer: Tracer
     metrics: StageMetrics = field(default_factory=lambda: StageMetrics("gateway"))
+    # Each registry model's context window: the bound on what a request may ask it to write.
+    windows: ContextWindows = field(default_factory=ContextWindows)
 
     async def start(self) -> None:
         settings = self.settings
@@ -142,6 +146,17 @@ def default_limits(settings: Settings) -> Limits:
     )
 
 
+def load_windows(settings: Settings) -> ContextWindows:
+    """The context windows of the registry's models (the file the router reads too); none
+    when it cannot be read (then every model is bounded by MAX_TOKENS alone)."""
+    try:
+        registry = yaml.safe_load(settings.models_file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("no context windows: %s unreadable (%s)", settings.models_file, exc)
+        return ContextWindows()
+    return context_windows(registry) if isinstance(registry, dict) else ContextWindows()
+
+
 def build(settings: Settings) -> Gateway:
     nc = NatsClient()
     bus = Bus(nc, settings)
@@ -179,4 +194,5 @@ def build(settings: Settings) -> Gateway:
         audit=audit,
         tracer=setup_tracing("gateway", settings.trace_dir, settings.otlp_endpoint),
         metrics=StageMetrics("gateway"),
+        windows=load_windows(settings),
     )

@@ -40,6 +40,7 @@ from services.gateway.openai_shapes import (
     chat_event,
     completion_event,
     context_extras,
+    output_param,
     parse_json,
     validate,
 )
@@ -322,10 +323,13 @@ class HotPath:
         if kind == "chat":
             chat = validate(ChatCompletionRequest, parse_json(body))
             event, wants_stream, usage = chat_event(chat, ctx), chat.stream, chat.include_usage
+            param = output_param(chat)
         else:
             completion = validate(CompletionRequest, parse_json(body))
             event = completion_event(completion, ctx)
             wants_stream, usage = completion.stream, completion.include_usage
+            param = output_param(completion)
+        gw.windows.check(event.model, event.params.max_tokens, param)
         # The exact limits (services/gateway/quotas.py): settled when the turn ends.
         reservation = await grant.admit(event_reservation(event))
 

@@ -27,16 +27,17 @@ from libs.events import (
     TurnEvent,
     Usage,
 )
+from libs.model_context import MAX_TOKENS
 from libs.rbac import Credential, end_user
 from libs.tool_calls import CallCollector, ToolChoiceError, delta_json
 from libs.tool_calls import check as check_tools
 
 M = TypeVar("M", bound=BaseModel)
-# Admission bounds: what one request may ask, whatever its model. A worker further stops a
-# generation at its model's context.
+# Admission bounds: what one request may ask, whatever its model. max_tokens is further
+# bounded by the model's context window (libs/model_context.py, `ContextWindows.check`
+# once the model is known), and a worker stops a generation at its model's context.
 MAX_N = 4
 MAX_STOP = 4
-MAX_TOKENS = 32_768
 MAX_MESSAGES = 1_024
 MAX_NAME = 256  # model ids, user ids, stop sequences
 MAX_EMBEDDING_INPUTS = 2_048
@@ -178,6 +179,13 @@ def validate(model: type[M], data: Any) -> M:
         raise EnclaveError(
             400, f"Invalid value for `{param}`: {err['msg']}", "invalid_value", param
         ) from None
+
+
+def output_param(req: ChatCompletionRequest | CompletionRequest) -> str:
+    """The request's field that bounds its answer (`max_completion_tokens` wins)."""
+    if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens:
+        return "max_completion_tokens"
+    return "max_tokens"
 
 
 def chat_event(req: ChatCompletionRequest, ctx: RequestContext) -> ChatRequested:

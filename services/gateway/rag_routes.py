@@ -31,6 +31,7 @@ from libs.events import (
     VectorStoreOp,
     VectorStoresList,
 )
+from libs.zip_limits import ZipRefused, check_zip, is_zip
 from services.gateway.policy import Action
 
 if TYPE_CHECKING:
@@ -55,6 +56,15 @@ async def _body(gw: Gateway, request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise EnclaveError(400, "The request body must be a JSON object.", "invalid_request")
     return body
+
+
+def check_upload_zip(data: bytes) -> None:
+    """A zip upload (a .docx) within libs/zip_limits.py's limits, read from its central
+    directory alone; a zip bomb is a 400 before it is stored, never a failed file later."""
+    try:
+        check_zip(data)
+    except ZipRefused as exc:
+        raise EnclaveError(400, f"The file was refused: {exc}.", "invalid_file", "file") from None
 
 
 def register(app: FastAPI, gw: Gateway) -> None:
@@ -84,10 +94,13 @@ def register(app: FastAPI, gw: Gateway) -> None:
         data = await upload.read()
         if len(data) > limit:
             raise EnclaveError(413, f"The file is larger than {limit} bytes.", "file_too_large")
+        filename = upload.filename or "upload.txt"
+        if is_zip(data) or filename.lower().endswith(".docx"):
+            check_upload_zip(data)
         headers = {
             **ctx.headers(),
             "enclave-ctx": ctx.model_dump_json(),
-            "enclave-filename": (upload.filename or "upload.txt").replace("\n", " ")[:500],
+            "enclave-filename": filename.replace("\n", " ")[:500],
             "enclave-purpose": purpose,
         }
         return await _call(gw, subjects.memory_upload, data, headers)

@@ -165,6 +165,7 @@ class Responses:
             await grant.within_limit()  # a decision, not a turn: one request
             return await self.approve(ctx, req, answer, raw, rid, created)
         event, conversation = to_event(req, ctx, await self.history(ctx, req.previous_response_id))
+        self.gw.windows.check(event.model, req.max_output_tokens, "max_output_tokens")
         if req.background:
             queued = response_json(rid, req, created, "queued")
             await self.store.put(ctx.tenant, queued, conversation)

@@ -79,6 +79,77 @@ async def test_ask_maps_every_failure_the_same_way(nc: NatsClient, settings: Set
     assert slow.value.info.status == 504 and slow.value.info.code == "upstream_timeout"
 
 
+HEDGED = Peer("the doubler", "doubler_unavailable", 10.0, hedge_s=0.3)
+
+
+async def test_a_hedged_ask_outlives_the_replica_that_died_with_it(
+    nc: NatsClient, settings: Settings
+) -> None:
+    """The replica that took the request dies without answering (as `kill -9` leaves it):
+    the asker hears it in about two hedges, not the 10 s timeout; a replica that still
+    lives answers the second request; a slow one is still heard (whichever answers first);
+    a peer that answers nothing at all still times out."""
+    bus = Bus(nc, settings)
+    subject = settings.subjects._s("hedged")
+    taken: list[int] = []
+
+    async def dies(msg: Msg) -> None:
+        taken.append(Ping.model_validate_json(msg.data).n)
+        await sub.unsubscribe()  # gone, with the request in hand
+
+    sub = await nc.subscribe(subject, queue="doubler", cb=dies)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(EnclaveError) as gone:
+        await bus.ask(HEDGED, subject, Ping(n=1), Pong)
+    took = asyncio.get_running_loop().time() - started
+    assert gone.value.info.status == 503 and taken == [1]
+    assert took < 2.0, took
+
+    # The one that took it dies; another replica is there: it answers the second request.
+    sub = await nc.subscribe(subject, queue="doubler", cb=dies)
+    await nc.flush()
+    answered = asyncio.Event()
+
+    async def lives(msg: Msg) -> None:
+        answered.set()
+        await msg.respond(
+            Pong(n=2 * Ping.model_validate_json(msg.data).n).model_dump_json().encode()
+        )
+
+    # Only once `dies` took the first request does the live one listen.
+    taken.clear()
+    asking = asyncio.ensure_future(bus.ask(HEDGED, subject, Ping(n=5), Pong))
+    while not taken:
+        await asyncio.sleep(0.01)
+    await nc.subscribe(subject, queue="doubler", cb=lives)
+    assert (await asking).n == 10 and answered.is_set()
+
+    # A slow replica (longer than the hedge) is heard: two asks, the first answer wins.
+    slow_subject = settings.subjects._s("hedged-slow")
+    asked: list[int] = []
+
+    async def slow(msg: Msg) -> None:
+        asked.append(1)
+        await asyncio.sleep(0.5)
+        await msg.respond(Pong(n=len(asked)).model_dump_json().encode())
+
+    await nc.subscribe(slow_subject, queue="doubler", cb=slow)
+    assert (await bus.ask(HEDGED, slow_subject, Ping(n=1), Pong)).n == 1  # the first's
+    await asyncio.sleep(0.2)
+    assert len(asked) == 2  # asked again after the hedge
+
+    silent = settings.subjects._s("hedged-silent")
+
+    async def never_answers(msg: Msg) -> None:
+        pass
+
+    await nc.subscribe(silent, cb=never_answers)
+    quick = Peer("the doubler", "doubler_unavailable", 1.0, hedge_s=0.3)
+    with pytest.raises(EnclaveError) as slow_peer:
+        await bus.ask(quick, silent, Ping(n=1), Pong)
+    assert slow_peer.value.info.status == 504
+
+
 async def test_the_same_handler_on_faststream(nc: NatsClient, settings: Settings) -> None:
     subject = settings.subjects._s("double")
     broker = NatsBroker(settings.nats_url)

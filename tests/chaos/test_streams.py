@@ -1,15 +1,19 @@
-"""Every stream ends, with real processes and real signals: `kill -9` of the runtime, of a
-worker and of the gateway in the middle of a streamed chat. The client ends within 10 s
-of the kill, with the answer or an OpenAI error event and `data: [DONE]` (a killed
-gateway: with its connection closed), never a token twice, and the platform serves the
-next request (the test starts the killed service again, as `enclave up`'s supervisor
-does). A client that disconnects stops the generation in the worker, llama.cpp included.
+"""Every stream ends, with real processes and real signals: `kill -9` of each service in
+the middle of a streamed chat (the runtime, a worker, the gateway, the guardrails, memory,
+the inference router, audit). The client ends within 10 s of the kill, with the answer or
+an OpenAI error event and `data: [DONE]` (a killed gateway: with its connection closed),
+never a token twice, and the platform serves the next request (the test starts the
+killed service again, as `enclave up`'s supervisor does); audit loses no entry of the
+requests made while it was down. A client that disconnects stops the generation in the
+worker, llama.cpp included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import wait_memory
 from tests.infra import REPO, Infra, Platform, free_port, platform_env
 
 # A token every 50 ms for 8 s; and one whose first token takes 2.5 s.
@@ -45,7 +50,14 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     registry["models"].extend(MODELS)
     (home / "models.yaml").write_text(yaml.safe_dump(registry))
     port = free_port()
-    env = platform_env(services, home, port, ENCLAVE_MODELS_FILE=str(home / "models.yaml"))
+    env = platform_env(
+        services,
+        home,
+        port,
+        ENCLAVE_MODELS_FILE=str(home / "models.yaml"),
+        # What a killed audit had fetched comes again after this (30 s by default).
+        ENCLAVE_AUDIT_ACK_WAIT_S="5",
+    )
     p = Platform(env=env, home=home, base_url=f"http://127.0.0.1:{port}")
     p.cli("migrate")
     p.admin_key = p.create_key("acme", "admin", rpm=1_000_000)
@@ -57,21 +69,27 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         p.start("worker-latestart", "worker", "latestart")
         p.start("guardrails", "guardrails")
         p.start("runtime", "agent_runtime")
+        p.start("memory", "memory")
+        p.start("audit", "audit")
         p.start("gateway", "gateway")
         p.wait_ready()
         p.wait_model("enclave-drip")
         p.wait_model("enclave-slowstart")
         p.wait_model("smollm2-135m-instruct")
+        wait_memory(p)
         yield p
     finally:
         p.stop_all()
 
 
-def _body(model: str, max_tokens: int | None = None) -> dict[str, object]:
+def _body(
+    model: str, max_tokens: int | None = None, extra: dict[str, object] | None = None
+) -> dict[str, object]:
     body: dict[str, object] = {
         "model": model,
         "messages": [{"role": "user", "content": "Count from one to one thousand, in words."}],
         "stream": True,
+        **(extra or {}),
     }
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
@@ -88,9 +106,10 @@ class Stream:
         max_tokens: int | None = None,
         prompt: str | None = None,
         read_s: float = END_WITHIN_S + 5,
+        extra: dict[str, object] | None = None,
     ) -> None:
         self.client = httpx.Client(timeout=httpx.Timeout(60.0, read=read_s), base_url=plat.base_url)
-        body = _body(model, max_tokens)
+        body = _body(model, max_tokens, extra)
         if prompt is not None:
             body["messages"] = [{"role": "user", "content": prompt}]
         self._cm = self.client.stream(
@@ -101,6 +120,7 @@ class Stream:
         )
         self.response = self._cm.__enter__()
         assert self.response.status_code == 200, self.response.read()
+        self.request_id = self.response.headers["x-request-id"]
         self.lines = self.response.iter_lines()
         self.text = ""
         self.chunks = 0
@@ -136,11 +156,21 @@ class Stream:
         self.client.close()
 
 
-def _next_chat_passes(plat: Platform, model: str = "enclave-drip", timeout: float = 120) -> None:
-    """The platform serves the next request (once the restarted service is up)."""
+def _next_chat_passes(
+    plat: Platform,
+    model: str = "enclave-drip",
+    timeout: float = 120,
+    extra: dict[str, object] | None = None,
+) -> str:
+    """The platform serves the next request (once the restarted service is up); its id."""
     deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {plat.admin_key}"}
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        **(extra or {}),
+    }
     while True:
         try:
             r = httpx.post(
@@ -148,7 +178,7 @@ def _next_chat_passes(plat: Platform, model: str = "enclave-drip", timeout: floa
             )
             if r.status_code == 200:
                 assert r.json()["choices"][0]["message"]["content"]
-                return
+                return r.headers["x-request-id"]
             assert r.status_code in (502, 503, 504), r.text
         except httpx.TransportError:
             pass  # the gateway is starting again
@@ -324,3 +354,83 @@ def test_a_client_that_disconnects_stops_llama_cpp(plat: Platform) -> None:
         stream.close()  # the client goes away mid-answer
     _wait_log(plat, "worker-smollm2", "cancelled", before + 1, timeout=120)
     _next_chat_passes(plat, "smollm2-135m-instruct", timeout=300)
+
+
+# The services a chat turn passes, each killed in its turn; `extra` puts it on the turn's
+# path where a plain chat would not reach it. The guardrails screen the output window by
+# window (the default policy); memory recalls the user's memories before the answer and
+# gets the turn to remember at its end (JetStream); the router was asked for the route
+# (the runtime caches it 2 s); audit gets the gateway's and the runtime's entries.
+ANSWER_TOKENS = 100
+KILLED = [
+    pytest.param("guardrails", "guardrails", {}, id="guardrails"),
+    pytest.param("memory", "memory", {"memory": {"enabled": True}}, id="memory"),
+    pytest.param("router", "inference_router", {}, id="inference_router"),
+    pytest.param("audit", "audit", {}, id="audit"),
+]
+
+
+@pytest.mark.parametrize(("name", "service", "extra"), KILLED)
+def test_kill_9_of_a_service_mid_stream_ends_the_stream_and_the_next_chat_passes(
+    plat: Platform, name: str, service: str, extra: dict[str, object]
+) -> None:
+    # 100 tokens, 5 s: killed when its second chunk came (the output window holds 64
+    # characters back, so the worker is then some 20 tokens ahead), with most still to come.
+    stream = Stream(plat, "enclave-drip", max_tokens=ANSWER_TOKENS, extra=extra)
+    try:
+        stream.read(chunks=2)
+        at_kill = len(_words(stream.text))
+        assert not stream.done and at_kill < ANSWER_TOKENS // 2, stream.text
+        plat.stop(name, signal.SIGKILL)
+        killed = time.monotonic()
+        plat.start(name, service)  # as the supervisor would
+        stream.read()
+        took = time.monotonic() - killed
+    finally:
+        stream.close()
+    assert stream.done and not stream.broken, stream.text
+    assert took < END_WITHIN_S, took
+    _no_token_twice(stream.text)
+    if stream.error is None:  # the whole answer
+        assert len(_words(stream.text)) == ANSWER_TOKENS, stream.text
+    else:  # or an error event in OpenAI's shape
+        assert set(stream.error) == {"message", "type", "param", "code"}, stream.error
+        assert stream.error["message"] and stream.error["code"], stream.error
+    if name == "memory":
+        wait_memory(plat)  # memory itself serves again, not only the chat without it
+    made = [stream.request_id, _next_chat_passes(plat, extra=extra)]
+    if name == "audit":
+        _all_audited(plat, made)
+
+
+# Each request's entries: the gateway's and the runtime's come once; the input verdict at
+# least once (a hedged check, libs/rpc.py, is audited each time it is made).
+ONCE = ("chat.completions", "turn")
+
+
+def _all_audited(plat: Platform, request_ids: list[str], timeout: float = 60) -> None:
+    """Each request has its entries from the gateway, the guardrails and the runtime:
+    nothing lost while audit was down (JetStream kept them, and what the killed audit had
+    fetched comes again after its ack wait), none of the gateway's or runtime's twice."""
+    wanted = {(r, action) for r in request_ids for action in (*ONCE, "verdict.input")}
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = set(_audit_entries(plat, request_ids))
+        if wanted <= seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert wanted <= seen, (sorted(wanted - seen), _log(plat, "audit")[-3000:])
+    entries = [e for e in _audit_entries(plat, request_ids) if e[1] in ONCE]
+    doubled = [e for e in set(entries) if entries.count(e) > 1]
+    assert not doubled, doubled
+
+
+def _audit_entries(plat: Platform, request_ids: list[str]) -> list[tuple[str, str]]:
+    """(request id, action) of each entry, `turn.*` as `turn`."""
+    marks = ",".join("?" * len(request_ids))
+    with contextlib.closing(sqlite3.connect(plat.home / "enclave.db", timeout=10)) as db:
+        rows = db.execute(
+            f"SELECT request_id, action FROM audit_entries WHERE request_id IN ({marks})",
+            request_ids,
+        ).fetchall()
+    return [(str(r), "turn" if str(a).startswith("turn.") else str(a)) for r, a in rows]

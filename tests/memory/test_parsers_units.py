@@ -7,7 +7,8 @@ import zipfile
 
 import pytest
 
-from services.memory.adapters.parsers import MAX_DOCX_XML_BYTES, UnsupportedFormat, parse
+from libs.zip_limits import MAX_PART_BYTES
+from services.memory.adapters.parsers import UnsupportedFormat, parse
 
 W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 
@@ -38,7 +39,7 @@ def test_a_docx_reads_its_paragraphs() -> None:
 
 
 def test_a_zip_bomb_docx_is_refused_without_inflating_it() -> None:
-    bomb = _docx(b"<" + b"a" * (MAX_DOCX_XML_BYTES + 1024) + b"/>")
+    bomb = _docx(b"<" + b"a" * (MAX_PART_BYTES + 1024) + b"/>")
     assert len(bomb) < 200_000  # small on the wire
     with pytest.raises(UnsupportedFormat, match="inflates"):
         parse("bomb.docx", bomb)

@@ -10,9 +10,9 @@ import re
 import zipfile
 from xml.etree import ElementTree
 
+from libs.zip_limits import MAX_PART_BYTES, ZipRefused, check_zip
+
 FORMATS = ("txt", "md", "html", "htm", "pdf", "docx")
-# A docx's document part may inflate to at most this many bytes (a zip bomb is refused).
-MAX_DOCX_XML_BYTES = 32 * 1024 * 1024
 # Markdown links and images: `[words](target)`. Neither bracket run may contain another
 # opening bracket, so each scan stops at the next one and the pattern is linear in the text
 # (with `[^\]]*`, 300k `[` took quadratic time).
@@ -68,17 +68,21 @@ def parse(filename: str, data: bytes) -> list[tuple[int | None, str]]:
 
 
 def _docx_xml(data: bytes) -> bytes:
-    """The document part of a docx, inflated no further than MAX_DOCX_XML_BYTES."""
+    """The document part of a docx, inflated no further than MAX_PART_BYTES; an archive
+    past the limits of libs/zip_limits.py (the gateway's upload check) is refused first."""
+    try:
+        check_zip(data)
+    except ZipRefused as exc:
+        raise UnsupportedFormat(f"not a docx we read: {exc}") from None
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             info = z.getinfo("word/document.xml")
-            if info.file_size > MAX_DOCX_XML_BYTES:
-                raise UnsupportedFormat(
-                    f"the docx's text inflates to {info.file_size} bytes, "
-                    f"more than {MAX_DOCX_XML_BYTES}"
-                )
-            # zipfile stops at the declared size, so a forged header cannot inflate more.
+            # zipfile stops at the declared size (checked above), so a forged header cannot
+            # inflate more; and the read itself is bounded too.
             with z.open(info) as part:
-                return part.read(MAX_DOCX_XML_BYTES + 1)
+                xml = part.read(MAX_PART_BYTES + 1)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise UnsupportedFormat(f"not a readable docx: {exc}") from None
+    if len(xml) > MAX_PART_BYTES:
+        raise UnsupportedFormat(f"the docx's text inflates past {MAX_PART_BYTES} bytes")
+    return xml
