@@ -9,7 +9,7 @@ Three things, each written once for the whole platform:
   that pass an error on as a reply, such as the guardrails' fail-closed verdict). Each
   peer's timeout comes from the settings (`Peers`). A peer asked only read-only questions
   (a turn's route, a guardrail check) is hedged: without an answer after
-  `ENCLAVE_ASK_HEDGE_S` (2 s) it is asked again, so a replica killed with the request in
+  `ENCLAVE_ASK_HEDGE_S` (3.5 s) it is asked again, so a replica killed with the request in
   hand (NATS tells nobody) costs seconds, not the whole timeout.
 - **Answering** (`serve`, `serve_broker`): a handler is a plain
   `async def handle(request: Model) -> Reply`. It raises `EnclaveError` to refuse; the

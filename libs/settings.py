@@ -150,8 +150,11 @@ class Settings(BaseSettings):
     router_timeout_s: float = 7.0
     guardrails_timeout_s: float = 10.0
     # A turn's route and guardrail checks are asked again after this long without an
-    # answer (libs/rpc.py, `Peer.hedge_s`); 0 asks once.
-    ask_hedge_s: float = 2.0
+    # answer (libs/rpc.py, `Peer.hedge_s`); 0 asks once. Above the guardrails' time budget
+    # per check (3 s, services/guardrails/scheduler.py), so a live replica has always
+    # answered (if only with its fail-closed verdict) before a check is sent twice: a
+    # loaded guardrails is never given the same work again.
+    ask_hedge_s: float = 3.5
     # Files, vector stores and memories: an upload is parsed and embedded in the request.
     memory_api_timeout_s: float = 120.0
     audit_api_timeout_s: float = 30.0
