@@ -13,15 +13,14 @@ from __future__ import annotations
 import secrets
 
 from nats.aio.client import Client as NatsClient
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
 )
 from nats.js.kv import KeyValue
 
+from libs.bus import key_value
 from libs.events import ApprovalRecord
 from libs.subjects import Subjects
 
@@ -36,24 +35,14 @@ def _key(tenant: str, approval_id: str) -> str:
 
 class ApprovalStore:
     def __init__(self, nc: NatsClient, subjects: Subjects, replicas: int = 1) -> None:
-        self.js = nc.jetstream()
+        self.nc = nc
         self.bucket = subjects.approvals_bucket_name
         self.replicas = replicas
         self._kv: KeyValue | None = None
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
-            try:
-                self._kv = await self.js.key_value(self.bucket)
-            except BucketNotFoundError:
-                self._kv = await self.js.create_key_value(
-                    KeyValueConfig(
-                        bucket=self.bucket,
-                        history=1,
-                        storage=StorageType.FILE,
-                        replicas=self.replicas,
-                    )
-                )
+            self._kv = await key_value(self.nc, self.bucket, self.replicas)
         return self._kv
 
     async def create(self, record: ApprovalRecord) -> None:

@@ -11,8 +11,10 @@ import asyncio
 
 from faststream.nats import JStream, NatsBroker, RetentionPolicy, StorageType
 from nats.aio.client import Client as NatsClient
-from nats.js.api import StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.api import StorageType as JsStorage
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 from libs.settings import Settings
@@ -103,6 +105,17 @@ async def ensure_streams(nc: NatsClient, settings: Settings, attempts: int = 5) 
             else:
                 await js.update_stream(config)
             break
+
+
+async def key_value(nc: NatsClient, bucket: str, replicas: int = 1) -> KeyValue:
+    """A JetStream KV bucket, created (file-backed, one revision per key) if missing."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=bucket, history=1, storage=JsStorage.FILE, replicas=replicas)
+        )
 
 
 def event_bytes(event: BaseModel) -> bytes:

@@ -16,10 +16,10 @@ import contextlib
 import logging
 
 from nats.aio.client import Client as NatsClient
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from libs.bus import key_value
 from libs.subjects import Subjects
 
 log = logging.getLogger("enclave.learning_optins")
@@ -28,7 +28,7 @@ ON = b"1"
 
 class LearningOptIns:
     def __init__(self, nc: NatsClient, subjects: Subjects, replicas: int = 1) -> None:
-        self.js = nc.jetstream()
+        self.nc = nc
         self.bucket = subjects.learning_bucket_name
         self.replicas = replicas
         self.tenants: set[str] = set()
@@ -37,17 +37,7 @@ class LearningOptIns:
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
-            try:
-                self._kv = await self.js.key_value(self.bucket)
-            except BucketNotFoundError:
-                self._kv = await self.js.create_key_value(
-                    KeyValueConfig(
-                        bucket=self.bucket,
-                        history=1,
-                        storage=StorageType.FILE,
-                        replicas=self.replicas,
-                    )
-                )
+            self._kv = await key_value(self.nc, self.bucket, self.replicas)
         return self._kv
 
     # -- the trainer --
