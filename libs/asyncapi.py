@@ -277,11 +277,25 @@ CHANNELS: tuple[Channel, ...] = (
         "sandboxExec",
         "sandbox_exec",
         _s.sandbox_exec,
-        "Run untrusted code once, in a fresh sandbox (POST /v1/sandbox/exec).",
+        "Run untrusted code once, in a fresh sandbox (POST /v1/sandbox/exec). The replica "
+        "that takes it answers twice: at once an empty message whose enclave-accepted header "
+        "names its sandbox.alive subject, then the reply (libs/rpc.py, Peer.alive_s).",
         (events.SandboxExecRequest,),
         ("gateway", "agent_runtime"),
-        Receiver(("sandbox",), "sandbox"),
+        Receiver(("sandbox",), "sandbox", "nats-py"),
         replies=(events.SandboxExecReply,),
+    ),
+    Channel(
+        "sandboxAlive",
+        "sandbox_alive",
+        _s.sandbox_alive("{replica}"),
+        "Liveness ping of the sandbox replica that runs a caller's exec (core request/reply, "
+        "an empty answer; no responders: the replica is gone, the caller answers 503 "
+        "sandbox_lost and never runs the exec again).",
+        (EMPTY,),
+        ("gateway", "agent_runtime"),
+        Receiver(("sandbox",), None, "nats-py"),
+        parameters={"replica": "The sandbox replica: host name and process id."},
     ),
     Channel(
         "agentDelegate",

@@ -10,7 +10,14 @@ Three things, each written once for the whole platform:
   peer's timeout comes from the settings (`Peers`). A peer asked only read-only questions
   (a turn's route, a guardrail check) is hedged: without an answer after
   `ENCLAVE_ASK_HEDGE_S` (3.5 s) it is asked again, so a replica killed with the request in
-  hand (NATS tells nobody) costs seconds, not the whole timeout.
+  hand (NATS tells nobody) costs seconds, not the whole timeout. A peer whose requests
+  must never run twice (a sandbox exec) is watched instead (`Peer.alive_s`): the replica
+  that takes the request says so at once on the reply inbox (`enclave-accepted: <its
+  liveness subject>`, `serve(accepted=...)`), then answers pings on that subject of its
+  own (`serve_alive`); the asker pings it every `alive_s` while it waits, and stops
+  waiting with 503 `<peer>_lost` when nobody answers (the replica died: NATS drops a dead
+  connection's subscriptions when its socket closes) or `ALIVE_MISSES` pings in a row go
+  unanswered. The request is never sent again.
 - **Answering** (`serve`, `serve_broker`): a handler is a plain
   `async def handle(request: Model) -> Reply`. It raises `EnclaveError` to refuse; the
   asker gets that error back. `serve` binds it to a raw nats-py subscription (the per-request
@@ -30,12 +37,14 @@ Subjects come from `libs/subjects.py`, the messages from `libs/events.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from faststream.nats import NatsBroker, NatsMessage, NatsResponse
+from nats.aio.client import NO_RESPONDERS_STATUS
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -57,6 +66,12 @@ Handler = Callable[[Request], Awaitable[Reply]]
 ERROR_HEADER = "enclave-error"
 # A `ReplyRouter`'s answer to a message sent as a request: "open" or "closed".
 INBOX_HEADER = "enclave-inbox"
+# The first message on a watched request's reply inbox (`Peer.alive_s`): the replica took
+# it; the value is the subject on which that replica answers liveness pings.
+ACCEPTED_HEADER = "enclave-accepted"
+# Pings of a watched request's replica that may go unanswered in a row (a slow, not a dead
+# replica: a dead one is "no responders" at once) before the asker stops waiting.
+ALIVE_MISSES = 3
 INTERNAL = ErrorInfo(status=500, message="Internal error.", code="internal_error")
 
 
@@ -74,6 +89,10 @@ class Peer:
     # killed with the request in hand answers nothing, and NATS tells only a new request
     # that nobody listens any more. None: one request, the whole timeout.
     hedge_s: float | None = None
+    # Requests that must never run twice (not idempotent) and run long: the replica that
+    # takes one is pinged every `alive_s` while the asker waits (module docstring); None:
+    # not watched.
+    alive_s: float | None = None
 
     def unavailable(self) -> ErrorInfo:
         return ErrorInfo(
@@ -88,6 +107,21 @@ class Peer:
             message=f"Upstream timeout: {self.name} did not answer in {self.timeout_s:g}s.",
             code="upstream_timeout",
         )
+
+    def lost(self) -> ErrorInfo:
+        """The replica that took a watched request died before it answered."""
+        return ErrorInfo(
+            status=503,
+            message=(
+                f"{self.name[:1].upper()}{self.name[1:]} was lost while it handled the "
+                "request; it was not run again. Try again."
+            ),
+            code=self.code.removesuffix("_unavailable") + "_lost",
+        )
+
+
+class PeerLost(Exception):
+    """The replica that accepted a watched request is gone (`Bus.ask` answers `lost()`)."""
 
 
 class Peers:
@@ -126,6 +160,18 @@ class Peers:
         )
         self.accept_timeout_s = settings.worker_accept_timeout_s
         self.embed_timeout_s = settings.upstream_timeout_s
+        self.sandbox_alive_s = settings.sandbox_alive_s or None
+        self.sandbox_max_timeout_s = settings.sandbox_max_timeout_s
+
+    def sandbox(self, slack_s: float) -> Peer:
+        """The sandbox, waited for up to its longest run plus `slack_s` (a start, a queue);
+        an exec is not idempotent: watched (`alive_s`), never asked twice."""
+        return Peer(
+            "the sandbox service",
+            "sandbox_unavailable",
+            self.sandbox_max_timeout_s + slack_s,
+            alive_s=self.sandbox_alive_s,
+        )
 
     def pool(self, pool: str) -> Peer:
         """The workers of one pool, asked to accept a generation."""
@@ -166,6 +212,8 @@ class Bus:
             error = peer.timed_out()
         except NoRespondersError:
             error = peer.unavailable()
+        except PeerLost:
+            error = peer.lost()
         except Exception:  # no connection now: as unavailable as no responder
             error = peer.unavailable()
         else:
@@ -184,6 +232,8 @@ class Bus:
         a live replica answers the second (whichever answer comes first wins); nobody
         listening means the replica that took the first is gone too (killed, or draining),
         and then the first gets one more `hedge_s` before the asker hears 503."""
+        if peer.alive_s is not None:
+            return await self._watched(peer, peer.alive_s, subject, data, headers)
         hedge = peer.hedge_s
         if hedge is None or hedge >= peer.timeout_s:
             return await self.nc.request(subject, data, timeout=peer.timeout_s, headers=headers)
@@ -219,6 +269,56 @@ class Bus:
                 task.cancel()
             # Reap what was cancelled or failed unseen (no "exception never retrieved").
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watched(
+        self, peer: Peer, every_s: float, subject: str, data: bytes, headers: dict[str, str] | None
+    ) -> Msg:
+        """The answer to a request sent once, on an inbox of its own (it gets two messages:
+        "accepted", then the reply). Until a replica says it took the request, the peer's
+        timeout as for any request; after, its replica is pinged after each `every_s` of
+        silence, and `PeerLost` ends the wait as soon as it is gone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + peer.timeout_s
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            await self.nc.publish(subject, data, reply=inbox, headers=headers)
+            alive: str | None = None  # where the replica that took it answers pings
+            misses = 0
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise NatsTimeout
+                try:
+                    msg = await sub.next_msg(timeout=left if alive is None else min(left, every_s))
+                except NatsTimeout:
+                    if alive is None:
+                        continue
+                    misses = 0 if await self._pong(alive, every_s) else misses + 1
+                    if misses >= ALIVE_MISSES:
+                        raise PeerLost from None
+                    continue
+                found = msg.headers or {}
+                if found.get("Status") == NO_RESPONDERS_STATUS:
+                    raise NoRespondersError
+                if ACCEPTED_HEADER in found:
+                    alive = found[ACCEPTED_HEADER]
+                    continue
+                return msg
+        finally:
+            with contextlib.suppress(Exception):  # the connection may be gone
+                await sub.unsubscribe()
+
+    async def _pong(self, subject: str, timeout: float) -> bool:
+        """Whether the replica that answers pings on `subject` did; `PeerLost` when
+        nobody listens there any more."""
+        try:
+            await self.nc.request(subject, b"", timeout=timeout)
+        except NoRespondersError:
+            raise PeerLost from None
+        except Exception:  # slow, or no connection right now: a miss
+            return False
+        return True
 
 
 # -- answering --
@@ -268,14 +368,19 @@ async def serve(
     *,
     queue: str,
     concurrent: bool = False,
+    accepted: str | None = None,
 ) -> Subscription:
     """Answer `subject` with `handle` on a raw nats-py subscription (the hot path).
 
     nats-py runs one subscription's callbacks one after another; `concurrent` gives each
     request its own task, for handlers that wait on I/O (a slow ingestion must not hold up
-    a search)."""
+    a search). `accepted`: the subject on which this replica answers liveness pings
+    (`serve_alive`), sent at once to each request's reply inbox before it is handled, for
+    askers that watch the replica (`Peer.alive_s`)."""
 
     async def respond(msg: Msg) -> None:
+        if accepted is not None and msg.reply:
+            await nc.publish(msg.reply, b"", headers={ACCEPTED_HEADER: accepted})
         data, headers = await answer(request_type, handle, msg.data)
         if msg.reply:
             await nc.publish(msg.reply, data, headers=headers)
@@ -290,6 +395,17 @@ async def serve(
         task.add_done_callback(running.discard)
 
     return await nc.subscribe(subject, queue=queue, cb=spawn)
+
+
+async def serve_alive(nc: NatsClient, subject: str) -> Subscription:
+    """Answer liveness pings on `subject`, this replica's own (no queue group): the
+    answer is that the process still runs and its connection is up."""
+
+    async def pong(msg: Msg) -> None:
+        if msg.reply:
+            await nc.publish(msg.reply, b"")
+
+    return await nc.subscribe(subject, cb=pong)
 
 
 def serve_broker(

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     # Run as root, the bwrap backend drops each sandbox to uid base + slot (never 0).
     sandbox_uid_base: int = 1_900_000_000
     sandbox_docker_image: str = "python:3.11-slim"
+    # A caller pings the replica running its exec after each this long without the
+    # answer (libs/rpc.py, `Peer.alive_s`): a replica killed mid-exec costs it about this
+    # long, not the whole timeout; 0 does not watch.
+    sandbox_alive_s: float = 1.0
     # MCP servers of the agent runtime (services/agent_runtime/adapters/mcp_client.py).
     # A stdio server runs under the sandbox's bubblewrap profile (libs/bwrap.py), with
     # these limits over its whole life; it is stopped after `mcp_idle_s` without a call.

@@ -140,6 +140,12 @@ class Subjects:
         """Run code in a fresh sandbox (request/reply; replicas share it: queue `sandbox`)."""
         return self._s("sandbox.exec")
 
+    def sandbox_alive(self, replica: str) -> str:
+        """Liveness pings of one sandbox replica (core request/reply, no queue): the
+        replica that took an exec names it in its `enclave-accepted` header (libs/rpc.py),
+        and the caller pings it while it waits."""
+        return self._s(f"sandbox.alive.{replica}")
+
     @property
     def agent_delegate(self) -> str:
         """A subagent's child turn (request/reply; runtime replicas share it: queue

@@ -42,6 +42,9 @@ def inbox_prefix(user: str) -> str:
 class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    # Messages a service may send to the reply subject of a request it received: one,
+    # or two for the sandbox ("accepted" at once, then the reply: libs/rpc.py).
+    responses: int = 1
 
 
 def _consumes(stream: str) -> tuple[str, ...]:
@@ -108,6 +111,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 s.guardrails_input,
                 s.guardrails_output,
                 s.sandbox_exec,
+                s.sandbox_alive("*"),  # is the replica running its exec still there
                 # `enclave keys revoke` speaks as the gateway; every replica forgets the key.
                 s.keys_revoked,
                 # The fine-tuning API: the trainer stores and queues jobs, cancels them.
@@ -147,6 +151,7 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
                 *_consumes(s.chat_stream_name),
                 # Agents: their tools (sandbox, file search) and delegated child turns.
                 s.sandbox_exec,
+                s.sandbox_alive("*"),
                 s.memory_rag,
                 s.agent_delegate,
                 # Paused runs wait in the approvals bucket; decisions resume them.
@@ -219,7 +224,10 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
             # Its pull subscriber fetches on its own inbox (services/audit/bootstrap.py).
             subscribe=(s.audit_all, *audit_api),
         ),
-        "sandbox": Permissions(publish=(), subscribe=(s.sandbox_exec,)),
+        # Its own liveness pings (sandbox.alive.<replica>) while it runs an exec.
+        "sandbox": Permissions(
+            publish=(), subscribe=(s.sandbox_exec, s.sandbox_alive("*")), responses=2
+        ),
         "trainer": Permissions(
             # Promotions and rollbacks of adapters are announced to every worker and router.
             publish=(
@@ -237,7 +245,9 @@ def permissions(s: Subjects) -> dict[str, Permissions]:
     }
     return {
         user: Permissions(
-            publish=(*common_pub, *p.publish), subscribe=(*p.subscribe, f"{inbox_prefix(user)}.>")
+            publish=(*common_pub, *p.publish),
+            subscribe=(*p.subscribe, f"{inbox_prefix(user)}.>"),
+            responses=p.responses,
         )
         for user, p in table.items()
     }
@@ -259,8 +269,9 @@ def nats_config(
             "permissions": {
                 "publish": {"allow": list(p.publish)},
                 "subscribe": {"allow": list(p.subscribe)},
-                # A service answers a request it received, on that request's reply subject.
-                "allow_responses": True,
+                # A service answers a request it received, on that request's reply subject
+                # (the sandbox twice: "accepted", then the reply).
+                "allow_responses": {"max": p.responses},
             },
         }
         for user, p in permissions(s).items()

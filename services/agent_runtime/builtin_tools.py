@@ -50,7 +50,7 @@ class CodeExecution:
             )
         )
         if reply.error is not None:
-            raise ToolFailed(f"the sandbox refused the program: {reply.error.message}")
+            raise ToolFailed(f"the sandbox did not run the program: {reply.error.message}")
         result: dict[str, Any] = {
             "status": reply.status,
             "exit_code": reply.exit_code,

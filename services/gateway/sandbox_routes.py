@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libs.errors import EnclaveError
 from libs.events import SandboxExecReply, SandboxExecRequest, SandboxFile
-from libs.rpc import Peer
 from services.gateway.openai_shapes import validate
 from services.gateway.policy import Action
 
@@ -91,11 +90,9 @@ def _request_schema() -> dict[str, object]:
 
 
 def register(app: FastAPI, gw: Gateway) -> None:
-    sandbox = Peer(
-        "the sandbox service",
-        "sandbox_unavailable",
-        gw.settings.sandbox_max_timeout_s + QUEUE_SLACK_S,
-    )
+    # Watched while it runs (libs/rpc.py, `Peer.alive_s`): a replica killed mid-exec is a
+    # 503 `sandbox_lost` within about a second, and the exec is never run twice.
+    sandbox = gw.bus.peers.sandbox(QUEUE_SLACK_S)
 
     @app.post(
         "/v1/sandbox/exec",

@@ -1,7 +1,10 @@
 """Builds the sandbox service: the backend chosen and self-tested (no sandbox, no service),
 the audit publisher ready, before it answers sandbox.exec (request/reply, queue group
-"sandbox", so replicas share the load) by running the code in a fresh sandbox. Every exec
-is recorded on audit.<tenant>.sandbox (tool, code digest, outcome, duration).
+"sandbox", so replicas share the load) by running the code in a fresh sandbox. The replica
+that takes an exec says so at once (libs/rpc.py: `serve(accepted=...)`) and answers pings
+on sandbox.alive.<replica> while it runs, so that its caller stops waiting as soon as it is
+killed. Every exec is recorded on audit.<tenant>.sandbox (tool, code digest, outcome,
+duration).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from libs.audit import AuditPublisher, digest, outbox_dir
 from libs.context import RequestContext
 from libs.errors import ErrorInfo
 from libs.events import SandboxExecReply, SandboxExecRequest
-from libs.metrics import StageMetrics
-from libs.rpc import Bus, serve
+from libs.metrics import StageMetrics, replica_id
+from libs.rpc import Bus, serve, serve_alive
 from libs.settings import Settings
 from services.sandbox.executor import Backend, audit_attrs, execute
 from services.sandbox.limits import Limits
@@ -93,6 +96,9 @@ class Sandbox:
         self.running: set[asyncio.Task[object]] = set()
         self.pending: set[asyncio.Task[None]] = set()
         self.subscription: Subscription | None = None
+        self.alive: Subscription | None = None
+        # Where this replica answers the liveness pings of the callers of its runs.
+        self.alive_subject = bus.subjects.sandbox_alive(replica_id().replace(".", "_"))
         # Busy ratio and queue depth over the backend's slots, read at each scrape: what
         # KEDA's trigger for the sandbox reads (deploy/helm values.yaml).
         self.metrics = metrics or StageMetrics("sandbox")
@@ -144,6 +150,7 @@ class Sandbox:
 
     async def start(self) -> None:
         self.audit.start()
+        self.alive = await serve_alive(self.bus.nc, self.alive_subject)
         # A raw subscription, a task per request: a run takes from 0.1 s to a minute, and
         # nats-py would run one subscription's callbacks one at a time.
         self.subscription = await serve(
@@ -153,6 +160,7 @@ class Sandbox:
             self.metrics.handler("sandbox.exec", self.handle),
             queue=QUEUE,
             concurrent=True,
+            accepted=self.alive_subject,
         )
 
     async def stop(self) -> None:
@@ -160,6 +168,8 @@ class Sandbox:
             await self.subscription.unsubscribe()
         if self.running:
             await asyncio.wait(self.running, timeout=self.bus.settings.sandbox_max_timeout_s + 5)
+        if self.alive is not None:  # after the runs: their callers still ping
+            await self.alive.unsubscribe()
         if self.pending:
             await asyncio.wait(self.pending, timeout=10)
         await self.audit.close()

@@ -4,10 +4,14 @@ Code execution runs in the real bubblewrap sandbox (services/sandbox's executor)
 
 from __future__ import annotations
 
+import asyncio
 import json
+from types import SimpleNamespace
 from typing import Any
 
+import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 
 from libs.audit import digest
 from libs.context import RequestContext
@@ -19,10 +23,14 @@ from libs.events import (
     SandboxExecRequest,
     ToolCall,
 )
+from libs.rpc import Bus, serve, serve_alive
+from libs.settings import Settings
+from services.agent_runtime.adapters.agent_ports import NatsAgentPorts
 from services.agent_runtime.builtin_tools import builtin_tools
 from services.agent_runtime.tools import MAX_RESULT_CHARS, ToolContext, ToolRegistry
 from services.sandbox.adapters.bwrap import BwrapBackend
 from services.sandbox.executor import execute
+from tests.infra import Infra
 from tests.sandbox.conftest import LIMITS
 
 CTX = RequestContext(tenant="acme", request_id="req-tools", actor="key_1", role="developer")
@@ -170,3 +178,48 @@ async def test_a_huge_result_is_clipped(backend: BwrapBackend) -> None:
     assert len(result.content) < MAX_RESULT_CHARS + 100 and "more characters left out" in (
         result.content
     )
+
+
+async def test_a_sandbox_lost_mid_run_is_a_tool_error_for_the_model(
+    services: Infra, nc: NatsClient, inprocess_settings: Settings
+) -> None:
+    """The runtime's sandbox port on the real bus: the replica that took the program dies
+    with it (its connection gone, as `kill -9` leaves it); the model gets a tool error
+    (`sandbox_lost`) within seconds, and the program was taken once."""
+    settings = inprocess_settings.model_copy(update={"sandbox_alive_s": 0.5})
+    replica = await nats.connect(services.nats_url)
+    alive = settings.subjects.sandbox_alive("r1")
+    taken: list[str] = []
+
+    async def hangs(request: SandboxExecRequest) -> SandboxExecReply:
+        taken.append(request.code)
+        await asyncio.sleep(3600)
+        return SandboxExecReply(status="ok")
+
+    await serve_alive(replica, alive)
+    await serve(
+        replica,
+        settings.subjects.sandbox_exec,
+        SandboxExecRequest,
+        hangs,
+        queue="sandbox",
+        concurrent=True,
+        accepted=alive,
+    )
+    await replica.flush()
+    runtime = NatsAgentPorts(SimpleNamespace(bus=Bus(nc, settings)), None)  # type: ignore[arg-type]
+    ports = Ports()
+    ports.sandbox = runtime.sandbox  # type: ignore[method-assign]
+    call = _call("code_execution", {"code": "import time; time.sleep(30)"})
+    running = asyncio.ensure_future(
+        ToolRegistry.of(builtin_tools()).call(call, ToolContext(ctx=CTX), ports)
+    )
+    while not taken:
+        await asyncio.sleep(0.01)
+    await replica.close()
+    died = asyncio.get_running_loop().time()
+    result = await running
+    assert asyncio.get_running_loop().time() - died < 3.0
+    assert result.outcome == "error" and result.content.startswith("Error:"), result
+    assert "was lost" in result.content and "not run again" in result.content, result.content
+    assert taken == ["import time; time.sleep(30)"]

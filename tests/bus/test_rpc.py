@@ -17,7 +17,7 @@ from libs.bus import ensure_streams, stream_configs
 from libs.context import WORKER_HEADER, RequestContext
 from libs.errors import EnclaveError
 from libs.generation import GenerationClient, GenerationFailed, RouteCache
-from libs.rpc import Bus, Peer, ReplyRouter, serve, serve_broker
+from libs.rpc import Bus, Peer, ReplyRouter, serve, serve_alive, serve_broker
 from libs.settings import Settings
 from tests.infra import Infra
 
@@ -148,6 +148,77 @@ async def test_a_hedged_ask_outlives_the_replica_that_died_with_it(
     with pytest.raises(EnclaveError) as slow_peer:
         await bus.ask(quick, silent, Ping(n=1), Pong)
     assert slow_peer.value.info.status == 504
+
+
+# Not idempotent, long: watched (pinged every second while it runs), never asked twice.
+WATCHED = Peer("the runner", "runner_unavailable", 30.0, alive_s=1.0)
+
+
+async def test_a_watched_ask_hears_at_once_that_its_replica_died(
+    services: Infra, nc: NatsClient, settings: Settings
+) -> None:
+    """The replica that took the request says so, then dies with it in hand (its
+    connection gone, as `kill -9` leaves it): the asker gets 503 `runner_lost` within
+    about a second, not the 30 s timeout, and the request was taken once."""
+    bus = Bus(nc, settings)
+    subject = settings.subjects._s("watched")
+    replica = await nats.connect(services.nats_url)
+    taken: list[int] = []
+
+    async def runs_forever(request: Ping) -> Pong:
+        taken.append(request.n)
+        await asyncio.sleep(3600)
+        return Pong(n=0)
+
+    alive = settings.subjects._s("watched.alive.r1")
+    await serve_alive(replica, alive)
+    await serve(
+        replica, subject, Ping, runs_forever, queue="runner", concurrent=True, accepted=alive
+    )
+    await replica.flush()
+    asking = asyncio.ensure_future(bus.ask(WATCHED, subject, Ping(n=1), Pong))
+    while not taken:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(1.5)  # pinged and alive for a while
+    assert not asking.done()
+    await replica.close()
+    died = asyncio.get_running_loop().time()
+    with pytest.raises(EnclaveError) as lost:
+        await asking
+    took = asyncio.get_running_loop().time() - died
+    assert (lost.value.info.status, lost.value.info.code) == (503, "runner_lost"), lost.value
+    assert took < 3.0, took
+    assert taken == [1]
+    # Nobody listens at all: 503 unavailable at once, as for any peer.
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(EnclaveError) as nobody:
+        await bus.ask(WATCHED, subject, Ping(n=2), Pong)
+    assert nobody.value.info.code == "runner_unavailable"
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_a_watched_ask_waits_for_a_live_replica_past_its_pings(
+    nc: NatsClient, settings: Settings
+) -> None:
+    """A run of 5 s (five pings' worth) is answered, once; a refusal comes back as such."""
+    bus = Bus(nc, settings)
+    subject = settings.subjects._s("watched-live")
+    alive = settings.subjects._s("watched-live.alive.r1")
+    runs: list[int] = []
+
+    async def slow_double(request: Ping) -> Pong:
+        runs.append(request.n)
+        reply = await double(request)  # a refusal at once
+        await asyncio.sleep(5.0)
+        return reply
+
+    await serve_alive(nc, alive)
+    await serve(nc, subject, Ping, slow_double, queue="runner", concurrent=True, accepted=alive)
+    assert (await bus.ask(WATCHED, subject, Ping(n=21), Pong)).n == 42
+    assert runs == [21]
+    with pytest.raises(EnclaveError) as refused:
+        await bus.ask(WATCHED, subject, Ping(n=-1), Pong)
+    assert refused.value.info.status == 400
 
 
 async def test_the_same_handler_on_faststream(nc: NatsClient, settings: Settings) -> None:

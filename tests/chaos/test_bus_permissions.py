@@ -239,3 +239,53 @@ async def test_approvals_work_under_the_services_own_credentials(
     finally:
         for nc in (gw, rt, worker):
             await nc.close()
+
+
+async def test_a_watched_sandbox_exec_works_under_the_services_own_credentials(
+    private_nats: tuple[str, dict[str, str]],
+) -> None:
+    """The sandbox answers an exec twice ("accepted", then the reply: its two allowed
+    responses) and its own liveness pings; the gateway and the runtime ask and ping."""
+    from libs.context import RequestContext
+    from libs.events import SandboxExecReply, SandboxExecRequest
+    from libs.rpc import Bus, serve, serve_alive
+    from libs.settings import Settings
+
+    url, passwords = private_nats
+    s = Subjects(PREFIX)
+    settings = Settings(bus_prefix=PREFIX, sandbox_alive_s=0.3)
+    sandbox = await nats.connect(
+        with_user(url, "sandbox", passwords["sandbox"]),
+        inbox_prefix=inbox_prefix("sandbox").encode(),
+        allow_reconnect=False,
+    )
+    callers = {
+        user: await nats.connect(
+            with_user(url, user, passwords[user]),
+            inbox_prefix=inbox_prefix(user).encode(),
+            allow_reconnect=False,
+        )
+        for user in ("gateway", "agent_runtime")
+    }
+
+    async def run(request: SandboxExecRequest) -> SandboxExecReply:
+        await asyncio.sleep(1.0)  # pinged meanwhile
+        return SandboxExecReply(status="ok", stdout=request.code)
+
+    try:
+        alive = s.sandbox_alive("r1")
+        await serve_alive(sandbox, alive)
+        await serve(
+            sandbox, s.sandbox_exec, SandboxExecRequest, run, queue="sandbox", accepted=alive
+        )
+        await sandbox.flush()
+        for user, nc in callers.items():
+            bus = Bus(nc, settings)
+            request = SandboxExecRequest(
+                ctx=RequestContext(tenant="acme", request_id=user), language="bash", code=user
+            )
+            reply = await bus.ask(bus.peers.sandbox(5), s.sandbox_exec, request, SandboxExecReply)
+            assert (reply.status, reply.stdout) == ("ok", user)
+    finally:
+        for nc in (sandbox, *callers.values()):
+            await nc.close()

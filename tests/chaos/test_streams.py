@@ -1,7 +1,8 @@
 """Every stream ends, with real processes and real signals: `kill -9` of each service in
 the middle of a streamed chat (the runtime, a worker, the gateway, the guardrails, memory,
-the inference router, audit). The client ends within 10 s of the kill, with the answer or
-an OpenAI error event and `data: [DONE]` (a killed gateway: with its connection closed),
+the inference router, audit), and of the sandbox in the middle of an exec. The client ends
+within 10 s of the kill, with the answer or an OpenAI error event and `data: [DONE]` (a
+killed gateway: with its connection closed; a killed sandbox: a 503 `sandbox_lost`),
 never a token twice, and the platform serves the next request (the test starts the
 killed service again, as `enclave up`'s supervisor does); audit loses no entry of the
 requests made while it was down. A client that disconnects stops the generation in the
@@ -71,6 +72,7 @@ def plat(services: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         p.start("runtime", "agent_runtime")
         p.start("memory", "memory")
         p.start("audit", "audit")
+        p.start("sandbox", "sandbox")
         p.start("gateway", "gateway")
         p.wait_ready()
         p.wait_model("enclave-drip")
@@ -434,3 +436,56 @@ def _audit_entries(plat: Platform, request_ids: list[str]) -> list[tuple[str, st
             request_ids,
         ).fetchall()
     return [(str(r), "turn" if str(a).startswith("turn.") else str(a)) for r, a in rows]
+
+
+def _exec(plat: Platform, code: str, timeout_s: float = 10) -> httpx.Response:
+    return httpx.post(
+        plat.base_url + "/v1/sandbox/exec",
+        headers={"Authorization": f"Bearer {plat.admin_key}"},
+        json={"language": "python", "code": code, "timeout_s": timeout_s},
+        timeout=120,
+    )
+
+
+def _next_exec_passes(plat: Platform, timeout: float = 120) -> None:
+    """The sandbox runs the next exec (once it is back: it tests its backend first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = _exec(plat, "print(6 * 7)")
+        if r.status_code == 200:
+            assert (r.json()["status"], r.json()["stdout"]) == ("ok", "42\n"), r.text
+            return
+        assert r.status_code == 503, r.text
+        assert time.monotonic() < deadline, (r.text, _log(plat, "sandbox")[-3000:])
+        time.sleep(0.3)
+
+
+def test_kill_9_of_the_sandbox_mid_exec_is_a_503_and_the_next_exec_passes(
+    plat: Platform,
+) -> None:
+    """The replica running the exec dies: the client hears 503 `sandbox_lost` within 10 s
+    (its pings find nobody), not after the sandbox's 60 s timeout, and the exec is not run
+    again; the restarted sandbox runs the next one."""
+    _next_exec_passes(plat)
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        r = _exec(plat, "import time; time.sleep(30)", timeout_s=40)
+        result["at"], result["status"], result["body"] = time.monotonic(), r.status_code, r.json()
+
+    running = threading.Thread(target=run)
+    running.start()
+    time.sleep(2.0)  # the sandbox took it (and said so at once)
+    assert running.is_alive()
+    plat.stop("sandbox", signal.SIGKILL)
+    killed = time.monotonic()
+    plat.start("sandbox", "sandbox")  # as the supervisor would
+    running.join(timeout=END_WITHIN_S + 5)
+    assert not running.is_alive()
+    took = float(result["at"]) - killed  # type: ignore[arg-type]
+    assert took < END_WITHIN_S, took
+    assert result["status"] == 503, result
+    error = result["body"]["error"]  # type: ignore[index]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["code"] == "sandbox_lost", error
+    _next_exec_passes(plat)

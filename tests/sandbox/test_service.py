@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from libs.audit import digest
 from libs.bus import event_bytes
 from libs.events import AuditEvent, SandboxExecReply
-from libs.rpc import Bus, Peer
+from libs.rpc import Bus
 from libs.service import running
 from libs.settings import Settings
 from services.sandbox.bootstrap import build
@@ -47,10 +47,11 @@ async def service(services: Infra, tmp_path: Path) -> AsyncIterator[tuple[Settin
 
 
 async def ask(nc: Client, settings: Settings, data: bytes) -> SandboxExecReply:
-    """The reply as the platform's callers read it (`Bus.ask`, an error as the reply's)."""
-    peer = Peer("the sandbox service", "sandbox_unavailable", 30)
-    return await Bus(nc, settings).ask(
-        peer,
+    """The reply as the platform's callers read it (`Bus.ask` of the watched sandbox peer:
+    the replica's "accepted", then its reply; an error as the reply's)."""
+    bus = Bus(nc, settings)
+    return await bus.ask(
+        bus.peers.sandbox(20),
         settings.subjects.sandbox_exec,
         data,
         SandboxExecReply,

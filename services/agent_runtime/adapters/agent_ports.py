@@ -28,11 +28,9 @@ class NatsAgentPorts:
         self.bus = shared.bus
         self.publisher = audit
         settings = self.bus.settings
-        self.sandbox_peer = Peer(
-            "the sandbox service",
-            "sandbox_unavailable",
-            settings.sandbox_max_timeout_s + SANDBOX_SLACK_S,
-        )
+        # Watched while it runs (libs/rpc.py): a replica killed mid-exec is the tool's
+        # error (`sandbox_lost`) within about a second; the program is not run again.
+        self.sandbox_peer = self.bus.peers.sandbox(SANDBOX_SLACK_S)
         self.runtime_timeout_s = settings.gateway_timeout_s
 
     def now(self) -> float:
