@@ -195,7 +195,10 @@ class BwrapBackend:
         for task in list(self._tasks):
             task.cancel()
         while self._ready:
-            await _end(self._ready.popleft().proc)
+            warm = self._ready.popleft()
+            if warm.proc.stdin is not None:  # its runner reads EOF and goes
+                warm.proc.stdin.close()
+            await _end(warm.proc, wait_s=1.0)
         if self._claim is not None:
             os.close(self._claim)  # the block is free again for another replica
             self._claim = None
