@@ -247,6 +247,7 @@ async def test_a_watched_sandbox_exec_works_under_the_services_own_credentials(
     """The sandbox answers an exec twice ("accepted", then the reply: its two allowed
     responses) and its own liveness pings; the gateway and the runtime ask and ping."""
     from libs.context import RequestContext
+    from libs.errors import EnclaveError
     from libs.events import SandboxExecReply, SandboxExecRequest
     from libs.rpc import Bus, serve, serve_alive
     from libs.settings import Settings
@@ -284,7 +285,19 @@ async def test_a_watched_sandbox_exec_works_under_the_services_own_credentials(
             request = SandboxExecRequest(
                 ctx=RequestContext(tenant="acme", request_id=user), language="bash", code=user
             )
-            reply = await bus.ask(bus.peers.sandbox(5), s.sandbox_exec, request, SandboxExecReply)
+            try:
+                reply = await bus.ask(
+                    bus.peers.sandbox(5), s.sandbox_exec, request, SandboxExecReply
+                )
+            except EnclaveError as exc:
+                # Once in a full-suite run (never alone) the first ask found no responder
+                # right after the replica's flush: asked once more after a pause. A refused
+                # permission fails both times.
+                assert exc.info.code == "sandbox_unavailable", exc.info
+                await asyncio.sleep(0.5)
+                reply = await bus.ask(
+                    bus.peers.sandbox(5), s.sandbox_exec, request, SandboxExecReply
+                )
             assert (reply.status, reply.stdout) == ("ok", user)
     finally:
         for nc in (sandbox, *callers.values()):
