@@ -49,6 +49,9 @@ async def running(settings: Settings, name: str, build: Build) -> AsyncIterator[
     service = await build(Bus(nc, settings), broker)
     await broker.start()
     await service.start()
+    # The server has every subscription before anyone is told the service serves: a
+    # SUB still in the client's buffer would answer the first ask with no responders.
+    await nc.flush()
     try:
         yield service
     finally:

@@ -226,6 +226,7 @@ async def test_the_same_handler_on_faststream(nc: NatsClient, settings: Settings
     broker = NatsBroker(settings.nats_url)
     serve_broker(broker, subject, Ping, double, queue="doubler")
     await broker.start()
+    await broker.connection.flush()  # the SUB reaches the server before the first ask
     try:
         bus = Bus(nc, settings)
         assert (await bus.ask(PEER, subject, Ping(n=4), Pong)).n == 8
