@@ -66,6 +66,7 @@ from services.agent_runtime.agents import agent_name
 from services.agent_runtime.passthrough import InputPassthrough
 from services.agent_runtime.pipeline import Transcript, run_turn
 from services.agent_runtime.ports import RuntimePorts
+from services.agent_runtime.running import RunningTurns
 from services.agent_runtime.turn_audit import record_turn, served_by
 
 log = logging.getLogger("enclave.agent_runtime")
@@ -107,11 +108,8 @@ class Runtime:
         )
         self.slots = asyncio.Semaphore(self.settings.runtime_concurrency)
         self.running: set[asyncio.Task[None]] = set()
-        # The turns running here by their reply subject: what `chat.cancel` stops; and their
-        # reply subjects by request id, for `responses.cancel` (a background response).
-        self.turns: dict[str, asyncio.Future[TurnEvent]] = {}
-        self.turn_ids: dict[str, str] = {}
-        self.cancelled_responses: set[str] = set()
+        # The turns running here: what `chat.cancel` and `responses.cancel` stop.
+        self.turns = RunningTurns()
 
     async def start(self) -> None:
         nc, subjects = self.bus.nc, self.bus.subjects
@@ -221,10 +219,8 @@ class Runtime:
             cancel = TurnCancelled.model_validate_json(msg.data)
         except ValidationError:
             return
-        work = self.turns.get(cancel.reply_subject)
-        if work is not None:
+        if self.turns.cancel(cancel.reply_subject):
             log.info("turn %s cancelled: %s", cancel.ctx.request_id, cancel.reason)
-            work.cancel()
 
     async def _on_response_cancel(self, msg: Msg) -> None:
         """A cancelled background response: its turn, if it runs here, stops now."""
@@ -232,11 +228,8 @@ class Runtime:
             note = ResponseCancelled.model_validate_json(msg.data)
         except ValidationError:
             return
-        reply_subject = self.turn_ids.get(note.request_id or "")
-        work = self.turns.get(reply_subject or "")
-        if reply_subject is not None and work is not None:
-            self.cancelled_responses.add(reply_subject)
-            work.cancel()
+        if note.request_id:
+            self.turns.cancel_response(note.request_id)
 
     async def _on_chat_requested(self, msg: Msg) -> None:
         task = asyncio.create_task(self._turn(msg))
@@ -302,8 +295,7 @@ class Runtime:
                 work = asyncio.ensure_future(
                     run_turn(event, turn, self.settings.turn_retries, transcript)
                 )
-            self.turns[event.reply_subject] = work
-            self.turn_ids[event.ctx.request_id] = event.reply_subject
+            self.turns.add(event.reply_subject, event.ctx.request_id, work)
             beating = asyncio.create_task(self._heartbeat(event, work))
             try:
                 last = await work
@@ -311,7 +303,7 @@ class Runtime:
                 current = asyncio.current_task()
                 if not work.cancelled() or (current is not None and current.cancelling()):
                     raise  # this replica is stopping, not the client
-                if event.reply_subject in self.cancelled_responses:
+                if self.turns.response_cancelled(event.reply_subject):
                     # Its response was cancelled (responses.cancel): the turn ends here.
                     log.info("turn %s cancelled", event.ctx.request_id)
                     last = TurnEvent(error=CANCELLED, done=True)
@@ -324,9 +316,7 @@ class Runtime:
                 await turn.fail(INTERNAL)
             finally:
                 beating.cancel()
-                self.turns.pop(event.reply_subject, None)
-                self.turn_ids.pop(event.ctx.request_id, None)
-                self.cancelled_responses.discard(event.reply_subject)
+                self.turns.remove(event.reply_subject)
         self._observe(event, turn.first, last, started)
         await record_turn(self.audit, event, last, failure)
         done = last is not None and last.done and last.error is None

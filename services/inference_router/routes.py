@@ -4,6 +4,8 @@ misses (a model added with `enclave models add` is found without a restart)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -11,7 +13,6 @@ from libs.errors import EnclaveError, ErrorInfo, model_not_allowed
 from libs.events import RouteReply, Upstream
 from libs.providers import (
     Provider,
-    TenantProvider,
     external_allowed,
     tenant_upstream,
     url_allowed,
@@ -22,6 +23,29 @@ from services.inference_router.adapters.sql_tenants import load_allowed
 from services.inference_router.registry import ModelRoute, Registry, permitted, provider_of
 
 SQL_REFRESH_S = 1.0
+T = TypeVar("T")
+
+
+class PerTenant(Generic[T]):
+    """One value per tenant from `load`, read again after `ttl_s`, or at the next ask once
+    forgotten."""
+
+    def __init__(self, load: Callable[[str], Awaitable[T]], ttl_s: float = SQL_REFRESH_S) -> None:
+        self.load = load
+        self.ttl_s = ttl_s
+        self._held: dict[str, tuple[T, float]] = {}
+
+    async def get(self, tenant: str) -> T:
+        now = time.monotonic()
+        held = self._held.get(tenant)
+        if held is not None and now - held[1] <= self.ttl_s:
+            return held[0]
+        value = await self.load(tenant)
+        self._held[tenant] = (value, now)
+        return value
+
+    def forget(self, tenant: str) -> None:
+        self._held.pop(tenant, None)
 
 
 class Routes:
@@ -35,8 +59,9 @@ class Routes:
         self.current = base
         self.engine = engine
         self._loaded_at = 0.0
-        self._grant_cache: dict[str, tuple[list[TenantProvider], float]] = {}
-        self._allowed_cache: dict[str, tuple[list[str] | None, float]] = {}
+        # The tenant's enabled providers, and its model allow-list (None: every model).
+        self._grants = PerTenant(lambda tenant: load_grants(engine, tenant))
+        self._allowed = PerTenant(lambda tenant: load_allowed(engine, tenant))
 
     async def refresh(self, force: bool = False) -> Registry:
         now = time.monotonic()
@@ -65,7 +90,7 @@ class Routes:
         for name in found.pools:
             provider = provider_of(pools[name])
             if provider is not None:
-                grants = await self._grants(tenant)
+                grants = await self._grants.get(tenant)
                 base_url = str(pools[name].get("base_url", ""))
                 pool_model = str(pools[name].get("model", model))
                 upstream = Provider(name=provider, base_url=base_url, models={model: pool_model})
@@ -107,29 +132,13 @@ class Routes:
             upstreams=upstreams,
         )
 
-    async def _grants(self, tenant: str) -> list[TenantProvider]:
-        """The tenant's enabled providers, read again after SQL_REFRESH_S."""
-        now = time.monotonic()
-        held = self._grant_cache.get(tenant)
-        if held is not None and now - held[1] <= SQL_REFRESH_S:
-            return held[0]
-        grants = await load_grants(self.engine, tenant)
-        self._grant_cache[tenant] = (grants, now)
-        return grants
-
     async def allowed(self, tenant: str) -> list[str] | None:
         """The tenant's model allow-list (None: every model), read again after
         SQL_REFRESH_S or at once after `forget` (models.changed `access`)."""
-        now = time.monotonic()
-        held = self._allowed_cache.get(tenant)
-        if held is not None and now - held[1] <= SQL_REFRESH_S:
-            return held[0]
-        allowed = await load_allowed(self.engine, tenant)
-        self._allowed_cache[tenant] = (allowed, now)
-        return allowed
+        return await self._allowed.get(tenant)
 
     def forget(self, tenant: str) -> None:
-        self._allowed_cache.pop(tenant, None)
+        self._allowed.forget(tenant)
 
     async def refused(self, model: str, tenant: str) -> ErrorInfo | None:
         """`model_not_allowed` where the tenant's allow-list leaves `model` out."""

@@ -4,7 +4,7 @@ a tenant's rows the gateway owns (its keys, its record, its providers)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -70,24 +70,35 @@ async def put_allowed_models(engine: AsyncEngine, tenant: str, allowed: list[str
         row.updated_at = _now()
 
 
-async def list_providers(engine: AsyncEngine, tenant: str) -> list[TenantProviderRecord]:
-    q = (
-        select(TenantProviderRecord)
-        .where(TenantProviderRecord.tenant == tenant)
-        .order_by(TenantProviderRecord.provider)
-    )
+# A tenant's named things (providers, MCP servers): rows keyed by (tenant, name).
+Named = TenantProviderRecord | TenantMcpServerRecord
+R = TypeVar("R", TenantProviderRecord, TenantMcpServerRecord)
+
+
+def _name_column(model: type[Named]) -> Any:
+    if model is TenantProviderRecord:
+        return TenantProviderRecord.provider
+    return TenantMcpServerRecord.name
+
+
+async def list_named(engine: AsyncEngine, model: type[R], tenant: str) -> list[R]:
+    """The tenant's rows of `model`, by name."""
+    q = select(model).where(model.tenant == tenant).order_by(_name_column(model))
     async with sessions(engine)() as session:
         return list((await session.execute(q)).scalars().all())
 
 
-async def put_provider(engine: AsyncEngine, tenant: str, name: str, **fields: Any) -> bool:
-    """Create or replace the tenant's provider `name`; `api_key` sealed already (or left
-    out: the stored one stays). True when it was created."""
+async def put_named(
+    engine: AsyncEngine, model: type[R], tenant: str, name: str, **fields: Any
+) -> bool:
+    """Create or replace the tenant's row `name` of `model` with `fields` (a field left out
+    keeps its stored value); True when it was created."""
     async with sessions(engine)() as session, session.begin():
-        row = await session.get(TenantProviderRecord, (tenant, name))
+        row = await session.get(model, (tenant, name))
         created = row is None
         if row is None:
-            row = TenantProviderRecord(tenant=tenant, provider=name, created_at=_now())
+            row = model(tenant=tenant, created_at=_now())
+            setattr(row, _name_column(model).key, name)
             session.add(row)
         for field, value in fields.items():
             setattr(row, field, value)
@@ -95,14 +106,27 @@ async def put_provider(engine: AsyncEngine, tenant: str, name: str, **fields: An
     return created
 
 
-async def delete_provider(engine: AsyncEngine, tenant: str, name: str) -> bool:
+async def delete_named(engine: AsyncEngine, model: type[R], tenant: str, name: str) -> bool:
+    """Delete the tenant's row `name` of `model`; True when there was one."""
     async with sessions(engine)() as session, session.begin():
         done = await session.execute(
-            delete(TenantProviderRecord).where(
-                TenantProviderRecord.tenant == tenant, TenantProviderRecord.provider == name
-            )
+            delete(model).where(model.tenant == tenant, _name_column(model) == name)
         )
     return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+async def list_providers(engine: AsyncEngine, tenant: str) -> list[TenantProviderRecord]:
+    return await list_named(engine, TenantProviderRecord, tenant)
+
+
+async def put_provider(engine: AsyncEngine, tenant: str, name: str, **fields: Any) -> bool:
+    """Create or replace the tenant's provider `name`; `api_key` sealed already (or left
+    out: the stored one stays). True when it was created."""
+    return await put_named(engine, TenantProviderRecord, tenant, name, **fields)
+
+
+async def delete_provider(engine: AsyncEngine, tenant: str, name: str) -> bool:
+    return await delete_named(engine, TenantProviderRecord, tenant, name)
 
 
 async def erase_tenant_rows(engine: AsyncEngine, tenant: str) -> dict[str, list[str] | int]:
