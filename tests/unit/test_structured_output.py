@@ -1,5 +1,7 @@
 """Structured output is really enforced: every json_schema answer of the real model parses and
-validates, over 50 seeded generations (constrained decoding in the llama.cpp adapter)."""
+validates, over 20 seeded generations with screening off (constrained decoding in the
+llama.cpp adapter); tests/guardrails/test_structured_e2e.py runs 50 more through the whole
+platform with output screening on."""
 
 from __future__ import annotations
 
@@ -53,10 +55,10 @@ def _answer(engine: LlamaCppEngine, prompt: str, seed: int, max_tokens: int) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # ≈ 30 s on an idle 2-core machine; far longer when it is loaded
-def test_json_schema_answers_parse_and_validate_over_50_seeds(engine: LlamaCppEngine) -> None:
+@pytest.mark.timeout(900)  # ≈ 12 s on an idle 2-core machine; far longer when it is loaded
+def test_json_schema_answers_parse_and_validate_over_20_seeds(engine: LlamaCppEngine) -> None:
     finishes = []
-    for seed in range(50):
+    for seed in range(20):
         text, finish = _answer(engine, PROMPTS[seed % len(PROMPTS)], seed, max_tokens=48)
         finishes.append(finish)
         if finish == "length":
@@ -64,7 +66,7 @@ def test_json_schema_answers_parse_and_validate_over_50_seeds(engine: LlamaCppEn
         assert finish == "stop", (seed, finish, text)
         jsonschema.validate(json.loads(text), SCHEMA)
     # Most answers close well within the limit; the ones that run long are marked `length`.
-    assert finishes.count("stop") >= 40, finishes
+    assert finishes.count("stop") >= 16, finishes
 
 
 @pytest.mark.slow
