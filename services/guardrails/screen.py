@@ -119,12 +119,14 @@ class Screener:
         out.append(text[pos:])
         return "".join(out), entities
 
-    def _pii_spans(self, text: str, policy: EffectivePolicy) -> list[Span]:
+    def _pii_spans(
+        self, text: str, policy: EffectivePolicy, entities: list[str] | None = None
+    ) -> list[Span]:
+        """The PII in `text`, of `entities` (the policy's input entities unless named)."""
         if not policy.pii_enabled:
             return []
-        spans = self.pii.find(
-            text, list(policy.entities), list(policy.custom.values()), policy.min_score
-        )
+        wanted = list(policy.entities) if entities is None else entities
+        spans = self.pii.find(text, wanted, list(policy.custom.values()), policy.min_score)
         # Placeholders from earlier turns are not PII.
         marks = [m.span() for m in PLACEHOLDER.finditer(text)]
         return [s for s in spans if not any(a < s.end and s.start < b for a, b in marks)]
@@ -234,7 +236,10 @@ class Screener:
         found: list[tuple[Span, str]] = []
         found += [(s, policy.secrets_action) for s in self._secret_spans(text, policy)]
         if policy.output_pii:
-            for s in self._pii_spans(text, policy):
+            # Only what output screening acts on is looked for: PERSON, allowed on output by
+            # the packaged policy, costs a pass of the name model for nothing.
+            acted_on = [e for e in policy.entities if policy.output_action(e) != "allow"]
+            for s in self._pii_spans(text, policy, acted_on):
                 action = policy.output_action(s.type)
                 if action != "allow":
                     # The user cannot be handed back a value the model made up.
