@@ -20,6 +20,9 @@ class RunningTurns:
         self._by_subject: dict[str, _Turn] = {}
         self._subjects: dict[str, str] = {}  # request id -> reply subject
 
+    def __len__(self) -> int:
+        return len(self._by_subject)
+
     def add(self, reply_subject: str, request_id: str, work: asyncio.Future[Any]) -> None:
         self._by_subject[reply_subject] = _Turn(work, request_id)
         self._subjects[request_id] = reply_subject
