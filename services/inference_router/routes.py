@@ -44,6 +44,10 @@ class PerTenant(Generic[T]):
         self._held[tenant] = (value, now)
         return value
 
+    def put(self, tenant: str, value: T) -> None:
+        """`value`, held as if just loaded."""
+        self._held[tenant] = (value, time.monotonic())
+
     def forget(self, tenant: str) -> None:
         self._held.pop(tenant, None)
 

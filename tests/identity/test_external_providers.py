@@ -217,7 +217,6 @@ def test_a_tenants_own_settings_make_its_upstream() -> None:
 
 
 async def test_the_route_carries_the_tenants_settings_for_its_provider_pools() -> None:
-    import time
 
     from services.inference_router.registry import parse_registry
     from services.inference_router.routes import Routes
@@ -238,8 +237,8 @@ async def test_the_route_carries_the_tenants_settings_for_its_provider_pools() -
     )
 
     async def answer(grant: TenantProvider) -> tuple[list[str], dict[str, Upstream]]:
-        routes._grant_cache["acme"] = ([grant], time.monotonic())
-        routes._allowed_cache["acme"] = (None, time.monotonic())  # no model allow-list
+        routes._grants.put("acme", [grant])
+        routes._allowed.put("acme", None)  # no model allow-list
         reply = await routes.answer("m", "acme", "chat")
         assert reply.error is None and reply.external
         return [reply.pool or "", *reply.pools], reply.upstreams
@@ -257,8 +256,8 @@ async def test_the_route_carries_the_tenants_settings_for_its_provider_pools() -
     }
     # With the platform's allow-list of addresses, one off it is refused, not sent.
     routes.url_prefixes = ["https://allowed.example/"]
-    routes._grant_cache["acme"] = ([own], time.monotonic())
-    routes._allowed_cache["acme"] = (None, time.monotonic())
+    routes._grants.put("acme", [own])
+    routes._allowed.put("acme", None)
     refused = await routes.answer("m", "acme", "chat")
     assert refused.pool == "local" and refused.upstreams == {} and not refused.external
     assert not url_allowed("https://allowed.example.evil/v1", routes.url_prefixes)
