@@ -25,6 +25,11 @@ from pathlib import Path
 
 import httpx
 import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from libs.events import AuditEvent
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -341,3 +346,24 @@ def chat(base_url: str, key: str, model: str, timeout: float = 60) -> httpx.Resp
         json={"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4},
         timeout=timeout,
     )
+
+
+async def audit_events(nc: NatsClient, subject: str) -> AuditTap:
+    """Every audit event published on `subject` (the bus's `audit_all`) from now on."""
+    tap = AuditTap([], None)
+
+    async def collect(msg: Msg) -> None:
+        tap.events.append(AuditEvent.model_validate_json(msg.data))
+
+    tap.sub = await nc.subscribe(subject, cb=collect)
+    return tap
+
+
+@dataclass
+class AuditTap:
+    events: list[AuditEvent]
+    sub: Subscription | None
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()

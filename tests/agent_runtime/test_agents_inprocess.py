@@ -11,11 +11,9 @@ import secrets
 from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 
 from libs.context import RequestContext
 from libs.events import (
-    AuditEvent,
     ChatMessage,
     ChatRequested,
     Delta,
@@ -36,6 +34,7 @@ from services.agent_runtime.bootstrap import Runtime, build
 from services.sandbox.adapters.bwrap import BwrapBackend
 from services.sandbox.executor import execute
 from tests.agent_runtime.test_runtime_inprocess import StandIns as RuntimeStandIns
+from tests.infra import audit_events
 from tests.sandbox.conftest import LIMITS
 
 
@@ -135,12 +134,7 @@ async def test_an_agent_turn_runs_code_and_delegates_over_the_bus(
     (agents / "checker.yaml").write_text("model: checker-m\ndescription: Checks results.\n")
     stand_ins = StandIns(nc, settings, backend)
     await stand_ins.start()
-    audited: list[AuditEvent] = []
-
-    async def on_audit(msg: Msg) -> None:
-        audited.append(AuditEvent.model_validate_json(msg.data))
-
-    await nc.subscribe(settings.subjects.audit_all, cb=on_audit)
+    audited = (await audit_events(nc, settings.subjects.audit_all)).events
     client = await ReplyRouter(nc, settings.subjects.chat_stream("gw1", "")).start()
     async with running(settings, "agent_runtime", build) as service:
         assert isinstance(service, Runtime)

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import httpx
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 
 from libs.db.engine import make_engine, migrate_async
 from libs.events import (
-    AuditEvent,
     Delta,
     FunctionCall,
     GenerateAccepted,
@@ -44,6 +42,7 @@ from services.sandbox.adapters.bwrap import BwrapBackend
 from tests.agent_runtime.test_agent_runner import RunnerPorts
 from tests.agent_runtime.test_agents_inprocess import StandIns, agent_turn
 from tests.agent_runtime.test_mcp_tools import FIXTURE, _calc, _event, _home
+from tests.infra import audit_events
 
 
 async def test_an_admin_registers_a_server_and_an_agent_calls_it(
@@ -53,13 +52,9 @@ async def test_an_admin_registers_a_server_and_an_agent_calls_it(
     tenant, other = "acme", "globex-" + secrets.token_hex(3)
     gw = build(settings)
     app = HotPath(gw, create_fastapi(gw))
-    audited: list[AuditEvent] = []
-
-    async def on_audit(msg: Msg) -> None:
-        audited.append(AuditEvent.model_validate_json(msg.data))
-
     await gw.start()
-    sub = await nc.subscribe(settings.subjects.audit_all, cb=on_audit)
+    tap = await audit_events(nc, settings.subjects.audit_all)
+    audited = tap.events
     try:
         _, admin = await create_key(gw.db, tenant, "admin")
         _, dev = await create_key(gw.db, tenant, "developer")
@@ -129,7 +124,7 @@ async def test_an_admin_registers_a_server_and_an_agent_calls_it(
             ("admin.mcp_servers.delete", "not_found"),
         ], actions
     finally:
-        await sub.unsubscribe()
+        await tap.close()
         await gw.stop()
 
 
@@ -174,12 +169,7 @@ async def test_the_runtime_its_bootstrap_builds_calls_a_registered_server(
     (agents / "calc.yaml").write_text("model: calc-m\ntools: [mcp__fx]\n")
     stand_ins = McpStandIns(nc, settings, backend)
     await stand_ins.start()
-    audited: list[AuditEvent] = []
-
-    async def on_audit(msg: Msg) -> None:
-        audited.append(AuditEvent.model_validate_json(msg.data))
-
-    await nc.subscribe(settings.subjects.audit_all, cb=on_audit)
+    audited = (await audit_events(nc, settings.subjects.audit_all)).events
     client = await ReplyRouter(nc, settings.subjects.chat_stream("gw1", "")).start()
     async with running(settings, "agent_runtime", build_runtime) as service:
         assert isinstance(service, Runtime)

@@ -15,12 +15,13 @@ from nats.js.api import ConsumerConfig
 from libs.audit import PLATFORM_TENANT, digest
 from libs.bus import ensure_streams, stream_configs
 from libs.context import RequestContext
-from libs.events import AuditEvent, ChatMessage, ChatRequested, TurnEvent
+from libs.events import ChatMessage, ChatRequested, TurnEvent
 from libs.rpc import ReplyRouter
 from libs.service import running
 from libs.settings import Settings
 from services.agent_runtime.bootstrap import build
 from tests.agent_runtime.test_runtime_inprocess import StandIns
+from tests.infra import audit_events
 
 
 async def test_redelivered_and_dropped_turns_are_audited(
@@ -28,12 +29,7 @@ async def test_redelivered_and_dropped_turns_are_audited(
 ) -> None:
     settings = inprocess_settings
     subjects = settings.subjects
-    audited: list[AuditEvent] = []
-
-    async def on_audit(msg: Msg) -> None:
-        audited.append(AuditEvent.model_validate_json(msg.data))
-
-    await nc.subscribe(subjects.audit_all, cb=on_audit)
+    audited = (await audit_events(nc, subjects.audit_all)).events
     stand_ins = StandIns(nc, settings)
     await stand_ins.start()
     client = await ReplyRouter(nc, subjects.chat_stream("gw1", "")).start()

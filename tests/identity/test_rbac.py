@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.aio.msg import Msg
 
 from libs.audit import (
     AuditPublisher,
@@ -18,7 +17,7 @@ from libs.audit import (
 )
 from libs.context import RequestContext
 from libs.errors import EnclaveError
-from libs.events import AuditActions, AuditEvent
+from libs.events import AuditActions
 from libs.rbac import (
     ALLOWED,
     BUS_OPERATIONS,
@@ -36,6 +35,7 @@ from libs.rbac import (
 )
 from libs.settings import Settings
 from libs.subjects import Subjects
+from tests.infra import audit_events
 
 OWN, OTHER = "acme", "globex"
 
@@ -193,12 +193,8 @@ async def test_a_cross_tenant_attempt_is_audited_in_both_chains(
     bus_settings: Settings, tmp_path: Path
 ) -> None:
     nc = await nats.connect(bus_settings.nats_url)
-    got: list[AuditEvent] = []
-
-    async def collect(msg: Msg) -> None:
-        got.append(AuditEvent.model_validate_json(msg.data))
-
-    sub = await nc.subscribe(bus_settings.subjects.audit_all, cb=collect)
+    tap = await audit_events(nc, bus_settings.subjects.audit_all)
+    got = tap.events
     publisher = AuditPublisher(nc, bus_settings.subjects, "gateway", outbox_dir(tmp_path))
     try:
         with pytest.raises(CrossTenantRefused) as refused:
@@ -222,7 +218,7 @@ async def test_a_cross_tenant_attempt_is_audited_in_both_chains(
             assert event.attrs["operation"] == "read_files"
             assert event.attrs["target_tenant"] == OTHER
     finally:
-        await sub.unsubscribe()
+        await tap.close()
         await nc.close()
 
 
@@ -230,12 +226,8 @@ async def test_an_external_call_is_audited_with_who_model_tokens_and_redactions(
     bus_settings: Settings, tmp_path: Path
 ) -> None:
     nc = await nats.connect(bus_settings.nats_url)
-    got: list[AuditEvent] = []
-
-    async def collect(msg: Msg) -> None:
-        got.append(AuditEvent.model_validate_json(msg.data))
-
-    sub = await nc.subscribe(bus_settings.subjects.audit_all, cb=collect)
+    tap = await audit_events(nc, bus_settings.subjects.audit_all)
+    got = tap.events
     publisher = AuditPublisher(nc, bus_settings.subjects, "worker", outbox_dir(tmp_path))
     sent = b'{"messages":[{"role":"user","content":"[REDACTED_PERSON]"}]}'
     try:
@@ -263,5 +255,5 @@ async def test_an_external_call_is_audited_with_who_model_tokens_and_redactions(
         assert event.digests["sent"] == digest(sent)
         assert "REDACTED" not in event.model_dump_json()  # the digest, never the text
     finally:
-        await sub.unsubscribe()
+        await tap.close()
         await nc.close()
