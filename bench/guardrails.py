@@ -381,7 +381,9 @@ def main() -> int:
     p50, p99 = statistics.median(latencies), _pct(latencies, 0.99)
     met = p50 <= 15 and p99 <= 50
     ok &= met
-    print(f"\nInput check latency per message ({len(latencies)} messages, one process, one core)")
+    print(
+        f"\nInput check latency per message ({len(latencies)} messages, one process: checks one at a time, Rampart beside spaCy on a second thread)"
+    )
     print(
         f"P50 {p50:.1f} ms  P95 {_pct(latencies, 0.95):.1f} ms  P99 {p99:.1f} ms  "
         f"max {max(latencies):.1f} ms  target P50<=15 P99<=50 {'met' if met else 'MISSED'}"

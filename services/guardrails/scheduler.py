@@ -183,6 +183,12 @@ def _with_deadline(fn: Callable[[], T], deadline: float) -> T:
         _local.deadline = None
 
 
+def carried(fn: Callable[[], T]) -> Callable[[], T]:
+    """`fn`, to run on another thread under this thread's check budget (if it has one)."""
+    deadline = getattr(_local, "deadline", None)
+    return fn if deadline is None else partial(_with_deadline, fn, deadline)
+
+
 async def screen_fairly(
     scheduler: FairScheduler, check: GuardrailCheck, decide: Callable[[], GuardrailVerdict]
 ) -> GuardrailVerdict:

@@ -36,7 +36,7 @@ def test_streets_and_companies_named_after_people_are_not_people(pii: PresidioPi
     assert [company[s:e] for s, e in people(company, pii.ner.tags(company))] == [
         "Piccinni-Bresciani SPA"
     ]
-    assert with_ner(company, [], pii.ner, 0.5) == []
+    assert with_ner(company, [], pii.ner.tags(company), 0.5) == []
     company = "We'll meet Wednesday at Smith, Lloyd and Jackson, 9180 Fleming Pines"
     assert _people(pii, company) == []
 

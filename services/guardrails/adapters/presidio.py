@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,10 @@ from presidio_analyzer.predefined_recognizers import (
 )
 from presidio_anonymizer.operators import Hash, Mask
 
-from services.guardrails.adapters.rampart import ADDRESS_PARTS, RampartNer, people
+from services.guardrails.adapters.rampart import ADDRESS_PARTS, RampartNer, Tag, people
 from services.guardrails.linear import compile_linear
 from services.guardrails.policy import CustomRecognizer
-from services.guardrails.scheduler import checkpoint
+from services.guardrails.scheduler import WORKERS, carried, checkpoint
 from services.guardrails.secrets import Span
 
 logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
@@ -367,13 +369,12 @@ NER_SCORE = 0.8
 NER_KEY = "rampart"
 
 
-def with_ner(text: str, results: list[Any], ner: RampartNer, min_score: float) -> list[Any]:
-    """Presidio's results with Rampart's names added (at NER_SCORE, if not under
-    min_score), less the PERSON spans that overlap what Rampart calls part of an address
-    ("Viale Leonardi", "South Jemma")."""
+def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -> list[Any]:
+    """Presidio's results with the names in Rampart's `tags` added (at NER_SCORE, if not
+    under min_score), less the PERSON spans that overlap what Rampart calls part of an
+    address ("Viale Leonardi", "South Jemma")."""
     from presidio_analyzer import RecognizerResult
 
-    tags = ner.tags(text)
     address = [(t.start, t.end) for t in tags if t.type in ADDRESS_PARTS]
     kept = [
         r
@@ -398,6 +399,10 @@ class PresidioPii:
 
     def __init__(self, ner: RampartNer | None = None) -> None:
         self.ner = ner or RampartNer()
+        # Rampart reads a chunk on a thread of its own while spaCy and the recognisers read
+        # it here (onnxruntime lets go of the GIL): a check waits for the slower of the two,
+        # not for both. As many threads as the scheduler runs checks at once.
+        self._ner_threads = ThreadPoolExecutor(WORKERS, thread_name_prefix="rampart")
         nlp = NlpEngineProvider(
             nlp_configuration={
                 "nlp_engine_name": "spacy",
@@ -449,6 +454,11 @@ class PresidioPii:
         # check's time budget can stop the work between two of them.
         for offset, chunk in chunks(text):
             checkpoint()
+            tags = (
+                self._ner_threads.submit(carried(partial(self.ner.tags, chunk)))
+                if "PERSON" in entities
+                else None
+            )
             results = self.analyzer.analyze(
                 chunk,
                 language="en",
@@ -456,8 +466,8 @@ class PresidioPii:
                 score_threshold=min_score,
                 ad_hoc_recognizers=ad_hoc,
             )
-            if "PERSON" in entities:
-                results = with_ner(chunk, results, self.ner, min_score)
+            if tags is not None:
+                results = with_ner(chunk, results, tags.result(), min_score)
             spans += [
                 Span(r.entity_type, offset + r.start, offset + r.end, float(r.score))
                 for r in results
