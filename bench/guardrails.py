@@ -382,7 +382,8 @@ def main() -> int:
     met = p50 <= 15 and p99 <= 50
     ok &= met
     print(
-        f"\nInput check latency per message ({len(latencies)} messages, one process: checks one at a time, Rampart beside spaCy on a second thread)"
+        f"\nInput check latency per message ({len(latencies)} messages, one process: one "
+        "check at a time, Rampart beside spaCy on a second thread)"
     )
     print(
         f"P50 {p50:.1f} ms  P95 {_pct(latencies, 0.95):.1f} ms  P99 {p99:.1f} ms  "
