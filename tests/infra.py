@@ -350,20 +350,18 @@ def chat(base_url: str, key: str, model: str, timeout: float = 60) -> httpx.Resp
 
 async def audit_events(nc: NatsClient, subject: str) -> AuditTap:
     """Every audit event published on `subject` (the bus's `audit_all`) from now on."""
-    tap = AuditTap([], None)
+    events: list[AuditEvent] = []
 
     async def collect(msg: Msg) -> None:
-        tap.events.append(AuditEvent.model_validate_json(msg.data))
+        events.append(AuditEvent.model_validate_json(msg.data))
 
-    tap.sub = await nc.subscribe(subject, cb=collect)
-    return tap
+    return AuditTap(events, await nc.subscribe(subject, cb=collect))
 
 
 @dataclass
 class AuditTap:
     events: list[AuditEvent]
-    sub: Subscription | None
+    sub: Subscription
 
     async def close(self) -> None:
-        if self.sub is not None:
-            await self.sub.unsubscribe()
+        await self.sub.unsubscribe()

@@ -113,8 +113,8 @@ class RampartNer:
                 if w is None or end <= start:
                     continue
                 if w not in words:
-                    words[w] = [self.labels.get(int(label_ids[k - lo]), "O"), 0.0, start, end]
-                    words[w][1] = float(scores[k - lo])
+                    label = self.labels.get(int(label_ids[k - lo]), "O")
+                    words[w] = [label, float(scores[k - lo]), start, end]
                 else:
                     words[w][3] = max(words[w][3], end)
         out: list[Tag] = []
