@@ -157,7 +157,9 @@ def main() -> None:
         key = plat.admin_key
 
         async def through(model: str, clients: int, **kw: object) -> Result:
-            return await run_clients("127.0.0.1", port, key, chat_body(model), clients, **kw)  # type: ignore[arg-type]
+            # The prompts in turn, as llama.cpp direct gets them.
+            bodies = [chat_body(model, i) for i in range(len(PROMPTS))]
+            return await run_clients("127.0.0.1", port, key, bodies, clients, **kw)  # type: ignore[arg-type]
 
         # Warm-up: connections, caches and consumers settle.
         asyncio.run(through("enclave-instant", 2, requests=200))

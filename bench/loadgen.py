@@ -8,7 +8,9 @@ must: the status, the chunked framing, and the first content delta.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -94,15 +96,19 @@ async def run_clients(
     host: str,
     port: int,
     key: str,
-    body: dict[str, object],
+    body: dict[str, object] | Sequence[dict[str, object]],
     clients: int,
     requests: int | None = None,
     seconds: float | None = None,
     path: str = "/v1/chat/completions",
 ) -> Result:
+    """`clients` connections sending `body` (or the bodies of a list, in turn, across all
+    clients) for `requests` requests in all or for `seconds`."""
     result = Result()
     deadline = time.perf_counter() + seconds if seconds else None
     remaining = [requests or 0]
+    bodies = [body] if isinstance(body, dict) else list(body)
+    sent = itertools.count()
 
     async def client() -> None:
         conn = Connection(host, port)
@@ -115,7 +121,7 @@ async def run_clients(
                     if remaining[0] <= 0:
                         return
                     remaining[0] -= 1
-                sample = await conn.chat(path, key, body)
+                sample = await conn.chat(path, key, bodies[next(sent) % len(bodies)])
                 if sample is None:
                     result.errors += 1
                 else:
