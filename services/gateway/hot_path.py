@@ -260,6 +260,8 @@ class HotPath:
         except EnclaveError as exc:
             status, payload = exc.info.status, orjson.dumps(exc.info.body())
             extra = [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
+            if status >= 500 and status != 503:  # 503s are load shed; the rest say a stage failed
+                log.warning("%s answered %d %s", ROUTE_PATHS[kind], status, exc.info.code)
         except Exception:
             log.exception("%s failed", ROUTE_PATHS[kind])
             info = ErrorInfo(status=500, message="Internal error.", code="internal_error")

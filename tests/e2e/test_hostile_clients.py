@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import time
 import zipfile
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -267,18 +268,34 @@ async def test_hostile_inputs_get_4xx_while_another_tenant_is_served(hostile: Pl
 
 async def test_a_burst_of_1000_streams_gets_answers_or_retry_after(hostile: Platform) -> None:
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    timeout = httpx.Timeout(180, pool=180)
+    # Longer than the gateway's own 90 s turn timeout: a stream still silent then is stuck.
+    timeout = httpx.Timeout(150, pool=150)
     key = hostile.admin_key
 
     async def one(http: httpx.AsyncClient, i: int) -> tuple[int, str | None, bytes]:
         # Most to the instant pool; every fourth to the bounded pool, which fills at once.
         model = "enclave-held" if i % 4 == 0 else "enclave-instant"
         body = {**CHAT, "model": model, "stream": True}
-        async with http.stream("POST", "/v1/chat/completions", headers=auth(key), json=body) as r:
-            return r.status_code, r.headers.get("retry-after"), await r.aread()
+        stage, started = "sending", time.monotonic()
+        try:
+            async with http.stream(
+                "POST", "/v1/chat/completions", headers=auth(key), json=body
+            ) as r:
+                stage = f"status {r.status_code}, request {r.headers.get('x-request-id')}"
+                return r.status_code, r.headers.get("retry-after"), await r.aread()
+        except httpx.TransportError as exc:  # say which request stalled, where, and when
+            waited = time.monotonic() - started
+            raise AssertionError(
+                f"stream {i} ({model}): {exc!r} after {waited:.0f} s, {stage}"
+            ) from exc
 
     async with httpx.AsyncClient(base_url=hostile.base_url, limits=limits, timeout=timeout) as http:
-        results = await asyncio.gather(*(one(http, i) for i in range(1000)))
+        outcomes = await asyncio.gather(
+            *(one(http, i) for i in range(1000)), return_exceptions=True
+        )
+        stalled = [str(o) for o in outcomes if isinstance(o, BaseException)]
+        assert not stalled, (stalled[:5], hostile.logs()[-6000:])
+        results = [o for o in outcomes if not isinstance(o, BaseException)]
         statuses = Counter(status for status, _, _ in results)
         odd = {body[:300] for status, _, body in results if status not in (200, 429, 503)}
         assert set(statuses) <= {200, 429, 503}, (statuses, odd)
