@@ -163,8 +163,12 @@ class Guardrails:
         # handling of a message costs more than a screen under a policy that checks little.
         # One span per check: guardrails.input, guardrails.context, guardrails.output.
         handle = traced(self.tracer, span_name, self.handle)
+        # Each check its own task: the fair scheduler, not the subscription's one-at-a-time
+        # delivery, decides which tenant's check runs next.
         for subject in (s.guardrails_input, s.guardrails_output):
-            await serve(self.bus.nc, subject, GuardrailCheck, handle, queue="guardrails")
+            await serve(
+                self.bus.nc, subject, GuardrailCheck, handle, queue="guardrails", concurrent=True
+            )
         # The admin API's policy documents (/v1/admin/policy): checked, written, announced.
         await serve(
             self.bus.nc, s.guardrails_policies, PolicyRequest, self.manage, queue="guardrails"

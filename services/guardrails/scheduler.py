@@ -6,9 +6,12 @@ check, and fair queueing across tenants.
   any work.
 - **Off the event loop**: every check runs on a small thread pool, so a replica keeps
   answering the bus (and its other checks) while one works.
-- **Fair queueing**: each tenant has its own FIFO; free workers take the next job round-robin
-  over the tenants that have one, and one tenant holds at most `per_tenant` workers, so one
-  tenant's flood waits behind itself and never in front of another tenant's check.
+- **Fair queueing**: each check arrives on its own task (the subscription does not hand
+  them over one at a time); each tenant has its own FIFO; free workers take the next job
+  round-robin over the tenants that have one, and one tenant holds at most `per_tenant`
+  workers (one fewer than there are), so one tenant's flood waits behind itself, a worker is
+  always free for another tenant's check, and a tenant alone still screens its input and
+  output windows side by side.
 - **A time budget per check**: a check not answered within `budget_s` (queueing included)
   fails closed alone, with a 503 `guardrail_check_timeout`; the work itself stops at its next
   `checkpoint()` (the PII finder and the injection scorer call it between chunks), so a
@@ -40,8 +43,8 @@ T = TypeVar("T")
 # POST /v1/guardrails/check, a whole answer.
 LIMITS: dict[str, int] = {"input": 262_144, "context": 262_144, "output": 65_536}
 BUDGET_S = 3.0
-WORKERS = 2
-PER_TENANT = 1
+WORKERS = 3
+PER_TENANT = 2
 
 
 class BudgetExceeded(Exception):

@@ -57,3 +57,30 @@ async def test_guardrails_from_their_bootstrap(
         policy.parent.mkdir(parents=True, exist_ok=True)
         policy.write_text("version: t1\n")
         await asyncio.wait_for(changed.wait(), 10)
+
+
+async def test_a_tenants_flood_of_checks_does_not_hold_up_another_tenant(
+    nc: NatsClient, inprocess_settings: Settings
+) -> None:
+    """Ten long input checks from one tenant, then a short one from another: the other
+    tenant's verdict comes before most of the flood's (the replica takes each check as it
+    arrives and the fair scheduler picks the next tenant, instead of the subscription
+    handing the checks over one at a time, the flood first)."""
+    bus = Bus(nc, inprocess_settings)
+    prose = "Dear Margarethe Vogelsang, the meeting in Rotterdam moved to Tuesday. " * 90
+    done: list[str] = []
+
+    async def ask(name: str, tenant: str, text: str) -> None:
+        one = check(text)
+        one.ctx.tenant = tenant
+        await ask_guardrails(bus, one)
+        done.append(name)
+
+    async with running(inprocess_settings, "guardrails", build):
+        await ask_guardrails(bus, check("warm up"))
+        flood = [asyncio.create_task(ask(f"flood{i}", "flooder", prose)) for i in range(10)]
+        await asyncio.sleep(0.2)  # every flood check has reached the replica
+        await ask("other", "acme", "What is the capital of France?")
+        await asyncio.gather(*flood)
+    assert len(done) == 11
+    assert done.index("other") <= 3, done
