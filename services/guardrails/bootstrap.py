@@ -118,6 +118,8 @@ class Guardrails:
         return verdict
 
     async def _record(self, check: GuardrailCheck, verdict: GuardrailVerdict) -> None:
+        # Let the reply leave first: this task was scheduled before the bus client's flush.
+        await asyncio.sleep(0)
         # Counts and names only, never values; no floats (the chain's encoding is exact).
         attrs: dict[str, str | int | bool] = {
             "direction": check.direction,
