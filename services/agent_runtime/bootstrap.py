@@ -348,8 +348,10 @@ class Runtime:
             await nc.publish(event.reply_subject, HEARTBEAT, headers=headers)
             while not work.done():
                 await asyncio.sleep(settings.heartbeat_s)
+                # One beat at most for its answer (as the workers' heartbeat): a slow answer
+                # must not stretch the beat past the gateway's `stream_idle_s`.
                 if not await still_wanted(
-                    nc, event.reply_subject, HEARTBEAT, settings.stream_idle_s, headers
+                    nc, event.reply_subject, HEARTBEAT, settings.heartbeat_s, headers
                 ):
                     log.info("turn %s stopped: its client is gone", event.ctx.request_id)
                     work.cancel()

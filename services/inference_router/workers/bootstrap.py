@@ -424,7 +424,9 @@ class Worker:
         subject = running.request.deltas_subject
         while not running.stopped.is_set():
             await asyncio.sleep(settings.heartbeat_s)
-            if not await still_wanted(self.bus.nc, subject, beat, settings.stream_idle_s):
+            # Its answer is waited for one beat at most: a slow answer must not stretch the
+            # beat past the runtime's `stream_idle_s`, which would call this worker lost.
+            if not await still_wanted(self.bus.nc, subject, beat, settings.heartbeat_s):
                 running.cancel("client_gone")
 
 
