@@ -12,6 +12,9 @@ check, and fair queueing across tenants.
   workers (one fewer than there are), so one tenant's flood waits behind itself, a worker is
   always free for another tenant's check, and a tenant alone still screens its input and
   output windows side by side.
+- **A bounded queue**: past `max_queued` waiting checks a replica answers a new one at once
+  with a 503 `guardrails_busy` (fail closed), instead of holding every check of a flood in
+  memory until its budget runs out.
 - **A time budget per check**: a check not answered within `budget_s` (queueing included)
   fails closed alone, with a 503 `guardrail_check_timeout`; the work itself stops at its next
   `checkpoint()` (the PII finder and the injection scorer call it between chunks), so a
@@ -45,10 +48,15 @@ LIMITS: dict[str, int] = {"input": 262_144, "context": 262_144, "output": 65_536
 BUDGET_S = 3.0
 WORKERS = 3
 PER_TENANT = 2
+MAX_QUEUED = 512
 
 
 class BudgetExceeded(Exception):
     """The check ran past its time budget; it fails closed."""
+
+
+class Overloaded(Exception):
+    """The replica's queue is full; the check fails closed at once."""
 
 
 _local = threading.local()
@@ -77,6 +85,17 @@ def oversize(check: GuardrailCheck, limits: dict[str, int] = LIMITS) -> ErrorInf
     )
 
 
+def busy(direction: str, queued: int) -> ErrorInfo:
+    return ErrorInfo(
+        status=503,
+        message=(
+            f"The guardrails have {queued} checks waiting; this {direction} check was not "
+            "run and nothing was let through. Try again shortly."
+        ),
+        code="guardrails_busy",
+    )
+
+
 def timed_out(direction: str, budget_s: float) -> ErrorInfo:
     return ErrorInfo(
         status=503,
@@ -100,6 +119,7 @@ class FairScheduler:
     workers: int = WORKERS
     per_tenant: int = PER_TENANT
     budget_s: float = BUDGET_S
+    max_queued: int = MAX_QUEUED
     _queues: dict[str, deque[_Job[Any]]] = field(default_factory=dict)
     _running: dict[str, int] = field(default_factory=dict)
     _busy: int = 0
@@ -109,7 +129,10 @@ class FairScheduler:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="guardrails-check")
 
     async def run(self, tenant: str, fn: Callable[[], T]) -> T:
-        """fn() on a worker, in this tenant's turn; BudgetExceeded past the budget."""
+        """fn() on a worker, in this tenant's turn; BudgetExceeded past the budget,
+        Overloaded at once when `max_queued` checks wait already."""
+        if self.queued() >= self.max_queued:
+            raise Overloaded
         loop = asyncio.get_running_loop()
         job: _Job[T] = _Job(fn, loop.create_future(), time.monotonic() + self.budget_s)
         self._queues.setdefault(tenant, deque()).append(job)
@@ -203,6 +226,11 @@ async def screen_fairly(
         )
     try:
         return await scheduler.run(check.ctx.tenant, decide)
+    except Overloaded:
+        full = busy(check.direction, scheduler.queued())
+        return GuardrailVerdict(
+            allowed=False, rule="limits.queue", reasons=[full.message], error=full
+        )
     except BudgetExceeded:
         late = timed_out(check.direction, scheduler.budget_s)
         return GuardrailVerdict(

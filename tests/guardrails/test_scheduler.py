@@ -104,6 +104,34 @@ async def test_a_check_past_its_budget_fails_alone_and_frees_its_worker() -> Non
     scheduler.close()
 
 
+async def test_past_its_queue_bound_a_check_fails_closed_at_once() -> None:
+    scheduler = FairScheduler(workers=1, per_tenant=1, budget_s=30, max_queued=2)
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def held() -> str:
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+        return "ran"
+
+    running = asyncio.ensure_future(scheduler.run("a", held))  # takes the one worker
+    waiting = [asyncio.ensure_future(scheduler.run(t, lambda: "ran")) for t in ("a", "b")]
+    await asyncio.sleep(0.05)
+    assert scheduler.queued() == 2
+    verdict = await screen_fairly(
+        scheduler, check("c", "hello"), lambda: GuardrailVerdict(allowed=True)
+    )
+    assert not verdict.allowed and verdict.rule == "limits.queue"
+    assert verdict.error is not None and verdict.error.status == 503
+    assert verdict.error.code == "guardrails_busy"
+    release.set()
+    assert await asyncio.gather(running, *waiting) == ["ran", "ran", "ran"]
+    # With room again, checks run.
+    assert (
+        await screen_fairly(scheduler, check("c", "hi"), lambda: GuardrailVerdict(allowed=True))
+    ).allowed
+    scheduler.close()
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> PolicyStore:
     return evil_tenant(
