@@ -164,10 +164,10 @@ class Generation:
                 self._limit(self.accepting.result())
             if self._token_by is None:
                 self._token_by = time.monotonic() + self.timeout_s
-            wait = min(self.idle_s, self._token_by - time.monotonic())
-            msg = await self.inbox.next(max(0.0, wait))
+            left = self._token_by - time.monotonic()
+            msg = await self.inbox.next(max(0.0, min(self.idle_s, left)))
             if msg is None:
-                raise self._silent()
+                raise self._silent(token_due=left <= self.idle_s)
             return msg
         self._started = True
         # The worker's first delta comes as soon as its acceptance: read both at once
@@ -188,14 +188,18 @@ class Generation:
             try:
                 first = await asyncio.wait_for(pending, min(self.timeout_s, self.idle_s))
             except TimeoutError:
-                first = None
+                raise self._silent(token_due=self.timeout_s <= self.idle_s) from None
         if first is None:
-            raise self._silent()
+            raise self._silent(token_due=True)
         return first
 
-    def _silent(self) -> GenerationFailed:
-        """Nothing came in time: the pool's token timeout, or the worker died."""
-        if self._token_by is None or time.monotonic() >= self._token_by:
+    def _silent(self, token_due: bool) -> GenerationFailed:
+        """Nothing came in time: the pool's token timeout (`token_due`: the wait ended at
+        the token's deadline), or the worker died. Which deadline ended the wait decides,
+        not a clock read after it: the event loop's timers may fire a millisecond before
+        `time.monotonic()` reaches the deadline (uvloop's clock has millisecond steps), and
+        a pool's timeout then read as a lost worker (503, and a retry) instead of a 504."""
+        if token_due:
             self._why = "timeout"
             return GenerationFailed.of(
                 upstream_timeout(f"no token from {self.request.model} in {self.timeout_s:g}s")

@@ -55,12 +55,11 @@ class TurnStream:
         idle_s = self.client.idle_s
         while True:
             now = time.monotonic()
-            wait = self.due_by - now
-            if self.taken:
-                wait = min(wait, self.heard_at + idle_s - now)
-            first = await self.inbox.next(max(0.0, wait))
+            due = self.due_by - now
+            silence = self.heard_at + idle_s - now if self.taken else due
+            first = await self.inbox.next(max(0.0, min(due, silence)))
             if first is None:
-                await self._silent()
+                await self._silent(timed_out=due <= silence)
                 continue
             self.taken = True
             self.heard_at = time.monotonic()
@@ -81,10 +80,12 @@ class TurnStream:
                 self.due_by = self.heard_at + self.timeout_s
                 return batch
 
-    async def _silent(self) -> None:
+    async def _silent(self, timed_out: bool) -> None:
         """Nothing came in time: start the turn again where that cannot repeat a token,
-        else raise."""
-        if time.monotonic() >= self.due_by:
+        else raise. `timed_out`: the wait ended at the turn's deadline, not at the runtime's
+        silence limit (decided by the deadline that ended the wait, not by reading the clock
+        after it: the loop's timers may fire a millisecond early)."""
+        if timed_out:
             self.why = "timeout"
             raise EnclaveError.of(upstream_timeout(f"no answer in {self.timeout_s:g}s"))
         silent = f"silent for {self.client.idle_s:g}s"
