@@ -215,24 +215,21 @@ def carried(fn: Callable[[], T]) -> Callable[[], T]:
     return fn if deadline is None else partial(_with_deadline, fn, deadline)
 
 
+def _refused(rule: str, error: ErrorInfo) -> GuardrailVerdict:
+    """A check the guardrails did not run (too big, queue full, out of budget): blocked."""
+    return GuardrailVerdict(allowed=False, rule=rule, reasons=[error.message], error=error)
+
+
 async def screen_fairly(
     scheduler: FairScheduler, check: GuardrailCheck, decide: Callable[[], GuardrailVerdict]
 ) -> GuardrailVerdict:
     """The verdict on one check under the caps, the budget and the tenant's turn."""
     too_big = oversize(check)
     if too_big is not None:
-        return GuardrailVerdict(
-            allowed=False, rule="limits.size", reasons=[too_big.message], error=too_big
-        )
+        return _refused("limits.size", too_big)
     try:
         return await scheduler.run(check.ctx.tenant, decide)
     except Overloaded:
-        full = busy(check.direction, scheduler.queued())
-        return GuardrailVerdict(
-            allowed=False, rule="limits.queue", reasons=[full.message], error=full
-        )
+        return _refused("limits.queue", busy(check.direction, scheduler.queued()))
     except BudgetExceeded:
-        late = timed_out(check.direction, scheduler.budget_s)
-        return GuardrailVerdict(
-            allowed=False, rule="limits.budget", reasons=[late.message], error=late
-        )
+        return _refused("limits.budget", timed_out(check.direction, scheduler.budget_s))
