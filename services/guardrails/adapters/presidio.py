@@ -472,14 +472,13 @@ class PresidioPii:
             return []
         ad_hoc = self._ad_hoc(custom) or None
         spans: list[Span] = []
+        names = NAMES in entities  # only then do spaCy's statistical pipes and Rampart run
         # Long texts go through in chunks (overlapping, cut at whitespace), so that the
         # check's time budget can stop the work between two of them.
         for offset, chunk in chunks(text):
             checkpoint()
             tags = (
-                self._ner_threads.submit(carried(partial(self.ner.tags, chunk)))
-                if NAMES in entities
-                else None
+                self._ner_threads.submit(carried(partial(self.ner.tags, chunk))) if names else None
             )
             results = self.analyzer.analyze(
                 chunk,
@@ -487,7 +486,7 @@ class PresidioPii:
                 entities=entities,
                 score_threshold=min_score,
                 ad_hoc_recognizers=ad_hoc,
-                nlp_artifacts=None if NAMES in entities else self._tokens_only(chunk),
+                nlp_artifacts=None if names else self._tokens_only(chunk),
             )
             if tags is not None:
                 results = with_ner(chunk, results, tags.result(), min_score)
