@@ -20,6 +20,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+import sklearn
+
 from services.guardrails.injection_data import stored_calibration, training_set, tuning_set
 from services.guardrails.linear import compile_linear
 from services.guardrails.scheduler import checkpoint
@@ -150,9 +152,13 @@ class InjectionDetector:
             return InjectionResult(round(best, 4), reasons)
         p = 0.0
         parts = windows(norm)
-        for i in range(0, len(parts), 16):
-            checkpoint()
-            p = max(p, float(self.model.pipeline.predict_proba(parts[i : i + 16])[:, 1].max()))
+        # The pipeline was fitted here on texts, not data frames: scikit-learn's checks of
+        # its input and parameters cost a quarter of a short message's score (0.38 of 1.45 ms).
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            for i in range(0, len(parts), 16):
+                checkpoint()
+                probs = self.model.pipeline.predict_proba(parts[i : i + 16])
+                p = max(p, float(probs[:, 1].max()))
         calibrated = 1 / (1 + math.exp(-(_logit(p) - _logit(self.model.threshold))))
         if calibrated >= 0.5:
             reasons.append(f"classifier: {calibrated:.2f}")
