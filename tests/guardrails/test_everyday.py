@@ -112,6 +112,14 @@ def test_single_and_foreign_names_are_people(
         '{"a": 1, "b": 2024}',
         "My father retired at the age of 63.",
         "The bus station is on rue Yves Bruneau, 17.",
+        # Digits inside a word (a licence number), an ISO date, a word with a dot in it,
+        # and a company named after people with its legal form.
+        "My licence number is K4471930 and it expires soon.",
+        "The release is planned for 2027-03-15.",
+        "See clause 4 of the Asociados S.Com. agreement.",
+        "The Univ.Prof. title is Austrian.",
+        "We buy our parts from Weber Schmitz GmbH every month.",
+        "The contract is with Rossi Bianchi s.r.l. in Turin.",
     ],
 )
 def test_plain_numbers_and_streets_are_left_alone(
@@ -119,3 +127,20 @@ def test_plain_numbers_and_streets_are_left_alone(
 ) -> None:
     verdict = screener.check(_user(text), policy)
     assert verdict.texts[0] == text, verdict.entities
+
+
+@pytest.mark.parametrize(
+    "text,kind,value",
+    [
+        ("Call me on +1-507-986-6661x76031 tomorrow.", "PHONE_NUMBER", "986-6661"),
+        ("Phone:\\n(315) 790-1092 fax", "PHONE_NUMBER", "790-1092"),
+        ("Our site is https://weber-schmitz.de/contact", "URL", "weber-schmitz.de"),
+        ("Visit weber-schmitz.de for more.", "URL", "weber-schmitz.de"),
+    ],
+)
+def test_phone_numbers_and_addresses_next_to_letters_are_still_found(
+    screener: Screener, policy: EffectivePolicy, text: str, kind: str, value: str
+) -> None:
+    verdict = screener.check(_user(text), policy)
+    found = [text[e.start : e.end] for e in verdict.entities if e.type == kind]
+    assert any(value in f for f in found), verdict.entities

@@ -238,10 +238,32 @@ class GazetteerNameRecognizer(EntityRecognizer):
 
 _NUMBER_BEFORE = compile_linear(r"\d+[A-Za-z]?,?[ \t]+(?:\pL+\.?[ \t]+)?$")
 _NUMBER_AFTER = compile_linear(r"^,?[ \t]+\d")
+_ISO_DATE = compile_linear(r"(?:1[89]|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])")
 
 
 # Words that join the names of a company ("Smith and Sons", "Rossi e Figli").
 _JOINERS = {"e", "and", "&"}
+
+# Legal forms of companies, as written after a company's name in Europe and the Americas,
+# compared without dots or case ("S.Coop." and "s.coop" alike; a name followed by one is a
+# company named after people: "Gentili s.r.l.", "Becker Binner e.V."). Forms that are also
+# everyday words ("AS", "AB", "AG", "SA") count only in capitals.
+_LEGAL_FORMS = {
+    "sa", "sl", "slu", "scoop", "srl", "srls", "spa", "sas", "sau", "sad", "scp", "scom",
+    "snc", "sarl", "sasu", "eurl", "ev", "gmbh", "mbh", "kg", "ohg", "gbr", "ug", "bv", "nv",
+    "vof", "oy", "oyj", "aps", "asa", "plc", "llc", "llp", "ltd", "ltda", "inc", "corp",
+    "pty", "sro", "spzoo", "kft", "zrt", "doo", "ad", "ab", "as", "ag", "sc", "sca",
+}  # fmt: skip
+_LEGAL_FORMS_CAPITALS_ONLY = {"ad", "ab", "as", "ag", "sa", "sc", "ug"}
+
+
+def legal_form(word: str) -> bool:
+    """Whether `word` (punctuation around it allowed) is a company's legal form."""
+    bare = word.split("\\", 1)[0].strip(",.;:!?()'\"").removesuffix("'s")
+    key = bare.replace(".", "").replace("/", "").lower()
+    if key in _LEGAL_FORMS_CAPITALS_ONLY:
+        return bare.replace(".", "").isupper()
+    return key in _LEGAL_FORMS
 
 
 def plausible_person(text: str, start: int, end: int, joined: bool = False) -> bool:
@@ -256,6 +278,8 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
         return False
     before = text[max(0, start - 40) : start].split()
     after = text[end : end + 40].split()
+    if (after and legal_form(after[0])) or any(map(legal_form, text[start:end].split()[1:])):
+        return False
     for edge, beyond in ((before[-1:], before[-2:-1]), (after[:1], after[1:2])):
         word = edge[0].strip(",.").lower() if edge else ""
         if word not in _PLACE_WORDS:
@@ -272,11 +296,34 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
     digits = sum(c.isdigit() for c in value)
     if digits < 7:
         return False
+    # Part of a longer word ("H8603172", a licence or an order number), or an ISO date.
+    # An escape written out ("\\n" before it) and an extension ("x62527" after) are no word.
+    if start > 0 and text[start - 1].isalpha() and text[max(0, start - 2)] != "\\":
+        return False
+    ext = text[end : end + 2]
+    if ext[:1].isalpha() and not (ext[:1] in "xX" and ext[1:].isdigit()):
+        return False
+    if _ISO_DATE.fullmatch(value.strip()):
+        return False
     formatted = value.lstrip().startswith(("+", "(")) or any(c in value for c in " -./)")
     if formatted or digits >= 10:
         return True
     near = text[max(0, start - 40) : start].lower()
     return any(w in near for w in ("phone", "call", "tel", "mobile", "cell", "fax", "number"))
+
+
+def plausible_url(text: str, start: int, end: int) -> bool:
+    """A web address, not a word with a dot in it: one without a scheme or `www.` neither
+    ends inside a word ("Univ.Prof." is no "Univ.Pro") nor has a capitalised top-level
+    domain written like a word ("Asociados S.Com.")."""
+    value = text[start:end]
+    if "://" in value or value.lower().startswith("www."):
+        return True
+    if end < len(text) and text[end].isalnum():
+        return False
+    host = value.split("/", 1)[0]
+    tld = host.rsplit(".", 1)[-1]
+    return not (tld[:1].isupper() and not tld.isupper())
 
 
 class ProperNameRecognizer(EntityRecognizer):
@@ -496,6 +543,7 @@ class PresidioPii:
                 # spaCy's small model calls acronyms people ("JSON", "AWS").
                 if not (r.entity_type == "PERSON" and chunk[r.start : r.end].isupper())
                 and (r.entity_type != "PHONE_NUMBER" or plausible_phone(chunk, r.start, r.end))
+                and (r.entity_type != "URL" or plausible_url(chunk, r.start, r.end))
                 and (
                     r.entity_type != "PERSON"
                     or plausible_person(
