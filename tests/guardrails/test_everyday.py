@@ -96,6 +96,8 @@ def test_secrets_are_redacted_on_input_in_documents_and_in_tool_results(
         ("My name is Lucrezia", "Lucrezia"),
         ("Pauliina shouted at Fabian Kowalski: what are you doing?", "Pauliina"),
         ("Jiry Holtman\n12 Main Street\nSpringfield", "Jiry Holtman"),
+        # Line breaks written out as escapes (pasted JSON or a log line).
+        ("Contact:\\nJakob Weber\\nSales", "Jakob Weber"),
     ],
 )
 def test_single_and_foreign_names_are_people(
@@ -136,6 +138,9 @@ def test_plain_numbers_and_streets_are_left_alone(
         ("Phone:\\n(315) 790-1092 fax", "PHONE_NUMBER", "790-1092"),
         ("Our site is https://weber-schmitz.de/contact", "URL", "weber-schmitz.de"),
         ("Visit weber-schmitz.de for more.", "URL", "weber-schmitz.de"),
+        # Ten digits that pass Luhn: a phone number, not a card (cards have 12 to 19).
+        ("Call me on 3533680405 today.", "PHONE_NUMBER", "3533680405"),
+        ("Office:\\n3533680405 fax", "PHONE_NUMBER", "3533680405"),
     ],
 )
 def test_phone_numbers_and_addresses_next_to_letters_are_still_found(
@@ -144,3 +149,4 @@ def test_phone_numbers_and_addresses_next_to_letters_are_still_found(
     verdict = screener.check(_user(text), policy)
     found = [text[e.start : e.end] for e in verdict.entities if e.type == kind]
     assert any(value in f for f in found), verdict.entities
+    assert all(e.type == kind for e in verdict.entities), verdict.entities

@@ -114,7 +114,7 @@ class _Phone(PhoneRecognizer):
 _CARDS = [
     Pattern(
         "cards of 12 to 19 digits",
-        r"\b[1-6]\d{3}(?:[- ]?\d{4}){1,3}(?:[- ]?\d{1,3})?\b",
+        r"\b[1-6]\d{3}(?:[- ]?\d{4}){2,3}(?:[- ]?\d{1,3})?\b",
         0.3,
     )
 ]
@@ -296,9 +296,9 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
     digits = sum(c.isdigit() for c in value)
     if digits < 7:
         return False
-    # Part of a longer word ("H8603172", a licence or an order number), or an ISO date.
-    # An escape written out ("\\n" before it) and an extension ("x62527" after) are no word.
-    if start > 0 and text[start - 1].isalpha() and text[max(0, start - 2)] != "\\":
+    # Part of a longer word ("H8603172", a licence or an order number), or an ISO date; an
+    # extension ("x62527") is no word (nor is an escape written out before it: `unescaped`).
+    if start > 0 and text[start - 1].isalpha():
         return False
     ext = text[end : end + 2]
     if ext[:1].isalpha() and not (ext[:1] in "xX" and ext[1:].isdigit()):
@@ -517,6 +517,7 @@ class PresidioPii:
     ) -> list[Span]:
         if not text.strip() or not entities:
             return []
+        text = unescaped(text)
         ad_hoc = self._ad_hoc(custom) or None
         spans: list[Span] = []
         names = NAMES in entities  # only then do spaCy's statistical pipes and Rampart run
@@ -552,6 +553,21 @@ class PresidioPii:
                 )
             ]
         return resolve_overlaps(sorted(set(spans), key=lambda s: (s.start, s.end)))
+
+
+# Line breaks and tabs written out as escapes (text pasted from JSON, a log or code:
+# "Name:\nJakob Weber") glue the next word to the escape for spaCy and Rampart. Each is
+# read as the character it stands for and a space: the offsets of every span stay those of
+# the text as it came.
+_ESCAPES = (("\\n", "\n "), ("\\t", "\t "), ("\\r", "\r "))
+
+
+def unescaped(text: str) -> str:
+    if "\\" not in text:
+        return text
+    for escape, char in _ESCAPES:
+        text = text.replace(escape, char)
+    return text
 
 
 CHUNK = 8192
