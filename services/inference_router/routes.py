@@ -3,10 +3,12 @@ misses (a model added with `enclave models add` is found without a restart)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.errors import EnclaveError, ErrorInfo, model_not_allowed
@@ -26,9 +28,16 @@ SQL_REFRESH_S = 1.0
 T = TypeVar("T")
 
 
+# What a read of the database raises when it cannot be reached (a restart, a failover).
+UNREACHABLE = (SQLAlchemyError, OSError, TimeoutError)
+log = logging.getLogger("enclave.inference_router")
+
+
 class PerTenant(Generic[T]):
     """One value per tenant from `load`, read again after `ttl_s`, or at the next ask once
-    forgotten."""
+    forgotten. While the database cannot be read, a value whose time is up stays in use
+    (a restart of PostgreSQL does not stop every chat); a forgotten one (a change was
+    announced) is never served again, so that read fails until the database answers."""
 
     def __init__(self, load: Callable[[str], Awaitable[T]], ttl_s: float = SQL_REFRESH_S) -> None:
         self.load = load
@@ -40,7 +49,13 @@ class PerTenant(Generic[T]):
         held = self._held.get(tenant)
         if held is not None and now - held[1] <= self.ttl_s:
             return held[0]
-        value = await self.load(tenant)
+        try:
+            value = await self.load(tenant)
+        except UNREACHABLE as exc:
+            if held is None:
+                raise
+            log.warning("database unreachable (%s); %s's last reading stays in use", exc, tenant)
+            return held[0]
         self._held[tenant] = (value, now)
         return value
 
@@ -71,7 +86,10 @@ class Routes:
         now = time.monotonic()
         if force or now - self._loaded_at > SQL_REFRESH_S:
             self._loaded_at = now
-            self.current = self.base.with_routes(await load_routes(self.engine))
+            try:
+                self.current = self.base.with_routes(await load_routes(self.engine))
+            except UNREACHABLE as exc:
+                log.warning("database unreachable (%s); the last model routes stay in use", exc)
         return self.current
 
     async def answer(self, model: str, tenant: str, use: str) -> RouteReply:
