@@ -279,7 +279,9 @@ class TurnCancelled(BaseModel):
     v: Literal[1] = 1
     ctx: RequestContext
     reply_subject: str  # the turn's (one attempt's) subject: ChatRequested.reply_subject
-    reason: Literal["client_disconnected", "timeout", "runtime_lost"]
+    # not_admitted: the turn started ahead of its admission (gateway quotas.Headroom),
+    # and the limits refused it.
+    reason: Literal["client_disconnected", "timeout", "runtime_lost", "not_admitted"]
 
 
 class GenerationCancelled(BaseModel):

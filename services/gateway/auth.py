@@ -26,7 +26,7 @@ from services.gateway.adapters.sql_keys import StoredKey, find_key
 from services.gateway.identity import OIDC_SUBJECT_PREFIX, looks_like_jwt
 from services.gateway.oidc import OidcVerifier
 from services.gateway.policy import OPERATOR, Action, may
-from services.gateway.quotas import Limits, Reservation
+from services.gateway.quotas import Headroom, Limits, Reservation
 
 # (the caller's context, the tenant it named, the action): records the refused attempt.
 Denied = Callable[[RequestContext, str, str], Awaitable[object]]
@@ -48,14 +48,26 @@ class Grant:
         await self.auth.quotas.admit(self.stored.key_id, self.ctx.tenant, limits, 0)
         return self.ctx
 
-    async def admit(self, reserve: int) -> Reservation:
+    def start_ahead(self) -> bool:
+        """Whether this request's turn may start while its admission is asked
+        (quotas.Headroom); True counts it as started ahead until `admit(ahead=True)`."""
+        return self.auth.headroom.start_ahead(self.ctx.tenant, self.stored.key_id)
+
+    async def admit(self, reserve: int, ahead: bool = False) -> Reservation:
         """An inference request: one request and `reserve` tokens from every bucket and
         the month's budget, and a place among the tenant's requests in flight; settle it
-        (`Authorizer.settle`) when the request ends, whatever its end."""
-        limits = await self.auth.limits(self.stored, inference=True)
-        return await self.auth.quotas.admit(
-            self.stored.key_id, self.ctx.tenant, limits, reserve, self.ctx.request_id
-        )
+        (`Authorizer.settle`) when the request ends, whatever its end. `ahead`: its turn
+        was started before this answer (`start_ahead`)."""
+        room = 0
+        try:
+            limits = await self.auth.limits(self.stored, inference=True)
+            reservation = await self.auth.quotas.admit(
+                self.stored.key_id, self.ctx.tenant, limits, reserve, self.ctx.request_id
+            )
+            room = reservation.room
+            return reservation
+        finally:
+            self.auth.headroom.answered(self.ctx.tenant, self.stored.key_id, room, ahead)
 
 
 # The tenant's own limits (the admin API's tenant record), overriding the settings.
@@ -86,6 +98,7 @@ class Authorizer:
         self.clock = clock
         self.key_cache: dict[str, tuple[StoredKey, float]] = {}
         self.tenant_cache: dict[str, tuple[Limits, float]] = {}
+        self.headroom = Headroom()  # the room each key's last admission left
 
     async def limits(self, stored: StoredKey, inference: bool) -> Limits:
         """The limits of this key's request: its own rpm, its tenant's limits (cached like

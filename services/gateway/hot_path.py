@@ -95,12 +95,17 @@ class ClientWatch:
 
 
 async def open_turn(
-    gw: Gateway, event: ChatRequested, audit: Callable[[], Awaitable[Any]]
+    gw: Gateway,
+    event: ChatRequested,
+    audit: Callable[[], Awaitable[Any]],
+    admitted: Awaitable[Any] | None = None,
 ) -> tuple[TurnStream, list[TurnEvent]]:
     """Publish the turn and hold the status line until it produced output or failed, so
     that an error before the first token (unknown model, no worker, timeout) gets its own
     status. The request's audit record is written while the turn runs (before the publish
-    it would delay it) and is durable before any status goes out."""
+    it would delay it) and is durable before any status goes out. `admitted`: the limits'
+    answer to a turn started ahead of it (quotas.Headroom), awaited before anything of
+    the turn is read; a refusal cancels the turn and is raised."""
     try:
         turn = await gw.turns.start_turn(event)
     except BaseException:
@@ -108,6 +113,12 @@ async def open_turn(
         raise
     audited = asyncio.ensure_future(audit())
     try:
+        if admitted is not None:
+            try:
+                await admitted
+            except Exception:
+                turn.why = "not_admitted"
+                raise
         first = await turn.next_batch()
         while not any(ev.deltas or ev.error or ev.done for ev in first):
             first += await turn.next_batch()
@@ -332,10 +343,18 @@ class HotPath:
             wants_stream, usage = completion.stream, completion.include_usage
             param = output_param(completion)
         gw.windows.check(event.model, event.params.max_tokens, param)
-        # The exact limits (services/gateway/quotas.py): settled when the turn ends.
-        reservation = await grant.admit(event_reservation(event))
+        # The exact limits (services/gateway/quotas.py): settled when the turn ends. With
+        # room left under every limit the turn starts while they are asked (quotas.Headroom).
+        ahead = grant.start_ahead()
+        admitting = asyncio.ensure_future(grant.admit(event_reservation(event), ahead))
+        if not ahead:
+            await admitting
 
         async def settle(used: int) -> None:
+            try:  # shielded: a refusal has nothing to settle, a cancel must not lose it
+                reservation = await asyncio.shield(admitting)
+            except Exception:
+                return
             await gw.auth.settle(reservation, used, event.model)
 
         try:
@@ -345,6 +364,7 @@ class HotPath:
                 lambda: record_request(
                     gw.audit, ctx, AUDIT_ACTIONS[kind], event.model, body, ROUTE_PATHS[kind]
                 ),
+                admitting if ahead else None,
             )
         except BaseException:
             await settle(0)

@@ -3,9 +3,11 @@ with its own Redis connection, in front of a stand-in runtime on the real NATS; 
 
 - 200 concurrent chats over both replicas against a limit of 150 requests per minute:
   exactly 150 admitted (the clock frozen, as the limiter's own tests do, so no refill
-  happens while the flood runs), the rest 429 in OpenAI's shape with Retry-After.
+  happens while the flood runs), the rest 429 in OpenAI's shape with Retry-After; a
+  refused turn that was started ahead of its admission is cancelled on its runtime.
 - 200 concurrent chats against a tenant concurrency limit of 20, the runtime holding every
-  turn: exactly 20 reach the runtime, then all 20 answer and the places come free.
+  turn: exactly 20 are admitted and held (any other that reached the runtime was started
+  ahead of its admission and is cancelled), then all 20 answer and the places come free.
 - Tokens reserved from max_tokens and settled from the usage the turn reports (plain and
   streamed), the monthly budget, the day's usage per key and model.
 """
@@ -25,7 +27,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from libs.context import RUNTIME_HEADER
-from libs.events import ChatRequested, Delta, EmbedReply, TurnEvent, Usage
+from libs.events import ChatRequested, Delta, EmbedReply, TurnCancelled, TurnEvent, Usage
 from libs.settings import Settings
 from services.gateway.adapters.sql_keys import create_key
 from services.gateway.app import create_fastapi
@@ -120,6 +122,12 @@ async def test_two_replicas_200_concurrent_never_pass_the_limit(
 ) -> None:
     settings = inprocess_settings.model_copy(update={"tenant_rpm": 150})
     tenant = "acme-" + secrets.token_hex(3)
+    cancels: list[TurnCancelled] = []
+
+    async def cancelled(msg: Msg) -> None:
+        cancels.append(TurnCancelled.model_validate_json(msg.data))
+
+    sub = await nc.subscribe(settings.subjects.chat_cancel, cb=cancelled)
     async with replicas(nc, settings) as (gws, apps, seen):
         clock = Clock()
         for gw in gws:
@@ -131,14 +139,23 @@ async def test_two_replicas_200_concurrent_never_pass_the_limit(
             # Two keys of one tenant, each far under its own 6000 rpm: the tenant's 150 binds.
             results = await _flood(clients[:1] * 2, {"Authorization": f"Bearer {key_a}"}, 100)
             results += await _flood(clients[1:] * 2, {"Authorization": f"Bearer {key_b}"}, 100)
+            for _ in range(100):
+                if len(cancels) >= len(seen) - 150:
+                    break
+                await asyncio.sleep(0.02)
         finally:
+            await sub.unsubscribe()
             for c in clients:
                 await c.aclose()
     admitted = [r for r in results if r.status_code == 200]
     refused = [r for r in results if r.status_code == 429]
     assert len(admitted) + len(refused) == 200, {r.status_code for r in results}
     assert len(admitted) == 150  # never more, and not one short
-    assert len(seen) == 150  # the refused never reached the bus
+    # A refused turn reaches a runtime only when it was started ahead of its admission
+    # while room seemed left (quotas.Headroom): then it is cancelled there. Near the limit
+    # that stops: at most half of the 50 refused get that far (0 to 2 in practice).
+    assert len(seen) - 150 == len(cancels) <= 25
+    assert {c.reason for c in cancels} <= {"not_admitted"}
     assert all(r.json()["choices"][0]["message"]["content"] == "olleh" for r in admitted)
     for r in refused:
         error = r.json()["error"]
@@ -153,6 +170,12 @@ async def test_two_replicas_200_concurrent_and_the_tenant_concurrency_limit(
     settings = inprocess_settings.model_copy(update={"tenant_concurrency": 20})
     tenant = "acme-" + secrets.token_hex(3)
     release = asyncio.Event()
+    cancels: list[TurnCancelled] = []
+
+    async def cancelled(msg: Msg) -> None:
+        cancels.append(TurnCancelled.model_validate_json(msg.data))
+
+    sub = await nc.subscribe(settings.subjects.chat_cancel, cb=cancelled)
 
     async def hold(event: ChatRequested) -> None:
         await release.wait()
@@ -177,7 +200,12 @@ async def test_two_replicas_200_concurrent_and_the_tenant_concurrency_limit(
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)  # late arrivals would show here
-            assert len(seen) == 20 and await gws[0].auth.quotas.in_flight(tenant) == 20
+            # Besides the 20, only turns started ahead of their admission and refused
+            # (quotas.Headroom) reached the runtime, each cancelled there: at most half of
+            # the room (19) per replica, 1 to 5 in practice.
+            assert {c.reason for c in cancels} <= {"not_admitted"}
+            assert len(seen) - len(cancels) == 20 and len(cancels) <= 18
+            assert await gws[0].auth.quotas.in_flight(tenant) == 20
             release.set()
             results = list(await asyncio.gather(*sent))
             assert await gws[1].auth.quotas.in_flight(tenant) == 0  # every place freed
@@ -186,6 +214,7 @@ async def test_two_replicas_200_concurrent_and_the_tenant_concurrency_limit(
             )
             assert after.status_code == 200
         finally:
+            await sub.unsubscribe()
             for c in clients:
                 await c.aclose()
     assert sorted(r.status_code for r in results).count(200) == 20
@@ -295,5 +324,63 @@ async def test_responses_are_admitted_and_settled_like_chats(
                 (stored.key_id, "m", 10, 1)
             ]
         finally:
+            for c in clients:
+                await c.aclose()
+
+
+async def test_a_turn_started_ahead_of_its_admission_and_refused_is_cancelled(
+    nc: NatsClient, inprocess_settings: Settings
+) -> None:
+    """With room left at its last admission, a replica starts a turn while the limits are
+    asked (quotas.Headroom). When another replica took that room meanwhile, the turn is
+    refused: 429 with nothing of it sent, cancelled on its runtime (`not_admitted`), and
+    nothing of its reservation kept."""
+    settings = inprocess_settings.model_copy(update={"tenant_rpm": 10, "tenant_concurrency": 50})
+    tenant = "acme-" + secrets.token_hex(3)
+    cancels: list[TurnCancelled] = []
+
+    async def cancelled(msg: Msg) -> None:
+        cancels.append(TurnCancelled.model_validate_json(msg.data))
+
+    sub = await nc.subscribe(settings.subjects.chat_cancel, cb=cancelled)
+    async with replicas(nc, settings) as (gws, apps, seen):
+        clock = Clock()
+        for gw in gws:
+            gw.auth.quotas.clock = clock  # frozen: no refill
+        _, key = await create_key(gws[0].db, tenant, "developer")
+        auth = {"Authorization": f"Bearer {key}"}
+        clients = _clients(apps)
+        try:
+            first = await clients[0].post("/v1/chat/completions", headers=auth, json=_chat())
+            assert first.status_code == 200  # no room known yet: admitted first, then run
+            assert not gws[0].auth.headroom.start_ahead(tenant, "nobody")
+            # Room for 9 more is known now: this one starts ahead and is admitted.
+            ahead = await clients[0].post(
+                "/v1/chat/completions", headers=auth, json=_chat(stream=True)
+            )
+            assert ahead.status_code == 200 and "olleh" in ahead.text
+            for _ in range(8):  # the other replica takes the rest of the minute
+                r = await clients[1].post("/v1/chat/completions", headers=auth, json=_chat())
+                assert r.status_code == 200
+            refused = await clients[0].post(
+                "/v1/chat/completions", headers=auth, json=_chat(stream=True)
+            )
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+            assert refused.headers["retry-after"]
+            # It reached a runtime (started ahead), and was cancelled there.
+            assert len(seen) == 11
+            for _ in range(100):
+                if cancels:
+                    break
+                await asyncio.sleep(0.02)
+            assert [(c.reason, c.ctx.request_id) for c in cancels] == [
+                ("not_admitted", seen[-1].ctx.request_id)
+            ]
+            # The refusal is known: the next turn of the tenant waits for its admission.
+            assert not gws[0].auth.headroom.start_ahead(tenant, "any key")
+            assert await gws[0].auth.quotas.in_flight(tenant) == 0  # nothing held
+        finally:
+            await sub.unsubscribe()
             for c in clients:
                 await c.aclose()

@@ -146,3 +146,24 @@ def test_pure_helpers() -> None:
     assert reservation_size(0, None) == 1024
     assert seconds_to_next_month(datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC)) == 30
     assert seconds_to_next_month(datetime(2026, 1, 31, tzinfo=UTC)) == 86400
+
+
+async def test_an_admission_says_the_room_every_limit_has_left(replicas: Replicas) -> None:
+    """The room that lets a gateway start the next turns ahead of their admission
+    (quotas.Headroom): the fewest further requests of this size any limit would admit."""
+    one, _, prefix = replicas
+    clock = Clock()
+    quotas = RedisQuotas(one, prefix, clock)
+    # 10 requests a minute: after the first, room for 9 more.
+    assert (await quotas.admit("k", "acme", Limits(key_rpm=10), 0)).room == 9
+    # 1000 tokens a minute, 300 a request: 700 left, room for 2 more.
+    assert (await quotas.admit("k2", "acme", Limits(key_tpm=1000), 300)).room == 2
+    # A budget of 1000 with 300 used by k2's request above: 400 left after this one.
+    limits = Limits(monthly_tokens=1000)
+    assert (await quotas.admit("k3", "acme", limits, 300)).room == 1
+    # Three in flight at most: with r2 two are, room for one more; with r3 none.
+    flying = Limits(concurrency=3)
+    await quotas.admit("k4", "globex", flying, 0, "r1")
+    assert (await quotas.admit("k4", "globex", flying, 0, "r2")).room == 1
+    assert (await quotas.admit("k4", "globex", flying, 0, "r3")).room == 0
+    assert (await quotas.admit("k5", "initech", Limits(), 5)).room >= 1_000_000

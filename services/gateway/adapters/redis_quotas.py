@@ -34,6 +34,7 @@ BUCKET_TTL_MS = 120_000  # a full bucket is the same as none: let idle ones expi
 BUDGET_TTL_S = 40 * 86400
 USAGE_TTL_S = 400 * 86400  # a day's usage per key and model: kept for the admin API
 LEASE_MS = 600_000  # an in-flight slot a crashed replica never released frees itself then
+ROOM_UNLIMITED = 1_000_000_000  # the room reported when no limit binds
 
 # KEYS: the four buckets (key rpm, tenant rpm, key tpm, tenant tpm), the budget, the
 # tenant's in-flight set (a sorted set: request id -> lease end), the day's usage hash.
@@ -42,7 +43,8 @@ LEASE_MS = 600_000  # an in-flight slot a crashed replica never released frees i
 # limit (0 = none), request id, lease in ms;
 # for 'settle': tokens used minus tokens reserved, request id, usage field prefix
 # ('' = record nothing), tokens used.
-# admit -> {1, 0, 0} admitted; {0, wait_ms | -1 too large | -2 over budget |
+# admit -> {1, room, 0} admitted, every limit with room for `room` more such requests now;
+# {0, wait_ms | -1 too large | -2 over budget |
 # -3 too many in flight, bucket}.
 SCRIPT = """
 local now
@@ -98,14 +100,17 @@ for i = 1, 4 do
     end
   end
 end
+local used = 0
 if budget > 0 and reserve > 0 then
-  local used = tonumber(redis.call('GET', KEYS[5]) or '0')
+  used = tonumber(redis.call('GET', KEYS[5]) or '0')
   if used + reserve > budget then return {0, -2, 5} end
 end
 if wait > 0 then return {0, wait, which} end
+local flying = 0
 if concurrency > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
-  if redis.call('ZCARD', KEYS[6]) >= concurrency then return {0, -3, 6} end
+  flying = redis.call('ZCARD', KEYS[6])
+  if flying >= concurrency then return {0, -3, 6} end
 end
 for i = 1, 4 do
   if caps[i] > 0 then store(i, levels[i] - costs[i]) end
@@ -119,12 +124,24 @@ if concurrency > 0 then
   redis.call('ZADD', KEYS[6], now + lease, ARGV[10])
   redis.call('PEXPIRE', KEYS[6], lease)
 end
-return {1, 0, 0}
+-- The room left: how many more requests like this one every limit would admit now.
+local room = ROOM_UNLIMITED
+for i = 1, 4 do
+  if caps[i] > 0 and costs[i] > 0 then
+    room = math.min(room, math.floor((levels[i] - costs[i]) / costs[i]))
+  end
+end
+if budget > 0 and reserve > 0 then
+  room = math.min(room, math.floor((budget - used - reserve) / reserve))
+end
+if concurrency > 0 then room = math.min(room, concurrency - flying - 1) end
+return {1, math.max(room, 0), 0}
 """
 for _name, _value in (
     ("BUCKET_TTL_MS", BUCKET_TTL_MS),
     ("BUDGET_TTL_S", BUDGET_TTL_S),
     ("USAGE_TTL_S", USAGE_TTL_S),
+    ("ROOM_UNLIMITED", ROOM_UNLIMITED),
 ):
     SCRIPT = SCRIPT.replace(_name, str(_value))
 
@@ -194,7 +211,7 @@ class RedisQuotas:
         ok, wait, bucket = (int(v) for v in answer)
         if not ok:
             raise refusal(wait, bucket, limits, reserve, now)
-        return Reservation(key_id, tenant, month, limits, reserve, counted)
+        return Reservation(key_id, tenant, month, limits, reserve, counted, room=wait)
 
     async def settle(self, reservation: Reservation, used: int, model: str = "") -> None:
         """Give back what was reserved and not used (or take what was used beyond it), free
