@@ -45,6 +45,14 @@ class Clock:
         return self.now
 
 
+def freeze(gws: list[Gateway]) -> Clock:
+    """The limiters of every replica on one clock that stands still (no refill)."""
+    clock = Clock()
+    for gw in gws:
+        gw.auth.quotas.clock = clock
+    return clock
+
+
 Hold = Callable[[ChatRequested], Awaitable[None]]
 
 
@@ -95,6 +103,21 @@ async def replicas(
             await gw.stop()
 
 
+@asynccontextmanager
+async def cancelled_turns(nc: NatsClient, settings: Settings) -> AsyncIterator[list[TurnCancelled]]:
+    """Every chat.cancel the gateways send while it is open."""
+    cancels: list[TurnCancelled] = []
+
+    async def cancelled(msg: Msg) -> None:
+        cancels.append(TurnCancelled.model_validate_json(msg.data))
+
+    sub = await nc.subscribe(settings.subjects.chat_cancel, cb=cancelled)
+    try:
+        yield cancels
+    finally:
+        await sub.unsubscribe()
+
+
 def _clients(apps: list[HotPath]) -> list[httpx.AsyncClient]:
     return [
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
@@ -122,16 +145,11 @@ async def test_two_replicas_200_concurrent_never_pass_the_limit(
 ) -> None:
     settings = inprocess_settings.model_copy(update={"tenant_rpm": 150})
     tenant = "acme-" + secrets.token_hex(3)
-    cancels: list[TurnCancelled] = []
-
-    async def cancelled(msg: Msg) -> None:
-        cancels.append(TurnCancelled.model_validate_json(msg.data))
-
-    sub = await nc.subscribe(settings.subjects.chat_cancel, cb=cancelled)
-    async with replicas(nc, settings) as (gws, apps, seen):
-        clock = Clock()
-        for gw in gws:
-            gw.auth.quotas.clock = clock  # frozen: no refill while the flood runs
+    async with (
+        cancelled_turns(nc, settings) as cancels,
+        replicas(nc, settings) as (gws, apps, seen),
+    ):
+        freeze(gws)  # no refill while the flood runs
         _, key_a = await create_key(gws[0].db, tenant, "developer")
         _, key_b = await create_key(gws[0].db, tenant, "developer")
         clients = _clients(apps)
@@ -144,7 +162,6 @@ async def test_two_replicas_200_concurrent_never_pass_the_limit(
                     break
                 await asyncio.sleep(0.02)
         finally:
-            await sub.unsubscribe()
             for c in clients:
                 await c.aclose()
     admitted = [r for r in results if r.status_code == 200]
@@ -170,17 +187,14 @@ async def test_two_replicas_200_concurrent_and_the_tenant_concurrency_limit(
     settings = inprocess_settings.model_copy(update={"tenant_concurrency": 20})
     tenant = "acme-" + secrets.token_hex(3)
     release = asyncio.Event()
-    cancels: list[TurnCancelled] = []
-
-    async def cancelled(msg: Msg) -> None:
-        cancels.append(TurnCancelled.model_validate_json(msg.data))
-
-    sub = await nc.subscribe(settings.subjects.chat_cancel, cb=cancelled)
 
     async def hold(event: ChatRequested) -> None:
         await release.wait()
 
-    async with replicas(nc, settings, hold) as (gws, apps, seen):
+    async with (
+        cancelled_turns(nc, settings) as cancels,
+        replicas(nc, settings, hold) as (gws, apps, seen),
+    ):
         _, key = await create_key(gws[0].db, tenant, "developer")
         clients = _clients(apps)
         try:
@@ -214,7 +228,6 @@ async def test_two_replicas_200_concurrent_and_the_tenant_concurrency_limit(
             )
             assert after.status_code == 200
         finally:
-            await sub.unsubscribe()
             for c in clients:
                 await c.aclose()
     assert sorted(r.status_code for r in results).count(200) == 20
@@ -233,9 +246,7 @@ async def test_tokens_reserved_settled_budgeted_and_counted(
     )
     tenant = "acme-" + secrets.token_hex(3)
     async with replicas(nc, settings) as (gws, apps, _):
-        clock = Clock()
-        for gw in gws:
-            gw.auth.quotas.clock = clock
+        clock = freeze(gws)
         stored, key = await create_key(gws[0].db, tenant, "developer")
         auth = {"Authorization": f"Bearer {key}"}
         clients = _clients(apps)
@@ -337,16 +348,11 @@ async def test_a_turn_started_ahead_of_its_admission_and_refused_is_cancelled(
     nothing of its reservation kept."""
     settings = inprocess_settings.model_copy(update={"tenant_rpm": 10, "tenant_concurrency": 50})
     tenant = "acme-" + secrets.token_hex(3)
-    cancels: list[TurnCancelled] = []
-
-    async def cancelled(msg: Msg) -> None:
-        cancels.append(TurnCancelled.model_validate_json(msg.data))
-
-    sub = await nc.subscribe(settings.subjects.chat_cancel, cb=cancelled)
-    async with replicas(nc, settings) as (gws, apps, seen):
-        clock = Clock()
-        for gw in gws:
-            gw.auth.quotas.clock = clock  # frozen: no refill
+    async with (
+        cancelled_turns(nc, settings) as cancels,
+        replicas(nc, settings) as (gws, apps, seen),
+    ):
+        freeze(gws)
         _, key = await create_key(gws[0].db, tenant, "developer")
         auth = {"Authorization": f"Bearer {key}"}
         clients = _clients(apps)
@@ -381,6 +387,5 @@ async def test_a_turn_started_ahead_of_its_admission_and_refused_is_cancelled(
             assert not gws[0].auth.headroom.start_ahead(tenant, "any key")
             assert await gws[0].auth.quotas.in_flight(tenant) == 0  # nothing held
         finally:
-            await sub.unsubscribe()
             for c in clients:
                 await c.aclose()
