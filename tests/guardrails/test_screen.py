@@ -78,3 +78,26 @@ def test_actions_and_stable_pseudonyms(screener: Screener, policy) -> None:  # t
     assert verdict.texts[1] == "Again: <PERSON_1> from *******0.40."
     assert verdict.pseudonyms == {"<PERSON_1>": "Ada Lovelace"}
     assert verdict.policy_version == ""  # the service stamps it; see app.decide
+
+
+def test_the_lean_score_is_the_pipelines_own(injection_model) -> None:  # type: ignore[no-untyped-def]
+    """InjectionDetector calls the fitted pipeline's steps itself (no joblib dispatch, no
+    input checks): on every text of the public corpora, long ones in windows as scored,
+    its probabilities are scikit-learn's `predict_proba`, to the last few bits."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from services.guardrails.injection import InjectionDetector, normalise, windows
+
+    corpora = Path(__file__).resolve().parents[2] / "bench" / "data" / "guardrails"
+    texts = [json.loads(x)["text"] for x in (corpora / "corpora.jsonl").read_text().splitlines()]
+    detector = InjectionDetector(injection_model)
+    assert detector._lean is not None  # the shipped pipeline takes the lean path
+    parts = [w for t in texts[:600] for w in windows(normalise(t))]
+    assert len(parts) > 600
+    for i in range(0, len(parts), 64):
+        chunk = parts[i : i + 64]
+        lean = detector._probabilities(chunk)
+        assert np.allclose(lean, injection_model.pipeline.predict_proba(chunk)[:, 1], atol=1e-12)
