@@ -6,13 +6,17 @@ anonymizer operators), so it runs the same in the service, the benchmark and the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from functools import partial
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from libs.events import GuardrailCheck, GuardrailEntity, GuardrailVerdict
-from services.guardrails.injection import InjectionDetector
+from services.guardrails.injection import InjectionDetector, InjectionResult
 from services.guardrails.linear import compile_linear
 from services.guardrails.policy import CustomRecognizer, EffectivePolicy
 from services.guardrails.scheduler import checkpoint
@@ -20,6 +24,9 @@ from services.guardrails.secrets import Span, scan
 from services.guardrails.structured import NotJson, rewrite_json
 
 PLACEHOLDER = compile_linear(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
+T = TypeVar("T")
+# How many input messages' findings a replica remembers (MessageMemo).
+MEMO_SIZE = 4096
 
 
 class PiiFinder(Protocol):
@@ -57,6 +64,37 @@ class Pseudonyms:
         return self.by_value[key]
 
 
+class MessageMemo:
+    """What the last `size` input messages were found to hold (their PII spans, their
+    injection score), by a digest of the text and of what was looked for. A chat sends its
+    whole history with every turn: each earlier message was screened when it was new, so
+    a turn costs the screening of its new message only. The findings depend on nothing
+    else (the models are fixed for the process); the text itself is never kept. Keys hold
+    the tenant, so no tenant can time a check to learn what another one sent. Safe across
+    the scheduler's threads."""
+
+    def __init__(self, size: int = MEMO_SIZE) -> None:
+        self.size = size
+        self._found: OrderedDict[Hashable, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, find: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._found:
+                self._found.move_to_end(key)
+                return self._found[key]  # type: ignore[return-value]
+        found = find()
+        with self._lock:
+            self._found[key] = found
+            if len(self._found) > self.size:
+                self._found.popitem(last=False)
+        return found
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
 class Screener:
     def __init__(
         self,
@@ -64,11 +102,13 @@ class Screener:
         injection: InjectionDetector,
         operators: Operators,
         embedder: Embedder | None = None,
+        memo: MessageMemo | None = None,
     ) -> None:
         self.pii = pii
         self.injection = injection
         self.operators = operators
         self.embedder = embedder
+        self.memo = memo or MessageMemo()
         self._topic_vectors: dict[str, np.ndarray] = {}
 
     # -- pieces --
@@ -120,13 +160,34 @@ class Screener:
         return "".join(out), entities
 
     def _pii_spans(
-        self, text: str, policy: EffectivePolicy, entities: list[str] | None = None
+        self,
+        text: str,
+        policy: EffectivePolicy,
+        entities: list[str] | None = None,
+        tenant: str | None = None,
     ) -> list[Span]:
-        """The PII in `text`, of `entities` (the policy's input entities unless named)."""
+        """The PII in `text`, of `entities` (the policy's input entities unless named);
+        with `tenant`, an input message of that tenant, whose findings the memo keeps."""
         if not policy.pii_enabled:
             return []
         wanted = list(policy.entities) if entities is None else entities
-        spans = self.pii.find(text, wanted, list(policy.custom.values()), policy.min_score)
+        custom = list(policy.custom.values())
+
+        def find() -> tuple[Span, ...]:
+            return tuple(self.pii.find(text, wanted, custom, policy.min_score))
+
+        if tenant is not None:
+            key = (
+                "pii",
+                tenant,
+                _digest(text),
+                tuple(wanted),
+                policy.min_score,
+                tuple(c.model_dump_json() for c in custom),
+            )
+            spans: Sequence[Span] = self.memo.get(key, find)
+        else:
+            spans = find()
         # Placeholders from earlier turns are not PII.
         marks = [m.span() for m in PLACEHOLDER.finditer(text)]
         return [s for s in spans if not any(a < s.end and s.start < b for a, b in marks)]
@@ -170,7 +231,8 @@ class Screener:
         for i, msg in enumerate(check.messages):
             text = msg.content or ""
             checkpoint()
-            found = [(s, policy.input_action(s.type)) for s in self._pii_spans(text, policy)]
+            spans = self._pii_spans(text, policy, tenant=tenant)
+            found = [(s, policy.input_action(s.type)) for s in spans]
             # Secrets never reach a model either: in user text, documents and tool results.
             secrets = self._secret_spans(text, policy)
             found += [(s, policy.secrets_action) for s in secrets]
@@ -192,7 +254,9 @@ class Screener:
             )
             score = 0.0
             if screened:
-                result = self.injection.score(text)
+                result: InjectionResult = self.memo.get(
+                    ("injection", tenant, _digest(text)), partial(self.injection.score, text)
+                )
                 score = result.score
                 if score >= policy.injection_threshold:
                     kind = (
