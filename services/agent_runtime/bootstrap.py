@@ -109,7 +109,7 @@ class Runtime:
         self.slots = asyncio.Semaphore(self.settings.runtime_concurrency)
         self.running: set[asyncio.Task[None]] = set()
         # The turns running here: what `chat.cancel` and `responses.cancel` stop.
-        self.turns = RunningTurns()
+        self.turns = RunningTurns(remember_s=self.settings.gateway_timeout_s)
 
     async def start(self) -> None:
         nc, subjects = self.bus.nc, self.bus.subjects

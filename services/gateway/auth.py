@@ -48,10 +48,10 @@ class Grant:
         await self.auth.quotas.admit(self.stored.key_id, self.ctx.tenant, limits, 0)
         return self.ctx
 
-    def start_ahead(self) -> bool:
-        """Whether this request's turn may start while its admission is asked
-        (quotas.Headroom); True counts it as started ahead until `admit(ahead=True)`."""
-        return self.auth.headroom.start_ahead(self.ctx.tenant, self.stored.key_id)
+    def start_ahead(self, reserve: int) -> bool:
+        """Whether this request's turn (`reserve` tokens) may start while its admission is
+        asked (quotas.Headroom); True counts it as started ahead until `admit(ahead=True)`."""
+        return self.auth.headroom.start_ahead(self.ctx.tenant, self.stored.key_id, reserve)
 
     async def admit(self, reserve: int, ahead: bool = False) -> Reservation:
         """An inference request: one request and `reserve` tokens from every bucket and
@@ -67,7 +67,7 @@ class Grant:
             room = reservation.room
             return reservation
         finally:
-            self.auth.headroom.answered(self.ctx.tenant, self.stored.key_id, room, ahead)
+            self.auth.headroom.answered(self.ctx.tenant, self.stored.key_id, room, reserve, ahead)
 
 
 # The tenant's own limits (the admin API's tenant record), overriding the settings.

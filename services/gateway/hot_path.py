@@ -114,8 +114,8 @@ async def open_turn(
     audited = asyncio.ensure_future(audit())
     try:
         if admitted is not None:
-            try:
-                await admitted
+            try:  # shielded: a client gone meanwhile must not cancel an applied admission
+                await asyncio.shield(admitted)
             except Exception:
                 turn.why = "not_admitted"
                 raise
@@ -345,10 +345,9 @@ class HotPath:
         gw.windows.check(event.model, event.params.max_tokens, param)
         # The exact limits (services/gateway/quotas.py): settled when the turn ends. With
         # room left under every limit the turn starts while they are asked (quotas.Headroom).
-        ahead = grant.start_ahead()
-        admitting = asyncio.ensure_future(grant.admit(event_reservation(event), ahead))
-        if not ahead:
-            await admitting
+        reserve = event_reservation(event)
+        ahead = grant.start_ahead(reserve)
+        admitting = asyncio.ensure_future(grant.admit(reserve, ahead))
 
         async def settle(used: int) -> None:
             try:  # shielded: a refusal has nothing to settle, a cancel must not lose it
@@ -358,6 +357,8 @@ class HotPath:
             await gw.auth.settle(reservation, used, event.model)
 
         try:
+            if not ahead:
+                await asyncio.shield(admitting)
             opened, first = await open_turn(
                 gw,
                 event,

@@ -70,33 +70,38 @@ class Reservation:
 class Headroom:
     """Whether a streamed turn may start while its admission is still being asked.
 
-    The admission's answer says how much room every limit had left (`Reservation.room`).
-    While the last answer for a key, and the last for its tenant (any of its keys), left
-    room, the key's next turns start at once, with the admission asked meanwhile, at most
-    half of that room at a time; the client sees nothing of a turn before its admission
-    (hot_path.open_turn), and a refused one is cancelled and answered 429. Near a limit,
-    after a refusal, or for a key not yet seen, a turn waits for its admission first. So
-    what is admitted stays exact; what a refusal may cost is a turn started and cancelled,
-    and only where another gateway replica took the room meanwhile. Pure: one per gateway
-    replica."""
+    The admission's answer says how much room every limit had left: how many more
+    requests of its size would be admitted now (`Reservation.room`). While the last answer
+    for a key, and the last for its tenant (any of its keys), left room, the key's next
+    turns of no larger a reservation start at once, with the admission asked meanwhile, at
+    most half of that room at a time; the client sees nothing of a turn before its
+    admission (hot_path.open_turn), and a refused one is cancelled and answered 429. Near a
+    limit, after a refusal, for a larger request or a key not yet seen, a turn waits for
+    its admission first. So what is admitted stays exact; what a refusal may cost is a turn
+    started and cancelled, when another replica or key took the room meanwhile. Pure: one
+    per gateway replica."""
 
     def __init__(self) -> None:
-        self.room: dict[tuple[str, str], int] = {}  # (tenant, key or "") -> last room
+        # (tenant, key or "") -> (the last room, the reservation it was counted in)
+        self.room: dict[tuple[str, str], tuple[int, int]] = {}
         self.ahead: dict[tuple[str, str], int] = {}  # (tenant, key or "") -> started ahead
 
-    def start_ahead(self, tenant: str, key_id: str) -> bool:
+    def start_ahead(self, tenant: str, key_id: str, reserve: int) -> bool:
         """True: start this turn before its admission (counted until `answered`)."""
         both = ((tenant, key_id), (tenant, ""))
-        if any(self.ahead.get(k, 0) >= self.room.get(k, 0) // 2 for k in both):
-            return False
+        for k in both:
+            room, size = self.room.get(k, (0, 0))
+            if reserve > size or self.ahead.get(k, 0) >= room // 2:
+                return False
         for k in both:
             self.ahead[k] = self.ahead.get(k, 0) + 1
         return True
 
-    def answered(self, tenant: str, key_id: str, room: int, ahead: bool) -> None:
-        """An admission's answer: the room it left (0 when refused or not asked)."""
+    def answered(self, tenant: str, key_id: str, room: int, reserve: int, ahead: bool) -> None:
+        """An admission's answer: the room it left for requests of `reserve` tokens (0 when
+        refused or not asked)."""
         for k in ((tenant, key_id), (tenant, "")):
-            self.room[k] = room
+            self.room[k] = (room, reserve)
             if ahead:
                 left = self.ahead.get(k, 1) - 1
                 if left > 0:

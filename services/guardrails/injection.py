@@ -186,6 +186,8 @@ def _lean_parts(pipeline: Any) -> tuple[list[Any], Any, float] | None:
     """The vectorizers, coefficients and intercept of a fitted `_pipeline()`; None for any
     other model (then `predict_proba` scores it)."""
     try:
+        if [name for name, _ in pipeline.steps] != ["features", "lr"]:
+            return None
         union, lr = pipeline.named_steps["features"], pipeline.named_steps["lr"]
         vectorizers = [t for _, t in union.transformer_list]
         weights = getattr(union, "transformer_weights", None)

@@ -359,7 +359,7 @@ async def test_a_turn_started_ahead_of_its_admission_and_refused_is_cancelled(
         try:
             first = await clients[0].post("/v1/chat/completions", headers=auth, json=_chat())
             assert first.status_code == 200  # no room known yet: admitted first, then run
-            assert not gws[0].auth.headroom.start_ahead(tenant, "nobody")
+            assert not gws[0].auth.headroom.start_ahead(tenant, "nobody", 1)
             # Room for 9 more is known now: this one starts ahead and is admitted.
             ahead = await clients[0].post(
                 "/v1/chat/completions", headers=auth, json=_chat(stream=True)
@@ -384,7 +384,7 @@ async def test_a_turn_started_ahead_of_its_admission_and_refused_is_cancelled(
                 ("not_admitted", seen[-1].ctx.request_id)
             ]
             # The refusal is known: the next turn of the tenant waits for its admission.
-            assert not gws[0].auth.headroom.start_ahead(tenant, "any key")
+            assert not gws[0].auth.headroom.start_ahead(tenant, "any key", 1)
             assert await gws[0].auth.quotas.in_flight(tenant) == 0  # nothing held
         finally:
             for c in clients:
