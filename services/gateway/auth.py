@@ -48,12 +48,13 @@ class Grant:
         await self.auth.quotas.admit(self.stored.key_id, self.ctx.tenant, limits, 0)
         return self.ctx
 
-    def start_ahead(self, reserve: int) -> bool:
+    def start_ahead(self, reserve: int) -> int:
         """Whether this request's turn (`reserve` tokens) may start while its admission is
-        asked (quotas.Headroom); True counts it as started ahead until `admit(ahead=True)`."""
+        asked (quotas.Headroom): what it takes of the room, counted until `admit(ahead=)`
+        with it; 0: it waits."""
         return self.auth.headroom.start_ahead(self.ctx.tenant, self.stored.key_id, reserve)
 
-    async def admit(self, reserve: int, ahead: bool = False) -> Reservation:
+    async def admit(self, reserve: int, ahead: int = 0) -> Reservation:
         """An inference request: one request and `reserve` tokens from every bucket and
         the month's budget, and a place among the tenant's requests in flight; settle it
         (`Authorizer.settle`) when the request ends, whatever its end. `ahead`: its turn

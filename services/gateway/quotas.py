@@ -73,11 +73,12 @@ class Headroom:
     The admission's answer says how much room every limit had left: how many more
     requests of its size would be admitted now (`Reservation.room`). While the last answer
     for a key, and the last for its tenant (any of its keys), left room, the key's next
-    turns of no larger a reservation start at once, with the admission asked meanwhile, at
+    turns start at once, with the admission asked meanwhile, at
     most half of that room at a time; the client sees nothing of a turn before its
-    admission (hot_path.open_turn), and a refused one is cancelled and answered 429. Near a
-    limit, after a refusal, for a larger request or a key not yet seen, a turn waits for
-    its admission first. So what is admitted stays exact; what a refusal may cost is a turn
+    admission (hot_path.open_turn), and a refused one is cancelled and answered 429. A turn
+    larger than the answered request counts as as many of those as its size. Near a
+    limit, after a refusal, or for a key not yet seen, a turn waits for its admission
+    first. So what is admitted stays exact; what a refusal may cost is a turn
     started and cancelled, when another replica or key took the room meanwhile. Pure: one
     per gateway replica."""
 
@@ -86,24 +87,30 @@ class Headroom:
         self.room: dict[tuple[str, str], tuple[int, int]] = {}
         self.ahead: dict[tuple[str, str], int] = {}  # (tenant, key or "") -> started ahead
 
-    def start_ahead(self, tenant: str, key_id: str, reserve: int) -> bool:
-        """True: start this turn before its admission (counted until `answered`)."""
+    def start_ahead(self, tenant: str, key_id: str, reserve: int) -> int:
+        """How much of the room this turn (`reserve` tokens) takes by starting before its
+        admission, in requests of the answered size (a larger one counts as several); 0:
+        it waits for its admission. Counted until `answered`."""
         both = ((tenant, key_id), (tenant, ""))
+        units = 0
         for k in both:
-            room, size = self.room.get(k, (0, 0))
-            if reserve > size or self.ahead.get(k, 0) >= room // 2:
-                return False
+            size = self.room.get(k, (0, 0))[1]
+            if size <= 0 and reserve > 0:
+                return 0
+            units = max(units, 1 if reserve <= 0 else -(-reserve // size))
+        if any(self.ahead.get(k, 0) + units > self.room.get(k, (0, 0))[0] // 2 for k in both):
+            return 0
         for k in both:
-            self.ahead[k] = self.ahead.get(k, 0) + 1
-        return True
+            self.ahead[k] = self.ahead.get(k, 0) + units
+        return units
 
-    def answered(self, tenant: str, key_id: str, room: int, reserve: int, ahead: bool) -> None:
+    def answered(self, tenant: str, key_id: str, room: int, reserve: int, ahead: int) -> None:
         """An admission's answer: the room it left for requests of `reserve` tokens (0 when
-        refused or not asked)."""
+        refused or not asked); `ahead`: what `start_ahead` counted for it."""
         for k in ((tenant, key_id), (tenant, "")):
             self.room[k] = (room, reserve)
             if ahead:
-                left = self.ahead.get(k, 1) - 1
+                left = self.ahead.get(k, ahead) - ahead
                 if left > 0:
                     self.ahead[k] = left
                 else:
