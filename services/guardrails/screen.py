@@ -164,10 +164,11 @@ class Screener:
         text: str,
         policy: EffectivePolicy,
         entities: list[str] | None = None,
-        tenant: str | None = None,
+        seen_as: tuple[str, bytes] | None = None,
     ) -> list[Span]:
         """The PII in `text`, of `entities` (the policy's input entities unless named);
-        with `tenant`, an input message of that tenant, whose findings the memo keeps."""
+        with `seen_as` (its tenant, the text's digest), an input message whose findings
+        the memo keeps."""
         if not policy.pii_enabled:
             return []
         wanted = list(policy.entities) if entities is None else entities
@@ -176,11 +177,10 @@ class Screener:
         def find() -> tuple[Span, ...]:
             return tuple(self.pii.find(text, wanted, custom, policy.min_score))
 
-        if tenant is not None:
+        if seen_as is not None:
             key = (
                 "pii",
-                tenant,
-                _digest(text),
+                *seen_as,
                 tuple(wanted),
                 policy.min_score,
                 tuple(c.model_dump_json() for c in custom),
@@ -231,7 +231,8 @@ class Screener:
         for i, msg in enumerate(check.messages):
             text = msg.content or ""
             checkpoint()
-            spans = self._pii_spans(text, policy, tenant=tenant)
+            seen_as = (tenant, _digest(text))  # the memo's key for this message
+            spans = self._pii_spans(text, policy, seen_as=seen_as)
             found = [(s, policy.input_action(s.type)) for s in spans]
             # Secrets never reach a model either: in user text, documents and tool results.
             secrets = self._secret_spans(text, policy)
@@ -255,7 +256,7 @@ class Screener:
             score = 0.0
             if screened:
                 result: InjectionResult = self.memo.get(
-                    ("injection", tenant, _digest(text)), partial(self.injection.score, text)
+                    ("injection", *seen_as), partial(self.injection.score, text)
                 )
                 score = result.score
                 if score >= policy.injection_threshold:
