@@ -127,7 +127,11 @@ def running_platform(
     with infra() as found, tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         port = free_port()
-        env = platform_env(found, home, port, ENCLAVE_RUNTIME_CONCURRENCY="256")
+        # The load sends one prompt again and again, which in a deployment would be new
+        # messages each time: the guardrails screen every one in full (no MessageMemo).
+        env = platform_env(
+            found, home, port, ENCLAVE_RUNTIME_CONCURRENCY="256", ENCLAVE_GUARD_MEMO_SIZE="0"
+        )
         if registry:
             doc = yaml.safe_load((REPO / "deploy" / "models.yaml").read_text())
             doc["pools"].update(registry.get("pools") or {})

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # How long a runtime lets a tenant's input through without asking the guardrails when
     # its policy checks nothing on input (a policy change ends it at once; 0 = always ask).
     guard_passthrough_s: float = 1.0
+    # How many input messages' findings a guardrails replica remembers, so that a chat's
+    # history is screened once (services/guardrails/screen.py, MessageMemo); 0 = none.
+    guard_memo_size: int = 4096
     # Memory and RAG: empty means Qdrant in process (qdrant-edge) under `home`.
     qdrant_url: str = ""
     memory_extraction_model: str = "smollm2-135m-instruct"

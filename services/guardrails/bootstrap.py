@@ -31,7 +31,7 @@ from services.guardrails.injection import InjectionDetector
 from services.guardrails.policy import PolicyError
 from services.guardrails.policy_api import handle_policy
 from services.guardrails.scheduler import FairScheduler, screen_fairly
-from services.guardrails.screen import Screener
+from services.guardrails.screen import MessageMemo, Screener
 
 log = logging.getLogger("enclave.guardrails")
 # How often each replica looks for changed policy documents (and says so on the bus).
@@ -44,6 +44,7 @@ def build_screener(settings: Settings) -> Screener:
         InjectionDetector(load_or_train(settings.home / "guardrails" / "models")),
         PresidioOperators(),
         MiniLM(),
+        MessageMemo(settings.guard_memo_size),
     )
 
 
