@@ -71,6 +71,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             subjects=[s.trainer_jobs],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=settings.stream_replicas,
         ),
     ]
 

@@ -364,6 +364,15 @@ async def test_services_starting_together_all_declare_the_streams(
             await c.close()
 
 
+def test_every_stream_is_kept_as_many_times_as_configured() -> None:
+    """On the three-node cluster (ENCLAVE_STREAM_REPLICAS=3) every stream, fine-tuning
+    jobs included, has three copies: a node lost loses no queued turn, memory, audit
+    record, agent resume or training job."""
+    configs = stream_configs(Settings(stream_replicas=3))
+    assert {c.name: c.num_replicas for c in configs} == {c.name: 3 for c in configs}
+    assert len(configs) == 5
+
+
 async def test_a_models_changed_broadcast_ends_cached_adapter_routes(
     nc: NatsClient, settings: Settings
 ) -> None:
