@@ -63,6 +63,8 @@ def lower_lemmas(doc: Doc) -> Doc:
     for token in doc:
         token.lemma = token.lower
     return doc
+
+
 PHONE_REGIONS = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "AU", "IE", "CH", "AT", "BE"]
 BUILTIN = (
     "PERSON",
