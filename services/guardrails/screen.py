@@ -25,6 +25,9 @@ from services.guardrails.structured import NotJson, rewrite_json
 
 PLACEHOLDER = compile_linear(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
 T = TypeVar("T")
+# How many input messages' findings a replica remembers (MessageMemo); a service's replica
+# takes ENCLAVE_GUARD_MEMO_SIZE (libs/settings.py, the same default).
+MEMO_SIZE = 4096
 
 
 class PiiFinder(Protocol):
@@ -71,7 +74,7 @@ class MessageMemo:
     the tenant, so no tenant can time a check to learn what another one sent. Safe across
     the scheduler's threads."""
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = MEMO_SIZE) -> None:
         self.size = size
         self._found: OrderedDict[Hashable, object] = OrderedDict()
         self._lock = threading.Lock()
