@@ -4,7 +4,9 @@ Three things, each written once for the whole platform:
 
 - **Asking** (`Bus.ask`): a typed request, a typed reply. Whatever the peer, the failures
   mean the same: nobody listening is `unavailable` (503), no answer in time is an upstream
-  timeout (504), a handler that failed sends its `ErrorInfo` back (its own status). `ask`
+  timeout (504), a handler that failed sends its `ErrorInfo` back (its own status). Any
+  other failure to ask (a closed or reconnecting connection) is `unavailable` too, and
+  logged on `enclave.bus` with what it was (once per 10 s per peer and kind). `ask`
   raises them as `EnclaveError`; with `failed=` it returns that reply instead (for callers
   that pass an error on as a reply, such as the guardrails' fail-closed verdict). Each
   peer's timeout comes from the settings (`Peers`). A peer asked only read-only questions
@@ -39,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -118,6 +121,31 @@ class Peer:
             ),
             code=self.code.removesuffix("_unavailable") + "_lost",
         )
+
+
+# When each kind of unexpected failure to ask a peer was last logged (monotonic seconds).
+_LOGGED: dict[tuple[str, str], float] = {}
+LOG_EVERY_S = 10.0
+
+
+def _unexpected(peer: Peer, subject: str, exc: Exception) -> None:
+    """Log a failure to ask that is neither "nobody listens" nor "no answer in time" (a
+    connection closed or reconnecting, a client error): the caller sees the peer's 503 all
+    the same, and this says which it was. At most once per `LOG_EVERY_S` for each peer and
+    kind of failure, so that an outage is not a log line per request."""
+    key = (peer.code, type(exc).__name__)
+    now = time.monotonic()
+    if now - _LOGGED.get(key, -LOG_EVERY_S) < LOG_EVERY_S:
+        return
+    _LOGGED[key] = now
+    log.warning(
+        "asking %s on %s failed: %s: %s (answered %s)",
+        peer.name,
+        subject,
+        type(exc).__name__,
+        exc,
+        peer.code,
+    )
 
 
 class PeerLost(Exception):
@@ -214,7 +242,8 @@ class Bus:
             error = peer.unavailable()
         except PeerLost:
             error = peer.lost()
-        except Exception:  # no connection now: as unavailable as no responder
+        except Exception as exc:  # no connection now: as unavailable as no responder
+            _unexpected(peer, subject, exc)
             error = peer.unavailable()
         else:
             if msg.headers is None or ERROR_HEADER not in msg.headers:

@@ -79,6 +79,26 @@ async def test_ask_maps_every_failure_the_same_way(nc: NatsClient, settings: Set
     assert slow.value.info.status == 504 and slow.value.info.code == "upstream_timeout"
 
 
+async def test_an_unexpected_failure_to_ask_is_503_and_says_which(
+    services: Infra, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure that is neither "nobody listens" nor a timeout (here: the connection was
+    closed) is the peer's 503 like them, and the log says what it was, once per interval."""
+    closed = await nats.connect(services.nats_url)
+    await closed.close()
+    bus = Bus(closed, settings)
+    subject = settings.subjects._s("double")
+    peer = Peer("the doubler", "closed_doubler_unavailable", 5.0)  # logged by this test only
+    with caplog.at_level("WARNING", logger="enclave.bus"):
+        for _ in range(3):
+            with pytest.raises(EnclaveError) as gone:
+                await bus.ask(peer, subject, Ping(n=1), Pong)
+            assert gone.value.info.status == 503
+            assert gone.value.info.code == "closed_doubler_unavailable"
+    said = [r.getMessage() for r in caplog.records if "ConnectionClosedError" in r.getMessage()]
+    assert len(said) == 1 and subject in said[0]
+
+
 HEDGED = Peer("the doubler", "doubler_unavailable", 10.0, hedge_s=0.3)
 
 
