@@ -387,7 +387,8 @@ class AuditPublisher:
     async def _flusher(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), FLUSH_INTERVAL_S)
+                async with asyncio.timeout(FLUSH_INTERVAL_S):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush_outbox()

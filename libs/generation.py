@@ -186,7 +186,8 @@ class Generation:
             self._limit(accepted)
             self._token_by = time.monotonic() + self.timeout_s
             try:
-                first = await asyncio.wait_for(pending, min(self.timeout_s, self.idle_s))
+                async with asyncio.timeout(min(self.timeout_s, self.idle_s)):
+                    first = await pending
             except TimeoutError:
                 raise self._silent(token_due=self.timeout_s <= self.idle_s) from None
         if first is None:

@@ -72,7 +72,8 @@ class LearningOptIns:
                     self.tenants.add(entry.key)
 
         self._watch = asyncio.create_task(follow())
-        await asyncio.wait_for(ready.wait(), timeout=30)
+        async with asyncio.timeout(30):
+            await ready.wait()
 
     async def stop(self) -> None:
         if self._watch is not None:

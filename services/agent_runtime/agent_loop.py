@@ -285,7 +285,8 @@ class AgentLoop:
             if left <= 0:
                 raise _OutOfTime
             try:
-                return await asyncio.wait_for(work, left)
+                async with asyncio.timeout(left):
+                    return await work
             except TimeoutError:
                 raise _OutOfTime from None
 

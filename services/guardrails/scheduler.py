@@ -138,7 +138,8 @@ class FairScheduler:
         self._queues.setdefault(tenant, deque()).append(job)
         self._dispatch()
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), self.budget_s)
+            async with asyncio.timeout(self.budget_s):
+                return await asyncio.shield(job.future)
         except TimeoutError:
             # Not started: _dispatch skips it. Started: its next checkpoint() stops it.
             job.future.cancel()

@@ -321,15 +321,13 @@ class MemoryService:
             return req.query
         fallback = rewrite.with_last_turn(req.query, history)
         try:
-            raw = await asyncio.wait_for(
-                self.llm.complete(
+            async with asyncio.timeout(self.rewrite_timeout_s):
+                raw = await self.llm.complete(
                     req.ctx,
                     rewrite.messages_for(req.query, history),
                     max_tokens=rewrite.MAX_TOKENS,
                     stop=rewrite.STOP,
-                ),
-                self.rewrite_timeout_s,
-            )
+                )
         except Exception:  # retrieval goes on without the model's rewrite
             log.warning("query rewriting through the router failed", exc_info=True)
             return fallback

@@ -241,3 +241,33 @@ async def test_the_runtimes_timeout_cancels_the_generation(
     (cancel,) = pool.cancels
     assert cancel.reason == "timeout" and cancel.deltas_subject == pool.generated[0].deltas_subject
     inbox.close()
+
+
+async def test_a_turn_that_lost_its_cancel_is_cancelled_again_by_its_next_beat(
+    runtime: tuple[Runtime, Pool, ReplyRouter],
+) -> None:
+    """A cancel that lands as an awaited answer arrives can be lost (nats-py's request runs
+    on Python 3.11's `asyncio.wait_for`): the heartbeat stops the turn again each beat."""
+    service, _, gateway = runtime
+    inbox = gateway.open("r-left")
+    inbox.close()  # its client left
+    cancels: list[int] = []
+
+    async def turn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancels.append(1)
+                if len(cancels) > 1:
+                    raise  # the first one is lost, as inside wait_for
+
+    work = asyncio.ensure_future(turn())
+    event = ChatRequested(
+        ctx=RequestContext(tenant="acme", request_id="r-left"),
+        model="m",
+        messages=[ChatMessage(role="user", content="hi")],
+        reply_subject=inbox.subject,
+    )
+    await asyncio.wait_for(service._heartbeat(event, work), 10.0)
+    assert work.cancelled() and len(cancels) == 2

@@ -295,6 +295,22 @@ async def test_replies_are_routed_by_key(nc: NatsClient, settings: Settings) -> 
     assert router.inboxes == {}
 
 
+async def test_a_cancel_as_a_message_lands_still_stops_its_reader(
+    nc: NatsClient, settings: Settings
+) -> None:
+    """Python 3.11's `asyncio.wait_for` lost such a cancel: the reader got the message and
+    read on, and a turn whose client had left streamed on for nobody."""
+    router = ReplyRouter(nc, settings.subjects.chat_stream("gw1", ""))
+    inbox = router.open("k")
+    reading = asyncio.ensure_future(inbox.next(5.0))
+    await asyncio.sleep(0)  # it waits
+    inbox._queue.put_nowait(Msg(nc, subject=inbox.subject, data=b"tok"))  # as routed
+    reading.cancel()  # as the message lands: the reader's wake-up is due
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert [m.data for m in inbox.ready()] == [b"tok"]  # and the message is not lost
+
+
 async def fake_pool(nc: NatsClient, settings: Settings, pool: str, words: list[str]) -> list[str]:
     """A worker of `pool` that accepts and streams `words`, one event each; returns the
     routes it was asked for."""

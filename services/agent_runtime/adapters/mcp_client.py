@@ -174,11 +174,13 @@ class _Session:
         current: asyncio.Future[Any] | None = None
         try:
             async with self.opener() as streams, ClientSession(streams[0], streams[1]) as session:
-                await asyncio.wait_for(session.initialize(), self.start_timeout_s)
+                async with asyncio.timeout(self.start_timeout_s):
+                    await session.initialize()
                 self.ready.set_result(None)
                 while True:
                     try:
-                        ask, waiting = await asyncio.wait_for(self.queue.get(), self.idle_s)
+                        async with asyncio.timeout(self.idle_s):
+                            ask, waiting = await self.queue.get()
                     except TimeoutError:
                         return
                     if waiting.done():  # its caller gave up
@@ -211,13 +213,15 @@ class _Session:
                     waiting.set_exception(McpUnavailable("the session ended"))
 
     async def ask(self, request: Request, timeout_s: float) -> Any:
-        await asyncio.wait_for(asyncio.shield(self.ready), self.start_timeout_s)
+        async with asyncio.timeout(self.start_timeout_s):
+            await asyncio.shield(self.ready)
         if not self.alive:
             raise McpUnavailable("the session ended")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self.queue.put((request, done))
         try:
-            return await asyncio.wait_for(done, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await done
         except TimeoutError:
             raise McpUnavailable(f"no answer within {timeout_s:g} s") from None
 

@@ -271,7 +271,8 @@ class BwrapBackend:
         assert stdin is not None
         try:
             stdin.write(json.dumps(job.runner_input(self.limits)).encode())
-            await asyncio.wait_for(stdin.drain(), job.timeout_s + GRACE_S)
+            async with asyncio.timeout(job.timeout_s + GRACE_S):
+                await stdin.drain()
             stdin.close()
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the sandbox died (or hangs) before its job: _watch sees to it
@@ -295,7 +296,8 @@ class BwrapBackend:
         await _end(proc)
         out_task.cancel()
         try:
-            errors, _ = await asyncio.wait_for(err_task, 1.0)
+            async with asyncio.timeout(1.0):
+                errors, _ = await err_task
         except (TimeoutError, asyncio.CancelledError):
             errors = b""
         return Observed(
@@ -320,7 +322,8 @@ async def _end(proc: asyncio.subprocess.Process, wait_s: float = 5.0) -> None:
     """Wait for the sandbox to go; kill it if it does not; never wait without end."""
     for _ in range(2):
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), wait_s)
+            async with asyncio.timeout(wait_s):
+                await asyncio.shield(proc.wait())
             return
         except TimeoutError:
             _kill(proc)
