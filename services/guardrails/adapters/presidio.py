@@ -27,6 +27,7 @@ from presidio_analyzer import (
     Pattern,
     PatternRecognizer,
     RecognizerRegistry,
+    RecognizerResult,
 )
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngineProvider, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
@@ -121,6 +122,34 @@ class _Phone(PhoneRecognizer):
     # phonenumbers validates the number itself; Presidio's default 0.4 sits below any
     # sensible threshold and only context words lift it.
     SCORE = 0.6
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        if not could_hold_phone(text):
+            return []  # nothing phonenumbers would find here passes plausible_phone
+        return super().analyze(text, entities, nlp_artifacts)  # type: ignore[arg-type]
+
+
+# What ends a candidate of phonenumbers' matcher: its numbers hold digits, separators,
+# brackets and extension labels ("ext", "extension", "anexo", "int", "x", in any case),
+# so any other ASCII letter. A number of fewer than PHONE_MIN_DIGITS digits is no phone
+# number here (plausible_phone).
+_NOT_IN_PHONES = compile_linear(r"[b-df-hj-mp-ru-wyzB-DF-HJ-MP-RU-WYZ]+")
+PHONE_MIN_DIGITS = 7
+
+
+def could_hold_phone(text: str) -> bool:
+    """Whether a stretch of `text` that none of those letters breaks holds PHONE_MIN_DIGITS
+    digits. Without one, phonenumbers' matcher (13 regions, each digit a candidate that is
+    parsed: about 1 ms for an answer such as "w0 w1 ... w15") finds nothing that would be
+    kept, and is not run. Digits as `str.isdigit` counts them: every digit the matcher's
+    `\\d` takes, and more."""
+    n = PHONE_MIN_DIGITS
+    return any(
+        len(piece) >= n and sum(map(str.isdigit, piece)) >= n
+        for piece in _NOT_IN_PHONES.split(text)
+    )
 
 
 # Presidio's card pattern predates Mastercard's 2-series (2221-2720) and misses 12-digit
@@ -221,8 +250,6 @@ class GazetteerNameRecognizer(EntityRecognizer):
         return bool(_INTRO.search(before)) and not tok.is_stop
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
-        from presidio_analyzer import RecognizerResult
-
         doc = getattr(nlp_artifacts, "tokens", None)
         if doc is None or "PERSON" not in entities:
             return []
@@ -308,7 +335,7 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
     a leading + or separators needs 10 or more, or a phone word nearby."""
     value = text[start:end]
     digits = sum(c.isdigit() for c in value)
-    if digits < 7:
+    if digits < PHONE_MIN_DIGITS:
         return False
     # Part of a longer word ("H8603172", a licence or an order number), or an ISO date; an
     # extension ("x62527") is no word (nor is an escape written out before it: `unescaped`).
@@ -351,8 +378,6 @@ class ProperNameRecognizer(EntityRecognizer):
         pass
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
-        from presidio_analyzer import RecognizerResult
-
         doc = getattr(nlp_artifacts, "tokens", None)
         if doc is None or "PERSON" not in entities:
             return []
@@ -435,8 +460,6 @@ def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -
     """Presidio's results with the names in Rampart's `tags` added (at NER_SCORE, if not
     under min_score), less the PERSON spans that overlap what Rampart calls part of an
     address ("Viale Leonardi", "South Jemma")."""
-    from presidio_analyzer import RecognizerResult
-
     address = [(t.start, t.end) for t in tags if t.type in ADDRESS_PARTS]
     kept = [
         r
