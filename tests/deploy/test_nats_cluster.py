@@ -152,12 +152,18 @@ async def test_r3_streams_lose_no_audit_event_when_a_node_dies(
         reading = asyncio.Event()
         sub = await reader_nc.jetstream().pull_subscribe(subjects.audit_all, "reader", stream)
 
+        done = asyncio.Event()
+
         async def read() -> None:
-            while True:
+            # Until told: a cancel can be lost inside nats-py's fetch (it waits with Python
+            # 3.11's asyncio.wait_for), and a reader that missed it once spun on a closing
+            # connection's failing fetches for minutes.
+            while not done.is_set():
                 try:
                     msgs = await sub.fetch(50, timeout=1)
-                except Exception:
-                    continue  # no message this second, or a leader election under way
+                except Exception:  # no message this second, or a leader election under way
+                    await asyncio.sleep(0.05)
+                    continue
                 for msg in msgs:
                     seen.add(AuditEvent.model_validate_json(msg.data).id)
                     await msg.ack()
@@ -194,7 +200,8 @@ async def test_r3_streams_lose_no_audit_event_when_a_node_dies(
         info = await js.stream_info(stream)
         assert info.state.messages == EVENTS_BEFORE + EVENTS_DURING  # no duplicates either
         assert info.cluster is not None and info.cluster.leader != leader
-        reader.cancel()
+        done.set()
+        await reader
     finally:
         await publisher.close()
         await reader_nc.close()
