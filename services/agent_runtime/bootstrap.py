@@ -339,28 +339,29 @@ class Runtime:
             )
         return last
 
-    async def _heartbeat(self, event: ChatRequested, work: asyncio.Future[Any]) -> None:
+    async def _heartbeat(self, event: ChatRequested, work: asyncio.Task[Any]) -> None:
         """The gateway hears that this replica holds the turn (at once, then every
         `heartbeat_s`); a turn nobody waits for any more is stopped.
 
-        Stopped again each beat until it ends: a cancel that lands as the turn's awaited
-        answer arrives is lost inside a library's `asyncio.wait_for` on Python 3.11 (nats-py's
-        request), and the turn would run on for nobody."""
+        A turn asked to stop (here, by `chat.cancel` or by `responses.cancel`) that still
+        runs a beat later is stopped again, each beat until it ends: a cancel that lands as
+        the turn's awaited answer arrives is lost inside a library's `asyncio.wait_for` on
+        Python 3.11 (nats-py's request), and the turn would run on for nobody. The lost
+        cancel still counts in `work.cancelling()`."""
         nc, settings = self.bus.nc, self.settings
         headers = {**event.ctx.headers(), RUNTIME_HEADER: self.ports.replica}
-        gone = False
         try:
             await nc.publish(event.reply_subject, HEARTBEAT, headers=headers)
             while not work.done():
                 await asyncio.sleep(settings.heartbeat_s)
+                if work.cancelling():
+                    work.cancel()
                 # One beat at most for its answer (as the workers' heartbeat): a slow answer
                 # must not stretch the beat past the gateway's `stream_idle_s`.
-                if not gone and not await still_wanted(
+                elif not await still_wanted(
                     nc, event.reply_subject, HEARTBEAT, settings.heartbeat_s, headers
                 ):
                     log.info("turn %s stopped: its client is gone", event.ctx.request_id)
-                    gone = True
-                if gone:
                     work.cancel()
         except Exception:  # no connection now: the turn goes on, the gateway may give up
             log.warning("heartbeat of turn %s failed", event.ctx.request_id)

@@ -243,14 +243,16 @@ async def test_the_runtimes_timeout_cancels_the_generation(
     inbox.close()
 
 
+@pytest.mark.parametrize("stopped_by", ["its heartbeat", "chat.cancel"])
 async def test_a_turn_that_lost_its_cancel_is_cancelled_again_by_its_next_beat(
-    runtime: tuple[Runtime, Pool, ReplyRouter],
+    runtime: tuple[Runtime, Pool, ReplyRouter], stopped_by: str
 ) -> None:
     """A cancel that lands as an awaited answer arrives can be lost (nats-py's request runs
-    on Python 3.11's `asyncio.wait_for`): the heartbeat stops the turn again each beat."""
+    on Python 3.11's `asyncio.wait_for`): the heartbeat stops the turn again each beat,
+    whether it found the client gone itself or the turn was cancelled elsewhere while the
+    gateway's inbox is still open."""
     service, _, gateway = runtime
     inbox = gateway.open("r-left")
-    inbox.close()  # its client left
     cancels: list[int] = []
 
     async def turn() -> None:
@@ -263,6 +265,11 @@ async def test_a_turn_that_lost_its_cancel_is_cancelled_again_by_its_next_beat(
                     raise  # the first one is lost, as inside wait_for
 
     work = asyncio.ensure_future(turn())
+    if stopped_by == "its heartbeat":
+        inbox.close()  # its client left
+    else:
+        await asyncio.sleep(0)
+        work.cancel()  # as RunningTurns.cancel does; lost below
     event = ChatRequested(
         ctx=RequestContext(tenant="acme", request_id="r-left"),
         model="m",
@@ -271,3 +278,4 @@ async def test_a_turn_that_lost_its_cancel_is_cancelled_again_by_its_next_beat(
     )
     await asyncio.wait_for(service._heartbeat(event, work), 10.0)
     assert work.cancelled() and len(cancels) == 2
+    inbox.close()
