@@ -25,7 +25,10 @@ Three things, each written once for the whole platform:
   asker gets that error back. `serve` binds it to a raw nats-py subscription (the per-request
   hot path, where FastStream's own handling was measured at 0.25 ms a message:
   bench/gateway.py), `serve_broker` to a FastStream subscriber (everything else). Same handler,
-  same error policy either way.
+  same error policy either way. `settled` returns once the server has read this
+  connection's SUBs (a started service serves from then on), and `leave` takes a replica
+  out of its queue group without dropping what was already routed to it: nats-py's own
+  `flush()` and `drain()` promise neither (their PING overtakes the SUB or UNSUB).
 - **Streams of replies** (`ReplyRouter`): a replica that waits for many streamed answers
   at once (the gateway for its turns' events, a runtime for its generations' deltas)
   subscribes once to `<prefix>*`; each waiting request opens an `Inbox` under a key and
@@ -424,6 +427,36 @@ async def serve(
         task.add_done_callback(running.discard)
 
     return await nc.subscribe(subject, queue=queue, cb=spawn)
+
+
+async def settled(nc: NatsClient) -> None:
+    """Return once the server has read everything this connection sent before the call:
+    its SUBs, UNSUBs and publishes.
+
+    nats-py 2.16's `flush()` cannot promise that alone. Commands wait in the connection's
+    buffer for its flusher task, but `flush()` writes its PING straight to the socket, so
+    the PING can reach the server before them and its PONG come back while the server
+    has not yet read a SUB just made (the first ask then hears "no responders") or an
+    UNSUB (see `leave`). Here the buffer is written out first, then the round trip made."""
+    await nc._flush_pending(force_flush=True)
+    await nc.flush()
+
+
+async def leave(nc: NatsClient, member: Subscription) -> None:
+    """Leave a queue group (`serve`'s subscription) without dropping a request the server
+    has already handed to this member: each one is still answered.
+
+    nats-py's `Subscription.drain()` cannot promise that: it sends UNSUB, then `flush()`,
+    whose PING can overtake the UNSUB (`settled`). A request the server routes to this
+    member between the PONG and its reading the UNSUB arrives after `drain()` has removed
+    the subscription, and nats-py drops it unseen: its asker waits out its whole timeout.
+    That was the 30 s "no worker available" in tests/deploy/test_scaling.py, where a full
+    worker leaves its pool hundreds of times a run (read off the wire and measured in
+    tests/bus/test_rpc.py). Here the UNSUB is settled first; `drain()` then only answers
+    what came before it, and removes the subscription."""
+    await nc._send_unsubscribe(member._id)
+    await settled(nc)
+    await member.drain()
 
 
 async def serve_alive(nc: NatsClient, subject: str) -> Subscription:

@@ -22,7 +22,7 @@ from typing import Protocol
 from faststream.nats import NatsBroker
 
 from libs.bus import ensure_streams, make_broker
-from libs.rpc import Bus
+from libs.rpc import Bus, settled
 from libs.settings import Settings
 
 
@@ -50,8 +50,9 @@ async def running(settings: Settings, name: str, build: Build) -> AsyncIterator[
     await broker.start()
     await service.start()
     # The server has every subscription before anyone is told the service serves: a
-    # SUB still in the client's buffer would answer the first ask with no responders.
-    await nc.flush()
+    # SUB still in the client's buffer would answer the first ask with no responders
+    # (`settled`: nats-py's own flush() can return before the server has read it).
+    await settled(nc)
     try:
         yield service
     finally:

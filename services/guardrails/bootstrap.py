@@ -19,7 +19,7 @@ from libs.context import RequestContext
 from libs.errors import ErrorInfo
 from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict, PolicyReply, PolicyRequest
 from libs.metrics import StageMetrics
-from libs.rpc import Bus, serve
+from libs.rpc import Bus, serve, settled
 from libs.settings import Settings
 from libs.telemetry import setup_tracing, traced
 from services.guardrails.adapters.classifier_cache import load_or_train
@@ -185,7 +185,7 @@ class Guardrails:
         """A document changed here: every runtime drops its passthroughs now (the watcher
         says it again when it sees the file)."""
         await self.bus.nc.publish(self.bus.subjects.guardrails_policy_changed, b"")
-        await self.bus.nc.flush()
+        await settled(self.bus.nc)
 
     async def stop(self) -> None:
         if self.watcher is not None:

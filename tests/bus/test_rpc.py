@@ -4,12 +4,14 @@ transports, replies routed by key, and the generation client against a stand-in 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import nats
 import pytest
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
 from libs import events as ev
@@ -17,7 +19,16 @@ from libs.bus import ensure_streams, stream_configs
 from libs.context import WORKER_HEADER, RequestContext
 from libs.errors import EnclaveError
 from libs.generation import GenerationClient, GenerationFailed, RouteCache
-from libs.rpc import Bus, Peer, ReplyRouter, serve, serve_alive, serve_broker
+from libs.rpc import (
+    Bus,
+    Peer,
+    ReplyRouter,
+    leave,
+    serve,
+    serve_alive,
+    serve_broker,
+    settled,
+)
 from libs.settings import Settings
 from tests.infra import Infra
 
@@ -309,6 +320,116 @@ async def test_a_cancel_as_a_message_lands_still_stops_its_reader(
     with pytest.raises(asyncio.CancelledError):
         await reading
     assert [m.data for m in inbox.ready()] == [b"tok"]  # and the message is not lost
+
+
+async def test_a_member_that_leaves_and_joins_again_loses_no_request(
+    services: Infra, settings: Settings
+) -> None:
+    """A worker leaves its pool's queue group whenever it is full and joins again when a
+    slot frees: under 16 askers, 300 leaves lose no request (each is answered, by one
+    member or the other). With nats-py's own `drain()` in place of `leave`, 5 runs of 5
+    lost requests here, each asker waiting out its whole timeout."""
+    subject = settings.subjects._s("churn")
+    staying, churning, asking = [await nats.connect(services.nats_url) for _ in range(3)]
+    served = {"staying": 0, "churning": 0}
+
+    def member(name: str) -> Callable[[Ping], Awaitable[Pong]]:
+        async def handle(request: Ping) -> Pong:
+            served[name] += 1
+            return Pong(n=request.n)
+
+        return handle
+
+    try:
+        await serve(staying, subject, Ping, member("staying"), queue="churn")
+        leaves = 0
+
+        async def churn() -> None:
+            nonlocal leaves
+            for _ in range(300):
+                sub = await serve(churning, subject, Ping, member("churning"), queue="churn")
+                await asyncio.sleep(0.001)
+                await leave(churning, sub)
+                leaves += 1
+
+        bus, peer = Bus(asking, settings), Peer("a member", "member_unavailable", 2.0)
+        lost: list[EnclaveError] = []
+
+        async def ask_until(done: asyncio.Task[None]) -> None:
+            n = 0
+            while not done.done():
+                n += 1
+                try:
+                    assert (await bus.ask(peer, subject, Ping(n=n), Pong)).n == n
+                except EnclaveError as exc:
+                    lost.append(exc)
+
+        churning_task = asyncio.ensure_future(churn())
+        await asyncio.gather(*(ask_until(churning_task) for _ in range(16)), churning_task)
+        assert leaves == 300
+        assert lost == [], [e.info.message for e in lost]
+        assert served["churning"] > 0 and served["staying"] > 0, served
+    finally:
+        for client in (staying, churning, asking):
+            await client.close()
+
+
+async def test_the_server_has_read_a_sub_or_unsub_when_settled_or_leave_returns() -> None:
+    """What `settled` and `leave` promise, read off the wire: a stand-in server records
+    what a real nats-py client sends, and what it had read when it answered the PING
+    that ended the call. nats-py's own `flush()` and `drain()` are asserted too: their
+    PING overtakes the SUB or UNSUB (so that this test says when a nats-py release
+    changes that, and the workaround can go)."""
+    read: list[bytes] = []
+    read_at_ping: list[list[bytes]] = []
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b'INFO {"server_id":"rec","version":"2.10.0","proto":1,"headers":true,'
+            b'"max_payload":1048576}\r\n'
+        )
+        while line := await reader.readline():
+            read.append(line.split()[0])
+            if line.startswith(b"PING"):
+                read_at_ping.append(list(read))
+                writer.write(b"PONG\r\n")
+                await writer.drain()
+
+    async def ignore(_msg: Msg) -> None:
+        return None
+
+    recorder = await asyncio.start_server(server, "127.0.0.1", 0)
+    port = recorder.sockets[0].getsockname()[1]
+    client = await nats.connect(f"nats://127.0.0.1:{port}", ping_interval=3600)
+
+    async def read_by_the_end(call: Callable[[], Awaitable[object]]) -> list[bytes]:
+        """The commands the server had read, of those sent since `call` began, when it
+        answered the last PING that `call` waited on."""
+        start = len(read)
+        await call()
+        return read_at_ping[-1][start:]
+
+    try:
+        subs: list[Subscription] = []
+
+        async def subscribe() -> None:
+            subs.append(await client.subscribe("s", queue="q", cb=ignore))
+
+        async def subscribe_flush() -> None:
+            await subscribe()
+            await client.flush()
+
+        async def subscribe_settled() -> None:
+            await subscribe()
+            await settled(client)
+
+        assert b"SUB" in await read_by_the_end(subscribe_settled)
+        assert b"UNSUB" in await read_by_the_end(lambda: leave(client, subs[-1]))
+        assert b"SUB" not in await read_by_the_end(subscribe_flush)
+        assert b"UNSUB" not in await read_by_the_end(subs[-1].drain)
+    finally:
+        await client.close()
+        recorder.close()
 
 
 async def fake_pool(nc: NatsClient, settings: Settings, pool: str, words: list[str]) -> list[str]:

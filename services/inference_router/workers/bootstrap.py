@@ -52,7 +52,7 @@ from libs.events import (
     Usage,
 )
 from libs.metrics import StageMetrics
-from libs.rpc import Bus, serve, serve_broker, still_wanted
+from libs.rpc import Bus, leave, serve, serve_broker, still_wanted
 from libs.service import Build
 from libs.settings import Settings
 from libs.telemetry import attributes, parent_context, setup_tracing
@@ -210,7 +210,7 @@ class Worker:
             full = len(self.running) >= self.capacity
             if full and self._member is not None:
                 member, self._member = self._member, None
-                await member.drain()
+                await leave(self.bus.nc, member)
             elif not full and self._member is None:
                 await self._join()
 
