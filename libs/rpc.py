@@ -459,6 +459,29 @@ async def leave(nc: NatsClient, member: Subscription) -> None:
     await member.drain()
 
 
+async def stop_taking_requests(nc: NatsClient, within_s: float) -> None:
+    """A service about to stop: leave every queue group this connection has joined, so
+    that no new request, turn or job is routed here, then let each subscription answer
+    what was already routed to it (up to `within_s` in all). The subscriptions stay open
+    (FastStream and the connection's drain close them), and replies to this service's own
+    asks, on subscriptions of no queue group, still arrive.
+
+    Without it a stopping replica took work until its connection closed: FastStream's
+    subscribers drop what they hold when they stop (`unsubscribe()`), the connection's
+    drain loses what is routed in its PING/UNSUB race (`leave`), and a turn taken in those
+    seconds waited out its JetStream ack_wait (300 s) before another runtime got it."""
+    if not nc.is_connected:
+        return
+    left = [sub for sub in list(nc._subs.values()) if sub._queue]
+    for sub in left:
+        await nc._send_unsubscribe(sub._id)
+    await settled(nc)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            for sub in left:
+                await sub._pending_queue.join()
+
+
 async def serve_alive(nc: NatsClient, subject: str) -> Subscription:
     """Answer liveness pings on `subject`, this replica's own (no queue group): the
     answer is that the process still runs and its connection is up."""

@@ -3,7 +3,9 @@
 A service's `bootstrap.py` has one `build(bus, broker)` that constructs everything the
 service needs (nothing is filled in later) and returns a `Service`; its `app.py` hands that
 to `ServiceApp`, which `enclave serve` runs until SIGINT/SIGTERM. A test starts the same
-service in its own process with `running(settings, name, build)`.
+service in its own process with `running(settings, name, build)`. A service serves once
+the server has read its subscriptions; it stops by leaving its queue groups and answering
+what was already routed to it, then running its own `stop()` (libs.rpc).
 
 FastStream's broker carries the subscribers that are off the hot path (`rpc.serve_broker`,
 JetStream consumers); the raw nats-py connection underneath it carries the rest
@@ -22,7 +24,7 @@ from typing import Protocol
 from faststream.nats import NatsBroker
 
 from libs.bus import ensure_streams, make_broker
-from libs.rpc import Bus, settled
+from libs.rpc import Bus, settled, stop_taking_requests
 from libs.settings import Settings
 
 
@@ -37,6 +39,12 @@ class Service(Protocol):
 
 
 Build = Callable[[Bus, NatsBroker], Awaitable[Service]]
+
+# How long a stopping service's subscriptions may take to answer what was routed to them
+# before it left its queue groups: each such request is short (work it started, a turn or
+# a generation, is its own `stop()`'s to finish), and `enclave up` SIGKILLs a stage 6 s
+# after SIGTERM (services/supervisor.py).
+STOP_ANSWERING_S = 2.0
 
 
 @contextlib.asynccontextmanager
@@ -57,6 +65,7 @@ async def running(settings: Settings, name: str, build: Build) -> AsyncIterator[
         yield service
     finally:
         try:
+            await stop_taking_requests(nc, STOP_ANSWERING_S)
             await service.stop()
         finally:
             await broker.stop()

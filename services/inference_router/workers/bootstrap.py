@@ -24,6 +24,7 @@ Retry-After (`no_worker_available` or `worker_busy`), never a wait without bound
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -250,6 +251,12 @@ class Worker:
     async def stop(self) -> None:
         if self._membership is not None:
             self._membership.cancel()
+            # A slot freed while stopping may have joined the pool again: out for good.
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._membership
+            if self._member is not None:
+                member, self._member = self._member, None
+                await leave(self.bus.nc, member)
         if self.running:
             await asyncio.wait(self.running, timeout=30)
         self.executor.shutdown(wait=False, cancel_futures=True)
