@@ -54,6 +54,7 @@ from nats.aio.client import NO_RESPONDERS_STATUS
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel, ValidationError
@@ -473,13 +474,17 @@ async def stop_taking_requests(nc: NatsClient, within_s: float) -> None:
     if not nc.is_connected:
         return
     left = [sub for sub in list(nc._subs.values()) if sub._queue]
-    for sub in left:
-        await nc._send_unsubscribe(sub._id)
-    await settled(nc)
-    with contextlib.suppress(TimeoutError):
+    try:
         async with asyncio.timeout(within_s):
             for sub in left:
+                await nc._send_unsubscribe(sub._id)
+            await settled(nc)
+            for sub in left:
                 await sub._pending_queue.join()
+    except TimeoutError:
+        log.warning("stopping: not all that was routed here was answered in %.0f s", within_s)
+    except (NatsError, OSError) as exc:  # the connection went meanwhile: nothing to leave
+        log.warning("stopping: could not leave the queue groups (%s)", type(exc).__name__)
 
 
 async def serve_alive(nc: NatsClient, subject: str) -> Subscription:
