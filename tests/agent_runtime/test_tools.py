@@ -23,7 +23,7 @@ from libs.events import (
     SandboxExecRequest,
     ToolCall,
 )
-from libs.rpc import Bus, serve, serve_alive
+from libs.rpc import Bus, serve, serve_alive, settled
 from libs.settings import Settings
 from services.agent_runtime.adapters.agent_ports import NatsAgentPorts
 from services.agent_runtime.builtin_tools import builtin_tools
@@ -206,7 +206,7 @@ async def test_a_sandbox_lost_mid_run_is_a_tool_error_for_the_model(
         concurrent=True,
         accepted=alive,
     )
-    await replica.flush()
+    await settled(replica)
     runtime = NatsAgentPorts(SimpleNamespace(bus=Bus(nc, settings)), None)  # type: ignore[arg-type]
     ports = Ports()
     ports.sandbox = runtime.sandbox  # type: ignore[method-assign]

@@ -19,16 +19,7 @@ from libs.bus import ensure_streams, stream_configs
 from libs.context import WORKER_HEADER, RequestContext
 from libs.errors import EnclaveError
 from libs.generation import GenerationClient, GenerationFailed, RouteCache
-from libs.rpc import (
-    Bus,
-    Peer,
-    ReplyRouter,
-    leave,
-    serve,
-    serve_alive,
-    serve_broker,
-    settled,
-)
+from libs.rpc import Bus, Peer, ReplyRouter, leave, serve, serve_alive, serve_broker, settled
 from libs.settings import Settings
 from tests.infra import Infra
 
@@ -138,7 +129,7 @@ async def test_a_hedged_ask_outlives_the_replica_that_died_with_it(
 
     # The one that took it dies; another replica is there: it answers the second request.
     sub = await nc.subscribe(subject, queue="doubler", cb=dies)
-    await nc.flush()
+    await settled(nc)
     answered = asyncio.Event()
 
     async def lives(msg: Msg) -> None:
@@ -206,7 +197,7 @@ async def test_a_watched_ask_hears_at_once_that_its_replica_died(
     await serve(
         replica, subject, Ping, runs_forever, queue="runner", concurrent=True, accepted=alive
     )
-    await replica.flush()
+    await settled(replica)
     asking = asyncio.ensure_future(bus.ask(WATCHED, subject, Ping(n=1), Pong))
     while not taken:
         await asyncio.sleep(0.01)
@@ -257,7 +248,7 @@ async def test_the_same_handler_on_faststream(nc: NatsClient, settings: Settings
     broker = NatsBroker(settings.nats_url)
     serve_broker(broker, subject, Ping, double, queue="doubler")
     await broker.start()
-    await broker.connection.flush()  # the SUB reaches the server before the first ask
+    await settled(broker.connection)  # the SUB reaches the server before the first ask
     try:
         bus = Bus(nc, settings)
         assert (await bus.ask(PEER, subject, Ping(n=4), Pong)).n == 8
@@ -460,7 +451,7 @@ async def fake_pool(nc: NatsClient, settings: Settings, pool: str, words: list[s
     await serve(
         nc, settings.subjects.inference_worker(pool), ev.GenerateRequest, generate, queue=pool
     )
-    await nc.flush()
+    await settled(nc)
     return routed
 
 
@@ -552,7 +543,7 @@ async def test_a_models_changed_broadcast_ends_cached_adapter_routes(
             digest="sha256:" + "2" * 64,
         )
         await publisher.publish(settings.subjects.models_changed, event.model_dump_json().encode())
-        await publisher.flush()
+        await settled(publisher)
         for _ in range(100):
             if routes.get("acme", alias, "chat") is None:
                 break

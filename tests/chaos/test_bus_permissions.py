@@ -16,6 +16,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from libs.rpc import settled
 from libs.subjects import Subjects
 from services.bus_permissions import (
     inbox_prefix,
@@ -142,13 +143,13 @@ async def test_a_non_gateway_credential_cannot_read_chat_streams(
 
         await gw.subscribe(s.chat_streams_of("*"), cb=collect("gateway"))
         await rt.subscribe(s.chat_streams_of("*"), cb=collect("agent_runtime"))
-        await gw.flush()
-        await rt.flush()
+        await settled(gw)
+        await settled(rt)
         # The worker (and the runtime) may write a turn's events; only the gateway reads them.
         await worker.publish(s.chat_stream("gw1", "req-1"), b"token")
         await rt.publish(s.chat_stream("gw1", "req-1"), b"done")
-        await worker.flush()
-        await rt.flush()
+        await settled(worker)
+        await settled(rt)
         deadline = asyncio.get_running_loop().time() + 5
         while len(got["gateway"]) < 2 or not errors["agent_runtime"]:
             assert asyncio.get_running_loop().time() < deadline, (got, errors)
@@ -279,7 +280,7 @@ async def test_a_watched_sandbox_exec_works_under_the_services_own_credentials(
         await serve(
             sandbox, s.sandbox_exec, SandboxExecRequest, run, queue="sandbox", accepted=alive
         )
-        await sandbox.flush()
+        await settled(sandbox)
         for user, nc in callers.items():
             bus = Bus(nc, settings)
             request = SandboxExecRequest(

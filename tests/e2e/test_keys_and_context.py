@@ -10,6 +10,7 @@ import orjson
 from sqlalchemy import text
 
 from libs.db.engine import make_engine, migrate_async
+from libs.rpc import settled
 from libs.settings import Settings
 from services.gateway.adapters.sql_keys import create_key, find_key
 from services.gateway.keys import matches, parse
@@ -71,7 +72,7 @@ async def test_request_context_rides_in_nats_headers(platform: Platform) -> None
         await seen.put(msg)
 
     await nc.subscribe(f"{prefix}.chat.requested", cb=on_msg)
-    await nc.flush()
+    await settled(nc)
     try:
         async with httpx.AsyncClient(timeout=30) as http:
             r = await http.post(

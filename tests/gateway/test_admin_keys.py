@@ -13,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from libs.events import AuditEvent, KeyRevoked
+from libs.rpc import settled
 from libs.settings import Settings
 from services.gateway import keys
 from services.gateway.adapters.sql_keys import create_key, find_key
@@ -42,7 +43,7 @@ async def test_create_list_revoke_through_the_admin_api(
 
     await nc.subscribe(subjects.audit_all, cb=on_audit)
     await nc.subscribe(subjects.keys_revoked, cb=on_revoked)
-    await nc.flush()
+    await settled(nc)
 
     gw = build(inprocess_settings)
     await gw.start()

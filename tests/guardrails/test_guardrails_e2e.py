@@ -14,6 +14,7 @@ import yaml
 
 from libs.context import RequestContext
 from libs.events import AuditEvent, ChatMessage, GuardrailCheck, GuardrailVerdict
+from libs.rpc import settled
 from services.guardrails.adapters.policy_files import PACKAGED_OPEN
 from tests.infra import Platform
 
@@ -46,7 +47,7 @@ async def nc(platform: Platform) -> AsyncIterator[nats.aio.client.Client]:
 async def tap(nc: nats.aio.client.Client, platform: Platform, pattern: str) -> BusTap:
     t = BusTap()
     await nc.subscribe(f"{platform.env['ENCLAVE_BUS_PREFIX']}.{pattern}", cb=t.on_msg)
-    await nc.flush()
+    await settled(nc)
     return t
 
 
@@ -124,7 +125,7 @@ async def test_a_blocked_prompt_produces_no_worker_call(
     assert finish == "content_filter"
     assert "injection.threshold" in content and "global@1" in content
     await asyncio.sleep(0.5)
-    await nc.flush()
+    await settled(nc)
     # Nothing about this request on any inference subject: no router call, no worker call.
     # (Other tests' generations may still be finishing on the shared bus.)
     request_id = LAST_REQUEST_ID[-1].encode()

@@ -16,6 +16,7 @@ import pytest
 import qdrant_edge as q
 import redis
 
+from libs.rpc import settled
 from tests.conftest import wait_memory
 from tests.infra import Platform
 
@@ -346,7 +347,7 @@ async def test_data_changes_are_audited_without_content(platform: Platform) -> N
         seen.append(json.loads(msg.data))
 
     await nc.subscribe(f"{prefix}.audit.acme.memory", cb=on_msg)
-    await nc.flush()
+    await settled(nc)
     try:
         async with httpx.AsyncClient(base_url=platform.base_url, timeout=60) as http:
             created = await http.post(
@@ -427,7 +428,7 @@ async def test_chat_rewrites_a_follow_up_into_a_search_query(platform: Platform)
     # The memory service routes, then hands the rewrite to the pool (libs/generation.py).
     await nc.subscribe(f"{prefix}.inference.worker.*", cb=on_generate)
     await nc.subscribe(f"{prefix}.inference.deltas.>", cb=on_delta)
-    await nc.flush()
+    await settled(nc)
 
     async def first_cited(rewrite_query: bool) -> str:
         async with httpx.AsyncClient(base_url=platform.base_url, timeout=120) as http:

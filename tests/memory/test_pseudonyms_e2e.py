@@ -15,6 +15,7 @@ import httpx
 import nats
 import pytest
 
+from libs.rpc import settled
 from tests.infra import Platform
 
 ECHO = "enclave-echo"
@@ -72,7 +73,7 @@ async def test_a_fact_with_a_name_and_a_number_comes_back_right_in_a_later_conve
     await nc.subscribe(
         f"{platform.env['ENCLAVE_BUS_PREFIX']}.inference.worker.echo", cb=on_generate
     )
-    await nc.flush()
+    await settled(nc)
 
     said = f"My accountant is called {NAME}, her phone number is {PHONE}."
     first = await chat(platform, key, said, "pseudo-1")

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from libs.context import RequestContext
 from libs.errors import EnclaveError, ErrorInfo
 from libs.events import AdapterResolve, RouteReply, RouteRequest, TrainerReply, TrainerRequest
-from libs.rpc import Bus
+from libs.rpc import Bus, settled
 from libs.service import running
 from libs.settings import REPO_ROOT, Settings
 from services.inference_router.adapter_routes import adapter_models, adapter_route, is_adapter_id
@@ -104,7 +104,7 @@ async def test_the_router_asks_the_trainer_for_a_tenants_adapter_ids(
         await msg.respond(reply.model_dump_json().encode())
 
     await nc.subscribe(settings.subjects.trainer_api, cb=trainer)
-    await nc.flush()  # the stand-in's subscription is on the server before anyone asks
+    await settled(nc)  # the stand-in's subscription is on the server before anyone asks
 
     async def route(tenant: str, model: str) -> RouteReply:
         ctx = RequestContext(tenant=tenant, request_id="r1")
