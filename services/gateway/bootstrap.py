@@ -30,7 +30,7 @@ from libs.events import KeyRevoked
 from libs.metrics import StageMetrics
 from libs.model_context import ContextWindows, context_windows
 from libs.redis_pool import redis_client
-from libs.rpc import Bus
+from libs.rpc import Bus, settled
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
 from services.gateway.adapters.oidc_jwks import HttpJwks
@@ -76,6 +76,9 @@ class Gateway:
         await self.nc.subscribe(settings.subjects.keys_revoked, cb=self._key_revoked)
         await self.turns.start()
         self.audit.start()
+        # Ready only once the server has read these SUBs: a turn's first reply must find
+        # its router (libs.rpc.settled).
+        await settled(self.nc)
 
     async def _key_revoked(self, msg: Msg) -> None:
         try:
