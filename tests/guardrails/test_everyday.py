@@ -4,9 +4,11 @@ on the way in (user text, documents, tool results), under the packaged policy.""
 from __future__ import annotations
 
 import pytest
+from presidio_analyzer import RecognizerResult
 
 from libs.context import RequestContext
 from libs.events import ChatMessage, GuardrailCheck
+from services.guardrails.adapters.presidio import one_line
 from services.guardrails.policy import EffectivePolicy
 from services.guardrails.screen import Screener
 
@@ -98,6 +100,9 @@ def test_secrets_are_redacted_on_input_in_documents_and_in_tool_results(
         ("Jiry Holtman\n12 Main Street\nSpringfield", "Jiry Holtman"),
         # Line breaks written out as escapes (pasted JSON or a log line).
         ("Contact:\\nJakob Weber\\nSales", "Jakob Weber"),
+        # A flat after a name is where that person lives.
+        ("Please deliver to Tomas Berglund Apt. 12, 45 Mill Lane", "Tomas Berglund"),
+        ("Send the keys to Ines Carvalho Suite 300, 9 Oak Avenue", "Ines Carvalho"),
     ],
 )
 def test_single_and_foreign_names_are_people(
@@ -105,6 +110,18 @@ def test_single_and_foreign_names_are_people(
 ) -> None:
     verdict = screener.check(_user(text), policy)
     assert name not in verdict.texts[0], verdict.texts[0]
+
+
+def test_a_name_ends_at_its_lines_end() -> None:
+    """spaCy and Rampart carry a name over a line break ("Mario Kappel" + "Hunt Group" in
+    an address block, where "Group" then made the whole span a company's)."""
+    text = "Invoice to:\nMarta Lindqvist\nHarbour Tools Group"
+    start = text.index("Marta")
+    carried = RecognizerResult("PERSON", start, text.index(" Tools"), 0.85)
+    cut = one_line(text, carried)
+    assert text[cut.start : cut.end] == "Marta Lindqvist" and cut.score == 0.85
+    within = RecognizerResult("PERSON", start, start + len("Marta Lindqvist"), 0.85)
+    assert one_line(text, within) is within
 
 
 @pytest.mark.parametrize(

@@ -279,6 +279,9 @@ class GazetteerNameRecognizer(EntityRecognizer):
 
 _NUMBER_BEFORE = compile_linear(r"\d+[A-Za-z]?,?[ \t]+(?:\pL+\.?[ \t]+)?$")
 _NUMBER_AFTER = compile_linear(r"^,?[ \t]+\d")
+# A flat or floor of an address ("Apt. 95", "Suite 787", "Piso 7"): it follows the name of
+# whoever lives there as often as a street's, and never ends a street's own name.
+_UNIT_AFTER = compile_linear(r"(?i)^[ \t]*(?:apt\.?|apartment|suite|unit|flat|piso|piano)[ \t]+\d")
 _ISO_DATE = compile_linear(r"(?:1[89]|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])")
 
 
@@ -312,7 +315,8 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
     before it (one street word allowed in between) or just after it, no street word next
     to it (nor "and", "e", "&", unless `joined`, a name the NER found, and the word beyond
     is not capitalised: "I'm Waldemar Ziegert and you can reach me", not "Lloyd and
-    Jackson"))."""
+    Jackson")). A flat or floor and its number after it ("Elise Pearson Apt. 95") is the
+    address of a person named there, not a sign of a street."""
     if _NUMBER_BEFORE.search(text[max(0, start - 30) : start]):
         return False
     if _NUMBER_AFTER.search(text[end : end + 6]):
@@ -321,9 +325,13 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
     after = text[end : end + 40].split()
     if (after and legal_form(after[0])) or any(map(legal_form, text[start:end].split()[1:])):
         return False
-    for edge, beyond in ((before[-1:], before[-2:-1]), (after[:1], after[1:2])):
+    unit_after = bool(_UNIT_AFTER.search(text[end : end + 16]))
+    for edge, beyond, unit in (
+        (before[-1:], before[-2:-1], False),
+        (after[:1], after[1:2], unit_after),
+    ):
         word = edge[0].strip(",.").lower() if edge else ""
-        if word not in _PLACE_WORDS:
+        if word not in _PLACE_WORDS or unit:
             continue
         if not (joined and word in _JOINERS and beyond and not beyond[0][:1].isupper()):
             return False
@@ -456,6 +464,20 @@ NER_SCORE = 0.8
 NER_KEY = "rampart"
 
 
+def one_line(text: str, result: Any) -> Any:
+    """A name ends at its line's end: spaCy and Rampart carry one over a line break into
+    what follows ("Mario Kappel" + a line break + "Hunt Group", in an address block)."""
+    if result.entity_type != "PERSON":
+        return result
+    cut = text.find("\n", result.start, result.end)
+    if cut <= result.start:
+        return result
+    end = len(text[result.start : cut].rstrip()) + result.start
+    return RecognizerResult(
+        "PERSON", result.start, end, result.score, recognition_metadata=result.recognition_metadata
+    )
+
+
 def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -> list[Any]:
     """Presidio's results with the names in Rampart's `tags` added (at NER_SCORE, if not
     under min_score), less the PERSON spans that overlap what Rampart calls part of an
@@ -581,6 +603,7 @@ class PresidioPii:
             )
             if tags is not None:
                 results = with_ner(chunk, results, tags.result(), min_score)
+            results = [one_line(chunk, r) for r in results]
             spans += [
                 Span(r.entity_type, offset + r.start, offset + r.end, float(r.score))
                 for r in results
