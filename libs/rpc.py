@@ -438,8 +438,15 @@ async def settled(nc: NatsClient) -> None:
     buffer for its flusher task, but `flush()` writes its PING straight to the socket, so
     the PING can reach the server before them and its PONG come back while the server
     has not yet read a SUB just made (the first ask then hears "no responders") or an
-    UNSUB (see `leave`). Here the buffer is written out first, then the round trip made."""
+    UNSUB (see `leave`). Here the buffer is written out first, then the round trip made.
+
+    nats-py's forced flush swallows a cancel that lands while it waits; one lost there is
+    raised again here (`cancelling()` counts it), so a timeout or a stop still ends this."""
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
     await nc._flush_pending(force_flush=True)
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError
     await nc.flush()
 
 
@@ -470,7 +477,11 @@ async def stop_taking_requests(nc: NatsClient, within_s: float) -> None:
     Without it a stopping replica took work until its connection closed: FastStream's
     subscribers drop what they hold when they stop (`unsubscribe()`), the connection's
     drain loses what is routed in its PING/UNSUB race (`leave`), and a turn taken in those
-    seconds waited out its JetStream ack_wait (300 s) before another runtime got it."""
+    seconds waited out its JetStream ack_wait (300 s) before another runtime got it.
+
+    Limits: the tasks of a `serve(concurrent=True)` are spawned, not awaited, here; and a
+    reconnect during the stop joins the queue groups again (nats-py re-sends every
+    subscription it holds)."""
     if not nc.is_connected:
         return
     left = [sub for sub in list(nc._subs.values()) if sub._queue]

@@ -4,6 +4,7 @@ transports, replies routed by key, and the generation client against a stand-in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -395,10 +396,11 @@ async def test_the_server_has_read_a_sub_or_unsub_when_settled_or_leave_returns(
 
     async def read_by_the_end(call: Callable[[], Awaitable[object]]) -> list[bytes]:
         """The commands the server had read, of those sent since `call` began, when it
-        answered the last PING that `call` waited on."""
-        start = len(read)
+        answered the first PING that `call` sent (the round trip that is to prove them
+        read; `leave` makes another, `drain()`'s own)."""
+        start, pings = len(read), len(read_at_ping)
         await call()
-        return read_at_ping[-1][start:]
+        return read_at_ping[pings][start:]
 
     try:
         subs: list[Subscription] = []
@@ -421,6 +423,23 @@ async def test_the_server_has_read_a_sub_or_unsub_when_settled_or_leave_returns(
     finally:
         await client.close()
         recorder.close()
+
+
+async def test_a_cancel_that_nats_py_swallows_in_settled_still_ends_it(
+    nc: NatsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py's forced flush catches a CancelledError and returns (`except
+    asyncio.CancelledError: pass`); `settled` raises it again, so a stop's time bound
+    (here 50 ms) still holds. The stand-in blocks the way a slow socket would."""
+
+    async def swallowing(force_flush: bool = False) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+
+    monkeypatch.setattr(nc, "_flush_pending", swallowing)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await settled(nc)
 
 
 async def fake_pool(nc: NatsClient, settings: Settings, pool: str, words: list[str]) -> list[str]:

@@ -465,14 +465,19 @@ NER_KEY = "rampart"
 
 
 def one_line(text: str, result: Any) -> Any:
-    """A name ends at its line's end: spaCy and Rampart carry one over a line break into
-    what follows ("Mario Kappel" + a line break + "Hunt Group", in an address block)."""
+    """A PERSON span cut at its first line break, or `result` itself. spaCy and Rampart
+    carry a name over a line break into what follows ("Mario Kappel" + a line break +
+    "Hunt Group", in an address block, where "Group" then drops the whole span). The cut
+    span is a candidate beside the whole one, not instead of it: a name wrapped over two
+    lines ("Mario" + a line break + "Kappel") is still taken whole where it is plausible."""
     if result.entity_type != "PERSON":
         return result
     cut = text.find("\n", result.start, result.end)
     if cut <= result.start:
         return result
     end = len(text[result.start : cut].rstrip()) + result.start
+    if end <= result.start:
+        return result
     return RecognizerResult(
         "PERSON", result.start, end, result.score, recognition_metadata=result.recognition_metadata
     )
@@ -603,7 +608,7 @@ class PresidioPii:
             )
             if tags is not None:
                 results = with_ner(chunk, results, tags.result(), min_score)
-            results = [one_line(chunk, r) for r in results]
+            results += [cut for r in results if (cut := one_line(chunk, r)) is not r]
             spans += [
                 Span(r.entity_type, offset + r.start, offset + r.end, float(r.score))
                 for r in results

@@ -24,7 +24,6 @@ Retry-After (`no_worker_available` or `worker_busy`), never a wait without bound
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -36,6 +35,7 @@ from typing import Any
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from opentelemetry.trace import Span
 
 from libs.bus import event_bytes
@@ -252,11 +252,14 @@ class Worker:
         if self._membership is not None:
             self._membership.cancel()
             # A slot freed while stopping may have joined the pool again: out for good.
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._membership
+            # (Bounded, and whatever ended the task is not this stop's to raise.)
+            await asyncio.wait({self._membership}, timeout=1)
             if self._member is not None:
                 member, self._member = self._member, None
-                await leave(self.bus.nc, member)
+                try:
+                    await leave(self.bus.nc, member)
+                except (NatsError, OSError) as exc:  # the connection went: nothing to leave
+                    log.warning("worker %s could not leave its pool: %r", self.worker_id, exc)
         if self.running:
             await asyncio.wait(self.running, timeout=30)
         self.executor.shutdown(wait=False, cancel_futures=True)
