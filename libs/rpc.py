@@ -462,9 +462,16 @@ async def leave(nc: NatsClient, member: Subscription) -> None:
     worker leaves its pool hundreds of times a run (read off the wire and measured in
     tests/bus/test_rpc.py). Here the UNSUB is settled first; `drain()` then only answers
     what came before it, and removes the subscription."""
-    await nc._send_unsubscribe(member._id)
-    await settled(nc)
+    await _unsubscribed(nc, [member])
     await member.drain()
+
+
+async def _unsubscribed(nc: NatsClient, subs: list[Subscription]) -> None:
+    """UNSUB each of `subs`, and return once the server has read every UNSUB: nothing is
+    routed to them after this (the subscriptions themselves stay, to take what was)."""
+    for sub in subs:
+        await nc._send_unsubscribe(sub._id)
+    await settled(nc)
 
 
 async def stop_taking_requests(nc: NatsClient, within_s: float) -> None:
@@ -487,9 +494,7 @@ async def stop_taking_requests(nc: NatsClient, within_s: float) -> None:
     left = [sub for sub in list(nc._subs.values()) if sub._queue]
     try:
         async with asyncio.timeout(within_s):
-            for sub in left:
-                await nc._send_unsubscribe(sub._id)
-            await settled(nc)
+            await _unsubscribed(nc, left)
             for sub in left:
                 await sub._pending_queue.join()
     except TimeoutError:

@@ -302,6 +302,60 @@ def test_kill_9_of_a_worker_before_its_first_token_hands_the_generation_to_anoth
     assert str(result["worker"]).endswith(f"-{second.pid}"), result["worker"]
 
 
+# A rolling restart: a replacement starts, then the old replica gets SIGTERM.
+ROLLED = [
+    pytest.param("runtime", "agent_runtime", None, id="runtime"),
+    pytest.param("worker-drip", "worker", "drip", id="worker"),
+]
+
+
+@pytest.mark.parametrize(("name", "service", "pool"), ROLLED)
+def test_sigterm_of_a_replica_mid_stream_lets_its_stream_end_whole(
+    plat: Platform, name: str, service: str, pool: str | None
+) -> None:
+    """SIGTERM, what a rolling restart sends first, of the runtime or the worker serving a
+    stream: that stream ends whole, with no error event and no token twice, and a chat
+    sent while the old replica stops is answered at once by its replacement (no 503, no
+    retry)."""
+    if pool is not None:
+        plat.start(f"{name}-next", service, pool)
+        _wait_log(plat, f"{name}-next", f"serves pool {pool}", 1)
+    else:
+        plat.start(f"{name}-next", service)
+    stream = Stream(plat, "enclave-drip", max_tokens=ANSWER_TOKENS)
+    stopping = threading.Thread(target=plat.stop, args=(name,))
+    try:
+        stream.read(chunks=2)
+        assert not stream.done, stream.text
+        stopping.start()
+        time.sleep(0.3)  # the old replica is stopping
+        r = httpx.post(
+            plat.base_url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {plat.admin_key}"},
+            json={
+                "model": "enclave-drip",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 3,
+            },
+            timeout=60,
+        )
+        stream.read()
+    finally:
+        stream.close()
+        stopping.join(timeout=30)
+        # The module's other tests find the replica under its own name again.
+        plat.start(name, service, pool)
+        if pool is not None:
+            _wait_log(plat, name, f"serves pool {pool}", 1)
+        plat.stop(f"{name}-next")
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "w0 w1 w2 ", r.text
+    assert stream.done and not stream.broken and stream.error is None, (stream.error, stream.text)
+    assert len(_words(stream.text)) == ANSWER_TOKENS, stream.text
+    _no_token_twice(stream.text)
+    _next_chat_passes(plat)
+
+
 def test_kill_9_of_the_gateway_mid_stream_cuts_the_client_and_stops_the_worker(
     plat: Platform,
 ) -> None:
