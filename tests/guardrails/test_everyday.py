@@ -103,6 +103,11 @@ def test_secrets_are_redacted_on_input_in_documents_and_in_tool_results(
         # A flat after a name is where that person lives.
         ("Please deliver to Tomas Berglund Apt. 12, 45 Mill Lane", "Tomas Berglund"),
         ("Send the keys to Ines Carvalho Suite 300, 9 Oak Avenue", "Ines Carvalho"),
+        # Two people joined by "and" (a company named after people lists three, or ends
+        # in a company word: see the streets and companies below).
+        ("I met Tom and Anna at the station.", "Tom"),
+        ("I met Tom and Anna at the station.", "Anna"),
+        ("Ask Sarah and Ahmed about it.", "Ahmed"),
     ],
 )
 def test_single_and_foreign_names_are_people(
@@ -139,6 +144,11 @@ def test_a_name_ends_at_its_lines_end() -> None:
         "The Univ.Prof. title is Austrian.",
         "We buy our parts from Weber Schmitz GmbH every month.",
         "The contract is with Rossi Bianchi s.r.l. in Turin.",
+        # An identifier's number is no phone number.
+        "Version 2.14.1 fixed CVE-2024-3094 in xz.",
+        "My order number is 1234567890, where is it?",
+        "Invoice #: 2024 555 0199",
+        "We bank with Smith and Sons.",
     ],
 )
 def test_plain_numbers_and_streets_are_left_alone(
@@ -158,6 +168,8 @@ def test_plain_numbers_and_streets_are_left_alone(
         # Ten digits that pass Luhn: a phone number, not a card (cards have 12 to 19).
         ("Call me on 3533680405 today.", "PHONE_NUMBER", "3533680405"),
         ("Office:\\n3533680405 fax", "PHONE_NUMBER", "3533680405"),
+        # An order's number beside a phone number: the phone number is still one.
+        ("Order 5551234567 shipped; my phone is 555-123-4567.", "PHONE_NUMBER", "555-123-4567"),
     ],
 )
 def test_phone_numbers_and_addresses_next_to_letters_are_still_found(

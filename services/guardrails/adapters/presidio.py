@@ -270,8 +270,12 @@ class GazetteerNameRecognizer(EntityRecognizer):
                 j += 1
             prev = doc[i - 1].text.lower() if i > 0 else ""
             after = doc[j].text.lower() if j < len(doc) else ""
-            if prev not in _PLACE_WORDS and after not in _PLACE_WORDS:
-                start, end = tok.idx, doc[j - 1].idx + len(doc[j - 1].text)
+            start, end = tok.idx, doc[j - 1].idx + len(doc[j - 1].text)
+            if (prev not in _PLACE_WORDS and after not in _PLACE_WORDS) or (
+                _JOINERS & {prev, after}
+                and not (_PLACE_WORDS - _JOINERS) & {prev, after}
+                and two_people(text, start, end)
+            ):
                 out.append(RecognizerResult("PERSON", start, end, 0.7))
             i = j
         return out
@@ -287,6 +291,38 @@ _ISO_DATE = compile_linear(r"(?:1[89]|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d
 
 # Words that join the names of a company ("Smith and Sons", "Rossi e Figli").
 _JOINERS = {"e", "and", "&"}
+# What follows the last name of a company named after people ("Smith and Sons").
+_COMPANY_TAILS = {
+    "sons", "son", "figli", "fils", "söhne", "co", "partners", "associates", "brothers", "bros",
+}  # fmt: skip
+
+
+def _company_word(word: str) -> bool:
+    bare = word.strip(",.;:!?()'\"").removesuffix("'s").lower()
+    return bare in _COMPANY_TAILS or bare in _ORG_WORDS or legal_form(word)
+
+
+def two_people(text: str, start: int, end: int) -> bool:
+    """Whether the name at `start:end` is one of two names joined by "and", "e" or "&"
+    ("I met Tom and Anna"): two people. A company named after people lists three
+    ("Smith, Lloyd and Jackson": a comma-listed name comes first) or ends in a company word
+    ("Smith and Sons", "Rossi e Figli S.p.A.")."""
+    before = text[max(0, start - 60) : start].split("\n")[-1].split()
+    after = text[end : end + 60].split("\n")[0].split()
+    if after and after[0].lower() in _JOINERS:
+        first_before, other, beyond = before[-1:], after[1:2], after[2:3]
+    elif before and before[-1].lower() in _JOINERS:
+        first_before, other, beyond = before[-3:-2], before[-2:-1], after[:1]
+    else:
+        return False
+    if not other or not other[0][:1].isupper() or other[0].endswith(","):
+        return False
+    if first_before and first_before[0].endswith(","):
+        return False  # a list of three or more: "Smith, Lloyd and Jackson"
+    if any(map(_company_word, [other[0], *beyond])):
+        return False
+    return not any(map(_company_word, text[start:end].split()))
+
 
 # Legal forms of companies, as written after a company's name in Europe and the Americas,
 # compared without dots or case ("S.Coop." and "s.coop" alike; a name followed by one is a
@@ -333,9 +369,20 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
         word = edge[0].strip(",.").lower() if edge else ""
         if word not in _PLACE_WORDS or unit:
             continue
+        if word in _JOINERS and two_people(text, start, end):
+            continue
         if not (joined and word in _JOINERS and beyond and not beyond[0][:1].isupper()):
             return False
     return True
+
+
+# What an identifier's number follows ("order number is", "invoice #", "tracking no.:").
+_ID_BEFORE = compile_linear(
+    r"\b(?:order|invoice|tracking|reference|ref|ticket|booking|confirmation|serial|account|"
+    r"case|policy|customer|member|transaction|shipment|parcel|isbn|sku)[ \t]*"
+    r"(?:number|no\.?|num|#|id|code)?[ \t]*(?:is|was|:|=)?[ \t]*#?[ \t]*$"
+)
+_PHONE_WORDS = compile_linear(r"phone|call|\btel\b|mobile|cell|fax|whatsapp|sms|text me")
 
 
 def plausible_phone(text: str, start: int, end: int) -> bool:
@@ -354,10 +401,16 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
         return False
     if _ISO_DATE.fullmatch(value.strip()):
         return False
+    # The number of an identifier written with its prefix ("CVE-2024-3094", "INV-2024-0087").
+    if start > 1 and text[start - 1] == "-" and text[start - 2].isalpha():
+        return False
+    near = text[max(0, start - 40) : start].lower()
+    # Named as an order's, an invoice's or an account's number, and no phone word near.
+    if _ID_BEFORE.search(near) and not _PHONE_WORDS.search(near):
+        return False
     formatted = value.lstrip().startswith(("+", "(")) or any(c in value for c in " -./)")
     if formatted or digits >= 10:
         return True
-    near = text[max(0, start - 40) : start].lower()
     return any(w in near for w in ("phone", "call", "tel", "mobile", "cell", "fax", "number"))
 
 
