@@ -12,6 +12,7 @@ runs it, under the packaged global policy.
 from __future__ import annotations
 
 import csv
+import datetime
 import hashlib
 import json
 import os
@@ -22,21 +23,64 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
+import faker.providers.date_time as faker_dates
 from faker import Faker
+from faker.providers.address.it_IT import Provider as ItalianAddresses
 
 from libs.context import RequestContext
 from libs.events import ChatMessage, GuardrailCheck
-from services.guardrails.adapters.operators import PresidioOperators
-from services.guardrails.adapters.policy_files import PolicyStore
-from services.guardrails.adapters.presidio import PresidioPii
-from services.guardrails.injection import InjectionDetector, train_classifier
-from services.guardrails.screen import MessageMemo, Screener
+
+if TYPE_CHECKING:
+    from services.guardrails.screen import Screener
 
 SEED = 20240611
+
+# The generated sets are the same in every run, on every day: Faker's Italian cities are a
+# list made from a set (its order, and so every value drawn after a city, changed with
+# Python's hash seed), a social security number came from an unseeded Faker, and dates
+# (a birth date, "date_time", "year", a weekday) are drawn up to the current time. The
+# cities are sorted here, the number drawn from the set's own random stream, and Faker's
+# clock stands at REFERENCE_NOW while a set is made (`faker_clock`).
+ItalianAddresses.cities = sorted(ItalianAddresses.cities)
+REFERENCE_NOW = (2026, 11, 29, 12, 0, 0)
+
+
+class _AnyOf(type):
+    """Faker checks `isinstance(value, datetime)` on dates it made itself: any date or
+    datetime of the standard library passes for the fixed classes."""
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, cls.__mro__[1])
+
+
+class _FixedDatetime(datetime.datetime, metaclass=_AnyOf):
+    @classmethod
+    def now(cls, tz: datetime.tzinfo | None = None) -> _FixedDatetime:
+        return cls(*REFERENCE_NOW, tzinfo=tz)
+
+
+class _FixedDate(datetime.date, metaclass=_AnyOf):
+    @classmethod
+    def today(cls) -> _FixedDate:
+        return cls(*REFERENCE_NOW[:3])
+
+
+def faker_clock() -> Any:
+    """Faker's date provider reads REFERENCE_NOW as the current time."""
+    return mock.patch.multiple(faker_dates, datetime=_FixedDatetime, dtdate=_FixedDate)
+
+
+def _ssn(rng: random.Random) -> str:
+    """A US social security number of Faker's en_US shape (area 001-899 but 666)."""
+    area = rng.choice([a for a in range(1, 900) if a != 666])
+    return f"{area:03d}-{rng.randrange(1, 100):02d}-{rng.randrange(1, 10000):04d}"
+
+
 N_PII = 3000
 LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL"]
 TYPES = ["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS"]
@@ -95,7 +139,7 @@ def _value(fake: Faker, rng: random.Random, kind: str) -> str:
     if kind == "IP_ADDRESS":
         return str(fake.ipv4() if rng.random() < 0.8 else fake.ipv6())
     if kind == "US_SSN":
-        return str(Faker("en_US").ssn())
+        return _ssn(rng)
     if kind == "DATE_OF_BIRTH":
         d = fake.date_of_birth(minimum_age=18, maximum_age=90)
         return d.strftime(rng.choice(["%d/%m/%Y", "%Y-%m-%d", "%B %d, %Y", "%d %B %Y"]))
@@ -105,6 +149,11 @@ def _value(fake: Faker, rng: random.Random, kind: str) -> str:
 
 
 def pii_set(n: int = N_PII, seed: int = SEED) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    with faker_clock():
+        return _pii_set(n, seed)
+
+
+def _pii_set(n: int, seed: int) -> list[tuple[str, list[tuple[str, int, int]]]]:
     rng = random.Random(seed)
     fakers = {loc: Faker(loc) for loc in LOCALES}
     for i, f in enumerate(fakers.values()):
@@ -234,7 +283,7 @@ def _pe_fill(slot: str, fake: Faker, rng: random.Random, people: list[dict[str, 
     if slot == "age":
         return str(rng.randrange(18, 90))
     if slot == "ssn":
-        return str(Faker("en_US").ssn())
+        return _ssn(rng)
     if slot == "organization":
         return str(fake.company())
     try:
@@ -245,6 +294,11 @@ def _pe_fill(slot: str, fake: Faker, rng: random.Random, people: list[dict[str, 
 
 def pe_sentences(split: str, n: int) -> list[tuple[str, list[tuple[str, int, int]]]]:
     """`n` sentences of the split, each with its labelled spans (type, start, end)."""
+    with faker_clock():
+        return _pe_sentences(split, n)
+
+
+def _pe_sentences(split: str, n: int) -> list[tuple[str, list[tuple[str, int, int]]]]:
     seed = PII_TUNE_SEED if split == "tune" else PII_HELDOUT_SEED
     rng = random.Random(seed)
     fakers = [Faker(loc) for loc in PE_LOCALES]
@@ -323,6 +377,13 @@ def _pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     t0 = time.perf_counter()
+    # Imported here: the data generators above load without spaCy and the models.
+    from services.guardrails.adapters.operators import PresidioOperators
+    from services.guardrails.adapters.policy_files import PolicyStore
+    from services.guardrails.adapters.presidio import PresidioPii
+    from services.guardrails.injection import InjectionDetector, train_classifier
+    from services.guardrails.screen import MessageMemo, Screener
+
     pii = PresidioPii()
     detector = InjectionDetector(train_classifier())
     # No memo: every message is screened in full, so a repeated text is timed as new.

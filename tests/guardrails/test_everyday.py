@@ -108,6 +108,10 @@ def test_secrets_are_redacted_on_input_in_documents_and_in_tool_results(
         ("I met Tom and Anna at the station.", "Tom"),
         ("I met Tom and Anna at the station.", "Anna"),
         ("Ask Sarah and Ahmed about it.", "Ahmed"),
+        # After a greeting, the name is still one; a language named as a person is too.
+        ("Guten Tag Herr Müller, wie geht es?", "Müller"),
+        ("Ciao Giulia!", "Giulia"),
+        ("Dear French, thanks for the note.", "French"),
     ],
 )
 def test_single_and_foreign_names_are_people(
@@ -154,6 +158,35 @@ def test_a_name_ends_at_its_lines_end() -> None:
 def test_plain_numbers_and_streets_are_left_alone(
     screener: Screener, policy: EffectivePolicy, text: str
 ) -> None:
+    verdict = screener.check(_user(text), policy)
+    assert verdict.texts[0] == text, verdict.entities
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Guten Tag",
+        "Guten Morgen!",
+        "Buenas tardes",
+        "Buongiorno",
+        "Bonsoir Madame",
+        "Goedemorgen",
+        "Dzień dobry",
+        "Merhaba",
+        "Grüß Gott",
+        "Dobar dan",
+        "Shalom",
+        "Konnichiwa",
+        "Ni hao",
+        'Translate to French: "The cat sleeps on the sofa."',
+        "Is German harder than Dutch?",
+    ],
+)
+def test_greetings_and_languages_are_no_names(
+    screener: Screener, policy: EffectivePolicy, text: str
+) -> None:
+    """spaCy's small model took each of these greetings for a name, and the name list a
+    language for a surname."""
     verdict = screener.check(_user(text), policy)
     assert verdict.texts[0] == text, verdict.entities
 

@@ -198,6 +198,17 @@ _PLACE_WORDS = {
 }  # fmt: skip
 # What spaCy calls these is taken for a given name only where a phrase names a person.
 _NOT_PEOPLE = ("GPE", "LOC", "FAC")
+# Languages and nationalities that are surnames too ("Translate to French"): read as the
+# language, unless a phrase names a person ("Dear French,").
+_LANGUAGES = {
+    "english", "french", "german", "spanish", "italian", "portuguese", "dutch", "swedish",
+    "norwegian", "danish", "finnish", "polish", "czech", "slovak", "hungarian", "romanian",
+    "bulgarian", "greek", "turkish", "russian", "ukrainian", "arabic", "hebrew", "persian",
+    "hindi", "urdu", "bengali", "chinese", "mandarin", "cantonese", "japanese", "korean",
+    "vietnamese", "thai", "indonesian", "malay", "swahili", "latin", "croatian", "serbian",
+    "slovenian", "estonian", "latvian", "lithuanian", "icelandic", "irish", "welsh",
+    "scottish", "catalan", "basque", "galician", "tagalog", "filipino", "american", "british",
+}  # fmt: skip
 _NAMED = compile_linear(
     r"(?i)\b(?:my name is|my name's|i am|i'm|call me|name:|signed|regards,|thanks,|dear|hi|"
     r"hello|hey|tell|ask|contact|meet|cc:?)\s+$"
@@ -237,7 +248,9 @@ class GazetteerNameRecognizer(EntityRecognizer):
         before_colon = tok.i + 1 < len(tok.doc) and tok.doc[tok.i + 1].text.startswith(":")
         if line_start and before_colon:
             return True  # "Jasna: Remember me?" (a speaker, a signature)
-        if tok.ent_type_ in _NOT_PEOPLE and not _NAMED.search(text[max(0, tok.idx - 20) : tok.idx]):
+        if (tok.ent_type_ in _NOT_PEOPLE or word.lower() in _LANGUAGES) and not _NAMED.search(
+            text[max(0, tok.idx - 20) : tok.idx]
+        ):
             return False  # "the capital of France", "flights to Paris": places, not people
         if word not in self.first:
             # A surname alone: only as a proper noun.
@@ -536,6 +549,46 @@ def one_line(text: str, result: Any) -> Any:
     )
 
 
+# Greetings that spaCy's small model takes for names ("Guten Tag", "Buongiorno", "Dobar
+# dan"), and the titles that may follow one ("Bonsoir Madame").
+_GREETINGS = compile_linear(
+    r"(?i)(?:^|[^\pL])((?:guten (?:tag|morgen|abend)|gute nacht|buen[oa]s (?:d[ií]as|tardes|"
+    r"noches)|bom dia|boa (?:tarde|noite)|buon ?giorno|buona ?sera|bonjour|bonsoir|"
+    r"goede(?:morgen|middag|navond|ndag)|god (?:morgen|dag|kveld)|dzie[nń] dobry|dobr[yý] den|"
+    r"dobar dan|dobro jutro|merhaba|gr[üu](?:ß|ss) gott|gr[üu]ezi|servus|moin|hallo|hola|"
+    r"ciao|salut|ol[áa]|hej|shalom|salaam|salam|konnichiwa|ni hao|namaste|privet|kalimera|"
+    r"jó napot|hyvää (?:päivää|huomenta)|dobrý večer))(?:$|[^\pL])"
+)
+_TITLES = {
+    "madame", "monsieur", "mademoiselle", "herr", "frau", "señor", "señora", "señorita",
+    "signore", "signora", "signor", "sir", "madam", "mr", "mrs", "ms", "dr", "pan", "pani",
+}  # fmt: skip
+
+
+def without_greeting(text: str, result: Any) -> Any:
+    """A PERSON span less a greeting at its start ("Guten Tag Herr Müller" -> "Herr
+    Müller"); None when nothing but a greeting and titles is left ("Bonsoir Madame");
+    `result` itself when it starts with no greeting."""
+    if result.entity_type != "PERSON":
+        return result
+    line_start = text.rfind("\n", 0, result.start) + 1
+    start = result.start
+    for m in _GREETINGS.finditer(text[line_start : result.end + 40]):
+        g_start, g_end = line_start + m.start(1), line_start + m.end(1)
+        if g_start <= start < g_end:
+            start = g_end
+    if start == result.start:
+        return result
+    rest = text[start : result.end]
+    words = [w.strip(",.;:!?") for w in rest.split()]
+    if not [w for w in words if w and w.lower() not in _TITLES]:
+        return None
+    start += len(rest) - len(rest.lstrip(" ,.;:!?"))
+    return RecognizerResult(
+        "PERSON", start, result.end, result.score, recognition_metadata=result.recognition_metadata
+    )
+
+
 def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -> list[Any]:
     """Presidio's results with the names in Rampart's `tags` added (at NER_SCORE, if not
     under min_score), less the PERSON spans that overlap what Rampart calls part of an
@@ -662,6 +715,7 @@ class PresidioPii:
             if tags is not None:
                 results = with_ner(chunk, results, tags.result(), min_score)
             results += [cut for r in results if (cut := one_line(chunk, r)) is not r]
+            results = [kept for r in results if (kept := without_greeting(chunk, r)) is not None]
             spans += [
                 Span(r.entity_type, offset + r.start, offset + r.end, float(r.score))
                 for r in results
