@@ -153,6 +153,15 @@ def test_a_name_ends_at_its_lines_end() -> None:
         "My order number is 1234567890, where is it?",
         "Invoice #: 2024 555 0199",
         "We bank with Smith and Sons.",
+        # Quantities: thousands in groups, decimals, a version, a time, a JSON number.
+        "| year | revenue |\n| 2021 | 1 234 567 |\n| 2022 | 2 345 678 |",
+        "Le budget est de 1 234 567 890 euros.",
+        "Der Umsatz stieg auf 12.345.678 Euro.",
+        "The budget is 123 456 789 euros.",
+        "Pi is approximately 3.14159265358979.",
+        "Windows build 10.0.19045.3803 fixed it.",
+        "Unix time 1700000000 is in November 2023.",
+        '{"id": 5551234567, "count": 3}',
     ],
 )
 def test_plain_numbers_and_streets_are_left_alone(
@@ -203,6 +212,10 @@ def test_greetings_and_languages_are_no_names(
         ("Office:\\n3533680405 fax", "PHONE_NUMBER", "3533680405"),
         # An order's number beside a phone number: the phone number is still one.
         ("Order 5551234567 shipped; my phone is 555-123-4567.", "PHONE_NUMBER", "555-123-4567"),
+        # Written 3-3-3, as in Poland, Portugal or Spain: a phone number, not a quantity.
+        ("Zadzwoń pod 609 141 777 jutro.", "PHONE_NUMBER", "609 141 777"),
+        ("Mi móvil: 612 345 678", "PHONE_NUMBER", "612 345 678"),
+        ('{"phone": 5551234567}', "PHONE_NUMBER", "5551234567"),
     ],
 )
 def test_phone_numbers_and_addresses_next_to_letters_are_still_found(

@@ -392,9 +392,28 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
 # What an identifier's number follows ("order number is", "invoice #", "tracking no.:").
 _ID_BEFORE = compile_linear(
     r"\b(?:order|invoice|tracking|reference|ref|ticket|booking|confirmation|serial|account|"
-    r"case|policy|customer|member|transaction|shipment|parcel|isbn|sku)[ \t]*"
+    r"case|policy|customer|member|transaction|shipment|parcel|isbn|sku|version|build|"
+    r"release|timestamp|epoch|unix time|id)\"?[ \t]*"
     r"(?:number|no\.?|num|#|id|code)?[ \t]*(?:is|was|:|=)?[ \t]*#?[ \t]*$"
 )
+_THOUSANDS = compile_linear(r"[1-9]\d{0,2}(?:,\d{3})+|[1-9]\d?(?:(?: \d{3})+|(?:\.\d{3})+)")
+_THOUSANDS_3 = compile_linear(r"[1-9]\d\d(?:(?: \d{3})+|(?:\.\d{3})+)")
+_MONEY_BEFORE = compile_linear(r"[€$£¥][ \t]*$")
+_MONEY_AFTER = compile_linear(
+    r"(?i)^[ \t]*(?:[€$£¥]|eur|euro|usd|dollar|pound|gbp|chf|franc|yen|pln|zł|kr|mil)"
+)
+
+
+def _money_next_to(text: str, start: int, end: int) -> bool:
+    return bool(
+        _MONEY_BEFORE.search(text[max(0, start - 3) : start])
+        or _MONEY_AFTER.search(text[end : end + 12])
+    )
+
+
+_DECIMAL = compile_linear(r"\d{1,4}\.\d{5,}")
+_JSON_KEY_BEFORE = compile_linear(r"\"[^\"\n]{1,40}\"[ \t]*:[ \t]*$")
+_JSON_VALUE_END = compile_linear(r"[ \t]*[,}\]\n]|[ \t]*$")
 _PHONE_WORDS = compile_linear(r"phone|call|\btel\b|mobile|cell|fax|whatsapp|sms|text me")
 
 
@@ -418,8 +437,22 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
     if start > 1 and text[start - 1] == "-" and text[start - 2].isalpha():
         return False
     near = text[max(0, start - 40) : start].lower()
-    # Named as an order's, an invoice's or an account's number, and no phone word near.
-    if _ID_BEFORE.search(near) and not _PHONE_WORDS.search(near):
+    if (
+        not _PHONE_WORDS.search(near)
+        and (
+            # Named as an order's, an invoice's or an account's number, a version or a time.
+            _ID_BEFORE.search(near)
+            # A quantity written in groups of thousands ("1,234,567", "1 234 567", "12.345.678")
+            # or with decimals ("3.14159265"). Phone numbers have no commas, and none starts
+            # with a non-zero group of one or two digits followed by groups of three; a
+            # 3-3-3 number is a phone number (Polish, Portuguese) unless money is named by it.
+            or _THOUSANDS.fullmatch(value.strip())
+            or (_THOUSANDS_3.fullmatch(value.strip()) and _money_next_to(text, start, end))
+            or _DECIMAL.fullmatch(value.strip())
+            # A JSON number, not a string: no phone number (a leading 0 or + would be lost).
+            or (_JSON_KEY_BEFORE.search(near) and _JSON_VALUE_END.match(text[end : end + 2]))
+        )
+    ):
         return False
     formatted = value.lstrip().startswith(("+", "(")) or any(c in value for c in " -./)")
     if formatted or digits >= 10:
