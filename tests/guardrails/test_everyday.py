@@ -112,6 +112,9 @@ def test_secrets_are_redacted_on_input_in_documents_and_in_tool_results(
         ("Guten Tag Herr Müller, wie geht es?", "Müller"),
         ("Ciao Giulia!", "Giulia"),
         ("Dear French, thanks for the note.", "French"),
+        # A title next to a name is cut off, the name kept.
+        ("Director Anna Schmidt will join.", "Anna Schmidt"),
+        ("Ask Head of Sales Jiry Holtman.", "Holtman"),
     ],
 )
 def test_single_and_foreign_names_are_people(
@@ -188,14 +191,21 @@ def test_plain_numbers_and_streets_are_left_alone(
         "Konnichiwa",
         "Ni hao",
         'Translate to French: "The cat sleeps on the sofa."',
+        # Titles of roles, teams and documents in business prose.
+        "Our Chief Financial Officer approved the Budget Review.",
+        "Please ask Human Resources about the Paid Leave Policy.",
+        "The Data Protection Officer must sign the Processing Agreement.",
+        "Talk to the Product Owner before the Sprint Review.",
+        "Read the Terms of Service and the Privacy Policy.",
+        "Best wishes, The Marketing Department",
         "Is German harder than Dutch?",
     ],
 )
-def test_greetings_and_languages_are_no_names(
+def test_greetings_languages_and_titles_are_no_names(
     screener: Screener, policy: EffectivePolicy, text: str
 ) -> None:
-    """spaCy's small model took each of these greetings for a name, and the name list a
-    language for a surname."""
+    """spaCy's small model took each of these greetings for a name, the name list a
+    language for a surname, and the run of proper nouns a title for a name."""
     verdict = screener.check(_user(text), policy)
     assert verdict.texts[0] == text, verdict.entities
 

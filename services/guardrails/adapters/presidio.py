@@ -474,6 +474,29 @@ def plausible_url(text: str, start: int, end: int) -> bool:
     return not (tld[:1].isupper() and not tld.isupper())
 
 
+# Words of the titles of roles, teams, documents and events, written capitalised in
+# business prose ("the Data Protection Officer", "our Annual Report"), and no surname in
+# the name list (so not "Sales", "Law", "Day", "Bridge").
+_TITLE_WORDS = {
+    "officer", "chief", "executive", "financial", "operating", "technology", "review",
+    "policy", "policies", "department", "team", "service", "services", "report", "annual",
+    "quarterly", "business", "agreement", "resources", "human", "manager", "director",
+    "president", "vice", "head", "board", "committee", "support", "center", "centre",
+    "program", "programme", "project", "plan", "strategy", "meeting", "conference", "summit",
+    "week", "marketing", "product", "owner", "sprint", "data", "protection", "privacy",
+    "terms", "leave", "paid", "budget", "operations", "security", "engineering",
+    "development", "research", "design", "customer", "legal", "finance", "compliance",
+    "audit", "risk", "telescope", "station", "airport", "museum", "hospital", "school",
+    "college", "university", "cathedral", "tower", "stadium", "hotel", "restaurant", "cafe",
+    "market", "library", "gallery", "theatre", "theater", "ministry", "agency", "office",
+    "desk", "unit", "division", "platform", "app", "application", "system", "cloud",
+    "software", "portal", "dashboard", "account", "invoice", "contract", "statement",
+    "guide", "manual", "handbook", "standard", "framework", "act", "regulation",
+    "directive", "treaty", "convention", "night", "holiday", "festival", "christmas",
+    "friday", "happy", "new", "year", "season", "edition", "version", "release", "update",
+}  # fmt: skip
+
+
 class ProperNameRecognizer(EntityRecognizer):
     """Runs of two or more capitalised proper nouns (with name particles) that spaCy's small
     model left untagged: it misses many non-English names in English sentences."""
@@ -492,6 +515,13 @@ class ProperNameRecognizer(EntityRecognizer):
         run: list[Any] = []
 
         def close() -> None:
+            # "Chief Financial Officer", "Quarterly Business Review": a title of a role, a
+            # team or a document is no name; one next to a name is cut off ("Director Anna
+            # Schmidt").
+            while run and run[0].text.lower() in _TITLE_WORDS:
+                run.pop(0)
+            while run and run[-1].text.lower() in _TITLE_WORDS:
+                run.pop()
             names = [t for t in run if t.text.lower() not in _PARTICLES and t.text != "-"]
             while run and (run[-1].text.lower() in _PARTICLES or run[-1].text == "-"):
                 run.pop()
