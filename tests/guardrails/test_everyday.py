@@ -115,6 +115,10 @@ def test_secrets_are_redacted_on_input_in_documents_and_in_tool_results(
         # A title next to a name is cut off, the name kept.
         ("Director Anna Schmidt will join.", "Anna Schmidt"),
         ("Ask Head of Sales Jiry Holtman.", "Holtman"),
+        # Given names in lower case, where a phrase introduces them or a sign-off ends.
+        ("hi, i'm maria", "maria"),
+        ("my name is john smith", "john"),
+        ("Thanks for the help!\nBest regards,\nanna", "anna"),
     ],
 )
 def test_single_and_foreign_names_are_people(
@@ -198,6 +202,10 @@ def test_plain_numbers_and_streets_are_left_alone(
         "Talk to the Product Owner before the Sprint Review.",
         "Read the Terms of Service and the Privacy Policy.",
         "Best wishes, The Marketing Department",
+        # Lower-case words after the same phrases that are no given names.
+        "i'm fine thanks",
+        "Thanks, will do",
+        "i am sure this is great",
         "Is German harder than Dutch?",
     ],
 )

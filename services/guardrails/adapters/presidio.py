@@ -221,6 +221,15 @@ _INTRO = compile_linear(
 )
 
 
+# What introduces a name written in lower case: "my name is", "i'm", or a sign-off at the
+# start of a line ("Best, tom").
+_LOWER_INTRO = compile_linear(
+    r"(?i)(?:\bmy name is|\bmy name's|\bi'm|\bi am|\bcall me|\bthis is|(?:^|\n)[ \t]*"
+    r"(?:best|best regards|kind regards|warm regards|regards|thanks|many thanks|cheers|br|"
+    r"love),?)\s+$"
+)
+
+
 def _names() -> tuple[frozenset[str], frozenset[str]]:
     data = json.loads(_NAMES_FILE.read_text())
     return frozenset(data["first"]), frozenset(data["last"])
@@ -240,6 +249,8 @@ class GazetteerNameRecognizer(EntityRecognizer):
 
     def _is_name(self, tok: Any, text: str) -> bool:
         word = tok.text
+        if word.islower():
+            return self._lower_case_name(tok, text)
         if not word[:1].isupper() or word.isupper() or word.lower() in _NOT_NAMES:
             return False
         if word not in self.first and word not in self.last:
@@ -262,6 +273,14 @@ class GazetteerNameRecognizer(EntityRecognizer):
         before = text[max(0, tok.idx - 20) : tok.idx]
         return bool(_INTRO.search(before)) and not tok.is_stop
 
+    def _lower_case_name(self, tok: Any, text: str) -> bool:
+        """A given name written in lower case, where a phrase introduces it or a greeting
+        signs off with it ("hi, i'm maria", "Best, tom")."""
+        word = tok.text
+        if tok.is_stop or word in _NOT_NAMES or word.capitalize() not in self.first:
+            return False
+        return bool(_LOWER_INTRO.search(text[max(0, tok.idx - 20) : tok.idx]))
+
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
         doc = getattr(nlp_artifacts, "tokens", None)
         if doc is None or "PERSON" not in entities:
@@ -274,6 +293,10 @@ class GazetteerNameRecognizer(EntityRecognizer):
                 i += 1
                 continue
             j = i + 1
+            if tok.text.islower():  # its surname, in lower case too ("john smith")
+                nxt = doc[j] if j < len(doc) else None
+                if nxt is not None and nxt.text.islower() and not nxt.is_stop:
+                    j += nxt.text.capitalize() in self.last
             while j < len(doc) and doc[j].text[:1].isupper() and not doc[j].text.isupper():
                 nxt = doc[j]
                 if nxt.text.lower() in _PLACE_WORDS or nxt.text.lower() in _NOT_NAMES:
