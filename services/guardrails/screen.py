@@ -65,6 +65,13 @@ class Pseudonyms:
         return self.by_value[key]
 
 
+def outside(spans: Sequence[Span], secrets: Sequence[Span]) -> list[Span]:
+    """The PII spans that overlap no secret: a token a pattern knows for a secret is that
+    secret, whatever a name model calls it ("ghp_..." or "jwt eyJ..." taken for a person
+    would be pseudonymised, and so restored in the answer, instead of redacted)."""
+    return [s for s in spans if not any(s.start < x.end and x.start < s.end for x in secrets)]
+
+
 class MessageMemo:
     """What the last `size` input messages were found to hold (their PII spans, their
     injection score), by a digest of the text and of what was looked for. A chat sends its
@@ -233,10 +240,10 @@ class Screener:
             text = msg.content or ""
             checkpoint()
             seen_as = (tenant, _digest(text))  # the memo's key for this message
-            spans = self._pii_spans(text, policy, seen_as=seen_as)
-            found = [(s, policy.input_action(s.type)) for s in spans]
             # Secrets never reach a model either: in user text, documents and tool results.
             secrets = self._secret_spans(text, policy)
+            spans = outside(self._pii_spans(text, policy, seen_as=seen_as), secrets)
+            found = [(s, policy.input_action(s.type)) for s in spans]
             found += [(s, policy.secrets_action) for s in secrets]
             rewritten, seen = self._rewrite(text, found, tenant, names, message=i)
             for e in seen:
@@ -300,12 +307,13 @@ class Screener:
         self, text: str, policy: EffectivePolicy, tenant: str
     ) -> tuple[str, list[GuardrailEntity]]:
         found: list[tuple[Span, str]] = []
-        found += [(s, policy.secrets_action) for s in self._secret_spans(text, policy)]
+        secrets = self._secret_spans(text, policy)
+        found += [(s, policy.secrets_action) for s in secrets]
         if policy.output_pii:
             # Only what output screening acts on is looked for: PERSON, allowed on output by
             # the packaged policy, costs a pass of the name model for nothing.
             acted_on = [e for e in policy.entities if policy.output_action(e) != "allow"]
-            for s in self._pii_spans(text, policy, acted_on):
+            for s in outside(self._pii_spans(text, policy, acted_on), secrets):
                 action = policy.output_action(s.type)
                 if action != "allow":
                     # The user cannot be handed back a value the model made up.

@@ -93,6 +93,30 @@ def test_secrets_are_redacted_on_input_in_documents_and_in_tool_results(
 
 
 @pytest.mark.parametrize(
+    "text,kind",
+    [
+        ("my token is ghp_1234567890abcdefghijklmnopqrstuvwxyzAB", "GITHUB_TOKEN"),
+        (
+            "jwt eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+            "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+            "JWT",
+        ),
+    ],
+)
+def test_a_secret_a_name_model_takes_for_a_person_is_redacted_as_a_secret(
+    screener: Screener, policy: EffectivePolicy, text: str, kind: str
+) -> None:
+    """spaCy calls these tokens people: pseudonymised, they would be restored in the answer."""
+    for direction, role in (("input", "user"), ("output", "assistant")):
+        check = GuardrailCheck(
+            ctx=CTX, direction=direction, messages=[ChatMessage(role=role, content=text)]
+        )
+        verdict = screener.check(check, policy)
+        assert [e.type for e in verdict.entities] == [kind], verdict.entities
+        assert f"<{kind}>" in verdict.texts[0], verdict.texts[0]
+
+
+@pytest.mark.parametrize(
     "text,name",
     [
         ("My name is Lucrezia", "Lucrezia"),
