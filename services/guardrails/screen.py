@@ -65,11 +65,30 @@ class Pseudonyms:
         return self.by_value[key]
 
 
-def outside(spans: Sequence[Span], secrets: Sequence[Span]) -> list[Span]:
-    """The PII spans that overlap no secret: a token a pattern knows for a secret is that
-    secret, whatever a name model calls it ("ghp_..." or "jwt eyJ..." taken for a person
-    would be pseudonymised, and so restored in the answer, instead of redacted)."""
-    return [s for s in spans if not any(s.start < x.end and x.start < s.end for x in secrets)]
+def beside_secrets(spans: Sequence[Span], secrets: Sequence[Span]) -> tuple[list[Span], list[Span]]:
+    """The PII spans and the secrets, with a secret winning where they overlap: a token a
+    pattern knows for a secret is that secret, whatever a name model calls it ("ghp_..."
+    or "jwt eyJ..." taken for a person would be pseudonymised, and so restored in the
+    answer, instead of redacted). A PII span that reaches beyond the secret widens it, so
+    that no part of either goes out."""
+    grown = list(secrets)
+    kept: list[Span] = []
+    for s in spans:
+        hit = [i for i, x in enumerate(grown) if s.start < x.end and x.start < s.end]
+        if not hit:
+            kept.append(s)
+            continue
+        for i in hit:
+            x = grown[i]
+            grown[i] = Span(x.type, min(x.start, s.start), max(x.end, s.end), x.score)
+    merged: list[Span] = []  # widened secrets that now overlap become one
+    for x in sorted(grown, key=lambda x: (x.start, -x.end)):
+        if merged and x.start < merged[-1].end:
+            last = merged[-1]
+            merged[-1] = Span(last.type, last.start, max(last.end, x.end), last.score)
+        else:
+            merged.append(x)
+    return kept, merged
 
 
 class MessageMemo:
@@ -241,8 +260,9 @@ class Screener:
             checkpoint()
             seen_as = (tenant, _digest(text))  # the memo's key for this message
             # Secrets never reach a model either: in user text, documents and tool results.
-            secrets = self._secret_spans(text, policy)
-            spans = outside(self._pii_spans(text, policy, seen_as=seen_as), secrets)
+            spans, secrets = beside_secrets(
+                self._pii_spans(text, policy, seen_as=seen_as), self._secret_spans(text, policy)
+            )
             found = [(s, policy.input_action(s.type)) for s in spans]
             found += [(s, policy.secrets_action) for s in secrets]
             rewritten, seen = self._rewrite(text, found, tenant, names, message=i)
@@ -307,13 +327,16 @@ class Screener:
         self, text: str, policy: EffectivePolicy, tenant: str
     ) -> tuple[str, list[GuardrailEntity]]:
         found: list[tuple[Span, str]] = []
-        secrets = self._secret_spans(text, policy)
-        found += [(s, policy.secrets_action) for s in secrets]
+        spans: list[Span] = []
         if policy.output_pii:
             # Only what output screening acts on is looked for: PERSON, allowed on output by
             # the packaged policy, costs a pass of the name model for nothing.
             acted_on = [e for e in policy.entities if policy.output_action(e) != "allow"]
-            for s in outside(self._pii_spans(text, policy, acted_on), secrets):
+            spans = self._pii_spans(text, policy, acted_on)
+        spans, secrets = beside_secrets(spans, self._secret_spans(text, policy))
+        found += [(s, policy.secrets_action) for s in secrets]
+        if policy.output_pii:
+            for s in spans:
                 action = policy.output_action(s.type)
                 if action != "allow":
                     # The user cannot be handed back a value the model made up.

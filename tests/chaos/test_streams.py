@@ -317,28 +317,41 @@ def test_sigterm_of_a_replica_mid_stream_lets_its_stream_end_whole(
     stream: that stream ends whole, with no error event and no token twice, and a chat
     sent while the old replica stops is answered at once by its replacement (no 503, no
     retry)."""
+    nxt = f"{name}-next"
+    plat.start(nxt, service, pool)
     if pool is not None:
-        plat.start(f"{name}-next", service, pool)
-        _wait_log(plat, f"{name}-next", f"serves pool {pool}", 1)
-    else:
-        plat.start(f"{name}-next", service)
-    stream = Stream(plat, "enclave-drip", max_tokens=ANSWER_TOKENS)
-    stopping = threading.Thread(target=plat.stop, args=(name,))
+        _wait_log(plat, nxt, f"serves pool {pool}", 1)
+    header = "x-enclave-worker" if pool is not None else "x-enclave-runtime"
+    stopped: str | None = None
+    stopping: threading.Thread | None = None
     try:
-        stream.read(chunks=2)
-        assert not stream.done, stream.text
-        stopping.start()
-        time.sleep(0.3)  # the old replica is stopping
-        r = chat(plat.base_url, plat.admin_key, "enclave-drip")
-        stream.read()
+        stream = Stream(plat, "enclave-drip", max_tokens=ANSWER_TOKENS)
+        try:
+            # The replica serving the stream is the one stopped (its id ends with its pid).
+            served = stream.response.headers.get(header, "")
+            stopped = next(
+                (n for n in (name, nxt) if served.endswith(f"-{plat.procs[n].pid}")), None
+            )
+            assert stopped is not None, (header, served)
+            stream.read(chunks=2)
+            assert not stream.done, stream.text
+            stopping = threading.Thread(target=plat.stop, args=(stopped,))
+            stopping.start()
+            time.sleep(0.3)  # the serving replica is stopping
+            r = chat(plat.base_url, plat.admin_key, "enclave-drip")
+            stream.read()
+        finally:
+            stream.close()
     finally:
-        stream.close()
-        stopping.join(timeout=30)
-        # The module's other tests find the replica under its own name again.
-        plat.start(name, service, pool)
-        if pool is not None:
-            _wait_log(plat, name, f"serves pool {pool}", 1)
-        plat.stop(f"{name}-next")
+        if stopping is not None:
+            stopping.join(timeout=30)
+        # The module's other tests find one replica, under its own name.
+        if stopped == name:
+            plat.start(name, service, pool)
+            if pool is not None:
+                _wait_log(plat, name, f"serves pool {pool}", 1)
+        if nxt in plat.procs:
+            plat.stop(nxt)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "w0 w1 w2 w3 ", r.text
     assert stream.done and not stream.broken and stream.error is None, (stream.error, stream.text)

@@ -10,7 +10,8 @@ from libs.context import RequestContext
 from libs.events import ChatMessage, GuardrailCheck
 from services.guardrails.adapters.presidio import one_line
 from services.guardrails.policy import EffectivePolicy
-from services.guardrails.screen import Screener
+from services.guardrails.screen import Screener, beside_secrets
+from services.guardrails.secrets import Span
 
 CTX = RequestContext(tenant="acme", request_id="r1")
 PASS = [
@@ -142,6 +143,14 @@ def test_a_secret_a_name_model_takes_for_a_person_is_redacted_as_a_secret(
         # Given names in lower case, where a phrase introduces them or a sign-off ends.
         ("hi, i'm maria", "maria"),
         ("my name is john smith", "john"),
+        ("my name is john smith", "smith"),
+        # A greeting that is also a given name, a language that is one before a surname,
+        # two people after a greeting, a particle left by a cut-off title.
+        ("Ola said hi.", "Ola"),
+        ("Danish Kaneria took five wickets.", "Danish"),
+        ("Hi, Tom and Anna, see you at noon.", "Tom"),
+        ("Thanks, Tom and Anna!", "Anna"),
+        ("Director van Basten will join.", "Basten"),
         ("Thanks for the help!\nBest regards,\nanna", "anna"),
     ],
 )
@@ -258,6 +267,11 @@ def test_greetings_languages_and_titles_are_no_names(
         ("Zadzwoń pod 609 141 777 jutro.", "PHONE_NUMBER", "609 141 777"),
         ("Mi móvil: 612 345 678", "PHONE_NUMBER", "612 345 678"),
         ('{"phone": 5551234567}', "PHONE_NUMBER", "5551234567"),
+        # Phone words in other languages; a currency-like word that is a name; a leading +.
+        ("Telefono 02.12345678", "PHONE_NUMBER", "02.12345678"),
+        ("Mob. 347.1234567", "PHONE_NUMBER", "347.1234567"),
+        ("Zadzwoń 512 345 678 Krzysztof", "PHONE_NUMBER", "512 345 678"),
+        ("Customer: +44 20 7946 0958", "PHONE_NUMBER", "+44 20 7946 0958"),
     ],
 )
 def test_phone_numbers_and_addresses_next_to_letters_are_still_found(
@@ -267,3 +281,15 @@ def test_phone_numbers_and_addresses_next_to_letters_are_still_found(
     found = [text[e.start : e.end] for e in verdict.entities if e.type == kind]
     assert any(value in f for f in found), verdict.entities
     assert all(e.type == kind for e in verdict.entities), verdict.entities
+
+
+def test_a_pii_span_reaching_beyond_a_secret_widens_it() -> None:
+    """Nothing of either goes out: the secret covers the PII span's overhang; a PII span
+    apart from every secret stays."""
+    apart = Span("EMAIL_ADDRESS", 40, 60, 0.9)
+    kept, secrets = beside_secrets(
+        [Span("PERSON", 0, 10, 0.8), apart],
+        [Span("JWT", 4, 30, 1.0), Span("PASSWORD", 28, 35, 1.0)],
+    )
+    assert kept == [apart]
+    assert secrets == [Span("JWT", 0, 35, 1.0)]

@@ -259,7 +259,9 @@ class GazetteerNameRecognizer(EntityRecognizer):
         before_colon = tok.i + 1 < len(tok.doc) and tok.doc[tok.i + 1].text.startswith(":")
         if line_start and before_colon:
             return True  # "Jasna: Remember me?" (a speaker, a signature)
-        if (tok.ent_type_ in _NOT_PEOPLE or word.lower() in _LANGUAGES) and not _NAMED.search(
+        nxt = tok.doc[tok.i + 1] if tok.i + 1 < len(tok.doc) else None
+        language = word.lower() in _LANGUAGES and not (nxt is not None and nxt.text[:1].isupper())
+        if (tok.ent_type_ in _NOT_PEOPLE or language) and not _NAMED.search(
             text[max(0, tok.idx - 20) : tok.idx]
         ):
             return False  # "the capital of France", "flights to Paris": places, not people
@@ -338,6 +340,13 @@ def _company_word(word: str) -> bool:
     return bare in _COMPANY_TAILS or bare in _ORG_WORDS or legal_form(word)
 
 
+def _listed_name(word: str) -> bool:
+    """A capitalised name before a comma, not a greeting or a sign-off ("Hi, Tom and
+    Anna", "Thanks, Tom and Anna")."""
+    bare = word.rstrip(",")
+    return bare[:1].isupper() and bare.lower() not in _NOT_NAMES
+
+
 def two_people(text: str, start: int, end: int) -> bool:
     """Whether the name at `start:end` is one of two names joined by "and", "e" or "&"
     ("I met Tom and Anna"): two people. A company named after people lists three
@@ -351,11 +360,12 @@ def two_people(text: str, start: int, end: int) -> bool:
         first_before, other, beyond = before[-3:-2], before[-2:-1], after[:1]
     else:
         return False
-    if not other or not other[0][:1].isupper() or other[0].endswith(","):
+    name = other[0].rstrip(",.;:!?") if other else ""
+    if not name[:1].isupper():
         return False
-    if first_before and first_before[0].endswith(","):
+    if first_before and first_before[0].endswith(",") and _listed_name(first_before[0]):
         return False  # a list of three or more: "Smith, Lloyd and Jackson"
-    if any(map(_company_word, [other[0], *beyond])):
+    if any(map(_company_word, [name, *beyond])):
         return False
     return not any(map(_company_word, text[start:end].split()))
 
@@ -414,16 +424,17 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
 
 # What an identifier's number follows ("order number is", "invoice #", "tracking no.:").
 _ID_BEFORE = compile_linear(
-    r"\b(?:order|invoice|tracking|reference|ref|ticket|booking|confirmation|serial|account|"
-    r"case|policy|customer|member|transaction|shipment|parcel|isbn|sku|version|build|"
-    r"release|timestamp|epoch|unix time|id)\"?[ \t]*"
-    r"(?:number|no\.?|num|#|id|code)?[ \t]*(?:is|was|:|=)?[ \t]*#?[ \t]*$"
+    r"\b(?:(?:order|invoice|tracking|reference|ref|ticket|booking|confirmation|serial|"
+    r"transaction|shipment|parcel|isbn|sku|version|build|release|timestamp|epoch|unix time)"
+    r"\"?[ \t]*(?:number|no\.?|num|#|id|code)?|(?:account|case|policy|customer|member)[ \t]*"
+    r"(?:number|no\.?|num|#|id|code))[ \t]*(?:is|was|:|=)?[ \t]*#?[ \t]*$"
 )
 _THOUSANDS = compile_linear(r"[1-9]\d{0,2}(?:,\d{3})+|[1-9]\d?(?:(?: \d{3})+|(?:\.\d{3})+)")
 _THOUSANDS_3 = compile_linear(r"[1-9]\d\d(?:(?: \d{3})+|(?:\.\d{3})+)")
 _MONEY_BEFORE = compile_linear(r"[€$£¥][ \t]*$")
 _MONEY_AFTER = compile_linear(
-    r"(?i)^[ \t]*(?:[€$£¥]|eur|euro|usd|dollar|pound|gbp|chf|franc|yen|pln|zł|kr|mil)"
+    r"(?i)^[ \t]*(?:[€$£¥]|(?:eur|euros?|usd|dollars?|pounds?|gbp|chf|francs?|yen|pln|zł|kr|"
+    r"mil|million|millions|billion|billions|mln|mld)(?:$|[^\pL]))"
 )
 
 
@@ -434,10 +445,13 @@ def _money_next_to(text: str, start: int, end: int) -> bool:
     )
 
 
-_DECIMAL = compile_linear(r"\d{1,4}\.\d{5,}")
+_DECIMAL = compile_linear(r"(?:0|[1-9]\d?)\.\d{5,}")
 _JSON_KEY_BEFORE = compile_linear(r"\"[^\"\n]{1,40}\"[ \t]*:[ \t]*$")
 _JSON_VALUE_END = compile_linear(r"[ \t]*[,}\]\n]|[ \t]*$")
-_PHONE_WORDS = compile_linear(r"phone|call|\btel\b|mobile|cell|fax|whatsapp|sms|text me")
+_PHONE_WORDS = compile_linear(
+    r"phone|call|\btel|mobil|\bmob\b|móvil|movil|cell|handy|portable|fax|whatsapp|sms|text me|"
+    r"numero|número|nummer|\bgsm\b"
+)
 
 
 def plausible_phone(text: str, start: int, end: int) -> bool:
@@ -459,6 +473,8 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
     # The number of an identifier written with its prefix ("CVE-2024-3094", "INV-2024-0087").
     if start > 1 and text[start - 1] == "-" and text[start - 2].isalpha():
         return False
+    if value.lstrip().startswith("+"):
+        return True  # an international number: no quantity or identifier is written so
     near = text[max(0, start - 40) : start].lower()
     if (
         not _PHONE_WORDS.search(near)
@@ -541,6 +557,7 @@ class ProperNameRecognizer(EntityRecognizer):
             # "Chief Financial Officer", "Quarterly Business Review": a title of a role, a
             # team or a document is no name; one next to a name is cut off ("Director Anna
             # Schmidt").
+            titled = bool(run) and run[0].text.lower() in _TITLE_WORDS
             while run and run[0].text.lower() in _TITLE_WORDS:
                 run.pop(0)
             while run and run[-1].text.lower() in _TITLE_WORDS:
@@ -552,7 +569,9 @@ class ProperNameRecognizer(EntityRecognizer):
             near = {t.text.lower() for t in run} | {
                 doc[k].text.lower() for k in edges if 0 <= k < len(doc)
             }
-            if len(names) >= 2 and not near & (_ORG_WORDS | _PLACE_WORDS):
+            # A title cut off may leave a particle first ("Director van Basten").
+            needed = 1 if titled and run and run[0].text.lower() in _PARTICLES else 2
+            if len(names) >= needed and not near & (_ORG_WORDS | _PLACE_WORDS):
                 start, end = run[0].idx, run[-1].idx + len(run[-1].text)
                 out.append(RecognizerResult("PERSON", start, end, 0.6))
             run.clear()
@@ -642,7 +661,7 @@ _GREETINGS = compile_linear(
     r"noches)|bom dia|boa (?:tarde|noite)|buon ?giorno|buona ?sera|bonjour|bonsoir|"
     r"goede(?:morgen|middag|navond|ndag)|god (?:morgen|dag|kveld)|dzie[nń] dobry|dobr[yý] den|"
     r"dobar dan|dobro jutro|merhaba|gr[üu](?:ß|ss) gott|gr[üu]ezi|servus|moin|hallo|hola|"
-    r"ciao|salut|ol[áa]|hej|shalom|salaam|salam|konnichiwa|ni hao|namaste|privet|kalimera|"
+    r"ciao|salut|olá|hej|shalom|salaam|salam|konnichiwa|ni hao|namaste|privet|kalimera|"
     r"jó napot|hyvää (?:päivää|huomenta)|dobrý večer))(?:$|[^\pL])"
 )
 _TITLES = {
@@ -659,8 +678,11 @@ def without_greeting(text: str, result: Any) -> Any:
         return result
     line_start = text.rfind("\n", 0, result.start) + 1
     start = result.start
+    first, _ = _names()
     for m in _GREETINGS.finditer(text[line_start : result.end + 40]):
         g_start, g_end = line_start + m.start(1), line_start + m.end(1)
+        if m.group(1).capitalize() in first:
+            continue  # "Ola Nordmann": a given name, not the greeting
         if g_start <= start < g_end:
             start = g_end
     if start == result.start:
@@ -669,7 +691,7 @@ def without_greeting(text: str, result: Any) -> Any:
     words = [w.strip(",.;:!?") for w in rest.split()]
     if not [w for w in words if w and w.lower() not in _TITLES]:
         return None
-    start += len(rest) - len(rest.lstrip(" ,.;:!?"))
+    start += len(rest) - len(rest.lstrip(" \t\r\n,.;:!?"))
     return RecognizerResult(
         "PERSON", start, result.end, result.score, recognition_metadata=result.recognition_metadata
     )
