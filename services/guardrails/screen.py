@@ -20,7 +20,7 @@ from services.guardrails.injection import InjectionDetector, InjectionResult
 from services.guardrails.linear import compile_linear
 from services.guardrails.policy import CustomRecognizer, EffectivePolicy
 from services.guardrails.scheduler import checkpoint
-from services.guardrails.secrets import Span, scan
+from services.guardrails.secrets import Span, merged, scan
 from services.guardrails.structured import NotJson, rewrite_json
 
 PLACEHOLDER = compile_linear(r"<[A-Z][A-Z0-9_]*(?:_\d+|#[0-9a-f]+)?>")
@@ -81,14 +81,7 @@ def beside_secrets(spans: Sequence[Span], secrets: Sequence[Span]) -> tuple[list
         for i in hit:
             x = grown[i]
             grown[i] = Span(x.type, min(x.start, s.start), max(x.end, s.end), x.score)
-    merged: list[Span] = []  # widened secrets that now overlap become one
-    for x in sorted(grown, key=lambda x: (x.start, -x.end)):
-        if merged and x.start < merged[-1].end:
-            last = merged[-1]
-            merged[-1] = Span(last.type, last.start, max(last.end, x.end), last.score)
-        else:
-            merged.append(x)
-    return kept, merged
+    return kept, merged(grown)  # widened secrets that now overlap become one
 
 
 class MessageMemo:

@@ -106,12 +106,17 @@ def scan(text: str, min_entropy: float = 4.0) -> list[Span]:
     for m in _TOKEN.finditer(text):
         if _looks_random(m.group(), min_entropy):
             found.append(Span("HIGH_ENTROPY_TOKEN", m.start(), m.end(), 0.8))
-    found.sort(key=lambda s: (s.start, -(s.end - s.start)))
+    return [s for s in merged(found) if not _PLACEHOLDER.fullmatch(text[s.start : s.end])]
+
+
+def merged(spans: list[Span]) -> list[Span]:
+    """Overlapping spans made one, in order: the first (the longest, on a tie) keeps its
+    type and score and reaches as far as any of them."""
     out: list[Span] = []
-    for s in found:
+    for s in sorted(spans, key=lambda s: (s.start, -(s.end - s.start))):
         if out and s.start < out[-1].end:
             if s.end > out[-1].end:
                 out[-1] = Span(out[-1].type, out[-1].start, s.end, out[-1].score)
             continue
         out.append(s)
-    return [s for s in out if not _PLACEHOLDER.fullmatch(text[s.start : s.end])]
+    return out

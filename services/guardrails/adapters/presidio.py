@@ -476,6 +476,7 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
     if value.lstrip().startswith("+"):
         return True  # an international number: no quantity or identifier is written so
     near = text[max(0, start - 40) : start].lower()
+    bare = value.strip()
     if (
         not _PHONE_WORDS.search(near)
         and (
@@ -485,9 +486,9 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
             # or with decimals ("3.14159265"). Phone numbers have no commas, and none starts
             # with a non-zero group of one or two digits followed by groups of three; a
             # 3-3-3 number is a phone number (Polish, Portuguese) unless money is named by it.
-            or _THOUSANDS.fullmatch(value.strip())
-            or (_THOUSANDS_3.fullmatch(value.strip()) and _money_next_to(text, start, end))
-            or _DECIMAL.fullmatch(value.strip())
+            or _THOUSANDS.fullmatch(bare)
+            or (_THOUSANDS_3.fullmatch(bare) and _money_next_to(text, start, end))
+            or _DECIMAL.fullmatch(bare)
             # A JSON number, not a string: no phone number (a leading 0 or + would be lost).
             or (_JSON_KEY_BEFORE.search(near) and _JSON_VALUE_END.match(text[end : end + 2]))
         )
