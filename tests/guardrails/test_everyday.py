@@ -152,6 +152,14 @@ def test_a_secret_a_name_model_takes_for_a_person_is_redacted_as_a_secret(
         ("Thanks, Tom and Anna!", "Anna"),
         ("Director van Basten will join.", "Basten"),
         ("Thanks for the help!\nBest regards,\nanna", "anna"),
+        # Surnames listed after a word for people (a company named after people lists
+        # three too, with nothing before them that says who they are).
+        ("Acme is the brainchild of our 3 founders: Pap, Fernandes and Schmitt.", "Pap"),
+        ("Acme is the brainchild of our 3 founders: Pap, Fernandes and Schmitt.", "Fernandes"),
+        ("Attendees: Lindholm, Waters and Muslija.", "Waters"),
+        ("The partners are Okafor and Brennan.", "Okafor"),
+        # A flat after a name that the name model took into the surname.
+        ("Ms Mats Hætta Flat 9 825 Sullivan Locks", "Hætta"),
     ],
 )
 def test_single_and_foreign_names_are_people(
@@ -235,6 +243,11 @@ def test_plain_numbers_and_streets_are_left_alone(
         "Talk to the Product Owner before the Sprint Review.",
         "Read the Terms of Service and the Privacy Policy.",
         "Best wishes, The Marketing Department",
+        # A royal title, and a song's title glued to the word before it.
+        "The Princess Royal arrived at Segovia this morning.",
+        'What did he put at #1? Answer:"Tube Snake", of course.',
+        # A word for people before a colon, and no list of names after it.
+        "Participants: Bring your laptop.",
         # Lower-case words after the same phrases that are no given names.
         "i'm fine thanks",
         "Thanks, will do",

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,7 @@ _NOT_NAMES = {
     "october", "november", "december", "hi", "hello", "dear", "thanks", "thank", "please",
     "customer", "patient", "card", "number", "note", "summary", "vpn", "ssn", "iban", "sepa",
     "ip", "q1", "q2", "q3", "q4", "ai", "api", "faq", "ceo", "cto", "hr", "it",
+    "princess", "royal", "highness", "majesty", "duchess", "empress",
 }  # fmt: skip
 _PARTICLES = {"van", "de", "der", "den", "von", "le", "la", "da", "di", "del", "du", "dos", "ter"}
 # spaCy's small model tags many non-English names ORG; a run counts as an organisation only
@@ -230,6 +231,7 @@ _LOWER_INTRO = compile_linear(
 )
 
 
+@cache  # read once: without_greeting asks for it on every name found (14 ms a read)
 def _names() -> tuple[frozenset[str], frozenset[str]]:
     data = json.loads(_NAMES_FILE.read_text())
     return frozenset(data["first"]), frozenset(data["last"])
@@ -323,6 +325,7 @@ _NUMBER_BEFORE = compile_linear(r"\d+[A-Za-z]?,?[ \t]+(?:\pL+\.?[ \t]+)?$")
 _NUMBER_AFTER = compile_linear(r"^,?[ \t]+\d")
 # A flat or floor of an address ("Apt. 95", "Suite 787", "Piso 7"): it follows the name of
 # whoever lives there as often as a street's, and never ends a street's own name.
+_UNITS = {"apt", "apt.", "apartment", "suite", "unit", "flat", "piso", "piano"}
 _UNIT_AFTER = compile_linear(r"(?i)^[ \t]*(?:apt\.?|apartment|suite|unit|flat|piso|piano)[ \t]+\d")
 _ISO_DATE = compile_linear(r"(?:1[89]|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])")
 
@@ -537,6 +540,11 @@ _TITLE_WORDS = {
 }  # fmt: skip
 
 
+# A token of a name: letters, with an apostrophe, a hyphen or a dot inside ("O'Neil",
+# "Jean-Luc", "St."), not a token glued over punctuation (`Answer:"Tube`, "Blink-182").
+_WORDLIKE = compile_linear(r"\pL+(?:['\x{2019}.-]\pL*)*")
+
+
 class ProperNameRecognizer(EntityRecognizer):
     """Runs of two or more capitalised proper nouns (with name particles) that spaCy's small
     model left untagged: it misses many non-English names in English sentences."""
@@ -585,7 +593,7 @@ class ProperNameRecognizer(EntityRecognizer):
                 and not word.isupper()
                 and word.lower() not in _NOT_NAMES
                 and tok.ent_type_ not in _NOT_PERSON_ENTS
-                and "@" not in word
+                and _WORDLIKE.fullmatch(word) is not None
             )
             joiner = run and (word.lower() in _PARTICLES or (word == "-" and not tok.whitespace_))
             if is_name or joiner:
@@ -593,6 +601,62 @@ class ProperNameRecognizer(EntityRecognizer):
             else:
                 close()
         close()
+        return out
+
+
+# A list of people named after a word for people and a colon or "are" ("our 3 founders:
+# Pap, Fernandes and Schmitt", "Attendees: Smith, Jones and Brown"): surnames alone, which
+# the rules for companies named after people ("Pittman, Mendoza and Delgado") would drop.
+_PEOPLE_NOUNS = (
+    "founders|co-?founders|partners|members|authors|co-?authors|speakers|attendees|"
+    "participants|guests|owners|directors|employees|colleagues|children|kids|sons|daughters|"
+    "siblings|brothers|sisters|friends|signatories|witnesses|candidates|students|winners|"
+    "hosts|panel(?:l)?ists|organi[sz]ers|recipients|parents|tenants|patients|clients|"
+    "passengers|players|teachers|doctors|nurses|reviewers|approvers|assignees|invitees|"
+    "trustees|shareholders|heirs|beneficiaries|executors|people|persons"
+)
+_LISTED_NAME = r"\p{Lu}[\pL'\x{2019}-]*(?:[ \t]+\p{Lu}[\pL'\x{2019}-]*){0,2}"
+# Two names at least, and the list ends the sentence or the line: "Participants: Bring
+# your laptop" lists nobody.
+_PEOPLE_LIST = compile_linear(
+    rf"\b(?i:{_PEOPLE_NOUNS})(?:[ \t]*:|[ \t]+(?i:are|were|include|included)[ \t]*:?)[ \t]*"
+    rf"({_LISTED_NAME}(?:(?:[ \t]*,[ \t]*{_LISTED_NAME})*,?[ \t]+(?:and|&|or)[ \t]+"
+    rf"|(?:[ \t]*,[ \t]*{_LISTED_NAME})*[ \t]*,[ \t]*){_LISTED_NAME})[ \t]*(?:[.;!?\n),]|$)"
+)
+_ONE_LISTED = compile_linear(_LISTED_NAME)
+LISTED_KEY = "listed"
+
+
+class ListedPeopleRecognizer(EntityRecognizer):
+    """Each name of a list that a word for people introduces (`_PEOPLE_LIST`). These stand
+    without the checks for streets and companies (`plausible_person`): the word before the
+    list says what its items are."""
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["PERSON"], name="ListedPeopleRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        if "PERSON" not in entities:
+            return []
+        out: list[Any] = []
+        for m in _PEOPLE_LIST.finditer(text):
+            for item in _ONE_LISTED.finditer(m.group(1)):
+                words = {w.lower() for w in item.group(0).replace("-", " ").split()}
+                if words & (_TITLE_WORDS | _ORG_WORDS | _PLACE_WORDS | _NOT_NAMES):
+                    continue
+                start = m.start(1) + item.start()
+                out.append(
+                    RecognizerResult(
+                        "PERSON",
+                        start,
+                        start + len(item.group(0)),
+                        LISTED_SCORE,
+                        recognition_metadata={LISTED_KEY: True},
+                    )
+                )
         return out
 
 
@@ -634,6 +698,8 @@ def custom_recognizer(rec: CustomRecognizer) -> EntityRecognizer:
 # What Rampart calls a name counts with this score (spaCy's PERSON has 0.85, the gazetteer 0.7).
 NER_SCORE = 0.8
 NER_KEY = "rampart"
+# Above spaCy's 0.85: Presidio keeps one result of a span, the highest scored.
+LISTED_SCORE = 0.86
 
 
 def one_line(text: str, result: Any) -> Any:
@@ -710,6 +776,10 @@ def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -
     ]
     names = people(text, tags) if min_score <= NER_SCORE else []
     for start, end in names:
+        # "Ms Mats Hætta Flat 9": Rampart takes the flat's word into the surname.
+        head, _, last = text[start:end].rpartition(" ")
+        if head and last.lower() in _UNITS and _NUMBER_AFTER.search(text[end : end + 6]):
+            end = start + len(head.rstrip())
         words = {w.strip(",.").lower() for w in text[start:end].replace("-", " ").split()}
         # A company or a street named after people ("Piccinni-Bresciani SPA").
         if not words & (_ORG_WORDS | _PLACE_WORDS | _NOT_NAMES):
@@ -746,6 +816,7 @@ class PresidioPii:
             CreditCardRecognizer(patterns=_CARDS),
             ProperNameRecognizer(),
             GazetteerNameRecognizer(),
+            ListedPeopleRecognizer(),
             IbanRecognizer(),
             IpRecognizer(),
             UsSsnRecognizer(),
@@ -834,6 +905,7 @@ class PresidioPii:
                 and (r.entity_type != "URL" or plausible_url(chunk, r.start, r.end))
                 and (
                     r.entity_type != "PERSON"
+                    or (r.recognition_metadata or {}).get(LISTED_KEY)
                     or plausible_person(
                         chunk, r.start, r.end, bool((r.recognition_metadata or {}).get(NER_KEY))
                     )
