@@ -607,13 +607,12 @@ class ProperNameRecognizer(EntityRecognizer):
 # A list of people named after a word for people and a colon or "are" ("our 3 founders:
 # Pap, Fernandes and Schmitt", "Attendees: Smith, Jones and Brown"): surnames alone, which
 # the rules for companies named after people ("Pittman, Mendoza and Delgado") would drop.
-_PEOPLE_NOUNS = (
-    "founders|co-?founders|partners|members|authors|co-?authors|speakers|attendees|"
-    "participants|guests|owners|directors|employees|colleagues|children|kids|sons|daughters|"
-    "siblings|brothers|sisters|friends|signatories|witnesses|candidates|students|winners|"
-    "hosts|panel(?:l)?ists|organi[sz]ers|recipients|parents|tenants|patients|clients|"
-    "passengers|players|teachers|doctors|nurses|reviewers|approvers|assignees|invitees|"
-    "trustees|shareholders|heirs|beneficiaries|executors|people|persons"
+_PEOPLE_NOUNS = (  # words for people only: partners, clients or owners may be companies
+    "founders|co-?founders|authors|co-?authors|speakers|attendees|participants|guests|"
+    "employees|colleagues|co-?workers|teammates|classmates|children|kids|sons|daughters|"
+    "siblings|brothers|sisters|cousins|twins|parents|grandparents|friends|witnesses|"
+    "students|pupils|panel(?:l)?ists|patients|passengers|teachers|doctors|nurses|invitees|"
+    "volunteers|interns|heirs|people|persons"
 )
 _LISTED_NAME = r"\p{Lu}[\pL'\x{2019}-]*(?:[ \t]+\p{Lu}[\pL'\x{2019}-]*){0,2}"
 # Two names at least, and the list ends the sentence or the line: "Participants: Bring
@@ -645,7 +644,9 @@ class ListedPeopleRecognizer(EntityRecognizer):
         for m in _PEOPLE_LIST.finditer(text):
             for item in _ONE_LISTED.finditer(m.group(1)):
                 words = {w.lower() for w in item.group(0).replace("-", " ").split()}
-                if words & (_TITLE_WORDS | _ORG_WORDS | _PLACE_WORDS | _NOT_NAMES):
+                if item.group(0).isupper() or words & (
+                    _TITLE_WORDS | _ORG_WORDS | _PLACE_WORDS | _NOT_NAMES
+                ):
                     continue
                 start = m.start(1) + item.start()
                 out.append(
