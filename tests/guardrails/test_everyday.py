@@ -251,6 +251,10 @@ def test_plain_numbers_and_streets_are_left_alone(
         # Partners and clients may be companies; an acronym is no name.
         "Our clients include Siemens, Bosch and Allianz.",
         "Speakers: IBM, SAP and HSBC.",
+        # States and the headings of a form.
+        "I'm originally from Lao People's Democratic Republic.",
+        "It serves great Russian Federation food.",
+        "Personal Info:\nHobbies: chess",
         # Lower-case words after the same phrases that are no given names.
         "i'm fine thanks",
         "Thanks, will do",

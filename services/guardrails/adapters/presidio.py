@@ -537,6 +537,12 @@ _TITLE_WORDS = {
     "guide", "manual", "handbook", "standard", "framework", "act", "regulation",
     "directive", "treaty", "convention", "night", "holiday", "festival", "christmas",
     "friday", "happy", "new", "year", "season", "edition", "version", "release", "update",
+    # States ("Russian Federation", "Lao People's Democratic Republic") and the headings of
+    # a form or a CV ("Personal Info", "Contact Details").
+    "republic", "federation", "kingdom", "states", "united", "democratic", "people",
+    "islands", "union", "emirates", "federal", "socialist", "islamic", "commonwealth",
+    "territory", "territories", "principality", "duchy", "sultanate", "personal", "info",
+    "information", "details", "contact", "profile", "summary", "address",
 }  # fmt: skip
 
 
