@@ -8,7 +8,7 @@ from presidio_analyzer import RecognizerResult
 
 from libs.context import RequestContext
 from libs.events import ChatMessage, GuardrailCheck
-from services.guardrails.adapters.presidio import one_line
+from services.guardrails.adapters.presidio import one_line, resolve_overlaps
 from services.guardrails.policy import EffectivePolicy
 from services.guardrails.screen import Screener, beside_secrets
 from services.guardrails.secrets import Span
@@ -160,6 +160,9 @@ def test_a_secret_a_name_model_takes_for_a_person_is_redacted_as_a_secret(
         ("The guests are Okafor and Brennan.", "Okafor"),
         # A flat after a name that the name model took into the surname.
         ("Ms Mats Hætta Flat 9 825 Sullivan Locks", "Hætta"),
+        # Two models' names of one person, one inside the other: the given name too.
+        ("Меня зовут Иван Петров.", "Иван"),
+        ("Please forward this to Γιώργος Παπαδόπουλος.", "Γιώργος"),
     ],
 )
 def test_single_and_foreign_names_are_people(
@@ -313,3 +316,20 @@ def test_a_pii_span_reaching_beyond_a_secret_widens_it() -> None:
     )
     assert kept == [apart]
     assert secrets == [Span("JWT", 0, 35, 1.0)]
+
+
+def test_overlapping_spans_of_one_type_join_and_never_reach_another_type() -> None:
+    """A name inside a longer name of the same person is one span, their union (the higher
+    score alone left "Иван" of "Иван Петров" in clear); a union that would overlap a kept
+    span of another type is not made, and the span that overlaps it is dropped."""
+    text = "Forward it to Senna van Luinenburg at senna@example.com today"
+    name = (text.index("Senna"), text.index(" at"))
+    email = (text.index("senna@"), text.index(" today"))
+    spans = [
+        Span("PERSON", text.index("van"), name[1], 0.85),
+        Span("PERSON", name[0], name[1], 0.7),
+        Span("PERSON", name[0], email[1], 0.8),  # spaCy's name run into the address
+        Span("EMAIL_ADDRESS", *email, 1.0),
+    ]
+    kept = [(s.type, text[s.start : s.end]) for s in resolve_overlaps(spans)]
+    assert kept == [("PERSON", "Senna van Luinenburg"), ("EMAIL_ADDRESS", "senna@example.com")]

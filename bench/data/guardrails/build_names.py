@@ -1,7 +1,7 @@
-"""Writes services/guardrails/data/names.json: first names and surnames in Latin script from
-every Faker locale (the PERSON recogniser's gazetteer). Run by hand after a Faker upgrade:
-`python bench/data/guardrails/build_names.py`. The held-out PII sentences use other names
-(presidio-evaluator's FakeNameGenerator list), not these.
+"""Writes services/guardrails/data/names.json: first names and surnames in Latin, Cyrillic
+and Greek script from every Faker locale (the PERSON recogniser's gazetteer). Run by hand
+after a Faker upgrade: `python bench/data/guardrails/build_names.py`. The held-out PII
+sentences use other names (presidio-evaluator's FakeNameGenerator list), not these.
 """
 
 import importlib
@@ -13,6 +13,8 @@ import faker
 from faker.config import AVAILABLE_LOCALES
 
 OUT = Path(__file__).resolve().parents[3] / "services" / "guardrails" / "data" / "names.json"
+# Scripts with capitals, which the recogniser reads capitalisation in ("Иван Петров").
+SCRIPTS = {"LATIN", "CYRILLIC", "GREEK"}
 first: set[str] = set()
 last: set[str] = set()
 
@@ -23,7 +25,7 @@ def ok(n: object) -> bool:
         and len(n) >= 3
         and n[:1].isupper()
         and all(ch.isalpha() or ch in "-'" for ch in n)
-        and "LATIN" in unicodedata.name(n[0], "")
+        and unicodedata.name(n[0], "").split()[0] in SCRIPTS
     )
 
 

@@ -961,14 +961,30 @@ def chunks(text: str, size: int = CHUNK, overlap: int = OVERLAP) -> list[tuple[i
 
 
 def resolve_overlaps(spans: list[Span]) -> list[Span]:
-    """Keep non-overlapping spans: tenant recognizers first, then PRIORITY, score, length."""
+    """Keep non-overlapping spans: tenant recognizers first, then PRIORITY, score, length.
+    A span that overlaps only kept spans of its own type joins them (their union), unless
+    the union would reach a kept span of another type: spaCy's "Петров" inside the name
+    list's "Иван Петров" left "Иван" in clear when the higher score simply won."""
     ranked = sorted(
         spans, key=lambda s: (PRIORITY.get(s.type, -1), -s.score, -(s.end - s.start), s.start)
     )
     kept: list[Span] = []
     for s in ranked:
-        if all(s.end <= k.start or s.start >= k.end for k in kept):
+        hit = [k for k in kept if s.start < k.end and k.start < s.end]
+        if not hit:
             kept.append(s)
+            continue
+        if any(k.type != s.type for k in hit):
+            continue
+        union = Span(
+            s.type,
+            min(s.start, *(k.start for k in hit)),
+            max(s.end, *(k.end for k in hit)),
+            max(s.score, *(k.score for k in hit)),
+        )
+        rest = [k for k in kept if all(k is not h for h in hit)]
+        if all(union.end <= k.start or union.start >= k.end for k in rest):
+            kept = [*rest, union]
     return sorted(kept, key=lambda s: s.start)
 
 
