@@ -158,6 +158,13 @@ def test_a_secret_a_name_model_takes_for_a_person_is_redacted_as_a_secret(
         ("Acme is the brainchild of our 3 founders: Pap, Fernandes and Schmitt.", "Fernandes"),
         ("Attendees: Lindholm, Waters and Muslija.", "Waters"),
         ("The guests are Okafor and Brennan.", "Okafor"),
+        ("Witnesses were Carla Mendes, Joao Silva, and Rui Costa", "Costa"),
+        ("Attendees: Anna Lake, Tom Park and Li Wei.", "Park"),
+        ("Attendees: Anna van der Berg, Tom Ng and Li Wei.", "Tom Ng"),
+        ("Attendees: Smith, Jones and Brown\r\nThanks", "Jones"),
+        # "Princess" and "Royal" are given names too (only "the Princess Royal" is none).
+        ("My name is Royal Jenkins and I need a refund.", "Royal"),
+        ("Hi, I'm Princess Adeyemi.", "Princess"),
         # A flat after a name that the name model took into the surname.
         ("Ms Mats Hætta Flat 9 825 Sullivan Locks", "Hætta"),
         # Two models' names of one person, one inside the other: the given name too.
@@ -254,6 +261,10 @@ def test_plain_numbers_and_streets_are_left_alone(
         # Partners and clients may be companies; an acronym is no name.
         "Our clients include Siemens, Bosch and Allianz.",
         "Speakers: IBM, SAP and HSBC.",
+        "Our speakers include Google, Microsoft and Amazon.",
+        "The participants are Swiss, German and Austrian.",
+        "Employees: Name, Department, Salary.",
+        "Why Our Employees Are Proud, Loyal And Engaged",
         # States and the headings of a form.
         "I'm originally from Lao People's Democratic Republic.",
         "It serves great Russian Federation food.",

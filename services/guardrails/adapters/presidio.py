@@ -169,7 +169,7 @@ _NOT_NAMES = {
     "october", "november", "december", "hi", "hello", "dear", "thanks", "thank", "please",
     "customer", "patient", "card", "number", "note", "summary", "vpn", "ssn", "iban", "sepa",
     "ip", "q1", "q2", "q3", "q4", "ai", "api", "faq", "ceo", "cto", "hr", "it",
-    "princess", "royal", "highness", "majesty", "duchess", "empress",
+    "highness", "majesty", "duchess", "empress",
 }  # fmt: skip
 _PARTICLES = {"van", "de", "der", "den", "von", "le", "la", "da", "di", "del", "du", "dos", "ter"}
 # spaCy's small model tags many non-English names ORG; a run counts as an organisation only
@@ -548,7 +548,9 @@ _TITLE_WORDS = {
 
 # A token of a name: letters, with an apostrophe, a hyphen or a dot inside ("O'Neil",
 # "Jean-Luc", "St."), not a token glued over punctuation (`Answer:"Tube`, "Blink-182").
-_WORDLIKE = compile_linear(r"\pL+(?:['\x{2019}.-]\pL*)*")
+_WORDLIKE = compile_linear(r"[\pL\pM]+(?:['\x{2019}.-][\pL\pM]*)*")
+# A royal title, no name although "Princess" and "Royal" are given names too.
+_ROYAL_TITLE = compile_linear(r"(?i)(?:the[ \t]+)?(?:princess[ \t]+royal|royal[ \t]+highness)")
 
 
 class ProperNameRecognizer(EntityRecognizer):
@@ -620,22 +622,30 @@ _PEOPLE_NOUNS = (  # words for people only: partners, clients or owners may be c
     "students|pupils|panel(?:l)?ists|patients|passengers|teachers|doctors|nurses|invitees|"
     "volunteers|interns|heirs|people|persons"
 )
-_LISTED_NAME = r"\p{Lu}[\pL'\x{2019}-]*(?:[ \t]+\p{Lu}[\pL'\x{2019}-]*){0,2}"
+_LISTED_WORD = r"\p{Lu}[\pL\pM'\x{2019}-]*"
+_LISTED_PARTICLE = "(?:" + "|".join(sorted(_PARTICLES)) + ")"
+_LISTED_NAME = rf"{_LISTED_WORD}(?:[ \t]+(?:{_LISTED_PARTICLE}[ \t]+)*{_LISTED_WORD}){{0,2}}"
 # Two names at least, and the list ends the sentence or the line: "Participants: Bring
-# your laptop" lists nobody.
+# your laptop" lists nobody. The verb in lower case: a headline in title case ("Why Our
+# Employees Are Proud, Loyal And Engaged") is no list.
 _PEOPLE_LIST = compile_linear(
-    rf"\b(?i:{_PEOPLE_NOUNS})(?:[ \t]*:|[ \t]+(?i:are|were|include|included)[ \t]*:?)[ \t]*"
+    rf"\b(?i:{_PEOPLE_NOUNS})(?:[ \t]*:|[ \t]+(?:are|were|include|included)[ \t]*:?)[ \t]*"
     rf"({_LISTED_NAME}(?:(?:[ \t]*,[ \t]*{_LISTED_NAME})*,?[ \t]+(?:and|&|or)[ \t]+"
-    rf"|(?:[ \t]*,[ \t]*{_LISTED_NAME})*[ \t]*,[ \t]*){_LISTED_NAME})[ \t]*(?:[.;!?\n),]|$)"
+    rf"|(?:[ \t]*,[ \t]*{_LISTED_NAME})*[ \t]*,[ \t]*){_LISTED_NAME})[ \t]*(?:[.;!?\r\n),]|$)"
 )
 _ONE_LISTED = compile_linear(_LISTED_NAME)
+# What no item of such a list is: a title, a company's word, a language ("Our parents are
+# Catholic, Protestant and Jewish" lists no names either: too few of the name list).
+_NOT_LISTED = _TITLE_WORDS | _ORG_WORDS | _NOT_NAMES | _LANGUAGES | {"and", "or"}
 LISTED_KEY = "listed"
 
 
 class ListedPeopleRecognizer(EntityRecognizer):
-    """Each name of a list that a word for people introduces (`_PEOPLE_LIST`). These stand
-    without the checks for streets and companies (`plausible_person`): the word before the
-    list says what its items are."""
+    """Each name of a list that a word for people introduces (`_PEOPLE_LIST`), where at
+    least half the items hold a name of the name list ("Speakers: Google, Microsoft and
+    Amazon", "Students: First Name, Last Name, Grade" list no people). These stand without
+    the checks for streets and companies (`plausible_person`, Rampart's address tags): the
+    word before the list says what its items are ("Tom Park", "Rui Costa")."""
 
     def __init__(self) -> None:
         super().__init__(supported_entities=["PERSON"], name="ListedPeopleRecognizer")
@@ -647,13 +657,18 @@ class ListedPeopleRecognizer(EntityRecognizer):
         if "PERSON" not in entities:
             return []
         out: list[Any] = []
+        first, last = _names()
         for m in _PEOPLE_LIST.finditer(text):
+            items = []
             for item in _ONE_LISTED.finditer(m.group(1)):
-                words = {w.lower() for w in item.group(0).replace("-", " ").split()}
-                if item.group(0).isupper() or words & (
-                    _TITLE_WORDS | _ORG_WORDS | _PLACE_WORDS | _NOT_NAMES
-                ):
+                words = item.group(0).replace("-", " ").split()
+                lower = {w.lower() for w in words}
+                if item.group(0).isupper() or lower & _NOT_LISTED or any(map(legal_form, words)):
                     continue
+                items.append((item, any(w in first or w in last for w in words)))
+            if not any(known for _, known in items):
+                continue
+            for item, _ in items:
                 start = m.start(1) + item.start()
                 out.append(
                     RecognizerResult(
@@ -779,7 +794,9 @@ def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -
     kept = [
         r
         for r in results
-        if r.entity_type != "PERSON" or not any(r.start < e and s < r.end for s, e in address)
+        if r.entity_type != "PERSON"
+        or (r.recognition_metadata or {}).get(LISTED_KEY)
+        or not any(r.start < e and s < r.end for s, e in address)
     ]
     names = people(text, tags) if min_score <= NER_SCORE else []
     for start, end in names:
@@ -908,6 +925,10 @@ class PresidioPii:
                 for r in results
                 # spaCy's small model calls acronyms people ("JSON", "AWS").
                 if not (r.entity_type == "PERSON" and chunk[r.start : r.end].isupper())
+                and not (
+                    r.entity_type == "PERSON"
+                    and _ROYAL_TITLE.fullmatch(chunk[r.start : r.end]) is not None
+                )
                 and (r.entity_type != "PHONE_NUMBER" or plausible_phone(chunk, r.start, r.end))
                 and (r.entity_type != "URL" or plausible_url(chunk, r.start, r.end))
                 and (
@@ -962,9 +983,10 @@ def chunks(text: str, size: int = CHUNK, overlap: int = OVERLAP) -> list[tuple[i
 
 def resolve_overlaps(spans: list[Span]) -> list[Span]:
     """Keep non-overlapping spans: tenant recognizers first, then PRIORITY, score, length.
-    A span that overlaps only kept spans of its own type joins them (their union), unless
-    the union would reach a kept span of another type: spaCy's "Петров" inside the name
-    list's "Иван Петров" left "Иван" in clear when the higher score simply won."""
+    A span that overlaps only kept spans of its own type joins them (their union; it
+    reaches no other span, since kept spans never overlap); one that overlaps a span of
+    another type is dropped. spaCy's "Петров" inside the name list's "Иван Петров" left
+    "Иван" in clear when the higher score simply won."""
     ranked = sorted(
         spans, key=lambda s: (PRIORITY.get(s.type, -1), -s.score, -(s.end - s.start), s.start)
     )
@@ -982,9 +1004,7 @@ def resolve_overlaps(spans: list[Span]) -> list[Span]:
             max(s.end, *(k.end for k in hit)),
             max(s.score, *(k.score for k in hit)),
         )
-        rest = [k for k in kept if all(k is not h for h in hit)]
-        if all(union.end <= k.start or union.start >= k.end for k in rest):
-            kept = [*rest, union]
+        kept = [*(k for k in kept if all(k is not h for h in hit)), union]
     return sorted(kept, key=lambda s: s.start)
 
 
