@@ -337,8 +337,11 @@ def pii_table(
     n_gold: dict[str, int] = defaultdict(int)
     for text, gold in data:
         start = time.perf_counter()
+        # The full report, as the HTTP check gets it: a sentence the classifier flags is still
+        # scored on its PII (a chat's check would stop at the block).
         verdict = screener.check(
-            GuardrailCheck(ctx=ctx, messages=[ChatMessage(role="user", content=text)]), policy
+            GuardrailCheck(ctx=ctx, messages=[ChatMessage(role="user", content=text)], report=True),
+            policy,
         )
         latencies.append((time.perf_counter() - start) * 1000)
         pred = [(e.type, e.start, e.end) for e in verdict.entities if e.type in SCORED]
@@ -411,6 +414,9 @@ def main() -> int:
 
     evaluated = [it for it in corpora() if it["split"] in ("tune", "heldout", "cross")]
     scores: dict[str, float] = {}
+    # Timed as a chat's check: one blocked as an injection is not screened for PII.
+    passed: list[float] = []  # the injection corpora's texts that were let through
+    longest = 0
     for it in evaluated:
         start = time.perf_counter()
         verdict = screener.check(
@@ -419,6 +425,9 @@ def main() -> int:
         )
         latencies.append((time.perf_counter() - start) * 1000)
         scores[it["id"]] = verdict.injection_score
+        if verdict.allowed:
+            passed.append(latencies[-1])
+            longest = max(longest, len(it["text"]))
     th = policy.injection_threshold
     lines, totals = injection_table(scores, th)
     print(
@@ -450,6 +459,12 @@ def main() -> int:
     print(
         f"P50 {p50:.1f} ms  P95 {_pct(latencies, 0.95):.1f} ms  P99 {p99:.1f} ms  "
         f"max {max(latencies):.1f} ms  target P50<=15 P99<=50 {'met' if met else 'MISSED'}"
+    )
+    print(
+        f"of which the injection corpora's texts let through ({len(passed)}, up to "
+        f"{longest:,} characters): "
+        f"P50 {statistics.median(passed):.1f} ms  P95 {_pct(passed, 0.95):.1f} ms  "
+        f"P99 {_pct(passed, 0.99):.1f} ms  max {max(passed):.1f} ms"
     )
 
     out_lat = []

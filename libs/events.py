@@ -664,6 +664,11 @@ class GuardrailCheck(BaseModel):
     # The input is about to leave the platform (an external provider's pool): always
     # screened, never spared by the runtime's input passthrough.
     external: bool = False
+    # Input checks: screen every message in full even once one is blocked (the HTTP check,
+    # whose caller reads the redacted text and entities). A chat's check stops at its first
+    # block instead: no model sees any of it, and a long jailbreak would otherwise spend ten
+    # times its classifier's time in the PII models (services/guardrails/README.md).
+    report: bool = False
 
 
 class GuardrailEntity(BaseModel):

@@ -42,6 +42,7 @@ def register(app: FastAPI, gw: Gateway) -> None:
             direction=req.direction,
             messages=[ChatMessage(role=role, content=req.text)],
             agent=req.policy,
+            report=True,
         )
         verdict = await ask_guardrails(gw.bus, check, gw.bus.peers.guardrails_api)
         if verdict.error is not None:

@@ -248,25 +248,17 @@ class Screener:
         scores: list[float] = []
         reasons: list[str] = []
         rule: str | None = None
+        # A chat's input stops at its first block: no model sees any of it, so the later
+        # messages, and the PII of one blocked as an injection, are not looked at (a long
+        # jailbreak spends ten times its classifier's time in spaCy and Rampart). The HTTP
+        # check asks for the full report. Such a verdict holds the texts screened before.
+        stops = check.direction == "input" and not check.report
         for i, msg in enumerate(check.messages):
+            if stops and rule is not None:
+                break
             text = msg.content or ""
             checkpoint()
             seen_as = (tenant, _digest(text))  # the memo's key for this message
-            # Secrets never reach a model either: in user text, documents and tool results.
-            spans, secrets = beside_secrets(
-                self._pii_spans(text, policy, seen_as=seen_as), self._secret_spans(text, policy)
-            )
-            found = [(s, policy.input_action(s.type)) for s in spans]
-            found += [(s, policy.secrets_action) for s in secrets]
-            rewritten, seen = self._rewrite(text, found, tenant, names, message=i)
-            for e in seen:
-                if e.action == "block" and rule is None:
-                    secret = any((s.start, s.type) == (e.start, e.type) for s in secrets)
-                    rule = "secrets.action" if secret else f"pii.entities.{e.type}"
-                    kind = "secrets" if secret else "pii"
-                    reasons.append(f"{kind}: {e.type} is blocked by policy")
-            entities += seen
-            texts.append(rewritten)
             screened = (check.direction == "context" and policy.screen_context) or (
                 check.direction == "input"
                 and (
@@ -290,6 +282,23 @@ class Screener:
                     if rule is None and check.direction == "input":
                         rule = "injection.threshold"
             scores.append(score)
+            if stops and rule is not None:
+                break
+            # Secrets never reach a model either: in user text, documents and tool results.
+            spans, secrets = beside_secrets(
+                self._pii_spans(text, policy, seen_as=seen_as), self._secret_spans(text, policy)
+            )
+            found = [(s, policy.input_action(s.type)) for s in spans]
+            found += [(s, policy.secrets_action) for s in secrets]
+            rewritten, seen = self._rewrite(text, found, tenant, names, message=i)
+            for e in seen:
+                if e.action == "block" and rule is None:
+                    secret = any((s.start, s.type) == (e.start, e.type) for s in secrets)
+                    rule = "secrets.action" if secret else f"pii.entities.{e.type}"
+                    kind = "secrets" if secret else "pii"
+                    reasons.append(f"{kind}: {e.type} is blocked by policy")
+            entities += seen
+            texts.append(rewritten)
         if check.direction == "context" and any(s >= policy.injection_threshold for s in scores):
             rule = rule or "injection.screen_context"
         last_user = next(

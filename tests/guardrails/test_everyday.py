@@ -38,6 +38,13 @@ def _user(text: str) -> GuardrailCheck:
     return GuardrailCheck(ctx=CTX, messages=[ChatMessage(role="user", content=text)])
 
 
+def _report(text: str) -> GuardrailCheck:
+    """The HTTP check's full report, for tests of the PII found: the classifier takes a few
+    short lists for injections ("Attendees: Lindholm, Waters and Muslija." 0.63, "Speakers:
+    IBM, SAP and HSBC." 0.56), and a chat's check stops at the block without their PII."""
+    return _user(text).model_copy(update={"report": True})
+
+
 @pytest.mark.parametrize("text", PASS)
 def test_everyday_prompts_pass(screener: Screener, policy: EffectivePolicy, text: str) -> None:
     verdict = screener.check(_user(text), policy)
@@ -175,7 +182,7 @@ def test_a_secret_a_name_model_takes_for_a_person_is_redacted_as_a_secret(
 def test_single_and_foreign_names_are_people(
     screener: Screener, policy: EffectivePolicy, text: str, name: str
 ) -> None:
-    verdict = screener.check(_user(text), policy)
+    verdict = screener.check(_report(text), policy)
     assert name not in verdict.texts[0], verdict.texts[0]
 
 
@@ -225,7 +232,7 @@ def test_a_name_ends_at_its_lines_end() -> None:
 def test_plain_numbers_and_streets_are_left_alone(
     screener: Screener, policy: EffectivePolicy, text: str
 ) -> None:
-    verdict = screener.check(_user(text), policy)
+    verdict = screener.check(_report(text), policy)
     assert verdict.texts[0] == text, verdict.entities
 
 
@@ -281,7 +288,7 @@ def test_greetings_languages_and_titles_are_no_names(
 ) -> None:
     """spaCy's small model took each of these greetings for a name, the name list a
     language for a surname, and the run of proper nouns a title for a name."""
-    verdict = screener.check(_user(text), policy)
+    verdict = screener.check(_report(text), policy)
     assert verdict.texts[0] == text, verdict.entities
 
 
@@ -311,7 +318,7 @@ def test_greetings_languages_and_titles_are_no_names(
 def test_phone_numbers_and_addresses_next_to_letters_are_still_found(
     screener: Screener, policy: EffectivePolicy, text: str, kind: str, value: str
 ) -> None:
-    verdict = screener.check(_user(text), policy)
+    verdict = screener.check(_report(text), policy)
     found = [text[e.start : e.end] for e in verdict.entities if e.type == kind]
     assert any(value in f for f in found), verdict.entities
     assert all(e.type == kind for e in verdict.entities), verdict.entities
