@@ -7,7 +7,8 @@ nothing is downloaded. Its decision point is calibrated on out-of-fold predictio
 corpora's benign tuning texts and mapped to 0.5. The score is the larger of that calibrated
 probability and the strongest heuristic that fired (halved when the classifier is sure the
 text is ordinary), so each verdict can say why. Messages of at most three words are judged
-by the heuristics alone. Long texts are also scored per window. Pure apart from the
+by the heuristics alone, and one with fewer than three word n-grams the classifier knows by
+its character n-grams and the heuristics. Long texts are also scored per window. Pure apart from the
 scheduler's checkpoint (adapters/classifier_cache.py stores the model).
 """
 
@@ -20,6 +21,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+import numpy
 import scipy.sparse
 import scipy.special
 import sklearn
@@ -121,6 +123,11 @@ STEP = 1000
 SHORT_WORDS = 3
 # Below this calibrated score a heuristic counts half (see InjectionDetector.score).
 CONFIDENT_BENIGN = 0.1
+# A text with fewer word n-grams the classifier knows is judged by its characters alone
+# (and the heuristics). Each vectorizer's features are scaled to unit length, so the one
+# known word of "Invite Pap and Schmitt." carried all of its block's weight: "and" alone
+# (coefficient 3.2) flagged it (0.52), and "Speakers: IBM, SAP and HSBC." (0.56).
+MIN_KNOWN_WORDS = 3
 
 
 def _logit(p: float) -> float:
@@ -145,14 +152,20 @@ class InjectionDetector:
         """P(attack) of each text. The fitted pipeline's own steps are called directly:
         its union of vectorizers, then the logistic regression's coefficients, without
         joblib's dispatch of the union and the classifier's checks of its input
-        (tests/guardrails/test_screen.py: the same numbers as `predict_proba`)."""
+        (tests/guardrails/test_screen.py: the same numbers as `predict_proba`), but for a
+        text with fewer than MIN_KNOWN_WORDS known word n-grams: its words are left out."""
         # Fitted here on texts, not data frames: scikit-learn's checks of its input and
         # parameters are skipped too (they cost a quarter of a short message's score).
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             if self._lean is None:
                 return self.model.pipeline.predict_proba(texts)[:, 1]
             vectorizers, coef, intercept = self._lean
-            features = scipy.sparse.hstack([v.transform(texts) for v in vectorizers], "csr")
+            blocks = [v.transform(texts) for v in vectorizers]
+            words = blocks[0].tocsr()  # _lean_parts: the word n-grams come first
+            few = numpy.diff(words.indptr) < MIN_KNOWN_WORDS
+            if few.any():
+                blocks[0] = scipy.sparse.diags((~few).astype(words.dtype)) @ words
+            features = scipy.sparse.hstack(blocks, "csr")
             return scipy.special.expit(features @ coef + intercept)
 
     def score(self, text: str) -> InjectionResult:
@@ -189,6 +202,8 @@ def _lean_parts(pipeline: Any) -> tuple[list[Any], Any, float] | None:
         if [name for name, _ in pipeline.steps] != ["features", "lr"]:
             return None
         union, lr = pipeline.named_steps["features"], pipeline.named_steps["lr"]
+        if [name for name, _ in union.transformer_list] != ["words", "chars"]:
+            return None
         vectorizers = [t for _, t in union.transformer_list]
         weights = getattr(union, "transformer_weights", None)
         if (
