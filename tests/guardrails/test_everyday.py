@@ -175,6 +175,12 @@ def test_a_secret_a_name_model_takes_for_a_person_is_redacted_as_a_secret(
         ("Hi, I'm Princess Adeyemi.", "Princess"),
         # A flat after a name that the name model took into the surname.
         ("Ms Mats Hætta Flat 9 825 Sullivan Locks", "Hætta"),
+        # A double surname with a title, a given name or "Dear"; a double given name.
+        ("Ask Mrs Smith-Jones about it.", "Smith-Jones"),
+        ("Catherine Zeta-Jones won an award.", "Zeta-Jones"),
+        ("Dear Smith-Jones, thanks for the call.", "Smith-Jones"),
+        ("Veli-Pekka called yesterday.", "Veli-Pekka"),
+        ("Jean-Luc will join us.", "Jean-Luc"),
         # Two models' names of one person, one inside the other: the given name too.
         ("Меня зовут Иван Петров.", "Иван"),
         ("Please forward this to Γιώργος Παπαδόπουλος.", "Γιώργος"),
@@ -282,6 +288,9 @@ def test_plain_numbers_and_streets_are_left_alone(
         "Thanks, will do",
         "i am sure this is great",
         "Is German harder than Dutch?",
+        # A company named after two people, alone: no person.
+        "Heath-Chapman is a design agency based in West Debra.",
+        "During 1970, Cook-Thompson invested heavily in new designs.",
     ],
 )
 def test_greetings_languages_and_titles_are_no_names(

@@ -456,6 +456,33 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
     return True
 
 
+# A word of two capitalised parts joined by a hyphen (with a possessive "'s").
+_HYPHENATED = compile_linear(r"(\p{Lu}[\p{Ll}\pM]+)-(\p{Lu}[\p{Ll}\pM]+)(?:['\x{2019}]s)?")
+_WORD_AROUND = compile_linear(r"[\pL\pM'\x{2019}-]+")
+
+
+def firm_of_two_names(text: str, start: int, end: int) -> bool:
+    """A company named after two people ("Heath-Chapman is a design agency", "During
+    1970, Cook-Thompson invested"), not a person: a span within one word of two
+    capitalised parts joined by a hyphen, not both given names of the name list, with no
+    title, given name or name-introducing phrase before it. A person's double-barrelled
+    surname comes with a given name or a title ("Catherine Zeta-Jones", "Mrs Smith-Jones"),
+    and a hyphenated given name ("Veli-Pekka") is two. The price: a double surname
+    alone ("Zeta-Jones said") is left in clear."""
+    for m in _WORD_AROUND.finditer(text, max(0, start - 40), min(len(text), end + 40)):
+        if m.start() <= start and end <= m.end():
+            word = _HYPHENATED.fullmatch(m.group())
+            first = _names()[0]
+            if word is None or (word.group(1) in first and word.group(2) in first):
+                return False
+            before = text[max(0, m.start() - 40) : m.start()]
+            last = (before.split()[-1:] or [""])[0].strip(".,")
+            return not (
+                last.lower() in _TITLES or last in first or _NAMED.search(before) is not None
+            )
+    return False
+
+
 # What an identifier's number follows ("order number is", "invoice #", "tracking no.:").
 _ID_BEFORE = compile_linear(
     r"\b(?:(?:order|invoice|tracking|reference|ref|ticket|booking|confirmation|serial|"
@@ -994,8 +1021,14 @@ class PresidioPii:
                 and (
                     r.entity_type != "PERSON"
                     or (r.recognition_metadata or {}).get(LISTED_KEY)
-                    or plausible_person(
-                        chunk, r.start, r.end, bool((r.recognition_metadata or {}).get(NER_KEY))
+                    or (
+                        plausible_person(
+                            chunk,
+                            r.start,
+                            r.end,
+                            bool((r.recognition_metadata or {}).get(NER_KEY)),
+                        )
+                        and not firm_of_two_names(chunk, r.start, r.end)
                     )
                 )
             ]
