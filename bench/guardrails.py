@@ -321,6 +321,22 @@ def _pe_sentences(split: str, n: int) -> list[tuple[str, list[tuple[str, int, in
     return out
 
 
+def pe_generated(split: str) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    """The sentences presidio-evaluator's own generator made over the split's templates
+    (bench/data/guardrails/build_pii_sentences.py), each with the spans of the types scored."""
+    out: list[tuple[str, list[tuple[str, int, int]]]] = []
+    with (PII_DATA / f"generated_{split}.jsonl").open() as f:
+        for line in f:
+            row = json.loads(line)
+            spans = []
+            for _, s, e, slot in row["spans"]:
+                kind = PE_SLOTS.get(slot)
+                if kind is not None:
+                    spans.append((kind, int(s), int(e)))
+            out.append((str(row["text"]), spans))
+    return out
+
+
 def pii_table(
     screener: Screener,
     policy: Any,
@@ -403,6 +419,16 @@ def main() -> int:
         (
             f"presidio-evaluator templates, HELD OUT (seed {PII_HELDOUT_SEED})",
             pe_sentences("heldout", 1500),
+            False,
+        ),
+        (
+            f"presidio-evaluator's own generator, tune split (seed {PII_TUNE_SEED})",
+            pe_generated("tune"),
+            False,
+        ),
+        (
+            f"presidio-evaluator's own generator, HELD OUT (seed {PII_HELDOUT_SEED})",
+            pe_generated("heldout"),
             True,
         ),
     ]

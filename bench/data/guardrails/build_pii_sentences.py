@@ -1,0 +1,73 @@
+"""Writes bench/data/guardrails/pii/generated_{tune,heldout}.jsonl: PII sentences made by
+presidio-evaluator 0.3.2's own generator (`PresidioSentenceFaker`, its default providers
+and records, locale en_US, `lower_case_ratio=0.05` as in its own example), over the tune
+and the held-out halves of its templates (the same digest split as bench/guardrails.py).
+
+This is the generator the outside check uses, with seeds of ours: its organisations come
+from stock-exchange listings ("Morgan Stanley", "Akzo Nobel NV"), its people, streets and
+towns from FakeNameGenerator records (a middle initial in one full name of five), its
+addresses from its own formats, and one sentence in twenty is all lower case. The bench's
+own fill of the same templates (`pe_sentences`, Faker in seven locales) has none of that.
+
+Run by hand, in a virtual environment of its own: the package asks for pandas 3 and
+transformers 5, which the project's environment does not take, so it is installed without
+its dependencies beside the few its generator imports:
+
+    python -m venv /tmp/pe && /tmp/pe/bin/pip install --no-deps presidio-evaluator==0.3.2 \
+        && /tmp/pe/bin/pip install pandas faker spacy pyyaml tqdm python-dotenv requests \
+           presidio-analyzer presidio-anonymizer \
+        && PYTHONPATH=. /tmp/pe/bin/python bench/data/guardrails/build_pii_sentences.py
+
+Each line: {"text", "spans": [[type, start, end, slot]], "template"}; `slot` is the
+template's own placeholder ("first_name", "date_of_birth"), which the bench maps to the
+entity types it scores.
+"""
+
+import json
+import random
+import re
+from pathlib import Path
+
+from presidio_evaluator.data_generator import PresidioSentenceFaker
+
+from bench.guardrails import PII_HELDOUT_SEED, PII_TUNE_SEED, _pe_part, faker_clock
+
+PII = Path(__file__).resolve().parent / "pii"
+# (split, seed, sentences): the seeds of the bench's own fill.
+RUNS = [("tune", PII_TUNE_SEED, 2000), ("heldout", PII_HELDOUT_SEED, 2000)]
+SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+def main() -> None:
+    lines = (PII / "presidio_evaluator_templates.txt").read_text().splitlines()
+    templates = [t.strip() for t in lines if t.strip()]
+    for split, seed, n in RUNS:
+        chosen = [t for t in templates if _pe_part(t) == split]
+        # The records' full names draw their middle initials from `random` while the
+        # generator is built, before it seeds itself: seeded here, so a rerun is the same.
+        random.seed(seed)
+        faker = PresidioSentenceFaker(
+            locale="en_US", lower_case_ratio=0.05, sentence_templates=chosen, random_seed=seed
+        )
+        with (PII / f"generated_{split}.jsonl").open("w") as out:
+            # Faker's clock stands still, as for the bench's own fill: dates are drawn up to now.
+            with faker_clock():
+                samples = faker.generate_new_fake_sentences(n)
+            for sample in samples:
+                template = chosen[sample.template_id].replace("<", "{{").replace(">", "}}")
+                slots = [s.lower() for s in SLOT.findall(template)]
+                spans = sorted(sample.spans, key=lambda s: s.start_position)
+                assert len(slots) == len(spans), (template, spans)
+                row = {
+                    "text": sample.full_text,
+                    "spans": [
+                        [s.entity_type, s.start_position, s.end_position, slot]
+                        for s, slot in zip(spans, slots, strict=True)
+                    ],
+                    "template": chosen[sample.template_id],
+                }
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
