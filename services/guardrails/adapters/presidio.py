@@ -48,6 +48,7 @@ from spacy.tokens import Doc
 
 from services.guardrails.adapters.rampart import ADDRESS_PARTS, RampartNer, Tag, people
 from services.guardrails.linear import compile_linear
+from services.guardrails.not_pii import house_numbers, not_a_person, shouted_host
 from services.guardrails.policy import CustomRecognizer
 from services.guardrails.scheduler import WORKERS, carried, checkpoint
 from services.guardrails.secrets import Span
@@ -536,6 +537,8 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
         return False
     if value.lstrip().startswith("+"):
         return True  # an international number: no quantity or identifier is written so
+    if house_numbers(text, start, end):
+        return False
     near = text[max(0, start - 40) : start].lower()
     bare = value.strip()
     if (
@@ -568,7 +571,7 @@ def plausible_url(text: str, start: int, end: int) -> bool:
     value = text[start:end]
     if "://" in value or value.lower().startswith("www."):
         return True
-    if end < len(text) and text[end].isalnum():
+    if shouted_host(value) or (end < len(text) and text[end].isalnum()):
         return False
     host = value.split("/", 1)[0]
     tld = host.rsplit(".", 1)[-1]
@@ -1029,6 +1032,7 @@ class PresidioPii:
                             bool((r.recognition_metadata or {}).get(NER_KEY)),
                         )
                         and not firm_of_two_names(chunk, r.start, r.end)
+                        and not not_a_person(chunk, r.start, r.end)
                     )
                 )
             ]

@@ -1,0 +1,150 @@
+"""What the words around a candidate make of it (services/guardrails/not_pii.py): companies,
+quoted titles, days, ships, towns of an address block and destinations are no people;
+house numbers and postcodes are no phone numbers; a company's legal form in capitals is no
+web address. And the people and phone numbers beside them are still found."""
+
+from __future__ import annotations
+
+import pytest
+
+from libs.context import RequestContext
+from libs.events import ChatMessage, GuardrailCheck
+from services.guardrails.not_pii import (
+    company_name,
+    house_numbers,
+    not_a_person,
+    shouted_host,
+    town_line,
+)
+from services.guardrails.policy import EffectivePolicy
+from services.guardrails.screen import Screener
+
+
+def _redacted(screener: Screener, policy: EffectivePolicy, text: str) -> str:
+    check = GuardrailCheck(
+        ctx=RequestContext(tenant="t", request_id="r"),
+        messages=[ChatMessage(role="user", content=text)],
+        report=True,
+    )
+    return screener.check(check, policy).texts[0]
+
+
+def _span(text: str, value: str) -> tuple[int, int]:
+    start = text.index(value)
+    return start, start + len(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("Nankai Tatsumura Construction Co.Ltd. is a design agency.", "Nankai Tatsumura"),
+        ("The following year at Bharat Heavy Electricals Limited in Pune.", "Bharat Heavy"),
+        ("The version recorded for Cimarex Energy Co. sold well.", "Cimarex"),
+        ("Corporate Office Properties Trust\n10 Main Street", "Corporate Office"),
+        ("FreakOut Holdingsinc. is a bank", "FreakOut"),
+        ("Kamakura ShinshoLtd. became the first", "Kamakura"),
+    ],
+)
+def test_a_run_with_a_company_word_is_a_company(text: str, value: str) -> None:
+    assert company_name(text, *_span(text, value))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("Jacob Hamilton of Tenneco Inc. is the CEO of the year.", "Jacob Hamilton"),
+        ("We need to add Saraja Trpinc as guardian", "Saraja Trpinc"),
+        ("Optigov's Tsuneto Heida, Yonis Bergman of Federal Signal Corporation", "Tsuneto Heida"),
+        ("Anna Rossi\nRossi Holdings Ltd.", "Anna Rossi"),
+    ],
+)
+def test_a_person_beside_a_company_stays_a_person(text: str, value: str) -> None:
+    assert not not_a_person(text, *_span(text, value))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('His #1? "Tube Snake Boogie" by Bogdana Zagorec.', "Snake Boogie"),
+        ("On the last Sunday before Labor Day we flew back.", "Day"),
+        ("Happy Mother's Day!", "Day"),
+        ("Send it to USNS Lépicier\nFPO AP 55257", "Lépicier"),
+        ("Mr. Whittaker flew to Harold on Thursday morning.", "Harold"),
+        ("The Princess Royal arrived at Birgi Aerostazione this morning.", "Birgi Aerostazione"),
+        ("My website is https://www.PublicityCam.it/", "PublicityCam"),
+    ],
+)
+def test_titles_days_ships_and_destinations_are_no_people(text: str, value: str) -> None:
+    assert not_a_person(text, *_span(text, value))
+
+
+def test_the_town_line_of_an_address_block_is_no_person() -> None:
+    block = "Glafira Abakumova\n\n57679 Luite tee 87\n Apt. 319\n Salumäe\n\n Estonia 37164"
+    assert town_line(block, *_span(block, "Salumäe"))
+    assert not town_line(block, *_span(block, "Glafira Abakumova"))
+    glued = "3645 Avenida Visconde Valmor 61 Apt. 440\n   Casal Mato Jardo\n    LI\n"
+    assert town_line(glued, *_span(glued, "Casal Mato Jardo"))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("I once lived in 560 1420 Lillooet Street", "560 1420"),
+        ("Please update the billing address with 31825 48 rue Descartes Suite 775", "31825 48"),
+        ("Ms. Rita Štiglic Apt. 004 27852 Hvanneyrarbraut 94", "004 27852"),
+        ("Hello I moved, my new address is 9124 791 Tycos Dr", "9124 791"),
+        ("Billing address: Roman Andreev\n   Vila Velha\n    ES\n    29120-320\n", "29120-320"),
+    ],
+)
+def test_house_numbers_and_postcodes_are_no_phone_numbers(text: str, value: str) -> None:
+    assert house_numbers(text, *_span(text, value))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("Call me at 555 1234 or 555 9876", "555 1234"),
+        ("Call 555 1234 Dr Smith's office", "555 1234"),
+        ("Tel. 030 1234567 x12", "030 1234567"),
+        ("Phone 0161 496 0000 Monday to Friday", "0161 496 0000"),
+    ],
+)
+def test_phone_numbers_followed_by_words_stay_phone_numbers(text: str, value: str) -> None:
+    assert not house_numbers(text, *_span(text, value))
+
+
+def test_a_legal_form_in_capitals_is_no_web_address() -> None:
+    assert shouted_host("CO.LTD") and shouted_host("MORN.UK/GBP")
+    assert not shouted_host("example.com") and not shouted_host("WWW.EXAMPLE.COM")
+
+
+@pytest.mark.parametrize(
+    ("text", "kept", "hidden"),
+    [
+        (
+            "Anna spent a year at KANMONKAI Co.Ltd. as the assistant to Maria Rossi, and"
+            " the following year at Bharat Heavy Electricals Limited in Pune.",
+            ["Bharat Heavy Electricals Limited", "KANMONKAI Co.Ltd."],
+            ["Anna", "Maria Rossi"],
+        ),
+        (
+            "Hello I moved, please update my new address to 10141 121 Kauri Street Suite 618,"
+            " and call me on 415-555-0132.",
+            ["10141 121 Kauri Street"],
+            ["415-555-0132"],
+        ),
+        (
+            "T.O. Holdings CO.LTD. is the brainchild of our founders: Zagorec, Young and Callahan.",
+            ["CO.LTD."],
+            ["Zagorec"],
+        ),
+    ],
+)
+def test_through_the_screener(
+    screener: Screener, policy: EffectivePolicy, text: str, kept: list[str], hidden: list[str]
+) -> None:
+    out = _redacted(screener, policy, text)
+    for value in kept:
+        assert value in out, out
+    for value in hidden:
+        assert value not in out, out
