@@ -84,7 +84,7 @@ def _ssn(rng: random.Random) -> str:
 N_PII = 3000
 LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL"]
 TYPES = ["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS"]
-EXTRA = ["US_SSN", "DATE_OF_BIRTH", "URL"]
+EXTRA = ["US_SSN", "DATE_OF_BIRTH", "URL", "US_DRIVER_LICENSE"]
 SCORED = TYPES + EXTRA
 
 TEMPLATES = [
@@ -243,6 +243,7 @@ PE_SLOTS: dict[str, str | None] = {
     "phone_number": "PHONE_NUMBER", "email": "EMAIL_ADDRESS",
     "credit_card_number": "CREDIT_CARD", "iban": "IBAN_CODE", "ip_address": "IP_ADDRESS",
     "ssn": "US_SSN", "date_of_birth": "DATE_OF_BIRTH", "url": "URL",
+    "us_driver_license": "US_DRIVER_LICENSE",
 }  # fmt: skip
 
 
@@ -369,7 +370,7 @@ def pii_table(
             n_pred[kind] += 1
             if any(k == kind and s < ge and gs < e for k, gs, ge in gold):
                 tp_pred[kind] += 1
-    lines = [f"{'entity':<15}{'gold':>6}{'pred':>6}{'precision':>11}{'recall':>8}  target"]
+    lines = [f"{'entity':<18}{'gold':>6}{'pred':>6}{'precision':>11}{'recall':>8}  target"]
     ok = True
     for kind in [*SCORED, "ALL"]:
         g = sum(n_gold.values()) if kind == "ALL" else n_gold[kind]
@@ -386,7 +387,7 @@ def pii_table(
             ok &= met
             goal = "R>=0.95" if kind == "PERSON" else "P>=0.90 R>=0.95"
             target = f"{goal} {'met' if met else 'MISSED'}"
-        lines.append(f"{kind:<15}{g:>6}{n:>6}{p:>11.3f}{r:>8.3f}  {target}")
+        lines.append(f"{kind:<18}{g:>6}{n:>6}{p:>11.3f}{r:>8.3f}  {target}")
     return lines, ok
 
 

@@ -148,3 +148,29 @@ def test_through_the_screener(
         assert value in out, out
     for value in hidden:
         assert value not in out, out
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("My driver's license number is 0737504310399315", "0737504310399315"),
+        ("Driving licence no.: MORGA753116SM9IJ, please update it.", "MORGA753116SM9IJ"),
+        ("drivers license # D1234567", "D1234567"),
+    ],
+)
+def test_a_named_driving_licence_is_redacted_not_taken_for_a_phone(
+    screener: Screener, policy: EffectivePolicy, text: str, value: str
+) -> None:
+    check = GuardrailCheck(
+        ctx=RequestContext(tenant="t", request_id="r"),
+        messages=[ChatMessage(role="user", content=text)],
+        report=True,
+    )
+    verdict = screener.check(check, policy)
+    assert value not in verdict.texts[0]
+    assert [e.type for e in verdict.entities] == ["US_DRIVER_LICENSE"]
+
+
+def test_a_licence_unnamed_is_left_alone(screener: Screener, policy: EffectivePolicy) -> None:
+    text = "The MIT License applies to version 2.14 of the library."
+    assert _redacted(screener, policy, text) == text

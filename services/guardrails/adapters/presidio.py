@@ -80,6 +80,7 @@ BUILTIN = (
     "US_SSN",
     "URL",
     "DATE_OF_BIRTH",
+    "US_DRIVER_LICENSE",
 )
 # Which entity wins where two overlap (earlier wins), before score and length.
 PRIORITY = {
@@ -92,6 +93,7 @@ PRIORITY = {
             "US_SSN",
             "IP_ADDRESS",
             "DATE_OF_BIRTH",
+            "US_DRIVER_LICENSE",
             "PHONE_NUMBER",
             "PERSON",
             "URL",
@@ -743,6 +745,34 @@ class ListedPeopleRecognizer(EntityRecognizer):
         return out
 
 
+# A driving licence's number where the text names it ("My driver's license number is
+# 0737504310399315", "Driving licence no.: MORGA753116SM9IJ"): numbers of many states'
+# and countries' shapes, so only where named. phonenumbers read most of them as phones.
+_LICENCE = compile_linear(
+    r"(?i)\b(?:driver'?s?|driving|drivers)[ \t]+licen[cs]e[ \t]*(?:number|no\.?|num|#|id)?"
+    r"[ \t]*(?:is|was|:|=)?[ \t]*#?[ \t]*([A-Z0-9][A-Z0-9-]{3,18}[0-9][A-Z0-9]*)\b"
+)
+LICENCE_SCORE = 0.85
+
+
+class DriverLicenceRecognizer(EntityRecognizer):
+    """A driving licence's number right after the words that name it."""
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["US_DRIVER_LICENSE"], name="DriverLicenceRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        if "US_DRIVER_LICENSE" not in entities:
+            return []
+        return [
+            RecognizerResult("US_DRIVER_LICENSE", m.start(1), m.end(1), LICENCE_SCORE)
+            for m in _LICENCE.finditer(text)
+        ]
+
+
 def _dob_recognizer() -> PatternRecognizer:
     return PatternRecognizer(
         supported_entity="DATE_OF_BIRTH",
@@ -933,6 +963,7 @@ class PresidioPii:
             UsSsnRecognizer(),
             _Url(),
             _dob_recognizer(),
+            DriverLicenceRecognizer(),
         ):
             registry.add_recognizer(r)
         self.analyzer = AnalyzerEngine(
