@@ -42,8 +42,11 @@ def company_name(text: str, start: int, end: int) -> bool:
     "Papa John's International". The run stops at the first word in lower case ("Jacob
     Hamilton of Tenneco Inc." keeps its person)."""
     line_end = text.find("\n", end)
-    rest = text[end : line_end if line_end >= 0 else len(text)].split()
+    rest = text[end : line_end if line_end >= 0 else len(text)]
+    if rest.startswith(("'s ", "\u2019s ")):
+        rest = rest[2:]  # "Papa John's International", "Carter's Inc."
     words = text[start:end].split()
+    rest = rest.split()
     for word in rest[:4]:
         if not _CAPITALISED.search(word.lstrip("(\"'&")):
             break
@@ -115,12 +118,55 @@ def destination(text: str, start: int) -> bool:
     return bool(_DESTINATION.search(text[max(0, start - 30) : start]))
 
 
+# "and" and a street after it: a house number and a street ("and 72 rue Clement Marot"),
+# or capitalised words and a house number that ends the phrase ("and Semperweg 139?",
+# "and ul. Strażacka 71").
+_AND_NUMBER_FIRST = compile_linear(r"^[ \t]+and[ \t]+\d+[A-Za-z]?[ \t]+([\pL.]+)")
+_AND_NUMBER_LAST = compile_linear(
+    r"^[ \t]+and[ \t]+(?:\p{Lu}[\pL\pM.'-]*[ \t]+|[a-z]{1,4}\.[ \t]+){1,4}\d+[A-Za-z]?"
+    r"(?:$|[ \t]*[,.;:?!)\n]|[ \t]+\p{Lu})"
+)
+
+
+def name_of_a_corner(text: str, start: int, end: int) -> bool:
+    """A single word joined by "and" to a street ("Kristine and Erhvervsvangen 91",
+    "Jakob and 72 rue Clement Marot"): a corner of two streets, as an address names it.
+    "Anna and 5 others" and "Tom and Anna 2 years ago" keep their people."""
+    if " " in text[start:end].strip():
+        return False
+    after = text[end : end + 80]
+    first = _AND_NUMBER_FIRST.search(after)
+    if first is not None:
+        word = first.group(1)
+        return word[:1].isupper() or word.strip(".").lower() in _STREETS
+    return bool(_AND_NUMBER_LAST.search(after))
+
+
 # A web or mail address around the span ("https://www.PublicityCam.it/").
 _WEB_TOKEN = compile_linear(r"(?i)(?:https?://|www\.)[^\s]*$|[^\s@]+@[^\s]*$")
 
 
-def inside_web_address(text: str, start: int) -> bool:
-    return bool(_WEB_TOKEN.search(text[max(0, start - 80) : start]))
+def inside_web_address(text: str, start: int, end: int) -> bool:
+    value = text[start:end]
+    return (
+        "://" in value
+        or value.lower().startswith("www.")
+        or bool(_WEB_TOKEN.search(text[max(0, start - 80) : start]))
+    )
+
+
+_WORD = compile_linear(r"[\pL\pM'\x{2019}-]+")
+
+
+def common_noun(text: str, start: int, end: int, names: frozenset[str]) -> bool:
+    """A single capitalised word that the same text also writes in lower case, and that no
+    name of the name list is ("driven salesperson ... Awarded Salesperson of the Month"):
+    a noun capitalised in a title, not a name. "Will said he will call" keeps its Will."""
+    word = text[start:end].strip()
+    if not word or " " in word or word in names or not word[:1].isupper():
+        return False
+    lower = word.lower()
+    return any(m.group() == lower for m in _WORD.finditer(text))
 
 
 def not_a_person(text: str, start: int, end: int) -> bool:
@@ -132,7 +178,8 @@ def not_a_person(text: str, start: int, end: int) -> bool:
         or ship_name(text, start)
         or town_line(text, start, end)
         or destination(text, start)
-        or inside_web_address(text, start)
+        or inside_web_address(text, start, end)
+        or name_of_a_corner(text, start, end)
     )
 
 

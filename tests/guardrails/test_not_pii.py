@@ -10,8 +10,10 @@ import pytest
 from libs.context import RequestContext
 from libs.events import ChatMessage, GuardrailCheck
 from services.guardrails.not_pii import (
+    common_noun,
     company_name,
     house_numbers,
+    name_of_a_corner,
     not_a_person,
     shouted_host,
     town_line,
@@ -43,6 +45,7 @@ def _span(text: str, value: str) -> tuple[int, int]:
         ("Corporate Office Properties Trust\n10 Main Street", "Corporate Office"),
         ("FreakOut Holdingsinc. is a bank", "FreakOut"),
         ("Kamakura ShinshoLtd. became the first", "Kamakura"),
+        ("which later became Papa John's International in 1999.", "Papa John"),
     ],
 )
 def test_a_run_with_a_company_word_is_a_company(text: str, value: str) -> None:
@@ -72,6 +75,7 @@ def test_a_person_beside_a_company_stays_a_person(text: str, value: str) -> None
         ("Mr. Whittaker flew to Harold on Thursday morning.", "Harold"),
         ("The Princess Royal arrived at Birgi Aerostazione this morning.", "Birgi Aerostazione"),
         ("My website is https://www.PublicityCam.it/", "PublicityCam"),
+        ("My website is https://www.UEarly.se/", "https://www.UEarly.se/"),
     ],
 )
 def test_titles_days_ships_and_destinations_are_no_people(text: str, value: str) -> None:
@@ -174,3 +178,28 @@ def test_a_named_driving_licence_is_redacted_not_taken_for_a_phone(
 def test_a_licence_unnamed_is_left_alone(screener: Screener, policy: EffectivePolicy) -> None:
     text = "The MIT License applies to version 2.14 of the library."
     assert _redacted(screener, policy, text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "corner"),
+    [
+        ("Send it to Kristine and Erhvervsvangen 91, please.", "Kristine", True),
+        ("Send a new one to Jakob and 72 rue Clement Marot? I am away", "Jakob", True),
+        ("It's in Abby and ul. Strażacka 71", "Abby", True),
+        ("Send it to Anna and 5 others", "Anna", False),
+        ("Tom and Anna 2 years ago went out", "Tom", False),
+        ("I met Tom and Anna yesterday", "Tom", False),
+    ],
+)
+def test_a_name_joined_to_a_street_is_a_corner(text: str, value: str, corner: bool) -> None:
+    assert name_of_a_corner(text, *_span(text, value)) is corner
+
+
+def test_a_word_the_text_also_writes_in_lower_case_is_no_name() -> None:
+    text = "Driven salesperson with 8 years of sales. Awarded Salesperson of the Month."
+    names = frozenset({"Will", "Mark"})
+    start = text.index("Salesperson")
+    assert common_noun(text, start, start + len("Salesperson"), names)
+    will = "Will said he will call"
+    assert not common_noun(will, 0, 4, names)
+    assert not common_noun("Mark Rossi will mark it", 0, 10, names)

@@ -48,7 +48,12 @@ from spacy.tokens import Doc
 
 from services.guardrails.adapters.rampart import ADDRESS_PARTS, RampartNer, Tag, people
 from services.guardrails.linear import compile_linear
-from services.guardrails.not_pii import house_numbers, not_a_person, shouted_host
+from services.guardrails.not_pii import (
+    common_noun,
+    house_numbers,
+    not_a_person,
+    shouted_host,
+)
 from services.guardrails.policy import CustomRecognizer
 from services.guardrails.scheduler import WORKERS, carried, checkpoint
 from services.guardrails.secrets import Span
@@ -263,6 +268,12 @@ _LOWER_INTRO = compile_linear(
     r"(?:best|best regards|kind regards|warm regards|regards|thanks|many thanks|cheers|br|"
     r"love),?)\s+$"
 )
+
+
+@cache
+def _all_names() -> frozenset[str]:
+    first, last = _names()
+    return first | last
 
 
 @cache  # read once: without_greeting asks for it on every name found (14 ms a read)
@@ -1064,6 +1075,7 @@ class PresidioPii:
                         )
                         and not firm_of_two_names(chunk, r.start, r.end)
                         and not not_a_person(chunk, r.start, r.end)
+                        and not common_noun(chunk, r.start, r.end, _all_names())
                     )
                 )
             ]
