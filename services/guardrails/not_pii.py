@@ -42,11 +42,11 @@ def company_name(text: str, start: int, end: int) -> bool:
     "Papa John's International". The run stops at the first word in lower case ("Jacob
     Hamilton of Tenneco Inc." keeps its person)."""
     line_end = text.find("\n", end)
-    rest = text[end : line_end if line_end >= 0 else len(text)]
-    if rest.startswith(("'s ", "\u2019s ")):
-        rest = rest[2:]  # "Papa John's International", "Carter's Inc."
+    tail = text[end : line_end if line_end >= 0 else len(text)]
+    if tail.startswith(("'s ", "\u2019s ")):
+        tail = tail[2:]  # "Papa John's International", "Carter's Inc."
     words = text[start:end].split()
-    rest = rest.split()
+    rest = tail.split()
     for word in rest[:4]:
         if not _CAPITALISED.search(word.lstrip("(\"'&")):
             break
