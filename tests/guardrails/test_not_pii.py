@@ -203,3 +203,26 @@ def test_a_word_the_text_also_writes_in_lower_case_is_no_name() -> None:
     will = "Will said he will call"
     assert not common_noun(will, 0, 4, names)
     assert not common_noun("Mark Rossi will mark it", 0, 10, names)
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Josef Koutník\n\n972 Árpád fejedelem útja 45.\n Suite 078\n Pomáz", "Josef Koutník"),
+        ("}} Hospitality Group Ltd.\n}} Oles Bazhenov\n}} 34906 Kopfhölzistrasse 45", "Bazhenov"),
+        ("Billing address: Lucrezia Lettiere\n    3645 Avenida Visconde Valmor 61", "Lettiere"),
+        ("Pomeroy Lemelin\n\n6543 Via Solfatara 21\n Suite 985\n Soglio", "Pomeroy Lemelin"),
+    ],
+)
+def test_the_addressee_of_an_address_block_is_a_person(
+    screener: Screener, policy: EffectivePolicy, text: str, name: str
+) -> None:
+    assert name not in _redacted(screener, policy, text)
+
+
+def test_a_company_over_a_street_is_no_addressee(
+    screener: Screener, policy: EffectivePolicy
+) -> None:
+    text = "Greg Kerr\nNippon Flour Mills Co.Ltd.\n11925 San Andrés 54"
+    out = _redacted(screener, policy, text)
+    assert "Nippon Flour Mills Co.Ltd." in out and "Greg Kerr" not in out

@@ -49,10 +49,12 @@ from spacy.tokens import Doc
 from services.guardrails.adapters.rampart import ADDRESS_PARTS, RampartNer, Tag, people
 from services.guardrails.linear import compile_linear
 from services.guardrails.not_pii import (
+    ORG_WORDS,
     common_noun,
     house_numbers,
     not_a_person,
     shouted_host,
+    street_line,
 )
 from services.guardrails.policy import CustomRecognizer
 from services.guardrails.scheduler import WORKERS, carried, checkpoint
@@ -756,6 +758,56 @@ class ListedPeopleRecognizer(EntityRecognizer):
         return out
 
 
+# The addressee's line of an address block: two or three capitalised words (a middle
+# initial allowed) that fill their line, or end it after a label ("Billing address:"),
+# with a street's or a flat's line under them ("Josef Koutník" + "972 Árpád fejedelem
+# útja 45."). Rampart reads the whole block as an address, and the name with it.
+_ADDRESSEE = compile_linear(
+    r"(?m)^[ \t}>*-]*(?:[\pL][\pL \t]{0,30}:[ \t]*)?"
+    r"(\p{Lu}[\pL\pM'-]+(?:[ \t]+\p{Lu}\.?)?(?:[ \t]+\p{Lu}[\pL\pM'-]+){1,2})[ \t]*\n"
+    r"(?:[ \t}>]*\n)?[ \t}>]*((?:\d+[A-Za-z]?,?[ \t]+\p{Lu}|(?i:apt|suite|unit|flat)\b)[^\n]*)"
+)
+
+
+class AddresseeRecognizer(EntityRecognizer):
+    """The person an address block names on its first line. Not a company's line (no
+    company word: "Nippon Flour Mills Co.Ltd."), nor a word in capitals ("BP AMOCO"); a
+    word of the name list in it, or a street's or a flat's word in the line under it."""
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["PERSON"], name="AddresseeRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        if "PERSON" not in entities:
+            return []
+        out: list[Any] = []
+        for m in _ADDRESSEE.finditer(text):
+            words = m.group(1).split()
+            bare = {w.strip(".,").lower() for w in words}
+            if bare & (_ORG_WORDS | _NOT_NAMES | _TITLE_WORDS | _PLACE_WORDS | ORG_WORDS):
+                continue
+            if any(len(w) > 2 and w.isupper() for w in words) or any(map(legal_form, words)):
+                continue
+            # A name of the name list, or a street's word under it ("Total Revenue" over
+            # "12 Months" is no addressee).
+            first, last = _names()
+            if not (any(w in first or w in last for w in words) or street_line(m.group(2))):
+                continue
+            out.append(
+                RecognizerResult(
+                    "PERSON",
+                    m.start(1),
+                    m.end(1),
+                    LISTED_SCORE,
+                    recognition_metadata={LISTED_KEY: True},
+                )
+            )
+        return out
+
+
 # A driving licence's number where the text names it ("My driver's license number is
 # 0737504310399315", "Driving licence no.: MORGA753116SM9IJ"): numbers of many states'
 # and countries' shapes, so only where named. phonenumbers read most of them as phones.
@@ -975,6 +1027,7 @@ class PresidioPii:
             _Url(),
             _dob_recognizer(),
             DriverLicenceRecognizer(),
+            AddresseeRecognizer(),
         ):
             registry.add_recognizer(r)
         self.analyzer = AnalyzerEngine(
