@@ -226,3 +226,12 @@ def test_a_company_over_a_street_is_no_addressee(
     text = "Greg Kerr\nNippon Flour Mills Co.Ltd.\n11925 San Andrés 54"
     out = _redacted(screener, policy, text)
     assert "Nippon Flour Mills Co.Ltd." in out and "Greg Kerr" not in out
+
+
+def test_the_speaker_of_a_quoted_line_is_a_person(
+    screener: Screener, policy: EffectivePolicy
+) -> None:
+    text = 'Gijsbrecht: "Who are you?"\\nJamie:"I\'m Nicole\'s daughter".'
+    out = _redacted(screener, policy, text)
+    assert "Jamie" not in out and "Nicole" not in out, out
+    assert _redacted(screener, policy, 'Customer: "Where is my order?"').startswith("Customer:")

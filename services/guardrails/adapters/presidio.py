@@ -808,6 +808,42 @@ class AddresseeRecognizer(EntityRecognizer):
         return out
 
 
+# A speaker's label before a quoted line of dialogue ('Jamie:"I'm Nicole's daughter".'):
+# a given name of the name list, not a role that labels a line as well.
+_SPEAKER = compile_linear(r"(?m)^[ \t]*(\p{Lu}[\pL\pM'-]+):[ \t]*[\"\x{201C}]")
+_ROLES = {
+    "author", "doctor", "comment", "narrator", "speaker", "host", "guest", "teacher",
+    "student", "patient", "customer", "agent", "user", "bot", "assistant", "system", "client",
+}  # fmt: skip
+
+
+class SpeakerRecognizer(EntityRecognizer):
+    """The given name that labels a quoted line of dialogue."""
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["PERSON"], name="SpeakerRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        if "PERSON" not in entities:
+            return []
+        first, _ = _names()
+        return [
+            RecognizerResult(
+                "PERSON",
+                m.start(1),
+                m.end(1),
+                LISTED_SCORE,
+                recognition_metadata={LISTED_KEY: True},
+            )
+            for m in _SPEAKER.finditer(text)
+            if m.group(1) in first
+            and m.group(1).lower() not in (_ROLES | _NOT_NAMES | _TITLE_WORDS)
+        ]
+
+
 # A driving licence's number where the text names it ("My driver's license number is
 # 0737504310399315", "Driving licence no.: MORGA753116SM9IJ"): numbers of many states'
 # and countries' shapes, so only where named. phonenumbers read most of them as phones.
@@ -1028,6 +1064,7 @@ class PresidioPii:
             _dob_recognizer(),
             DriverLicenceRecognizer(),
             AddresseeRecognizer(),
+            SpeakerRecognizer(),
         ):
             registry.add_recognizer(r)
         self.analyzer = AnalyzerEngine(
