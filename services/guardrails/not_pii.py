@@ -206,15 +206,13 @@ _POSTCODE = compile_linear(r"\d{4,5}-\d{3}")
 _DIGITS = compile_linear(r"\d+[A-Za-z]?,?")
 
 
+_UNIT_WORDS = {"apt", "apartment", "suite", "unit", "flat"}
+
+
 def street_line(line: str) -> bool:
     """A line that names a street or a flat ("34906 Kopfhölzistrasse 45", "Suite 349")."""
     words = [w.strip(",.;:()").lower() for w in line.split()]
-    return any(
-        w in _STREETS
-        or w in ("apt", "apartment", "suite", "unit", "flat")
-        or w.endswith(_STREET_SUFFIXES)
-        for w in words
-    )
+    return any(w in _STREETS or w in _UNIT_WORDS or w.endswith(_STREET_SUFFIXES) for w in words)
 
 
 def house_numbers(text: str, start: int, end: int) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from libs.context import RequestContext
-from libs.events import ChatMessage, GuardrailCheck
+from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
 from services.guardrails.not_pii import (
     common_noun,
     company_name,
@@ -22,13 +22,17 @@ from services.guardrails.policy import EffectivePolicy
 from services.guardrails.screen import Screener
 
 
-def _redacted(screener: Screener, policy: EffectivePolicy, text: str) -> str:
+def _verdict(screener: Screener, policy: EffectivePolicy, text: str) -> GuardrailVerdict:
     check = GuardrailCheck(
         ctx=RequestContext(tenant="t", request_id="r"),
         messages=[ChatMessage(role="user", content=text)],
         report=True,
     )
-    return screener.check(check, policy).texts[0]
+    return screener.check(check, policy)
+
+
+def _redacted(screener: Screener, policy: EffectivePolicy, text: str) -> str:
+    return _verdict(screener, policy, text).texts[0]
 
 
 def _span(text: str, value: str) -> tuple[int, int]:
@@ -165,12 +169,7 @@ def test_through_the_screener(
 def test_a_named_driving_licence_is_redacted_not_taken_for_a_phone(
     screener: Screener, policy: EffectivePolicy, text: str, value: str
 ) -> None:
-    check = GuardrailCheck(
-        ctx=RequestContext(tenant="t", request_id="r"),
-        messages=[ChatMessage(role="user", content=text)],
-        report=True,
-    )
-    verdict = screener.check(check, policy)
+    verdict = _verdict(screener, policy, text)
     assert value not in verdict.texts[0]
     assert [e.type for e in verdict.entities] == ["US_DRIVER_LICENSE"]
 

@@ -716,22 +716,40 @@ _NOT_LISTED = _TITLE_WORDS | _ORG_WORDS | _NOT_NAMES | _LANGUAGES | {"and", "or"
 LISTED_KEY = "listed"
 
 
-class ListedPeopleRecognizer(EntityRecognizer):
+class _RuleRecognizer(EntityRecognizer):
+    """A recogniser of one entity by rules over the text alone, with nothing to load: a
+    subclass names its ENTITY and finds its results in `spans`."""
+
+    ENTITY = "PERSON"
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=[self.ENTITY], name=type(self).__name__)
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        return self.spans(text) if self.ENTITY in entities else []
+
+    def spans(self, text: str) -> list[Any]:
+        raise NotImplementedError
+
+
+def _listed_person(start: int, end: int) -> Any:
+    """A PERSON result that stands without the checks for streets and companies."""
+    return RecognizerResult(
+        "PERSON", start, end, LISTED_SCORE, recognition_metadata={LISTED_KEY: True}
+    )
+
+
+class ListedPeopleRecognizer(_RuleRecognizer):
     """Each name of a list that a word for people introduces (`_PEOPLE_LIST`), where at
     least half the items hold a name of the name list ("Speakers: Google, Microsoft and
     Amazon", "Students: First Name, Last Name, Grade" list no people). These stand without
     the checks for streets and companies (`plausible_person`, Rampart's address tags): the
     word before the list says what its items are ("Tom Park", "Rui Costa")."""
 
-    def __init__(self) -> None:
-        super().__init__(supported_entities=["PERSON"], name="ListedPeopleRecognizer")
-
-    def load(self) -> None:
-        pass
-
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
-        if "PERSON" not in entities:
-            return []
+    def spans(self, text: str) -> list[Any]:
         out: list[Any] = []
         first, last = _names()
         for m in _PEOPLE_LIST.finditer(text):
@@ -746,15 +764,7 @@ class ListedPeopleRecognizer(EntityRecognizer):
                 continue
             for item, _ in items:
                 start = m.start(1) + item.start()
-                out.append(
-                    RecognizerResult(
-                        "PERSON",
-                        start,
-                        start + len(item.group(0)),
-                        LISTED_SCORE,
-                        recognition_metadata={LISTED_KEY: True},
-                    )
-                )
+                out.append(_listed_person(start, start + len(item.group(0))))
         return out
 
 
@@ -769,42 +779,29 @@ _ADDRESSEE = compile_linear(
 )
 
 
-class AddresseeRecognizer(EntityRecognizer):
+# Words no addressee's line holds: a company's, a title's, a place's.
+_NOT_ADDRESSEE = _ORG_WORDS | ORG_WORDS | _NOT_NAMES | _TITLE_WORDS | _PLACE_WORDS
+
+
+class AddresseeRecognizer(_RuleRecognizer):
     """The person an address block names on its first line. Not a company's line (no
     company word: "Nippon Flour Mills Co.Ltd."), nor a word in capitals ("BP AMOCO"); a
     word of the name list in it, or a street's or a flat's word in the line under it."""
 
-    def __init__(self) -> None:
-        super().__init__(supported_entities=["PERSON"], name="AddresseeRecognizer")
-
-    def load(self) -> None:
-        pass
-
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
-        if "PERSON" not in entities:
-            return []
+    def spans(self, text: str) -> list[Any]:
         out: list[Any] = []
         for m in _ADDRESSEE.finditer(text):
             words = m.group(1).split()
-            bare = {w.strip(".,").lower() for w in words}
-            if bare & (_ORG_WORDS | _NOT_NAMES | _TITLE_WORDS | _PLACE_WORDS | ORG_WORDS):
+            if {w.strip(".,").lower() for w in words} & _NOT_ADDRESSEE:
                 continue
             if any(len(w) > 2 and w.isupper() for w in words) or any(map(legal_form, words)):
                 continue
             # A name of the name list, or a street's word under it ("Total Revenue" over
             # "12 Months" is no addressee).
-            first, last = _names()
-            if not (any(w in first or w in last for w in words) or street_line(m.group(2))):
+            names = _all_names()
+            if not (any(w in names for w in words) or street_line(m.group(2))):
                 continue
-            out.append(
-                RecognizerResult(
-                    "PERSON",
-                    m.start(1),
-                    m.end(1),
-                    LISTED_SCORE,
-                    recognition_metadata={LISTED_KEY: True},
-                )
-            )
+            out.append(_listed_person(m.start(1), m.end(1)))
         return out
 
 
@@ -815,32 +812,18 @@ _ROLES = {
     "author", "doctor", "comment", "narrator", "speaker", "host", "guest", "teacher",
     "student", "patient", "customer", "agent", "user", "bot", "assistant", "system", "client",
 }  # fmt: skip
+_NOT_SPEAKERS = _ROLES | _NOT_NAMES | _TITLE_WORDS
 
 
-class SpeakerRecognizer(EntityRecognizer):
+class SpeakerRecognizer(_RuleRecognizer):
     """The given name that labels a quoted line of dialogue."""
 
-    def __init__(self) -> None:
-        super().__init__(supported_entities=["PERSON"], name="SpeakerRecognizer")
-
-    def load(self) -> None:
-        pass
-
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
-        if "PERSON" not in entities:
-            return []
+    def spans(self, text: str) -> list[Any]:
         first, _ = _names()
         return [
-            RecognizerResult(
-                "PERSON",
-                m.start(1),
-                m.end(1),
-                LISTED_SCORE,
-                recognition_metadata={LISTED_KEY: True},
-            )
+            _listed_person(m.start(1), m.end(1))
             for m in _SPEAKER.finditer(text)
-            if m.group(1) in first
-            and m.group(1).lower() not in (_ROLES | _NOT_NAMES | _TITLE_WORDS)
+            if m.group(1) in first and m.group(1).lower() not in _NOT_SPEAKERS
         ]
 
 
@@ -854,20 +837,14 @@ _LICENCE = compile_linear(
 LICENCE_SCORE = 0.85
 
 
-class DriverLicenceRecognizer(EntityRecognizer):
+class DriverLicenceRecognizer(_RuleRecognizer):
     """A driving licence's number right after the words that name it."""
 
-    def __init__(self) -> None:
-        super().__init__(supported_entities=["US_DRIVER_LICENSE"], name="DriverLicenceRecognizer")
+    ENTITY = "US_DRIVER_LICENSE"
 
-    def load(self) -> None:
-        pass
-
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
-        if "US_DRIVER_LICENSE" not in entities:
-            return []
+    def spans(self, text: str) -> list[Any]:
         return [
-            RecognizerResult("US_DRIVER_LICENSE", m.start(1), m.end(1), LICENCE_SCORE)
+            RecognizerResult(self.ENTITY, m.start(1), m.end(1), LICENCE_SCORE)
             for m in _LICENCE.finditer(text)
         ]
 
