@@ -334,6 +334,10 @@ async def test_a_member_that_leaves_and_joins_again_loses_no_request(
 
     try:
         await serve(staying, subject, Ping, member("staying"), queue="churn")
+        # The staying member is in the group before the first ask: without this, under a
+        # loaded CI the askers' first round could reach the server before its SUB did, and
+        # all 16 heard "no responders" (seen once, 2026-12-02).
+        await settled(staying)
         leaves = 0
 
         async def churn() -> None:
