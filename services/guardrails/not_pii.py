@@ -23,7 +23,10 @@ ORG_WORDS = {
     "capital", "ventures", "investments", "securities", "pharmaceuticals", "therapeutics",
     "biotech", "bioscience", "biosciences", "energy", "resources", "systems", "solutions",
     "international", "s.a", "s.a.a", "n.v", "nv", "spa", "s.p.a", "gmbh", "asa", "oyj",
-    "bhd", "berhad", "tbk", "sas", "sarl",
+    "bhd", "berhad", "tbk", "sas", "sarl", "kgaa", "k.k", "kk", "kabushiki", "kaisha",
+    "societe", "société", "anonyme", "grp", "hldg", "hldgs", "laboratories", "electronics",
+    "networking", "index", "hedged", "yield", "income", "opportunities", "certificates",
+    "banco", "bancorporation", "groep", "stichting", "koninklijke",
 }  # fmt: skip
 # Glued to the word before it in some listings ("FreakOut Holdingsinc.", "Nippon DenkaiLtd.").
 # A surname may end in "inc" ("Trpinc"): the form glued on is written in capitals, or
@@ -53,7 +56,11 @@ def company_name(text: str, start: int, end: int) -> bool:
         words.append(word)
         if word.endswith((",", ";", ":")):
             break
-    return any(_bare(w) in ORG_WORDS or _GLUED_ORG.search(w) for w in words)
+    if any(_bare(w) in ORG_WORDS or _GLUED_ORG.search(w) for w in words):
+        return True
+    # "Union Bank of India", "Bank of America": the run named after a place follows "of".
+    head = text[max(0, start - 40) : start].split()
+    return len(head) >= 2 and head[-1] == "of" and _bare(head[-2]) in ORG_WORDS
 
 
 # A title in quotes credited to someone ("Tube Snake Boogie" by ...).
@@ -81,8 +88,14 @@ def day_name(text: str, start: int, end: int) -> bool:
 _SHIP = compile_linear(r"\b(?:USS|USNS|USNV|USCGC|HMS|HMCS|HMAS|RMS|MV|SS)[ \t]+$")
 
 
+_SHIP_FIRST = compile_linear(r"^(?:USS|USNS|USNV|USCGC|HMS|HMCS|HMAS|RMS|MV|SS)[ \t]")
+
+
 def ship_name(text: str, start: int) -> bool:
-    return bool(_SHIP.search(text[max(0, start - 8) : start]))
+    """After its prefix, or a span that holds the prefix too ("USS Knotek")."""
+    return bool(
+        _SHIP.search(text[max(0, start - 8) : start]) or _SHIP_FIRST.search(text[start : start + 7])
+    )
 
 
 # A line that ends with a flat or a suite and its number ("Apt. 319", "}} Suite 449",
@@ -169,10 +182,44 @@ def common_noun(text: str, start: int, end: int, names: frozenset[str]) -> bool:
     return any(m.group() == lower for m in _WORD.finditer(text))
 
 
+# The indefinite article before a capitalised run ("I'm a Webmaster", "works as a Loan
+# underwriter", "an Austrian"): a noun or an adjective, not a person's name.
+_ARTICLE = compile_linear(r"(?:^|[^\pL\pM'])(?:a|an)[ \t]+$")
+
+
+def after_article(text: str, start: int) -> bool:
+    return bool(_ARTICLE.search(text[max(0, start - 4) : start]))
+
+
+# A field or a phrase that gives a job ("My job title is Press secretary", "Position:
+# Webmaster", "Occupation: Loan underwriter"): what follows is a job, not a person.
+_JOB_LABEL = compile_linear(
+    r"(?i)\b(?:job[ \t]+title|job|position|occupation|profession)[ \t]*(?::|is|was)[ \t]*$"
+)
+
+
+def job_title(text: str, start: int) -> bool:
+    return bool(_JOB_LABEL.search(text[max(0, start - 30) : start]))
+
+
+def country(
+    text: str, start: int, end: int, countries: frozenset[str], names: frozenset[str]
+) -> bool:
+    """The whole span is the name of a country ("Austria won the match", "AUSTRIA"), in any
+    of Faker's locales, and no name of the name list ("Jordan", "India", "Chad" are given
+    names too, and stay people)."""
+    value = text[start:end].strip()
+    if value.isupper():
+        value = value.title()
+    return value in countries and value not in names
+
+
 def not_a_person(text: str, start: int, end: int) -> bool:
     """Whether the words around a capitalised run make it something other than a person."""
     return (
         company_name(text, start, end)
+        or after_article(text, start)
+        or job_title(text, start)
         or work_title(text, start, end)
         or day_name(text, start, end)
         or ship_name(text, start)

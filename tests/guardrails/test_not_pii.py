@@ -234,3 +234,55 @@ def test_the_speaker_of_a_quoted_line_is_a_person(
     out = _redacted(screener, policy, text)
     assert "Jamie" not in out and "Nicole" not in out, out
     assert _redacted(screener, policy, 'Customer: "Where is my order?"').startswith("Customer:")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("Our supplier is Union Bank of India, based abroad.", "India"),
+        ("Shares of Abbott Laboratories fell 3% on Monday.", "Abbott"),
+        ("Nippon Yusen Kabushiki Kaisha is hiring engineers.", "Nippon Yusen"),
+        ("Shares of US Intermediate Corporate Index (JPY Hedged) fell.", "JPY Hedged"),
+        ("I'm a Webmaster.", "Webmaster"),
+        ("She works as a Loan underwriter in town.", "Loan"),
+        ("My job title is Press secretary.", "Press"),
+        ("Position: Webmaster", "Webmaster"),
+        ("USS Knotek\nFPO AP 26102", "USS Knotek"),
+    ],
+)
+def test_companies_and_jobs_are_no_people(text: str, value: str) -> None:
+    assert not_a_person(text, *_span(text, value))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("Please ask Dr. Anna Rossi about it.", "Anna Rossi"),
+        ("I met Jordan at the station.", "Jordan"),
+        ("Marta, a friend of mine, called.", "Marta"),
+        ("Ravi Patel of Union Bank called.", "Ravi Patel"),
+    ],
+)
+def test_people_near_those_words_stay_people(text: str, value: str) -> None:
+    assert not not_a_person(text, *_span(text, value))
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("Austria won the match.", []),
+        ("She left Wacker Neuson SE in 2019.", []),
+        ("Her family comes from AUSTRIA.", []),
+        ("She is Hungarian.", []),
+        ("My neighbour is Jamaican and very kind.", []),
+        ("I met Jordan at the station.", ["Jordan"]),
+        ("Dear French, thanks for the report.", ["French"]),
+        ("German Petrov called me yesterday.", ["German Petrov"]),
+    ],
+)
+def test_countries_nationalities_and_legal_forms_are_no_people(
+    screener: Screener, policy: EffectivePolicy, text: str, found: list[str]
+) -> None:
+    verdict = _verdict(screener, policy, text)
+    people = [text[e.start : e.end] for e in verdict.entities if e.type == "PERSON"]
+    assert people == found, people

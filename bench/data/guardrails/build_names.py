@@ -1,7 +1,10 @@
 """Writes services/guardrails/data/names.json: first names and surnames in Latin, Cyrillic
-and Greek script from every Faker locale (the PERSON recogniser's gazetteer). Run by hand
-after a Faker upgrade: `python bench/data/guardrails/build_names.py`. The held-out PII
-sentences use other names (presidio-evaluator's FakeNameGenerator list), not these.
+and Greek script from every Faker locale (the PERSON recogniser's gazetteer), and
+services/guardrails/data/countries.json: the names of countries in English, from Faker's
+English locales ("Austria": a span that is one is not a person; the names in other
+languages were left out: "Komori", Croatian for the Comoros, is a Japanese surname). Run
+by hand after a Faker upgrade: `python bench/data/guardrails/build_names.py`. The held-out
+PII sentences use other names (presidio-evaluator's FakeNameGenerator list), not these.
 """
 
 import importlib
@@ -12,11 +15,13 @@ from pathlib import Path
 import faker
 from faker.config import AVAILABLE_LOCALES
 
-OUT = Path(__file__).resolve().parents[3] / "services" / "guardrails" / "data" / "names.json"
+DATA = Path(__file__).resolve().parents[3] / "services" / "guardrails" / "data"
+OUT = DATA / "names.json"
 # Scripts with capitals, which the recogniser reads capitalisation in ("Иван Петров").
 SCRIPTS = {"LATIN", "CYRILLIC", "GREEK"}
 first: set[str] = set()
 last: set[str] = set()
+countries: set[str] = set()
 
 
 def ok(n: object) -> bool:
@@ -50,6 +55,17 @@ for loc in AVAILABLE_LOCALES:
         except TypeError:
             continue
         target.update(n for n in items if ok(n))
+for loc in (loc for loc in AVAILABLE_LOCALES if loc.startswith("en")):
+    try:
+        a = importlib.import_module(f"faker.providers.address.{loc}")
+    except Exception:
+        continue
+    names = a.Provider.__dict__.get("countries")
+    if isinstance(names, (list, tuple)):
+        countries.update(n for n in names if isinstance(n, str) and n[:1].isupper())
+(DATA / "countries.json").write_text(
+    json.dumps({"faker": faker.VERSION, "countries": sorted(countries)}, ensure_ascii=False) + "\n"
+)
 OUT.write_text(
     json.dumps({"faker": faker.VERSION, "first": sorted(first), "last": sorted(last)}) + "\n"
 )

@@ -51,6 +51,7 @@ from services.guardrails.linear import compile_linear
 from services.guardrails.not_pii import (
     ORG_WORDS,
     common_noun,
+    country,
     house_numbers,
     not_a_person,
     shouted_host,
@@ -250,12 +251,45 @@ _LANGUAGES = {
     "vietnamese", "thai", "indonesian", "malay", "swahili", "latin", "croatian", "serbian",
     "slovenian", "estonian", "latvian", "lithuanian", "icelandic", "irish", "welsh",
     "scottish", "catalan", "basque", "galician", "tagalog", "filipino", "american", "british",
+    # nationalities that name no language of their own
+    "austrian", "belgian", "swiss", "luxembourger", "luxembourgish", "maltese", "cypriot",
+    "albanian", "bosnian", "macedonian", "montenegrin", "moldovan", "belarusian", "georgian",
+    "armenian", "azerbaijani", "kazakh", "uzbek", "mongolian", "chechen", "tibetan",
+    "greenlandic", "greenlander", "faroese", "canadian", "mexican", "cuban", "jamaican",
+    "haitian", "dominican", "guatemalan", "honduran", "salvadoran", "salvadorean",
+    "nicaraguan", "panamanian", "colombian", "venezuelan", "ecuadorian", "peruvian",
+    "bolivian", "brazilian", "chilean", "argentine", "argentinian", "uruguayan", "paraguayan",
+    "australian", "zealander", "egyptian", "moroccan", "algerian", "tunisian", "libyan",
+    "sudanese", "ethiopian", "somali", "kenyan", "ugandan", "tanzanian", "rwandan",
+    "nigerian", "nigerien", "ghanaian", "senegalese", "malian", "cameroonian", "congolese",
+    "angolan", "zambian", "zimbabwean", "mozambican", "malawian", "mauritian", "seychellois",
+    "surinamese", "israeli", "palestinian", "lebanese", "syrian", "jordanian", "iraqi",
+    "iranian", "saudi", "emirati", "qatari", "kuwaiti", "omani", "yemeni", "afghan",
+    "pakistani", "indian", "nepalese", "nepali", "bangladeshi", "burmese", "cambodian",
+    "laotian", "malaysian", "singaporean", "taiwanese", "fijian", "samoan", "tongan",
+    "european", "african", "asian",
 }  # fmt: skip
 _NAMED = compile_linear(
     r"(?i)\b(?:my name is|my name's|i am|i'm|call me|name:|signed|regards,|thanks,|dear|hi|"
     r"hello|hey|tell|ask|contact|meet|cc:?)\s+$"
 )
 _NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "names.json"
+_COUNTRIES_FILE = _NAMES_FILE.with_name("countries.json")
+
+
+def nationality(text: str, start: int, end: int) -> bool:
+    """A language or a nationality on its own ("She is Hungarian", "a German would"), where
+    no phrase names a person before it and no capitalised word follows ("Dear French,",
+    "German Petrov" stay people)."""
+    word = text[start:end].strip()
+    if " " in word or word.lower() not in _LANGUAGES:
+        return False
+    after = text[end : end + 30].split()
+    if after and after[0][:1].isupper():
+        return False
+    return not _NAMED.search(text[max(0, start - 20) : start])
+
+
 # Words that introduce the name that follows ("My name is Lucrezia").
 _INTRO = compile_linear(
     r"(?i)\b(?:my name is|my name's|i am|i'm|call me|this is|name:|signed|regards,|"
@@ -276,6 +310,11 @@ _LOWER_INTRO = compile_linear(
 def _all_names() -> frozenset[str]:
     first, last = _names()
     return first | last
+
+
+@cache
+def _countries() -> frozenset[str]:
+    return frozenset(json.loads(_COUNTRIES_FILE.read_text())["countries"])
 
 
 @cache  # read once: without_greeting asks for it on every name found (14 ms a read)
@@ -428,9 +467,10 @@ _LEGAL_FORMS = {
     "sa", "sl", "slu", "scoop", "srl", "srls", "spa", "sas", "sau", "sad", "scp", "scom",
     "snc", "sarl", "sasu", "eurl", "ev", "gmbh", "mbh", "kg", "ohg", "gbr", "ug", "bv", "nv",
     "vof", "oy", "oyj", "aps", "asa", "plc", "llc", "llp", "ltd", "ltda", "inc", "corp",
-    "pty", "sro", "spzoo", "kft", "zrt", "doo", "ad", "ab", "as", "ag", "sc", "sca",
+    "pty", "sro", "spzoo", "kft", "zrt", "doo", "ad", "ab", "as", "ag", "sc", "sca", "se",
+    "kk", "kgaa", "sab", "cv",
 }  # fmt: skip
-_LEGAL_FORMS_CAPITALS_ONLY = {"ad", "ab", "as", "ag", "sa", "sc", "ug"}
+_LEGAL_FORMS_CAPITALS_ONLY = {"ad", "ab", "as", "ag", "sa", "sc", "ug", "se", "cv"}
 
 
 def legal_form(word: str) -> bool:
@@ -1143,6 +1183,8 @@ class PresidioPii:
                         and not firm_of_two_names(chunk, r.start, r.end)
                         and not not_a_person(chunk, r.start, r.end)
                         and not common_noun(chunk, r.start, r.end, _all_names())
+                        and not country(chunk, r.start, r.end, _countries(), _all_names())
+                        and not nationality(chunk, r.start, r.end)
                     )
                 )
             ]
