@@ -58,9 +58,15 @@ def company_name(text: str, start: int, end: int) -> bool:
             break
     if any(_bare(w) in ORG_WORDS or _GLUED_ORG.search(w) for w in words):
         return True
-    # "Union Bank of India", "Bank of America": the run named after a place follows "of".
+    # "Union Bank of India", "Bank of America": the run named after a place follows "of"
+    # and a capitalised company word ("in the company of Anna Rossi" keeps its person).
     head = text[max(0, start - 40) : start].split()
-    return len(head) >= 2 and head[-1] == "of" and _bare(head[-2]) in ORG_WORDS
+    return (
+        len(head) >= 2
+        and head[-1] == "of"
+        and head[-2][:1].isupper()
+        and _bare(head[-2]) in ORG_WORDS
+    )
 
 
 # A title in quotes credited to someone ("Tube Snake Boogie" by ...).
@@ -182,15 +188,6 @@ def common_noun(text: str, start: int, end: int, names: frozenset[str]) -> bool:
     return any(m.group() == lower for m in _WORD.finditer(text))
 
 
-# The indefinite article before a capitalised run ("I'm a Webmaster", "works as a Loan
-# underwriter", "an Austrian"): a noun or an adjective, not a person's name.
-_ARTICLE = compile_linear(r"(?:^|[^\pL\pM'])(?:a|an)[ \t]+$")
-
-
-def after_article(text: str, start: int) -> bool:
-    return bool(_ARTICLE.search(text[max(0, start - 4) : start]))
-
-
 # A field or a phrase that gives a job ("My job title is Press secretary", "Position:
 # Webmaster", "Occupation: Loan underwriter"): what follows is a job, not a person.
 _JOB_LABEL = compile_linear(
@@ -218,7 +215,6 @@ def not_a_person(text: str, start: int, end: int) -> bool:
     """Whether the words around a capitalised run make it something other than a person."""
     return (
         company_name(text, start, end)
-        or after_article(text, start)
         or job_title(text, start)
         or work_title(text, start, end)
         or day_name(text, start, end)
