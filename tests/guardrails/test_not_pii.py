@@ -288,3 +288,22 @@ def test_countries_nationalities_and_legal_forms_are_no_people(
     verdict = _verdict(screener, policy, text)
     people = [text[e.start : e.end] for e in verdict.entities if e.type == "PERSON"]
     assert people == found, people
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("In the company of Paul Klug, the evening went well.", "Paul Klug"),
+        ("Is there a Julieta in your team?", "Julieta"),
+        ("She is a colleague of Amber Watson at the bank.", "Amber Watson"),
+        ("Kian Brennan won the match for Denmark.", "Kian Brennan"),
+        ("Dinner with Hans Filemonsen and an Irish friend.", "Hans Filemonsen"),
+        ("Union Bank appointed Georgina Hale as director.", "Georgina Hale"),
+    ],
+)
+def test_people_beside_countries_companies_and_articles_are_found(
+    screener: Screener, policy: EffectivePolicy, text: str, name: str
+) -> None:
+    """The rules above read the span's own words or a capitalised company word before
+    "of": a person in the company of those words is still a person."""
+    assert name not in _redacted(screener, policy, text)
