@@ -26,12 +26,39 @@ ORG_WORDS = {
     "bhd", "berhad", "tbk", "sas", "sarl", "kgaa", "k.k", "kk", "kabushiki", "kaisha",
     "societe", "société", "anonyme", "grp", "hldg", "hldgs", "laboratories", "electronics",
     "networking", "index", "hedged", "yield", "income", "opportunities", "certificates",
-    "banco", "bancorporation", "groep", "stichting", "koninklijke",
+    "banco", "bancorporation", "groep", "stichting", "koninklijke", "banc", "groupe", "grupo",
+    "financiero", "companylimited", "realty", "cos", "shares", "shs", "shrs", "stock",
+    "preferred", "pref",
 }  # fmt: skip
+# A company's legal form as written after its name in Europe, the Americas and Asia,
+# compared without dots or case ("S.Coop." and "s.coop" alike: "Gentili s.r.l.", "Becker
+# Binner e.V."). Forms that are also everyday words ("AS", "AB", "AG", "SA") count only in
+# capitals.
+_LEGAL_FORMS = {
+    "sa", "sl", "slu", "scoop", "srl", "srls", "spa", "sas", "sau", "sad", "scp", "scom",
+    "snc", "sarl", "sasu", "eurl", "ev", "gmbh", "mbh", "kg", "ohg", "gbr", "ug", "bv", "nv",
+    "vof", "oy", "oyj", "aps", "asa", "plc", "llc", "llp", "ltd", "ltda", "inc", "corp",
+    "pty", "sro", "spzoo", "kft", "zrt", "doo", "ad", "ab", "as", "ag", "sc", "sca", "se",
+    "kk", "kgaa", "sab", "cv",
+}  # fmt: skip
+_LEGAL_FORMS_CAPITALS_ONLY = {"ad", "ab", "as", "ag", "sa", "sc", "ug", "se", "cv"}
+
+
+def legal_form(word: str) -> bool:
+    """Whether `word` (punctuation around it allowed) is a company's legal form."""
+    bare = word.split("\\", 1)[0].strip(",.;:!?()'\"").removesuffix("'s")
+    key = bare.replace(".", "").replace("/", "").lower()
+    if key in _LEGAL_FORMS_CAPITALS_ONLY:
+        return bare.replace(".", "").isupper()
+    return key in _LEGAL_FORMS
+
+
 # Glued to the word before it in some listings ("FreakOut Holdingsinc.", "Nippon DenkaiLtd.").
 # A surname may end in "inc" ("Trpinc"): the form glued on is written in capitals, or
 # after "Holdings".
-_GLUED_ORG = compile_linear(r"\p{Ll}(?:Inc|Ltd|Corp|Co\.?Ltd)\.?$|(?i:holdings)inc\.?$")
+_GLUED_ORG = compile_linear(
+    r"\p{Ll}(?:Inc|Ltd|Corp|Co\.?Ltd|Company(?:Limited)?|Limited)\.*$|(?i:holdings|industries)inc\.*$"
+)
 _CAPITALISED = compile_linear(r"^[\p{Lu}\d]")
 
 
@@ -48,15 +75,26 @@ def company_name(text: str, start: int, end: int) -> bool:
     tail = text[end : line_end if line_end >= 0 else len(text)]
     if tail.startswith(("'s ", "\u2019s ")):
         tail = tail[2:]  # "Papa John's International", "Carter's Inc."
+    # A name cut inside a word ("Tri-star Resources PLC", "Asia Pacific Ex-Japan AlphaDEX
+    # Fund", "NEXT FUNDS Russell/Nomura") or inside brackets ("Agri-Tech (India) Ltd"): the
+    # run goes on after the rest of that word.
+    if tail[:1] in ("-", "/", ")"):
+        tail = tail.split(None, 1)[1] if len(tail.split(None, 1)) > 1 else ""
     words = text[start:end].split()
+    if not words:
+        return False
     rest = tail.split()
-    for word in rest[:4]:
+    for word in rest[:6]:
+        if word in ("&", "&amp;"):
+            continue  # "Rajshree Sugars & Chemicals Limited"
         if not _CAPITALISED.search(word.lstrip("(\"'&")):
             break
         words.append(word)
         if word.endswith((",", ";", ":")):
             break
-    if any(_bare(w) in ORG_WORDS or _GLUED_ORG.search(w) for w in words):
+    if any(_bare(w) in ORG_WORDS or _GLUED_ORG.search(w) or legal_form(w) for w in words[1:]) or (
+        _bare(words[0]) in ORG_WORDS or _GLUED_ORG.search(words[0])
+    ):
         return True
     # "Union Bank of India", "Bank of America": the run named after a place follows "of"
     # and a capitalised company word ("in the company of Anna Rossi" keeps its person).
@@ -126,15 +164,33 @@ def town_line(text: str, start: int, end: int) -> bool:
     return bool(_UNIT_LINE.search(text[above_start : line_start - 1]))
 
 
-# Where someone goes or lives ("flew to Reykjavík", "arrived at Birgi Aerostazione").
+# Where someone goes, comes from or lives ("flew to Reykjavík", "arrived at Birgi
+# Aerostazione", "logged in from Nicosia", "a new plant near Montbovon", "born in Gyôr").
 _DESTINATION = compile_linear(
-    r"(?i)\b(?:(?:flew|fly|flies|flying|flown|drove|travell?ed|moved|relocated|emigrated|"
-    r"headed|sailed)[ \t]+(?:back[ \t]+)?to|arrived[ \t]+(?:at|in))[ \t]+$"
+    r"(?i)\b(?:(?:(?:flew|fly|flies|flying|flown|drove|travell?ed|moved|moving|relocated|"
+    r"relocating|emigrated|headed|sailed)[ \t]+(?:back[ \t]+)?to|arrived[ \t]+(?:at|in)|"
+    r"(?:flew|drove|travell?ed|flight|flights|train|commuted|logged[ \t]+in|signed[ \t]+in|"
+    r"connecting|connected)[ \t]+from|(?:born|raised|based|located|headquartered|resides|"
+    r"residing)[ \t]+in|(?:plant|factory|office|offices|branch|warehouse|campus|site|store)"
+    r"[ \t]+(?:in|near)))[ \t]+$"
+)
+# What follows a place's name: "Aasiaat is where ...", "Ora, a town of 20,000 people".
+_PLACE_AFTER = compile_linear(
+    r"^(?:[ \t]+is[ \t]+where\b|,?[ \t]+(?:a|the)[ \t]+(?:small[ \t]+|little[ \t]+|"
+    r"coastal[ \t]+|port[ \t]+)?(?:town|city|village|municipality|capital|region|province|"
+    r"county|district)\b)"
 )
 
 
-def destination(text: str, start: int) -> bool:
-    return bool(_DESTINATION.search(text[max(0, start - 30) : start]))
+def destination(text: str, start: int, end: int) -> bool:
+    """Where someone goes or lives; a possessive makes it someone's ("flew to Anna's
+    wedding")."""
+    if text[end : end + 2] in ("'s", "\u2019s"):
+        return False
+    return bool(
+        _PLACE_AFTER.search(text[end : end + 40])
+        or _DESTINATION.search(text[max(0, start - 40) : start])
+    )
 
 
 # "and" and a street after it: a house number and a street ("and 72 rue Clement Marot"),
@@ -199,6 +255,93 @@ def job_title(text: str, start: int) -> bool:
     return bool(_JOB_LABEL.search(text[max(0, start - 30) : start]))
 
 
+# The head nouns of jobs' names: the last words of Faker's en_US jobs (its job provider,
+# 639 names) and trades written here. A capitalised word right before one of them in lower
+# case is the first word of a job ("Deck officer", "Tow truck dispatcher", "a Dutch Tire
+# changer"), not a person.
+JOB_HEADS = {
+    "accountant", "actor", "actuary", "acupuncturist", "adjuster", "administrator", "adviser",
+    "agent", "analyst", "animator", "arboriculturist", "archaeologist", "architect",
+    "archivist", "artist", "assessor", "assistant", "astronomer", "attorney", "author",
+    "banker", "barista", "barrister", "biochemist", "blower", "bookseller", "breeder",
+    "brewer", "broker", "buyer", "cartographer", "chemist", "chiropodist", "chiropractor",
+    "clerk", "coach", "comptroller", "conservator", "consultant", "contractor", "controller",
+    "conveyancer", "coordinator", "copywriter", "counsellor", "curator", "dancer", "dealer",
+    "dentist", "designer", "developer", "dietitian", "director", "doctor", "ecologist",
+    "economist", "editor", "embryologist", "engineer", "ergonomist", "examiner",
+    "firefighter", "forwarder", "fundraiser", "gaffer", "geneticist", "geologist",
+    "geoscientist", "haematologist", "handler", "herbalist", "homeopath", "horticulturist",
+    "hydrologist", "hygienist", "illustrator", "immunologist", "inspector", "interpreter",
+    "journalist", "lawyer", "lecturer", "lexicographer", "librarian", "lobbyist", "manager",
+    "mentor", "merchandiser", "metallurgist", "meteorologist", "microbiologist", "midwife",
+    "musician", "neurosurgeon", "nurse", "nutritionist", "oceanographer", "officer",
+    "oncologist", "operator", "ophthalmologist", "optician", "optometrist", "organiser",
+    "orthoptist", "osteopath", "paramedic", "pathologist", "pharmacist", "pharmacologist",
+    "photographer", "physicist", "physiologist", "physiotherapist", "pilot", "planner",
+    "podiatrist", "practitioner", "presenter", "printmaker", "processor", "producer",
+    "professor", "programmer", "proofreader", "psychiatrist", "psychologist",
+    "psychotherapist", "radiographer", "ranger", "representative", "researcher", "restorer",
+    "scientist", "secretary", "seismologist", "solicitor", "specialist", "statistician",
+    "surgeon", "surveyor", "teacher", "technician", "technologist", "therapist",
+    "toxicologist", "trader", "trainer", "translator", "treasurer", "tutor", "underwriter",
+    "warden", "worker", "writer",
+    # trades and ranks
+    "aide", "appraiser", "assembler", "attendant", "auditor", "babysitter", "baker",
+    "bartender", "biologist", "bolter", "bookkeeper", "bricklayer", "butcher", "caretaker",
+    "carpenter", "cashier", "changer", "chef", "cleaner", "collector", "composer", "conductor",
+    "cook", "counselor", "courier", "cutter", "detective", "dispatcher", "drafter", "driver",
+    "educator", "electrician", "erector", "estimator", "farmer", "finisher", "fisherman",
+    "forecaster", "gardener", "geographer", "grader", "grinder", "guard", "hairdresser",
+    "helper", "housekeeper", "installer", "instructor", "investigator", "janitor", "judge",
+    "keeper", "laborer", "labourer", "layer", "lifeguard", "loader", "machinist", "maid",
+    "marker", "mechanic", "miner", "nanny", "packer", "painter", "physician", "picker",
+    "plumber", "polisher", "porter", "presser", "reader", "receptionist", "recruiter",
+    "repairer", "reporter", "roofer", "sailor", "salesperson", "salesman", "saleswoman",
+    "setter", "singer", "soldier", "songwriter", "sonographer", "sorter", "steward",
+    "stocker", "superintendent", "supervisor", "tailor", "teller", "tender", "tester",
+    "typist", "veterinarian", "waiter", "waitress", "welder",
+}  # fmt: skip
+# Words that end the look for a job's head: a verb or a function word between the span and
+# the head ("Tom met doctor Lee", "Anna and the nurse") makes the head no part of it.
+_NO_JOB_MODIFIER = {
+    "the", "a", "an", "and", "or", "of", "to", "in", "on", "at", "for", "with", "from", "by",
+    "is", "are", "was", "were", "be", "been", "has", "have", "had", "will", "would", "can",
+    "could", "may", "might", "must", "shall", "should", "said", "told", "met", "saw", "asked",
+    "called", "sent", "gave", "took", "got", "made", "went", "came", "as", "that", "this",
+    "who", "which", "our", "my", "your", "his", "her", "their", "its", "not", "also", "just",
+    "still", "then", "when", "if", "but", "so", "hired", "needs", "wants", "became", "become",
+}  # fmt: skip
+
+
+def _job_head(word: str) -> bool:
+    if word in JOB_HEADS:
+        return True
+    if word.endswith("men"):  # "Longshoremen", "Handymen"
+        return True
+    return (word.endswith("s") and word[:-1] in JOB_HEADS) or (
+        word.endswith("es") and word[:-2] in JOB_HEADS
+    )
+
+
+def job_words(text: str, start: int, end: int) -> bool:
+    """The span is a job's first words: its head follows in lower case, at most two
+    lower-case words later, on the same line ("Deck officer", "Small engine mechanic",
+    "Meter readers"). "Tom met doctor Lee" and "Anna hires nurses" keep their people."""
+    after = text[end : end + 60]
+    if not after.startswith(" "):
+        return False
+    words = after.split("\n", 1)[0].split()[:3]
+    for i, word in enumerate(words):
+        bare = word.rstrip(",.;:!?)")
+        if not bare.replace("-", "").isalpha() or not bare.islower():
+            return False
+        if _job_head(bare):
+            return True
+        if bare != word or bare in _NO_JOB_MODIFIER or bare.endswith(("ed", "s")) or i == 2:
+            return False
+    return False
+
+
 def country(
     text: str, start: int, end: int, countries: frozenset[str], names: frozenset[str]
 ) -> bool:
@@ -216,11 +359,12 @@ def not_a_person(text: str, start: int, end: int) -> bool:
     return (
         company_name(text, start, end)
         or job_title(text, start)
+        or job_words(text, start, end)
         or work_title(text, start, end)
         or day_name(text, start, end)
         or ship_name(text, start)
         or town_line(text, start, end)
-        or destination(text, start)
+        or destination(text, start, end)
         or inside_web_address(text, start, end)
         or name_of_a_corner(text, start, end)
     )

@@ -35,6 +35,11 @@ def _redacted(screener: Screener, policy: EffectivePolicy, text: str) -> str:
     return _verdict(screener, policy, text).texts[0]
 
 
+def _people(screener: Screener, policy: EffectivePolicy, text: str) -> list[str]:
+    verdict = _verdict(screener, policy, text)
+    return [text[e.start : e.end] for e in verdict.entities if e.type == "PERSON"]
+
+
 def _span(text: str, value: str) -> tuple[int, int]:
     start = text.index(value)
     return start, start + len(value)
@@ -285,8 +290,7 @@ def test_people_near_those_words_stay_people(text: str, value: str) -> None:
 def test_countries_nationalities_and_legal_forms_are_no_people(
     screener: Screener, policy: EffectivePolicy, text: str, found: list[str]
 ) -> None:
-    verdict = _verdict(screener, policy, text)
-    people = [text[e.start : e.end] for e in verdict.entities if e.type == "PERSON"]
+    people = _people(screener, policy, text)
     assert people == found, people
 
 
@@ -306,4 +310,52 @@ def test_people_beside_countries_companies_and_articles_are_found(
 ) -> None:
     """The rules above read the span's own words or a capitalised company word before
     "of": a person in the company of those words is still a person."""
+    assert name not in _redacted(screener, policy, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        # a job's first words before its head in lower case
+        ("The Deck officer from the port called about your claim.", []),
+        ("Contact person: Hudson Caird, Bulldozer operator, 0049 30 1234567", ["Hudson Caird"]),
+        ("The Small engine mechanic is here.", []),
+        ("Kadiev's shift: two Meter readers on the night shift.", ["Kadiev"]),
+        # a company's word further along its run, over "&", a bracket or a hyphen
+        ("According to Rajshree Sugars & Chemicals Limited, revenue grew.", []),
+        ("Please bill Agri-Tech (India) Ltd for the parts.", []),
+        ("Our supplier Taubman Centers Inc. Series J Cum. Preferred Shs is late.", []),
+        ("Ask Maezawa IndustriesInc.. for a quote.", []),
+        # a place by what is said of it
+        ("Aasiaat is where Sára grew up.", ["Sára"]),
+        ("Her IP was 10.0.0.1 when she logged in from Zero Branco.", []),
+        ("Peer told me the firm is moving to São Paulo.", ["Peer"]),
+        ("Lazkao, a town of 20,000 people.", []),
+    ],
+)
+def test_jobs_companies_and_places_by_their_context(
+    screener: Screener, policy: EffectivePolicy, text: str, found: list[str]
+) -> None:
+    people = _people(screener, policy, text)
+    assert people == found, people
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Tom met doctor Lee yesterday.", "Lee"),
+        ("Tom met doctor Lee yesterday.", "Tom"),
+        ("I flew to Anna's wedding in May.", "Anna"),
+        ("Please update the address of Ms. Sandberg: 07547 Oldesloer Strasse 79.", "Sandberg"),
+        ("Nagisa Ookubo\nVia Lagrange 3\nSutri, Italy", "Ookubo"),
+        ("Is Ciset still living at Nuernbergerstrasse 3?", "Ciset"),
+        ("We drove to Iceland with Crisólogo and her dog.", "Crisólogo"),
+        ("My neighbour Willemine works as a clerk in Segura.", "Willemine"),
+    ],
+)
+def test_people_by_title_line_and_deed(
+    screener: Screener, policy: EffectivePolicy, text: str, name: str
+) -> None:
+    """A title before a name the address tagger calls a town, a name on the line over a
+    street, and a given name no list holds before what only a person does."""
     assert name not in _redacted(screener, policy, text)

@@ -53,6 +53,7 @@ from services.guardrails.not_pii import (
     common_noun,
     country,
     house_numbers,
+    legal_form,
     not_a_person,
     shouted_host,
     street_line,
@@ -459,29 +460,6 @@ def two_people(text: str, start: int, end: int) -> bool:
     return not any(map(_company_word, text[start:end].split()))
 
 
-# Legal forms of companies, as written after a company's name in Europe and the Americas,
-# compared without dots or case ("S.Coop." and "s.coop" alike; a name followed by one is a
-# company named after people: "Gentili s.r.l.", "Becker Binner e.V."). Forms that are also
-# everyday words ("AS", "AB", "AG", "SA") count only in capitals.
-_LEGAL_FORMS = {
-    "sa", "sl", "slu", "scoop", "srl", "srls", "spa", "sas", "sau", "sad", "scp", "scom",
-    "snc", "sarl", "sasu", "eurl", "ev", "gmbh", "mbh", "kg", "ohg", "gbr", "ug", "bv", "nv",
-    "vof", "oy", "oyj", "aps", "asa", "plc", "llc", "llp", "ltd", "ltda", "inc", "corp",
-    "pty", "sro", "spzoo", "kft", "zrt", "doo", "ad", "ab", "as", "ag", "sc", "sca", "se",
-    "kk", "kgaa", "sab", "cv",
-}  # fmt: skip
-_LEGAL_FORMS_CAPITALS_ONLY = {"ad", "ab", "as", "ag", "sa", "sc", "ug", "se", "cv"}
-
-
-def legal_form(word: str) -> bool:
-    """Whether `word` (punctuation around it allowed) is a company's legal form."""
-    bare = word.split("\\", 1)[0].strip(",.;:!?()'\"").removesuffix("'s")
-    key = bare.replace(".", "").replace("/", "").lower()
-    if key in _LEGAL_FORMS_CAPITALS_ONLY:
-        return bare.replace(".", "").isupper()
-    return key in _LEGAL_FORMS
-
-
 def plausible_person(text: str, start: int, end: int, joined: bool = False) -> bool:
     """Not a street or place named after someone: no house number on the same line just
     before it (one street word allowed in between) or just after it, no street word next
@@ -493,8 +471,10 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
         return False
     if _NUMBER_AFTER.search(text[end : end + 6]):
         return False
-    before = text[max(0, start - 40) : start].split()
-    after = text[end : end + 40].split()
+    # The words beside it on its own line: an addressee's line stands over the street's
+    # ("Nagisa Ookubo\nVia Lagrange 3").
+    before = text[max(0, start - 40) : start].rsplit("\n", 1)[-1].split()
+    after = text[end : end + 40].split("\n", 1)[0].split()
     if (after and legal_form(after[0])) or any(map(legal_form, text[start:end].split()[1:])):
         return False
     unit_after = bool(_UNIT_AFTER.search(text[end : end + 16]))
@@ -867,6 +847,47 @@ class SpeakerRecognizer(_RuleRecognizer):
         ]
 
 
+# What only a person does, right after a single capitalised word: "Is Ciset still living
+# at ...", "... is where Villads grew up", "with Crisólogo and her dog", "My neighbour
+# Willemine works as a clerk". Given names no list holds are found by it.
+_DEED = compile_linear(
+    r"(?:^|[^\pL\pM])(\p{Lu}[\p{Ll}\pM'-]+)[ \t]+(?:still[ \t]+)?(?:grew[ \t]+up|works[ \t]+as|"
+    r"worked[ \t]+as|lives[ \t]+(?:at|in|on|with)|living[ \t]+(?:at|in|on|with)|was[ \t]+born|"
+    r"and[ \t]+(?:her|his)[ \t]+(?:dog|cat|husband|wife|son|daughter|kids|children|family|"
+    r"mother|father|brother|sister|partner|boyfriend|girlfriend))\b"
+)
+_NOT_DOERS = {
+    "he", "she", "they", "we", "you", "it", "who", "everyone", "everybody", "someone",
+    "somebody", "nobody", "anyone", "anybody", "one", "family", "mother", "father", "brother",
+    "sister", "son", "daughter", "wife", "husband", "friend", "neighbour", "neighbor", "this",
+    "that", "which", "where", "and", "but", "also", "then", "now", "still", "she's", "he's",
+}  # fmt: skip
+_SENTENCE_START = compile_linear(r"(?:^|[.!?:;\n])[ \t]*$")
+
+
+class DeedRecognizer(_RuleRecognizer):
+    """A single capitalised word before what only a person does (`_DEED`). At a sentence's
+    start, where any word is capitalised, only a name of the name list."""
+
+    def spans(self, text: str) -> list[Any]:
+        out: list[Any] = []
+        names = _all_names()
+        for m in _DEED.finditer(text):
+            word = m.group(1)
+            if word.lower() in _NOT_DOERS | _NOT_NAMES | _TITLE_WORDS | _LANGUAGES:
+                continue
+            if word not in names and _SENTENCE_START.search(
+                text[max(0, m.start(1) - 4) : m.start(1)]
+            ):
+                continue
+            out.append(
+                RecognizerResult(
+                    "PERSON", m.start(1), m.end(1), NER_SCORE, recognition_metadata={NER_KEY: True}
+                )
+            )
+        return out
+
+
 # A driving licence's number where the text names it ("My driver's license number is
 # 0737504310399315", "Driving licence no.: MORGA753116SM9IJ"): numbers of many states'
 # and countries' shapes, so only where named. phonenumbers read most of them as phones.
@@ -993,6 +1014,9 @@ def without_greeting(text: str, result: Any) -> Any:
     )
 
 
+_PERSONAL_TITLE = compile_linear(r"(?:^|[^\pL])(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?[ \t]+$")
+
+
 def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -> list[Any]:
     """Presidio's results with the names in Rampart's `tags` added (at NER_SCORE, if not
     under min_score), less the PERSON spans that overlap what Rampart calls part of an
@@ -1004,6 +1028,8 @@ def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -
         if r.entity_type != "PERSON"
         or (r.recognition_metadata or {}).get(LISTED_KEY)
         or not any(r.start < e and s < r.end for s, e in address)
+        # "Ms. Sandberg: 07547 Oldesloer Strasse 79": a title makes it a person's name.
+        or _PERSONAL_TITLE.search(text[max(0, r.start - 8) : r.start]) is not None
     ]
     names = people(text, tags) if min_score <= NER_SCORE else []
     for start, end in names:
@@ -1082,6 +1108,7 @@ class PresidioPii:
             DriverLicenceRecognizer(),
             AddresseeRecognizer(),
             SpeakerRecognizer(),
+            DeedRecognizer(),
         ):
             registry.add_recognizer(r)
         self.analyzer = AnalyzerEngine(
