@@ -428,6 +428,11 @@ def main() -> int:
             False,
         ),
         (
+            "presidio-evaluator's own generator, templates written here (seed 31)",
+            pe_generated("written"),
+            False,
+        ),
+        (
             f"presidio-evaluator's own generator, HELD OUT (seed {PII_HELDOUT_SEED})",
             pe_generated("heldout"),
             True,

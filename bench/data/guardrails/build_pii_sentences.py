@@ -34,7 +34,7 @@ from bench.guardrails import PII_HELDOUT_SEED, PII_TUNE_SEED, _pe_part, faker_cl
 
 PII = Path(__file__).resolve().parent / "pii"
 # (split, seed, sentences): the seeds of the bench's own fill.
-RUNS = [("tune", PII_TUNE_SEED, 2000), ("heldout", PII_HELDOUT_SEED, 2000)]
+RUNS = [("tune", PII_TUNE_SEED, 2000), ("heldout", PII_HELDOUT_SEED, 2000), ("written", 31, 1500)]
 SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
@@ -42,7 +42,17 @@ def main() -> None:
     lines = (PII / "presidio_evaluator_templates.txt").read_text().splitlines()
     templates = [t.strip() for t in lines if t.strip()]
     for split, seed, n in RUNS:
-        chosen = [t for t in templates if _pe_part(t) == split]
+        # "written": 50 templates written here (written_templates.txt), a third set of
+        # frames for the generator's values, none of them presidio-evaluator's.
+        chosen = (
+            [
+                t.strip()
+                for t in (PII / "written_templates.txt").read_text().splitlines()
+                if t.strip()
+            ]
+            if split == "written"
+            else [t for t in templates if _pe_part(t) == split]
+        )
         # The records' full names draw their middle initials from `random` while the
         # generator is built, before it seeds itself: seeded here, so a rerun is the same.
         random.seed(seed)
