@@ -28,7 +28,10 @@ ORG_WORDS = {
     "networking", "index", "hedged", "yield", "income", "opportunities", "certificates",
     "banco", "bancorporation", "groep", "stichting", "koninklijke", "banc", "groupe", "grupo",
     "financiero", "companylimited", "realty", "cos", "shares", "shs", "shrs", "stock",
-    "preferred", "pref",
+    "preferred", "pref", "co", "foundation", "insurance", "analytics", "sciences", "stores",
+    "infrastructure", "biotechnology", "notes", "nextshares", "marketing", "consulting",
+    "logistics", "communications", "healthcare", "pharma", "motors", "airlines", "foods",
+    "brands", "software", "services", "studios",
 }  # fmt: skip
 # A company's legal form as written after its name in Europe, the Americas and Asia,
 # compared without dots or case ("S.Coop." and "s.coop" alike: "Gentili s.r.l.", "Becker
@@ -57,7 +60,8 @@ def legal_form(word: str) -> bool:
 # A surname may end in "inc" ("Trpinc"): the form glued on is written in capitals, or
 # after "Holdings".
 _GLUED_ORG = compile_linear(
-    r"\p{Ll}(?:Inc|Ltd|Corp|Co\.?Ltd|Company(?:Limited)?|Limited)\.*$|(?i:holdings|industries)inc\.*$"
+    r"[\p{Ll}\p{Lu}](?:Inc|Ltd|Corp|Co\.?Ltd|Company(?:Limited)?|Limited)\.*$|"
+    r"(?i:holdings|industries|group)inc\.*$"
 )
 _CAPITALISED = compile_linear(r"^[\p{Lu}\d]")
 
@@ -87,10 +91,13 @@ def company_name(text: str, start: int, end: int) -> bool:
     for word in rest[:6]:
         if word in ("&", "&amp;"):
             continue  # "Rajshree Sugars & Chemicals Limited"
-        if not _CAPITALISED.search(word.lstrip("(\"'&")):
-            break
+        if word.startswith("(") or not _CAPITALISED.search(word.lstrip("\"'&")):
+            break  # "Mr. Zak P Sanders (Insurance Acquisition Corp.)": a person's employer
         words.append(word)
         if word.endswith((",", ";", ":")):
+            i = rest.index(word) + 1
+            if word.endswith(",") and i < len(rest) and legal_form(rest[i]):
+                words.append(rest[i])  # "Ames Department Stores, Inc."
             break
     if any(_bare(w) in ORG_WORDS or _GLUED_ORG.search(w) or legal_form(w) for w in words[1:]) or (
         _bare(words[0]) in ORG_WORDS or _GLUED_ORG.search(words[0])
@@ -178,7 +185,7 @@ _DESTINATION = compile_linear(
 _PLACE_AFTER = compile_linear(
     r"^(?:[ \t]+is[ \t]+where\b|,?[ \t]+(?:a|the)[ \t]+(?:small[ \t]+|little[ \t]+|"
     r"coastal[ \t]+|port[ \t]+)?(?:town|city|village|municipality|capital|region|province|"
-    r"county|district)\b)"
+    r"county|district)\b|[ \t]+(?:city[ \t]+|town[ \t]+|county[ \t]+|district[ \t]+)?council\b)"
 )
 
 
@@ -299,7 +306,8 @@ JOB_HEADS = {
     "repairer", "reporter", "roofer", "sailor", "salesperson", "salesman", "saleswoman",
     "setter", "singer", "soldier", "songwriter", "sonographer", "sorter", "steward",
     "stocker", "superintendent", "supervisor", "tailor", "teller", "tender", "tester",
-    "typist", "veterinarian", "waiter", "waitress", "welder",
+    "typist", "veterinarian", "waiter", "waitress", "welder", "vendor", "seller", "merchant",
+    "president", "smith",
 }  # fmt: skip
 # Words that end the look for a job's head: a verb or a function word between the span and
 # the head ("Tom met doctor Lee", "Anna and the nurse") makes the head no part of it.
@@ -316,11 +324,18 @@ _NO_JOB_MODIFIER = {
 def _job_head(word: str) -> bool:
     if word in JOB_HEADS:
         return True
-    if word.endswith("men"):  # "Longshoremen", "Handymen"
+    if word.endswith(("smen", "ymen", "remen")):  # "Longshoremen", "Handymen", "Craftsmen"
         return True
     return (word.endswith("s") and word[:-1] in JOB_HEADS) or (
         word.endswith("es") and word[:-2] in JOB_HEADS
     )
+
+
+def job_alone(text: str, start: int, end: int, names: frozenset[str]) -> bool:
+    """A single capitalised word that is a job's head and no name of the name list
+    ("Librarian at AAON Inc.", "Webmaster"); "Baker", "Porter" and "Judge" stay names."""
+    word = text[start:end].strip()
+    return " " not in word and word not in names and _job_head(word.lower())
 
 
 def job_words(text: str, start: int, end: int) -> bool:

@@ -359,3 +359,53 @@ def test_people_by_title_line_and_deed(
     """A title before a name the address tagger calls a town, a name on the line over a
     street, and a given name no list holds before what only a person does."""
     assert name not in _redacted(screener, policy, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "kind"),
+    [
+        ("Please note my new number: 78 439 444. Cheers, Jonah", "78 439 444", "PHONE_NUMBER"),
+        ("Your verification code was sent to 35 47 96.", "35 47 96", "PHONE_NUMBER"),
+        ("My credit card 060440427114 has been lost.", "060440427114", "CREDIT_CARD"),
+        ("Driver Mehdi Berg (licence 347341586) delivered it.", "347341586", "US_DRIVER_LICENSE"),
+        ("Your package to Yukiyo Hakugi, 12176 Brunnenstrasse 59, Rossemaison", "Yukiyo Hakugi",
+         "PERSON"),
+        ("Police report: Louise Gordon, 56, of 1679 Albert St, reported a theft.", "Louise Gordon",
+         "PERSON"),
+        ("Lecture by Mr. Zak Sanders (Insurance Acquisition Corp.) on Friday.", "Zak Sanders",
+         "PERSON"),
+        ("Present: Tsuneto Heida, Birlant Desheriyev and Swen Koenig.", "Birlant Desheriyev",
+         "PERSON"),
+        ("Guest list: Topi N Sainio; Mikkel Nissen; Christopher Numminen", "Mikkel Nissen",
+         "PERSON"),
+        ("I spoke to Anna via Maria Rossi yesterday.", "Anna", "PERSON"),
+    ],
+)  # fmt: skip
+def test_named_numbers_and_people_beside_addresses_are_found(
+    screener: Screener, policy: EffectivePolicy, text: str, value: str, kind: str
+) -> None:
+    verdict = _verdict(screener, policy, text)
+    start, end = _span(text, value)
+    assert any(e.type == kind and e.start < end and start < e.end for e in verdict.entities), [
+        (e.type, text[e.start : e.end]) for e in verdict.entities
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("Hey Ana, did you get the parcel I sent to 8051 43 Rue Hegel Apt. 889?", ["Ana"]),
+        ("Send it to Viale Leonardi, 12 please.", []),
+        ("Ames Department Stores, Inc. reported a loss.", []),
+        ("Interview with Stipo Marinović, Librarian at AAON Inc.", ["Stipo Marinović"]),
+        ("Den Haag council approved the plan.", []),
+        ("Mr. Painter will see you now.", ["Mr. Painter"]),
+        ("We invested in Smith, Lloyd and Jackson last year.", []),
+    ],
+)
+def test_addresses_companies_and_jobs_stay_no_people(
+    screener: Screener, policy: EffectivePolicy, text: str, found: list[str]
+) -> None:
+    verdict = _verdict(screener, policy, text)
+    assert _people(screener, policy, text) == found
+    assert not [e for e in verdict.entities if e.type == "PHONE_NUMBER"]

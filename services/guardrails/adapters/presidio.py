@@ -53,6 +53,7 @@ from services.guardrails.not_pii import (
     common_noun,
     country,
     house_numbers,
+    job_alone,
     legal_form,
     not_a_person,
     shouted_host,
@@ -176,19 +177,21 @@ def could_hold_url(text: str) -> bool:
 
 # What ends a candidate of phonenumbers' matcher: its numbers hold digits, separators,
 # brackets and extension labels ("ext", "extension", "anexo", "int", "x", in any case),
-# so any other ASCII letter. A number of fewer than PHONE_MIN_DIGITS digits is no phone
-# number here (plausible_phone).
+# so any other ASCII letter. A number of fewer than PHONE_MIN_DIGITS digits (six after a
+# phone's word) is no phone number here (plausible_phone).
 _NOT_IN_PHONES = compile_linear(r"[b-df-hj-mp-ru-wyzB-DF-HJ-MP-RU-WYZ]+")
 PHONE_MIN_DIGITS = 7
+# After a phone's word ("phone 32 56 02"): six-digit numbers of Greenland and the Faroes.
+NAMED_PHONE_MIN_DIGITS = 6
 
 
 def could_hold_phone(text: str) -> bool:
-    """Whether a stretch of `text` that none of those letters breaks holds PHONE_MIN_DIGITS
-    digits. Without one, phonenumbers' matcher (13 regions, each digit a candidate that is
-    parsed: about 1 ms for an answer such as "w0 w1 ... w15") finds nothing that would be
-    kept, and is not run. Digits as `str.isdigit` counts them: every digit the matcher's
-    `\\d` takes, and more."""
-    n = PHONE_MIN_DIGITS
+    """Whether a stretch of `text` that none of those letters breaks holds
+    NAMED_PHONE_MIN_DIGITS digits. Without one, phonenumbers' matcher (13 regions, each
+    digit a candidate that is parsed: about 1 ms for an answer such as "w0 w1 ... w15")
+    finds nothing that would be kept, and is not run. Digits as `str.isdigit` counts
+    them: every digit the matcher's `\\d` takes, and more."""
+    n = NAMED_PHONE_MIN_DIGITS  # the fewest plausible_phone keeps: after a phone's word
     return any(
         len(piece) >= n and sum(map(str.isdigit, piece)) >= n
         for piece in _NOT_IN_PHONES.split(text)
@@ -409,7 +412,16 @@ class GazetteerNameRecognizer(EntityRecognizer):
 
 
 _NUMBER_BEFORE = compile_linear(r"\d+[A-Za-z]?,?[ \t]+(?:\pL+\.?[ \t]+)?$")
-_NUMBER_AFTER = compile_linear(r"^,?[ \t]+\d")
+# A number right after the name ("Viale Leonardi 12"); after a comma it is the address or
+# the age of a person named before it ("Yukiyo Hakugi, 12176 Brunnenstrasse 59", "Louise
+# Gordon, 56, of 1679 Albert St"): a street written "Via Roma, 12" has its street word.
+_NUMBER_AFTER = compile_linear(r"^[ \t]+\d")
+# A street's word that starts its name ("Viale Leonardi", "Rua Marlene Pereira de Lima").
+_STREET_FIRST = {
+    "via", "viale", "rue", "calle", "avenida", "strada", "piazza", "rua", "paseo", "chemin",
+    "boulevard", "avenue", "travessa", "largo", "praça", "carrer", "ronda", "alameda",
+    "contrada", "borgo", "impasse", "quai", "ul", "ul.", "avda", "avda.", "av.", "c/",
+}  # fmt: skip
 # A flat or floor of an address ("Apt. 95", "Suite 787", "Piso 7"): it follows the name of
 # whoever lives there as often as a street's, and never ends a street's own name.
 _UNITS = {"apt", "apt.", "apartment", "suite", "unit", "flat", "piso", "piano"}
@@ -453,8 +465,13 @@ def two_people(text: str, start: int, end: int) -> bool:
     name = other[0].rstrip(",.;:!?") if other else ""
     if not name[:1].isupper():
         return False
-    if first_before and first_before[0].endswith(",") and _listed_name(first_before[0]):
-        return False  # a list of three or more: "Smith, Lloyd and Jackson"
+    if (
+        first_before
+        and first_before[0].endswith(",")
+        and _listed_name(first_before[0])
+        and " " not in text[start:end].strip()
+    ):
+        return False  # a list of three or more surnames: "Smith, Lloyd and Jackson"
     if any(map(_company_word, [name, *beyond])):
         return False
     return not any(map(_company_word, text[start:end].split()))
@@ -471,20 +488,28 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
         return False
     if _NUMBER_AFTER.search(text[end : end + 6]):
         return False
+    if text[start:end].split()[0].lower() in _STREET_FIRST:
+        return False  # "Viale Leonardi, 12"
     # The words beside it on its own line: an addressee's line stands over the street's
     # ("Nagisa Ookubo\nVia Lagrange 3").
     before = text[max(0, start - 40) : start].rsplit("\n", 1)[-1].split()
     after = text[end : end + 40].split("\n", 1)[0].split()
     if (after and legal_form(after[0])) or any(map(legal_form, text[start:end].split()[1:])):
         return False
+    # Inside a street's name that a street's word starts ("Rua Marlene Pereira de Lima 879").
+    for word in reversed(before):
+        if word[:1].isupper() and word.lower() in _STREET_FIRST:
+            return False
+        if not (word[:1].isupper() or word in _PARTICLES):
+            break
     unit_after = bool(_UNIT_AFTER.search(text[end : end + 16]))
     for edge, beyond, unit in (
         (before[-1:], before[-2:-1], False),
         (after[:1], after[1:2], unit_after),
     ):
         word = edge[0].strip(",.").lower() if edge else ""
-        if word not in _PLACE_WORDS or unit:
-            continue
+        if word not in _PLACE_WORDS or unit or edge[0] == "via":
+            continue  # "via" in lower case is English ("I spoke to Anna via Maria Rossi")
         if word in _JOINERS and two_people(text, start, end):
             continue
         if not (joined and word in _JOINERS and beyond and not beyond[0][:1].isupper()):
@@ -556,7 +581,13 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
     a leading + or separators needs 10 or more, or a phone word nearby."""
     value = text[start:end]
     digits = sum(c.isdigit() for c in value)
-    if digits < PHONE_MIN_DIGITS:
+    if (
+        digits >= NAMED_PHONE_MIN_DIGITS
+        and _PHONE_NAMED_BEFORE.search(text[max(0, start - 40) : start])
+        and not house_numbers(text, start, end)  # "sent to 8051 43 Rue Hegel"
+    ):
+        return True  # "phone 32 56 02", "my new number: 78 439 444"
+    if digits < PHONE_MIN_DIGITS or _CARD_NAMED_BEFORE.search(text[max(0, start - 40) : start]):
         return False
     # Part of a longer word ("H8603172", a licence or an order number), or an ISO date; an
     # extension ("x62527") is no word (nor is an escape written out before it: `unescaped`).
@@ -716,7 +747,8 @@ _PEOPLE_NOUNS = (  # words for people only: partners, clients or owners may be c
     "employees|colleagues|co-?workers|teammates|classmates|children|kids|sons|daughters|"
     "siblings|brothers|sisters|cousins|twins|parents|grandparents|friends|witnesses|"
     "students|pupils|panel(?:l)?ists|patients|passengers|teachers|doctors|nurses|invitees|"
-    "volunteers|interns|heirs|people|persons"
+    "volunteers|interns|heirs|people|persons|present|absent|apologies|guest[ \t]+list|"
+    "in[ \t]+attendance|signatories|recipients|invited"
 )
 _LISTED_WORD = r"\p{Lu}[\pL\pM'\x{2019}-]*"
 _LISTED_PARTICLE = "(?:" + "|".join(sorted(_PARTICLES)) + ")"
@@ -726,8 +758,8 @@ _LISTED_NAME = rf"{_LISTED_WORD}(?:[ \t]+(?:{_LISTED_PARTICLE}[ \t]+)*{_LISTED_W
 # Employees Are Proud, Loyal And Engaged") is no list.
 _PEOPLE_LIST = compile_linear(
     rf"\b(?i:{_PEOPLE_NOUNS})(?:[ \t]*:|[ \t]+(?:are|were|include|included)[ \t]*:?)[ \t]*"
-    rf"({_LISTED_NAME}(?:(?:[ \t]*,[ \t]*{_LISTED_NAME})*,?[ \t]+(?:and|&|or)[ \t]+"
-    rf"|(?:[ \t]*,[ \t]*{_LISTED_NAME})*[ \t]*,[ \t]*){_LISTED_NAME})[ \t]*(?:[.;!?\r\n),]|$)"
+    rf"({_LISTED_NAME}(?:(?:[ \t]*[,;][ \t]*{_LISTED_NAME})*[,;]?[ \t]+(?:and|&|or)[ \t]+"
+    rf"|(?:[ \t]*[,;][ \t]*{_LISTED_NAME})*[ \t]*[,;][ \t]*){_LISTED_NAME})[ \t]*(?:[.;!?\r\n),]|$)"
 )
 _ONE_LISTED = compile_linear(_LISTED_NAME)
 # What no item of such a list is: a title, a company's word, a language ("Our parents are
@@ -888,11 +920,69 @@ class DeedRecognizer(_RuleRecognizer):
         return out
 
 
+# A number right after the word that names it a phone's ("phone 32 56 02", "my new number:
+# 78 439 444", "sent to 35 47 96"): short numbers of small countries (six digits in
+# Greenland and the Faroes) and local ones that phonenumbers does not take for valid.
+_PHONE_NAMED_BY = (
+    r"(?i)\b(?:phone|tel|telephone|mobile|mob|cell|cellphone|fax|whatsapp|sms|(?:my|new|phone|"
+    r"mobile|cell|contact)[ \t]+number|call[ \t]+(?:me|us)(?:[ \t]+back)?[ \t]+on|text[ \t]+"
+    r"(?:me|us)[ \t]+(?:at|on)|sent[ \t]+to)(?:[ \t]+(?:is|was))?[ \t]*[:#.]?[ \t]*"
+)
+_NAMED_PHONE = compile_linear(
+    _PHONE_NAMED_BY + r"(\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{2,4}\)?){1,5})(?:$|[^\d\pL])"
+)
+_PHONE_NAMED_BEFORE = compile_linear(_PHONE_NAMED_BY + "$")
+
+
+class NamedPhoneRecognizer(_RuleRecognizer):
+    """A number of 6 to 15 digits right after a phone's word (`_NAMED_PHONE`)."""
+
+    ENTITY = "PHONE_NUMBER"
+
+    def spans(self, text: str) -> list[Any]:
+        out: list[Any] = []
+        for m in _NAMED_PHONE.finditer(text):
+            if NAMED_PHONE_MIN_DIGITS <= sum(c.isdigit() for c in m.group(1)) <= 15:
+                out.append(
+                    RecognizerResult(
+                        self.ENTITY,
+                        m.start(1),
+                        m.end(1),
+                        LICENCE_SCORE,
+                    )
+                )
+        return out
+
+
+# A card's number where the text names it ("my credit card number is 060494053774", "for
+# this card: 0604 0547 8011"): 12 to 19 digits, whether or not they pass Luhn's check (a
+# mistyped or test number is still redacted as a card, and not taken for a phone).
+_CARD_NAMED_BY = (
+    r"(?i)\b(?:credit|debit|bank|visa|mastercard|amex)?[ \t]*card(?:[ \t]+(?:number|no\.?|#))?"
+    r"(?:[ \t]+(?:is|was))?[ \t]*[:#]?[ \t]*"
+)
+_NAMED_CARD = compile_linear(_CARD_NAMED_BY + r"(\d(?:[ -]?\d){11,18})(?:$|[^\d\pL])")
+_CARD_NAMED_BEFORE = compile_linear(_CARD_NAMED_BY + "$")
+
+
+class NamedCardRecognizer(_RuleRecognizer):
+    """A number of 12 to 19 digits right after a card's word (`_NAMED_CARD`)."""
+
+    ENTITY = "CREDIT_CARD"
+
+    def spans(self, text: str) -> list[Any]:
+        return [
+            RecognizerResult(self.ENTITY, m.start(1), m.end(1), LICENCE_SCORE)
+            for m in _NAMED_CARD.finditer(text)
+        ]
+
+
 # A driving licence's number where the text names it ("My driver's license number is
 # 0737504310399315", "Driving licence no.: MORGA753116SM9IJ"): numbers of many states'
 # and countries' shapes, so only where named. phonenumbers read most of them as phones.
 _LICENCE = compile_linear(
-    r"(?i)\b(?:driver'?s?|driving|drivers)[ \t]+licen[cs]e[ \t]*(?:number|no\.?|num|#|id)?"
+    r"(?i)\b(?:(?:driver'?s?|driving|drivers)[ \t]+|driver\b[^\n]{0,40}?[ \t(])licen[cs]e[ \t]*"
+    r"(?:number|no\.?|num|#|id)?"
     r"[ \t]*(?:is|was|:|=)?[ \t]*#?[ \t]*([A-Z0-9][A-Z0-9-]{3,18}[0-9][A-Z0-9]*)\b"
 )
 LICENCE_SCORE = 0.85
@@ -1109,6 +1199,8 @@ class PresidioPii:
             AddresseeRecognizer(),
             SpeakerRecognizer(),
             DeedRecognizer(),
+            NamedPhoneRecognizer(),
+            NamedCardRecognizer(),
         ):
             registry.add_recognizer(r)
         self.analyzer = AnalyzerEngine(
@@ -1211,6 +1303,10 @@ class PresidioPii:
                         and not not_a_person(chunk, r.start, r.end)
                         and not common_noun(chunk, r.start, r.end, _all_names())
                         and not country(chunk, r.start, r.end, _countries(), _all_names())
+                        and not (
+                            job_alone(chunk, r.start, r.end, _all_names())
+                            and not _PERSONAL_TITLE.search(chunk[max(0, r.start - 8) : r.start])
+                        )
                         and not nationality(chunk, r.start, r.end)
                     )
                 )
