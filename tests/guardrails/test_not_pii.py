@@ -379,6 +379,13 @@ def test_people_by_title_line_and_deed(
         ("Guest list: Topi N Sainio; Mikkel Nissen; Christopher Numminen", "Mikkel Nissen",
          "PERSON"),
         ("I spoke to Anna via Maria Rossi yesterday.", "Anna", "PERSON"),
+        ("The JEOL team includes Junsaku, Christina and Susan.", "Susan", "PERSON"),
+        ("We thank Belden Inc. and Franck Charbonneau for their support.", "Franck Charbonneau",
+         "PERSON"),
+        ("We thank Hallador Energy Company and Ellen Wright.", "Ellen Wright", "PERSON"),
+        ("Your statement: card 675987046983, holder Hleb Tikhonov.", "Hleb Tikhonov", "PERSON"),
+        ("Hey it's Valida again, new email is below", "Valida", "PERSON"),
+        ("RSVP: yes. Contact 73 461 490.", "73 461 490", "PHONE_NUMBER"),
     ],
 )  # fmt: skip
 def test_named_numbers_and_people_beside_addresses_are_found(
@@ -401,6 +408,7 @@ def test_named_numbers_and_people_beside_addresses_are_found(
         ("Den Haag council approved the plan.", []),
         ("Mr. Painter will see you now.", ["Mr. Painter"]),
         ("We invested in Smith, Lloyd and Jackson last year.", []),
+        ("Change the address to the corner of Gartnervænget 37 and Madeline Mills.", []),
     ],
 )
 def test_addresses_companies_and_jobs_stay_no_people(

@@ -449,6 +449,18 @@ def _listed_name(word: str) -> bool:
     return bare[:1].isupper() and bare.lower() not in _NOT_NAMES
 
 
+_FIRM_ENDS = {"company", "corporation", "incorporated", "limited", "group", "holdings"}
+
+
+def _given_names(*words: str) -> bool:
+    """Names of people, not a firm's surnames: two or more given names of the name list, one
+    of them no surname ("Junsaku, Christina and Susan", "Kosara, Richard and Scott"; not
+    "Smith, Lloyd and Jackson")."""
+    first, last = _names()
+    given = [w for w in words if w in first]
+    return len(given) >= 2 and any(w not in last for w in given)
+
+
 def two_people(text: str, start: int, end: int) -> bool:
     """Whether the name at `start:end` is one of two names joined by "and", "e" or "&"
     ("I met Tom and Anna"): two people. A company named after people lists three
@@ -465,13 +477,23 @@ def two_people(text: str, start: int, end: int) -> bool:
     name = other[0].rstrip(",.;:!?") if other else ""
     if not name[:1].isupper():
         return False
+    span = text[start:end].strip()
     if (
         first_before
         and first_before[0].endswith(",")
         and _listed_name(first_before[0])
-        and " " not in text[start:end].strip()
+        and " " not in span
+        and not _given_names(first_before[0].rstrip(","), name, span)
     ):
         return False  # a list of three or more surnames: "Smith, Lloyd and Jackson"
+    if (
+        before
+        and before[-1].lower() in _JOINERS
+        and (legal_form(name) or name.lower() in _FIRM_ENDS)
+    ):
+        # another party after a company's last word: "Belden Inc. and Anna Roth", "Global
+        # Industrial Company and Samuel Kovalev"
+        return True
     if any(map(_company_word, [name, *beyond])):
         return False
     return not any(map(_company_word, text[start:end].split()))
@@ -484,8 +506,17 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
     is not capitalised: "I'm Waldemar Ziegert and you can reach me", not "Lloyd and
     Jackson")). A flat or floor and its number after it ("Elise Pearson Apt. 95") is the
     address of a person named there, not a sign of a street."""
-    if _NUMBER_BEFORE.search(text[max(0, start - 30) : start]):
-        return False
+    number_before = _NUMBER_BEFORE.search(text[max(0, start - 30) : start])
+    if number_before is not None:
+        # "560 Lillooet Anna", "12 rue Clement": the word between is a street's; "card
+        # 675987046983, holder Hleb Tikhonov" names a person after a number.
+        between = number_before.group().split()[1:]
+        if (
+            not between
+            or between[0][:1].isupper()
+            or between[0].lower() in _STREET_FIRST | _JOINERS  # "37 and Madeline Mills"
+        ):
+            return False
     if _NUMBER_AFTER.search(text[end : end + 6]):
         return False
     if text[start:end].split()[0].lower() in _STREET_FIRST:
@@ -888,6 +919,10 @@ _DEED = compile_linear(
     r"and[ \t]+(?:her|his)[ \t]+(?:dog|cat|husband|wife|son|daughter|kids|children|family|"
     r"mother|father|brother|sister|partner|boyfriend|girlfriend))\b"
 )
+# "Hey it's Valida again", "this is Concordio speaking".
+_SELF_NAMED = compile_linear(
+    r"(?i:\bit's|\bit is|\bthis is)[ \t]+(\p{Lu}[\p{Ll}\pM'-]+)[ \t]+(?i:again|here|speaking)\b"
+)
 _NOT_DOERS = {
     "he", "she", "they", "we", "you", "it", "who", "everyone", "everybody", "someone",
     "somebody", "nobody", "anyone", "anybody", "one", "family", "mother", "father", "brother",
@@ -904,7 +939,7 @@ class DeedRecognizer(_RuleRecognizer):
     def spans(self, text: str) -> list[Any]:
         out: list[Any] = []
         names = _all_names()
-        for m in _DEED.finditer(text):
+        for m in [*_DEED.finditer(text), *_SELF_NAMED.finditer(text)]:
             word = m.group(1)
             if word.lower() in _NOT_DOERS | _NOT_NAMES | _TITLE_WORDS | _LANGUAGES:
                 continue
@@ -924,7 +959,7 @@ class DeedRecognizer(_RuleRecognizer):
 # 78 439 444", "sent to 35 47 96"): short numbers of small countries (six digits in
 # Greenland and the Faroes) and local ones that phonenumbers does not take for valid.
 _PHONE_NAMED_BY = (
-    r"(?i)\b(?:phone|tel|telephone|mobile|mob|cell|cellphone|fax|whatsapp|sms|(?:my|new|phone|"
+    r"(?i)\b(?:phone|tel|telephone|mobile|mob|cell|cellphone|fax|whatsapp|sms|contact|(?:my|new|phone|"
     r"mobile|cell|contact)[ \t]+number|call[ \t]+(?:me|us)(?:[ \t]+back)?[ \t]+on|text[ \t]+"
     r"(?:me|us)[ \t]+(?:at|on)|sent[ \t]+to)(?:[ \t]+(?:is|was))?[ \t]*[:#.]?[ \t]*"
 )
