@@ -428,7 +428,7 @@ def main() -> int:
             False,
         ),
         (
-            "presidio-evaluator's own generator, templates written here (seed 31)",
+            "presidio-evaluator's own generator, 140 templates written here (seeds 31, 41, 53)",
             pe_generated("written"),
             False,
         ),

@@ -34,23 +34,26 @@ from bench.guardrails import PII_HELDOUT_SEED, PII_TUNE_SEED, _pe_part, faker_cl
 
 PII = Path(__file__).resolve().parent / "pii"
 # (split, seed, sentences): the seeds of the bench's own fill.
-RUNS = [("tune", PII_TUNE_SEED, 2000), ("heldout", PII_HELDOUT_SEED, 2000), ("written", 31, 1500)]
+RUNS = [
+    ("tune", PII_TUNE_SEED, 2000, ""),
+    ("heldout", PII_HELDOUT_SEED, 2000, ""),
+    # Templates written here (none of presidio-evaluator's), three sets of 50, 50 and 40,
+    # each filled with its own seed into one file: frames of other kinds for its values.
+    ("written", 31, 1500, "written_templates.txt"),
+    ("written", 41, 1500, "written_templates_2.txt"),
+    ("written", 53, 1500, "written_templates_3.txt"),
+]
 SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
 def main() -> None:
     lines = (PII / "presidio_evaluator_templates.txt").read_text().splitlines()
     templates = [t.strip() for t in lines if t.strip()]
-    for split, seed, n in RUNS:
-        # "written": 50 templates written here (written_templates.txt), a third set of
-        # frames for the generator's values, none of them presidio-evaluator's.
+    done: set[str] = set()
+    for split, seed, n, written in RUNS:
         chosen = (
-            [
-                t.strip()
-                for t in (PII / "written_templates.txt").read_text().splitlines()
-                if t.strip()
-            ]
-            if split == "written"
+            [t.strip() for t in (PII / written).read_text().splitlines() if t.strip()]
+            if written
             else [t for t in templates if _pe_part(t) == split]
         )
         # The records' full names draw their middle initials from `random` while the
@@ -59,7 +62,8 @@ def main() -> None:
         faker = PresidioSentenceFaker(
             locale="en_US", lower_case_ratio=0.05, sentence_templates=chosen, random_seed=seed
         )
-        with (PII / f"generated_{split}.jsonl").open("w") as out:
+        with (PII / f"generated_{split}.jsonl").open("a" if split in done else "w") as out:
+            done.add(split)
             # Faker's clock stands still, as for the bench's own fill: dates are drawn up to now.
             with faker_clock():
                 samples = faker.generate_new_fake_sentences(n)
