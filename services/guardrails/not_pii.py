@@ -99,6 +99,13 @@ def company_name(text: str, start: int, end: int) -> bool:
             if word.endswith(",") and i < len(rest) and legal_form(rest[i]):
                 words.append(rest[i])  # "Ames Department Stores, Inc."
             break
+    # A job's title after a name ("Anna Smith Software Engineer", "Tom Lee Group Manager"):
+    # the run ends in a job's head, so its company words name a trade, not a company.
+    spanned = len(text[start:end].split())
+    if any(_bare(w) in JOB_HEADS for w in words[spanned:]):
+        words = words[:spanned]
+        while len(words) > 1 and _bare(words[-1]) in ORG_WORDS:
+            words.pop()
     if any(_bare(w) in ORG_WORDS or _GLUED_ORG.search(w) or legal_form(w) for w in words[1:]) or (
         _bare(words[0]) in ORG_WORDS or _GLUED_ORG.search(words[0])
     ):

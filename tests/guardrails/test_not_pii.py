@@ -386,6 +386,10 @@ def test_people_by_title_line_and_deed(
         ("Your statement: card 675987046983, holder Hleb Tikhonov.", "Hleb Tikhonov", "PERSON"),
         ("Hey it's Valida again, new email is below", "Valida", "PERSON"),
         ("RSVP: yes. Contact 73 461 490.", "73 461 490", "PHONE_NUMBER"),
+        # a job's title after a name holds company words, and is no company
+        ("Best regards,\nAnna Smith Software Engineer", "Anna Smith", "PERSON"),
+        ("Please contact Maria Rossi Marketing Director for details.", "Maria Rossi", "PERSON"),
+        ("Tom Lee Group Manager will call you.", "Tom Lee", "PERSON"),
     ],
 )  # fmt: skip
 def test_named_numbers_and_people_beside_addresses_are_found(
