@@ -33,6 +33,12 @@ ORG_WORDS = {
     "logistics", "communications", "healthcare", "pharma", "motors", "airlines", "foods",
     "brands", "software", "services", "studios",
 }  # fmt: skip
+# Words that end an event's name ("the Ceylon Marathon", "the Santomenna Film Festival"):
+# the run before them names the event, or the place that holds it.
+EVENT_WORDS = {
+    "marathon", "festival", "fair", "expo", "championship", "championships", "cup", "games",
+    "derby", "regatta", "carnival", "biennale", "triathlon",
+}  # fmt: skip
 # A company's legal form as written after its name in Europe, the Americas and Asia,
 # compared without dots or case ("S.Coop." and "s.coop" alike: "Gentili s.r.l.", "Becker
 # Binner e.V."). Forms that are also everyday words ("AS", "AB", "AG", "SA") count only in
@@ -82,6 +88,8 @@ def company_name(text: str, start: int, end: int) -> bool:
     # A name cut inside a word ("Tri-star Resources PLC", "Asia Pacific Ex-Japan AlphaDEX
     # Fund", "NEXT FUNDS Russell/Nomura") or inside brackets ("Agri-Tech (India) Ltd"): the
     # run goes on after the rest of that word.
+    if tail.startswith(",") and len(tail.split()) > 1 and legal_form(tail.split()[1]):
+        return True  # "Barnes & Noble, Inc."
     if tail[:1] in ("-", "/", ")"):
         tail = tail.split(None, 1)[1] if len(tail.split(None, 1)) > 1 else ""
     words = text[start:end].split()
@@ -106,6 +114,8 @@ def company_name(text: str, start: int, end: int) -> bool:
         words = words[:spanned]
         while len(words) > 1 and _bare(words[-1]) in ORG_WORDS:
             words.pop()
+    if any(_bare(w) in EVENT_WORDS for w in words[1:]):
+        return True
     if any(_bare(w) in ORG_WORDS or _GLUED_ORG.search(w) or legal_form(w) for w in words[1:]) or (
         _bare(words[0]) in ORG_WORDS or _GLUED_ORG.search(words[0])
     ):
@@ -115,7 +125,7 @@ def company_name(text: str, start: int, end: int) -> bool:
     head = text[max(0, start - 40) : start].split()
     return (
         len(head) >= 2
-        and head[-1] == "of"
+        and head[-1].lower() == "of"
         and head[-2][:1].isupper()
         and _bare(head[-2]) in ORG_WORDS
     )
@@ -185,14 +195,24 @@ _DESTINATION = compile_linear(
     r"relocating|emigrated|headed|sailed)[ \t]+(?:back[ \t]+)?to|arrived[ \t]+(?:at|in)|"
     r"(?:flew|drove|travell?ed|flight|flights|train|commuted|logged[ \t]+in|signed[ \t]+in|"
     r"connecting|connected)[ \t]+from|(?:born|raised|based|located|headquartered|resides|"
-    r"residing)[ \t]+in|(?:plant|factory|office|offices|branch|warehouse|campus|site|store)"
-    r"[ \t]+(?:in|near)))[ \t]+$"
+    r"residing)[ \t]+in|(?:forecast|weather|temperatures?)[ \t]+(?:for|in)|(?:flights?|"
+    r"trains?|ferry|ferries|trip|trips)[ \t]+to|(?:plant|factory|office|offices|branch|"
+    r"warehouse|campus|site|store)[ \t]+(?:in|near)))[ \t]+$"
 )
 # What follows a place's name: "Aasiaat is where ...", "Ora, a town of 20,000 people".
 _PLACE_AFTER = compile_linear(
     r"^(?:[ \t]+is[ \t]+where\b|,?[ \t]+(?:a|the)[ \t]+(?:small[ \t]+|little[ \t]+|"
     r"coastal[ \t]+|port[ \t]+)?(?:town|city|village|municipality|capital|region|province|"
     r"county|district)\b|[ \t]+(?:city[ \t]+|town[ \t]+|county[ \t]+|district[ \t]+)?council\b)"
+)
+
+
+# "At the Lavacherie branch", "the Rzeszów fair": a place's name between "the" and a noun
+# for a site (not a home: "the Smith residence" is a family's).
+_THE_BEFORE = compile_linear(r"(?i)\bthe[ \t]+$")
+_SITE_AFTER = compile_linear(
+    r"^[ \t]+(?:branch|office|store|plant|fair|airport|station|campus|headquarters|factory|"
+    r"warehouse|museum|harbour|harbor|port)\b"
 )
 
 
@@ -204,6 +224,10 @@ def destination(text: str, start: int, end: int) -> bool:
     return bool(
         _PLACE_AFTER.search(text[end : end + 40])
         or _DESTINATION.search(text[max(0, start - 40) : start])
+        or (
+            _THE_BEFORE.search(text[max(0, start - 6) : start])
+            and _SITE_AFTER.search(text[end : end + 16])
+        )
     )
 
 
@@ -374,6 +398,21 @@ def country(
     if value.isupper():
         value = value.title()
     return value in countries and value not in names
+
+
+_COUNTRY_AFTER = compile_linear(r"^,[ \t]+(\p{Lu}[\pL\pM' -]*?)(?:[.,;:!?)]|[ \t]+[a-z]|$)")
+
+
+def town_of_a_country(
+    text: str, start: int, end: int, countries: frozenset[str], names: frozenset[str]
+) -> bool:
+    """A town before a comma and its country ("visited Tarnowskie Góry, Poland and loved
+    it", "Location: Cite Souihli, Tunisia"), unless every word of the span is a name of the
+    name list ("Speakers: Anna Rossi, Italy" keeps its person)."""
+    m = _COUNTRY_AFTER.search(text[end : end + 50])
+    if m is None or m.group(1).strip() not in countries:
+        return False
+    return not all(w.strip(".") in names for w in text[start:end].split())
 
 
 def not_a_person(text: str, start: int, end: int) -> bool:

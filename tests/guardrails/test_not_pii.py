@@ -413,6 +413,13 @@ def test_named_numbers_and_people_beside_addresses_are_found(
         ("Mr. Painter will see you now.", ["Mr. Painter"]),
         ("We invested in Smith, Lloyd and Jackson last year.", []),
         ("Change the address to the corner of Gartnervænget 37 and Madeline Mills.", []),
+        ("The Ceylon Marathon was won by a local runner.", []),
+        ("Hayden and I visited Tarnowskie Góry, Poland and loved it.", ["Hayden"]),
+        ("Please welcome Ante Bengtsson, Canada.", ["Ante Bengtsson"]),
+        ("At the Lavacherie branch, Blanka handled my complaint politely.", ["Blanka"]),
+        ("Forecast for Carlos Reyles: rain on Wednesday.", []),
+        ("Central Bank Of India acquires LightPath Technologies Inc.", []),
+        ("Szonja Tot left Acme to join Barnes & Noble, Inc. in München.", ["Szonja Tot"]),
     ],
 )
 def test_addresses_companies_and_jobs_stay_no_people(

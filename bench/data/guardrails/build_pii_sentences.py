@@ -37,11 +37,12 @@ PII = Path(__file__).resolve().parent / "pii"
 RUNS = [
     ("tune", PII_TUNE_SEED, 2000, ""),
     ("heldout", PII_HELDOUT_SEED, 2000, ""),
-    # Templates written here (none of presidio-evaluator's), three sets of 50, 50 and 40,
+    # Templates written here (none of presidio-evaluator's), four sets of 50, 50, 40 and 30,
     # each filled with its own seed into one file: frames of other kinds for its values.
     ("written", 31, 1500, "written_templates.txt"),
     ("written", 41, 1500, "written_templates_2.txt"),
     ("written", 53, 1500, "written_templates_3.txt"),
+    ("written", 67, 1200, "written_templates_4.txt"),
 ]
 SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 

@@ -58,6 +58,7 @@ from services.guardrails.not_pii import (
     not_a_person,
     shouted_host,
     street_line,
+    town_of_a_country,
 )
 from services.guardrails.policy import CustomRecognizer
 from services.guardrails.scheduler import WORKERS, carried, checkpoint
@@ -1338,6 +1339,7 @@ class PresidioPii:
                         and not not_a_person(chunk, r.start, r.end)
                         and not common_noun(chunk, r.start, r.end, _all_names())
                         and not country(chunk, r.start, r.end, _countries(), _all_names())
+                        and not town_of_a_country(chunk, r.start, r.end, _countries(), _all_names())
                         and not (
                             job_alone(chunk, r.start, r.end, _all_names())
                             and not _PERSONAL_TITLE.search(chunk[max(0, r.start - 8) : r.start])
