@@ -85,31 +85,36 @@ def company_name(text: str, start: int, end: int) -> bool:
     tail = text[end : line_end if line_end >= 0 else len(text)]
     if tail.startswith(("'s ", "\u2019s ")):
         tail = tail[2:]  # "Papa John's International", "Carter's Inc."
-    # A name cut inside a word ("Tri-star Resources PLC", "Asia Pacific Ex-Japan AlphaDEX
-    # Fund", "NEXT FUNDS Russell/Nomura") or inside brackets ("Agri-Tech (India) Ltd"): the
-    # run goes on after the rest of that word.
-    if tail.startswith(",") and len(tail.split()) > 1 and legal_form(tail.split()[1]):
-        return True  # "Barnes & Noble, Inc."
-    if tail[:1] in ("-", "/", ")"):
-        tail = tail.split(None, 1)[1] if len(tail.split(None, 1)) > 1 else ""
     words = text[start:end].split()
     if not words:
         return False
-    rest = tail.split()
-    for word in rest[:6]:
-        if word in ("&", "&amp;"):
-            continue  # "Rajshree Sugars & Chemicals Limited"
-        if word.startswith("(") or not _CAPITALISED.search(word.lstrip("\"'&")):
-            break  # "Mr. Zak P Sanders (Insurance Acquisition Corp.)": a person's employer
-        words.append(word)
-        if word.endswith((",", ";", ":")):
-            i = rest.index(word) + 1
-            if word.endswith(",") and i < len(rest) and legal_form(rest[i]):
-                words.append(rest[i])  # "Ames Department Stores, Inc."
-            break
+    spanned = len(words)
+    # The run ends at a comma; a legal form right after it is still the company's ("Ames
+    # Department Stores, Inc.", "Barnes & Noble, Inc.").
+    after_comma: list[str] = []
+    if tail.startswith(",") and tail[1:2].isspace():
+        after_comma = tail[1:].split()
+    else:
+        # A name cut inside a word ("Tri-star Resources PLC", "Asia Pacific Ex-Japan
+        # AlphaDEX Fund", "NEXT FUNDS Russell/Nomura") or inside brackets ("Agri-Tech (India)
+        # Ltd"): the run goes on after the rest of that word.
+        if tail[:1] in ("-", "/", ")"):
+            tail = tail.split(None, 1)[1] if len(tail.split(None, 1)) > 1 else ""
+        rest = tail.split()
+        for i, word in enumerate(rest[:6]):
+            if word in ("&", "&amp;"):
+                continue  # "Rajshree Sugars & Chemicals Limited"
+            if word.startswith("(") or not _CAPITALISED.search(word.lstrip("\"'&")):
+                break  # "Mr. Zak P Sanders (Insurance Acquisition Corp.)": a person's employer
+            words.append(word)
+            if word.endswith((",", ";", ":")):
+                if word.endswith(","):
+                    after_comma = rest[i + 1 :]
+                break
+    if after_comma and legal_form(after_comma[0]):
+        words.append(after_comma[0])
     # A job's title after a name ("Anna Smith Software Engineer", "Tom Lee Group Manager"):
     # the run ends in a job's head, so its company words name a trade, not a company.
-    spanned = len(text[start:end].split())
     if any(_bare(w) in JOB_HEADS for w in words[spanned:]):
         words = words[:spanned]
         while len(words) > 1 and _bare(words[-1]) in ORG_WORDS:

@@ -36,7 +36,10 @@ def _redacted(screener: Screener, policy: EffectivePolicy, text: str) -> str:
 
 
 def _people(screener: Screener, policy: EffectivePolicy, text: str) -> list[str]:
-    verdict = _verdict(screener, policy, text)
+    return _people_in(_verdict(screener, policy, text), text)
+
+
+def _people_in(verdict: GuardrailVerdict, text: str) -> list[str]:
     return [text[e.start : e.end] for e in verdict.entities if e.type == "PERSON"]
 
 
@@ -285,37 +288,6 @@ def test_people_near_those_words_stay_people(text: str, value: str) -> None:
         ("I met Jordan at the station.", ["Jordan"]),
         ("Dear French, thanks for the report.", ["French"]),
         ("German Petrov called me yesterday.", ["German Petrov"]),
-    ],
-)
-def test_countries_nationalities_and_legal_forms_are_no_people(
-    screener: Screener, policy: EffectivePolicy, text: str, found: list[str]
-) -> None:
-    people = _people(screener, policy, text)
-    assert people == found, people
-
-
-@pytest.mark.parametrize(
-    ("text", "name"),
-    [
-        ("In the company of Paul Klug, the evening went well.", "Paul Klug"),
-        ("Is there a Julieta in your team?", "Julieta"),
-        ("She is a colleague of Amber Watson at the bank.", "Amber Watson"),
-        ("Kian Brennan won the match for Denmark.", "Kian Brennan"),
-        ("Dinner with Hans Filemonsen and an Irish friend.", "Hans Filemonsen"),
-        ("Union Bank appointed Georgina Hale as director.", "Georgina Hale"),
-    ],
-)
-def test_people_beside_countries_companies_and_articles_are_found(
-    screener: Screener, policy: EffectivePolicy, text: str, name: str
-) -> None:
-    """The rules above read the span's own words or a capitalised company word before
-    "of": a person in the company of those words is still a person."""
-    assert name not in _redacted(screener, policy, text)
-
-
-@pytest.mark.parametrize(
-    ("text", "found"),
-    [
         # a job's first words before its head in lower case
         ("The Deck officer from the port called about your claim.", []),
         ("Contact person: Hudson Caird, Bulldozer operator, 0049 30 1234567", ["Hudson Caird"]),
@@ -333,7 +305,7 @@ def test_people_beside_countries_companies_and_articles_are_found(
         ("Lazkao, a town of 20,000 people.", []),
     ],
 )
-def test_jobs_companies_and_places_by_their_context(
+def test_countries_nationalities_jobs_companies_and_places_are_no_people(
     screener: Screener, policy: EffectivePolicy, text: str, found: list[str]
 ) -> None:
     people = _people(screener, policy, text)
@@ -343,6 +315,12 @@ def test_jobs_companies_and_places_by_their_context(
 @pytest.mark.parametrize(
     ("text", "name"),
     [
+        ("In the company of Paul Klug, the evening went well.", "Paul Klug"),
+        ("Is there a Julieta in your team?", "Julieta"),
+        ("She is a colleague of Amber Watson at the bank.", "Amber Watson"),
+        ("Kian Brennan won the match for Denmark.", "Kian Brennan"),
+        ("Dinner with Hans Filemonsen and an Irish friend.", "Hans Filemonsen"),
+        ("Union Bank appointed Georgina Hale as director.", "Georgina Hale"),
         ("Tom met doctor Lee yesterday.", "Lee"),
         ("Tom met doctor Lee yesterday.", "Tom"),
         ("I flew to Anna's wedding in May.", "Anna"),
@@ -353,11 +331,13 @@ def test_jobs_companies_and_places_by_their_context(
         ("My neighbour Willemine works as a clerk in Segura.", "Willemine"),
     ],
 )
-def test_people_by_title_line_and_deed(
+def test_people_beside_those_words_are_found(
     screener: Screener, policy: EffectivePolicy, text: str, name: str
 ) -> None:
-    """A title before a name the address tagger calls a town, a name on the line over a
-    street, and a given name no list holds before what only a person does."""
+    """The rules above read the span's own words or a capitalised company word before
+    "of": a person in the company of those words is still a person. So is a name after a
+    title where the address tagger calls it a town, a name on the line over a street, and a
+    given name no list holds before what only a person does."""
     assert name not in _redacted(screener, policy, text)
 
 
@@ -426,5 +406,5 @@ def test_addresses_companies_and_jobs_stay_no_people(
     screener: Screener, policy: EffectivePolicy, text: str, found: list[str]
 ) -> None:
     verdict = _verdict(screener, policy, text)
-    assert _people(screener, policy, text) == found
+    assert _people_in(verdict, text) == found
     assert not [e for e in verdict.entities if e.type == "PHONE_NUMBER"]

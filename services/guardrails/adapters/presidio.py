@@ -613,13 +613,14 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
     a leading + or separators needs 10 or more, or a phone word nearby."""
     value = text[start:end]
     digits = sum(c.isdigit() for c in value)
+    before = text[max(0, start - 40) : start]
     if (
         digits >= NAMED_PHONE_MIN_DIGITS
-        and _PHONE_NAMED_BEFORE.search(text[max(0, start - 40) : start])
+        and _PHONE_NAMED_BEFORE.search(before)
         and not house_numbers(text, start, end)  # "sent to 8051 43 Rue Hegel"
     ):
         return True  # "phone 32 56 02", "my new number: 78 439 444"
-    if digits < PHONE_MIN_DIGITS or _CARD_NAMED_BEFORE.search(text[max(0, start - 40) : start]):
+    if digits < PHONE_MIN_DIGITS or _CARD_NAMED_BEFORE.search(before):
         return False
     # Part of a longer word ("H8603172", a licence or an order number), or an ISO date; an
     # extension ("x62527") is no word (nor is an escape written out before it: `unescaped`).
@@ -637,7 +638,7 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
         return True  # an international number: no quantity or identifier is written so
     if house_numbers(text, start, end):
         return False
-    near = text[max(0, start - 40) : start].lower()
+    near = before.lower()
     bare = value.strip()
     if (
         not _PHONE_WORDS.search(near)
@@ -970,24 +971,29 @@ _NAMED_PHONE = compile_linear(
 _PHONE_NAMED_BEFORE = compile_linear(_PHONE_NAMED_BY + "$")
 
 
-class NamedPhoneRecognizer(_RuleRecognizer):
+NAMED_NUMBER_SCORE = 0.85
+
+
+class _NamedNumberRecognizer(_RuleRecognizer):
+    """A number that the words before it name (group 1 of `PATTERN`), with DIGITS digits."""
+
+    PATTERN: Any
+    DIGITS = range(1, 100)
+
+    def spans(self, text: str) -> list[Any]:
+        return [
+            RecognizerResult(self.ENTITY, m.start(1), m.end(1), NAMED_NUMBER_SCORE)
+            for m in self.PATTERN.finditer(text)
+            if sum(c.isdigit() for c in m.group(1)) in self.DIGITS
+        ]
+
+
+class NamedPhoneRecognizer(_NamedNumberRecognizer):
     """A number of 6 to 15 digits right after a phone's word (`_NAMED_PHONE`)."""
 
     ENTITY = "PHONE_NUMBER"
-
-    def spans(self, text: str) -> list[Any]:
-        out: list[Any] = []
-        for m in _NAMED_PHONE.finditer(text):
-            if NAMED_PHONE_MIN_DIGITS <= sum(c.isdigit() for c in m.group(1)) <= 15:
-                out.append(
-                    RecognizerResult(
-                        self.ENTITY,
-                        m.start(1),
-                        m.end(1),
-                        LICENCE_SCORE,
-                    )
-                )
-        return out
+    PATTERN = _NAMED_PHONE
+    DIGITS = range(NAMED_PHONE_MIN_DIGITS, 16)
 
 
 # A card's number where the text names it ("my credit card number is 060494053774", "for
@@ -1001,16 +1007,11 @@ _NAMED_CARD = compile_linear(_CARD_NAMED_BY + r"(\d(?:[ -]?\d){11,18})(?:$|[^\d\
 _CARD_NAMED_BEFORE = compile_linear(_CARD_NAMED_BY + "$")
 
 
-class NamedCardRecognizer(_RuleRecognizer):
+class NamedCardRecognizer(_NamedNumberRecognizer):
     """A number of 12 to 19 digits right after a card's word (`_NAMED_CARD`)."""
 
     ENTITY = "CREDIT_CARD"
-
-    def spans(self, text: str) -> list[Any]:
-        return [
-            RecognizerResult(self.ENTITY, m.start(1), m.end(1), LICENCE_SCORE)
-            for m in _NAMED_CARD.finditer(text)
-        ]
+    PATTERN = _NAMED_CARD
 
 
 # A driving licence's number where the text names it ("My driver's license number is
@@ -1021,19 +1022,13 @@ _LICENCE = compile_linear(
     r"(?:number|no\.?|num|#|id)?"
     r"[ \t]*(?:is|was|:|=)?[ \t]*#?[ \t]*([A-Z0-9][A-Z0-9-]{3,18}[0-9][A-Z0-9]*)\b"
 )
-LICENCE_SCORE = 0.85
 
 
-class DriverLicenceRecognizer(_RuleRecognizer):
+class DriverLicenceRecognizer(_NamedNumberRecognizer):
     """A driving licence's number right after the words that name it."""
 
     ENTITY = "US_DRIVER_LICENSE"
-
-    def spans(self, text: str) -> list[Any]:
-        return [
-            RecognizerResult(self.ENTITY, m.start(1), m.end(1), LICENCE_SCORE)
-            for m in _LICENCE.finditer(text)
-        ]
+    PATTERN = _LICENCE
 
 
 def _dob_recognizer() -> PatternRecognizer:
@@ -1143,6 +1138,11 @@ def without_greeting(text: str, result: Any) -> Any:
 _PERSONAL_TITLE = compile_linear(r"(?:^|[^\pL])(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?[ \t]+$")
 
 
+def _titled(text: str, start: int) -> bool:
+    """A personal title right before `start` ("Ms. Sandberg", "Mr. Painter")."""
+    return _PERSONAL_TITLE.search(text[max(0, start - 8) : start]) is not None
+
+
 def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -> list[Any]:
     """Presidio's results with the names in Rampart's `tags` added (at NER_SCORE, if not
     under min_score), less the PERSON spans that overlap what Rampart calls part of an
@@ -1155,7 +1155,7 @@ def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -
         or (r.recognition_metadata or {}).get(LISTED_KEY)
         or not any(r.start < e and s < r.end for s, e in address)
         # "Ms. Sandberg: 07547 Oldesloer Strasse 79": a title makes it a person's name.
-        or _PERSONAL_TITLE.search(text[max(0, r.start - 8) : r.start]) is not None
+        or _titled(text, r.start)
     ]
     names = people(text, tags) if min_score <= NER_SCORE else []
     for start, end in names:
@@ -1342,7 +1342,7 @@ class PresidioPii:
                         and not town_of_a_country(chunk, r.start, r.end, _countries(), _all_names())
                         and not (
                             job_alone(chunk, r.start, r.end, _all_names())
-                            and not _PERSONAL_TITLE.search(chunk[max(0, r.start - 8) : r.start])
+                            and not _titled(chunk, r.start)
                         )
                         and not nationality(chunk, r.start, r.end)
                     )
