@@ -432,6 +432,7 @@ _ISO_DATE = compile_linear(r"(?:1[89]|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d
 
 # Words that join the names of a company ("Smith and Sons", "Rossi e Figli").
 _JOINERS = {"e", "and", "&"}
+_STREET_OR_JOINER = _STREET_FIRST | _JOINERS
 # What follows the last name of a company named after people ("Smith and Sons").
 _COMPANY_TAILS = {
     "sons", "son", "figli", "fils", "söhne", "co", "partners", "associates", "brothers", "bros",
@@ -515,7 +516,7 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
         if (
             not between
             or between[0][:1].isupper()
-            or between[0].lower() in _STREET_FIRST | _JOINERS  # "37 and Madeline Mills"
+            or between[0].lower() in _STREET_OR_JOINER  # "37 and Madeline Mills"
         ):
             return False
     if _NUMBER_AFTER.search(text[end : end + 6]):
@@ -931,6 +932,7 @@ _NOT_DOERS = {
     "sister", "son", "daughter", "wife", "husband", "friend", "neighbour", "neighbor", "this",
     "that", "which", "where", "and", "but", "also", "then", "now", "still", "she's", "he's",
 }  # fmt: skip
+_NO_DOERS = _NOT_DOERS | _NOT_NAMES | _TITLE_WORDS | _LANGUAGES
 _SENTENCE_START = compile_linear(r"(?:^|[.!?:;\n])[ \t]*$")
 
 
@@ -943,7 +945,7 @@ class DeedRecognizer(_RuleRecognizer):
         names = _all_names()
         for m in [*_DEED.finditer(text), *_SELF_NAMED.finditer(text)]:
             word = m.group(1)
-            if word.lower() in _NOT_DOERS | _NOT_NAMES | _TITLE_WORDS | _LANGUAGES:
+            if word.lower() in _NO_DOERS:
                 continue
             if word not in names and _SENTENCE_START.search(
                 text[max(0, m.start(1) - 4) : m.start(1)]
