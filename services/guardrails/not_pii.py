@@ -72,6 +72,32 @@ _GLUED_ORG = compile_linear(
 _CAPITALISED = compile_linear(r"^[\p{Lu}\d]")
 
 
+# A legal form written in lower case right after a company's name ("John Menzies plc").
+_LOWER_LEGAL_FORM = compile_linear(
+    r"^(?:plc|inc|ltd|llc|llp|gmbh|corp)\.?(?:['\x{2019}]s)?[,.;:]?$"
+)
+# Joiners inside a company's name ("Kulicke and Soffa Industries Inc.", "Pierre et Vacances").
+_LONG_LEGAL_FORMS = {"limited", "incorporated", "corporation", "company"}
+_NAME_JOINERS = {"and", "et", "e", "und", "y", "og", "och", "en"}
+
+
+def company_over(words: list[str], joiner: bool) -> bool:
+    """`words[0]` is one word in brackets or (with `joiner`: right after a name of one word)
+    a joiner, and at most two capitalised words after it end in a legal form: the company's
+    name goes on over it ("Maria Rossi and Acme Ltd." keeps its person)."""
+    first = words[0]
+    if not (joiner and first.lower() in _NAME_JOINERS) and not (
+        first.startswith("(") and first.endswith(")") and len(first) > 2
+    ):
+        return False
+    for word in words[1:]:
+        if legal_form(word) or _bare(word) in _LONG_LEGAL_FORMS:
+            return True
+        if not _CAPITALISED.search(word) or word.endswith((",", ";", ":")):
+            return False
+    return False
+
+
 def _bare(word: str) -> str:
     return word.strip(",;:!?()'\"").removesuffix("'s").removesuffix("\u2019s").rstrip(".").lower()
 
@@ -97,13 +123,24 @@ def company_name(text: str, start: int, end: int) -> bool:
     else:
         # A name cut inside a word ("Tri-star Resources PLC", "Asia Pacific Ex-Japan
         # AlphaDEX Fund", "NEXT FUNDS Russell/Nomura") or inside brackets ("Agri-Tech (India)
-        # Ltd"): the run goes on after the rest of that word.
-        if tail[:1] in ("-", "/", ")"):
+        # Ltd"): the run goes on after the rest of that word; cut at a dot inside it
+        # ("Sintesi S.p|A."), that rest ends the span's last word.
+        if tail[:1] == "." and tail[1:2].isalpha():
+            glued, _, tail = tail.partition(" ")
+            words[-1] += glued
+        elif tail[:1] in ("-", "/", ")"):
             tail = tail.split(None, 1)[1] if len(tail.split(None, 1)) > 1 else ""
         rest = tail.split()
         for i, word in enumerate(rest[:6]):
             if word in ("&", "&amp;"):
                 continue  # "Rajshree Sugars & Chemicals Limited"
+            if _LOWER_LEGAL_FORM.match(word):  # "John Menzies plc's new store"
+                words.append(word)
+                break
+            if company_over(rest[i : i + 4], joiner=len(words) == 1):
+                # "(Madras) Limited", "Kulicke and Soffa Industries Inc.", "Pierre et
+                # Vacances SA": a word in brackets or a joiner inside a company's name.
+                continue
             if word.startswith("(") or not _CAPITALISED.search(word.lstrip("\"'&")):
                 break  # "Mr. Zak P Sanders (Insurance Acquisition Corp.)": a person's employer
             words.append(word)

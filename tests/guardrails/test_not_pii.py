@@ -298,6 +298,17 @@ def test_people_near_those_words_stay_people(text: str, value: str) -> None:
         ("Please bill Agri-Tech (India) Ltd for the parts.", []),
         ("Our supplier Taubman Centers Inc. Series J Cum. Preferred Shs is late.", []),
         ("Ask Maezawa IndustriesInc.. for a quote.", []),
+        # a legal form in lower case, after a word in brackets, a joiner or a cut at a dot
+        ("John Menzies plc's new store opened.", []),
+        ("The Rane (Madras) Limited team met.", []),
+        ("Learn how Kulicke and Soffa Industries Inc. works.", []),
+        ("Sponsored by Pierre et Vacances SA. Organised by us.", []),
+        ("Sintesi S.p.A.'s new store is open.", []),
+        ("Contract between Maria Rossi and Acme Corp. signed.", ["Maria Rossi"]),
+        # a form's field labels that the name list holds as names
+        ("Author: Abraham Gaona | Editor: Andrea Smith", ["Abraham Gaona", "Andrea Smith"]),
+        ("Applicant: Jesper Lund; Date of birth: 5/6/1938", ["Jesper Lund"]),
+        ("Jasna: Remember me?\nMason: Sure.", ["Jasna", "Mason"]),
         # a place by what is said of it
         ("Aasiaat is where Sára grew up.", ["Sára"]),
         ("Her IP was 10.0.0.1 when she logged in from Zero Branco.", []),

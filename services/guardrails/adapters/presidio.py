@@ -51,6 +51,7 @@ from services.guardrails.linear import compile_linear
 from services.guardrails.not_pii import (
     ORG_WORDS,
     common_noun,
+    company_over,
     country,
     house_numbers,
     job_alone,
@@ -210,6 +211,11 @@ _CARDS = [
 ]
 
 # Capitalised tokens that are not names although a tagger may call them proper nouns.
+# Labels of a form's fields that the name list also holds as names ("Author: Tom Lee").
+_FIELD_LABELS = {
+    "author", "doctor", "judge", "lawyer", "mentor", "date", "comment", "company", "price",
+    "reader", "guard", "contractor", "handler", "editor", "client", "patient", "tenant",
+}  # fmt: skip
 _NOT_NAMES = {
     "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
@@ -351,7 +357,10 @@ class GazetteerNameRecognizer(EntityRecognizer):
         line_start = tok.i == 0 or "\n" in tok.doc[tok.i - 1].text_with_ws
         before_colon = tok.i + 1 < len(tok.doc) and tok.doc[tok.i + 1].text.startswith(":")
         if line_start and before_colon:
-            return True  # "Jasna: Remember me?" (a speaker, a signature)
+            # "Jasna: Remember me?" (a speaker, a signature); "Author: ..." is a field's label.
+            return word.lower() not in _FIELD_LABELS
+        if text.startswith(" of birth", tok.idx + len(word)):
+            return False  # "Applicant: Jesper Lund; Date of birth: ..."
         nxt = tok.doc[tok.i + 1] if tok.i + 1 < len(tok.doc) else None
         language = word.lower() in _LANGUAGES and not (nxt is not None and nxt.text[:1].isupper())
         if (tok.ent_type_ in _NOT_PEOPLE or language) and not _NAMED.search(
@@ -536,15 +545,18 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
         if not (word[:1].isupper() or word in _PARTICLES):
             break
     unit_after = bool(_UNIT_AFTER.search(text[end : end + 16]))
+    after_edge = after[:1]
     for edge, beyond, unit in (
         (before[-1:], before[-2:-1], False),
-        (after[:1], after[1:2], unit_after),
+        (after_edge, after[1:2], unit_after),
     ):
         word = edge[0].strip(",.").lower() if edge else ""
         if word not in _PLACE_WORDS or unit or edge[0] == "via":
             continue  # "via" in lower case is English ("I spoke to Anna via Maria Rossi")
         if word in _JOINERS and two_people(text, start, end):
             continue
+        if edge is after_edge and " " in text[start:end] and company_over(after[:4], True):
+            continue  # "between Maria Rossi and Acme Corp.": a person beside a company
         if not (joined and word in _JOINERS and beyond and not beyond[0][:1].isupper()):
             return False
     return True
