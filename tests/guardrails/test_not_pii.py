@@ -305,6 +305,12 @@ def test_people_near_those_words_stay_people(text: str, value: str) -> None:
         ("Sponsored by Pierre et Vacances SA. Organised by us.", []),
         ("Sintesi S.p.A.'s new store is open.", []),
         ("Contract between Maria Rossi and Acme Corp. signed.", ["Maria Rossi"]),
+        # a nationality after "a" describes a job; a firm of three surnames
+        ("Bio: Bulat Kadiev is a Chechen Silversmith who lives in Peck.", ["Bulat Kadiev"]),
+        ("Grant MacDonald, a Scottish Singer, won the award.", ["Grant MacDonald"]),
+        ("Looking to support Johnson, Wallace and Santos in Ursy.", []),
+        ("The Hoover, Morris and Johnson shareholders met.", []),
+        ("I met Anna, Maria and Tom.", ["Anna", "Maria", "Tom"]),
         # a form's field labels that the name list holds as names
         ("Author: Abraham Gaona | Editor: Andrea Smith", ["Abraham Gaona", "Andrea Smith"]),
         ("Applicant: Jesper Lund; Date of birth: 5/6/1938", ["Jesper Lund"]),
@@ -327,6 +333,7 @@ def test_countries_nationalities_jobs_companies_and_places_are_no_people(
     ("text", "name"),
     [
         ("In the company of Paul Klug, the evening went well.", "Paul Klug"),
+        ("The team includes Gijsbrecht, Thomas and John.", "Gijsbrecht"),
         ("Is there a Julieta in your team?", "Julieta"),
         ("She is a colleague of Amber Watson at the bank.", "Amber Watson"),
         ("Kian Brennan won the match for Denmark.", "Kian Brennan"),

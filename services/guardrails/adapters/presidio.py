@@ -293,12 +293,35 @@ def nationality(text: str, start: int, end: int) -> bool:
     no phrase names a person before it and no capitalised word follows ("Dear French,",
     "German Petrov" stay people)."""
     word = text[start:end].strip()
+    if _described(text, start, end):
+        return True
     if " " in word or word.lower() not in _LANGUAGES:
         return False
     after = text[end : end + 30].split()
     if after and after[0][:1].isupper():
         return False
     return not _NAMED.search(text[max(0, start - 20) : start])
+
+
+def _described(text: str, start: int, end: int) -> bool:
+    """A nationality after "a" or "an" describes what follows ("a Chechen Silversmith", "a
+    Danish Driver-sales worker", "a Scottish Singer"): no person in it."""
+    words = text[start:end].split()
+    before = text[max(0, start - 30) : start].split()
+    if words and words[0].lower() in _ARTICLES:
+        words = words[1:]
+    elif before and before[-1].lower() in _ARTICLES:
+        pass
+    else:
+        return (
+            len(before) >= 2
+            and before[-2].lower() in _ARTICLES
+            and (before[-1].lower() in _LANGUAGES)
+        )
+    return bool(words) and words[0].lower() in _LANGUAGES
+
+
+_ARTICLES = {"a", "an"}
 
 
 # Words that introduce the name that follows ("My name is Lucrezia").
@@ -560,6 +583,27 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
         if not (joined and word in _JOINERS and beyond and not beyond[0][:1].isupper()):
             return False
     return True
+
+
+# ", Wallace and Santos" after a surname: the two last names of a firm of three.
+_TWO_MORE_NAMES = compile_linear(
+    r"^,[ \t]+(\p{Lu}[\p{Ll}\pM'\x{2019}]+)[ \t]+(?:and|&)[ \t]+(\p{Lu}[\p{Ll}\pM'\x{2019}]+)\b"
+)
+
+
+def firm_of_three_names(text: str, start: int, end: int) -> bool:
+    """The first name of a company named after three people ("Johnson, Wallace and Santos",
+    "Clark, Romero and Hall"; the two after it are read as a firm already, two_people):
+    one word before ", X and Y", all three surnames of the name list, not after a title,
+    and not given names ("Anna, Maria and Tom", "Gijsbrecht, Thomas and John" are people)."""
+    word = text[start:end].strip()
+    m = _TWO_MORE_NAMES.search(text[end : end + 60])
+    return (
+        m is not None
+        and all(w in _names()[1] for w in (word, m.group(1), m.group(2)))
+        and not _given_names(word, m.group(1), m.group(2))
+        and not _titled(text, start)
+    )
 
 
 # A word of two capitalised parts joined by a hyphen (with a possessive "'s").
@@ -1350,6 +1394,7 @@ class PresidioPii:
                             bool((r.recognition_metadata or {}).get(NER_KEY)),
                         )
                         and not firm_of_two_names(chunk, r.start, r.end)
+                        and not firm_of_three_names(chunk, r.start, r.end)
                         and not not_a_person(chunk, r.start, r.end)
                         and not common_noun(chunk, r.start, r.end, _all_names())
                         and not country(chunk, r.start, r.end, _countries(), _all_names())
