@@ -181,6 +181,8 @@ def test_a_secret_a_name_model_takes_for_a_person_is_redacted_as_a_secret(
         ("Dear Smith-Jones, thanks for the call.", "Smith-Jones"),
         ("Veli-Pekka called yesterday.", "Veli-Pekka"),
         ("Jean-Luc will join us.", "Jean-Luc"),
+        ("Jean-Pierre will join us.", "Jean-Pierre"),
+        ("Anne-Marie will join us.", "Anne-Marie"),
         # Two models' names of one person, one inside the other: the given name too.
         ("Меня зовут Иван Петров.", "Иван"),
         ("Please forward this to Γιώργος Παπαδόπουλος.", "Γιώργος"),
@@ -291,6 +293,11 @@ def test_plain_numbers_and_streets_are_left_alone(
         # A company named after two people, alone: no person.
         "Heath-Chapman is a design agency based in West Debra.",
         "During 1970, Cook-Thompson invested heavily in new designs.",
+        # Two surnames that some locale also gives as first names.
+        "The CEO of Grant-Osborne resigned.",
+        "Henry-Baker is the brainchild of our three founders.",
+        # Three people's names and a company's word.
+        "Malenchini, Favata e Falier Group is a design agency.",
     ],
 )
 def test_greetings_languages_and_titles_are_no_names(

@@ -587,23 +587,26 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
 
 # ", Wallace and Santos" after a surname: the two last names of a firm of three.
 _TWO_MORE_NAMES = compile_linear(
-    r"^,[ \t]+(\p{Lu}[\p{Ll}\pM'\x{2019}]+)[ \t]+(?:and|&)[ \t]+(\p{Lu}[\p{Ll}\pM'\x{2019}]+)\b"
+    r"^,[ \t]+(\p{Lu}[\p{Ll}\pM]+)[ \t]+(?:and|&|e|et|und|y)[ \t]+(\p{Lu}[\p{Ll}\pM]+)"
+    r"(?:['\x{2019}]s?)?([ \t]+[^ \t\n]+)?"
 )
 
 
 def firm_of_three_names(text: str, start: int, end: int) -> bool:
     """The first name of a company named after three people ("Johnson, Wallace and Santos",
-    "Clark, Romero and Hall"; the two after it are read as a firm already, two_people):
-    one word before ", X and Y", all three surnames of the name list, not after a title,
-    and not given names ("Anna, Maria and Tom", "Gijsbrecht, Thomas and John" are people)."""
+    "Clark, Romero and Hall's", "Malenchini, Favata e Falier Group"; the two after it are
+    read as a firm already, two_people): one word before ", X and Y", all three surnames of
+    the name list or a company's word after them, not after a title, and not given names
+    ("Anna, Maria and Tom", "Gijsbrecht, Thomas and John" are people)."""
     word = text[start:end].strip()
-    m = _TWO_MORE_NAMES.search(text[end : end + 60])
-    return (
-        m is not None
-        and all(w in _names()[1] for w in (word, m.group(1), m.group(2)))
-        and not _given_names(word, m.group(1), m.group(2))
-        and not _titled(text, start)
-    )
+    m = _TWO_MORE_NAMES.search(text[end : end + 80])
+    if m is None or " " in word or _titled(text, start):
+        return False
+    names = (word, m.group(1), m.group(2))
+    after = (m.group(3) or "").strip()
+    if after and (after.strip(",.;:!?").lower() in ORG_WORDS or legal_form(after)):
+        return True
+    return all(w in _names()[1] for w in names) and not _given_names(*names)
 
 
 # A word of two capitalised parts joined by a hyphen (with a possessive "'s").
@@ -611,11 +614,20 @@ _HYPHENATED = compile_linear(r"(\p{Lu}[\p{Ll}\pM]+)-(\p{Lu}[\p{Ll}\pM]+)(?:['\x{
 _WORD_AROUND = compile_linear(r"[\pL\pM'\x{2019}-]+")
 
 
+# The first parts of most compound given names ("Jean-Pierre", "Anne-Marie", "Hans-Peter"),
+# whose second part is a surname as well.
+_COMPOUND_GIVEN_FIRST = {
+    "jean", "marie", "anne", "anna", "ann", "mary", "hans", "karl", "eva", "pierre", "jan",
+    "lars", "paul",
+}  # fmt: skip
+
+
 def firm_of_two_names(text: str, start: int, end: int) -> bool:
     """A company named after two people ("Heath-Chapman is a design agency", "During
     1970, Cook-Thompson invested"), not a person: a span within one word of two
-    capitalised parts joined by a hyphen, not both given names of the name list, with no
-    title, given name or name-introducing phrase before it. A person's double-barrelled
+    capitalised parts joined by a hyphen, not two given names of the name list (one of them
+    no surname: "Grant-Osborne" is two surnames), with no title, given name or
+    name-introducing phrase before it. A person's double-barrelled
     surname comes with a given name or a title ("Catherine Zeta-Jones", "Mrs Smith-Jones"),
     and a hyphenated given name ("Veli-Pekka") is two. The price: a double surname
     alone ("Zeta-Jones said") is left in clear."""
@@ -623,8 +635,13 @@ def firm_of_two_names(text: str, start: int, end: int) -> bool:
         if m.start() <= start and end <= m.end():
             word = _HYPHENATED.fullmatch(m.group())
             first = _names()[0]
-            if word is None or (word.group(1) in first and word.group(2) in first):
+            if word is None or _given_names(word.group(1), word.group(2)):
                 return False
+            if (
+                f"{word.group(1)}-{word.group(2)}" in first
+                or word.group(1).lower() in _COMPOUND_GIVEN_FIRST
+            ):
+                return False  # "Jean-Baptiste", "Jean-Pierre": one given name
             before = text[max(0, m.start() - 40) : m.start()]
             last = (before.split()[-1:] or [""])[0].strip(".,")
             return not (
