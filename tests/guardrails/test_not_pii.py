@@ -311,6 +311,9 @@ def test_people_near_those_words_stay_people(text: str, value: str) -> None:
         ("Looking to support Johnson, Wallace and Santos in Ursy.", []),
         ("The Hoover, Morris and Johnson shareholders met.", []),
         ("I met Anna, Maria and Tom.", ["Anna", "Maria", "Tom"]),
+        # street types of Spanish and Italian addresses before a person's name
+        ("I now live in Glorieta Marianela Alegre 5 Piso 7, Almería.", []),
+        ("Please send it to Stretto Tiziano, 537, Gratteri.", []),
         # a form's field labels that the name list holds as names
         ("Author: Abraham Gaona | Editor: Andrea Smith", ["Abraham Gaona", "Andrea Smith"]),
         ("Applicant: Jesper Lund; Date of birth: 5/6/1938", ["Jesper Lund"]),

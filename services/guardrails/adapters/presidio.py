@@ -449,11 +449,17 @@ _NUMBER_BEFORE = compile_linear(r"\d+[A-Za-z]?,?[ \t]+(?:\pL+\.?[ \t]+)?$")
 # the age of a person named before it ("Yukiyo Hakugi, 12176 Brunnenstrasse 59", "Louise
 # Gordon, 56, of 1679 Albert St"): a street written "Via Roma, 12" has its street word.
 _NUMBER_AFTER = compile_linear(r"^[ \t]+\d")
-# A street's word that starts its name ("Viale Leonardi", "Rua Marlene Pereira de Lima").
+# A street's word that starts its name ("Viale Leonardi", "Rua Marlene Pereira de Lima"),
+# and the other street types of Faker's Spanish, Italian, Portuguese, Romanian and Polish
+# addresses that are no common name ("Glorieta Marianela Alegre 5", "Stretto Tiziano").
 _STREET_FIRST = {
     "via", "viale", "rue", "calle", "avenida", "strada", "piazza", "rua", "paseo", "chemin",
     "boulevard", "avenue", "travessa", "largo", "praça", "carrer", "ronda", "alameda",
     "contrada", "borgo", "impasse", "quai", "ul", "ul.", "avda", "avda.", "av.", "c/",
+    "callejón", "glorieta", "pasadizo", "pasaje", "rambla", "urbanización", "cañada",
+    "calzada", "cerrada", "circuito", "privada", "prolongación", "andador", "stretto",
+    "rotonda", "vicolo", "incrocio", "estrada", "ladeira", "rodovia", "aleea", "bulevardul",
+    "drumul", "intrarea", "soseaua", "aleja", "ulica", "jalan",
 }  # fmt: skip
 # A flat or floor of an address ("Apt. 95", "Suite 787", "Piso 7"): it follows the name of
 # whoever lives there as often as a street's, and never ends a street's own name.
