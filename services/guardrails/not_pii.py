@@ -78,21 +78,32 @@ _LOWER_LEGAL_FORM = compile_linear(
 )
 # Joiners inside a company's name ("Kulicke and Soffa Industries Inc.", "Pierre et Vacances").
 _LONG_LEGAL_FORMS = {"limited", "incorporated", "corporation", "company"}
-_NAME_JOINERS = {"and", "et", "e", "und", "y", "og", "och", "en"}
+_NAME_JOINERS = {"and", "et", "e", "&"}
 
 
-def company_over(words: list[str], joiner: bool) -> bool:
+def company_over(words: list[str], joiner: bool, least: int = 2) -> bool:
     """`words[0]` is one word in brackets or (with `joiner`: right after a name of one word)
-    a joiner, and at most two capitalised words after it end in a legal form: the company's
-    name goes on over it ("Maria Rossi and Acme Ltd." keeps its person)."""
+    a joiner, and capitalised words after it end in a legal form: the company's name goes
+    on over it. After a joiner `least` words come before the form ("Kulicke and Soffa
+    Industries Inc."; "Marta and Acme Corp." keeps its person, as "Maria Rossi and Acme
+    Corp." does); in brackets no acronym nor job ("Tom Hughes (CFO) Northwind Ltd.")."""
     first = words[0]
-    if not (joiner and first.lower() in _NAME_JOINERS) and not (
-        first.startswith("(") and first.endswith(")") and len(first) > 2
+    inner = first[1:-1]
+    if joiner and first.lower() in _NAME_JOINERS:
+        needed = least
+    elif (
+        first.startswith("(")
+        and first.endswith(")")
+        and inner[:1].isupper()
+        and not inner.isupper()
+        and inner.lower() not in JOB_HEADS
     ):
+        needed = 0
+    else:
         return False
-    for word in words[1:]:
+    for i, word in enumerate(words[1:]):
         if legal_form(word) or _bare(word) in _LONG_LEGAL_FORMS:
-            return True
+            return i >= needed
         if not _CAPITALISED.search(word) or word.endswith((",", ";", ":")):
             return False
     return False

@@ -49,6 +49,7 @@ from spacy.tokens import Doc
 from services.guardrails.adapters.rampart import ADDRESS_PARTS, RampartNer, Tag, people
 from services.guardrails.linear import compile_linear
 from services.guardrails.not_pii import (
+    JOB_HEADS,
     ORG_WORDS,
     common_noun,
     company_over,
@@ -210,12 +211,12 @@ _CARDS = [
     )
 ]
 
-# Capitalised tokens that are not names although a tagger may call them proper nouns.
 # Labels of a form's fields that the name list also holds as names ("Author: Tom Lee").
 _FIELD_LABELS = {
     "author", "doctor", "judge", "lawyer", "mentor", "date", "comment", "company", "price",
-    "reader", "guard", "contractor", "handler", "editor", "client", "patient", "tenant",
+    "reader", "guard", "contractor", "handler", "editor", "client", "tenant",
 }  # fmt: skip
+# Capitalised tokens that are not names although a tagger may call them proper nouns.
 _NOT_NAMES = {
     "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
@@ -303,25 +304,27 @@ def nationality(text: str, start: int, end: int) -> bool:
     return not _NAMED.search(text[max(0, start - 20) : start])
 
 
+_ARTICLES = {"a", "an"}
+
+
 def _described(text: str, start: int, end: int) -> bool:
     """A nationality after "a" or "an" describes what follows ("a Chechen Silversmith", "a
-    Danish Driver-sales worker", "a Scottish Singer"): no person in it."""
+    Danish Driver-sales worker", "a Scottish Singer"): no person in it, unless a word of it
+    is a name of the list and no job's head ("Llamé a German Ruiz": Spanish "a" is "to")."""
     words = text[start:end].split()
     before = text[max(0, start - 30) : start].split()
-    if words and words[0].lower() in _ARTICLES:
-        words = words[1:]
-    elif before and before[-1].lower() in _ARTICLES:
-        pass
+    if words and words[0].lower() in _ARTICLES and len(words) > 1:
+        rest = words[2:] if words[1].lower() in _LANGUAGES else None
+    elif before and before[-1].lower() in _ARTICLES and words:
+        rest = words[1:] if words[0].lower() in _LANGUAGES else None
+    elif len(before) >= 2 and before[-2].lower() in _ARTICLES:
+        rest = words if before[-1].lower() in _LANGUAGES else None
     else:
-        return (
-            len(before) >= 2
-            and before[-2].lower() in _ARTICLES
-            and (before[-1].lower() in _LANGUAGES)
-        )
-    return bool(words) and words[0].lower() in _LANGUAGES
-
-
-_ARTICLES = {"a", "an"}
+        rest = None
+    if rest is None:
+        return False
+    names = _all_names()
+    return all(w not in names or w.lower() in JOB_HEADS for w in rest)
 
 
 # Words that introduce the name that follows ("My name is Lucrezia").
@@ -382,7 +385,7 @@ class GazetteerNameRecognizer(EntityRecognizer):
         if line_start and before_colon:
             # "Jasna: Remember me?" (a speaker, a signature); "Author: ..." is a field's label.
             return word.lower() not in _FIELD_LABELS
-        if text.startswith(" of birth", tok.idx + len(word)):
+        if text[tok.idx + len(word) : tok.idx + len(word) + 9].lower() == " of birth":
             return False  # "Applicant: Jesper Lund; Date of birth: ..."
         nxt = tok.doc[tok.i + 1] if tok.i + 1 < len(tok.doc) else None
         language = word.lower() in _LANGUAGES and not (nxt is not None and nxt.text[:1].isupper())
@@ -451,14 +454,15 @@ _NUMBER_BEFORE = compile_linear(r"\d+[A-Za-z]?,?[ \t]+(?:\pL+\.?[ \t]+)?$")
 _NUMBER_AFTER = compile_linear(r"^[ \t]+\d")
 # A street's word that starts its name ("Viale Leonardi", "Rua Marlene Pereira de Lima"),
 # and the other street types of Faker's Spanish, Italian, Portuguese, Romanian and Polish
-# addresses that are no common name ("Glorieta Marianela Alegre 5", "Stretto Tiziano").
+# addresses that no name list holds ("Glorieta Marianela Alegre 5", "Stretto Tiziano"; not
+# "Estrada", "Calzada", "Cuesta", "Camino": surnames too).
 _STREET_FIRST = {
     "via", "viale", "rue", "calle", "avenida", "strada", "piazza", "rua", "paseo", "chemin",
     "boulevard", "avenue", "travessa", "largo", "praça", "carrer", "ronda", "alameda",
     "contrada", "borgo", "impasse", "quai", "ul", "ul.", "avda", "avda.", "av.", "c/",
     "callejón", "glorieta", "pasadizo", "pasaje", "rambla", "urbanización", "cañada",
-    "calzada", "cerrada", "circuito", "privada", "prolongación", "andador", "stretto",
-    "rotonda", "vicolo", "incrocio", "estrada", "ladeira", "rodovia", "aleea", "bulevardul",
+    "cerrada", "circuito", "privada", "prolongación", "andador", "stretto",
+    "rotonda", "vicolo", "incrocio", "ladeira", "rodovia", "aleea", "bulevardul",
     "drumul", "intrarea", "soseaua", "aleja", "ulica", "jalan",
 }  # fmt: skip
 # A flat or floor of an address ("Apt. 95", "Suite 787", "Piso 7"): it follows the name of
@@ -584,42 +588,40 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
             continue  # "via" in lower case is English ("I spoke to Anna via Maria Rossi")
         if word in _JOINERS and two_people(text, start, end):
             continue
-        if edge is after_edge and " " in text[start:end] and company_over(after[:4], True):
+        if edge is after_edge and " " in text[start:end] and company_over(after[:4], True, least=1):
             continue  # "between Maria Rossi and Acme Corp.": a person beside a company
         if not (joined and word in _JOINERS and beyond and not beyond[0][:1].isupper()):
             return False
     return True
 
 
-# ", Wallace and Santos" after a surname: the two last names of a firm of three.
+# ", Wallace and Santos Group" after a surname: the two last names of a firm of three.
 _TWO_MORE_NAMES = compile_linear(
-    r"^,[ \t]+(\p{Lu}[\p{Ll}\pM]+)[ \t]+(?:and|&|e|et|und|y)[ \t]+(\p{Lu}[\p{Ll}\pM]+)"
-    r"(?:['\x{2019}]s?)?([ \t]+[^ \t\n]+)?"
+    r"^,[ \t]+(\p{Lu}[\p{Ll}\pM]+)[ \t]+(?:and|&|e|et)[ \t]+(\p{Lu}[\p{Ll}\pM]+)"
+    r"(?:[ \t]+([^ \t\n]+))?"
 )
 
 
 def firm_of_three_names(text: str, start: int, end: int) -> bool:
-    """The first name of a company named after three people ("Johnson, Wallace and Santos",
-    "Clark, Romero and Hall's", "Malenchini, Favata e Falier Group"; the two after it are
-    read as a firm already, two_people): one word before ", X and Y", all three surnames of
-    the name list or a company's word after them, not after a title, and not given names
-    ("Anna, Maria and Tom", "Gijsbrecht, Thomas and John" are people)."""
+    """The first name of a company named after three people (the two after it are read as
+    a firm already, two_people), where a firm is said: a company's word after the three
+    ("Malenchini, Favata e Falier Group", "Smith, Lloyd and Jackson LLP") or "the" before
+    them ("The Hoover, Morris and Johnson shareholders"). A list of three names with neither
+    is people ("James, Thomas and Henry will visit")."""
     word = text[start:end].strip()
     m = _TWO_MORE_NAMES.search(text[end : end + 80])
-    if m is None or " " in word or _titled(text, start):
+    if m is None or " " in word:
         return False
-    names = (word, m.group(1), m.group(2))
-    after = (m.group(3) or "").strip()
-    if after and (after.strip(",.;:!?").lower() in ORG_WORDS or legal_form(after)):
+    after = m.group(3) or ""
+    if after[:1].isupper() and _company_word(after):
         return True
-    return all(w in _names()[1] for w in names) and not _given_names(*names)
+    before = text[max(0, start - 5) : start].split()
+    return bool(before) and before[-1].lower() == "the"
 
 
 # A word of two capitalised parts joined by a hyphen (with a possessive "'s").
 _HYPHENATED = compile_linear(r"(\p{Lu}[\p{Ll}\pM]+)-(\p{Lu}[\p{Ll}\pM]+)(?:['\x{2019}]s)?")
 _WORD_AROUND = compile_linear(r"[\pL\pM'\x{2019}-]+")
-
-
 # The first parts of most compound given names ("Jean-Pierre", "Anne-Marie", "Hans-Peter"),
 # whose second part is a surname as well.
 _COMPOUND_GIVEN_FIRST = {
