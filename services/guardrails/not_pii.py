@@ -76,9 +76,10 @@ _CAPITALISED = compile_linear(r"^[\p{Lu}\d]")
 _LOWER_LEGAL_FORM = compile_linear(
     r"^(?:plc|inc|ltd|llc|llp|gmbh|corp)\.?(?:['\x{2019}]s)?[,.;:]?$"
 )
-# Joiners inside a company's name ("Kulicke and Soffa Industries Inc.", "Pierre et Vacances").
-_LONG_LEGAL_FORMS = {"limited", "incorporated", "corporation", "company"}
-_NAME_JOINERS = {"and", "et", "e", "&"}
+# Legal forms written out ("Bharat Heavy Electricals Limited").
+LONG_LEGAL_FORMS = {"limited", "incorporated", "corporation", "company"}
+# Joiners inside a company's name ("Kulicke and Soffa Industries Inc.", "Rossi e Figli").
+NAME_JOINERS = {"and", "et", "e", "&"}
 
 
 def company_over(words: list[str], joiner: bool, least: int = 2) -> bool:
@@ -89,7 +90,7 @@ def company_over(words: list[str], joiner: bool, least: int = 2) -> bool:
     Corp." does); in brackets no acronym nor job ("Tom Hughes (CFO) Northwind Ltd.")."""
     first = words[0]
     inner = first[1:-1]
-    if joiner and first.lower() in _NAME_JOINERS:
+    if joiner and first.lower() in NAME_JOINERS:
         needed = least
     elif (
         first.startswith("(")
@@ -102,7 +103,7 @@ def company_over(words: list[str], joiner: bool, least: int = 2) -> bool:
     else:
         return False
     for i, word in enumerate(words[1:]):
-        if legal_form(word) or _bare(word) in _LONG_LEGAL_FORMS:
+        if legal_form(word) or _bare(word) in LONG_LEGAL_FORMS:
             return i >= needed
         if not _CAPITALISED.search(word) or word.endswith((",", ";", ":")):
             return False
@@ -149,8 +150,8 @@ def company_name(text: str, start: int, end: int) -> bool:
                 words.append(word)
                 break
             if company_over(rest[i : i + 4], joiner=len(words) == 1):
-                # "(Madras) Limited", "Kulicke and Soffa Industries Inc.", "Pierre et
-                # Vacances SA": a word in brackets or a joiner inside a company's name.
+                # "(Madras) Limited", "Kulicke and Soffa Industries Inc.": a word in
+                # brackets or a joiner inside a company's name.
                 continue
             if word.startswith("(") or not _CAPITALISED.search(word.lstrip("\"'&")):
                 break  # "Mr. Zak P Sanders (Insurance Acquisition Corp.)": a person's employer

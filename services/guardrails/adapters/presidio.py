@@ -50,6 +50,8 @@ from services.guardrails.adapters.rampart import ADDRESS_PARTS, RampartNer, Tag,
 from services.guardrails.linear import compile_linear
 from services.guardrails.not_pii import (
     JOB_HEADS,
+    LONG_LEGAL_FORMS,
+    NAME_JOINERS,
     ORG_WORDS,
     common_noun,
     company_over,
@@ -493,7 +495,7 @@ def _listed_name(word: str) -> bool:
     return bare[:1].isupper() and bare.lower() not in _NOT_NAMES
 
 
-_FIRM_ENDS = {"company", "corporation", "incorporated", "limited", "group", "holdings"}
+_FIRM_ENDS = LONG_LEGAL_FORMS | {"group", "holdings"}
 
 
 def _given_names(*words: str) -> bool:
@@ -578,17 +580,16 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
         if not (word[:1].isupper() or word in _PARTICLES):
             break
     unit_after = bool(_UNIT_AFTER.search(text[end : end + 16]))
-    after_edge = after[:1]
-    for edge, beyond, unit in (
-        (before[-1:], before[-2:-1], False),
-        (after_edge, after[1:2], unit_after),
+    for edge, beyond, unit, is_after in (
+        (before[-1:], before[-2:-1], False, False),
+        (after[:1], after[1:2], unit_after, True),
     ):
         word = edge[0].strip(",.").lower() if edge else ""
         if word not in _PLACE_WORDS or unit or edge[0] == "via":
             continue  # "via" in lower case is English ("I spoke to Anna via Maria Rossi")
         if word in _JOINERS and two_people(text, start, end):
             continue
-        if edge is after_edge and " " in text[start:end] and company_over(after[:4], True, least=1):
+        if is_after and " " in text[start:end] and company_over(after[:4], True, least=1):
             continue  # "between Maria Rossi and Acme Corp.": a person beside a company
         if not (joined and word in _JOINERS and beyond and not beyond[0][:1].isupper()):
             return False
@@ -597,8 +598,8 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
 
 # ", Wallace and Santos Group" after a surname: the two last names of a firm of three.
 _TWO_MORE_NAMES = compile_linear(
-    r"^,[ \t]+(\p{Lu}[\p{Ll}\pM]+)[ \t]+(?:and|&|e|et)[ \t]+(\p{Lu}[\p{Ll}\pM]+)"
-    r"(?:[ \t]+([^ \t\n]+))?"
+    r"^,[ \t]+(\p{Lu}[\p{Ll}\pM]+)[ \t]+(?:" + "|".join(sorted(NAME_JOINERS)) + r")[ \t]+"
+    r"(\p{Lu}[\p{Ll}\pM]+)(?:[ \t]+([^ \t\n]+))?"
 )
 
 
