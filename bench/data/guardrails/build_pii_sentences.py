@@ -1,7 +1,8 @@
-"""Writes bench/data/guardrails/pii/generated_{tune,heldout}.jsonl: PII sentences made by
-presidio-evaluator 0.3.2's own generator (`PresidioSentenceFaker`, its default providers
-and records, locale en_US, `lower_case_ratio=0.05` as in its own example), over the tune
-and the held-out halves of its templates (the same digest split as bench/guardrails.py).
+"""Writes bench/data/guardrails/pii/generated_{tune,heldout,tune_reseeded,written}.jsonl:
+PII sentences made by presidio-evaluator 0.3.2's own generator (`PresidioSentenceFaker`, its
+default providers and records, locale en_US, `lower_case_ratio=0.05` as in its own example),
+over the tune and the held-out halves of its templates (the same digest split as
+bench/guardrails.py), the tune half again with another seed, and the templates written here.
 
 This is the generator the outside check uses, with seeds of ours: its organisations come
 from stock-exchange listings ("Morgan Stanley", "Akzo Nobel NV"), its people, streets and
@@ -16,7 +17,7 @@ its dependencies beside the few its generator imports:
     python -m venv /tmp/pe && /tmp/pe/bin/pip install --no-deps presidio-evaluator==0.3.2 \
         && /tmp/pe/bin/pip install pandas faker spacy pyyaml tqdm python-dotenv requests \
            presidio-analyzer presidio-anonymizer \
-        && PYTHONPATH=. /tmp/pe/bin/python bench/data/guardrails/build_pii_sentences.py
+        && PYTHONPATH=. /tmp/pe/bin/python bench/data/guardrails/build_pii_sentences.py [RUN ...]
 
 Each line: {"text", "spans": [[type, start, end, slot]], "template"}; `slot` is the
 template's own placeholder ("first_name", "date_of_birth"), which the bench maps to the
@@ -26,17 +27,21 @@ entity types it scores.
 import json
 import random
 import re
+import sys
 from pathlib import Path
 
 from presidio_evaluator.data_generator import PresidioSentenceFaker
 
-from bench.guardrails import PII_HELDOUT_SEED, PII_TUNE_SEED, _pe_part, faker_clock
+from bench.guardrails import PII_HELDOUT_SEED, PII_TUNE_RESEED, PII_TUNE_SEED, _pe_part, faker_clock
 
 PII = Path(__file__).resolve().parent / "pii"
 # (split, seed, sentences): the seeds of the bench's own fill.
 RUNS = [
     ("tune", PII_TUNE_SEED, 2000, ""),
     ("heldout", PII_HELDOUT_SEED, 2000, ""),
+    # The tune templates again with a seed of their own (2026-12-03): other values in the
+    # same frames, to tell a rule that holds for a frame from one that holds for a fill.
+    ("tune_reseeded", PII_TUNE_RESEED, 2000, ""),
     # Templates written here (none of presidio-evaluator's), four sets of 50, 50, 40 and 30,
     # each filled with its own seed into one file: frames of other kinds for its values.
     ("written", 31, 1500, "written_templates.txt"),
@@ -47,15 +52,17 @@ RUNS = [
 SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
-def main() -> None:
+def main(only: set[str]) -> None:
     lines = (PII / "presidio_evaluator_templates.txt").read_text().splitlines()
     templates = [t.strip() for t in lines if t.strip()]
     done: set[str] = set()
     for split, seed, n, written in RUNS:
+        if only and split not in only:
+            continue
         chosen = (
             [t.strip() for t in (PII / written).read_text().splitlines() if t.strip()]
             if written
-            else [t for t in templates if _pe_part(t) == split]
+            else [t for t in templates if _pe_part(t) == split.split("_")[0]]
         )
         # The records' full names draw their middle initials from `random` while the
         # generator is built, before it seeds itself: seeded here, so a rerun is the same.
@@ -85,4 +92,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Names of RUNS to write (`tune_reseeded`); none: all of them.
+    main(set(sys.argv[1:]))
