@@ -26,6 +26,8 @@ import scipy.sparse
 import scipy.special
 import sklearn
 
+from services.guardrails.glossary import VERSION as GLOSSARY_VERSION
+from services.guardrails.glossary import gloss
 from services.guardrails.injection_data import stored_calibration, training_set, tuning_set
 from services.guardrails.linear import compile_linear
 from services.guardrails.scheduler import checkpoint
@@ -99,6 +101,14 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", t)
 
 
+def glossed(norm: str) -> str:
+    """What the classifier reads of a normalised text: the text, then the English glosses
+    of its foreign stems (glossary.py), so that what it learnt of English attacks carries
+    over to other languages."""
+    extra = gloss(norm)
+    return f"{norm} {extra}" if extra else norm
+
+
 @dataclass(frozen=True)
 class InjectionResult:
     score: float
@@ -128,6 +138,18 @@ CONFIDENT_BENIGN = 0.1
 # known word of "Invite Pap and Schmitt." carried all of its block's weight: "and" alone
 # (coefficient 3.2) flagged it (0.52), and "Speakers: IBM, SAP and HSBC." (0.56).
 MIN_KNOWN_WORDS = 3
+
+
+# Scripts written without spaces between words (Chinese, Japanese, Korean in part): their
+# characters counted two to a word.
+_UNSPACED = compile_linear(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]")
+
+
+def words(norm: str) -> int:
+    """The words of a normalised text: what spaces part, and in a script written without
+    them, a word for every two characters ("你好" is one; an override in Chinese is not three
+    words, which would be judged by the heuristics alone)."""
+    return len(norm.split()) + sum(1 for _ in _UNSPACED.finditer(norm)) // 2
 
 
 def _logit(p: float) -> float:
@@ -178,10 +200,10 @@ class InjectionDetector:
             if pattern.search(norm):
                 reasons.append(f"heuristic: {reason}")
                 best = max(best, weight)
-        if len(norm.split()) <= SHORT_WORDS:
+        if words(norm) <= SHORT_WORDS:
             return InjectionResult(round(best, 4), reasons)
         p = 0.0
-        parts = windows(norm)
+        parts = [glossed(w) for w in windows(norm)]
         for i in range(0, len(parts), 16):
             checkpoint()
             p = max(p, float(self._probabilities(parts[i : i + 16]).max()))
@@ -254,7 +276,7 @@ def calibrate(texts: list[str], labels: list[int], real: int = 0, folds: int = 5
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
-    norm = [normalise(t) for t in texts]
+    norm = [glossed(normalise(t)) for t in texts]
     y = np.asarray(labels)
     oof = np.zeros(len(norm))
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(norm, y):
@@ -288,7 +310,7 @@ def train_classifier(
             threshold = stored[1]
         else:
             threshold = calibrate(texts, labels, real)
-    model = _pipeline().fit([normalise(t) for t in texts], labels)
+    model = _pipeline().fit([glossed(normalise(t)) for t in texts], labels)
     return InjectionModel(model, threshold)
 
 
@@ -298,4 +320,5 @@ def training_digest(texts: list[str], labels: list[int]) -> str:
         h.update(f"{y}\0{t}\0".encode())
     h.update(repr(sorted(_pipeline().get_params().items(), key=lambda kv: kv[0])).encode())
     h.update(f"{CALIBRATION_FPR}".encode())
+    h.update(GLOSSARY_VERSION.encode())
     return h.hexdigest()[:16]
