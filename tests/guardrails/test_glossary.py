@@ -65,19 +65,14 @@ PASSED = [
 ]
 
 
-@pytest.mark.parametrize("text", CAUGHT)
-def test_foreign_overrides_in_other_words_are_caught(
-    screener: Screener, policy: EffectivePolicy, text: str
+@pytest.mark.parametrize(
+    ("text", "attack"), [(t, True) for t in CAUGHT] + [(t, False) for t in PASSED]
+)
+def test_foreign_overrides_in_other_words_are_caught_and_requests_with_their_words_pass(
+    screener: Screener, policy: EffectivePolicy, text: str, attack: bool
 ) -> None:
     check = GuardrailCheck(ctx=CTX, messages=[ChatMessage(role="user", content=text)])
     verdict = screener.check(check, policy)
-    assert not verdict.allowed and verdict.rule == "injection.threshold", verdict.injection_score
-
-
-@pytest.mark.parametrize("text", PASSED)
-def test_foreign_requests_with_the_same_words_pass(
-    screener: Screener, policy: EffectivePolicy, text: str
-) -> None:
-    check = GuardrailCheck(ctx=CTX, messages=[ChatMessage(role="user", content=text)])
-    verdict = screener.check(check, policy)
-    assert verdict.allowed, (text, verdict.injection_score, verdict.reasons)
+    assert verdict.allowed is not attack, (text, verdict.injection_score, verdict.reasons)
+    if attack:
+        assert verdict.rule == "injection.threshold"
