@@ -113,7 +113,6 @@ _PATTERN = compile_linear(
     + "|".join(re.escape(s) for s in _ORDER if _cjk(s))
     + ")"
 )
-VERSION = repr(sorted(_GLOSS_OF.items()))
 
 
 # A text is glossed only when it asks for one of these: a question about "the previous

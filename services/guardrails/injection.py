@@ -26,11 +26,11 @@ import scipy.sparse
 import scipy.special
 import sklearn
 
-from services.guardrails.glossary import VERSION as GLOSSARY_VERSION
 from services.guardrails.glossary import gloss
 from services.guardrails.injection_data import stored_calibration, training_set, tuning_set
 from services.guardrails.linear import compile_linear
 from services.guardrails.scheduler import checkpoint
+from services.guardrails.unmask import unmask
 
 # (reason, weight, pattern) — matched against normalised text (lowercase, leetspeak undone).
 _HEURISTICS: list[tuple[str, float, Any]] = [
@@ -96,8 +96,9 @@ _LEET = str.maketrans({"1": "i", "0": "o", "3": "e", "4": "a", "@": "a", "$": "s
 
 
 def normalise(text: str) -> str:
-    """Lowercase, compatibility-folded, leetspeak undone, whitespace collapsed."""
-    t = unicodedata.normalize("NFKC", text).lower().translate(_LEET)
+    """Compatibility-folded, what hides words made plain (unmask.py), lowercase, leetspeak
+    undone, whitespace collapsed."""
+    t = unmask(unicodedata.normalize("NFKC", text)).lower().translate(_LEET)
     return re.sub(r"\s+", " ", t)
 
 
@@ -315,10 +316,12 @@ def train_classifier(
 
 
 def training_digest(texts: list[str], labels: list[int]) -> str:
+    """A digest of what the classifier reads of its training texts (normalised, unmasked,
+    glossed: a change to any of those steps makes a new calibration), the pipeline and the
+    calibration target."""
     h = hashlib.sha256()
     for t, y in zip(texts, labels, strict=True):
-        h.update(f"{y}\0{t}\0".encode())
+        h.update(f"{y}\0{glossed(normalise(t))}\0".encode())
     h.update(repr(sorted(_pipeline().get_params().items(), key=lambda kv: kv[0])).encode())
     h.update(f"{CALIBRATION_FPR}".encode())
-    h.update(GLOSSARY_VERSION.encode())
     return h.hexdigest()[:16]

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from libs.context import RequestContext
-from libs.events import ChatMessage, GuardrailCheck
 from services.guardrails.glossary import gloss
 from services.guardrails.injection import normalise, words
 from services.guardrails.policy import EffectivePolicy
 from services.guardrails.screen import Screener
-
-CTX = RequestContext(tenant="acme", request_id="r1")
+from tests.guardrails.verdicts import assert_judged, cases
 
 
 def test_an_override_is_glossed_in_the_order_of_its_words() -> None:
@@ -65,14 +62,8 @@ PASSED = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "attack"), [(t, True) for t in CAUGHT] + [(t, False) for t in PASSED]
-)
+@pytest.mark.parametrize(("text", "attack"), cases(CAUGHT, PASSED))
 def test_foreign_overrides_in_other_words_are_caught_and_requests_with_their_words_pass(
     screener: Screener, policy: EffectivePolicy, text: str, attack: bool
 ) -> None:
-    check = GuardrailCheck(ctx=CTX, messages=[ChatMessage(role="user", content=text)])
-    verdict = screener.check(check, policy)
-    assert verdict.allowed is not attack, (text, verdict.injection_score, verdict.reasons)
-    if attack:
-        assert verdict.rule == "injection.threshold"
+    assert_judged(screener, policy, text, attack)

@@ -1,8 +1,9 @@
 """The injection classifier, trained once (generated set + the corpora's tuning split) and
 kept on disk.
 
-The file name carries a digest of the generator, glossary and trainer sources and the tuning
-data, so a change to any retrains; the pickle is only ever read from our own ENCLAVE_HOME.
+The file name carries a digest of the generator's, glossary's, unmasking's and trainer's
+sources and the tuning data, so a change to any retrains; the pickle is only ever read from
+our own ENCLAVE_HOME.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from services.guardrails import glossary, injection, injection_data
+from services.guardrails import glossary, injection, injection_data, unmask
 
 
 def _digest() -> str:
     h = hashlib.sha256()
-    for mod in (glossary, injection, injection_data):
+    for mod in (glossary, injection, injection_data, unmask):
         h.update(Path(mod.__file__ or "").read_bytes())
     h.update(injection_data.TUNING.read_bytes())
     if injection_data.CALIBRATION.exists():
