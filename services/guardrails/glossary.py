@@ -22,7 +22,7 @@ import re
 from services.guardrails.linear import compile_linear
 
 # English gloss -> the stems that carry it (lower case; a stem matches a word's start, a
-# stem of Chinese, Japanese or Korean anywhere).
+# stem of Chinese, Japanese or Korean anywhere: `_unspaced`).
 _STEMS: dict[str, list[str]] = {
     "ignore": [
         "ignorier", "missacht", "ignora ", "ignorez", "ignorar ", "ignori ", "ne tiens pas compte",
@@ -99,18 +99,87 @@ _STEMS: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-def _cjk(stem: str) -> bool:
-    return any(ord(c) >= 0x3000 for c in stem)
+# The same concepts in twelve more languages: Ukrainian, Czech, Hungarian, Greek, Swedish,
+# Danish and Norwegian, Indonesian, Vietnamese, Arabic, Hebrew, Hindi.
+_MORE_STEMS: dict[str, list[str]] = {
+    "ignore": [
+        "ігнор", "hagyd figyelmen", "αγνόησε", "αγνοήστε", "ignorera", "ignorer ", "abaikan",
+        "bỏ qua", "تجاهل", "התעלם", "अनदेखा", "नज़रअंदाज़", "नजरअंदाज",
+    ],
+    "forget": [
+        "zapomeň", "felejtsd", "ξέχασε", "ξεχάστε", "glöm", "glem ", "lupakan", "quên", "שכח",
+        "भूल जाओ", "भूल जाइए",
+    ],
+    "previous": [
+        "попередн", "předchozí", "korábbi", "előző", "προηγούμεν", "tidigare", "tidligere",
+        "sebelumnya", "trước đó", "السابقة", "הקודמות", "הקודמים", "पिछले",
+    ],
+    "instructions": [
+        "інструкц", "вказівк", "pokyny", "instrukce", "utasítás", "οδηγίες", "instruksjon",
+        "instruksi", "petunjuk", "hướng dẫn", "chỉ dẫn", "تعليمات", "הוראות", "निर्देश",
+    ],
+    "rules": [
+        "pravidla", "szabály", "κανόνες", "regler", "aturan", "quy tắc", "قواعد", "כללים",
+        "नियम",
+    ],
+    "system prompt": [
+        "systémový prompt", "rendszerprompt", "μήνυμα συστήματος", "prompt sistem",
+        "lời nhắc hệ thống", "موجه النظام", "הנחיית מערכת", "הנחיית המערכת", "सिस्टम प्रॉम्प्ट",
+    ],
+    "reveal": [
+        "розкрий", "odhal", "fedd fel", "αποκάλυψε", "avslöja", "afslør", "avslør",
+        "ungkapkan", "tiết lộ", "اكشف", "חשוף",
+    ],
+    "show": [
+        "ukaž", "mutasd", "δείξε", "tunjukkan", "hiển thị", "أظهر", "اعرض", "הראה", "दिखाओ",
+        "बताओ",
+    ],
+    "restrictions": [
+        "обмежен", "omezení", "korlátoz", "περιορισμ", "begränsning", "begrænsning",
+        "begrensning", "batasan", "hạn chế", "قيود", "הגבלות", "प्रतिबंध",
+    ],
+    "hidden": [
+        "прихован", "skryt", "rejtett", "κρυφ", "dolda", "skjult", "tersembunyi", "bị ẩn",
+        "مخفية", "נסתר", "מוסתר", "छिपे",
+    ],
+    "from now on": [
+        "відтепер", "od teď", "mostantól", "από τώρα", "från och med nu", "fra nu af",
+        "fra nå av", "mulai sekarang", "từ bây giờ", "من الآن", "מעכשיו", "अब से",
+    ],
+    "you are now": [
+        "тепер ти", "teď jsi", "τώρα είσαι", "du är nu", "du er nu", "du er nå",
+        "sekarang kamu", "bây giờ bạn là", "أنت الآن", "אתה עכשיו", "अब तुम",
+    ],
+    "password": [
+        "heslo", "jelszó", "κωδικ", "lösenord", "adgangskode", "passord", "kata sandi",
+        "mật khẩu", "كلمة المرور", "סיסמה", "पासवर्ड",
+    ],
+    "pretend": [
+        "вдавай", "прикинься", "předstírej", "προσποιήσου", "låtsas", "lad som om", "late som",
+        "berpura-pura", "giả vờ", "تظاهر", "העמד פנים", "नाटक करो",
+    ],
+}  # fmt: skip
 
 
-_GLOSS_OF = {stem: gloss for gloss, stems in _STEMS.items() for stem in stems}
+def _unspaced(stem: str) -> bool:
+    """A stem of a script whose words take prefixes (Hebrew, Arabic, Hindi's compounds) or
+    are written without spaces (Chinese, Japanese, Korean): matched anywhere in a word."""
+    return any(0x0590 <= ord(c) < 0x0980 or ord(c) >= 0x3000 for c in stem)
+
+
+_GLOSS_OF = {
+    stem: gloss
+    for table in (_STEMS, _MORE_STEMS)
+    for gloss, stems in table.items()
+    for stem in stems
+}
 # Longest stems first, so that "prompt de sistema" wins over a shorter stem it holds.
 _ORDER = sorted(_GLOSS_OF, key=len, reverse=True)
 _PATTERN = compile_linear(
     r"(?:^|[^\pL\pN])("
-    + "|".join(re.escape(s) for s in _ORDER if not _cjk(s))
+    + "|".join(re.escape(s) for s in _ORDER if not _unspaced(s))
     + ")|("
-    + "|".join(re.escape(s) for s in _ORDER if _cjk(s))
+    + "|".join(re.escape(s) for s in _ORDER if _unspaced(s))
     + ")"
 )
 
