@@ -31,7 +31,11 @@ ORG_WORDS = {
     "preferred", "pref", "co", "foundation", "insurance", "analytics", "sciences", "stores",
     "infrastructure", "biotechnology", "notes", "nextshares", "marketing", "consulting",
     "logistics", "communications", "healthcare", "pharma", "motors", "airlines", "foods",
-    "brands", "software", "services", "studios",
+    "brands", "software", "services", "studios", "financial", "news", "research",
+    "exchange", "computing", "animation", "lending", "entertainment", "publishing", "digital",
+    "labs", "networks", "robotics", "semiconductor", "semiconductors", "aerospace",
+    "chemicals", "petroleum", "mining", "minerals", "shipping", "manufacturing", "mfg",
+    "telecom", "wireless", "broadcasting",
 }  # fmt: skip
 # Words that end an event's name ("the Ceylon Marathon", "the Santomenna Film Festival"):
 # the run before them names the event, or the place that holds it.
@@ -112,6 +116,11 @@ def company_over(words: list[str], joiner: bool, least: int = 2) -> bool:
 
 def _bare(word: str) -> str:
     return word.strip(",;:!?()'\"").removesuffix("'s").removesuffix("\u2019s").rstrip(".").lower()
+
+
+def company_word(word: str) -> bool:
+    """A company's word or legal form ("Limited", "Co.LTD.", "Fund", "S.p.A.")."""
+    return _bare(word) in ORG_WORDS or legal_form(word)
 
 
 def company_name(text: str, start: int, end: int) -> bool:
@@ -261,13 +270,18 @@ _PLACE_AFTER = compile_linear(
 )
 
 
-# "At the Lavacherie branch", "the Rzeszów fair": a place's name between "the" and a noun
-# for a site (not a home: "the Smith residence" is a family's).
-_THE_BEFORE = compile_linear(r"(?i)\bthe[ \t]+$")
+# "At the Lavacherie branch", "the Rzeszów fair", "Mozio's Traversara plant", "the
+# Limassol half-marathon": a place's name between "the" or a possessive and a noun for a
+# site or an event (not a home: "the Smith residence" is a family's).
+_THE_BEFORE = compile_linear(r"(?i)(?:\bthe|['\x{2019}]s)[ \t]+$")
 _SITE_AFTER = compile_linear(
     r"^[ \t]+(?:branch|office|store|plant|fair|airport|station|campus|headquarters|factory|"
-    r"warehouse|museum|harbour|harbor|port)\b"
+    r"warehouse|museum|harbour|harbor|port|conference|summit|forum|congress|convention|"
+    r"symposium|half-marathon|marathon|festival|hospital|clinic)\b"
 )
+# "Andrea Vogel, 29, of Sidi Saidane, was named ...": after a comma and "of", up to the next
+# comma, where someone is from.
+_COMMA_OF = compile_linear(r",[ \t]+of[ \t]+$")
 
 
 def destination(text: str, start: int, end: int) -> bool:
@@ -278,6 +292,7 @@ def destination(text: str, start: int, end: int) -> bool:
     return bool(
         _PLACE_AFTER.search(text[end : end + 40])
         or _DESTINATION.search(text[max(0, start - 40) : start])
+        or (_COMMA_OF.search(text[max(0, start - 8) : start]) and text[end : end + 1] == ",")
         or (
             _THE_BEFORE.search(text[max(0, start - 6) : start])
             and _SITE_AFTER.search(text[end : end + 16])
@@ -389,6 +404,7 @@ JOB_HEADS = {
     "marker", "mechanic", "miner", "nanny", "packer", "painter", "physician", "picker",
     "plumber", "polisher", "porter", "presser", "reader", "receptionist", "recruiter",
     "repairer", "reporter", "roofer", "sailor", "salesperson", "salesman", "saleswoman",
+    "trimmer", "jumper", "taper", "forester",
     "setter", "singer", "soldier", "songwriter", "sonographer", "sorter", "steward",
     "stocker", "superintendent", "supervisor", "tailor", "teller", "tender", "tester",
     "typist", "veterinarian", "waiter", "waitress", "welder", "vendor", "seller", "merchant",
@@ -454,25 +470,34 @@ def country(
     return value in countries and value not in names
 
 
-_COUNTRY_AFTER = compile_linear(r"^,[ \t]+(\p{Lu}[\pL\pM' -]*?)(?:[.,;:!?)]|[ \t]+[a-z]|$)")
+_COUNTRY_AFTER = compile_linear(
+    r"^,[ \t]+(\p{Lu}[\pL\pM' -]*?)(?:[.,;:!?)]|[ \t]+[a-z]|[ \t]+[-\x{2013}|/][ \t]|$)"
+)
 
 
 def town_of_a_country(
     text: str, start: int, end: int, countries: frozenset[str], names: frozenset[str]
 ) -> bool:
     """A town before a comma and its country ("visited Tarnowskie Góry, Poland and loved
-    it", "Location: Cite Souihli, Tunisia"), unless every word of the span is a name of the
-    name list ("Speakers: Anna Rossi, Italy" keeps its person)."""
+    it", "Location: Cite Souihli, Tunisia", "Limassol, Cyprus - emilie@..."), unless every
+    word of the span is a name of the name list ("Speakers: Anna Rossi, Italy" keeps its
+    person)."""
     m = _COUNTRY_AFTER.search(text[end : end + 50])
     if m is None or m.group(1).strip() not in countries:
         return False
     return not all(w.strip(".") in names for w in text[start:end].split())
 
 
+_NUMBER_INSIDE = compile_linear(r"\d\S*\s+\p{Lu}")
+
+
 def not_a_person(text: str, start: int, end: int) -> bool:
-    """Whether the words around a capitalised run make it something other than a person."""
+    """Whether the words around a capitalised run make it something other than a person. A
+    run with a number inside it names none ("Piiri 2-0 New Larisa", a match's score; "Anna
+    Berg +1" at a run's end is a guest and her partner)."""
     return (
-        company_name(text, start, end)
+        bool(_NUMBER_INSIDE.search(text[start:end]))
+        or company_name(text, start, end)
         or job_title(text, start)
         or job_words(text, start, end)
         or work_title(text, start, end)

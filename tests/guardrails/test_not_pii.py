@@ -322,6 +322,13 @@ def test_people_near_those_words_stay_people(text: str, value: str) -> None:
         ("Her IP was 10.0.0.1 when she logged in from Zero Branco.", []),
         ("Peer told me the firm is moving to São Paulo.", ["Peer"]),
         ("Lazkao, a town of 20,000 people.", []),
+        # a score inside a run, a town after ", of", a site or an event after a place, a
+        # company's trade, a town before its country and a spaced dash
+        ("Final score: Tarnby 2-0 West Hollow.", []),
+        ("Our bank sponsors the Kolding half-marathon this year.", []),
+        ("Meet me at the Hasselt conference on Monday.", []),
+        ("We thank Wolfram Research for its support.", []),
+        ("Contact: Ida Pedersen - Skive, Denmark - ida@example.com", ["Ida Pedersen"]),
     ],
 )
 def test_countries_nationalities_jobs_companies_and_places_are_no_people(
@@ -356,6 +363,10 @@ def test_countries_nationalities_jobs_companies_and_places_are_no_people(
         ("Is Ciset still living at Nuernbergerstrasse 3?", "Ciset"),
         ("We drove to Iceland with Crisólogo and her dog.", "Crisólogo"),
         ("My neighbour Willemine works as a clerk in Segura.", "Willemine"),
+        ("RSVP: Sæbjörg Sigþórsdóttir +1, dietary: none.", "Sæbjörg Sigþórsdóttir"),
+        ("Anna met Tom at the Berlin conference.", "Anna"),
+        ("Maria Rossi, of Anna's team, called.", "Anna"),
+        ("John Smith, of course, agreed.", "John Smith"),
     ],
 )
 def test_people_beside_those_words_are_found(
@@ -435,3 +446,20 @@ def test_addresses_companies_and_jobs_stay_no_people(
     verdict = _verdict(screener, policy, text)
     assert _people_in(verdict, text) == found
     assert not [e for e in verdict.entities if e.type == "PHONE_NUMBER"]
+
+
+@pytest.mark.parametrize(
+    ("text", "url"),
+    [
+        ("Quote from the founder of Treasure Factory Co.LTD. today.", None),
+        ("Changyou.com Limited will close its office.", None),
+        ("Read the terms at example.com before you sign.", "example.com"),
+        ("See shop.example.com Monday for the sale.", "shop.example.com"),
+    ],
+)
+def test_a_legal_form_or_a_company_named_by_its_domain_is_no_web_address(
+    screener: Screener, policy: EffectivePolicy, text: str, url: str | None
+) -> None:
+    verdict = _verdict(screener, policy, text)
+    found = [text[e.start : e.end] for e in verdict.entities if e.type == "URL"]
+    assert found == ([url] if url else []), found

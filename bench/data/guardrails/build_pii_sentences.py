@@ -48,6 +48,9 @@ RUNS = [
     ("written", 41, 1500, "written_templates_2.txt"),
     ("written", 53, 1500, "written_templates_3.txt"),
     ("written", 67, 1200, "written_templates_4.txt"),
+    # A fifth set (2026-12-03), in a file of its own: its first look was taken before its
+    # errors were read.
+    ("written_5", 79, 1200, "written_templates_5.txt"),
 ]
 SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 

@@ -55,6 +55,7 @@ from services.guardrails.not_pii import (
     ORG_WORDS,
     common_noun,
     company_over,
+    company_word,
     country,
     house_numbers,
     job_alone,
@@ -748,12 +749,19 @@ def plausible_phone(text: str, start: int, end: int) -> bool:
 
 def plausible_url(text: str, start: int, end: int) -> bool:
     """A web address, not a word with a dot in it: one without a scheme or `www.` neither
-    ends inside a word ("Univ.Prof." is no "Univ.Pro") nor has a capitalised top-level
-    domain written like a word ("Asociados S.Com.")."""
+    ends inside a word ("Univ.Prof." is no "Univ.Pro"), nor is a legal form ("Treasure
+    Factory Co.LTD." is no address at Co.LTD), nor names a company before its legal form
+    ("Changyou.com Limited"), nor has a capitalised top-level domain written like a word
+    ("Asociados S.Com.")."""
     value = text[start:end]
     if "://" in value or value.lower().startswith("www."):
         return True
     if shouted_host(value) or (end < len(text) and text[end].isalnum()):
+        return False
+    after = text[end : end + 24].split(None, 1)
+    if company_word(value) or (
+        text[end : end + 1] == " " and after and after[0][:1].isupper() and company_word(after[0])
+    ):
         return False
     host = value.split("/", 1)[0]
     tld = host.rsplit(".", 1)[-1]
@@ -1157,15 +1165,25 @@ NER_KEY = "rampart"
 LISTED_SCORE = 0.86
 
 
+# What parts the fields of a line ("Ida Pedersen - Skive, Denmark - ida@...", "Photo by
+# Louise Danielsen / Reuters"): a dash, a bar or a slash with a space on each side.
+_FIELD_SEPARATOR = compile_linear(r" [-\x{2013}\x{2014}|/] ")
+
+
 def one_line(text: str, result: Any) -> Any:
-    """A PERSON span cut at its first line break, or `result` itself. spaCy and Rampart
-    carry a name over a line break into what follows ("Mario Kappel" + a line break +
-    "Hunt Group", in an address block, where "Group" then drops the whole span). The cut
-    span is a candidate beside the whole one, not instead of it: a name wrapped over two
-    lines ("Mario" + a line break + "Kappel") is still taken whole where it is plausible."""
+    """A PERSON span cut at its first line break or field separator, or `result` itself.
+    spaCy and Rampart carry a name over a line break into what follows ("Mario Kappel" + a
+    line break + "Hunt Group", in an address block, where "Group" then drops the whole
+    span), and over a spaced dash into the next field ("Ida Pedersen - Skive", which the
+    country after the town then drops). The cut span is a candidate beside the whole one,
+    not instead of it: a name wrapped over two lines ("Mario" + a line break + "Kappel") is
+    still taken whole where it is plausible."""
     if result.entity_type != "PERSON":
         return result
     cut = text.find("\n", result.start, result.end)
+    separator = _FIELD_SEPARATOR.search(text, result.start, result.end)
+    if separator is not None and (cut < 0 or separator.start() < cut):
+        cut = separator.start()
     if cut <= result.start:
         return result
     end = len(text[result.start : cut].rstrip()) + result.start
