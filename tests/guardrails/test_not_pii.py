@@ -325,6 +325,8 @@ def test_people_near_those_words_stay_people(text: str, value: str) -> None:
         # a score inside a run, a town after ", of", a site or an event after a place, a
         # company's trade, a town before its country and a spaced dash
         ("Final score: Tarnby 2-0 West Hollow.", []),
+        ("Send it to Viale Leonardi, 12, Milano.", []),
+        ("Deliver to 4411 Anna Street tomorrow.", []),
         ("Our bank sponsors the Kolding half-marathon this year.", []),
         ("Meet me at the Hasselt conference on Monday.", []),
         ("We thank Wolfram Research for its support.", []),
@@ -367,6 +369,10 @@ def test_countries_nationalities_jobs_companies_and_places_are_no_people(
         ("Anna met Tom at the Berlin conference.", "Anna"),
         ("Maria Rossi, of Anna's team, called.", "Anna"),
         ("John Smith, of course, agreed.", "John Smith"),
+        # an age between commas is no house number; nor is an identifier's number
+        ("Lena Holm, 41, of Oberwil, was named nurse of the year.", "Lena Holm"),
+        ("Ticket 4411 Anna Berg asked about her refund.", "Anna Berg"),
+        ("Order 55 John Smith paid twice.", "John Smith"),
     ],
 )
 def test_people_beside_those_words_are_found(

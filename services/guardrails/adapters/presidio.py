@@ -553,7 +553,13 @@ def plausible_person(text: str, start: int, end: int, joined: bool = False) -> b
     is not capitalised: "I'm Waldemar Ziegert and you can reach me", not "Lloyd and
     Jackson")). A flat or floor and its number after it ("Elise Pearson Apt. 95") is the
     address of a person named there, not a sign of a street."""
-    number_before = _NUMBER_BEFORE.search(text[max(0, start - 30) : start])
+    window = max(0, start - 30)
+    number_before = _NUMBER_BEFORE.search(text[window:start])
+    # "Ticket 4411 Anna Berg": an identifier's number, not a house number.
+    if number_before is not None and len(number_before.group().split()) == 1:
+        at = window + number_before.start()
+        if _ID_BEFORE.search(text[max(0, at - 40) : at].lower()):
+            number_before = None
     if number_before is not None:
         # "560 Lillooet Anna", "12 rue Clement": the word between is a street's; "card
         # 675987046983, holder Hleb Tikhonov" names a person after a number.
@@ -1245,6 +1251,13 @@ def _titled(text: str, start: int) -> bool:
     return _PERSONAL_TITLE.search(text[max(0, start - 8) : start]) is not None
 
 
+# A person's age between commas after the name, as news writes it ("Lena Holm, 41, of
+# Oberwil, was named"; "Via Roma, 12, Milano" has a town after its number).
+_AGE_AFTER = compile_linear(
+    r"^,[ \t]+\d{1,3},[ \t]+(?:of|from|who|was|is|a|an|has|had|said|the|and)\b"
+)
+
+
 def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -> list[Any]:
     """Presidio's results with the names in Rampart's `tags` added (at NER_SCORE, if not
     under min_score), less the PERSON spans that overlap what Rampart calls part of an
@@ -1258,6 +1271,8 @@ def with_ner(text: str, results: list[Any], tags: list[Tag], min_score: float) -
         or not any(r.start < e and s < r.end for s, e in address)
         # "Ms. Sandberg: 07547 Oldesloer Strasse 79": a title makes it a person's name.
         or _titled(text, r.start)
+        # "Lena Holm, 41, of Oberwil": an age, not a house number, after the name.
+        or _AGE_AFTER.search(text[r.end : r.end + 24]) is not None
     ]
     names = people(text, tags) if min_score <= NER_SCORE else []
     for start, end in names:
