@@ -110,6 +110,12 @@ def glossed(norm: str) -> str:
     return f"{norm} {extra}" if extra else norm
 
 
+def read(texts: list[str]) -> list[str]:
+    """What the classifier reads of each text (normalised, unmasked, glossed): made once
+    per training and handed to the digest, the calibration and the fit."""
+    return [glossed(normalise(t)) for t in texts]
+
+
 @dataclass(frozen=True)
 class InjectionResult:
     score: float
@@ -270,14 +276,13 @@ def _pipeline() -> Any:
 CALIBRATION_FPR = 0.015
 
 
-def calibrate(texts: list[str], labels: list[int], real: int = 0, folds: int = 5) -> float:
+def calibrate(norm: list[str], labels: list[int], real: int = 0, folds: int = 5) -> float:
     """The decision probability: the lowest at which at most CALIBRATION_FPR of the benign
     texts among the last `real` (all if 0) score as high, on out-of-fold predictions (each
-    text scored by a model that did not train on it)."""
+    text scored by a model that did not train on it). `norm`: the texts as read (`read`)."""
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
-    norm = [glossed(normalise(t)) for t in texts]
     y = np.asarray(labels)
     oof = np.zeros(len(norm))
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(norm, y):
@@ -302,26 +307,27 @@ def train_classifier(
         texts, labels, real = texts + extra_texts, labels + extra_labels, len(extra_texts)
         shipped = True
     threshold = 0.5
+    norm = read(texts)
     if calibrated:
         # The shipped calibration is reused when it was made on exactly these texts with
         # this pipeline (it costs five more fits, a minute on a small machine).
-        digest = training_digest(texts, labels)
+        digest = training_digest(norm, labels)
         stored = stored_calibration() if shipped else None
         if stored is not None and stored[0] == digest:
             threshold = stored[1]
         else:
-            threshold = calibrate(texts, labels, real)
-    model = _pipeline().fit([glossed(normalise(t)) for t in texts], labels)
+            threshold = calibrate(norm, labels, real)
+    model = _pipeline().fit(norm, labels)
     return InjectionModel(model, threshold)
 
 
-def training_digest(texts: list[str], labels: list[int]) -> str:
-    """A digest of what the classifier reads of its training texts (normalised, unmasked,
-    glossed: a change to any of those steps makes a new calibration), the pipeline and the
-    calibration target."""
+def training_digest(norm: list[str], labels: list[int]) -> str:
+    """A digest of what the classifier reads of its training texts (`read`: normalised,
+    unmasked, glossed, so a change to any of those steps makes a new calibration), the
+    pipeline and the calibration target."""
     h = hashlib.sha256()
-    for t, y in zip(texts, labels, strict=True):
-        h.update(f"{y}\0{glossed(normalise(t))}\0".encode())
+    for t, y in zip(norm, labels, strict=True):
+        h.update(f"{y}\0{t}\0".encode())
     h.update(repr(sorted(_pipeline().get_params().items(), key=lambda kv: kv[0])).encode())
     h.update(f"{CALIBRATION_FPR}".encode())
     return h.hexdigest()[:16]

@@ -57,34 +57,36 @@ def _readable(raw: bytes) -> str | None:
     return text if sum(c.isalpha() for c in text) >= 0.5 * len(text) else None
 
 
+def _from_base64(token: str) -> bytes | None:
+    try:
+        return base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+# Each payload's pattern and how it decodes (None: not that encoding after all).
+_PAYLOADS = ((_BASE64, _from_base64), (_HEX, bytes.fromhex))
+
+
 def _decoded(text: str) -> list[str]:
     found: list[str] = []
     budget = MAX_DECODED
-    for m in _BASE64.finditer(text):
-        token = m.group()[:MAX_ENCODED]
-        if budget <= 0:
-            break
-        try:
-            raw = base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        plain = _readable(raw)
-        if plain:
-            found.append(plain[:budget])
-            budget -= len(plain)
-    for m in _HEX.finditer(text):
-        if budget <= 0:
-            break
-        plain = _readable(bytes.fromhex(m.group()[:MAX_ENCODED]))
-        if plain:
-            found.append(plain[:budget])
-            budget -= len(plain)
+    for pattern, decode in _PAYLOADS:
+        for m in pattern.finditer(text):
+            if budget <= 0:
+                return found
+            raw = decode(m.group()[:MAX_ENCODED])
+            plain = _readable(raw) if raw is not None else None
+            if plain:
+                found.append(plain[:budget])
+                budget -= len(plain)
     return found
 
 
 def unmask(text: str) -> str:
     """The text with its hidden words made plain (see the module's docstring)."""
     text = _FORMAT.sub("", text)
+    # A search first: most texts hold neither, and it costs less than a substitution.
     if _MIXED.search(text):
         text = _MIXED.sub(lambda m: m.group().translate(_LOOKALIKE), text)
     if _SPACED.search(text):

@@ -54,14 +54,14 @@ def test_there_are_two_independent_injection_sources_and_a_benign_set_in_each_ro
 
 
 def test_the_shipped_calibration_was_made_on_the_shipped_training_data() -> None:
-    from services.guardrails.injection import training_digest
+    from services.guardrails.injection import read, training_digest
     from services.guardrails.injection_data import stored_calibration, training_set, tuning_set
 
     texts, labels = training_set()
     extra_texts, extra_labels = tuning_set()
     stored = stored_calibration()
     assert stored is not None, "run python -m services.guardrails.adapters.classifier_cache"
-    assert stored[0] == training_digest(texts + extra_texts, labels + extra_labels)
+    assert stored[0] == training_digest(read(texts + extra_texts), labels + extra_labels)
     assert 0.05 <= stored[1] <= 0.99
 
 

@@ -45,8 +45,9 @@ def write_calibration() -> None:
     texts, labels = injection_data.training_set()
     extra_texts, extra_labels = injection_data.tuning_set()
     texts, labels = texts + extra_texts, labels + extra_labels
-    threshold = injection.calibrate(texts, labels, len(extra_texts))
-    digest = injection.training_digest(texts, labels)
+    norm = injection.read(texts)
+    threshold = injection.calibrate(norm, labels, len(extra_texts))
+    digest = injection.training_digest(norm, labels)
     injection_data.CALIBRATION.write_text(
         json.dumps({"digest": digest, "threshold": threshold}, indent=1) + "\n"
     )
