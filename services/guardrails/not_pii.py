@@ -155,7 +155,8 @@ def company_name(text: str, start: int, end: int) -> bool:
         for i, word in enumerate(rest[:6]):
             if word in ("&", "&amp;"):
                 continue  # "Rajshree Sugars & Chemicals Limited"
-            if _LOWER_LEGAL_FORM.match(word):  # "John Menzies plc's new store"
+            # "John Menzies plc's new store", "Rossi Bianchi s.r.l. in Turin"
+            if _LOWER_LEGAL_FORM.match(word) or legal_form(word):
                 words.append(word)
                 break
             if company_over(rest[i : i + 4], joiner=len(words) == 1):
@@ -284,11 +285,19 @@ _SITE_AFTER = compile_linear(
 _COMMA_OF = compile_linear(r",[ \t]+of[ \t]+$")
 
 
+# The capitalised words right before a span, on its line ("Zero " before "Branco").
+_CAPITALISED_BEFORE = compile_linear(r"(?:\p{Lu}[\pL\pM'.-]*[ \t]+){1,3}$")
+
+
 def destination(text: str, start: int, end: int) -> bool:
     """Where someone goes or lives; a possessive makes it someone's ("flew to Anna's
-    wedding")."""
+    wedding"). The words that lead there are read before the whole capitalised run ("logged
+    in from Zero Branco", where only "Branco" was taken for a surname)."""
     if text[end : end + 2] in ("'s", "\u2019s"):
         return False
+    run = _CAPITALISED_BEFORE.search(text[max(0, start - 60) : start])
+    if run is not None:
+        start -= len(run.group())
     return bool(
         _PLACE_AFTER.search(text[end : end + 40])
         or _DESTINATION.search(text[max(0, start - 40) : start])
@@ -486,6 +495,40 @@ def town_of_a_country(
     if m is None or m.group(1).strip() not in countries:
         return False
     return not all(w.strip(".") in names for w in text[start:end].split())
+
+
+def _in_dictionary(word: str, words: frozenset[str]) -> bool:
+    """A word of the dictionary in lower case, or its plural ("Sales", "Customs")."""
+    w = word.lower()
+    return (
+        w in words
+        or (w.endswith("s") and w[:-1] in words)
+        or (w.endswith("es") and w[:-2] in words)
+        or (w.endswith("ies") and w[:-3] + "y" in words)
+    )
+
+
+def dictionary_words(
+    text: str, start: int, end: int, names: frozenset[str], words: frozenset[str]
+) -> bool:
+    """A capitalised run of two words or more whose every word is a common word of the
+    dictionary (`words`: its lower-case entries), none of them a name of the name list, or
+    two of them at least ("Net Promoter Score", "Printed Matter", "Appendix B", "Council Tax
+    Band", "Golden Retriever Rescue Gala"): a heading, a product or a term in title case,
+    not a person. A letter or a number counts as a word of the run, not as one to look up;
+    one word alone is left to the rules that read its context (the dictionary also has
+    "kino", "maha" and "jo")."""
+    parts = text[start:end].split()
+    counted = [
+        w
+        for part in parts
+        for w in part.strip(".,:;()'\"\u2019").split("-")
+        if len(w) > 1 and w.isalpha()
+    ]
+    if len(parts) < 2 or not counted or not all(_in_dictionary(w, words) for w in counted):
+        return False
+    unnamed = sum(w not in names and w.capitalize() not in names for w in counted)
+    return unnamed == len(counted) or unnamed >= 2
 
 
 _NUMBER_INSIDE = compile_linear(r"\d\S*\s+\p{Lu}")

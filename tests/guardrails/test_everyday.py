@@ -250,9 +250,10 @@ def test_a_name_ends_at_its_lines_end() -> None:
         '{"a": 1, "b": 2024}',
         "My father retired at the age of 63.",
         "The bus station is on rue Yves Bruneau, 17.",
-        # Digits inside a word (a licence number), an ISO date, a word with a dot in it,
-        # and a company named after people with its legal form.
-        "My licence number is K4471930 and it expires soon.",
+        # Digits inside a word (a part number: a licence's number is one to redact, since
+        # 2026-12-03), an ISO date, a word with a dot in it, and a company named after
+        # people with its legal form.
+        "The part number is K4471930 and it ships soon.",
         "The release is planned for 2027-03-15.",
         "See clause 4 of the Asociados S.Com. agreement.",
         "The Univ.Prof. title is Austrian.",

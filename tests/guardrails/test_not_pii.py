@@ -12,6 +12,7 @@ from libs.events import ChatMessage, GuardrailCheck, GuardrailVerdict
 from services.guardrails.not_pii import (
     common_noun,
     company_name,
+    dictionary_words,
     house_numbers,
     name_of_a_corner,
     not_a_person,
@@ -172,6 +173,8 @@ def test_through_the_screener(
         ("My driver's license number is 0737504310399315", "0737504310399315"),
         ("Driving licence no.: MORGA753116SM9IJ, please update it.", "MORGA753116SM9IJ"),
         ("drivers license # D1234567", "D1234567"),
+        ("Applicant SSN: none; Licence No.: 306nd7158 (VIC); Form W-4", "306nd7158"),
+        ("My licence number is K4471930 and it expires soon.", "K4471930"),
     ],
 )
 def test_a_named_driving_licence_is_redacted_not_taken_for_a_phone(
@@ -461,6 +464,8 @@ def test_addresses_companies_and_jobs_stay_no_people(
         ("Changyou.com Limited will close its office.", None),
         ("Read the terms at example.com before you sign.", "example.com"),
         ("See shop.example.com Monday for the sale.", "shop.example.com"),
+        ('File "/srv/app/export.py", line 88, in run', None),
+        ("Fetch https://example.py/app/export.py first.", "https://example.py/app/export.py"),
     ],
 )
 def test_a_legal_form_or_a_company_named_by_its_domain_is_no_web_address(
@@ -469,3 +474,43 @@ def test_a_legal_form_or_a_company_named_by_its_domain_is_no_web_address(
     verdict = _verdict(screener, policy, text)
     found = [text[e.start : e.end] for e in verdict.entities if e.type == "URL"]
     assert found == ([url] if url else []), found
+
+
+_WORDS = frozenset({"net", "promoter", "score", "printed", "matter", "appendix", "rose", "small"})
+_NAMES = frozenset({"Rose", "Small", "Anna"})
+
+
+@pytest.mark.parametrize(
+    ("run", "heading"),
+    [
+        ("Net Promoter Score", True),
+        ("Printed Matter", True),
+        ("Appendix B", True),
+        # Two common words that are no names outweigh one that is.
+        ("Rose Printed Matter", True),
+        # A name of the list beside one common word; both names; a word the dictionary
+        # lacks; one word alone.
+        ("Anna Appendix", False),
+        ("Rose Small", False),
+        ("Kozlowski Matter", False),
+        ("Appendix", False),
+    ],
+)
+def test_a_run_of_common_words_is_no_person(run: str, heading: bool) -> None:
+    text = f"See {run} today."
+    assert dictionary_words(text, 4, 4 + len(run), _NAMES, _WORDS) is heading
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("Presented By: Anna Berg\nAgenda: Pipeline, Churn, Net Promoter Score", ["Anna Berg"]),
+        ("Contents: Books (Printed Matter)\nCustoms Declaration CN22 attached", []),
+        ("Thank you for your letter regarding Council Tax Band D.", []),
+        ("Rose Small wrote the Printed Matter guide.", ["Rose Small"]),
+    ],
+)
+def test_headings_in_title_case_are_no_people(
+    screener: Screener, policy: EffectivePolicy, text: str, found: list[str]
+) -> None:
+    assert _people(screener, policy, text) == found

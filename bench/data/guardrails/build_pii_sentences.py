@@ -51,6 +51,9 @@ RUNS = [
     # A fifth set (2026-12-03), in a file of its own: its first look was taken before its
     # errors were read.
     ("written_5", 79, 1200, "written_templates_5.txt"),
+    # A sixth set (2026-12-03, evening), written by a helper that never read the detector's
+    # code: forms and tables, chat logs, British and German letters, logs and config.
+    ("written_6", 83, 1200, "written_templates_6.txt"),
 ]
 SLOT = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 

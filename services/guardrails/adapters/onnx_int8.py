@@ -13,6 +13,13 @@ Unpacking: each `MatMulNBits` node holds B as [N, blocks, block_size / 2] bytes 
 `MatMul` on W (plus an `Add` of its bias, if it has one). Nothing is downloaded: the
 derived file is written to the cache (~/.cache/enclave/rampart), keyed by the source
 file's digest and the onnxruntime version that quantized it.
+
+The weights are quantized to 7 bits (`reduce_range`): on a CPU without VNNI (AVX2 only,
+such as the AMD EPYC of 2026-12-03 evening) onnxruntime's u8 x s8 kernels add pairs of
+products in 16 bits, which 8-bit weights can overflow, so the same model tagged other
+spans there than on a CPU with VNNI ("Please forward this to Γιώργος Παπαδόπουλος."
+became a street on AVX2 alone). With 7-bit weights no pair overflows: every CPU computes
+the same integers, and the tags match the 4-bit model's on that sentence again.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ def int8_model(q4: Path, cache: Path | None = None) -> Path:
     import onnxruntime
 
     digest = hashlib.sha256(q4.read_bytes()).hexdigest()[:16]
-    name = f"{q4.stem}-{digest}-ort{onnxruntime.__version__}-int8.onnx"
+    name = f"{q4.stem}-{digest}-ort{onnxruntime.__version__}-int8r7.onnx"
     for place in (cache or cache_dir(), Path(tempfile.gettempdir()) / "enclave-rampart"):
         target = place / name
         if target.exists():
@@ -69,7 +76,9 @@ def derive(q4: Path, target: Path) -> None:
         fp32 = Path(tmp) / "fp32.onnx"
         int8 = Path(tmp) / "int8.onnx"
         onnx.save(model, str(fp32))
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(
+            str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
+        )
         os.replace(int8, target)
 
 

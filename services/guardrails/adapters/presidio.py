@@ -22,6 +22,7 @@ os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
 import logging
 
+from english_words import get_english_words_set
 from presidio_analyzer import (
     AnalyzerEngine,
     EntityRecognizer,
@@ -57,6 +58,7 @@ from services.guardrails.not_pii import (
     company_over,
     company_word,
     country,
+    dictionary_words,
     house_numbers,
     job_alone,
     legal_form,
@@ -353,6 +355,14 @@ def _all_names() -> frozenset[str]:
 
 
 @cache
+def _dictionary() -> frozenset[str]:
+    """The lower-case words of Webster's Second (english-words' `web2`, 210,768 words):
+    its proper nouns are capitalised there, so a word listed in lower case is a common one."""
+    words = get_english_words_set(["web2"], lower=False, alpha=True)
+    return frozenset(w for w in words if w.islower())
+
+
+@cache
 def _countries() -> frozenset[str]:
     return frozenset(json.loads(_COUNTRIES_FILE.read_text())["countries"])
 
@@ -610,18 +620,25 @@ _TWO_MORE_NAMES = compile_linear(
 )
 
 
+# A house number and a capitalised street after a comma (", 9180 Fleming Pines").
+_ADDRESS_AFTER = compile_linear(r"^,[ \t]+\d+[A-Za-z]?[ \t]+\p{Lu}")
+
+
 def firm_of_three_names(text: str, start: int, end: int) -> bool:
     """The first name of a company named after three people (the two after it are read as
     a firm already, two_people), where a firm is said: a company's word after the three
     ("Malenchini, Favata e Falier Group", "Smith, Lloyd and Jackson LLP") or "the" before
-    them ("The Hoover, Morris and Johnson shareholders"). A list of three names with neither
-    is people ("James, Thomas and Henry will visit")."""
+    them ("The Hoover, Morris and Johnson shareholders") or an address after them ("at
+    Smith, Lloyd and Jackson, 9180 Fleming Pines": a firm's office). A list of three names
+    with none of these is people ("James, Thomas and Henry will visit")."""
     word = text[start:end].strip()
     m = _TWO_MORE_NAMES.search(text[end : end + 80])
     if m is None or " " in word:
         return False
     after = m.group(3) or ""
     if after[:1].isupper() and _company_word(after):
+        return True
+    if _ADDRESS_AFTER.search(text[end + m.end(2) : end + m.end(2) + 40]):
         return True
     before = text[max(0, start - 5) : start].split()
     return bool(before) and before[-1].lower() == "the"
@@ -758,11 +775,14 @@ def plausible_url(text: str, start: int, end: int) -> bool:
     ends inside a word ("Univ.Prof." is no "Univ.Pro"), nor is a legal form ("Treasure
     Factory Co.LTD." is no address at Co.LTD), nor names a company before its legal form
     ("Changyou.com Limited"), nor has a capitalised top-level domain written like a word
-    ("Asociados S.Com.")."""
+    ("Asociados S.Com."), nor is the last part of a file's path ("/srv/app/export.py":
+    .py is Paraguay's domain too)."""
     value = text[start:end]
     if "://" in value or value.lower().startswith("www."):
         return True
     if shouted_host(value) or (end < len(text) and text[end].isalnum()):
+        return False
+    if text[start - 1 : start] in ("/", "\\"):
         return False
     after = text[end : end + 24].split(None, 1)
     if company_word(value) or (
@@ -1113,11 +1133,12 @@ class NamedCardRecognizer(_NamedNumberRecognizer):
 
 
 # A driving licence's number where the text names it ("My driver's license number is
-# 0737504310399315", "Driving licence no.: MORGA753116SM9IJ"): numbers of many states'
-# and countries' shapes, so only where named. phonenumbers read most of them as phones.
+# 0737504310399315", "Driving licence no.: MORGA753116SM9IJ", a form's "Licence No.:
+# 306nd7158"): numbers of many states' and countries' shapes, so only where named.
+# phonenumbers read most of them as phones.
 _LICENCE = compile_linear(
-    r"(?i)\b(?:(?:driver'?s?|driving|drivers)[ \t]+|driver\b[^\n]{0,40}?[ \t(])licen[cs]e[ \t]*"
-    r"(?:number|no\.?|num|#|id)?"
+    r"(?i)\b(?:(?:(?:driver'?s?|driving|drivers)[ \t]+|driver\b[^\n]{0,40}?[ \t(])licen[cs]e"
+    r"[ \t]*(?:number|no\.?|num|#|id)?|licen[cs]e[ \t]*(?:number|no\.?|num|#))"
     r"[ \t]*(?:is|was|:|=)?[ \t]*#?[ \t]*([A-Z0-9][A-Z0-9-]{3,18}[0-9][A-Z0-9]*)\b"
 )
 
@@ -1322,6 +1343,7 @@ class PresidioPii:
 
     def __init__(self, ner: RampartNer | None = None) -> None:
         self.ner = ner or RampartNer()
+        _dictionary()  # read before serving (0.2 s), not on the first check with a name
         # Rampart reads a chunk on a thread of its own while spaCy and the recognisers read
         # it here (onnxruntime lets go of the GIL): a check waits for the slower of the two,
         # not for both. As many threads as the scheduler runs checks at once.
@@ -1456,6 +1478,7 @@ class PresidioPii:
                         and not firm_of_three_names(chunk, r.start, r.end)
                         and not not_a_person(chunk, r.start, r.end)
                         and not common_noun(chunk, r.start, r.end, _all_names())
+                        and not dictionary_words(chunk, r.start, r.end, _all_names(), _dictionary())
                         and not country(chunk, r.start, r.end, _countries(), _all_names())
                         and not town_of_a_country(chunk, r.start, r.end, _countries(), _all_names())
                         and not (
