@@ -10,6 +10,8 @@ reads a shape that a company, an address or a title has in any text, not a templ
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from services.guardrails.linear import compile_linear
 
 # Words a company's name holds or ends with ("Bharat Heavy Electricals Limited", "Nippon
@@ -431,14 +433,19 @@ _NO_JOB_MODIFIER = {
 }  # fmt: skip
 
 
+def _listed(word: str, words: AbstractSet[str]) -> bool:
+    """`word` (in lower case) is in `words`, or is with its plural's -s or -es dropped."""
+    return (
+        word in words
+        or (word.endswith("s") and word[:-1] in words)
+        or (word.endswith("es") and word[:-2] in words)
+    )
+
+
 def _job_head(word: str) -> bool:
-    if word in JOB_HEADS:
-        return True
     if word.endswith(("smen", "ymen", "remen")):  # "Longshoremen", "Handymen", "Craftsmen"
         return True
-    return (word.endswith("s") and word[:-1] in JOB_HEADS) or (
-        word.endswith("es") and word[:-2] in JOB_HEADS
-    )
+    return _listed(word, JOB_HEADS)
 
 
 def job_alone(text: str, start: int, end: int, names: frozenset[str]) -> bool:
@@ -498,14 +505,9 @@ def town_of_a_country(
 
 
 def _in_dictionary(word: str, words: frozenset[str]) -> bool:
-    """A word of the dictionary in lower case, or its plural ("Sales", "Customs")."""
+    """A word of the dictionary in lower case, or its plural ("Sales", "Customs", "Parties")."""
     w = word.lower()
-    return (
-        w in words
-        or (w.endswith("s") and w[:-1] in words)
-        or (w.endswith("es") and w[:-2] in words)
-        or (w.endswith("ies") and w[:-3] + "y" in words)
-    )
+    return _listed(w, words) or (w.endswith("ies") and w[:-3] + "y" in words)
 
 
 def dictionary_words(
